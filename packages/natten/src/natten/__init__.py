@@ -1,0 +1,52 @@
+"""natten: neighborhood attention for PyTorch, on any device.
+
+The public API is that of NATTEN 0.21: ``na1d/na2d/na3d``, ``attention``, ``merge_attentions``,
+the ``NeighborhoodAttention1D/2D/3D`` modules and the context switches.
+"""
+
+from . import backends
+from .backends import get_compatible_backends, get_compatible_fmha_backends
+from .context import (
+    allow_flex_compile,
+    allow_flex_compile_backprop,
+    are_deterministic_algorithms_enabled,
+    disable_flex_compile,
+    disable_flex_compile_backprop,
+    get_memory_usage_preference,
+    is_flex_compile_allowed,
+    is_flex_compile_backprop_allowed,
+    is_kv_parallelism_in_fused_na_enabled,
+    set_memory_usage_preference,
+    use_deterministic_algorithms,
+    use_kv_parallelism_in_fused_na,
+)
+from .functional import attention, merge_attentions, na1d, na2d, na3d
+from .modules import NeighborhoodAttention1D, NeighborhoodAttention2D, NeighborhoodAttention3D
+
+__version__ = "0.21.0"
+
+__all__ = [
+    "NeighborhoodAttention1D",
+    "NeighborhoodAttention2D",
+    "NeighborhoodAttention3D",
+    "allow_flex_compile",
+    "allow_flex_compile_backprop",
+    "are_deterministic_algorithms_enabled",
+    "attention",
+    "backends",
+    "disable_flex_compile",
+    "disable_flex_compile_backprop",
+    "get_compatible_backends",
+    "get_compatible_fmha_backends",
+    "get_memory_usage_preference",
+    "is_flex_compile_allowed",
+    "is_flex_compile_backprop_allowed",
+    "is_kv_parallelism_in_fused_na_enabled",
+    "merge_attentions",
+    "na1d",
+    "na2d",
+    "na3d",
+    "set_memory_usage_preference",
+    "use_deterministic_algorithms",
+    "use_kv_parallelism_in_fused_na",
+]

@@ -1,0 +1,183 @@
+"""Backends and the one dispatcher.
+
+Each backend module exposes ``can_run_fna(...)`` / ``can_run_fmha(...)`` returning ``None`` when it
+can run a problem or a string saying why not, and ``fna(...)`` / ``fmha(...)`` that run it.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+from typing import Dict, List, Optional, Tuple
+
+from torch import Tensor
+
+from ..window import WindowSpec
+from . import blackwell, cutlass, flex, hopper, reference
+
+# In order of preference for automatic selection.
+FNA_BACKENDS: Dict[str, ModuleType] = {
+    "blackwell-fna": blackwell,
+    "hopper-fna": hopper,
+    "cutlass-fna": cutlass,
+    "flex-fna": flex,
+    "reference": reference,
+}
+FMHA_BACKENDS: Dict[str, ModuleType] = {
+    "blackwell-fmha": blackwell,
+    "hopper-fmha": hopper,
+    "cutlass-fmha": cutlass,
+    "flex-fmha": flex,
+    "reference": reference,
+}
+# An FNA backend name given to attention() (or an FMHA name to naXd) maps to its sibling.
+FNA_TO_FMHA = {
+    "blackwell-fna": "blackwell-fmha",
+    "hopper-fna": "hopper-fmha",
+    "cutlass-fna": "cutlass-fmha",
+    "flex-fna": "flex-fmha",
+    "reference": "reference",
+}
+FMHA_TO_FNA = {v: k for k, v in FNA_TO_FMHA.items()}
+
+
+class BackendNotSupportedError(ValueError):
+    """The requested backend cannot run this problem here; the message says why."""
+
+
+def fna_reasons(
+    query: Tensor, key: Tensor, value: Tensor, spec: WindowSpec, torch_compile: bool = False
+) -> List[Tuple[str, Optional[str]]]:
+    return [
+        (name, mod.can_run_fna(query, key, value, spec, torch_compile))
+        for name, mod in FNA_BACKENDS.items()
+    ]
+
+
+def fmha_reasons(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    is_causal: bool = False,
+    is_varlen: bool = False,
+    torch_compile: bool = False,
+) -> List[Tuple[str, Optional[str]]]:
+    return [
+        (name, mod.can_run_fmha(query, key, value, is_causal, is_varlen, torch_compile))
+        for name, mod in FMHA_BACKENDS.items()
+    ]
+
+
+def _spec_from_tensors(query: Tensor) -> WindowSpec:
+    shape = tuple(int(s) for s in query.shape[1:-2])
+    rank = len(shape)
+    return WindowSpec(shape, (2,) * rank, (1,) * rank, (1,) * rank, (False,) * rank)
+
+
+def get_compatible_backends(
+    query: Tensor, key: Tensor, value: Tensor, torch_compile: bool = False
+) -> List[str]:
+    """Neighborhood-attention backends that can run these (heads-last) tensors here, best first."""
+    return [n for n, r in fna_reasons(query, key, value, _spec_from_tensors(query), torch_compile) if r is None]
+
+
+def get_compatible_fmha_backends(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    is_causal: bool = False,
+    is_varlen: bool = False,
+    torch_compile: bool = False,
+) -> List[str]:
+    """Dense-attention backends that can run these ``[B, N, H, D]`` tensors here, best first."""
+    return [
+        n
+        for n, r in fmha_reasons(query, key, value, is_causal, is_varlen, torch_compile)
+        if r is None
+    ]
+
+
+def _unknown(backend: object, known: Dict[str, ModuleType]) -> ValueError:
+    return ValueError(
+        f"Unknown `backend` {backend!r}; choose one of {sorted(known)} or None (automatic)."
+    )
+
+
+def choose_fna_backend(
+    backend: Optional[str],
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    spec: WindowSpec,
+    torch_compile: bool,
+) -> Tuple[str, ModuleType]:
+    """Resolve ``backend`` (None = best available) for a neighborhood-attention problem."""
+    if backend is not None:
+        if not isinstance(backend, str):
+            raise _unknown(backend, FNA_BACKENDS)
+        if backend in FMHA_TO_FNA and backend not in FNA_BACKENDS:
+            backend = FMHA_TO_FNA[backend]
+        if backend not in FNA_BACKENDS:
+            raise _unknown(backend, FNA_BACKENDS)
+        mod = FNA_BACKENDS[backend]
+        reason = mod.can_run_fna(query, key, value, spec, torch_compile)
+        if reason is not None:
+            able = [n for n, r in fna_reasons(query, key, value, spec, torch_compile) if r is None]
+            raise BackendNotSupportedError(
+                f"backend {backend!r} cannot run this problem: {reason}. "
+                f"Backends that can: {able}."
+            )
+        return backend, mod
+    reasons = fna_reasons(query, key, value, spec, torch_compile)
+    for name, reason in reasons:
+        if reason is None:
+            return name, FNA_BACKENDS[name]
+    raise NotImplementedError(  # unreachable while the reference backend runs everything
+        "no backend can run this problem: " + "; ".join(f"{n}: {r}" for n, r in reasons)
+    )
+
+
+def choose_fmha_backend(
+    backend: Optional[str],
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    is_causal: bool,
+    is_varlen: bool,
+    torch_compile: bool,
+) -> Tuple[str, ModuleType]:
+    """Resolve ``backend`` (None = best available) for a dense-attention problem."""
+    if backend is not None:
+        if not isinstance(backend, str):
+            raise _unknown(backend, FMHA_BACKENDS)
+        if backend in FNA_TO_FMHA:
+            backend = FNA_TO_FMHA[backend]
+        if backend not in FMHA_BACKENDS:
+            raise _unknown(backend, FMHA_BACKENDS)
+        mod = FMHA_BACKENDS[backend]
+        reason = mod.can_run_fmha(query, key, value, is_causal, is_varlen, torch_compile)
+        if reason is not None:
+            able = [
+                n
+                for n, r in fmha_reasons(query, key, value, is_causal, is_varlen, torch_compile)
+                if r is None
+            ]
+            raise BackendNotSupportedError(
+                f"backend {backend!r} cannot run this problem: {reason}. "
+                f"Backends that can: {able}."
+            )
+        return backend, mod
+    for name, reason in fmha_reasons(query, key, value, is_causal, is_varlen, torch_compile):
+        if reason is None:
+            return name, FMHA_BACKENDS[name]
+    raise NotImplementedError("no backend can run this attention problem")
+
+
+__all__ = [
+    "BackendNotSupportedError",
+    "FMHA_BACKENDS",
+    "FNA_BACKENDS",
+    "choose_fmha_backend",
+    "choose_fna_backend",
+    "get_compatible_backends",
+    "get_compatible_fmha_backends",
+]

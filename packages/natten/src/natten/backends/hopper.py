@@ -1,0 +1,18 @@
+"""``hopper-fna`` / ``hopper-fmha``: TMA + wgmma kernels for SM90 (not in this release yet)."""
+
+from __future__ import annotations
+
+from ._unavailable import entry_points
+
+SUPPORTS_VARLEN = False
+_REASON = (
+    "the Hopper (SM90) kernels are not part of this release yet; use 'cutlass-fna' / "
+    "'cutlass-fmha' on H100, which run there"
+)
+
+
+_entry = entry_points(_REASON)
+can_run_fna = _entry["can_run_fna"]
+can_run_fmha = _entry["can_run_fmha"]
+fna = _entry["fna"]
+fmha = _entry["fmha"]

@@ -1,0 +1,130 @@
+"""Global switches with NATTEN's names and defaults.
+
+They are process-wide (not thread-local) and read by the dispatcher and the fused backends.
+"""
+
+from __future__ import annotations
+
+import logging
+from enum import Enum
+
+import torch
+
+logger = logging.getLogger("natten")
+
+
+class MemoryUsagePreference(Enum):
+    Default = 0
+    Strict = 1
+    Unrestricted = 2
+
+
+class _Context:
+    deterministic: bool = False
+    kv_parallelism: bool = True
+    memory_preference: MemoryUsagePreference = MemoryUsagePreference.Default
+    flex_compile: bool = False
+    flex_compile_backprop: bool = False
+
+
+def _require_bool(name: str, mode: object) -> bool:
+    if not isinstance(mode, bool):
+        raise TypeError(f"`{name}` must be a bool, got {mode!r} ({type(mode).__name__}).")
+    return mode
+
+
+def use_kv_parallelism_in_fused_na(mode: bool = True) -> None:
+    """Enable or disable KV parallelism in the fused backward (on by default).
+
+    KV parallelism speeds up the backward pass but accumulates dQ with atomics, which is not
+    deterministic. While deterministic algorithms are enabled (here or in PyTorch) the fused
+    backends ignore it and run their deterministic backward instead.
+    """
+    _Context.kv_parallelism = _require_bool("mode", mode)
+
+
+def is_kv_parallelism_in_fused_na_enabled() -> bool:
+    """Whether KV parallelism is enabled for the fused backward."""
+    return _Context.kv_parallelism
+
+
+def set_memory_usage_preference(pref: str = "default") -> None:
+    """Set how much extra memory the fused backward may use: ``"default"``, ``"strict"`` or
+    ``"unrestricted"``."""
+    table = {
+        "default": MemoryUsagePreference.Default,
+        "strict": MemoryUsagePreference.Strict,
+        "unrestricted": MemoryUsagePreference.Unrestricted,
+    }
+    if not isinstance(pref, str) or pref not in table:
+        raise ValueError(
+            "natten.set_memory_usage_preference accepts only 'default', 'strict' or "
+            f"'unrestricted', got {pref!r}."
+        )
+    _Context.memory_preference = table[pref]
+
+
+def get_memory_usage_preference() -> MemoryUsagePreference:
+    """The current memory-usage preference."""
+    return _Context.memory_preference
+
+
+def is_memory_usage_default() -> bool:
+    return _Context.memory_preference == MemoryUsagePreference.Default
+
+
+def is_memory_usage_strict() -> bool:
+    return _Context.memory_preference == MemoryUsagePreference.Strict
+
+
+def is_memory_usage_unrestricted() -> bool:
+    return _Context.memory_preference == MemoryUsagePreference.Unrestricted
+
+
+def use_deterministic_algorithms(mode: bool = True) -> None:
+    """Make every natten backward deterministic (bit-identical across runs).
+
+    ``torch.use_deterministic_algorithms(True)`` has the same effect.
+    """
+    _Context.deterministic = _require_bool("mode", mode)
+
+
+def are_deterministic_algorithms_enabled() -> bool:
+    """True if natten's or PyTorch's deterministic mode is on."""
+    return _Context.deterministic or torch.are_deterministic_algorithms_enabled()
+
+
+def allow_flex_compile(mode: bool = True, backprop: bool = False) -> None:
+    """Allow the flex backends to ``torch.compile`` FlexAttention (forward; and backward if
+    ``backprop``)."""
+    _Context.flex_compile = _require_bool("mode", mode)
+    _Context.flex_compile_backprop = _require_bool("mode", mode) and _require_bool(
+        "backprop", backprop
+    )
+
+
+def allow_flex_compile_backprop(mode: bool = True) -> None:
+    """Allow compiled FlexAttention in training (forward and backward)."""
+    _require_bool("mode", mode)
+    if mode:
+        _Context.flex_compile = True
+    _Context.flex_compile_backprop = mode
+
+
+def disable_flex_compile() -> None:
+    """Disallow compiled FlexAttention altogether (the flex backends then run eagerly)."""
+    _Context.flex_compile = False
+    _Context.flex_compile_backprop = False
+
+
+def disable_flex_compile_backprop() -> None:
+    """Disallow compiled FlexAttention when gradients are needed."""
+    _Context.flex_compile_backprop = False
+
+
+def is_flex_compile_allowed() -> bool:
+    return _Context.flex_compile
+
+
+def is_flex_compile_backprop_allowed() -> bool:
+    return _Context.flex_compile_backprop
