@@ -1,0 +1,124 @@
+"""Shared helpers for the natten CPU test suite (no natten logic in here)."""
+
+import math
+from typing import Dict, Optional
+
+import torch
+
+from oracle import na_oracle
+
+TOL = {
+    torch.float64: dict(atol=1e-9, rtol=1e-7),
+    torch.float32: dict(atol=1e-4, rtol=1e-4),
+    torch.float16: dict(atol=1e-2, rtol=1e-2),
+    torch.bfloat16: dict(atol=5e-2, rtol=5e-2),
+}
+
+# The logsumexp is specified as float32; when the inputs are float64 we accept a float32 LSE at
+# float32 precision, or a float64 LSE at float64 precision.
+LSE_TOL_F32 = dict(atol=2e-5, rtol=2e-5)
+
+
+def assert_close(got: torch.Tensor, ref: torch.Tensor, atol: float, rtol: float, what: str = ""):
+    assert got.shape == ref.shape, f"{what}: shape {tuple(got.shape)} != expected {tuple(ref.shape)}"
+    got64 = got.detach().to(torch.float64)
+    ref64 = ref.detach().to(torch.float64)
+    assert torch.isfinite(got64).all(), f"{what}: non-finite values"
+    diff = (got64 - ref64).abs()
+    bound = atol + rtol * ref64.abs()
+    bad = diff > bound
+    if bad.any():
+        idx = tuple(int(x) for x in bad.nonzero()[0])
+        raise AssertionError(
+            f"{what}: {int(bad.sum())}/{bad.numel()} elements mismatch; max abs diff "
+            f"{diff.max().item():.3e} (atol={atol}, rtol={rtol}); first bad index {idx}: "
+            f"got {got64[idx].item():.8g}, expected {ref64[idx].item():.8g}"
+        )
+
+
+def assert_lse_close(lse: torch.Tensor, ref: torch.Tensor, in_dtype: torch.dtype, what="lse"):
+    assert lse.shape == ref.shape, f"{what}: shape {tuple(lse.shape)} != {tuple(ref.shape)}"
+    if in_dtype in (torch.float32, torch.float16, torch.bfloat16):
+        assert lse.dtype == torch.float32, f"{what}: expected float32 logsumexp, got {lse.dtype}"
+    else:
+        assert lse.dtype in (torch.float32, torch.float64), f"{what}: dtype {lse.dtype}"
+    if in_dtype == torch.float64:
+        tol = TOL[torch.float64] if lse.dtype == torch.float64 else LSE_TOL_F32
+    else:
+        tol = TOL[in_dtype]
+    assert_close(lse, ref, what=what, **tol)
+
+
+def randn(shape, gen: torch.Generator, dtype=torch.float32, scale: float = 1.0) -> torch.Tensor:
+    return (torch.randn(*shape, generator=gen, dtype=torch.float64) * scale).to(dtype)
+
+
+def to64(t: Optional[torch.Tensor], requires_grad=True) -> Optional[torch.Tensor]:
+    if t is None:
+        return None
+    return t.detach().to(torch.float64).requires_grad_(requires_grad)
+
+
+def leaf(t: Optional[torch.Tensor], requires_grad=True) -> Optional[torch.Tensor]:
+    if t is None:
+        return None
+    return t.detach().clone().requires_grad_(requires_grad)
+
+
+def check_na_against_oracle(
+    natten_fn,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    na_kwargs: Dict,
+    gen: torch.Generator,
+    additional_keys: Optional[torch.Tensor] = None,
+    additional_values: Optional[torch.Tensor] = None,
+    backward: bool = True,
+    backend: Optional[str] = "reference",
+    tol: Optional[Dict] = None,
+    grad_tol: Optional[Dict] = None,
+    what: str = "",
+):
+    """Runs natten_fn (na1d/na2d/na3d) with return_lse=True, compares out, lse and (optionally)
+    grads of q, k, v, additional k/v with the float64 oracle (autograd on the oracle)."""
+    dtype = q.dtype
+    tol = tol or TOL[dtype]
+    grad_tol = grad_tol or tol
+    has_add = additional_keys is not None
+
+    ql, kl, vl = leaf(q, backward), leaf(k, backward), leaf(v, backward)
+    akl, avl = leaf(additional_keys, backward), leaf(additional_values, backward)
+    kwargs = dict(na_kwargs)
+    if backend is not None:
+        kwargs["backend"] = backend
+    if has_add:
+        kwargs["additional_keys"] = akl
+        kwargs["additional_values"] = avl
+    res = natten_fn(ql, kl, vl, return_lse=True, **kwargs)
+    assert isinstance(res, tuple) and len(res) == 2, f"{what}: return_lse=True must give (out, lse)"
+    out, lse = res
+    assert out.dtype == dtype, f"{what}: output dtype {out.dtype} != input dtype {dtype}"
+    assert out.device == q.device
+
+    oracle_kw = {k_: v_ for k_, v_ in na_kwargs.items() if k_ in ("kernel_size", "stride", "dilation", "is_causal", "scale")}
+    q64, k64, v64 = to64(q, backward), to64(k, backward), to64(v, backward)
+    ak64, av64 = to64(additional_keys, backward), to64(additional_values, backward)
+    ref_out, ref_lse = na_oracle(
+        q64, k64, v64, additional_keys=ak64, additional_values=av64, **oracle_kw
+    )
+    assert_close(out, ref_out, what=f"{what} out", **tol)
+    assert_lse_close(lse, ref_lse, dtype, what=f"{what} lse")
+
+    if not backward:
+        return
+    dout = randn(out.shape, gen, dtype)
+    out.backward(dout)
+    ref_out.backward(dout.to(torch.float64))
+    pairs = [("dq", ql, q64), ("dk", kl, k64), ("dv", vl, v64)]
+    if has_add:
+        pairs += [("d_add_k", akl, ak64), ("d_add_v", avl, av64)]
+    for name, mine, ref in pairs:
+        assert mine.grad is not None, f"{what}: {name} is None"
+        assert mine.grad.dtype == dtype, f"{what}: {name} dtype {mine.grad.dtype}"
+        assert_close(mine.grad, ref.grad, what=f"{what} {name}", **grad_tol)

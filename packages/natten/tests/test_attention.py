@@ -1,0 +1,163 @@
+"""natten.attention: dense, causal, GQA, Dv != D, LSE, gradients and varlen, against the oracle."""
+
+import random
+
+import pytest
+import torch
+
+import natten
+from helpers import TOL, assert_close, assert_lse_close, randn
+from oracle import attention_oracle
+
+
+def _run_and_compare(q, k, v, gen, is_causal=False, scale=None, backend="reference",
+                     varlen_kwargs=None, seqlens=None, backward=True, what=""):
+    dtype = q.dtype
+    tol = TOL[dtype]
+    ql, kl, vl = (t.clone().requires_grad_(backward) for t in (q, k, v))
+    kw = dict(is_causal=is_causal, return_lse=True)
+    if backend is not None:
+        kw["backend"] = backend
+    if scale is not None:
+        kw["scale"] = scale
+    if varlen_kwargs:
+        kw.update(varlen_kwargs)
+    out, lse = natten.attention(ql, kl, vl, **kw)
+    assert out.dtype == dtype
+    q64, k64, v64 = (t.double().requires_grad_(backward) for t in (q, k, v))
+    sq, skv = seqlens if seqlens is not None else (None, None)
+    ref, ref_lse = attention_oracle(q64, k64, v64, is_causal=is_causal, scale=scale,
+                                    seqlens_Q=sq, seqlens_KV=skv)
+    assert_close(out, ref, what=f"{what} out", **tol)
+    assert_lse_close(lse, ref_lse, dtype, what=f"{what} lse")
+    if backward:
+        dout = randn(out.shape, gen, dtype)
+        out.backward(dout)
+        ref.backward(dout.double())
+        for name, a, b in (("dq", ql, q64), ("dk", kl, k64), ("dv", vl, v64)):
+            assert a.grad is not None, f"{what}: {name} missing"
+            assert_close(a.grad, b.grad, what=f"{what} {name}", **tol)
+    return out, lse
+
+
+DENSE_SEEDS = list(range(100, 124))
+
+
+@pytest.mark.parametrize("seed", DENSE_SEEDS)
+def test_attention_dense_and_causal(seed):
+    r = random.Random(seed)
+    dtype = torch.float64 if seed % 3 == 0 else torch.float32
+    B = r.choice([1, 2])
+    N = r.randint(1, 70)
+    M = N if r.random() < 0.5 else r.randint(1, 70)
+    H_kv = r.choice([1, 2, 3])
+    H = H_kv * r.choice([1, 2, 4])
+    D = r.choice([4, 8, 16, 32])
+    Dv = D if r.random() < 0.5 else r.choice([4, 8, 24])
+    is_causal = r.random() < 0.5
+    scale = None if r.random() < 0.7 else 0.5
+    gen = torch.Generator().manual_seed(seed)
+    q = randn((B, N, H, D), gen, dtype)
+    k = randn((B, M, H_kv, D), gen, dtype)
+    v = randn((B, M, H_kv, Dv), gen, dtype)
+    _run_and_compare(q, k, v, gen, is_causal=is_causal, scale=scale,
+                     what=f"seed={seed} B={B} N={N} M={M} H={H} H_kv={H_kv} D={D} Dv={Dv} "
+                          f"causal={is_causal} scale={scale} {dtype}")
+
+
+@pytest.mark.parametrize("is_causal", [False, True])
+def test_attention_default_backend(is_causal):
+    gen = torch.Generator().manual_seed(5)
+    q, k, v = randn((2, 33, 4, 16), gen), randn((2, 33, 2, 16), gen), randn((2, 33, 2, 8), gen)
+    _run_and_compare(q, k, v, gen, is_causal=is_causal, backend=None, what="default backend")
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_attention_low_precision_forward(dtype):
+    dtype = getattr(torch, dtype)
+    gen = torch.Generator().manual_seed(6)
+    q, k, v = randn((1, 50, 2, 16), gen, dtype), randn((1, 50, 2, 16), gen, dtype), randn((1, 50, 2, 16), gen, dtype)
+    for c in (False, True):
+        _run_and_compare(q, k, v, gen, is_causal=c, backward=False, what=f"{dtype} causal={c}")
+
+
+def test_attention_return_lse_false():
+    gen = torch.Generator().manual_seed(8)
+    q = randn((1, 10, 2, 8), gen)
+    out = natten.attention(q, q, q, backend="reference")
+    assert isinstance(out, torch.Tensor) and out.shape == (1, 10, 2, 8)
+
+
+def test_gradcheck_attention():
+    gen = torch.Generator().manual_seed(9)
+    q = torch.randn(1, 5, 2, 3, generator=gen, dtype=torch.float64, requires_grad=True)
+    k = torch.randn(1, 6, 1, 3, generator=gen, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(1, 6, 1, 2, generator=gen, dtype=torch.float64, requires_grad=True)
+    for c in (False, True):
+        f = lambda q, k, v: natten.attention(q, k, v, is_causal=c, backend="reference")
+        assert torch.autograd.gradcheck(f, (q, k, v), eps=1e-6, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------
+# varlen
+# ------------------------------------------------------------------------------------------------
+VARLEN_CASES = [
+    # (seqlens_Q, seqlens_KV, H, H_kv, D, Dv, dtype)
+    ([3, 5, 2], [3, 5, 2], 2, 2, 8, 8, torch.float64),
+    ([3, 5, 2], [4, 2, 6], 2, 1, 8, 8, torch.float32),
+    ([1, 17, 9, 4], [7, 1, 9, 13], 4, 2, 16, 8, torch.float32),
+    ([12], [20], 3, 3, 8, 4, torch.float32),
+    ([6, 6, 6, 6, 6], [2, 3, 4, 5, 6], 2, 2, 4, 12, torch.float64),
+]
+
+
+def _split(t, lens):
+    return torch.split(t, list(lens), dim=1)
+
+
+@pytest.mark.parametrize("idx", range(len(VARLEN_CASES)))
+@pytest.mark.parametrize("mode", ["seqlens", "cumulative"])
+def test_attention_varlen(idx, mode):
+    sq, skv, H, H_kv, D, Dv, dtype = VARLEN_CASES[idx]
+    gen = torch.Generator().manual_seed(200 + idx)
+    N, M = sum(sq), sum(skv)
+    q = randn((1, N, H, D), gen, dtype)
+    k = randn((1, M, H_kv, D), gen, dtype)
+    v = randn((1, M, H_kv, Dv), gen, dtype)
+    if mode == "seqlens":
+        vk = dict(seqlens_Q=torch.tensor(sq, dtype=torch.int32),
+                  seqlens_KV=torch.tensor(skv, dtype=torch.int32))
+    else:
+        cq = torch.tensor([0] + list(torch.cumsum(torch.tensor(sq), 0)), dtype=torch.int32)
+        ck = torch.tensor([0] + list(torch.cumsum(torch.tensor(skv), 0)), dtype=torch.int32)
+        vk = dict(cumulative_seqlen_Q=cq, cumulative_seqlen_KV=ck,
+                  max_seqlen_Q=max(sq), max_seqlen_KV=max(skv))
+    out, lse = _run_and_compare(q, k, v, gen, varlen_kwargs=vk, seqlens=(sq, skv),
+                                what=f"varlen {mode} {sq} {skv}")
+    # equal to running each sequence separately
+    outs, lses = [], []
+    for qi, ki, vi in zip(_split(q, sq), _split(k, skv), _split(v, skv)):
+        o, l = natten.attention(qi, ki, vi, backend="reference", return_lse=True)
+        outs.append(o)
+        lses.append(l)
+    tol = TOL[dtype]
+    assert_close(out, torch.cat(outs, 1), what="varlen vs per-sequence out", **tol)
+    assert_close(lse, torch.cat(lses, 1), what="varlen vs per-sequence lse", **tol)
+
+
+def test_attention_varlen_seqlens_equals_cumulative():
+    sq, skv = [4, 9, 1], [5, 5, 5]
+    gen = torch.Generator().manual_seed(300)
+    q, k, v = randn((1, 14, 2, 8), gen), randn((1, 15, 2, 8), gen), randn((1, 15, 2, 8), gen)
+    a = natten.attention(q, k, v, backend="reference",
+                         seqlens_Q=torch.tensor(sq, dtype=torch.int32),
+                         seqlens_KV=torch.tensor(skv, dtype=torch.int32))
+    b = natten.attention(q, k, v, backend="reference",
+                         cumulative_seqlen_Q=torch.tensor([0, 4, 13, 14], dtype=torch.int32),
+                         cumulative_seqlen_KV=torch.tensor([0, 5, 10, 15], dtype=torch.int32),
+                         max_seqlen_Q=9, max_seqlen_KV=5)
+    assert_close(a, b, atol=1e-6, rtol=1e-6, what="seqlens vs cumulative")
+    # default backend as well
+    c = natten.attention(q, k, v, seqlens_Q=torch.tensor(sq, dtype=torch.int32),
+                         seqlens_KV=torch.tensor(skv, dtype=torch.int32))
+    assert_close(a, c, atol=1e-5, rtol=1e-5, what="varlen default backend")
