@@ -20,14 +20,21 @@ class MemoryUsagePreference(Enum):
 
 
 class _Context:
+    # Bumped by every setter: cached call plans (functional._PLANS) include it in their key.
+    version: int = 0
     deterministic: bool = False
     kv_parallelism: bool = True
     memory_preference: MemoryUsagePreference = MemoryUsagePreference.Default
-    flex_compile: bool = False
-    flex_compile_backprop: bool = False
+    # The flex backends compile FlexAttention on CUDA by default (forward and backward): eager
+    # FlexAttention materialises every score (O(N^2) memory and time), so compiling is what makes
+    # the backend usable at all; compiled FlexAttention (forward and backward, logsumexp gradient
+    # included) is the standard, supported way to run it in torch >= 2.5. CPU never compiles.
+    flex_compile: bool = True
+    flex_compile_backprop: bool = True
 
 
 def _require_bool(name: str, mode: object) -> bool:
+    _Context.version += 1
     if not isinstance(mode, bool):
         raise TypeError(f"`{name}` must be a bool, got {mode!r} ({type(mode).__name__}).")
     return mode
@@ -62,6 +69,7 @@ def set_memory_usage_preference(pref: str = "default") -> None:
             f"'unrestricted', got {pref!r}."
         )
     _Context.memory_preference = table[pref]
+    _Context.version += 1
 
 
 def get_memory_usage_preference() -> MemoryUsagePreference:
@@ -96,7 +104,7 @@ def are_deterministic_algorithms_enabled() -> bool:
 
 def allow_flex_compile(mode: bool = True, backprop: bool = False) -> None:
     """Allow the flex backends to ``torch.compile`` FlexAttention (forward; and backward if
-    ``backprop``)."""
+    ``backprop``). Both are allowed by default (on CUDA; CPU always runs FlexAttention eagerly)."""
     _Context.flex_compile = _require_bool("mode", mode)
     _Context.flex_compile_backprop = _require_bool("mode", mode) and _require_bool(
         "backprop", backprop
@@ -113,12 +121,14 @@ def allow_flex_compile_backprop(mode: bool = True) -> None:
 
 def disable_flex_compile() -> None:
     """Disallow compiled FlexAttention altogether (the flex backends then run eagerly)."""
+    _Context.version += 1
     _Context.flex_compile = False
     _Context.flex_compile_backprop = False
 
 
 def disable_flex_compile_backprop() -> None:
     """Disallow compiled FlexAttention when gradients are needed."""
+    _Context.version += 1
     _Context.flex_compile_backprop = False
 
 

@@ -12,6 +12,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
+from .context import _Context
 from .backends import choose_fmha_backend, choose_fna_backend, FNA_TO_FMHA
 from .utils import checks
 from .window import WindowSpec
@@ -55,6 +56,40 @@ def _check_options(
     return options
 
 
+# Validated call plans keyed by everything validation and dispatch depend on, so a repeated call
+# (the common case in a model) skips straight to the backend: host overhead matters for small
+# problems. Bounded; cleared when full.
+_PLANS: Dict[tuple, tuple] = {}
+_MAX_PLANS = 512
+
+
+def _compiling() -> bool:
+    return torch.compiler.is_compiling()
+
+
+def _hashable(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _signature(query: Any, key: Any, value: Any, *params: Any) -> Optional[tuple]:
+    """The plan-cache key of a call, or None when it cannot be formed (then: full validation)."""
+    if not (type(query) is Tensor and type(key) is Tensor and type(value) is Tensor):
+        return None
+    grad = torch.is_grad_enabled() and (
+        query.requires_grad or key.requires_grad or value.requires_grad
+    )
+    sig = (
+        query.shape, key.shape, value.shape, query.dtype, key.dtype, value.dtype,
+        query.device, key.device, value.device, grad, _Context.version,
+        torch.are_deterministic_algorithms_enabled(), *(_hashable(p) for p in params),
+    )
+    try:
+        hash(sig)
+    except TypeError:
+        return None
+    return sig
+
+
 def neighborhood_attention_generic(
     query: Tensor,
     key: Tensor,
@@ -84,6 +119,19 @@ def neighborhood_attention_generic(
     op_name: str = "neighborhood_attention_generic",
 ) -> Union[Tensor, Tuple[Tensor, Tensor]]:
     """Neighborhood attention on a token grid of any rank (1-3); see :func:`na2d`."""
+    fast_key = None
+    if additional_keys is None and additional_values is None and not _compiling():
+        fast_key = _signature(
+            query, key, value, kernel_size, stride, dilation, is_causal, scale, backend,
+            q_tile_shape, kv_tile_shape, backward_q_tile_shape, backward_kv_tile_shape,
+            backward_kv_splits, backward_use_pt_reduction, run_persistent_kernel,
+            kernel_schedule, torch_compile, rank,
+        )
+        plan = _PLANS.get(fast_key) if fast_key is not None else None
+        if plan is not None:
+            mod, spec, scale_f, options = plan
+            out, lse = mod.fna(query, key, value, spec, scale_f, **options)
+            return (out, lse) if return_lse else out
     if rank is None:
         if not isinstance(query, Tensor):
             raise TypeError(f"`query` must be a torch.Tensor, got {type(query).__name__}.")
@@ -140,6 +188,10 @@ def neighborhood_attention_generic(
         return (out, lse) if return_lse else out
 
     _, mod = choose_fna_backend(backend, q, k, v, spec, torch_compile)
+    if fast_key is not None and not has_additional:
+        if len(_PLANS) >= _MAX_PLANS:
+            _PLANS.clear()
+        _PLANS[fast_key] = (mod, spec, scale_f, options)
     out, lse = mod.fna(q, k, v, spec, scale_f, **options)
 
     if has_additional:
@@ -177,8 +229,8 @@ _NA_DOC = """Neighborhood attention over a {rank}-D token grid.
             handles the additional keys/values (e.g. ``backend``).
         backend (str, optional): ``"cutlass-fna"``, ``"hopper-fna"``, ``"blackwell-fna"``,
             ``"flex-fna"`` or ``"reference"``; None picks the best that can run the problem.
-        q_tile_shape, kv_tile_shape, backward_q_tile_shape, backward_kv_tile_shape,
-        backward_kv_splits (tuple, optional): tile configuration of the fused kernels.
+        q_tile_shape, kv_tile_shape, backward_q_tile_shape, backward_kv_tile_shape, backward_kv_splits (tuple, optional):
+            tile configuration of the fused kernels.
         backward_use_pt_reduction (bool), run_persistent_kernel (bool), kernel_schedule (str):
             fused-kernel knobs, accepted for NATTEN compatibility.
         torch_compile (bool): allow the flex backend to compile. Default: False.
@@ -364,8 +416,7 @@ def attention(
             (``[0, l0, l0 + l1, ...]``), with ``max_seqlen_Q`` / ``max_seqlen_KV``.
         backend (str, optional): ``"cutlass-fmha"``, ``"hopper-fmha"``, ``"blackwell-fmha"``,
             ``"flex-fmha"`` or ``"reference"``; None picks the best available.
-        q_tile_size, kv_tile_size, backward_q_tile_size, backward_kv_tile_size,
-        backward_kv_splits, backward_use_pt_reduction, run_persistent_kernel, kernel_schedule:
+        q_tile_size, kv_tile_size, backward_q_tile_size, backward_kv_tile_size, backward_kv_splits, backward_use_pt_reduction, run_persistent_kernel, kernel_schedule:
             fused-kernel knobs.
         torch_compile (bool): allow the flex backend to compile. Default: False.
         return_lse (bool): also return the logsumexp ``[batch, seqlen_q, heads]``.

@@ -1,0 +1,195 @@
+"""The benchmark suite of BENCHMARKS.md: natten backends against cuDNN SDPA in the same process.
+
+    python benchmarks/run.py --out DIR [--backends cutlass-fna] [--dtypes fp16 bf16]
+                             [--rows 1d-32k flux-4k ...] [--backward]
+
+Times are CUDA-event medians (triton.testing.do_bench) after warm-up and include every cost the
+user pays (the natten call does its own layout work). Speedup = cuDNN time / natten time on the
+same tensors. Effective TFLOP/s counts useful FLOPs only (SEMANTICS.md "Counting work").
+Writes DIR/results.json and DIR/results.md, and prints the markdown table last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Dict, List, Optional, Tuple
+
+import torch
+
+import natten
+from natten.window import WindowSpec
+
+
+@dataclass
+class Row:
+    id: str
+    batch: int
+    shape: Tuple[int, ...]
+    heads: int
+    dim: int
+    window: Tuple[int, ...]
+    stride: Tuple[int, ...] = ()
+    dilation: Tuple[int, ...] = ()
+    causal: Tuple[bool, ...] = ()
+    heads_kv: int = 0
+    primary: bool = True
+
+    def __post_init__(self) -> None:
+        r = len(self.shape)
+        self.stride = self.stride or (1,) * r
+        self.dilation = self.dilation or (1,) * r
+        self.causal = self.causal or (False,) * r
+        self.heads_kv = self.heads_kv or self.heads
+
+    def spec(self) -> WindowSpec:
+        return WindowSpec(self.shape, self.window, self.stride, self.dilation, self.causal)
+
+
+ROWS = [
+    Row("1d-32k", 1, (32768,), 1, 128, (2048,)),
+    Row("1d-32k-s256", 1, (32768,), 1, 128, (2048,), (256,)),
+    Row("flux-4k", 1, (256, 256), 24, 128, (80, 80)),
+    Row("flux-4k-gna", 1, (256, 256), 24, 128, (80, 80), (16, 16)),
+    Row("hunyuan", 1, (30, 48, 80), 24, 128, (18, 24, 24)),
+    Row("hunyuan-gna", 1, (30, 48, 80), 24, 128, (18, 24, 24), (16, 8, 8)),
+    Row("nat-small", 64, (56, 56), 4, 32, (7, 7), primary=False),
+    Row("dilated", 16, (64, 64), 8, 64, (13, 13), (1, 1), (2, 2), primary=False),
+    Row("causal-video", 1, (16, 44, 80), 32, 128, (8, 16, 16), causal=(True, False, False),
+        primary=False),
+    Row("gqa", 1, (256, 256), 24, 128, (80, 80), heads_kv=4, primary=False),
+]
+DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+OPS = {1: natten.na1d, 2: natten.na2d, 3: natten.na3d}
+
+
+def bench(fn, reps: int) -> float:
+    """Median milliseconds of ``fn`` with CUDA events."""
+    from triton.testing import do_bench
+
+    return float(do_bench(fn, warmup=max(1, reps // 4), rep=reps, return_mode="median"))
+
+
+def cudnn_time(q, k, v, backward: bool, reps_ms: int) -> float:
+    from torch.nn.attention import sdpa_kernel, SDPBackend
+    from torch.nn.functional import scaled_dot_product_attention as sdpa
+
+    B, H, D = q.shape[0], q.shape[-2], q.shape[-1]
+    # cuDNN wants [B, H, N, D]; the transposed views are what a user would pass.
+    qt = q.reshape(B, -1, H, D).transpose(1, 2)
+    kt = k.reshape(B, -1, k.shape[-2], D).transpose(1, 2)
+    vt = v.reshape(B, -1, v.shape[-2], v.shape[-1]).transpose(1, 2)
+    gqa = kt.shape[1] != H
+
+    def fwd():
+        with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
+            return sdpa(qt, kt, vt, enable_gqa=gqa)
+
+    if not backward:
+        return bench(fwd, reps_ms)
+    for t in (qt, kt, vt):
+        t.requires_grad_(True)
+
+    def fwd_bwd():
+        fwd().sum().backward()
+
+    return bench(fwd_bwd, reps_ms)
+
+
+def run_row(row: Row, backend: str, dtype: torch.dtype, backward: bool, reps_ms: int) -> Dict:
+    dev = "cuda"
+    g = torch.Generator(device=dev).manual_seed(0)
+    q = torch.randn(row.batch, *row.shape, row.heads, row.dim, device=dev, dtype=dtype, generator=g)
+    k = torch.randn(row.batch, *row.shape, row.heads_kv, row.dim, device=dev, dtype=dtype, generator=g)
+    v = torch.randn_like(k)
+    op = OPS[len(row.shape)]
+    kw = dict(kernel_size=row.window, stride=row.stride, dilation=row.dilation,
+              is_causal=row.causal, backend=backend)
+    result: Dict = {"id": row.id, "backend": backend, "dtype": str(dtype).split(".")[-1],
+                    "pass": "fwd+bwd" if backward else "fwd"}
+    try:
+        if backward:
+            for t in (q, k, v):
+                t.requires_grad_(True)
+            t_ours = bench(lambda: op(q, k, v, **kw).sum().backward(), reps_ms)
+        else:
+            with torch.no_grad():
+                t_ours = bench(lambda: op(q, k, v, **kw), reps_ms)
+    except (NotImplementedError, ValueError, RuntimeError) as e:
+        result["error"] = f"{type(e).__name__}: {str(e)[:300]}"
+        return result
+    t_dense = cudnn_time(q.detach(), k.detach(), v.detach(), backward, reps_ms)
+    pairs = row.spec().num_pairs()
+    flops = 2.0 * pairs * (row.dim + row.dim) * row.batch * row.heads
+    if backward:
+        flops *= 3.5  # forward + backward (~2.5x forward)
+    result.update(ms=t_ours, cudnn_ms=t_dense, speedup=t_dense / t_ours,
+                  tflops=flops / t_ours / 1e9,
+                  flop_bound=math.prod(n * n for n in row.shape) / pairs)
+    return result
+
+
+def markdown(results: List[Dict], meta: Dict) -> str:
+    lines = [f"Measured {meta['date']} on {meta['device']} (torch {meta['torch']}, CUDA "
+             f"{meta['cuda']}, natten-kernels {meta['kernels']}).", "",
+             "| id | backend | dtype | pass | natten ms | cuDNN ms | speedup | eff. TFLOP/s | FLOP bound |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        if "error" in r:
+            lines.append(f"| {r['id']} | {r['backend']} | {r['dtype']} | {r['pass']} | — | — | — | — | "
+                         f"{r['error'][:80]} |")
+        else:
+            lines.append(f"| {r['id']} | {r['backend']} | {r['dtype']} | {r['pass']} | {r['ms']:.3f} | "
+                         f"{r['cudnn_ms']:.3f} | {r['speedup']:.2f}x | {r['tflops']:.0f} | "
+                         f"{r['flop_bound']:.1f}x |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", required=True)
+    p.add_argument("--backends", nargs="+", default=["cutlass-fna"])
+    p.add_argument("--dtypes", nargs="+", default=["fp16", "bf16"], choices=sorted(DTYPES))
+    p.add_argument("--rows", nargs="+", default=[r.id for r in ROWS])
+    p.add_argument("--backward", action="store_true", help="also time forward+backward")
+    p.add_argument("--rep-ms", type=int, default=200)
+    a = p.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("benchmarks/run.py needs a CUDA device")
+    unknown = set(a.rows) - {r.id for r in ROWS}
+    if unknown:
+        p.error(f"unknown --rows {sorted(unknown)}; known: {[r.id for r in ROWS]}")
+    os.makedirs(a.out, exist_ok=True)
+    try:
+        from natten import _libnatten
+        kernels = _libnatten.build_info() if _libnatten.is_available() else "not loaded"
+    except Exception as e:  # noqa: BLE001
+        kernels = f"not loaded ({e})"
+    meta = {"date": datetime.date.today().isoformat(), "device": torch.cuda.get_device_name(),
+            "torch": torch.__version__, "cuda": torch.version.cuda, "kernels": kernels}
+    results = []
+    for row in [r for r in ROWS if r.id in a.rows]:
+        for dt in a.dtypes:
+            for backend in a.backends:
+                for backward in ([False, True] if a.backward else [False]):
+                    t0 = time.time()
+                    r = run_row(row, backend, DTYPES[dt], backward, a.rep_ms)
+                    print(json.dumps(r), f"({time.time() - t0:.1f}s)", flush=True)
+                    results.append(r)
+                    torch.cuda.empty_cache()
+    with open(os.path.join(a.out, "results.json"), "w") as f:
+        json.dump({"meta": meta, "results": results}, f, indent=1)
+    md = markdown(results, meta)
+    with open(os.path.join(a.out, "results.md"), "w") as f:
+        f.write(md + "\n")
+    print(md)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# One call on a bare GPU machine: build the kernel library (sm_90a), run the GPU tests (poisoned
+# outputs, fresh random problems, compute-sanitizer on a subset) and the benchmarks.
+#
+#   bash ci/gpu.sh OUTDIR [--quick]
+#
+# Env: CUTLASS_DIR (default .gpu/cutlass, a trimmed copy of the nvidia-cutlass headers carried to
+# the machine), NATTEN_CUDA_ARCHS (default 90a), NATTEN_KERNELS_LIBRARY (skip the build and use
+# this .so), GPU_STEPS (default "build tests sanitize bench"), BENCH_ARGS (extra benchmark args).
+set -uo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+OUT=${1:?usage: ci/gpu.sh OUTDIR}
+mkdir -p "$OUT"
+cd "$ROOT"
+export PYTHONUNBUFFERED=1
+export PYTHONPATH="$ROOT/packages/natten/src:$ROOT/packages/natten-kernels/python${PYTHONPATH:+:$PYTHONPATH}"
+STEPS=${GPU_STEPS:-build tests sanitize bench}
+status=0
+summary=()
+step() { echo; echo "=== $1 ($(date +%T)) ==="; }
+has() { [[ " $STEPS " == *" $1 "* ]]; }
+
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/device.txt"
+python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)" | tee -a "$OUT/device.txt"
+
+if has build && [ -z "${NATTEN_KERNELS_LIBRARY:-}" ]; then
+  step "build (sm_${NATTEN_CUDA_ARCHS:-90a})"
+  t0=$(date +%s)
+  cmake -S packages/natten-kernels -B build/gpu -G Ninja -DCMAKE_BUILD_TYPE=Release \
+    -DNATTEN_CUDA_ARCHS="${NATTEN_CUDA_ARCHS:-90a}" -DCUTLASS_DIR="${CUTLASS_DIR:-$ROOT/.gpu/cutlass}" \
+    -DNATTEN_CUTLASS_DOWNLOAD=OFF > "$OUT/build.log" 2>&1 \
+    && cmake --build build/gpu -j"$(nproc)" >> "$OUT/build.log" 2>&1
+  rc=$?
+  tail -5 "$OUT/build.log"
+  summary+=("build: rc=$rc in $(( $(date +%s) - t0 ))s")
+  if [ $rc -ne 0 ]; then tail -60 "$OUT/build.log"; echo "${summary[@]}"; exit 1; fi
+  export NATTEN_KERNELS_LIBRARY=$(find "$ROOT/build/gpu" -name 'libnatten_kernels*.so' | head -1)
+fi
+echo "library: ${NATTEN_KERNELS_LIBRARY:-<natten_kernels package>}"
+python3 -c "from natten import _libnatten as l; print(l.build_info())" || status=1
+
+if has tests; then
+  step "GPU tests"
+  python3 -m pytest packages/natten/tests/gpu -m gpu -q -rA -x -p no:cacheprovider \
+    2>&1 | tee "$OUT/gpu-tests.log" | grep -v "^PASSED" | tail -40
+  rc=${PIPESTATUS[0]}
+  summary+=("tests: rc=$rc ($(grep -E '[0-9]+ (passed|failed)' "$OUT/gpu-tests.log" | tail -1))")
+  [ $rc -eq 0 ] || status=1
+fi
+
+if has sanitize; then
+  for tool in memcheck racecheck; do
+    step "compute-sanitizer $tool"
+    compute-sanitizer --tool $tool --error-exitcode 9 --target-processes all \
+      python3 ci/gpu_sanitize_subset.py > "$OUT/sanitize-$tool.log" 2>&1
+    rc=$?
+    tail -4 "$OUT/sanitize-$tool.log"
+    summary+=("sanitizer $tool: rc=$rc ($(grep -c 'ERROR SUMMARY: 0 errors' "$OUT/sanitize-$tool.log") clean summaries)")
+    [ $rc -eq 0 ] || status=1
+  done
+fi
+
+if has bench; then
+  step "benchmarks"
+  python3 benchmarks/host_overhead.py 2>&1 | tee "$OUT/host-overhead.txt"
+  python3 benchmarks/run.py --out "$OUT/bench" ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench.log" | grep -v '^{' 
+  summary+=("bench: rc=${PIPESTATUS[0]}")
+fi
+
+echo; echo "=== summary ==="; printf '%s\n' "${summary[@]}"
+exit $status

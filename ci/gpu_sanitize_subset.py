@@ -1,0 +1,47 @@
+"""A representative subset of fused-kernel problems, small enough for compute-sanitizer.
+
+Run under `compute-sanitizer --tool memcheck|racecheck` by ci/gpu.sh; also checks the results
+against the float64 oracle so a silent out-of-bounds write that corrupts output is caught too.
+"""
+
+import os
+import sys
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "packages", "natten", "tests"))
+
+import natten  # noqa: E402
+from natten import ops  # noqa: E402
+from oracle import na_oracle  # noqa: E402
+
+CASES = [
+    # shape, kernel, stride, dilation, causal, H, Hkv, D, dtype
+    ((37,), (6,), (1,), (1,), (False,), 2, 1, 64, torch.float16),
+    ((50,), (7,), (3,), (2,), (True,), 2, 2, 32, torch.bfloat16),
+    ((13, 11), (4, 5), (1, 2), (2, 1), (False, True), 4, 2, 128, torch.float16),
+    ((9, 17), (9, 8), (3, 8), (1, 2), (False, False), 2, 1, 256, torch.bfloat16),
+    ((5, 7, 9), (3, 4, 5), (1, 1, 2), (1, 1, 1), (True, False, False), 2, 1, 64, torch.float16),
+    ((6, 6, 10), (2, 3, 4), (2, 3, 1), (2, 1, 2), (False, True, True), 3, 3, 96, torch.bfloat16),
+]
+ops.set_poison_outputs(True)
+bad = 0
+for shape, ks, st, dl, ca, h, hkv, d, dt in CASES:
+    q = torch.randn(2, *shape, h, d, device="cuda", dtype=dt)
+    k = torch.randn(2, *shape, hkv, d, device="cuda", dtype=dt)
+    v = torch.randn(2, *shape, hkv, d, device="cuda", dtype=dt)
+    op = {1: natten.na1d, 2: natten.na2d, 3: natten.na3d}[len(shape)]
+    try:
+        out, lse = op(q, k, v, ks, st, dl, ca, backend="cutlass-fna", return_lse=True)
+    except NotImplementedError as e:
+        print(f"unsupported {shape} D={d}: {e}")
+        continue
+    ref, ref_lse = na_oracle(q.double(), k.double(), v.double(), ks, st, dl, ca)
+    err = max((out.double() - ref).abs().max().item(), (lse.double() - ref_lse).abs().max().item())
+    tol = 1e-2 if dt == torch.float16 else 5e-2
+    ok = err <= tol
+    bad += not ok
+    print(f"{shape} k={ks} s={st} d={dl} c={ca} H={h}/{hkv} D={d} {dt}: max err {err:.2e} {'ok' if ok else 'FAIL'}")
+torch.cuda.synchronize()
+sys.exit(1 if bad else 0)

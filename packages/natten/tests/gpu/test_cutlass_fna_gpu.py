@@ -1,0 +1,113 @@
+"""cutlass-fna forward on the GPU against the float64 oracle (run by ci/gpu.sh on the H100).
+
+Fresh random problems every run (the seed is printed on failure), outputs poisoned with NaN before
+each launch so unwritten elements show.
+"""
+
+import math
+import os
+import random
+
+import pytest
+import torch
+
+from helpers import assert_close, TOL
+from oracle import na_oracle
+
+pytestmark = pytest.mark.gpu
+
+if not torch.cuda.is_available():
+    pytest.skip("needs a CUDA device", allow_module_level=True)
+
+import natten  # noqa: E402
+from natten import _libnatten, ops  # noqa: E402
+from natten.backends import BackendNotSupportedError  # noqa: E402
+
+if not _libnatten.is_available():
+    pytest.fail(f"natten-kernels is not loadable: {_libnatten.unavailable_reason()}", pytrace=False)
+
+NUM_PROBLEMS = int(os.environ.get("NATTEN_GPU_SWEEP", "1200"))
+SEED = int(os.environ.get("NATTEN_GPU_SEED", str(random.SystemRandom().randrange(1 << 30))))
+OPS = {1: natten.na1d, 2: natten.na2d, 3: natten.na3d}
+GPU_TOL = {torch.float16: 1e-2, torch.bfloat16: 5e-2}
+
+
+def _problem(rng: random.Random):
+    rank = rng.choice([1, 2, 2, 3, 3])
+    hi = {1: 300, 2: 24, 3: 11}[rank]
+    shape = [rng.randint(2, hi) for _ in range(rank)]
+    ks = [rng.randint(2, n) for n in shape]
+    dl = [rng.randint(1, max(1, n // k)) if rng.random() < 0.4 else 1 for n, k in zip(shape, ks)]
+    st = [rng.randint(1, k) if rng.random() < 0.5 else 1 for k in ks]
+    ca = [rng.random() < 0.3 for _ in ks]
+    hkv = rng.choice([1, 2, 3])
+    h = hkv * rng.choice([1, 1, 2, 4])
+    d = rng.choice([32, 64, 128, 256, 40, 96, 160, 8 * rng.randint(4, 32)])
+    dtype = rng.choice([torch.float16, torch.bfloat16])
+    b = rng.randint(1, 2)
+    return rank, shape, ks, st, dl, ca, b, h, hkv, d, dtype
+
+
+def test_fna_forward_random_sweep():
+    rng = random.Random(SEED)
+    ops.set_poison_outputs(True)
+    failures = []
+    checked = 0
+    try:
+        for case in range(NUM_PROBLEMS):
+            rank, shape, ks, st, dl, ca, b, h, hkv, d, dtype = _problem(rng)
+            g = torch.Generator(device="cuda").manual_seed(rng.randrange(1 << 30))
+            q = torch.randn(b, *shape, h, d, device="cuda", dtype=dtype, generator=g)
+            k = torch.randn(b, *shape, hkv, d, device="cuda", dtype=dtype, generator=g)
+            v = torch.randn(b, *shape, hkv, d, device="cuda", dtype=dtype, generator=g)
+            desc = (f"case {case} seed {SEED}: shape={shape} kernel={ks} stride={st} dilation={dl} "
+                    f"causal={ca} B={b} H={h} Hkv={hkv} D={d} {dtype}")
+            try:
+                out, lse = OPS[rank](q, k, v, ks, st, dl, ca, backend="cutlass-fna", return_lse=True)
+                ref_out, ref_lse = na_oracle(q.double(), k.double(), v.double(), ks, st, dl, ca)
+                tol = GPU_TOL[dtype]
+                assert_close(out, ref_out, atol=tol, rtol=0, what=f"{desc} out")
+                assert_close(lse, ref_lse, atol=tol, rtol=0, what=f"{desc} lse")
+                checked += 1
+            except (NotImplementedError, BackendNotSupportedError) as e:  # unsupported: says so
+                if d in (32, 64, 128, 256):
+                    failures.append(f"{desc}: unexpectedly unsupported: {e}")
+            except AssertionError as e:
+                failures.append(str(e))
+            if len(failures) >= 10:
+                break
+    finally:
+        ops.set_poison_outputs(False)
+    print(f"cutlass-fna sweep: {checked} problems checked against the float64 oracle (seed {SEED})")
+    assert not failures, "\n".join(failures)
+    assert checked >= 0.8 * NUM_PROBLEMS, f"only {checked} of {NUM_PROBLEMS} problems ran"
+
+
+def test_fna_forward_noncontiguous_and_large_offsets():
+    # Views with odd strides (a slice of a larger tensor) must be handled (copied or addressed).
+    base = torch.randn(1, 40, 40, 6, 64, device="cuda", dtype=torch.float16)
+    q, k, v = base[:, 3:35, 5:37, 0:2], base[:, 3:35, 5:37, 2:4], base[:, 3:35, 5:37, 4:6]
+    out = natten.na2d(q, k, v, (7, 9), backend="cutlass-fna")
+    ref, _ = na_oracle(q.double(), k.double(), v.double(), (7, 9))
+    assert_close(out, ref, atol=1e-2, rtol=0, what="strided views")
+
+
+def test_fna_forward_over_2_31_elements():
+    # q/k/v of 2^31 + elements each (fp16: 4 GiB each): 64-bit offsets.
+    free, _ = torch.cuda.mem_get_info()
+    if free < 24 * 2**30:
+        pytest.fail(f"needs ~24 GiB free GPU memory, has {free / 2**30:.1f}")
+    b, n, h, d = 1, (1 << 31) // (8 * 128) + 64, 8, 128
+    q = torch.randn(b, n, h, d, device="cuda", dtype=torch.float16)
+    assert q.numel() > 2**31
+    k = torch.randn_like(q)
+    v = torch.randn_like(q)
+    out, lse = natten.na1d(q, k, v, 16, backend="cutlass-fna", return_lse=True)
+    for i in (0, n // 2, n - 1):  # spot-check rows at both ends of the 64-bit range
+        lo = min(max(i - 8, 0), n - 16)
+        sl = slice(lo, lo + 16)
+        qs, ks_, vs = q[:, i : i + 1].double(), k[:, sl].double(), v[:, sl].double()
+        s = torch.einsum("bqhd,bkhd->bhqk", qs, ks_) / math.sqrt(d)
+        ref = torch.einsum("bhqk,bkhd->bqhd", s.softmax(-1), vs)
+        assert_close(out[:, i : i + 1], ref, atol=1e-2, rtol=0, what=f"row {i}")
+        assert_close(lse[:, i], s.logsumexp(-1)[..., 0], atol=1e-2, rtol=0, what=f"lse row {i}")
