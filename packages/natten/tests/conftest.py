@@ -25,7 +25,7 @@ def _restore_natten_context():
         ("use_deterministic_algorithms", (False,)),
         ("use_kv_parallelism_in_fused_na", (True,)),
         ("set_memory_usage_preference", ("default",)),
-        ("disable_flex_compile", ()),
+        ("allow_flex_compile", (True, True)),
     ):
         f = getattr(natten, fn, None)
         if f is not None:

@@ -233,7 +233,8 @@ _NA_DOC = """Neighborhood attention over a {rank}-D token grid.
             tile configuration of the fused kernels.
         backward_use_pt_reduction (bool), run_persistent_kernel (bool), kernel_schedule (str):
             fused-kernel knobs, accepted for NATTEN compatibility.
-        torch_compile (bool): allow the flex backend to compile. Default: False.
+        torch_compile (bool): require the flex backend to compile FlexAttention (it compiles on
+            CUDA by default while ``natten.is_flex_compile_allowed()``). Default: False.
         try_fuse_additional_kv (bool): fuse additional keys/values into the kernel when the
             backend can. Default: False.
         return_lse (bool): also return the logsumexp. Default: False.
@@ -418,7 +419,8 @@ def attention(
             ``"flex-fmha"`` or ``"reference"``; None picks the best available.
         q_tile_size, kv_tile_size, backward_q_tile_size, backward_kv_tile_size, backward_kv_splits, backward_use_pt_reduction, run_persistent_kernel, kernel_schedule:
             fused-kernel knobs.
-        torch_compile (bool): allow the flex backend to compile. Default: False.
+        torch_compile (bool): require the flex backend to compile FlexAttention (it compiles on
+            CUDA by default while ``natten.is_flex_compile_allowed()``). Default: False.
         return_lse (bool): also return the logsumexp ``[batch, seqlen_q, heads]``.
 
     Returns:

@@ -44,12 +44,20 @@ class BackendNotSupportedError(ValueError):
     """The requested backend cannot run this problem here; the message says why."""
 
 
+def _device_order(names: List[str], query: Tensor) -> List[str]:
+    """Automatic-selection order on this device: off CUDA the exact ``reference`` backend comes
+    first (FlexAttention on CPU is an unfused eager path; it runs only when asked for by name)."""
+    if query.is_cuda:
+        return names
+    return sorted(names, key=lambda n: n != "reference")
+
+
 def fna_reasons(
     query: Tensor, key: Tensor, value: Tensor, spec: WindowSpec, torch_compile: bool = False
 ) -> List[Tuple[str, Optional[str]]]:
     return [
-        (name, mod.can_run_fna(query, key, value, spec, torch_compile))
-        for name, mod in FNA_BACKENDS.items()
+        (name, FNA_BACKENDS[name].can_run_fna(query, key, value, spec, torch_compile))
+        for name in _device_order(list(FNA_BACKENDS), query)
     ]
 
 
@@ -62,8 +70,8 @@ def fmha_reasons(
     torch_compile: bool = False,
 ) -> List[Tuple[str, Optional[str]]]:
     return [
-        (name, mod.can_run_fmha(query, key, value, is_causal, is_varlen, torch_compile))
-        for name, mod in FMHA_BACKENDS.items()
+        (name, FMHA_BACKENDS[name].can_run_fmha(query, key, value, is_causal, is_varlen, torch_compile))
+        for name in _device_order(list(FMHA_BACKENDS), query)
     ]
 
 

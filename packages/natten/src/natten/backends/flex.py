@@ -1,18 +1,1111 @@
 """``flex-fna`` / ``flex-fmha``: neighborhood attention through PyTorch FlexAttention.
 
-Not implemented in this release yet: the dispatcher skips it and says so when it is asked for.
+Design
+======
+
+Token permutation into multi-dimensional tiles
+----------------------------------------------
+FlexAttention works on a 1-D sequence cut into blocks (``BLOCK_SIZE = (Q block, KV block)``
+tokens); it skips blocks that its ``BlockMask`` leaves out and runs ``mask_mod`` only on the blocks
+listed as *partial*. With a row-major flattening of a 2-D/3-D grid a block of 128 tokens is a thin
+strip that cuts almost every window, so nearly every block is partial and block sparsity is lost.
+We therefore reorder tokens so that every block is a multi-dimensional *tile* (e.g. 16x8 or
+2x8x8 = 128 tokens):
+
+* dilation groups are folded into the batch: axis coordinate ``x = x' * d + g``; the ``prod(d)``
+  groups become batch entries ``b * G + g`` and every group is dense in its local coordinate ``x'``;
+* each axis (group-local length ``m = ceil(n / d)``) is padded to a multiple of the tile extent;
+* ``[B, *grid, H, D]`` is viewed as ``[B, (tiles_a, tile_a, d_a) per axis, H, D]`` and permuted to
+  ``[B, d..., tiles..., tile..., H, D]``: one copy (two when padding is needed), heads-last in memory
+  (FlexAttention takes the ``[B*G, H, N, D]`` *view*, no head transpose is copied).
+
+The output and the logsumexp are permuted back (and cropped) the same way. All of it is plain
+autograd-visible tensor code, so gradients flow through the permutation.
+
+Exact masks
+-----------
+``mask_mod(b, h, q_idx, kv_idx)`` decodes tile index / tile offset / dilation group back to per-axis
+group-local coordinates with integer tensor arithmetic (no data-dependent Python control flow; the
+per-problem constants are Python ints baked into the closure) and applies the per-axis rule of
+SEMANTICS.md (stride-group leader, centre clamped inward, causal start/stop, dilation-group length
+``n_g = ceil((n - g) / d)``), AND over axes. Padded tokens never enter a real query's window
+(windows lie inside ``[0, n_g)``); padded queries get a valid window too, so no row is empty.
+
+Block masks from tile-visit bounds (never O(N^2))
+-------------------------------------------------
+Per axis and dilation group, every query's keys form one interval ``[start_i, last_i]`` (in
+group-local coordinates); the union over a query tile is again an interval (stride <= kernel size),
+so the key tiles a query tile touches are a range. Because the mask is a per-axis AND and tiles are
+boxes, a (query tile, key tile) block is non-empty iff it is non-empty on every axis, and *full* iff
+it is full on every axis (full on an axis: ``max start <= first key`` and ``min last >= last key``).
+We build those 1-D block relations, take their outer AND at block granularity
+(``[G, q_blocks, kv_blocks]`` booleans, the size FlexAttention itself uses for its backward
+indices), split partial / full, and hand them to ``BlockMask.from_kv_blocks``: full blocks skip
+``mask_mod`` in the kernel; blocks left out are exactly the empty ones. The block mask's batch dim is
+the number of dilation groups: FlexAttention broadcasts it over the batch by ``b % G``.
+
+Tile shapes
+-----------
+Unless ``q_tile_shape`` / ``kv_tile_shape`` are given, tiles of 128 query and 128 key tokens are
+chosen per problem (powers of two per axis) by minimising the visited work of PERF-NOTES.md
+(``prod_a sum_{q tiles} Tq_a * keyTilesInBox * Tk_a``, padding included) with partial blocks weighted
+a little more than full ones. 128-token blocks are multiples of every default Triton block size of
+FlexAttention (forward and backward), so no kernel option has to be forced; for other tile sizes
+the Triton block sizes are lowered to divide them.
+
+Caching and compilation
+-----------------------
+A *plan* (tiles, mask_mod, BlockMask, kernel options) is built once per problem signature (grid,
+window parameters, tiles, device) and kept in a bounded LRU cache (``_CACHE_SIZE`` = 32 entries):
+the same signature returns the same BlockMask object and the same mask_mod function, so calls never
+rebuild masks and never change what dynamo guards on. All calls go through one module-level
+``torch.compile(flex_attention, dynamic=False, fullgraph=True)`` with its own recompile budget
+(``isolate_recompiles``, ``recompile_limit`` = ``_RECOMPILE_LIMIT``): every new problem shape is one
+compile, repeated calls are cache hits, and a sweep over many problems never reaches dynamo's
+recompile limit (the default limit of 8 is per code object and would otherwise be hit).
+
+When compilation happens: only on CUDA, and only while ``natten.is_flex_compile_allowed()`` (and,
+when gradients are needed, ``natten.is_flex_compile_backprop_allowed()``); both are on by default.
+``torch_compile=True`` demands compilation (the backend refuses the problem where it cannot
+compile). Otherwise FlexAttention runs eagerly: its eager path materialises the full score matrix,
+so we run it in query chunks (whole query tiles) bounded by ``_EAGER_SCORE_ELEMENTS`` scores; the
+chunks' mask_mods take their query offset as a captured 0-d tensor, so all chunks share one trace.
+If dynamo's global cap on compiled entries (``accumulated_recompile_limit``, 256) is ever reached,
+or compiling fails, the call runs eagerly and a warning says so once. Inside a user's own
+``torch.compile`` region FlexAttention is traced into the user's graph directly (plan lookup is a
+``torch.compiler.disable``d call, so mask building never enters the graph).
+
+CPU: FlexAttention on CPU runs eagerly (compiled CPU FlexAttention supports neither logsumexp nor
+backward, and the eager path has no CPU backward). Training on CPU (grad mode on and an input that
+requires grad) is routed to the exact ``reference`` backend automatically; the dispatcher prefers
+``reference`` on CPU anyway, so flex runs there only when asked for by name.
+
+Gradients: out and logsumexp are both differentiable (FlexAttention's backward takes the lse
+gradient, compiled and eager).
 """
 
 from __future__ import annotations
 
-from ._unavailable import entry_points
+import collections
+import functools
+import inspect
+import math
+import threading
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+from .. import context
+from ..window import WindowSpec
+from . import reference
+
+try:  # FlexAttention exists from torch 2.5 on.
+    from torch.nn.attention.flex_attention import BlockMask, flex_attention
+
+    _FLEX_IMPORT_ERROR: Optional[str] = None
+except Exception as _e:  # pragma: no cover - depends on the torch build
+    BlockMask = None  # type: ignore[assignment,misc]
+    flex_attention = None  # type: ignore[assignment]
+    _FLEX_IMPORT_ERROR = (
+        f"FlexAttention is not available in this torch ({torch.__version__}): {_e}"
+    )
+
+try:  # torch >= 2.9 returns auxiliary outputs through AuxRequest; older versions use return_lse.
+    from torch.nn.attention.flex_attention import AuxRequest
+
+    _HAS_AUX = True
+except Exception:  # pragma: no cover
+    AuxRequest = None  # type: ignore[assignment,misc]
+    _HAS_AUX = False
+
+NAME_FNA = "flex-fna"
+NAME_FMHA = "flex-fmha"
 
 SUPPORTS_VARLEN = False
-_REASON = "the FlexAttention backend is not implemented in this release yet"
+
+# Tokens per query / key tile (= FlexAttention's sparse block size) unless tile shapes are given.
+_DEFAULT_TILE_TOKENS = 128
+# tl.dot needs blocks of at least 16 rows/columns: the smallest tile a compiled kernel can use.
+_MIN_TILE_TOKENS = 16
+# Plans (BlockMask, mask_mod, tiles) kept alive; least recently used ones are dropped.
+_CACHE_SIZE = 32
+# Budget of the eager path: scores materialised per FlexAttention call (float32 elements).
+_EAGER_SCORE_ELEMENTS = 1 << 24
+# Compiles the module-level compiled FlexAttention may do (one per new problem shape).
+_RECOMPILE_LIMIT = 4096
+# Cost of a partial block (mask_mod evaluated) relative to a full one, for the tile choice.
+_PARTIAL_BLOCK_WEIGHT = 1.2
+
+# Test hooks: the compile backend and whether the compiled path may run on CPU (it can only do so
+# with a non-inductor backend such as "eager", which is how the CPU tests check recompilations).
+_COMPILE_BACKEND: Any = "inductor"
+_ALLOW_COMPILE_ON_CPU = False
+
+_CUDA_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+_CPU_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
-_entry = entry_points(_REASON)
-can_run_fna = _entry["can_run_fna"]
-can_run_fmha = _entry["can_run_fmha"]
-fna = _entry["fna"]
-fmha = _entry["fmha"]
+# ------------------------------------------------------------------------------------------------
+# Small helpers
+# ------------------------------------------------------------------------------------------------
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _next_pow2(x: int) -> int:
+    return 1 if x <= 1 else 1 << (x - 1).bit_length()
+
+
+def _pow2_divisor(x: int) -> int:
+    """Largest power of two dividing ``x`` (x > 0)."""
+    return x & -x
+
+
+def _prod(xs: Iterable[int]) -> int:
+    out = 1
+    for x in xs:
+        out *= int(x)
+    return out
+
+
+def _needs_grad(*tensors: Tensor) -> bool:
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
+def _device_key(device: torch.device) -> Tuple[str, int]:
+    return (device.type, -1 if device.index is None else int(device.index))
+
+
+# ------------------------------------------------------------------------------------------------
+# Per-axis window arithmetic in group-local coordinates (host side, for block masks and tiles)
+# ------------------------------------------------------------------------------------------------
+
+
+def _local_bounds(ext: int, ng: int, K: int, s: int, causal: bool) -> Tuple[Tensor, Tensor]:
+    """``(start, last)`` of the keys of group-local queries ``0 .. ext-1`` on one axis whose
+    dilation group holds ``ng`` real tokens; queries ``>= ng`` are padding and follow the same rule
+    (exactly what ``mask_mod`` computes for them)."""
+    i = torch.arange(ext, dtype=torch.int64)
+    if causal:
+        leader = torch.clamp(s * (i // s) + s - 1, max=ng - 1)
+        return torch.clamp(leader - K + 1, min=0), i
+    left = K // 2
+    right = K // 2 + K % 2 - 1
+    centre = torch.clamp(torch.clamp(s * (i // s) + s // 2, max=ng - 1 - right), min=left)
+    return centre - left, centre + right
+
+
+def _axis_block_relation(
+    q_ext: int, kv_ext: int, t: int, u: int, ng: int, K: int, s: int, causal: bool
+) -> Tuple[Tensor, Tensor]:
+    """Block relations on one axis: ``any[p, r]`` (some query of query tile p attends some key of
+    key tile r) and ``full[p, r]`` (every query of tile p attends every key of tile r)."""
+    start, last = _local_bounds(q_ext, ng, K, s, causal)
+    last = torch.clamp(last, max=kv_ext - 1)
+    lo = start.view(-1, t).amin(1)
+    hi = last.view(-1, t).amax(1)
+    fs = start.view(-1, t).amax(1)
+    fl = last.view(-1, t).amin(1)
+    k0 = torch.arange(0, kv_ext, u, dtype=torch.int64)
+    k1 = k0 + u - 1
+    any_ = (lo[:, None] <= k1[None, :]) & (hi[:, None] >= k0[None, :])
+    full = (fs[:, None] <= k0[None, :]) & (fl[:, None] >= k1[None, :])
+    return any_, full & any_
+
+
+def _axis_cost(m: int, t: int, u: int, K: int, s: int, causal: bool) -> Tuple[int, int]:
+    """(visited, full) tokens-pairs on one axis for query tile t and key tile u (group of length m)."""
+    q_ext = _ceil_div(m, t) * t
+    kv_ext = _ceil_div(m, u) * u
+    any_, full = _axis_block_relation(q_ext, kv_ext, t, u, m, K, s, causal)
+    return int(any_.sum()) * t * u, int(full.sum()) * t * u
+
+
+# ------------------------------------------------------------------------------------------------
+# Tile choice
+# ------------------------------------------------------------------------------------------------
+
+
+def _factorizations(exp: int, caps: Sequence[int]) -> List[Tuple[int, ...]]:
+    """All tuples of powers of two with product 2**exp and entry a at most caps[a]."""
+    out: List[Tuple[int, ...]] = []
+
+    def rec(a: int, left: int, acc: Tuple[int, ...]) -> None:
+        if a == len(caps) - 1:
+            if (1 << left) <= caps[a]:
+                out.append(acc + (1 << left,))
+            return
+        e = 0
+        while e <= left and (1 << e) <= caps[a]:
+            rec(a + 1, left - e, acc + (1 << e,))
+            e += 1
+
+    rec(0, exp, ())
+    return out
+
+
+def _tile_tokens_for(m: Sequence[int], target: int) -> Tuple[int, Tuple[int, ...]]:
+    """Token count of the tiles and per-axis caps (next power of two of the group-local length)."""
+    caps = tuple(_next_pow2(x) for x in m)
+    total = _prod(caps)
+    tokens = target
+    if total < tokens:
+        tokens = max(total, _MIN_TILE_TOKENS)
+        if total < tokens:  # tiny grid: let the last axis' tile grow (padding) up to the minimum
+            caps = caps[:-1] + (caps[-1] * (tokens // total),)
+    return tokens, caps
+
+
+@functools.lru_cache(maxsize=256)
+def choose_tile_shapes(
+    shape: Tuple[int, ...],
+    kernel_size: Tuple[int, ...],
+    stride: Tuple[int, ...],
+    dilation: Tuple[int, ...],
+    is_causal: Tuple[bool, ...],
+    q_tokens: int = _DEFAULT_TILE_TOKENS,
+    kv_tokens: int = _DEFAULT_TILE_TOKENS,
+) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
+    """Query and key tile shapes (per-axis powers of two with ``q_tokens`` / ``kv_tokens`` tokens)
+    that minimise the tile-visit work of this problem (see the module docstring)."""
+    rank = len(shape)
+    m = tuple(_ceil_div(n, d) for n, d in zip(shape, dilation))
+    tq, caps_q = _tile_tokens_for(m, q_tokens)
+    tk, caps_k = _tile_tokens_for(m, kv_tokens)
+    q_opts = _factorizations(tq.bit_length() - 1, caps_q)
+    k_opts = _factorizations(tk.bit_length() - 1, caps_k)
+    axis_cost: Dict[Tuple[int, int, int], Tuple[int, int]] = {}
+
+    def cost(a: int, t: int, u: int) -> Tuple[int, int]:
+        key = (a, t, u)
+        if key not in axis_cost:
+            axis_cost[key] = _axis_cost(m[a], t, u, kernel_size[a], stride[a], is_causal[a])
+        return axis_cost[key]
+
+    best = None
+    for qt in q_opts:
+        for kt in k_opts:
+            visited = full = 1
+            for a in range(rank):
+                v_a, f_a = cost(a, qt[a], kt[a])
+                visited *= v_a
+                full *= f_a
+            score = visited + (_PARTIAL_BLOCK_WEIGHT - 1.0) * (visited - full)
+            # Ties: prefer equal query/key tiles, then larger extents on the innermost axes.
+            tie = (0 if qt == kt else 1, tuple(-x for x in reversed(qt)), tuple(-x for x in reversed(kt)))
+            cand = (score, tie, qt, kt)
+            if best is None or cand[:2] < best[:2]:
+                best = cand
+    assert best is not None
+    return best[2], best[3]
+
+
+# ------------------------------------------------------------------------------------------------
+# mask_mod factories (integer tensor arithmetic only: works under vmap and inside the kernel)
+# ------------------------------------------------------------------------------------------------
+
+
+def _coord_decoder(tile: Tuple[int, ...], grid: Tuple[int, ...]) -> Callable[[Tensor], List[Any]]:
+    """A function mapping tile-ordered token indices to per-axis group-local coordinates.
+
+    Every constant is computed here, outside the returned function, so that the function itself is
+    nothing but integer tensor arithmetic (dynamo traces it into FlexAttention's kernels).
+    """
+    rank = len(tile)
+    T = _prod(tile)
+    use_tile_idx = _prod(grid) > 1
+    use_off = T > 1
+    # (tile divisor, tile modulus, tile extent, offset divisor, offset modulus) per axis;
+    # 0 means "skip this operation".
+    steps = []
+    for a in range(rank):
+        gs = _prod(grid[a + 1 :])
+        ts = _prod(tile[a + 1 :])
+        steps.append((
+            gs if (use_tile_idx and grid[a] > 1) else 0,
+            grid[a] if (use_tile_idx and grid[a] > 1 and a > 0) else 0,
+            tile[a],
+            ts if (use_off and tile[a] > 1) else 0,
+            tile[a] if (use_off and tile[a] > 1 and a > 0) else 0,
+        ))
+
+    def decode(idx: Tensor) -> List[Any]:
+        tile_idx = idx // T if use_tile_idx else idx
+        off = idx % T if use_off else idx
+        coords: List[Any] = []
+        for tdiv, tmod, text, odiv, omod in steps:
+            c = idx * 0
+            if tdiv:
+                ta = tile_idx // tdiv if tdiv > 1 else tile_idx
+                if tmod:
+                    ta = ta % tmod
+                c = ta * text
+            if odiv:
+                oa = off // odiv if odiv > 1 else off
+                if omod:
+                    oa = oa % omod
+                c = c + oa
+            coords.append(c)
+        return coords
+
+    return decode
+
+
+def _make_na_mask_mod(
+    shape: Tuple[int, ...],
+    kernel_size: Tuple[int, ...],
+    stride: Tuple[int, ...],
+    dilation: Tuple[int, ...],
+    is_causal: Tuple[bool, ...],
+    q_tile: Tuple[int, ...],
+    q_grid: Tuple[int, ...],
+    kv_tile: Tuple[int, ...],
+    kv_grid: Tuple[int, ...],
+) -> Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]:
+    rank = len(shape)
+    G = _prod(dilation)
+    group_strides = tuple(_prod(dilation[a + 1 :]) for a in range(rank))
+    decode_q = _coord_decoder(q_tile, q_grid)
+    decode_kv = _coord_decoder(kv_tile, kv_grid)
+    axes = [
+        (shape[a], kernel_size[a], stride[a], dilation[a], bool(is_causal[a]), group_strides[a],
+         kernel_size[a] // 2, kernel_size[a] // 2 + kernel_size[a] % 2 - 1)
+        for a in range(rank)
+    ]
+
+    def na_mask_mod(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
+        qc = decode_q(q_idx)
+        kc = decode_kv(kv_idx)
+        g = b % G if G > 1 else b
+        result = None
+        for a, (n, K, s, d, causal, gstride, left, right) in enumerate(axes):
+            i, j = qc[a], kc[a]
+            if d > 1:
+                ga = g // gstride if gstride > 1 else g
+                ga = ga % d
+                ng: Any = (n - ga + d - 1) // d
+            else:
+                ng = n
+            if causal:
+                leader = s * (i // s) + s - 1 if s > 1 else i
+                if d > 1:
+                    leader = torch.minimum(leader, ng - 1)
+                else:
+                    leader = torch.clamp(leader, max=n - 1)
+                ok = (j <= i) & (leader - j < K)
+            else:
+                leader = s * (i // s) + s // 2 if s > 1 else i
+                if d > 1:
+                    centre = torch.clamp(torch.minimum(leader, ng - 1 - right), min=left)
+                else:
+                    centre = torch.clamp(leader, min=left, max=n - 1 - right)
+                ok = (j >= centre - left) & (j <= centre + right)
+            result = ok if result is None else result & ok
+        return result
+
+    return na_mask_mod
+
+
+def _causal_mask_mod(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
+    return kv_idx <= q_idx
+
+
+def _full_mask_mod(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
+    return q_idx >= 0
+
+
+def _offset_mask_mod(base: Callable, offset: Tensor) -> Callable:
+    """``base`` for a query chunk starting at ``offset``. The offset is a (per-chunk, never
+    mutated) 0-d tensor rather than a Python int so that all chunks share one dynamo trace."""
+
+    def chunk_mask_mod(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
+        return base(b, h, q_idx + offset, kv_idx)
+
+    return chunk_mask_mod
+
+
+# ------------------------------------------------------------------------------------------------
+# Block masks
+# ------------------------------------------------------------------------------------------------
+
+
+def _dense_to_ordered(dense: Tensor) -> Tuple[Tensor, Tensor]:
+    """``[..., Q, K]`` bool -> (counts ``[..., Q]`` int32, indices ``[..., Q, K]`` int32 with the
+    listed blocks first, in ascending order)."""
+    num = dense.sum(-1, dtype=torch.int32)
+    idx = torch.argsort(dense.to(torch.int8), dim=-1, descending=True, stable=True)
+    return num, idx.to(torch.int32).contiguous()
+
+
+def _block_mask_from_dense(
+    any_: Tensor,
+    full: Tensor,
+    block_size: Tuple[int, int],
+    mask_mod: Callable,
+    seq_lengths: Tuple[int, int],
+    device: torch.device,
+) -> "BlockMask":
+    """BlockMask from block-level ``any`` / ``full`` relations ``[Bm, 1, Q, K]`` (CPU)."""
+    partial = any_ & ~full
+    kv_num, kv_idx = _dense_to_ordered(partial)
+    if bool(full.any()):
+        full_num, full_idx = _dense_to_ordered(full)
+    else:
+        full_num = full_idx = None
+    bm = BlockMask.from_kv_blocks(
+        kv_num, kv_idx, full_num, full_idx, BLOCK_SIZE=block_size, mask_mod=mask_mod,
+        seq_lengths=seq_lengths,
+    )
+    return bm.to(device) if device.type != "cpu" else bm
+
+
+def _na_block_relations(
+    m: Tuple[int, ...],
+    shape: Tuple[int, ...],
+    kernel_size: Tuple[int, ...],
+    stride: Tuple[int, ...],
+    dilation: Tuple[int, ...],
+    is_causal: Tuple[bool, ...],
+    q_tile: Tuple[int, ...],
+    q_ext: Tuple[int, ...],
+    kv_tile: Tuple[int, ...],
+    kv_ext: Tuple[int, ...],
+) -> Tuple[Tensor, Tensor]:
+    """Block-level ``any`` / ``full`` ``[G, 1, q_blocks, kv_blocks]`` for every dilation group."""
+    rank = len(shape)
+    per_axis: List[Dict[int, Tuple[Tensor, Tensor]]] = []
+    for a in range(rank):
+        rel: Dict[int, Tuple[Tensor, Tensor]] = {}
+        for ga in range(dilation[a]):
+            ng = _ceil_div(shape[a] - ga, dilation[a])
+            if ng not in rel:
+                rel[ng] = _axis_block_relation(
+                    q_ext[a], kv_ext[a], q_tile[a], kv_tile[a], ng, kernel_size[a], stride[a],
+                    is_causal[a],
+                )
+        per_axis.append(rel)
+    anys, fulls = [], []
+    for g in range(_prod(dilation)):
+        rem = g
+        gcoord = []
+        for a in reversed(range(rank)):
+            gcoord.append(rem % dilation[a])
+            rem //= dilation[a]
+        gcoord.reverse()
+        any_g: Optional[Tensor] = None
+        full_g: Optional[Tensor] = None
+        for a in range(rank):
+            ng = _ceil_div(shape[a] - gcoord[a], dilation[a])
+            A, F = per_axis[a][ng]
+            view = [1] * (2 * rank)
+            view[a] = A.shape[0]
+            view[rank + a] = A.shape[1]
+            A = A.reshape(view)
+            F = F.reshape(view)
+            any_g = A if any_g is None else any_g & A
+            full_g = F if full_g is None else full_g & F
+        assert any_g is not None and full_g is not None
+        nq = _prod(q_ext[a] // q_tile[a] for a in range(rank))
+        nk = _prod(kv_ext[a] // kv_tile[a] for a in range(rank))
+        qg = [q_ext[a] // q_tile[a] for a in range(rank)]
+        kg = [kv_ext[a] // kv_tile[a] for a in range(rank)]
+        anys.append(any_g.expand(*qg, *kg).reshape(nq, nk))
+        fulls.append(full_g.expand(*qg, *kg).reshape(nq, nk))
+    return torch.stack(anys)[:, None], torch.stack(fulls)[:, None]
+
+
+# ------------------------------------------------------------------------------------------------
+# Kernel options
+# ------------------------------------------------------------------------------------------------
+
+
+def _default_triton_blocks(head_dim: int, dtype: torch.dtype) -> Tuple[Tuple[int, int], Tuple[int, int, int, int]]:
+    """FlexAttention's default (forward BLOCK_M/N, backward BLOCK_M1/N1/M2/N2) on this GPU."""
+    try:
+        from torch._inductor.virtualized import V
+
+        fwd = V.choices.get_flex_attention_fwd_configs(head_dim, dtype, "cuda")[-1]
+        bwd = V.choices.get_flex_attention_bwd_configs(head_dim, dtype, "cuda")[-1]
+        return (int(fwd.block_m), int(fwd.block_n)), (
+            int(bwd.block_m1), int(bwd.block_n1), int(bwd.block_m2), int(bwd.block_n2)
+        )
+    except Exception:  # private API moved: assume the largest defaults of torch 2.13
+        if dtype == torch.float32:
+            return (128, 64), (16, 16, 16, 16)
+        return (128, 128), (64, 128, 128, 64)
+
+
+def _kernel_options(
+    q_block: int, kv_block: int, head_dim: int, dtype: torch.dtype, compiled_cuda: bool
+) -> Optional[Dict[str, Any]]:
+    """Triton options that make the kernel's blocks divide our sparse blocks (tiles)."""
+    if not compiled_cuda:
+        return None
+    opts: Dict[str, Any] = {"BACKEND": "TRITON", "ROWS_GUARANTEED_SAFE": True}
+    (fm, fn), (m1, n1, m2, n2) = _default_triton_blocks(head_dim, dtype)
+    pq, pk = _pow2_divisor(q_block), _pow2_divisor(kv_block)
+    if q_block % fm or kv_block % fn:
+        opts["fwd_BLOCK_M"] = min(fm, pq)
+        opts["fwd_BLOCK_N"] = min(fn, pk)
+    if q_block % m1 or q_block % m2 or kv_block % n1 or kv_block % n2:
+        bm1, bn1 = min(m1, pq), min(n1, pk)
+        bm1 = min(bm1, bn1)  # BLOCK_N1 % BLOCK_M1 == 0
+        bm2, bn2 = min(m2, pq), min(n2, pk)
+        bn2 = min(bn2, bm2)  # BLOCK_M2 % BLOCK_N2 == 0
+        opts.update(bwd_BLOCK_M1=bm1, bwd_BLOCK_N1=bn1, bwd_BLOCK_M2=bm2, bwd_BLOCK_N2=bn2)
+    return opts
+
+
+# ------------------------------------------------------------------------------------------------
+# Plans and their LRU cache
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Plan:
+    key: tuple
+    block_mask: Any  # BlockMask or None (dense, non-causal: FlexAttention's own empty mask)
+    mask_mod: Optional[Callable]
+    block_size: Tuple[int, int]
+    q_len: int
+    kv_len: int
+    # FNA layout (None for FMHA)
+    q_tile: Optional[Tuple[int, ...]] = None
+    kv_tile: Optional[Tuple[int, ...]] = None
+    q_ext: Optional[Tuple[int, ...]] = None
+    kv_ext: Optional[Tuple[int, ...]] = None
+    groups: int = 1
+    kernel_options: Dict[tuple, Optional[Dict[str, Any]]] = field(default_factory=dict)
+    chunks: Dict[int, List[Tuple[int, int, Any]]] = field(default_factory=dict)
+    compile_failed: bool = False
+
+    def options_for(self, head_dim: int, dtype: torch.dtype, compiled_cuda: bool) -> Optional[Dict[str, Any]]:
+        k = (head_dim, dtype, compiled_cuda)
+        if k not in self.kernel_options:
+            if self.block_mask is None:  # FlexAttention's own (huge-block) empty mask
+                opts = _kernel_options(128, 128, head_dim, dtype, compiled_cuda)
+            else:
+                opts = _kernel_options(
+                    self.block_size[0], self.block_size[1], head_dim, dtype, compiled_cuda
+                )
+            self.kernel_options[k] = opts
+        return self.kernel_options[k]
+
+    def chunk_masks(self, rows: int) -> List[Tuple[int, int, Any]]:
+        """Block masks of query chunks of ``rows`` tokens (a multiple of the query block) for the
+        eager path, with ``mask_mod`` shifted to the chunk's first query."""
+        if rows in self.chunks:
+            return self.chunks[rows]
+        out = []
+        qb = self.block_size[0]
+        for r0 in range(0, self.q_len, rows):
+            r1 = min(self.q_len, r0 + rows)
+            if self.block_mask is None:
+                out.append((r0, r1, None))
+                continue
+            bm = self.block_mask
+            b0, b1 = r0 // qb, _ceil_div(r1, qb)
+            sl = (slice(None), slice(None), slice(b0, b1))
+            full_num = None if bm.full_kv_num_blocks is None else bm.full_kv_num_blocks[sl]
+            full_idx = None if bm.full_kv_indices is None else bm.full_kv_indices[sl]
+            cbm = BlockMask.from_kv_blocks(
+                bm.kv_num_blocks[sl], bm.kv_indices[sl], full_num, full_idx,
+                BLOCK_SIZE=self.block_size,
+                mask_mod=_offset_mask_mod(
+                    self.mask_mod,
+                    torch.tensor(r0, dtype=torch.int64, device=bm.kv_num_blocks.device),
+                ),
+                seq_lengths=(r1 - r0, self.kv_len),
+            )
+            out.append((r0, r1, cbm))
+        self.chunks[rows] = out
+        return out
+
+
+_CACHE: "collections.OrderedDict[tuple, _Plan]" = collections.OrderedDict()
+_CACHE_LOCK = threading.Lock()
+_CACHE_STATS = {"hits": 0, "misses": 0}
+
+
+def _compiler_disable(fn: Callable) -> Callable:
+    """Keep host-side mask building out of a user's torch.compile trace (runs eagerly)."""
+    disable = getattr(getattr(torch, "compiler", None), "disable", None)
+    return disable(fn) if disable is not None else fn
+
+
+@_compiler_disable
+def _cached_plan(key: tuple, build: Callable[[], _Plan]) -> _Plan:
+    with _CACHE_LOCK:
+        plan = _CACHE.get(key)
+        if plan is not None:
+            _CACHE.move_to_end(key)
+            _CACHE_STATS["hits"] += 1
+            return plan
+    plan = build()
+    with _CACHE_LOCK:
+        existing = _CACHE.get(key)
+        if existing is not None:  # built concurrently: keep the first one
+            _CACHE.move_to_end(key)
+            return existing
+        _CACHE[key] = plan
+        _CACHE_STATS["misses"] += 1
+        while len(_CACHE) > _CACHE_SIZE:
+            _CACHE.popitem(last=False)
+    return plan
+
+
+def cache_info() -> Dict[str, int]:
+    """Plan-cache statistics: ``size``, ``maxsize``, ``hits``, ``misses``."""
+    with _CACHE_LOCK:
+        return {"size": len(_CACHE), "maxsize": _CACHE_SIZE, **_CACHE_STATS}
+
+
+def clear_cache() -> None:
+    """Drop every cached plan (block masks)."""
+    with _CACHE_LOCK:
+        _CACHE.clear()
+        _CACHE_STATS["hits"] = _CACHE_STATS["misses"] = 0
+
+
+def _resolve_tiles(
+    spec: WindowSpec,
+    q_tile_shape: Optional[Sequence[int]],
+    kv_tile_shape: Optional[Sequence[int]],
+) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
+    """Tile shapes to use: the given ones (a missing one mirrors the other) or the chosen ones."""
+    if q_tile_shape is None and kv_tile_shape is None:
+        return choose_tile_shapes(
+            tuple(spec.shape), tuple(spec.kernel_size), tuple(spec.stride),
+            tuple(spec.dilation), tuple(bool(c) for c in spec.is_causal),
+        )
+    q_given = q_tile_shape if q_tile_shape is not None else kv_tile_shape
+    kv_given = kv_tile_shape if kv_tile_shape is not None else q_tile_shape
+    assert q_given is not None and kv_given is not None
+    q_tile = tuple(int(x) for x in q_given)
+    kv_tile = tuple(int(x) for x in kv_given)
+    for name, t in (("q_tile_shape", q_tile), ("kv_tile_shape", kv_tile)):
+        if len(t) != spec.rank or any(x < 1 for x in t):
+            raise ValueError(
+                f"`{name}` must hold {spec.rank} positive ints (one per axis), got {t}."
+            )
+    return q_tile, kv_tile
+
+
+def _get_na_plan(
+    spec: WindowSpec,
+    q_tile: Tuple[int, ...],
+    kv_tile: Tuple[int, ...],
+    device: torch.device,
+) -> _Plan:
+    shape = tuple(int(x) for x in spec.shape)
+    ks = tuple(int(x) for x in spec.kernel_size)
+    st = tuple(int(x) for x in spec.stride)
+    dl = tuple(int(x) for x in spec.dilation)
+    ca = tuple(bool(x) for x in spec.is_causal)
+    key = ("na", shape, ks, st, dl, ca, q_tile, kv_tile, _device_key(device))
+
+    def build() -> _Plan:
+        rank = len(shape)
+        m = tuple(_ceil_div(n, d) for n, d in zip(shape, dl))
+        q_ext = tuple(_ceil_div(m[a], q_tile[a]) * q_tile[a] for a in range(rank))
+        kv_ext = tuple(_ceil_div(m[a], kv_tile[a]) * kv_tile[a] for a in range(rank))
+        q_grid = tuple(q_ext[a] // q_tile[a] for a in range(rank))
+        kv_grid = tuple(kv_ext[a] // kv_tile[a] for a in range(rank))
+        mask_mod = _make_na_mask_mod(shape, ks, st, dl, ca, q_tile, q_grid, kv_tile, kv_grid)
+        any_, full = _na_block_relations(m, shape, ks, st, dl, ca, q_tile, q_ext, kv_tile, kv_ext)
+        block_size = (_prod(q_tile), _prod(kv_tile))
+        q_len, kv_len = _prod(q_ext), _prod(kv_ext)
+        bm = _block_mask_from_dense(any_, full, block_size, mask_mod, (q_len, kv_len), device)
+        return _Plan(
+            key=key, block_mask=bm, mask_mod=mask_mod, block_size=block_size, q_len=q_len,
+            kv_len=kv_len, q_tile=q_tile, kv_tile=kv_tile, q_ext=q_ext, kv_ext=kv_ext,
+            groups=_prod(dl),
+        )
+
+    return _cached_plan(key, build)
+
+
+def _get_dense_plan(
+    q_len: int, kv_len: int, is_causal: bool, block: Optional[Tuple[int, int]], device: torch.device
+) -> _Plan:
+    key = ("dense", q_len, kv_len, bool(is_causal), block, _device_key(device))
+
+    def build() -> _Plan:
+        if not is_causal and block is None:
+            return _Plan(key=key, block_mask=None, mask_mod=None, block_size=(q_len, kv_len),
+                         q_len=q_len, kv_len=kv_len)
+        bq, bk = block if block is not None else (_DEFAULT_TILE_TOKENS, _DEFAULT_TILE_TOKENS)
+        nq, nk = _ceil_div(q_len, bq), _ceil_div(kv_len, bk)
+        if is_causal:
+            p = torch.arange(nq)[:, None]
+            r = torch.arange(nk)[None, :]
+            any_ = r * bk <= p * bq + bq - 1
+            full = r * bk + bk - 1 <= p * bq
+            mask_mod = _causal_mask_mod
+        else:
+            any_ = torch.ones(nq, nk, dtype=torch.bool)
+            full = any_
+            mask_mod = _full_mask_mod
+        bm = _block_mask_from_dense(
+            any_[None, None], full[None, None], (bq, bk), mask_mod, (q_len, kv_len), device
+        )
+        return _Plan(key=key, block_mask=bm, mask_mod=mask_mod, block_size=(bq, bk),
+                     q_len=q_len, kv_len=kv_len)
+
+    return _cached_plan(key, build)
+
+
+# ------------------------------------------------------------------------------------------------
+# Token permutation
+# ------------------------------------------------------------------------------------------------
+
+
+def _tile_perm(rank: int, tail: int) -> List[int]:
+    """Permutation of ``[B, (tiles_a, tile_a, d_a) per axis, *tail]`` into
+    ``[B, d..., tiles..., tile..., *tail]``."""
+    return (
+        [0]
+        + [3 + 3 * a for a in range(rank)]
+        + [1 + 3 * a for a in range(rank)]
+        + [2 + 3 * a for a in range(rank)]
+        + [1 + 3 * rank + t for t in range(tail)]
+    )
+
+
+def _to_tiles(
+    x: Tensor, tile: Tuple[int, ...], ext: Tuple[int, ...], dilation: Tuple[int, ...]
+) -> Tensor:
+    """``[B, *grid, H, D]`` -> ``[B*G, N, H, D]`` (contiguous) in tile order."""
+    B, H, D = x.shape[0], x.shape[-2], x.shape[-1]
+    rank = len(tile)
+    grid = x.shape[1 : 1 + rank]
+    padded = tuple(ext[a] * dilation[a] for a in range(rank))
+    if tuple(grid) != padded:
+        pad: List[int] = [0, 0, 0, 0]
+        for a in reversed(range(rank)):
+            pad += [0, padded[a] - grid[a]]
+        x = torch.nn.functional.pad(x, pad)
+    view = [B]
+    for a in range(rank):
+        view += [ext[a] // tile[a], tile[a], dilation[a]]
+    x = x.reshape(*view, H, D).permute(_tile_perm(rank, 2))
+    return x.reshape(B * _prod(dilation), _prod(ext), H, D)
+
+
+def _from_tiles(
+    y: Tensor,
+    B: int,
+    shape: Tuple[int, ...],
+    tile: Tuple[int, ...],
+    ext: Tuple[int, ...],
+    dilation: Tuple[int, ...],
+) -> Tensor:
+    """Inverse of :func:`_to_tiles`: ``[B*G, N, *tail]`` -> ``[B, *shape, *tail]``."""
+    rank = len(tile)
+    tail = tuple(y.shape[2:])
+    perm = _tile_perm(rank, len(tail))
+    inv = [0] * len(perm)
+    for i, p in enumerate(perm):
+        inv[p] = i
+    pre = [B] + list(dilation) + [ext[a] // tile[a] for a in range(rank)] + list(tile)
+    y = y.reshape(*pre, *tail).permute(inv)
+    padded = tuple(ext[a] * dilation[a] for a in range(rank))
+    y = y.reshape(B, *padded, *tail)
+    if padded != tuple(shape):
+        y = y[(slice(None),) + tuple(slice(0, n) for n in shape)].contiguous()
+    return y
+
+
+# ------------------------------------------------------------------------------------------------
+# Running FlexAttention (compiled or eager)
+# ------------------------------------------------------------------------------------------------
+
+
+_COMPILED: Optional[Callable] = None
+_COMPILED_LOCK = threading.Lock()
+
+
+def _compiled_flex() -> Callable:
+    """The one compiled FlexAttention of this module (dynamic=False; its own recompile budget)."""
+    global _COMPILED
+    with _COMPILED_LOCK:
+        if _COMPILED is None:
+            kwargs: Dict[str, Any] = dict(dynamic=False, fullgraph=True, backend=_COMPILE_BACKEND)
+            params = inspect.signature(torch.compile).parameters
+            if "recompile_limit" in params and _RECOMPILE_LIMIT is not None:
+                kwargs["recompile_limit"] = _RECOMPILE_LIMIT
+            if "isolate_recompiles" in params and _RECOMPILE_LIMIT is not None:
+                kwargs["isolate_recompiles"] = True
+            _COMPILED = torch.compile(flex_attention, **kwargs)
+        return _COMPILED
+
+
+def _reset_compiled() -> None:
+    """Forget the compiled function (test hook, e.g. after changing ``_COMPILE_BACKEND``)."""
+    global _COMPILED
+    with _COMPILED_LOCK:
+        _COMPILED = None
+
+
+def _flex_call(
+    fn: Callable, q: Tensor, k: Tensor, v: Tensor, block_mask: Any, scale: float,
+    kernel_options: Optional[Dict[str, Any]],
+) -> Tuple[Tensor, Tensor]:
+    gqa = q.shape[1] != k.shape[1]
+    if _HAS_AUX:
+        out, aux = fn(
+            q, k, v, block_mask=block_mask, scale=scale, enable_gqa=gqa,
+            kernel_options=kernel_options, return_aux=AuxRequest(lse=True),
+        )
+        return out, aux.lse
+    return fn(  # pragma: no cover - torch < 2.9
+        q, k, v, block_mask=block_mask, scale=scale, enable_gqa=gqa,
+        kernel_options=kernel_options, return_lse=True,
+    )
+
+
+def _run_eager(plan: _Plan, q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tuple[Tensor, Tensor]:
+    """Eager FlexAttention in query chunks (its eager path materialises every score)."""
+    BG, H, Nq, _ = q.shape
+    Nk = k.shape[2]
+    per_row = max(1, BG * H * Nk)
+    qb = plan.block_size[0] if plan.block_mask is not None else 1
+    rows = max(qb, (_EAGER_SCORE_ELEMENTS // per_row) // qb * qb)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*flex_attention called without torch.compile.*")
+        if rows >= Nq:
+            return _flex_call(flex_attention, q, k, v, plan.block_mask, scale, None)
+        outs, lses = [], []
+        for r0, r1, cbm in plan.chunk_masks(rows):
+            o, l = _flex_call(flex_attention, q[:, :, r0:r1], k, v, cbm, scale, None)
+            outs.append(o)
+            lses.append(l)
+    return torch.cat(outs, dim=2), torch.cat(lses, dim=2)
+
+
+@functools.lru_cache(maxsize=1)
+def _has_triton() -> bool:
+    try:
+        from torch.utils._triton import has_triton
+
+        return bool(has_triton())
+    except Exception:  # pragma: no cover
+        return False
+
+
+def _use_compile(q: Tensor, needs_grad: bool) -> bool:
+    if q.device.type == "cpu":
+        return _ALLOW_COMPILE_ON_CPU and not needs_grad
+    if not q.is_cuda or not context.is_flex_compile_allowed() or not _has_triton():
+        return False
+    return not needs_grad or context.is_flex_compile_backprop_allowed()
+
+
+def _is_compiling() -> bool:
+    fn = getattr(getattr(torch, "compiler", None), "is_compiling", None)
+    return bool(fn()) if fn is not None else False
+
+
+@_compiler_disable
+def _plan_options(plan: _Plan, head_dim: int, dtype: torch.dtype, cuda: bool) -> Optional[Dict[str, Any]]:
+    return plan.options_for(head_dim, dtype, cuda)
+
+
+def _run(plan: _Plan, q: Tensor, k: Tensor, v: Tensor, scale: float, needs_grad: bool) -> Tuple[Tensor, Tensor]:
+    """q ``[BG, H, Nq, D]``, k/v ``[BG, Hkv, Nk, *]`` (views) -> out ``[BG, H, Nq, Dv]``, lse."""
+    if _is_compiling():
+        # Inside the user's own torch.compile region: FlexAttention becomes part of their graph
+        # (and is compiled by their backend); no nested compile, no eager chunking.
+        opts = _plan_options(plan, int(q.shape[-1]), q.dtype, q.is_cuda)
+        return _flex_call(flex_attention, q, k, v, plan.block_mask, float(scale), opts)
+    if _use_compile(q, needs_grad) and not plan.compile_failed:
+        opts = _plan_options(plan, int(q.shape[-1]), q.dtype, q.is_cuda)
+        try:
+            return _flex_call(_compiled_flex(), q, k, v, plan.block_mask, float(scale), opts)
+        except _RECOMPILE_LIMIT_ERRORS as e:  # dynamo's global cap on compiled entries is reached
+            _warn_once("recompile-limit", (
+                "natten flex backend: torch.compile's recompile limit was reached after compiling "
+                f"FlexAttention for many problem shapes ({e}); running FlexAttention eagerly for "
+                "new shapes from now on (slower). Raise "
+                "torch._dynamo.config.accumulated_recompile_limit to compile more shapes."
+            ))
+        except _COMPILE_ERRORS as e:  # e.g. no C compiler / Triton failure for this problem
+            plan.compile_failed = True
+            _warn_once(("compile-failed",) + plan.key, (
+                f"natten flex backend: compiling FlexAttention failed for {plan.key} "
+                f"({type(e).__name__}: {str(e)[:300]}); running it eagerly (slower) instead."
+            ))
+    return _run_eager(plan, q, k, v, float(scale))
+
+
+def _exception_types(*names: str) -> Tuple[type, ...]:
+    out = []
+    for name in names:
+        mod, _, cls = name.rpartition(".")
+        try:
+            out.append(getattr(__import__(mod, fromlist=[cls]), cls))
+        except Exception:  # pragma: no cover - older torch
+            pass
+    return tuple(out)
+
+
+_RECOMPILE_LIMIT_ERRORS = _exception_types("torch._dynamo.exc.FailOnRecompileLimitHit")
+_COMPILE_ERRORS = _exception_types(
+    "torch._dynamo.exc.BackendCompilerFailed", "torch._inductor.exc.InductorError"
+)
+_WARNED: set = set()
+
+
+def _warn_once(key: Any, message: str) -> None:
+    if key in _WARNED:
+        return
+    _WARNED.add(key)
+    warnings.warn(message, RuntimeWarning, stacklevel=4)
+
+
+# ------------------------------------------------------------------------------------------------
+# Capability checks
+# ------------------------------------------------------------------------------------------------
+
+
+def _common_reason(query: Tensor, key: Tensor, value: Tensor, torch_compile: bool) -> Optional[str]:
+    if _FLEX_IMPORT_ERROR is not None:
+        return _FLEX_IMPORT_ERROR
+    dev = query.device.type
+    if dev not in ("cuda", "cpu"):
+        return f"FlexAttention runs on CUDA or CPU tensors here, got tensors on {query.device}"
+    if query.dtype != key.dtype or query.dtype != value.dtype:
+        return f"query, key and value must share one dtype, got {query.dtype}/{key.dtype}/{value.dtype}"
+    if dev == "cpu":
+        if query.dtype not in _CPU_DTYPES:
+            return f"FlexAttention on CPU supports {list(_CPU_DTYPES)}, got {query.dtype}"
+        if torch_compile:
+            return (
+                "torch_compile=True: compiled FlexAttention on CPU supports neither the logsumexp "
+                "nor backward, so flex runs eagerly on CPU (pass torch_compile=False)"
+            )
+        return None
+    if query.dtype not in _CUDA_DTYPES:
+        return f"FlexAttention on CUDA supports {list(_CUDA_DTYPES)}, got {query.dtype}"
+    compiled = context.is_flex_compile_allowed() and _has_triton()
+    if torch_compile and not compiled:
+        if not _has_triton():
+            return "torch_compile=True but Triton is not available to compile FlexAttention"
+        return (
+            "torch_compile=True but compiling FlexAttention is disabled; enable it with "
+            "natten.allow_flex_compile()"
+        )
+    if compiled and (query.shape[-1] < 16 or value.shape[-1] < 16):
+        return (
+            f"compiled FlexAttention needs head dims >= 16, got D={query.shape[-1]}, "
+            f"D_v={value.shape[-1]} (natten.disable_flex_compile() runs it eagerly)"
+        )
+    return None
+
+
+def can_run_fna(
+    query: Tensor, key: Tensor, value: Tensor, spec: WindowSpec, torch_compile: bool = False
+) -> Optional[str]:
+    """None if flex-fna can run this neighborhood-attention problem here, else why not."""
+    return _common_reason(query, key, value, torch_compile)
+
+
+def can_run_fmha(
+    query: Tensor, key: Tensor, value: Tensor, is_causal: bool = False, is_varlen: bool = False,
+    torch_compile: bool = False,
+) -> Optional[str]:
+    """None if flex-fmha can run this dense-attention problem here, else why not."""
+    reason = _common_reason(query, key, value, torch_compile)
+    if reason is not None:
+        return reason
+    if is_varlen and query.is_cuda and context.is_flex_compile_allowed() and _has_triton():
+        return (
+            "variable-length batches are not supported by flex-fmha (one compiled kernel per "
+            "sequence length)"
+        )
+    return None
+
+
+def _check_compiled_tiles(q_block: int, kv_block: int, q: Tensor, needs_grad: bool) -> None:
+    if not (q.is_cuda and _use_compile(q, needs_grad)):
+        return
+    for name, t in (("query", q_block), ("key", kv_block)):
+        if t % _MIN_TILE_TOKENS:
+            raise ValueError(
+                f"flex-fna: compiled FlexAttention needs tiles of a multiple of {_MIN_TILE_TOKENS} "
+                f"tokens, got a {name} tile of {t} tokens (q_tile_shape / kv_tile_shape)."
+            )
+
+
+# ------------------------------------------------------------------------------------------------
+# Entry points
+# ------------------------------------------------------------------------------------------------
+
+
+def fna(
+    query: Tensor, key: Tensor, value: Tensor, spec: WindowSpec, scale: float, **options: Any
+) -> Tuple[Tensor, Tensor]:
+    """Neighborhood attention, heads-last: q ``[B, *shape, H, D]``, k ``[B, *shape, Hkv, D]``,
+    v ``[B, *shape, Hkv, Dv]`` -> out ``[B, *shape, H, Dv]``, lse ``[B, *shape, H]`` (float32)."""
+    needs_grad = _needs_grad(query, key, value)
+    if query.device.type == "cpu" and needs_grad:
+        # FlexAttention has no CPU backward: training on CPU runs the exact reference backend.
+        return reference.fna(query, key, value, spec, scale)
+    reason = _common_reason(query, key, value, bool(options.get("torch_compile", False)))
+    if reason is not None:
+        raise ValueError(f"flex-fna cannot run this problem: {reason}")
+    q_tile, kv_tile = _resolve_tiles(spec, options.get("q_tile_shape"), options.get("kv_tile_shape"))
+    _check_compiled_tiles(_prod(q_tile), _prod(kv_tile), query, needs_grad)
+    plan = _get_na_plan(spec, q_tile, kv_tile, query.device)
+    assert plan.q_ext is not None and plan.kv_ext is not None
+    dl = tuple(int(d) for d in spec.dilation)
+    shape = tuple(int(s) for s in spec.shape)
+    B = query.shape[0]
+    if query.device.type == "cpu":  # FlexAttention refuses CPU tensors that require grad
+        query, key, value = query.detach(), key.detach(), value.detach()
+    q = _to_tiles(query, q_tile, plan.q_ext, dl).transpose(1, 2)
+    k = _to_tiles(key, kv_tile, plan.kv_ext, dl).transpose(1, 2)
+    v = _to_tiles(value, kv_tile, plan.kv_ext, dl).transpose(1, 2)
+    out, lse = _run(plan, q, k, v, scale, needs_grad)
+    out = _from_tiles(out.transpose(1, 2), B, shape, q_tile, plan.q_ext, dl)
+    lse = _from_tiles(lse.transpose(1, 2), B, shape, q_tile, plan.q_ext, dl)
+    if query.dtype != torch.float64:
+        lse = lse.float()
+    return out, lse
+
+
+def fmha(
+    query: Tensor, key: Tensor, value: Tensor, is_causal: bool, scale: float, **options: Any
+) -> Tuple[Tensor, Tensor]:
+    """Dense attention on ``[B, N, H, D]`` tensors (causal: top-left aligned, key j <= query i)."""
+    needs_grad = _needs_grad(query, key, value)
+    if query.device.type == "cpu" and needs_grad:
+        return reference.fmha(query, key, value, is_causal, scale)
+    reason = _common_reason(query, key, value, bool(options.get("torch_compile", False)))
+    if reason is not None:
+        raise ValueError(f"flex-fmha cannot run this problem: {reason}")
+    if options.get("offsets") is not None:
+        raise NotImplementedError("flex-fmha does not support variable-length sequences")
+    qt, kt = options.get("q_tile_shape"), options.get("kv_tile_shape")
+    block = None
+    if qt is not None or kt is not None:
+        bq = int((qt if qt is not None else kt)[0])  # type: ignore[index]
+        bk = int((kt if kt is not None else qt)[0])  # type: ignore[index]
+        _check_compiled_tiles(bq, bk, query, needs_grad)
+        block = (bq, bk)
+    plan = _get_dense_plan(query.shape[1], key.shape[1], bool(is_causal), block, query.device)
+    if query.device.type == "cpu":
+        query, key, value = query.detach(), key.detach(), value.detach()
+    query, key, value = (t if t.stride(-1) == 1 else t.contiguous() for t in (query, key, value))
+    out, lse = _run(
+        plan, query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), scale, needs_grad
+    )
+    lse = lse.transpose(1, 2).contiguous()
+    if query.dtype != torch.float64:
+        lse = lse.float()
+    return out.transpose(1, 2), lse

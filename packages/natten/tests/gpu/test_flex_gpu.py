@@ -1,0 +1,275 @@
+"""GPU tests of the FlexAttention backend (compiled FlexAttention on CUDA).
+
+Run on the GPU machine:  python -m pytest packages/natten/tests/gpu/test_flex_gpu.py -q -m gpu
+Skipped (with the reason) where CUDA or Triton is unavailable.
+
+Forward (out + logsumexp) and gradients (dq, dk, dv, through out *and* logsumexp) in fp16, bf16 and
+fp32 against the float64 oracle on the CPU; the eager (compile disabled) path; dense attention;
+tile shapes that force smaller Triton blocks; a large problem that must not allocate anything
+O(N^2); and no recompilation on repeated calls.
+"""
+
+import math
+import random
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    pytest.skip("CUDA is not available: the flex GPU tests need a CUDA device",
+                allow_module_level=True)
+try:
+    from torch.utils._triton import has_triton
+except Exception:  # pragma: no cover
+    has_triton = lambda: False  # noqa: E731
+if not has_triton():
+    pytest.skip("Triton is not available: compiled FlexAttention cannot run",
+                allow_module_level=True)
+
+import natten  # noqa: E402
+from natten.backends import flex  # noqa: E402
+
+from helpers import assert_close  # noqa: E402
+from oracle import attended_flat_keys, attention_oracle, na_oracle  # noqa: E402
+
+pytestmark = pytest.mark.gpu
+
+NA_FN = {1: natten.na1d, 2: natten.na2d, 3: natten.na3d}
+DEV = torch.device("cuda")
+
+FWD_TOL = {
+    torch.float32: dict(atol=2e-4, rtol=2e-4),
+    torch.float16: dict(atol=1e-2, rtol=1e-2),
+    torch.bfloat16: dict(atol=5e-2, rtol=5e-2),
+}
+GRAD_TOL = {
+    torch.float32: dict(atol=1e-3, rtol=1e-3),
+    torch.float16: dict(atol=3e-2, rtol=3e-2),
+    torch.bfloat16: dict(atol=1.5e-1, rtol=1e-1),
+}
+LSE_TOL = {
+    torch.float32: dict(atol=2e-4, rtol=2e-4),
+    torch.float16: dict(atol=1e-2, rtol=1e-2),
+    torch.bfloat16: dict(atol=5e-2, rtol=5e-2),
+}
+
+
+@pytest.fixture(autouse=True)
+def _compile_on():
+    # The suite's conftest resets the flex flags after every test; these tests want the defaults
+    # (compile forward and backward) unless they say otherwise.
+    natten.allow_flex_compile(True, backprop=True)
+    yield
+    natten.allow_flex_compile(True, backprop=True)
+
+
+# ------------------------------------------------------------------------------------------------
+# Cases (head dims >= 16 and tiles of a multiple of 16 tokens: what compiled FlexAttention needs)
+# ------------------------------------------------------------------------------------------------
+
+
+def _axis(rng, n):
+    d = rng.choice([1, 1, 2, 3])
+    while True:
+        K = rng.randint(2, min(13, n))
+        if K * d <= n:
+            break
+        d = 1
+    s = rng.choice([1, 1, rng.randint(1, K)])
+    return K, s, d, rng.random() < 0.3
+
+
+def make_cases(seed, count):
+    rng = random.Random(seed)
+    shapes = {1: [(97,), (128,), (200,)], 2: [(17, 23), (32, 16), (24, 30)],
+              3: [(6, 9, 11), (8, 8, 8), (5, 12, 10)]}
+    tiles = {1: [None, ((32,), (64,)), ((16,), (16,))],
+             2: [None, ((4, 8), (8, 4)), ((2, 8), (4, 4))],
+             3: [None, ((2, 4, 4), (2, 2, 8)), ((2, 8, 4), (2, 4, 8))]}
+    out = []
+    for i in range(count):
+        rank = (1, 2, 3)[i % 3]
+        shape = rng.choice(shapes[rank])
+        p = [_axis(rng, n) for n in shape]
+        ks, st, dl, ca = (tuple(x[j] for x in p) for j in range(4))
+        H, Hkv = rng.choice([(2, 2), (4, 2), (4, 1)])
+        D = rng.choice([16, 32, 64])
+        Dv = rng.choice([D, D, 32])
+        t = rng.choice(tiles[rank])
+        out.append(dict(shape=shape, kw=dict(kernel_size=ks, stride=st, dilation=dl, is_causal=ca),
+                        B=rng.choice([1, 2]), H=H, Hkv=Hkv, D=D, Dv=Dv,
+                        q_tile=None if t is None else t[0], kv_tile=None if t is None else t[1]))
+    return out
+
+
+CASES = make_cases(7, 12)
+
+
+def _id(c):
+    kw = c["kw"]
+    return (f"{'x'.join(map(str, c['shape']))}-k{kw['kernel_size']}-s{kw['stride']}"
+            f"-d{kw['dilation']}-c{kw['is_causal']}-h{c['H']}/{c['Hkv']}-D{c['D']}/{c['Dv']}"
+            f"-t{c['q_tile']}/{c['kv_tile']}").replace(" ", "")
+
+
+def _inputs(c, dtype, seed):
+    g = torch.Generator().manual_seed(seed)
+    mk = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
+    q = mk(c["B"], *c["shape"], c["H"], c["D"])
+    k = mk(c["B"], *c["shape"], c["Hkv"], c["D"])
+    v = mk(c["B"], *c["shape"], c["Hkv"], c["Dv"])
+    return [t.to(DEV, dtype) for t in (q, k, v)]
+
+
+def _run_and_check(c, dtype, seed, backward):
+    q, k, v = _inputs(c, dtype, seed)
+    kw = dict(c["kw"], q_tile_shape=c["q_tile"], kv_tile_shape=c["kv_tile"])
+    leaves = [t.clone().requires_grad_(backward) for t in (q, k, v)]
+    out, lse = NA_FN[len(c["shape"])](*leaves, **kw, backend="flex-fna", return_lse=True)
+    assert out.dtype == dtype and lse.dtype == torch.float32 and out.is_cuda
+    ref64 = [t.detach().cpu().double().requires_grad_(backward) for t in (q, k, v)]
+    ref_out, ref_lse = na_oracle(*ref64, **c["kw"])
+    assert_close(out.float().cpu(), ref_out, what=f"{_id(c)} {dtype} out", **FWD_TOL[dtype])
+    assert_close(lse.cpu(), ref_lse, what=f"{_id(c)} {dtype} lse", **LSE_TOL[dtype])
+    if not backward:
+        return
+    g = torch.Generator().manual_seed(seed + 1)
+    dout = torch.randn(out.shape, generator=g, dtype=torch.float64)
+    dlse = torch.randn(lse.shape, generator=g, dtype=torch.float64)
+    ((out.float() * dout.to(DEV).float()).sum() + (lse * dlse.to(DEV).float()).sum()).backward()
+    ((ref_out * dout).sum() + (ref_lse * dlse).sum()).backward()
+    for name, mine, ref in zip(("dq", "dk", "dv"), leaves, ref64):
+        assert mine.grad is not None, name
+        assert_close(mine.grad.float().cpu(), ref.grad, what=f"{_id(c)} {dtype} {name}",
+                     **GRAD_TOL[dtype])
+
+
+# ------------------------------------------------------------------------------------------------
+# Oracle sweeps
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", CASES, ids=[_id(c) for c in CASES])
+def test_forward_bf16(case):
+    _run_and_check(case, torch.bfloat16, 100, backward=False)
+
+
+@pytest.mark.parametrize("case", CASES[:6], ids=[_id(c) for c in CASES[:6]])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+def test_forward_fp16_fp32(case, dtype):
+    _run_and_check(case, dtype, 200, backward=False)
+
+
+@pytest.mark.parametrize("case", CASES[:8], ids=[_id(c) for c in CASES[:8]])
+def test_backward_bf16(case):
+    _run_and_check(case, torch.bfloat16, 300, backward=True)
+
+
+@pytest.mark.parametrize("case", CASES[6:10], ids=[_id(c) for c in CASES[6:10]])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+def test_backward_fp16_fp32(case, dtype):
+    _run_and_check(case, dtype, 400, backward=True)
+
+
+def test_eager_path_when_compile_is_disabled(monkeypatch):
+    natten.disable_flex_compile()
+    monkeypatch.setattr(flex, "_EAGER_SCORE_ELEMENTS", 1 << 14)  # force query chunks
+    c = dict(shape=(20, 18), kw=dict(kernel_size=(6, 4), stride=(3, 4), dilation=(3, 2),
+                                       is_causal=(True, False)),
+             B=2, H=4, Hkv=2, D=16, Dv=24, q_tile=(2, 8), kv_tile=(4, 4))
+    _run_and_check(c, torch.float32, 500, backward=True)
+
+
+def test_eager_when_backprop_compile_is_disabled():
+    # forward-only compile allowed: inference compiles, training runs eager FlexAttention
+    natten.allow_flex_compile(True, backprop=False)
+    _run_and_check(CASES[1], torch.float32, 650, backward=False)
+    _run_and_check(CASES[1], torch.float32, 600, backward=True)
+
+
+# ------------------------------------------------------------------------------------------------
+# Dense attention
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("is_causal", [False, True])
+@pytest.mark.parametrize("N,M", [(256, 256), (300, 200), (200, 333)])
+def test_fmha(is_causal, N, M):
+    g = torch.Generator().manual_seed(N + M)
+    mk = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
+    q64, k64, v64 = mk(2, N, 4, 64), mk(2, M, 2, 64), mk(2, M, 2, 32)
+    q, k, v = (t.to(DEV, torch.bfloat16).requires_grad_(True) for t in (q64, k64, v64))
+    out, lse = natten.attention(q, k, v, is_causal=is_causal, backend="flex-fmha", return_lse=True)
+    ref = [t.clone().requires_grad_(True) for t in (q64, k64, v64)]
+    ref_out, ref_lse = attention_oracle(*ref, is_causal=is_causal)
+    assert_close(out.float().cpu(), ref_out, what="out", **FWD_TOL[torch.bfloat16])
+    assert_close(lse.cpu(), ref_lse, what="lse", **LSE_TOL[torch.bfloat16])
+    dout = mk(*out.shape)
+    (out.float() * dout.to(DEV).float()).sum().backward()
+    (ref_out * dout).sum().backward()
+    for name, mine, r in zip(("dq", "dk", "dv"), (q, k, v), ref):
+        assert_close(mine.grad.float().cpu(), r.grad, what=name, **GRAD_TOL[torch.bfloat16])
+
+
+# ------------------------------------------------------------------------------------------------
+# Large problems: no O(N^2) allocation, exact on sampled rows, fast mask construction
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name,shape,ks,st", [
+    ("flux-4k", (256, 256), (80, 80), (1, 1)),
+    ("hunyuan-gna", (30, 48, 80), (18, 24, 24), (16, 8, 8)),
+    ("1d-32k", (32768,), (2048,), (1,)),
+])
+def test_large_problem_memory_and_sampled_rows(name, shape, ks, st):
+    flex.clear_cache()
+    g = torch.Generator(device=DEV).manual_seed(1)
+    q, k, v = (torch.randn(1, *shape, 1, 128, generator=g, device=DEV, dtype=torch.bfloat16)
+               for _ in range(3))
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    out, lse = NA_FN[len(shape)](q, k, v, kernel_size=ks, stride=st, backend="flex-fna",
+                                 return_lse=True)
+    torch.cuda.synchronize()
+    extra = torch.cuda.max_memory_allocated() - base
+    N = math.prod(shape)
+    # q/k/v permuted copies + output + lse + block mask: a small multiple of the tensors; a dense
+    # element mask alone would be N^2 bytes.
+    assert extra < 16 * q.numel() * q.element_size() + (64 << 20), (extra, N)
+    # exact on a few rows (float64 brute force over the attended keys)
+    qf = q.reshape(N, 128).double().cpu()
+    kf = k.reshape(N, 128).double().cpu()
+    vf = v.reshape(N, 128).double().cpu()
+    for flat in (0, N // 3, N // 2 + 7, N - 1):
+        keys = torch.tensor(attended_flat_keys(shape, ks, st, 1, False, flat))
+        s = (kf[keys] @ qf[flat]) * 128 ** -0.5
+        ref_lse = torch.logsumexp(s, 0)
+        ref_out = torch.softmax(s, 0) @ vf[keys]
+        got = out.reshape(N, 128)[flat].double().cpu()
+        assert_close(got, ref_out, what=f"{name} row {flat}", atol=3e-2, rtol=3e-2)
+        assert abs(lse.reshape(N)[flat].item() - ref_lse.item()) < 3e-2
+
+
+def test_plan_built_once_and_no_recompiles_on_repeated_calls():
+    from torch._dynamo.utils import counters
+
+    c = CASES[2]
+    q, k, v = _inputs(c, torch.bfloat16, 700)
+    kw = dict(c["kw"], q_tile_shape=c["q_tile"], kv_tile_shape=c["kv_tile"])
+    fn = NA_FN[len(c["shape"])]
+    fn(q, k, v, **kw, backend="flex-fna")
+    graphs = int(counters["stats"]["unique_graphs"])
+    info = flex.cache_info()
+    for _ in range(3):
+        fn(q, k, v, **kw, backend="flex-fna")
+    assert int(counters["stats"]["unique_graphs"]) == graphs
+    after = flex.cache_info()
+    assert after["misses"] == info["misses"] and after["hits"] == info["hits"] + 3
+    assert "recompile-limit" not in flex._WARNED
+
+
+def test_default_dispatch_on_cuda_picks_flex():
+    q = torch.randn(1, 16, 16, 2, 32, device=DEV, dtype=torch.bfloat16)
+    backs = natten.get_compatible_backends(q, q, q)
+    assert "flex-fna" in backs and backs.index("flex-fna") < backs.index("reference")
