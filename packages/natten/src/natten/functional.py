@@ -7,16 +7,19 @@ are written down in the project's SEMANTICS.md.
 
 from __future__ import annotations
 
+import os
+import warnings
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
 
 from .context import _Context
-from .backends import choose_fmha_backend, choose_fna_backend, FNA_TO_FMHA
+from .backends import choose_fmha_backend, choose_fna_backend, FNA_BACKENDS, FNA_TO_FMHA
 from .utils import checks
 from .window import WindowSpec
 
+BEST_CONFIGS_ENV = "NATTEN_BEST_CONFIGS"
 IntOrTuple = Union[int, Tuple[int, ...]]
 BoolOrTuple = Union[bool, Tuple[bool, ...]]
 
@@ -81,6 +84,7 @@ def _signature(query: Any, key: Any, value: Any, *params: Any) -> Optional[tuple
     sig = (
         query.shape, key.shape, value.shape, query.dtype, key.dtype, value.dtype,
         query.device, key.device, value.device, grad, _Context.version,
+        os.environ.get(BEST_CONFIGS_ENV),
         torch.are_deterministic_algorithms_enabled(), *(_hashable(p) for p in params),
     )
     try:
@@ -88,6 +92,40 @@ def _signature(query: Any, key: Any, value: Any, *params: Any) -> Optional[tuple
     except TypeError:
         return None
     return sig
+
+
+_warned_no_profiler = False
+
+
+def _tuned_config(
+    q: Tensor, k: Tensor, v: Tensor, spec: WindowSpec, backend: Optional[str], torch_compile: bool
+) -> Optional[Dict[str, Any]]:
+    """The entry of ``$NATTEN_BEST_CONFIGS`` (written by ``natten-profiler --optimize --save-best``)
+    for this problem, when no backend was asked for and the tuned backend can run here."""
+    global _warned_no_profiler
+    path = os.environ.get(BEST_CONFIGS_ENV)
+    if not path or backend is not None:
+        return None
+    try:
+        from natten_profiler import best_configs
+    except ImportError:
+        if not _warned_no_profiler:
+            warnings.warn(
+                f"{BEST_CONFIGS_ENV} is set but natten-profiler, which reads it, is not installed "
+                "(pip install natten-profiler); using the default backend choice."
+            )
+            _warned_no_profiler = True
+        return None
+    sig = best_configs.signature_from_tensors(
+        q, k, v, spec.kernel_size, spec.stride, spec.dilation, spec.is_causal
+    )
+    entry = best_configs.lookup(sig, path)
+    if entry is None:
+        return None
+    mod = FNA_BACKENDS.get(entry.get("backend"))
+    if mod is None or mod.can_run_fna(q, k, v, spec, torch_compile) is not None:
+        return None
+    return entry
 
 
 def neighborhood_attention_generic(
@@ -187,6 +225,12 @@ def neighborhood_attention_generic(
         lse = lse.reshape(B, *shape, H)
         return (out, lse) if return_lse else out
 
+    tuned = _tuned_config(q, k, v, spec, backend, torch_compile)
+    if tuned is not None:
+        backend = tuned["backend"]
+        for name in ("q_tile_shape", "kv_tile_shape", "backward_q_tile_shape", "backward_kv_tile_shape"):
+            if options[name] is None and tuned.get(name) is not None:
+                options[name] = tuple(tuned[name])
     _, mod = choose_fna_backend(backend, q, k, v, spec, torch_compile)
     if fast_key is not None and not has_additional:
         if len(_PLANS) >= _MAX_PLANS:
