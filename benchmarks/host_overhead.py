@@ -1,9 +1,12 @@
 """Host time of one fused forward call, on top of the bare kernel launch.
 
-Times (CPU wall clock per call, GPU kept busy-free with a tiny problem, synchronizing only at the
-end) of: the bare ctypes launch into natten-kernels with preallocated outputs; the registered torch
-op (`torch.ops.natten.fna_forward`); and the public `natten.na2d(..., backend="cutlass-fna")` call.
-Reports each one's overhead over the bare launch.
+CPU wall clock per call on a tiny problem (the GPU never becomes the bottleneck), synchronizing
+only at the end, for:
+  * the bare launch: one ctypes call into natten-kernels with a prepared parameter struct and
+    preallocated outputs (the floor: what any caller of the library pays);
+  * the registered torch operator `torch.ops.natten.fna_forward` (what torch.compile traces);
+  * the public API `natten.na2d(..., backend="cutlass-fna")` and with automatic backend choice.
+Reports each one's overhead above the bare launch.
 """
 
 import time
@@ -11,7 +14,7 @@ import time
 import torch
 
 import natten
-from natten import _libnatten
+from natten import _libnatten, ops  # noqa: F401  (ops registers torch.ops.natten)
 
 N = 3000
 
@@ -21,7 +24,7 @@ def per_call_us(fn) -> float:
         fn()
     torch.cuda.synchronize()
     best = float("inf")
-    for _ in range(3):
+    for _ in range(5):
         t0 = time.perf_counter()
         for _ in range(N):
             fn()
@@ -36,15 +39,21 @@ def main() -> None:
     out = torch.empty_like(q)
     lse = torch.empty(q.shape[:-1], device="cuda", dtype=torch.float32)
     ks, st, dl, ca = [3, 3], [1, 1], [1, 1], [False, False]
-    bare = per_call_us(lambda: _libnatten.fna_forward(q, k, v, out, lse, ks, st, dl, ca, 0.125))
-    op = per_call_us(lambda: torch.ops.natten.fna_forward(q, k, v, ks, st, dl, ca, 0.125, [], []))
+    prepared = _libnatten.PreparedFnaForward(q, k, v, out, lse, ks, st, dl, ca, 0.125)
+    rows = [
+        ("bare launch (prepared struct, ctypes)", lambda: prepared.launch(q, k, v, out, lse)),
+        ("_libnatten.fna_forward (marshal each call)",
+         lambda: _libnatten.fna_forward(q, k, v, out, lse, ks, st, dl, ca, 0.125)),
+        ("torch.ops.natten.fna_forward",
+         lambda: torch.ops.natten.fna_forward(q, k, v, ks, st, dl, ca, 0.125, [], [])),
+        ("natten.na2d(backend='cutlass-fna')", lambda: natten.na2d(q, k, v, 3, backend="cutlass-fna")),
+        ("natten.na2d(auto backend)", lambda: natten.na2d(q, k, v, 3)),
+    ]
     with torch.no_grad():
-        api = per_call_us(lambda: natten.na2d(q, k, v, 3, backend="cutlass-fna"))
-        api_auto = per_call_us(lambda: natten.na2d(q, k, v, 3))
-    print(f"bare ctypes launch        {bare:7.1f} us/call")
-    print(f"torch.ops.natten op       {op:7.1f} us/call  (+{op - bare:.1f} us over the bare launch)")
-    print(f"natten.na2d(backend=...)  {api:7.1f} us/call  (+{api - bare:.1f} us over the bare launch)")
-    print(f"natten.na2d(auto backend) {api_auto:7.1f} us/call  (+{api_auto - bare:.1f} us over the bare launch)")
+        times = [(name, per_call_us(fn)) for name, fn in rows]
+    bare = times[0][1]
+    for name, t in times:
+        print(f"{name:45s} {t:7.1f} us/call  (+{t - bare:5.1f} us over the bare launch)")
 
 
 if __name__ == "__main__":

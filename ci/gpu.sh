@@ -6,7 +6,8 @@
 #
 # Env: CUTLASS_DIR (default .gpu/cutlass, a trimmed copy of the nvidia-cutlass headers carried to
 # the machine), NATTEN_CUDA_ARCHS (default 90a), NATTEN_KERNELS_LIBRARY (skip the build and use
-# this .so), GPU_STEPS (default "build tests sanitize bench"), BENCH_ARGS (extra benchmark args).
+# this .so), GPU_STEPS (default "build tests sanitize bench"), GPU_TESTS (pytest paths),
+# BENCH_ARGS (extra benchmark args).
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 OUT=${1:?usage: ci/gpu.sh OUTDIR}
@@ -41,7 +42,7 @@ python3 -c "from natten import _libnatten as l; print(l.build_info())" || status
 
 if has tests; then
   step "GPU tests"
-  python3 -m pytest packages/natten/tests/gpu -m gpu -q -rA -x -p no:cacheprovider \
+  python3 -m pytest ${GPU_TESTS:-packages/natten/tests/gpu} -m gpu -q -rA -p no:cacheprovider \
     2>&1 | tee "$OUT/gpu-tests.log" | grep -v "^PASSED" | tail -40
   rc=${PIPESTATUS[0]}
   summary+=("tests: rc=$rc ($(grep -E '[0-9]+ (passed|failed)' "$OUT/gpu-tests.log" | tail -1))")

@@ -122,10 +122,10 @@ def dense_attention(
         k = torch.cat([k, additional_keys], dim=1)
         v = torch.cat([v, additional_values], dim=1)
         if mask is not None:
-            extra = torch.ones(N, additional_keys.shape[1], dtype=torch.bool)
+            extra = torch.ones(N, additional_keys.shape[1], dtype=torch.bool, device=mask.device)
             mask = torch.cat([mask, extra], dim=1)
     # query head h uses kv head h // rep
-    kv_head = torch.tensor([h // rep for h in range(H)])
+    kv_head = torch.tensor([h // rep for h in range(H)], device=k.device)
     k = k.index_select(2, kv_head)
     v = v.index_select(2, kv_head)
     scores = torch.einsum("bnhd,bmhd->bhnm", q, k) * scale

@@ -7,6 +7,7 @@ are written down in the project's SEMANTICS.md.
 
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
@@ -15,7 +16,7 @@ import torch
 from torch import Tensor
 
 from .context import _Context
-from .backends import choose_fmha_backend, choose_fna_backend, FNA_BACKENDS, FNA_TO_FMHA
+from .backends import choose_fmha_backend, choose_fna_backend, FMHA_BACKENDS, FNA_BACKENDS, FNA_TO_FMHA
 from .utils import checks
 from .window import WindowSpec
 
@@ -66,12 +67,13 @@ _PLANS: Dict[tuple, tuple] = {}
 _MAX_PLANS = 512
 
 
+def _run_fna(mod: Any, spec: WindowSpec, scale: float, options: Dict[str, Any],
+             q: Tensor, k: Tensor, v: Tensor) -> Tuple[Tensor, Tensor]:
+    return mod.fna(q, k, v, spec, scale, **options)
+
+
 def _compiling() -> bool:
     return torch.compiler.is_compiling()
-
-
-def _hashable(value: Any) -> Any:
-    return tuple(value) if isinstance(value, list) else value
 
 
 def _signature(query: Any, key: Any, value: Any, *params: Any) -> Optional[tuple]:
@@ -81,17 +83,19 @@ def _signature(query: Any, key: Any, value: Any, *params: Any) -> Optional[tuple
     grad = torch.is_grad_enabled() and (
         query.requires_grad or key.requires_grad or value.requires_grad
     )
-    sig = (
-        query.shape, key.shape, value.shape, query.dtype, key.dtype, value.dtype,
-        query.device, key.device, value.device, grad, _Context.version,
-        os.environ.get(BEST_CONFIGS_ENV),
-        torch.are_deterministic_algorithms_enabled(), *(_hashable(p) for p in params),
-    )
     try:
-        hash(sig)
-    except TypeError:
-        return None
-    return sig
+        hash(params)
+    except TypeError:  # e.g. lists as per-axis values
+        params = tuple(tuple(p) if isinstance(p, list) else p for p in params)
+        try:
+            hash(params)
+        except TypeError:
+            return None
+    return (
+        query.shape, key.shape, value.shape, query.stride(), key.stride(), value.stride(),
+        query.dtype, key.dtype, value.dtype, query.device, key.device, value.device,
+        grad, _Context.version, params,
+    )
 
 
 _warned_no_profiler = False
@@ -165,10 +169,9 @@ def neighborhood_attention_generic(
             backward_kv_splits, backward_use_pt_reduction, run_persistent_kernel,
             kernel_schedule, torch_compile, rank,
         )
-        plan = _PLANS.get(fast_key) if fast_key is not None else None
-        if plan is not None:
-            mod, spec, scale_f, options = plan
-            out, lse = mod.fna(query, key, value, spec, scale_f, **options)
+        run = _PLANS.get(fast_key) if fast_key is not None else None
+        if run is not None:
+            out, lse = run(query, key, value)
             return (out, lse) if return_lse else out
     if rank is None:
         if not isinstance(query, Tensor):
@@ -208,15 +211,20 @@ def neighborhood_attention_generic(
     B, H, Hkv = q.shape[0], q.shape[-2], k.shape[-2]
     D, Dv = q.shape[-1], v.shape[-1]
 
-    if spec.is_self_attention():
+    fmha_backend = None if backend is None else FNA_TO_FMHA.get(backend, backend)
+    if spec.is_self_attention() and (
+        fmha_backend is None
+        or fmha_backend not in FMHA_BACKENDS
+        or FMHA_BACKENDS[fmha_backend].can_run_fmha(q, k, v, False, False, torch_compile) is None
+    ):
         # Every query sees every key: plain attention (additional keys simply join the key set).
+        # (When the requested backend family has no dense kernel here, its NA kernel runs it.)
         q_flat = q.reshape(B, -1, H, D)
         k_flat = k.reshape(B, -1, Hkv, D)
         v_flat = v.reshape(B, -1, Hkv, Dv)
         if has_additional:
             k_flat = torch.cat([k_flat, additional_keys], dim=1)  # type: ignore[list-item]
             v_flat = torch.cat([v_flat, additional_values], dim=1)  # type: ignore[list-item]
-        fmha_backend = None if backend is None else FNA_TO_FMHA.get(backend, backend)
         out, lse = attention(
             q_flat, k_flat, v_flat, scale=scale_f, backend=fmha_backend,
             torch_compile=torch_compile, return_lse=True,
@@ -233,10 +241,17 @@ def neighborhood_attention_generic(
                 options[name] = tuple(tuned[name])
     _, mod = choose_fna_backend(backend, q, k, v, spec, torch_compile)
     if fast_key is not None and not has_additional:
+        prepare = getattr(mod, "prepare_fna", None)
+        if prepare is not None:
+            run = prepare(q, k, v, spec, scale_f, **options)
+        else:
+            run = functools.partial(_run_fna, mod, spec, scale_f, options)
         if len(_PLANS) >= _MAX_PLANS:
             _PLANS.clear()
-        _PLANS[fast_key] = (mod, spec, scale_f, options)
-    out, lse = mod.fna(q, k, v, spec, scale_f, **options)
+        _PLANS[fast_key] = run
+        out, lse = run(q, k, v)
+    else:
+        out, lse = mod.fna(q, k, v, spec, scale_f, **options)
 
     if has_additional:
         extra = dict(attention_kwargs or {})

@@ -49,18 +49,45 @@ def _fna_forward_cuda(
     q_tile: List[int],
     kv_tile: List[int],
 ) -> Tuple[Tensor, Tensor]:
-    out_shape, lse_shape = _fna_out_shapes(query, value)
-    if _POISON_OUTPUTS:
-        out = torch.full(out_shape, float("nan"), dtype=query.dtype, device=query.device)
-        lse = torch.full(lse_shape, float("nan"), dtype=torch.float32, device=query.device)
-    else:
-        out = torch.empty(out_shape, dtype=query.dtype, device=query.device)
-        lse = torch.empty(lse_shape, dtype=torch.float32, device=query.device)
+    query, key, value = kernel_ready(query), kernel_ready(key), kernel_ready(value)
+    out, lse = new_outputs(query, value)
     _libnatten.fna_forward(
         query, key, value, out, lse, kernel_size, stride, dilation, is_causal, scale,
         q_tile=q_tile or None, kv_tile=kv_tile or None,
     )
     return out, lse
+
+
+def kernel_ready(t: Tensor) -> Tensor:
+    """``t`` itself if the kernels can read it in place (dense head dim, 16-byte aligned rows, as
+    they load 128-bit vectors), else a contiguous copy."""
+    if is_kernel_ready(t):
+        return t
+    return t.contiguous()
+
+
+def is_kernel_ready(t: Tensor) -> bool:
+    vec = 16 // t.element_size()
+    strides = t.stride()
+    return (
+        strides[-1] == 1
+        and t.data_ptr() % 16 == 0
+        and all(s % vec == 0 for s in strides[:-1])
+    )
+
+
+def new_outputs(query: Tensor, value: Tensor) -> Tuple[Tensor, Tensor]:
+    """Output and logsumexp tensors of a forward (NaN-filled while poisoning is on)."""
+    out_shape, lse_shape = _fna_out_shapes(query, value)
+    if _POISON_OUTPUTS:
+        return (
+            torch.full(out_shape, float("nan"), dtype=query.dtype, device=query.device),
+            torch.full(lse_shape, float("nan"), dtype=torch.float32, device=query.device),
+        )
+    return (
+        torch.empty(out_shape, dtype=query.dtype, device=query.device),
+        torch.empty(lse_shape, dtype=torch.float32, device=query.device),
+    )
 
 
 _LIB.impl("fna_forward", _fna_forward_cuda, "CUDA")
@@ -87,3 +114,6 @@ def _fna_forward_fake(
 
 
 fna_forward = torch.ops.natten.fna_forward
+# The same computation without the dispatcher round trip, for eager calls (torch.compile traces
+# `fna_forward`; eager callers save ~20-30 us per call by calling the implementation directly).
+fna_forward_eager = _fna_forward_cuda

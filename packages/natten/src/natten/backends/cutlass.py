@@ -7,8 +7,7 @@ so automatic selection falls back to another backend and an explicit request exp
 
 from __future__ import annotations
 
-import functools
-from typing import List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -20,9 +19,22 @@ SUPPORTS_VARLEN = False
 _DTYPES = (torch.float16, torch.bfloat16)
 
 
-@functools.lru_cache(maxsize=256)
+_KERNEL_REASONS: Dict[tuple, Optional[str]] = {}
+
+
+# Both checks query the C library; torch.compile evaluates them once at trace time and bakes the
+# answer into the graph instead of tracing ctypes.
+@torch.compiler.assume_constant_result
+def _library_reason() -> Optional[str]:
+    return _libnatten.unavailable_reason()
+
+
+@torch.compiler.assume_constant_result
 def _kernel_reason(dtype: torch.dtype, rank: int, head_dim: int, head_dim_v: int, device: int) -> Optional[str]:
-    return _libnatten.fna_supports(dtype, rank, head_dim, head_dim_v, device=device)
+    key = (dtype, rank, head_dim, head_dim_v, device)
+    if key not in _KERNEL_REASONS:
+        _KERNEL_REASONS[key] = _libnatten.fna_supports(dtype, rank, head_dim, head_dim_v, device=device)
+    return _KERNEL_REASONS[key]
 
 
 def _needs_grad(*tensors: Tensor) -> bool:
@@ -35,7 +47,7 @@ def can_run_fna(
     """None if ``cutlass-fna`` can run this problem here, else the reason."""
     if query.device.type != "cuda":
         return f"it needs CUDA tensors, got tensors on {query.device}"
-    reason = _libnatten.unavailable_reason()
+    reason = _library_reason()
     if reason is not None:
         return reason
     if query.dtype not in _DTYPES:
@@ -64,15 +76,6 @@ def can_run_fmha(
     return "the cutlass-fmha (dense attention) kernels are not in this release yet"
 
 
-def _kernel_ready(t: Tensor) -> Tensor:
-    """Dense head dim and 16-byte aligned rows, as the kernels load 128-bit vectors."""
-    vec = 16 // t.element_size()
-    aligned = t.stride(-1) == 1 and t.data_ptr() % 16 == 0 and all(
-        s % vec == 0 for s in t.stride()[:-1]
-    )
-    return t if aligned else t.contiguous()
-
-
 def fna(
     query: Tensor,
     key: Tensor,
@@ -96,12 +99,47 @@ def fna(
             "`q_tile_shape` and `kv_tile_shape` must be given together for cutlass-fna "
             f"(got {q_tile_shape} and {kv_tile_shape}); see natten.get_configs_for_cutlass_fna."
         )
-    out, lse = ops.fna_forward(
-        _kernel_ready(query), _kernel_ready(key), _kernel_ready(value),
+    args = (
         list(spec.kernel_size), list(spec.stride), list(spec.dilation), list(spec.is_causal),
         float(scale), list(q_tile_shape or ()), list(kv_tile_shape or ()),
     )
-    return out, lse
+    if torch.compiler.is_compiling():
+        return ops.fna_forward(query, key, value, *args)
+    return ops.fna_forward_eager(query, key, value, *args)
+
+
+def prepare_fna(query: Tensor, key: Tensor, value: Tensor, spec, scale: float,
+                q_tile_shape: Optional[Tuple[int, ...]] = None,
+                kv_tile_shape: Optional[Tuple[int, ...]] = None, **options) -> Callable:
+    """A fast launcher for repeated calls with tensors of these shapes, strides, dtypes and
+    device (natten's call-plan cache guarantees that): marshals once, then each call only
+    allocates the outputs and launches."""
+    from .. import ops
+
+    if not (ops.is_kernel_ready(query) and ops.is_kernel_ready(key) and ops.is_kernel_ready(value)):
+        return lambda q, k, v: fna(q, k, v, spec, scale, q_tile_shape, kv_tile_shape)
+    out, lse = ops.new_outputs(query, value)
+    prepared = _libnatten.PreparedFnaForward(
+        query, key, value, out, lse, list(spec.kernel_size), list(spec.stride),
+        list(spec.dilation), list(spec.is_causal), float(scale),
+        q_tile=q_tile_shape, kv_tile=kv_tile_shape,
+    )
+    launch = prepared.launch
+
+    out_shape, lse_shape = list(out.shape), list(lse.shape)
+    dtype, device = query.dtype, query.device
+    empty = torch.empty
+    f32 = torch.float32
+
+    def run(q: Tensor, k: Tensor, v: Tensor) -> Tuple[Tensor, Tensor]:
+        if q.data_ptr() % 16 or k.data_ptr() % 16 or v.data_ptr() % 16 or ops._POISON_OUTPUTS:
+            return fna(q, k, v, spec, scale, q_tile_shape, kv_tile_shape)
+        o = empty(out_shape, dtype=dtype, device=device)
+        l = empty(lse_shape, dtype=f32, device=device)
+        launch(q, k, v, o, l)
+        return o, l
+
+    return run
 
 
 def fmha(*args, **kwargs):

@@ -546,7 +546,9 @@ def _kernel_options(
     """Triton options that make the kernel's blocks divide our sparse blocks (tiles)."""
     if not compiled_cuda:
         return None
-    opts: Dict[str, Any] = {"BACKEND": "TRITON", "ROWS_GUARANTEED_SAFE": True}
+    # (Not ROWS_GUARANTEED_SAFE: measured on the H100 with torch 2.11 it turns whole rows of
+    # partially masked blocks into NaN.)
+    opts: Dict[str, Any] = {"BACKEND": "TRITON"}
     (fm, fn), (m1, n1, m2, n2) = _default_triton_blocks(head_dim, dtype)
     pq, pk = _pow2_divisor(q_block), _pow2_divisor(kv_block)
     if q_block % fm or kv_block % fn:
@@ -841,8 +843,24 @@ def _compiled_flex() -> Callable:
                 kwargs["recompile_limit"] = _RECOMPILE_LIMIT
             if "isolate_recompiles" in params and _RECOMPILE_LIMIT is not None:
                 kwargs["isolate_recompiles"] = True
-            _COMPILED = torch.compile(flex_attention, **kwargs)
+            compiled = torch.compile(flex_attention, **kwargs)
+            if "recompile_limit" not in kwargs and _RECOMPILE_LIMIT is not None:
+                compiled = _with_recompile_budget(compiled)
+            _COMPILED = compiled
         return _COMPILED
+
+
+def _with_recompile_budget(fn: Callable) -> Callable:
+    """For torch versions whose torch.compile has no ``recompile_limit`` argument: raise dynamo's
+    per-code-object limit around our calls only."""
+    cfg = torch._dynamo.config
+    name = "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        with cfg.patch(**{name: max(getattr(cfg, name), _RECOMPILE_LIMIT)}):
+            return fn(*args, **kwargs)
+
+    return call
 
 
 def _reset_compiled() -> None:

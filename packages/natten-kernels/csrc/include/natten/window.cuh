@@ -1,0 +1,136 @@
+// Neighborhood-attention window math shared by every kernel of natten-kernels.
+//
+// This is a literal transcription of /work/shared/SEMANTICS.md ("Per-axis parameters"), restricted
+// to ONE axis and expressed in dilation-group-local coordinates:
+//
+//   global coordinate x, dilation d  ->  group g = x mod d, local coordinate x' = x div d,
+//   group extent n_g = ceil((n - g) / d).
+//
+// A query i' attends key j' of the same group on one axis iff  start(i') <= j' <= end(i')  where
+// [start, end] (inclusive) is returned by `window()` below. A key is attended iff it is attended on
+// every axis (AND over axes), and on every axis query and key are in the same dilation group.
+//
+// Monotonicity (used for tiling): start(i') and end(i') are both non-decreasing in i' (causal and
+// non-causal). Hence for a run of queries [q0, q1] on an axis:
+//   * the union of their windows is covered by [start(q0), end(q1)]  (tile key range), and
+//   * a key run [k0, k1] is attended by EVERY query of [q0, q1] iff
+//       k0 >= start(q1) && k1 <= end(q0)                            (fully-inside test).
+//
+// Everything here is plain integer C++ usable from host code (g++) and device code (nvcc).
+#pragma once
+
+#if defined(__CUDACC__)
+#define NATTEN_HD __host__ __device__ __forceinline__
+#else
+#define NATTEN_HD inline
+#endif
+
+namespace natten {
+namespace window {
+
+NATTEN_HD int imin(int a, int b) { return a < b ? a : b; }
+NATTEN_HD int imax(int a, int b) { return a > b ? a : b; }
+
+// Number of tokens of dilation group g (0 <= g < d) on an axis of n tokens: ceil((n - g) / d).
+// Returns 0 when the group is empty (g >= n).
+NATTEN_HD int group_extent(int n, int d, int g) {
+  return n > g ? (n - g + d - 1) / d : 0;
+}
+
+// Keys to the left / right of the window centre (SEMANTICS 2).
+NATTEN_HD int left_extent(int K) { return K / 2; }
+NATTEN_HD int right_extent(int K) { return K / 2 + (K % 2) - 1; }
+
+// One axis of the problem in dilation-group-local coordinates.
+struct Axis {
+  int n;       // group extent n_g (>= K for valid problems; K == 1, n == 1 on padded axes)
+  int K;       // kernel size
+  int s;       // stride
+  int causal;  // 0 / 1
+};
+
+NATTEN_HD Axis make_axis(int n_g, int K, int s, bool causal) {
+  Axis a;
+  a.n = n_g;
+  a.K = K;
+  a.s = s;
+  a.causal = causal ? 1 : 0;
+  return a;
+}
+
+// Inclusive window [start, end] of (group-local) query i, 0 <= i < a.n.
+NATTEN_HD void window(int i, const Axis& a, int& start, int& end) {
+  const int group_first = a.s * (i / a.s);
+  if (a.causal) {
+    // SEMANTICS 4: leader = last query of the stride group (clamped); shared start; stop at self.
+    const int leader = imin(group_first + a.s - 1, a.n - 1);
+    start = imax(leader - a.K + 1, 0);
+    end = i;
+  } else {
+    // SEMANTICS 3: leader = centre of the stride group (clamped); window centre clamped so the
+    // window always holds exactly K keys.
+    const int L = left_extent(a.K);
+    const int R = right_extent(a.K);
+    const int leader = imin(group_first + a.s / 2, a.n - 1);
+    const int c = imax(L, imin(leader, a.n - 1 - R));
+    start = c - L;
+    end = c + R;
+  }
+}
+
+NATTEN_HD int window_start(int i, const Axis& a) {
+  int s, e;
+  window(i, a, s, e);
+  return s;
+}
+
+NATTEN_HD int window_end(int i, const Axis& a) {
+  int s, e;
+  window(i, a, s, e);
+  return e;
+}
+
+// Window of a query that may lie past the end of the axis (padding rows of a partial tile): the
+// coordinate is clamped to the last token, so padding rows behave like the last real query.
+NATTEN_HD void window_clamped(int i, const Axis& a, int& start, int& end) {
+  window(imin(i, a.n - 1), a, start, end);
+}
+
+// Does group-local query i attend group-local key j on this axis?
+NATTEN_HD bool attends(int i, int j, const Axis& a) {
+  int s, e;
+  window(i, a, s, e);
+  return j >= s && j <= e;
+}
+
+// Key range (inclusive) covering the windows of every query of the run [q0, q_last]
+// (q_last must be a real query: q_last <= a.n - 1).
+NATTEN_HD void tile_key_range(int q0, int q_last, const Axis& a, int& kstart, int& kend) {
+  kstart = window_start(q0, a);
+  kend = window_end(q_last, a);
+}
+
+// Key run [full_lo, full_hi] attended by every query of [q0, q_last]: a key block [k0, k1] is
+// fully inside all windows of the run iff full_lo <= k0 && k1 <= full_hi. (Empty if lo > hi.)
+NATTEN_HD void tile_full_range(int q0, int q_last, const Axis& a, int& full_lo, int& full_hi) {
+  full_lo = window_start(q_last, a);
+  full_hi = window_end(q0, a);
+}
+
+NATTEN_HD bool block_fully_inside(int q0, int q_last, int k0, int k1, const Axis& a) {
+  int lo, hi;
+  tile_full_range(q0, q_last, a, lo, hi);
+  return k0 >= lo && k1 <= hi;
+}
+
+// Global-coordinate form of the rule (for tests / reference code): query x attends key y on an
+// axis of n tokens with kernel K, stride s, dilation d.
+NATTEN_HD bool attends_global(int x, int y, int n, int K, int s, int d, bool causal) {
+  const int g = x % d;
+  if (y % d != g) return false;
+  const Axis a = make_axis(group_extent(n, d, g), K, s, causal);
+  return attends(x / d, y / d, a);
+}
+
+}  // namespace window
+}  // namespace natten

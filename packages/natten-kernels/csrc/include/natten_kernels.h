@@ -1,0 +1,238 @@
+/*
+ * natten_kernels.h -- the C ABI of the natten-kernels library (libnatten_kernels.so).
+ *
+ * Pure C (C99), includable from C and C++. No C++ or framework types cross this boundary:
+ * only fixed-width integers, float, raw pointers and plain structs.
+ *
+ * Versioning (see docs/abi.md):
+ *   - NATTEN_ABI_VERSION_MAJOR changes on any incompatible change (a field moved, removed or
+ *     re-typed, a function removed or its signature changed, a meaning changed).
+ *   - NATTEN_ABI_VERSION_MINOR changes on additive changes (new functions, new enum values, new
+ *     fields appended to a struct that carries `struct_size`).
+ *   - natten_abi_version() returns MAJOR * 1000 + MINOR of the library actually loaded.
+ *   - The package version of natten-kernels is <ABI major>.<ABI minor>.<patch>.
+ *
+ * Conventions:
+ *   - Every entry point except the three string/version getters returns an int status
+ *     (natten_status). On failure, natten_last_error() returns a message for this thread.
+ *   - Every parameter struct starts with `uint64_t struct_size`, which the caller sets to
+ *     sizeof(the struct) as compiled against this header. The library accepts any size >= the
+ *     v1.0 size (trailing fields it does not know are ignored only if they are zero) and rejects
+ *     smaller ones.
+ *   - Shapes and strides are int64, strides in elements (not bytes).
+ *   - Functions never abort, exit, print or throw; all failures are reported through the status.
+ */
+#ifndef NATTEN_KERNELS_H_
+#define NATTEN_KERNELS_H_
+
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#define NATTEN_ABI_VERSION_MAJOR 1
+#define NATTEN_ABI_VERSION_MINOR 0
+#define NATTEN_ABI_VERSION (NATTEN_ABI_VERSION_MAJOR * 1000 + NATTEN_ABI_VERSION_MINOR)
+
+/* Maximum number of spatial (token grid) axes. */
+#define NATTEN_MAX_RANK 3
+/* Maximum number of tensor dims: [B, X, Y, Z, H, D]. */
+#define NATTEN_MAX_TENSOR_DIMS (NATTEN_MAX_RANK + 3)
+
+/* sizeof() of the v1.0 structs (LP64); the library rejects a struct_size below these. */
+#define NATTEN_FNA_FORWARD_PARAMS_SIZE_V1_0 448
+#define NATTEN_FNA_PROBLEM_SIZE_V1_0 48
+
+#if defined(_WIN32)
+#if defined(NATTEN_KERNELS_BUILDING)
+#define NATTEN_API __declspec(dllexport)
+#else
+#define NATTEN_API __declspec(dllimport)
+#endif
+#else
+#define NATTEN_API __attribute__((visibility("default")))
+#endif
+
+#if defined(__cplusplus)
+#define NATTEN_NOEXCEPT noexcept
+#else
+#define NATTEN_NOEXCEPT
+#endif
+
+#if defined(__cplusplus)
+extern "C" {
+#endif
+
+/* ------------------------------------------------------------------------------------------ */
+/* Enumerations (values are part of the ABI; struct fields carrying them are int32_t).        */
+/* ------------------------------------------------------------------------------------------ */
+
+typedef enum natten_status {
+  NATTEN_STATUS_SUCCESS = 0,
+  NATTEN_STATUS_INVALID_ARGUMENT = 1, /* a null/misaligned pointer, bad shape/stride/window... */
+  NATTEN_STATUS_UNSUPPORTED = 2,      /* valid, but this build/device has no kernel for it */
+  NATTEN_STATUS_CUDA_ERROR = 3,       /* the CUDA runtime reported an error */
+  NATTEN_STATUS_NO_DEVICE = 4,        /* no usable CUDA device or driver */
+  NATTEN_STATUS_INTERNAL_ERROR = 5    /* a bug in the library (please report) */
+} natten_status;
+
+typedef enum natten_dtype {
+  NATTEN_DTYPE_INVALID = 0,
+  NATTEN_DTYPE_FP16 = 1, /* IEEE half */
+  NATTEN_DTYPE_BF16 = 2, /* bfloat16 */
+  NATTEN_DTYPE_FP32 = 3  /* float (recognized; no kernel yet -> NATTEN_STATUS_UNSUPPORTED) */
+} natten_dtype;
+
+typedef enum natten_backend {
+  NATTEN_BACKEND_AUTO = 0,              /* let the library choose */
+  NATTEN_BACKEND_CUTLASS_FNA_SM80 = 1,  /* CUTLASS 2.x-style fused NA, SM80+ */
+  NATTEN_BACKEND_HOPPER_FNA = 2,        /* reserved */
+  NATTEN_BACKEND_BLACKWELL_FNA = 3      /* reserved */
+} natten_backend;
+
+/* ------------------------------------------------------------------------------------------ */
+/* Fused neighborhood attention, forward.                                                     */
+/* ------------------------------------------------------------------------------------------ */
+
+/*
+ * Heads-last layout, rank R = 1..3 spatial axes:
+ *   q   [B, X, (Y), (Z), H,    D ]      dtype
+ *   k   [B, X, (Y), (Z), H_kv, D ]      dtype
+ *   v   [B, X, (Y), (Z), H_kv, Dv]      dtype
+ *   out [B, X, (Y), (Z), H,    Dv]      dtype
+ *   lse [B, X, (Y), (Z), H]             float32, natural log of the scaled scores (optional)
+ *
+ * Strides are given per tensor dim in tensor order, in elements: index 0 = batch,
+ * 1..R = spatial axes, R+1 = head, R+2 = head dim (must be 1). For lse: 0 = batch,
+ * 1..R = spatial, R+1 = head. Entries past the tensor's dims are ignored.
+ * This is exactly torch.Tensor.stride() of the heads-last tensors.
+ *
+ * Window parameters are per spatial axis (entries past R are ignored); see docs/abi.md
+ * for the exact semantics (identical to NATTEN >= 0.20).
+ */
+typedef struct natten_fna_forward_params {
+  uint64_t struct_size; /* = sizeof(natten_fna_forward_params) */
+  int32_t dtype;        /* natten_dtype of q, k, v and out */
+  int32_t rank;         /* R: 1, 2 or 3 */
+
+  int64_t batch;                   /* B >= 1 */
+  int64_t shape[NATTEN_MAX_RANK];  /* X, Y, Z: token grid, each >= 1 */
+  int64_t heads;                   /* H >= 1 */
+  int64_t heads_kv;                /* H_kv >= 1, H % H_kv == 0 (GQA/MQA) */
+  int64_t head_dim;                /* D */
+  int64_t head_dim_v;              /* Dv */
+
+  const void* q;   /* 16-byte aligned device pointer */
+  const void* k;   /* 16-byte aligned device pointer */
+  const void* v;   /* 16-byte aligned device pointer */
+  void* out;       /* 16-byte aligned device pointer */
+  float* lse;      /* 4-byte aligned device pointer, or NULL to skip the logsumexp output */
+
+  int64_t q_stride[NATTEN_MAX_TENSOR_DIMS];
+  int64_t k_stride[NATTEN_MAX_TENSOR_DIMS];
+  int64_t v_stride[NATTEN_MAX_TENSOR_DIMS];
+  int64_t out_stride[NATTEN_MAX_TENSOR_DIMS];
+  int64_t lse_stride[NATTEN_MAX_TENSOR_DIMS - 1];
+
+  int32_t kernel_size[NATTEN_MAX_RANK]; /* >= 2 and kernel_size * dilation <= shape */
+  int32_t stride[NATTEN_MAX_RANK];      /* 1 <= stride <= kernel_size */
+  int32_t dilation[NATTEN_MAX_RANK];    /* >= 1 */
+  int32_t is_causal[NATTEN_MAX_RANK];   /* 0 or 1 */
+  float scale;                          /* softmax scale applied to q.k; finite, non-zero */
+
+  int32_t q_tile[NATTEN_MAX_RANK];  /* query tile shape in tokens; all 0 = let the library choose */
+  int32_t kv_tile[NATTEN_MAX_RANK]; /* key/value tile shape in tokens; all 0 = choose */
+  int32_t backend;                  /* natten_backend; NATTEN_BACKEND_AUTO = choose */
+  int32_t device;                   /* CUDA device ordinal of the tensors; -1 = current device */
+  int32_t reserved;                 /* must be 0 */
+
+  void* stream; /* cudaStream_t to launch on (NULL = legacy default stream) */
+} natten_fna_forward_params;
+
+/* A problem description for the kernel-query API. */
+typedef struct natten_fna_problem {
+  uint64_t struct_size; /* = sizeof(natten_fna_problem) */
+  int32_t dtype;        /* natten_dtype */
+  int32_t rank;         /* 1, 2 or 3 */
+  int64_t head_dim;     /* D */
+  int64_t head_dim_v;   /* Dv */
+  int32_t arch;         /* SM version 10 * major + minor (80, 86, 90, 100, ...); 0 = ask `device` */
+  int32_t device;       /* used only when arch == 0: device ordinal, -1 = current device */
+  int32_t backend;      /* natten_backend; NATTEN_BACKEND_AUTO = any */
+  int32_t reserved;     /* must be 0 */
+} natten_fna_problem;
+
+/* One tile configuration a backend supports. Fixed layout: changing it is an ABI major bump. */
+typedef struct natten_tile_config {
+  int32_t backend;                  /* natten_backend */
+  int32_t rank;                     /* number of valid entries in q_tile / kv_tile */
+  int32_t q_tile[NATTEN_MAX_RANK];  /* query tile shape (entries past rank are 1) */
+  int32_t kv_tile[NATTEN_MAX_RANK]; /* key/value tile shape (entries past rank are 1) */
+  int32_t reserved[2];              /* set to 0 by the library */
+} natten_tile_config;
+
+/* ------------------------------------------------------------------------------------------ */
+/* Functions                                                                                   */
+/* ------------------------------------------------------------------------------------------ */
+
+/* MAJOR * 1000 + MINOR of the loaded library. */
+NATTEN_API int natten_abi_version(void) NATTEN_NOEXCEPT;
+
+/* Static, NUL-terminated description of the build: version, ABI, CUDA version, archs, git
+ * revision, build type, host compiler. Never NULL. */
+NATTEN_API const char* natten_build_info(void) NATTEN_NOEXCEPT;
+
+/* Message of the last failed call in the calling thread; "" if none failed yet. Never NULL.
+ * Valid until the next call into the library from the same thread. */
+NATTEN_API const char* natten_last_error(void) NATTEN_NOEXCEPT;
+
+/* Static name of a status code ("NATTEN_STATUS_SUCCESS", ...; "NATTEN_STATUS_UNKNOWN" otherwise). */
+NATTEN_API const char* natten_status_string(int status) NATTEN_NOEXCEPT;
+
+/* Compute capability of `device` (-1 = current device). NATTEN_STATUS_NO_DEVICE if there is no
+ * usable CUDA device or driver, NATTEN_STATUS_INVALID_ARGUMENT for a bad ordinal or NULL output. */
+NATTEN_API int natten_device_info(int device, int* cc_major, int* cc_minor) NATTEN_NOEXCEPT;
+
+/* NATTEN_STATUS_SUCCESS if this build has at least one kernel for `problem`, otherwise
+ * NATTEN_STATUS_UNSUPPORTED (or INVALID_ARGUMENT / NO_DEVICE) with the reason in
+ * natten_last_error(). */
+NATTEN_API int natten_fna_supports(const natten_fna_problem* problem) NATTEN_NOEXCEPT;
+
+/* Tile configurations this build supports for `problem`, best first. Writes up to `capacity`
+ * entries to `out` (which may be NULL when capacity == 0) and the total number available to
+ * *count (like snprintf: call with capacity 0 to size the array). Returns SUCCESS when at least
+ * one configuration exists; UNSUPPORTED with *count = 0 and a reason otherwise. */
+NATTEN_API int natten_fna_query_configs(const natten_fna_problem* problem, natten_tile_config* out,
+                                        int capacity, int* count) NATTEN_NOEXCEPT;
+
+/* Fused neighborhood attention forward: out = softmax(scale * q k^T restricted to the
+ * neighborhood) v, and optionally lse. Asynchronous on params->stream. */
+NATTEN_API int natten_fna_forward(const natten_fna_forward_params* params) NATTEN_NOEXCEPT;
+
+/* ------------------------------------------------------------------------------------------ */
+/* Convenience initializers (header-only).                                                     */
+/* ------------------------------------------------------------------------------------------ */
+
+/* Zero the struct, set struct_size, device = -1 (current) and unit stride/dilation. */
+static inline void natten_fna_forward_params_init(natten_fna_forward_params* p) {
+  int i;
+  memset(p, 0, sizeof(*p));
+  p->struct_size = (uint64_t)sizeof(*p);
+  p->device = -1;
+  for (i = 0; i < NATTEN_MAX_RANK; ++i) {
+    p->stride[i] = 1;
+    p->dilation[i] = 1;
+  }
+}
+
+/* Zero the struct, set struct_size and device = -1 (current). */
+static inline void natten_fna_problem_init(natten_fna_problem* p) {
+  memset(p, 0, sizeof(*p));
+  p->struct_size = (uint64_t)sizeof(*p);
+  p->device = -1;
+}
+
+#if defined(__cplusplus)
+} /* extern "C" */
+#endif
+
+#endif /* NATTEN_KERNELS_H_ */

@@ -1,0 +1,335 @@
+// Host dispatch of the SM80 fused neighborhood-attention forward kernel: argument normalization
+// (rank < 3 -> padded axes), tile choice, alignment check, and the (dtype, head dim) dispatch.
+#include "fna_forward.hpp"
+
+#include <climits>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#include "fna_forward_launch.hpp"
+#include "params.cuh"
+#include "tile_scheduler.cuh"
+
+namespace natten {
+namespace sm80 {
+
+namespace {
+
+constexpr int kTileLog2 = 6;  // 64-token query and key tiles (the compiled tile sizes)
+
+int padded_dim(int d) {
+  if (d <= 32) return 32;
+  if (d <= 64) return 64;
+  if (d <= 128) return 128;
+  if (d <= 256) return 256;
+  return -1;
+}
+
+int log2_exact(int x) {  // -1 if x is not a power of two >= 1
+  if (x <= 0 || (x & (x - 1)) != 0) return -1;
+  int l = 0;
+  while ((1 << l) < x) ++l;
+  return l;
+}
+
+// Tile shape given by the caller: 1 = valid (log2s written), 0 = "choose for me", -1 = invalid.
+int parse_tile(const int* tile, int rank, int log2s[kRank]) {
+  for (int a = 0; a < rank; ++a)
+    if (tile[a] <= 0) return 0;
+  int total = 0;
+  for (int a = 0; a < kRank; ++a) {
+    if (a >= rank) {
+      log2s[a] = 0;
+      continue;
+    }
+    log2s[a] = log2_exact(tile[a]);
+    if (log2s[a] < 0) return -1;
+    total += log2s[a];
+  }
+  return total == kTileLog2 ? 1 : -1;
+}
+
+// Normalized per-axis problem (padded to 3 axes). Returns false if the problem is invalid.
+struct AxisProblem {
+  int n, K, s, d;
+  bool causal;
+};
+
+bool normalize_axes(const FnaForwardArgs& args, AxisProblem ax[kRank], bool* empty) {
+  if (args.rank < 1 || args.rank > kRank) return false;
+  *empty = false;
+  for (int a = 0; a < kRank; ++a) {
+    if (a >= args.rank) {
+      ax[a] = AxisProblem{1, 1, 1, 1, false};
+      continue;
+    }
+    const int64_t n = args.extent[a];
+    if (n < 0 || n > INT_MAX) return false;
+    if (n == 0) {
+      *empty = true;
+      ax[a] = AxisProblem{0, 1, 1, 1, false};
+      continue;
+    }
+    const int K = args.kernel_size[a], s = args.stride[a], d = args.dilation[a];
+    if (K < 1 || s < 1 || s > K || d < 1 || int64_t(K) * int64_t(d) > n) return false;
+    ax[a] = AxisProblem{int(n), K, s, d, args.is_causal[a]};
+  }
+  return true;
+}
+
+// Visited (query, key) pairs on one axis for a query tile of 2^ql and key tile of 2^kl tokens,
+// summed over the query tiles of every dilation group (padding included: a CTA computes whole
+// tiles). Separable over axes: total = product of the per-axis values.
+double axis_visits(const AxisProblem& ax, int ql, int kl) {
+  const int qt = 1 << ql, kt = 1 << kl;
+  double total = 0.0;
+  // Dilation groups have two sizes (ceil and floor); weigh them instead of walking every group.
+  const int big = window::group_extent(ax.n, ax.d, 0);
+  const int n_big = ax.n - (big - 1) * ax.d;  // groups of size `big`
+  for (int variant = 0; variant < 2; ++variant) {
+    const int ng = variant == 0 ? big : big - 1;
+    const int groups = variant == 0 ? n_big : ax.d - n_big;
+    if (ng <= 0 || groups <= 0) continue;
+    const window::Axis a = window::make_axis(ng, ax.K, ax.s, ax.causal);
+    double per_group = 0.0;
+    for (int q0 = 0; q0 < ng; q0 += qt) {
+      const int q1 = window::imin(q0 + qt - 1, ng - 1);
+      int ks, ke;
+      window::tile_key_range(q0, q1, a, ks, ke);
+      per_group += double(qt) * double(((ke - ks + kt) >> kl) * kt);
+    }
+    total += per_group * groups;
+  }
+  return total;
+}
+
+// All compositions of kTileLog2 into `rank` non-negative parts (axes >= rank get 0).
+int tile_shapes(int rank, int out[][kRank], int capacity) {
+  int count = 0;
+  for (int a0 = 0; a0 <= kTileLog2; ++a0) {
+    for (int a1 = 0; a1 <= kTileLog2 - a0; ++a1) {
+      const int a2 = kTileLog2 - a0 - a1;
+      const int l[kRank] = {a0, a1, a2};
+      bool ok = true;
+      for (int a = 0; a < kRank; ++a) ok = ok && (a < rank || l[a] == 0);
+      if (!ok) continue;
+      if (count < capacity)
+        for (int a = 0; a < kRank; ++a) out[count][a] = l[a];
+      ++count;
+    }
+  }
+  return count;
+}
+
+void choose_tiles(int rank, const AxisProblem ax[kRank], int ql[kRank], int kl[kRank]) {
+  int shapes[32][kRank];
+  const int ns = tile_shapes(rank, shapes, 32);
+  for (int a = 0; a < kRank; ++a) ql[a] = kl[a] = shapes[0][a];
+  if (ns == 1) return;  // rank 1: a single shape
+  double cost[kRank][kTileLog2 + 1][kTileLog2 + 1];
+  for (int a = 0; a < rank; ++a)
+    for (int q = 0; q <= kTileLog2; ++q)
+      for (int k = 0; k <= kTileLog2; ++k) cost[a][q][k] = axis_visits(ax[a], q, k);
+  double best = -1.0;
+  bool best_same = false;
+  for (int iq = 0; iq < ns; ++iq) {
+    for (int ik = 0; ik < ns; ++ik) {
+      double c = 1.0;
+      for (int a = 0; a < rank; ++a) c *= cost[a][shapes[iq][a]][shapes[ik][a]];
+      // Fewest visited pairs; among (near-)ties prefer equal query and key shapes.
+      const bool same = iq == ik;
+      const bool tie = best >= 0.0 && c <= best * (1.0 + 1e-9) && c >= best * (1.0 - 1e-9);
+      if (best < 0.0 || (!tie && c < best) || (tie && same && !best_same)) {
+        best = c;
+        best_same = same;
+        for (int a = 0; a < kRank; ++a) {
+          ql[a] = shapes[iq][a];
+          kl[a] = shapes[ik][a];
+        }
+      }
+    }
+  }
+}
+
+// One-entry cache of the last automatic choice (the search costs O(extent) per axis).
+struct TileChoiceCache {
+  bool valid = false;
+  int rank = 0;
+  AxisProblem ax[kRank];
+  int ql[kRank], kl[kRank];
+};
+thread_local TileChoiceCache g_tile_cache;
+
+void choose_tiles_cached(int rank, const AxisProblem ax[kRank], int ql[kRank], int kl[kRank]) {
+  TileChoiceCache& c = g_tile_cache;
+  bool hit = c.valid && c.rank == rank;
+  for (int a = 0; a < kRank && hit; ++a)
+    hit = c.ax[a].n == ax[a].n && c.ax[a].K == ax[a].K && c.ax[a].s == ax[a].s && c.ax[a].d == ax[a].d &&
+          c.ax[a].causal == ax[a].causal;
+  if (!hit) {
+    choose_tiles(rank, ax, c.ql, c.kl);
+    c.valid = true;
+    c.rank = rank;
+    for (int a = 0; a < kRank; ++a) c.ax[a] = ax[a];
+  }
+  for (int a = 0; a < kRank; ++a) {
+    ql[a] = c.ql[a];
+    kl[a] = c.kl[a];
+  }
+}
+
+bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
+bool stride_ok(int64_t s) { return (s & 7) == 0; }  // 8 halves = 16 bytes
+
+}  // namespace
+
+bool fna_forward_supports(int head_dim, int head_dim_v, int dtype, const char** reason) {
+  const char* why = nullptr;
+  if (dtype != 1 && dtype != 2)
+    why = "sm80 fna_forward supports only fp16 (dtype 1) and bf16 (dtype 2)";
+  else if (head_dim < 8 || head_dim > 256 || head_dim % 8 != 0)
+    why = "sm80 fna_forward supports head_dim in [8, 256] that are multiples of 8";
+  else if (head_dim_v < 8 || head_dim_v > 256 || head_dim_v % 8 != 0)
+    why = "sm80 fna_forward supports head_dim_v in [8, 256] that are multiples of 8";
+  if (reason != nullptr) *reason = why;
+  return why == nullptr;
+}
+
+int fna_forward_tile_configs(int rank, int head_dim, int* q_tiles, int* kv_tiles, int capacity) {
+  if (rank < 1 || rank > kRank || head_dim < 8 || head_dim > 256 || head_dim % 8 != 0) return 0;
+  int shapes[32][kRank];
+  const int ns = tile_shapes(rank, shapes, 32);
+  int count = 0;
+  for (int iq = 0; iq < ns; ++iq) {
+    for (int ik = 0; ik < ns; ++ik) {
+      if (count < capacity) {
+        for (int a = 0; a < kRank; ++a) {
+          if (q_tiles != nullptr) q_tiles[3 * count + a] = 1 << shapes[iq][a];
+          if (kv_tiles != nullptr) kv_tiles[3 * count + a] = 1 << shapes[ik][a];
+        }
+      }
+      ++count;
+    }
+  }
+  return count;
+}
+
+cudaError_t fna_forward_default_tiles(const FnaForwardArgs& args, int q_tile[3], int kv_tile[3]) {
+  AxisProblem ax[kRank];
+  bool empty = false;
+  if (!normalize_axes(args, ax, &empty)) return cudaErrorInvalidValue;
+  int ql[kRank], kl[kRank];
+  if (empty) {
+    int shapes[1][kRank];
+    tile_shapes(args.rank, shapes, 1);
+    for (int a = 0; a < kRank; ++a) ql[a] = kl[a] = shapes[0][a];
+  } else {
+    choose_tiles_cached(args.rank, ax, ql, kl);
+  }
+  for (int a = 0; a < kRank; ++a) {
+    q_tile[a] = 1 << ql[a];
+    kv_tile[a] = 1 << kl[a];
+  }
+  return cudaSuccess;
+}
+
+cudaError_t fna_forward(const FnaForwardArgs& args, int dtype, cudaStream_t stream) {
+  if (args.head_dim > INT_MAX || args.head_dim_v > INT_MAX) return cudaErrorNotSupported;
+  const int D = int(args.head_dim), Dv = int(args.head_dim_v);
+  if (!fna_forward_supports(D, Dv, dtype, nullptr)) return cudaErrorNotSupported;
+
+  AxisProblem ax[kRank];
+  bool empty = false;
+  if (!normalize_axes(args, ax, &empty)) return cudaErrorInvalidValue;
+  if (args.batch < 0 || args.heads < 0 || args.heads_kv < 0) return cudaErrorInvalidValue;
+  if (empty || args.batch == 0 || args.heads == 0) return cudaSuccess;
+  if (args.heads_kv == 0 || args.heads % args.heads_kv != 0) return cudaErrorInvalidValue;
+  if (args.q == nullptr || args.k == nullptr || args.v == nullptr || args.out == nullptr)
+    return cudaErrorInvalidValue;
+
+  FnaParams p;
+  std::memset(&p, 0, sizeof(p));
+  Geometry& g = p.geo;
+  int ql[kRank], kl[kRank];
+  const int pq = parse_tile(args.q_tile, args.rank, ql);
+  const int pk = parse_tile(args.kv_tile, args.rank, kl);
+  if (pq < 0 || pk < 0) return cudaErrorInvalidValue;
+  if (pq == 0 || pk == 0) {
+    int aql[kRank], akl[kRank];
+    choose_tiles_cached(args.rank, ax, aql, akl);
+    for (int a = 0; a < kRank; ++a) {
+      if (pq == 0) ql[a] = aql[a];
+      if (pk == 0) kl[a] = akl[a];
+    }
+  }
+  for (int a = 0; a < kRank; ++a) {
+    g.extent[a] = ax[a].n;
+    g.kernel[a] = ax[a].K;
+    g.stride[a] = ax[a].s;
+    g.dilation[a] = ax[a].d;
+    g.causal[a] = ax[a].causal ? 1 : 0;
+    g.q_log2[a] = ql[a];
+    g.kv_log2[a] = kl[a];
+  }
+  g.batch = args.batch;
+  g.heads = args.heads;
+  geometry_finalize(g);
+
+  p.q = args.q;
+  p.k = args.k;
+  p.v = args.v;
+  p.o = args.out;
+  p.lse = args.lse;
+  p.q_batch = args.q_stride_batch;
+  p.k_batch = args.k_stride_batch;
+  p.v_batch = args.v_stride_batch;
+  p.o_batch = args.o_stride_batch;
+  p.lse_batch = args.lse_stride_batch;
+  p.q_head = args.q_stride_head;
+  p.k_head = args.k_stride_head;
+  p.v_head = args.v_stride_head;
+  p.o_head = args.o_stride_head;
+  p.lse_head = args.lse_stride_head;
+  for (int a = 0; a < kRank; ++a) {
+    const bool real = a < args.rank;
+    p.q_spatial[a] = real ? args.q_stride_spatial[a] : 0;
+    p.k_spatial[a] = real ? args.k_stride_spatial[a] : 0;
+    p.v_spatial[a] = real ? args.v_stride_spatial[a] : 0;
+    p.o_spatial[a] = real ? args.o_stride_spatial[a] : 0;
+    p.lse_spatial[a] = real ? args.lse_stride_spatial[a] : 0;
+  }
+  p.heads_per_kv = args.heads / args.heads_kv;
+  p.head_dim = D;
+  p.head_dim_v = Dv;
+  p.scale_log2 = float(double(args.scale) * 1.4426950408889634074);
+
+  bool aligned = aligned16(args.q) && aligned16(args.k) && aligned16(args.v) && aligned16(args.out);
+  const int64_t strides[] = {p.q_batch, p.q_head, p.k_batch, p.k_head, p.v_batch, p.v_head, p.o_batch, p.o_head};
+  for (int64_t s : strides) aligned = aligned && stride_ok(s);
+  for (int a = 0; a < kRank; ++a)
+    aligned = aligned && stride_ok(p.q_spatial[a]) && stride_ok(p.k_spatial[a]) && stride_ok(p.v_spatial[a]) &&
+              stride_ok(p.o_spatial[a]);
+  p.aligned = aligned ? 1 : 0;
+
+  const int dim = padded_dim(D > Dv ? D : Dv);
+  if (dtype == 1) {
+    switch (dim) {
+      case 32: return launch_fna_forward<1, 32>(p, stream);
+      case 64: return launch_fna_forward<1, 64>(p, stream);
+      case 128: return launch_fna_forward<1, 128>(p, stream);
+      case 256: return launch_fna_forward<1, 256>(p, stream);
+    }
+  } else {
+    switch (dim) {
+      case 32: return launch_fna_forward<2, 32>(p, stream);
+      case 64: return launch_fna_forward<2, 64>(p, stream);
+      case 128: return launch_fna_forward<2, 128>(p, stream);
+      case 256: return launch_fna_forward<2, 256>(p, stream);
+    }
+  }
+  return cudaErrorNotSupported;
+}
+
+}  // namespace sm80
+}  // namespace natten

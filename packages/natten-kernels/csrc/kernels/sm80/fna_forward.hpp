@@ -1,0 +1,40 @@
+// SM80 (Ampere and newer: A100, H100, B200, ...) fused neighborhood-attention forward.
+// mma.sync + cp.async + ldmatrix (CuTe), FlashAttention-2-style online softmax.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include "natten/fna_args.hpp"
+
+namespace natten {
+namespace sm80 {
+
+// Runs the forward pass described by `args` on `stream`.
+//   dtype: 1 = fp16, 2 = bf16 (q, k, v, out share it; lse is float32; accumulation is fp32).
+//   args.q_tile / args.kv_tile: a pair listed by fna_forward_tile_configs for args.rank (entries of
+//     axes >= rank are ignored), or any entry <= 0 on an axis < rank to let the kernel choose
+//     (fna_forward_default_tiles).
+// Returns cudaSuccess, cudaErrorNotSupported (dtype / head dims, see fna_forward_supports),
+// cudaErrorInvalidValue (problem or tile config the caller should have rejected), or a launch error.
+cudaError_t fna_forward(const natten::FnaForwardArgs& args, int dtype /*1 = fp16, 2 = bf16*/,
+                        cudaStream_t stream);
+
+// Supported: dtype 1 or 2; head_dim and head_dim_v in [8, 256], multiples of 8 (they may differ).
+// On false, *reason (if reason != nullptr) gets a static message.
+bool fna_forward_supports(int head_dim, int head_dim_v, int dtype, const char** reason);
+
+// Lists the supported (query tile, key tile) shapes for a rank: every pair of power-of-two boxes of
+// 64 tokens over the first `rank` axes (axes >= rank are 1). Entry i is q_tiles[3*i .. 3*i+2] and
+// kv_tiles[3*i .. 3*i+2]. Writes at most `capacity` entries; returns the total number of configs
+// (1 for rank 1, 49 for rank 2, 784 for rank 3), or 0 if rank / head_dim is unsupported.
+int fna_forward_tile_configs(int rank, int head_dim, int* q_tiles /*[n][3]*/, int* kv_tiles /*[n][3]*/,
+                             int capacity);
+
+// The tile pair fna_forward uses when the caller leaves the choice to it: minimizes the number of
+// visited (query, key) pairs (tile-visit bound of PERF-NOTES.md) for this problem's per-axis
+// extents, kernel sizes, strides, dilations and causal flags. Returns cudaErrorInvalidValue for an
+// invalid rank / extents.
+cudaError_t fna_forward_default_tiles(const natten::FnaForwardArgs& args, int q_tile[3], int kv_tile[3]);
+
+}  // namespace sm80
+}  // namespace natten

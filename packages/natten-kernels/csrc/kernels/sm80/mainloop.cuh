@@ -1,0 +1,227 @@
+// Collective mainloop of the SM80 fused neighborhood-attention forward kernel.
+//
+// One CTA owns a query tile (box of kTileQ tokens) and walks the key tiles (boxes of kTileKV
+// tokens) that cover the union of its windows. Per key tile (FlashAttention-2 schedule, one K and
+// one V buffer, loads overlapped with the GEMM that does not use them):
+//
+//   wait K[t]; barrier; issue cp.async V[t]
+//   S = Q K[t]^T                       (ldmatrix + mma.sync, fp32 accumulators)
+//   scale to log2 units; mask  (only if the key tile cuts a window border)
+//   online softmax: running row max / row sum, rescale O, P = exp2(S - max)
+//   wait V[t]; barrier; issue cp.async K[t+1]
+//   O += P V[t]                        (P straight from registers)
+#pragma once
+
+#include <cute/tensor.hpp>
+
+#include "kernel_traits.cuh"
+#include "params.cuh"
+#include "tile_scheduler.cuh"
+#include "utils.cuh"
+
+namespace natten {
+namespace sm80 {
+
+// What the mainloop and epilogue need to know about their CTA. Built once by one thread and kept
+// in shared memory (read where used), so that none of it occupies registers across the key loop.
+struct CtaTile {
+  QueryTile q;
+  KeyTiles k;
+  int n[kRank];  // group extents (= q.axis[a].n)
+  GroupTensor gq, gk, gv, go;
+  int64_t lse_base;  // element offset of (batch, head, group origin) in lse
+  int64_t lse_step[kRank];
+};
+
+template <class Traits>
+struct CollectiveMainloop {
+  using Element = typename Traits::Element;
+  static constexpr int kTileQ = Traits::kTileQ;
+  static constexpr int kTileKV = Traits::kTileKV;
+  static constexpr int kDim = Traits::kDim;
+
+  // Masked-path tables in smem: per-row windows (start, length) per axis, and the repeat
+  // patterns of key_tile_row_mask for this key tile shape.
+  CUTE_DEVICE static void fill_mask_tables(Geometry const& geo, QueryTile const& qt, int2* row_win,
+                                           uint64_t* rep, int tid) {
+    for (int r = tid; r < kTileQ; r += Traits::kThreads) {
+      int start[kRank], len[kRank];
+      query_row_window(geo, qt, r, start, len);
+      CUTE_UNROLL
+      for (int a = 0; a < kRank; ++a) row_win[r * kRank + a] = make_int2(start[a], len[a]);
+    }
+    if (tid == 0) key_tile_mask_patterns(geo.kv_log2, rep);
+  }
+
+  // Runs the whole key loop. acc_o: (MMA, MMA_M, MMA_N) fp32 fragment of O (zeroed here);
+  // row_max (log2 units, scaled) and row_sum (thread-partial) per accumulator row.
+  template <class TensorO, int kRowsPerThread>
+  CUTE_DEVICE static void run(FnaParams const& p, CtaTile const& cta, Element* smem_q, Element* smem_k,
+                              Element* smem_v, int2 const* row_win, uint64_t const* rep_smem, TensorO& acc_o,
+                              float (&row_max)[kRowsPerThread], float (&row_sum)[kRowsPerThread], int tid) {
+    using namespace cute;
+    using TiledMma = typename Traits::TiledMma;
+
+    Geometry const& geo = p.geo;
+    const bool aligned = p.aligned != 0;
+    Element const* q_ptr = static_cast<Element const*>(p.q);
+    Element const* k_ptr = static_cast<Element const*>(p.k);
+    Element const* v_ptr = static_cast<Element const*>(p.v);
+    int const* n = cta.n;  // smem
+
+    typename Traits::SmemLayoutQ layout_q;
+    typename Traits::SmemLayoutKV layout_kv;
+    Tensor sQ = make_tensor(make_smem_ptr(smem_q), layout_q);
+    Tensor sK = make_tensor(make_smem_ptr(smem_k), layout_kv);
+    Tensor sVt = make_tensor(make_smem_ptr(smem_v), typename Traits::SmemLayoutVt{});
+
+    TiledMma tiled_mma;
+    auto thr_mma = tiled_mma.get_thread_slice(tid);
+    Tensor tSrQ = thr_mma.partition_fragment_A(sQ);    // (MMA, MMA_M, MMA_K)
+    Tensor tSrK = thr_mma.partition_fragment_B(sK);    // (MMA, MMA_N, MMA_K)
+    Tensor tOrVt = thr_mma.partition_fragment_B(sVt);  // (MMA, MMA_N(dim), MMA_K(keys))
+
+    auto copy_q = make_tiled_copy_A(typename Traits::SmemCopyAtom{}, tiled_mma);
+    auto thr_copy_q = copy_q.get_thread_slice(tid);
+    Tensor tSsQ = thr_copy_q.partition_S(sQ);
+    Tensor tSrQ_view = thr_copy_q.retile_D(tSrQ);
+    auto copy_k = make_tiled_copy_B(typename Traits::SmemCopyAtom{}, tiled_mma);
+    auto thr_copy_k = copy_k.get_thread_slice(tid);
+    Tensor tSsK = thr_copy_k.partition_S(sK);
+    Tensor tSrK_view = thr_copy_k.retile_D(tSrK);
+    auto copy_v = make_tiled_copy_B(typename Traits::SmemCopyAtomT{}, tiled_mma);
+    auto thr_copy_v = copy_v.get_thread_slice(tid);
+    Tensor tOsVt = thr_copy_v.partition_S(sVt);
+    Tensor tOrVt_view = thr_copy_v.retile_D(tOrVt);
+
+    // (row, col) of every S accumulator element of this thread.
+    Tensor cS = make_identity_tensor(Shape<Int<kTileQ>, Int<kTileKV>>{});
+    Tensor tScS = thr_mma.partition_C(cS);
+    Tensor tScS_rc = make_tensor(tScS.data(), acc_rowcol(tScS.layout()));
+
+    Tensor acc_o_rc = make_tensor(acc_o.data(), acc_rowcol(acc_o.layout()));
+    static_assert(decltype(size<0>(acc_o_rc))::value == kRowsPerThread, "");
+    clear(acc_o);
+    CUTE_UNROLL
+    for (int i = 0; i < kRowsPerThread; ++i) {
+      row_max[i] = -INFINITY;
+      row_sum[i] = 0.f;
+    }
+
+    const float scale_log2 = p.scale_log2;
+    int kb[kRank];
+    CUTE_UNROLL
+    for (int a = 0; a < kRank; ++a) kb[a] = cta.k.start[a];
+
+    // Prologue: Q and K[0].
+    load_tile_box<Traits, kTileQ>(smem_q, layout_q, q_ptr, cta.gq, cta.q.q0, geo.q_log2, n, p.head_dim,
+                                  aligned, tid);
+    load_tile_box<Traits, kTileKV>(smem_k, layout_kv, k_ptr, cta.gk, kb, geo.kv_log2, n, p.head_dim,
+                                   aligned, tid);
+    cp_async_fence();
+
+    for (int t = 0; t < cta.k.total; ++t) {
+      const bool full = key_tile_full(geo, cta.k, kb);
+
+      cp_async_wait<0>();
+      __syncthreads();  // K[t] visible; every warp is done with V[t-1]
+      load_tile_box<Traits, kTileKV>(smem_v, layout_kv, v_ptr, cta.gv, kb, geo.kv_log2, n, p.head_dim_v,
+                                     aligned, tid);
+      cp_async_fence();
+
+      // S = Q K^T
+      Tensor acc_s = partition_fragment_C(tiled_mma, Shape<Int<kTileQ>, Int<kTileKV>>{});
+      clear(acc_s);
+      copy(copy_q, tSsQ(_, _, _0{}), tSrQ_view(_, _, _0{}));
+      copy(copy_k, tSsK(_, _, _0{}), tSrK_view(_, _, _0{}));
+      CUTE_UNROLL
+      for (int kk = 0; kk < size<2>(tSrQ); ++kk) {
+        if (kk + 1 < size<2>(tSrQ)) {
+          copy(copy_q, tSsQ(_, _, kk + 1), tSrQ_view(_, _, kk + 1));
+          copy(copy_k, tSsK(_, _, kk + 1), tSrK_view(_, _, kk + 1));
+        }
+        cute::gemm(tiled_mma, tSrQ(_, _, kk), tSrK(_, _, kk), acc_s);
+      }
+
+      // Scores in log2 units; mask where the key tile cuts a window border.
+      Tensor s_rc = make_tensor(acc_s.data(), acc_rowcol(acc_s.layout()));
+      CUTE_UNROLL
+      for (int i = 0; i < size(acc_s); ++i) acc_s(i) *= scale_log2;
+      if (!full) {
+        // One 64-bit word per row: bit c = key column c attended (AND over axes).
+        const uint64_t rep[kRank] = {rep_smem[0], rep_smem[1], rep_smem[2]};
+        const int col0 = get<1>(tScS_rc(0, 0));
+        CUTE_UNROLL
+        for (int mi = 0; mi < size<0>(s_rc); ++mi) {
+          const int r = get<0>(tScS_rc(mi, 0));
+          int rel_start[kRank], len[kRank];
+          CUTE_UNROLL
+          for (int a = 0; a < kRank; ++a) {
+            const int2 w = row_win[r * kRank + a];
+            rel_start[a] = w.x - kb[a];
+            len[a] = w.y;
+          }
+          const uint64_t word = key_tile_row_mask(rel_start, len, geo.kv_log2, rep) >> col0;
+          CUTE_UNROLL
+          for (int ni = 0; ni < size<1>(s_rc); ++ni) {
+            const int bit = get<1>(tScS_rc(mi, ni)) - col0;  // compile-time after simplification
+            if (((word >> bit) & 1u) == 0) s_rc(mi, ni) = -INFINITY;
+          }
+        }
+      }
+
+      // Online softmax.
+      CUTE_UNROLL
+      for (int mi = 0; mi < size<0>(s_rc); ++mi) {
+        float mx = row_max[mi];
+        CUTE_UNROLL
+        for (int ni = 0; ni < size<1>(s_rc); ++ni) mx = fmaxf(mx, s_rc(mi, ni));
+        mx = quad_max(mx);
+        const float m_use = mx == -INFINITY ? 0.f : mx;  // row without keys so far: P = 0
+        const float corr = fast_exp2(row_max[mi] - m_use);
+        row_max[mi] = mx;
+        float sum = 0.f;
+        CUTE_UNROLL
+        for (int ni = 0; ni < size<1>(s_rc); ++ni) {
+          const float e = fast_exp2(s_rc(mi, ni) - m_use);
+          s_rc(mi, ni) = e;
+          sum += e;
+        }
+        row_sum[mi] = row_sum[mi] * corr + sum;
+        CUTE_UNROLL
+        for (int nj = 0; nj < size<1>(acc_o_rc); ++nj) acc_o_rc(mi, nj) *= corr;
+      }
+      Tensor rP = convert_fragment<Element>(acc_s);
+      Tensor tOrP = make_tensor(rP.data(), acc_as_a_operand(rP.layout()));
+
+      cp_async_wait<0>();
+      __syncthreads();  // V[t] visible; every warp is done with K[t]
+      if (t + 1 < cta.k.total) {
+        key_tile_advance(geo, cta.k, kb);
+        load_tile_box<Traits, kTileKV>(smem_k, layout_kv, k_ptr, cta.gk, kb, geo.kv_log2, n, p.head_dim,
+                                       aligned, tid);
+      }
+      cp_async_fence();
+
+      // O += P V
+      if constexpr (Traits::kPrefetchV) {
+        copy(copy_v, tOsVt(_, _, _0{}), tOrVt_view(_, _, _0{}));
+        CUTE_UNROLL
+        for (int kk = 0; kk < size<2>(tOrP); ++kk) {
+          if (kk + 1 < size<2>(tOrP)) copy(copy_v, tOsVt(_, _, kk + 1), tOrVt_view(_, _, kk + 1));
+          cute::gemm(tiled_mma, tOrP(_, _, kk), tOrVt(_, _, kk), acc_o);
+        }
+      } else {
+        CUTE_UNROLL
+        for (int kk = 0; kk < size<2>(tOrP); ++kk) {
+          copy(copy_v, tOsVt(_, _, kk), tOrVt_view(_, _, kk));
+          cute::gemm(tiled_mma, tOrP(_, _, kk), tOrVt(_, _, kk), acc_o);
+        }
+      }
+    }
+    cp_async_wait<0>();
+  }
+};
+
+}  // namespace sm80
+}  // namespace natten

@@ -1,0 +1,227 @@
+// Tile scheduler and tile geometry of the SM80 fused neighborhood-attention forward kernel.
+//
+// Work decomposition: one work item = (batch, head, dilation group per axis, query tile per axis).
+// A query tile is a box of 2^q_log2[0] x 2^q_log2[1] x 2^q_log2[2] tokens of ONE dilation group
+// (group-local coordinates: token x = g + d * x'), addressed in place through strides. Its rows are
+// numbered with the last axis fastest. Key tiles are boxes of 2^kv_log2[a] tokens, iterated over the
+// box [window start of the first query, window end of the last query] per axis; their columns are
+// numbered the same way.
+//
+// Plain integer C++ (host + device) so that the CPU test (tests/window_math_test.cpp) replays
+// exactly the decisions the kernel makes.
+#pragma once
+
+#include <cstdint>
+
+#include "natten/window.cuh"
+
+namespace natten {
+namespace sm80 {
+
+constexpr int kRank = 3;  // kernels always work in 3-D; missing axes have extent/kernel 1
+
+struct Geometry {
+  int extent[kRank];    // tokens per axis (global)
+  int kernel[kRank];
+  int stride[kRank];
+  int dilation[kRank];
+  int causal[kRank];    // 0 / 1
+  int q_log2[kRank];    // query tile shape, log2 per axis
+  int kv_log2[kRank];   // key tile shape, log2 per axis
+  int q_tiles[kRank];   // query tiles per axis in the largest (first) dilation group
+  int64_t batch;
+  int64_t heads;
+  int64_t num_work;     // batch * heads * prod(dilation) * prod(q_tiles)
+};
+
+// Fills q_tiles / num_work from the other fields.
+NATTEN_HD void geometry_finalize(Geometry& g) {
+  int64_t n = g.batch * g.heads;
+  for (int a = 0; a < kRank; ++a) {
+    const int ng0 = window::group_extent(g.extent[a], g.dilation[a], 0);
+    const int qt = 1 << g.q_log2[a];
+    g.q_tiles[a] = (ng0 + qt - 1) / qt;
+    n *= int64_t(g.dilation[a]) * int64_t(g.q_tiles[a]);
+  }
+  g.num_work = n;
+}
+
+struct WorkTile {
+  int64_t batch;
+  int64_t head;
+  int group[kRank];
+  int tile[kRank];
+};
+
+// Linear work index -> work tile. Query tiles vary fastest (neighbouring CTAs share keys in L2),
+// then dilation groups, then heads, then batch.
+NATTEN_HD WorkTile decode_work(const Geometry& g, int64_t idx) {
+  WorkTile w;
+  for (int a = kRank - 1; a >= 0; --a) {
+    w.tile[a] = int(idx % g.q_tiles[a]);
+    idx /= g.q_tiles[a];
+  }
+  for (int a = kRank - 1; a >= 0; --a) {
+    w.group[a] = int(idx % g.dilation[a]);
+    idx /= g.dilation[a];
+  }
+  w.head = idx % g.heads;
+  w.batch = idx / g.heads;
+  return w;
+}
+
+// Row / column index inside a tile box -> per-axis offsets (last axis fastest).
+NATTEN_HD void tile_coord(int idx, const int log2[kRank], int c[kRank]) {
+  c[2] = idx & ((1 << log2[2]) - 1);
+  c[1] = (idx >> log2[2]) & ((1 << log2[1]) - 1);
+  c[0] = idx >> (log2[1] + log2[2]);
+}
+
+struct QueryTile {
+  window::Axis axis[kRank];  // group-local axis parameters (n = group extent)
+  int q0[kRank];             // first query of the tile (group-local)
+  int q_last[kRank];         // last REAL query of the tile (clamped to the group)
+};
+
+// Returns false when the tile holds no token (tiles past the end of a smaller dilation group).
+NATTEN_HD bool make_query_tile(const Geometry& g, const WorkTile& w, QueryTile& q) {
+  bool nonempty = true;
+  for (int a = 0; a < kRank; ++a) {
+    const int ng = window::group_extent(g.extent[a], g.dilation[a], w.group[a]);
+    q.axis[a] = window::make_axis(ng, g.kernel[a], g.stride[a], g.causal[a] != 0);
+    q.q0[a] = w.tile[a] << g.q_log2[a];
+    q.q_last[a] = window::imin(q.q0[a] + (1 << g.q_log2[a]) - 1, ng - 1);
+    nonempty = nonempty && (q.q0[a] < ng);
+  }
+  return nonempty;
+}
+
+// Is the query row `r` of the tile a real token?
+NATTEN_HD bool query_row_valid(const Geometry& g, const QueryTile& q, int r) {
+  int c[kRank];
+  tile_coord(r, g.q_log2, c);
+  bool ok = true;
+  for (int a = 0; a < kRank; ++a) ok = ok && (q.q0[a] + c[a] < q.axis[a].n);
+  return ok;
+}
+
+// Per-row window used by the masked path: start and (end - start) per axis. Padding rows (outside
+// the group) take the window of the last real query, so no row is ever empty.
+NATTEN_HD void query_row_window(const Geometry& g, const QueryTile& q, int r, int start[kRank],
+                                int len[kRank]) {
+  int c[kRank];
+  tile_coord(r, g.q_log2, c);
+  for (int a = 0; a < kRank; ++a) {
+    int s, e;
+    window::window_clamped(q.q0[a] + c[a], q.axis[a], s, e);
+    start[a] = s;
+    len[a] = e - s;
+  }
+}
+
+// Element mask of the masked path: key at group-local coordinates key[] vs. a row window.
+NATTEN_HD bool row_attends(const int start[kRank], const int len[kRank], const int key[kRank]) {
+  bool ok = true;
+  for (int a = 0; a < kRank; ++a)
+    ok = ok && (unsigned(key[a] - start[a]) <= unsigned(len[a]));
+  return ok;
+}
+
+// Masked path, word form: bit c of the result is set iff key column c (numbered by tile_coord
+// with kv_log2; 2^(sum kv_log2) <= 64 columns) passes row_attends(rel_start, len, .), where
+// rel_start = row window start - key tile origin. Built per axis as a run of set bits repeated
+// with the axis period, ANDed over axes. Bits of columns >= 2^(sum kv_log2) are unspecified.
+NATTEN_HD uint64_t bits_below(int n) {  // 0 <= n <= 64
+  return n >= 64 ? ~uint64_t(0) : ((uint64_t(1) << n) - 1);
+}
+
+// Bits at every multiple of 2^period_log2 (period_log2 <= 6).
+NATTEN_HD uint64_t repeat_pattern(int period_log2) {
+  uint64_t rep = 1;
+  for (int s = 1 << period_log2; s < 64; s *= 2) rep |= rep << s;
+  return rep;
+}
+
+NATTEN_HD uint64_t key_tile_row_mask(const int rel_start[kRank], const int len[kRank],
+                                     const int kv_log2[kRank], const uint64_t rep[kRank]) {
+  uint64_t m = ~uint64_t(0);
+  int inner = 0;  // log2 of the column step of axis a
+  for (int a = kRank - 1; a >= 0; --a) {
+    const int lo = window::imax(rel_start[a], 0);
+    const int hi = window::imin(rel_start[a] + len[a], (1 << kv_log2[a]) - 1);
+    const uint64_t run = lo > hi ? uint64_t(0) : (bits_below((hi + 1) << inner) & ~bits_below(lo << inner));
+    m &= run * rep[a];  // run fits in one period: the product replicates it without carries
+    inner += kv_log2[a];
+  }
+  return m;
+}
+
+// rep[] argument of key_tile_row_mask for a key tile shape (per CTA constant).
+NATTEN_HD void key_tile_mask_patterns(const int kv_log2[kRank], uint64_t rep[kRank]) {
+  int period = 0;
+  for (int a = kRank - 1; a >= 0; --a) {
+    period += kv_log2[a];
+    rep[a] = repeat_pattern(period);
+  }
+}
+
+struct KeyTiles {
+  int start[kRank];    // first key of the key box (group-local)
+  int count[kRank];    // key tiles per axis
+  int full_lo[kRank];  // key tile [kb, kb + kt - 1] needs no mask iff full_lo <= kb and
+  int full_hi[kRank];  //   kb + kt - 1 <= full_hi on every axis
+  int total;           // prod(count)
+};
+
+NATTEN_HD KeyTiles make_key_tiles(const Geometry& g, const QueryTile& q) {
+  KeyTiles k;
+  k.total = 1;
+  for (int a = 0; a < kRank; ++a) {
+    int ks, ke;
+    window::tile_key_range(q.q0[a], q.q_last[a], q.axis[a], ks, ke);
+    const int kt = 1 << g.kv_log2[a];
+    k.start[a] = ks;
+    k.count[a] = (ke - ks + kt) >> g.kv_log2[a];  // ceil((ke - ks + 1) / kt), >= 1
+    window::tile_full_range(q.q0[a], q.q_last[a], q.axis[a], k.full_lo[a], k.full_hi[a]);
+    k.total *= k.count[a];
+  }
+  return k;
+}
+
+// Origin (first key per axis) of key tile t, 0 <= t < total (last axis fastest).
+NATTEN_HD void key_tile_origin(const Geometry& g, const KeyTiles& k, int t, int kb[kRank]) {
+  for (int a = kRank - 1; a >= 0; --a) {
+    kb[a] = k.start[a] + ((t % k.count[a]) << g.kv_log2[a]);
+    t /= k.count[a];
+  }
+}
+
+// Odometer step: origin of tile t -> origin of tile t + 1 (same order as key_tile_origin).
+NATTEN_HD void key_tile_advance(const Geometry& g, const KeyTiles& k, int kb[kRank]) {
+  for (int a = kRank - 1; a >= 0; --a) {
+    kb[a] += 1 << g.kv_log2[a];
+    if (a == 0 || kb[a] < k.start[a] + (k.count[a] << g.kv_log2[a])) return;
+    kb[a] = k.start[a];
+  }
+}
+
+// True when every key of the tile is attended by every query of the query tile (no mask needed).
+// Such a tile never contains keys outside the group (full_hi <= n - 1).
+NATTEN_HD bool key_tile_full(const Geometry& g, const KeyTiles& k, const int kb[kRank]) {
+  bool full = true;
+  for (int a = 0; a < kRank; ++a)
+    full = full && kb[a] >= k.full_lo[a] && kb[a] + (1 << g.kv_log2[a]) - 1 <= k.full_hi[a];
+  return full;
+}
+
+// Is key column `c` of the key tile at kb[] a real token (inside the group)?
+NATTEN_HD bool key_col_valid(const Geometry& g, const QueryTile& q, const int kb[kRank], int c) {
+  int o[kRank];
+  tile_coord(c, g.kv_log2, o);
+  bool ok = true;
+  for (int a = 0; a < kRank; ++a) ok = ok && (kb[a] + o[a] < q.axis[a].n);
+  return ok;
+}
+
+}  // namespace sm80
+}  // namespace natten

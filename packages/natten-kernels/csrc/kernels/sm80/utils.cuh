@@ -1,0 +1,204 @@
+// Small device helpers of the SM80 FNA forward kernel: accumulator layout views, conversions,
+// fast exp2, quad reductions and the strided tile-box copies between global and shared memory.
+#pragma once
+
+#include <cstdint>
+
+#include <cute/tensor.hpp>
+#include <cute/arch/copy_sm80.hpp>
+#include <cutlass/numeric_conversion.h>
+
+#include "params.cuh"
+
+namespace natten {
+namespace sm80 {
+
+// ((2, 2), MMA_M, MMA_N) accumulator of m16n8 MMAs -> ((2, MMA_M), (2, MMA_N)) = (rows, cols).
+// Mode (0,0) of the value is the column pair, mode (0,1) is the row +8 half.
+template <class Layout>
+CUTE_HOST_DEVICE auto acc_rowcol(Layout const& acc) {
+  using namespace cute;
+  static_assert(decltype(rank(acc))::value == 3, "");
+  static_assert(decltype(size<0>(acc))::value == 4, "");
+  return make_layout(make_layout(get<0, 1>(acc), get<1>(acc)),
+                     make_layout(get<0, 0>(acc), get<2>(acc)));
+}
+
+// Accumulator of S (m16n8k16: ((2, 2), MMA_M, MMA_N)) reused as the A operand of the next GEMM:
+// two neighbouring n8 blocks form one k16 block -> (((2, 2), 2), MMA_M, MMA_N / 2).
+template <class Layout>
+CUTE_HOST_DEVICE auto acc_as_a_operand(Layout const& acc) {
+  using namespace cute;
+  static_assert(decltype(size<0>(acc))::value == 4, "");
+  auto l = logical_divide(acc, Shape<Underscore, Underscore, _2>{});
+  return make_layout(make_layout(get<0>(l), get<2, 0>(l)), get<1>(l), get<2, 1>(l));
+}
+
+// float register tensor -> owning register tensor of To with the same (compact, static) layout,
+// converted with packed cvt instructions.
+template <class To, class Engine, class Layout>
+CUTE_DEVICE auto convert_fragment(cute::Tensor<Engine, Layout> const& t) {
+  using namespace cute;
+  using From = typename Engine::value_type;
+  constexpr int N = decltype(cosize(Layout{}))::value;
+  static_assert(decltype(size(Layout{}))::value == N, "compact fragment expected");
+  cutlass::NumericArrayConverter<To, From, N> conv;
+  Tensor out = make_tensor<To>(t.layout());
+  *reinterpret_cast<cutlass::Array<To, N>*>(out.data()) =
+      conv(*reinterpret_cast<cutlass::Array<From, N> const*>(t.data()));
+  return out;
+}
+
+CUTE_DEVICE float fast_exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+
+CUTE_DEVICE float quad_max(float x) {
+  x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
+  x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
+  return x;
+}
+
+CUTE_DEVICE float quad_sum(float x) {
+  x += __shfl_xor_sync(0xffffffffu, x, 1);
+  x += __shfl_xor_sync(0xffffffffu, x, 2);
+  return x;
+}
+
+// Opaque to the optimizer: keeps per-pass index math inside the key loop instead of letting
+// loop-invariant code motion park dozens of values in registers across the whole mainloop.
+CUTE_DEVICE int opaque(int x) {
+  asm volatile("" : "+r"(x));
+  return x;
+}
+
+// Copy a tile box of kRows tokens (rows numbered by tile_coord with log2 shape `lg`, box origin
+// `org` in group-local coordinates, group extents `n`) from global memory into a swizzled smem
+// tile of Traits::kDim columns. Columns >= `dim` and rows outside the group are zero-filled;
+// nothing is read outside the tensor. Vector path: 16-byte cp.async (caller commits / waits).
+// Unaligned path: scalar loads + 16-byte smem stores (synchronous).
+template <class Traits, int kRows, bool kAligned, class Element, class SmemLayout>
+CUTE_DEVICE void load_tile_box_impl(Element* smem, SmemLayout const& layout, Element const* gmem,
+                                    GroupTensor const& gt, const int org[kRank], const int lg[kRank],
+                                    const int n[kRank], int dim, int tid) {
+  constexpr int kTpr = Traits::kThreadsPerRow;
+  constexpr int kCpt = Traits::kChunksPerThread;
+  constexpr int kRpp = Traits::kRowsPerPass;
+  const int r0 = tid / kTpr;
+  const int col0 = (tid % kTpr) * 8;
+  Element* dst0 = smem + layout(r0, col0);
+  CUTE_UNROLL
+  for (int pass = 0; pass < kRows / kRpp; ++pass) {
+    const int r = opaque(r0 + pass * kRpp);
+    int c[kRank];
+    tile_coord(r, lg, c);
+    bool row_ok = true;
+    CUTE_UNROLL
+    for (int a = 0; a < kRank; ++a) {
+      c[a] += org[a];
+      row_ok = row_ok && c[a] < n[a];
+    }
+    Element const* src_row = gmem + (row_ok ? gt.offset(c) : int64_t(0));
+    CUTE_UNROLL
+    for (int j = 0; j < kCpt; ++j) {
+      const int col = col0 + j * kTpr * 8;
+      const bool ok = row_ok && col < dim;
+      Element* dst = dst0 + layout(pass * kRpp, j * kTpr * 8);
+      Element const* src = ok ? src_row + col : gmem;
+      if constexpr (kAligned) {
+        cute::SM80_CP_ASYNC_CACHEGLOBAL_ZFILL<cute::uint128_t>::copy(
+            *reinterpret_cast<cute::uint128_t const*>(src), *reinterpret_cast<cute::uint128_t*>(dst), ok);
+      } else {
+        uint16_t h[8];
+        CUTE_UNROLL
+        for (int e = 0; e < 8; ++e) h[e] = ok ? reinterpret_cast<uint16_t const*>(src)[e] : uint16_t(0);
+        uint4 packed;
+        packed.x = uint32_t(h[0]) | (uint32_t(h[1]) << 16);
+        packed.y = uint32_t(h[2]) | (uint32_t(h[3]) << 16);
+        packed.z = uint32_t(h[4]) | (uint32_t(h[5]) << 16);
+        packed.w = uint32_t(h[6]) | (uint32_t(h[7]) << 16);
+        *reinterpret_cast<uint4*>(dst) = packed;
+      }
+    }
+  }
+}
+
+struct Int3 {
+  int v[kRank];
+};
+
+// Unaligned fallback, kept out of line: it is rare and would otherwise double the mainloop code.
+template <class Traits, int kRows, class Element, class SmemLayout>
+__device__ __noinline__ void load_tile_box_unaligned(Element* smem, Element const* gmem, GroupTensor gt, Int3 org,
+                                                     Int3 lg, Int3 n, int dim, int tid) {
+  load_tile_box_impl<Traits, kRows, false>(smem, SmemLayout{}, gmem, gt, org.v, lg.v, n.v, dim, tid);
+}
+
+template <class Traits, int kRows, class Element, class SmemLayout>
+CUTE_DEVICE void load_tile_box(Element* smem, SmemLayout const& layout, Element const* gmem,
+                               GroupTensor const& gt, const int org[kRank], const int lg[kRank],
+                               const int n[kRank], int dim, bool aligned, int tid) {
+  if (aligned) {
+    load_tile_box_impl<Traits, kRows, true>(smem, layout, gmem, gt, org, lg, n, dim, tid);
+  } else {
+    Int3 o, l, e;
+    CUTE_UNROLL
+    for (int a = 0; a < kRank; ++a) {
+      o.v[a] = org[a];
+      l.v[a] = lg[a];
+      e.v[a] = n[a];
+    }
+    load_tile_box_unaligned<Traits, kRows, Element, SmemLayout>(smem, gmem, gt, o, l, e, dim, tid);
+  }
+}
+
+// Store a tile box from swizzled smem to global memory; rows outside the group and columns
+// >= dim are skipped.
+template <class Traits, int kRows, class Element, class SmemLayout>
+CUTE_DEVICE void store_tile_box(Element const* smem, SmemLayout const& layout, Element* gmem,
+                                GroupTensor const& gt, const int org[kRank], const int lg[kRank],
+                                const int n[kRank], int dim, bool aligned, int tid) {
+  constexpr int kTpr = Traits::kThreadsPerRow;
+  constexpr int kCpt = Traits::kChunksPerThread;
+  constexpr int kRpp = Traits::kRowsPerPass;
+  const int r0 = tid / kTpr;
+  const int col0 = (tid % kTpr) * 8;
+  Element const* src0 = smem + layout(r0, col0);
+  CUTE_UNROLL
+  for (int pass = 0; pass < kRows / kRpp; ++pass) {
+    const int r = r0 + pass * kRpp;
+    int c[kRank];
+    tile_coord(r, lg, c);
+    bool row_ok = true;
+    CUTE_UNROLL
+    for (int a = 0; a < kRank; ++a) {
+      c[a] += org[a];
+      row_ok = row_ok && c[a] < n[a];
+    }
+    if (!row_ok) continue;
+    Element* dst_row = gmem + gt.offset(c);
+    CUTE_UNROLL
+    for (int j = 0; j < kCpt; ++j) {
+      const int col = col0 + j * kTpr * 8;
+      if (col >= dim) continue;
+      const uint4 v = *reinterpret_cast<uint4 const*>(src0 + layout(pass * kRpp, j * kTpr * 8));
+      Element* dst = dst_row + col;
+      if (aligned) {
+        *reinterpret_cast<uint4*>(dst) = v;
+      } else {
+        uint16_t* d16 = reinterpret_cast<uint16_t*>(dst);
+        const uint32_t w[4] = {v.x, v.y, v.z, v.w};
+        CUTE_UNROLL
+        for (int e = 0; e < 4; ++e) {
+          d16[2 * e] = uint16_t(w[e] & 0xffffu);
+          d16[2 * e + 1] = uint16_t(w[e] >> 16);
+        }
+      }
+    }
+  }
+}
+
+}  // namespace sm80
+}  // namespace natten

@@ -1,0 +1,127 @@
+// What the SM80 fused NA forward kernel supports (dtypes, head dims, tile configurations), and
+// which device images this build contains.
+//
+// The kernel's own dispatch (csrc/kernels/sm80/fna_forward.hpp) is the single source of truth:
+// fna_forward_supports / fna_forward_tile_configs / fna_forward_default_tiles. This file only wraps
+// them into ABI statuses and messages.
+#include <cstdio>
+#include <cstring>
+#include <vector>
+
+#include "internal.hpp"
+#include "natten_build_config.h"
+#include "sm80/fna_forward.hpp"
+
+namespace natten {
+namespace abi {
+
+namespace {
+
+void format_tile(char* buf, size_t n, const int* t, int rank) {
+  if (rank == 1)
+    std::snprintf(buf, n, "(%d,)", t[0]);
+  else if (rank == 2)
+    std::snprintf(buf, n, "(%d, %d)", t[0], t[1]);
+  else
+    std::snprintf(buf, n, "(%d, %d, %d)", t[0], t[1], t[2]);
+}
+
+bool fits_int(int64_t v) { return v >= 0 && v <= 0x7fffffff; }
+
+}  // namespace
+
+int sm80_check_problem(int dtype, int rank, int64_t head_dim, int64_t head_dim_v, int arch) {
+  (void)rank;
+  (void)arch;  // every SM >= 8.0 runs the fp16 and bf16 MMAs
+  if (dtype == NATTEN_DTYPE_FP32) {
+    return fail(NATTEN_STATUS_UNSUPPORTED,
+                "dtype fp32 is not supported by natten-kernels yet (the SM80 kernel runs fp16 and bf16); "
+                "cast q, k, v and out to float16 or bfloat16");
+  }
+  if (dtype != NATTEN_DTYPE_FP16 && dtype != NATTEN_DTYPE_BF16) {
+    return fail(NATTEN_STATUS_INVALID_ARGUMENT, "dtype %d is not a natten_dtype", dtype);
+  }
+  const char* reason = nullptr;
+  const int kd = dtype == NATTEN_DTYPE_FP16 ? 1 : 2;
+  if (!fits_int(head_dim) || !fits_int(head_dim_v) ||
+      !sm80::fna_forward_supports(int(head_dim), int(head_dim_v), kd, &reason)) {
+    return fail(NATTEN_STATUS_UNSUPPORTED, "head_dim %lld / head_dim_v %lld (%s) not supported by the SM80 kernel: %s",
+                (long long)head_dim, (long long)head_dim_v, dtype == NATTEN_DTYPE_FP16 ? "fp16" : "bf16",
+                reason ? reason : "head dims must be multiples of 8 in [8, 256]");
+  }
+  return NATTEN_STATUS_SUCCESS;
+}
+
+int sm80_enumerate_configs(int rank, int64_t head_dim, TileConfig* out, int capacity) {
+  if (rank < 1 || rank > NATTEN_MAX_RANK || !fits_int(head_dim) || capacity < 0) return 0;
+  const int total = sm80::fna_forward_tile_configs(rank, int(head_dim), nullptr, nullptr, 0);
+  if (total <= 0) return 0;
+  const int n = total < capacity ? total : capacity;
+  if (n == 0) return total;
+  std::vector<int> q(3 * size_t(total)), kv(3 * size_t(total));
+  sm80::fna_forward_tile_configs(rank, int(head_dim), q.data(), kv.data(), total);
+  for (int i = 0; i < n; ++i) {
+    TileConfig& c = out[i];
+    c.backend = NATTEN_BACKEND_CUTLASS_FNA_SM80;
+    c.rank = rank;
+    for (int a = 0; a < NATTEN_MAX_RANK; ++a) {
+      c.q_tile[a] = a < rank ? q[3 * size_t(i) + a] : 1;
+      c.kv_tile[a] = a < rank ? kv[3 * size_t(i) + a] : 1;
+    }
+  }
+  return total;
+}
+
+int sm80_check_tiles(int rank, int64_t head_dim, const int* q_tile, const int* kv_tile) {
+  const int total = sm80_enumerate_configs(rank, head_dim, nullptr, 0);
+  std::vector<TileConfig> all(total > 0 ? size_t(total) : 1);
+  const int n = total > 0 ? sm80_enumerate_configs(rank, head_dim, all.data(), total) : 0;
+  for (int i = 0; i < n; ++i) {
+    bool eq = true;
+    for (int a = 0; a < rank; ++a) eq = eq && all[i].q_tile[a] == q_tile[a] && all[i].kv_tile[a] == kv_tile[a];
+    if (eq) return NATTEN_STATUS_SUCCESS;
+  }
+  char qb[48], kb[48], ex[128] = "none";
+  format_tile(qb, sizeof(qb), q_tile, rank);
+  format_tile(kb, sizeof(kb), kv_tile, rank);
+  if (n > 0) {
+    char eq[48], ek[48];
+    format_tile(eq, sizeof(eq), all[0].q_tile, rank);
+    format_tile(ek, sizeof(ek), all[0].kv_tile, rank);
+    std::snprintf(ex, sizeof(ex), "q_tile %s kv_tile %s", eq, ek);
+  }
+  return fail(NATTEN_STATUS_UNSUPPORTED,
+              "tile configuration q_tile %s kv_tile %s is not supported by the SM80 kernel for rank %d, head_dim "
+              "%lld (%d configurations exist, e.g. %s; natten_fna_query_configs() lists them; all 0 = let the "
+              "library choose)",
+              qb, kb, rank, (long long)head_dim, n, ex);
+}
+
+// --- device images ------------------------------------------------------------------------------
+
+namespace {
+struct ArchImage {
+  int sm;       // 80, 86, 90, 100, ...
+  int variant;  // 0 plain, 1 arch-specific ('a'), 2 family ('f')
+  int ptx;      // 1 = PTX (JIT), 0 = SASS
+};
+constexpr ArchImage kImages[] = NATTEN_BUILD_ARCH_TABLE;
+}  // namespace
+
+bool build_has_image_for(int arch) {
+  for (const ArchImage& im : kImages) {
+    if (im.variant == 1) {
+      if (im.sm == arch) return true;  // sm_XYa / compute_XYa run only on X.Y
+    } else if (im.ptx) {
+      if (arch >= im.sm) return true;  // PTX is JIT-compiled for newer devices
+    } else if (im.sm / 10 == arch / 10 && arch % 10 >= im.sm % 10) {
+      return true;  // SASS runs on the same major, same or newer minor
+    }
+  }
+  return false;
+}
+
+const char* build_archs_string() { return NATTEN_BUILD_ARCHS_STRING; }
+
+}  // namespace abi
+}  // namespace natten

@@ -1,0 +1,61 @@
+// Internal helpers of the C ABI layer (host only, not installed, not ABI).
+#pragma once
+
+#include <cstdarg>
+#include <cstddef>
+#include <cstdint>
+
+#include "natten_kernels.h"
+
+namespace natten {
+namespace abi {
+
+// ---- thread-local last error ------------------------------------------------------------------
+
+// Formats the message into this thread's buffer and returns `status` (for `return fail(...)`).
+int fail(int status, const char* fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 2, 3)))
+#endif
+    ;
+const char* last_error() noexcept;
+
+// ---- overflow-safe arithmetic -----------------------------------------------------------------
+
+inline bool mul_overflow(int64_t a, int64_t b, int64_t* out) { return __builtin_mul_overflow(a, b, out); }
+inline bool add_overflow(int64_t a, int64_t b, int64_t* out) { return __builtin_add_overflow(a, b, out); }
+
+// ---- tile configurations (fna_configs.cpp) ----------------------------------------------------
+
+struct TileConfig {
+  int backend;
+  int rank;
+  int q_tile[NATTEN_MAX_RANK];   // entries past rank are 1
+  int kv_tile[NATTEN_MAX_RANK];  // entries past rank are 1
+};
+
+// Upper bound of configs any (problem, backend) can have; enumerations write at most this many.
+constexpr int kMaxConfigs = 1024;
+
+// Is the problem (ignoring the device) one the SM80 kernel handles? Returns NATTEN_STATUS_SUCCESS
+// or a failing status with the reason already stored via fail(). `arch` is 10*major+minor, or 0
+// when not known yet.
+int sm80_check_problem(int dtype, int rank, int64_t head_dim, int64_t head_dim_v, int arch);
+
+// Tile configurations of the SM80 backend for (rank, head dim), in the kernel's order. Writes at
+// most `capacity` entries (out may be null when capacity == 0) and returns the total number.
+int sm80_enumerate_configs(int rank, int64_t head_dim, TileConfig* out, int capacity);
+
+// SUCCESS if (q_tile, kv_tile) (first `rank` entries) is a supported pair, else UNSUPPORTED with
+// a message.
+int sm80_check_tiles(int rank, int64_t head_dim, const int* q_tile, const int* kv_tile);
+
+// ---- device images compiled into this build ---------------------------------------------------
+
+// Does this build contain a device image (SASS or JIT-able PTX) that runs on SM `arch`?
+bool build_has_image_for(int arch);
+// "80-real,86-real,..." as configured.
+const char* build_archs_string();
+
+}  // namespace abi
+}  // namespace natten

@@ -1,0 +1,758 @@
+// The C ABI of natten-kernels: validation, device checks, conversion to natten::FnaForwardArgs and
+// the launch through the kernel dispatch. Host-only C++ (compiled by the host compiler).
+//
+// Rules of this file:
+//   * every exported function is extern "C", noexcept, and catches everything;
+//   * nothing here aborts, exits or prints; failures are a status + natten_last_error();
+//   * argument checks come before support checks, which come before any CUDA call, so argument
+//     errors are reported identically with or without a GPU.
+#include "natten_kernels.h"
+
+#include <cuda_runtime_api.h>
+
+#include <atomic>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <exception>
+#include <new>
+#include <vector>
+
+#include "internal.hpp"
+#include "natten/fna_args.hpp"
+#include "natten_build_config.h"
+#include "sm80/fna_forward.hpp"
+
+static_assert(sizeof(void*) == 8, "natten-kernels supports 64-bit targets only");
+static_assert(sizeof(natten_fna_forward_params) == NATTEN_FNA_FORWARD_PARAMS_SIZE_V1_0,
+              "natten_fna_forward_params changed size: that is an ABI change (see docs/abi.md)");
+static_assert(sizeof(natten_fna_problem) == NATTEN_FNA_PROBLEM_SIZE_V1_0,
+              "natten_fna_problem changed size: that is an ABI change (see docs/abi.md)");
+static_assert(sizeof(natten_tile_config) == 40, "natten_tile_config layout is fixed");
+static_assert(offsetof(natten_fna_forward_params, stream) == 440, "layout");
+static_assert(offsetof(natten_fna_forward_params, q_stride) == 120, "layout");
+static_assert(offsetof(natten_fna_forward_params, kernel_size) == 352, "layout");
+static_assert(natten::kMaxRank == NATTEN_MAX_RANK, "internal and ABI max rank differ");
+
+namespace natten {
+namespace abi {
+
+// ---------------------------------------------------------------------------------------------
+// Last error
+// ---------------------------------------------------------------------------------------------
+
+namespace {
+// Constant-initialized, so no TLS constructor/destructor is involved (safe under dlopen/dlclose).
+thread_local char t_last_error[2048] = {0};
+}  // namespace
+
+int fail(int status, const char* fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  std::vsnprintf(t_last_error, sizeof(t_last_error), fmt, ap);
+  va_end(ap);
+  return status;
+}
+
+const char* last_error() noexcept { return t_last_error; }
+
+namespace {
+
+const char* dtype_name(int dtype) {
+  switch (dtype) {
+    case NATTEN_DTYPE_FP16: return "fp16";
+    case NATTEN_DTYPE_BF16: return "bf16";
+    case NATTEN_DTYPE_FP32: return "fp32";
+    default: return "invalid";
+  }
+}
+
+int64_t dtype_bytes(int dtype) { return dtype == NATTEN_DTYPE_FP32 ? 4 : 2; }
+
+// ---------------------------------------------------------------------------------------------
+// Struct header checks (struct_size / unknown trailing fields)
+// ---------------------------------------------------------------------------------------------
+
+constexpr uint64_t kMaxStructSize = 1u << 16;
+
+int check_struct_size(const void* p, uint64_t size, uint64_t v1_size, const char* name) {
+  if (size < v1_size) {
+    return fail(NATTEN_STATUS_INVALID_ARGUMENT,
+                "%s.struct_size is %llu but must be at least %llu (sizeof(%s) of ABI 1.0); set it to "
+                "sizeof(%s) as compiled against natten_kernels.h",
+                name, (unsigned long long)size, (unsigned long long)v1_size, name, name);
+  }
+  if (size > kMaxStructSize) {
+    return fail(NATTEN_STATUS_INVALID_ARGUMENT,
+                "%s.struct_size is %llu, larger than any version of the struct (max %llu); is it "
+                "initialized?",
+                name, (unsigned long long)size, (unsigned long long)kMaxStructSize);
+  }
+  // Fields appended by a newer header must be zero (their default) for this library to ignore them.
+  const unsigned char* bytes = static_cast<const unsigned char*>(p);
+  for (uint64_t i = v1_size; i < size; ++i) {
+    if (bytes[i] != 0) {
+      return fail(NATTEN_STATUS_UNSUPPORTED,
+                  "%s has struct_size %llu and a non-zero byte at offset %llu, past the %llu bytes "
+                  "this library (ABI %d.%d) knows; the caller uses a newer field: upgrade natten-kernels",
+                  name, (unsigned long long)size, (unsigned long long)i, (unsigned long long)v1_size,
+                  NATTEN_ABI_VERSION_MAJOR, NATTEN_ABI_VERSION_MINOR);
+    }
+  }
+  return NATTEN_STATUS_SUCCESS;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Devices
+// ---------------------------------------------------------------------------------------------
+
+const char* cuda_err_name(cudaError_t e) {
+  const char* n = cudaGetErrorName(e);
+  return n ? n : "cudaError?";
+}
+const char* cuda_err_string(cudaError_t e) {
+  const char* s = cudaGetErrorString(e);
+  return s ? s : "unknown CUDA error";
+}
+
+int cuda_fail(cudaError_t e, const char* what) {
+  return fail(NATTEN_STATUS_CUDA_ERROR, "%s failed: %s (%s, code %d)", what, cuda_err_string(e),
+              cuda_err_name(e), static_cast<int>(e));
+}
+
+// Number of visible devices; NO_DEVICE (with a message) when the driver/runtime has none.
+int device_count(int* count) {
+  int n = 0;
+  const cudaError_t e = cudaGetDeviceCount(&n);
+  if (e != cudaSuccess) {
+    (void)cudaGetLastError();  // do not leave our probe's error for the caller's next check
+    *count = 0;
+    return fail(NATTEN_STATUS_NO_DEVICE,
+                "no CUDA device available: cudaGetDeviceCount failed with %s (%s)", cuda_err_name(e),
+                cuda_err_string(e));
+  }
+  if (n <= 0) {
+    *count = 0;
+    return fail(NATTEN_STATUS_NO_DEVICE, "no CUDA device available: cudaGetDeviceCount reported 0 devices");
+  }
+  *count = n;
+  return NATTEN_STATUS_SUCCESS;
+}
+
+// Resolves `device` (-1 = current) to an ordinal; checks it exists.
+int resolve_device(int device, const char* arg, int* out) {
+  int count = 0;
+  int st = device_count(&count);
+  if (st != NATTEN_STATUS_SUCCESS) return st;
+  if (device == -1) {
+    int cur = 0;
+    const cudaError_t e = cudaGetDevice(&cur);
+    if (e != cudaSuccess) return cuda_fail(e, "cudaGetDevice");
+    *out = cur;
+    return NATTEN_STATUS_SUCCESS;
+  }
+  if (device < 0 || device >= count) {
+    return fail(NATTEN_STATUS_INVALID_ARGUMENT,
+                "%s is %d but only %d CUDA device(s) are visible (valid: 0..%d, or -1 for the current "
+                "device)",
+                arg, device, count, count - 1);
+  }
+  *out = device;
+  return NATTEN_STATUS_SUCCESS;
+}
+
+constexpr int kCcCacheSize = 64;
+std::atomic<int> g_cc_cache[kCcCacheSize];  // 0 = unknown, else 10*major + minor
+
+int device_cc(int device, int* major, int* minor) {
+  if (device < kCcCacheSize) {
+    const int v = g_cc_cache[device].load(std::memory_order_relaxed);
+    if (v > 0) {
+      *major = v / 10;
+      *minor = v % 10;
+      return NATTEN_STATUS_SUCCESS;
+    }
+  }
+  int ma = 0, mi = 0;
+  cudaError_t e = cudaDeviceGetAttribute(&ma, cudaDevAttrComputeCapabilityMajor, device);
+  if (e == cudaSuccess) e = cudaDeviceGetAttribute(&mi, cudaDevAttrComputeCapabilityMinor, device);
+  if (e != cudaSuccess) {
+    (void)cudaGetLastError();
+    return cuda_fail(e, "cudaDeviceGetAttribute(compute capability)");
+  }
+  if (device < kCcCacheSize) g_cc_cache[device].store(ma * 10 + mi, std::memory_order_relaxed);
+  *major = ma;
+  *minor = mi;
+  return NATTEN_STATUS_SUCCESS;
+}
+
+// Arch-level support shared by forward and the query API.
+int check_arch(int arch) {
+  if (arch < 80) {
+    return fail(NATTEN_STATUS_UNSUPPORTED,
+                "compute capability %d.%d is not supported: natten-kernels needs SM 8.0 or newer", arch / 10,
+                arch % 10);
+  }
+  if (!build_has_image_for(arch)) {
+    return fail(NATTEN_STATUS_UNSUPPORTED,
+                "this build of natten-kernels has no kernel image for compute capability %d.%d (built for "
+                "%s); rebuild with NATTEN_CUDA_ARCHS including it",
+                arch / 10, arch % 10, build_archs_string());
+  }
+  return NATTEN_STATUS_SUCCESS;
+}
+
+// Makes `device` current for the scope, restoring the previous one.
+class DeviceGuard {
+ public:
+  DeviceGuard() = default;
+  cudaError_t set(int device) {
+    int cur = 0;
+    cudaError_t e = cudaGetDevice(&cur);
+    if (e != cudaSuccess) return e;
+    if (cur == device) return cudaSuccess;
+    e = cudaSetDevice(device);
+    if (e == cudaSuccess) {
+      prev_ = cur;
+      switched_ = true;
+    }
+    return e;
+  }
+  ~DeviceGuard() {
+    if (switched_) (void)cudaSetDevice(prev_);
+  }
+  DeviceGuard(const DeviceGuard&) = delete;
+  DeviceGuard& operator=(const DeviceGuard&) = delete;
+
+ private:
+  int prev_ = 0;
+  bool switched_ = false;
+};
+
+// ---------------------------------------------------------------------------------------------
+// Forward validation
+// ---------------------------------------------------------------------------------------------
+
+struct TensorCheck {
+  const char* name;     // "q"
+  const char* stride_arg;  // "q_stride"
+  int ndim;
+  int64_t sizes[NATTEN_MAX_TENSOR_DIMS];
+  const int64_t* strides;
+  int64_t elem_bytes;
+  bool contiguous_last;  // last dim must have stride 1
+  int64_t stride_multiple;  // non-last strides must be multiples of this (1 = any)
+  bool output;           // no zero strides on dims of size > 1
+};
+
+void dim_names(int rank, bool has_head_dim, const char* names[NATTEN_MAX_TENSOR_DIMS]) {
+  static const char* axis[3] = {"axis 0", "axis 1", "axis 2"};
+  int i = 0;
+  names[i++] = "batch";
+  for (int a = 0; a < rank; ++a) names[i++] = axis[a];
+  names[i++] = "head";
+  if (has_head_dim) names[i++] = "head dim";
+}
+
+int check_tensor(const TensorCheck& t, const void* ptr, int rank) {
+  const char* names[NATTEN_MAX_TENSOR_DIMS] = {nullptr};
+  dim_names(rank, t.ndim == rank + 3, names);
+  for (int d = 0; d < t.ndim; ++d) {
+    if (t.strides[d] < 0) {
+      return fail(NATTEN_STATUS_INVALID_ARGUMENT, "%s[%d] (%s) is %lld; strides must be non-negative",
+                  t.stride_arg, d, names[d], (long long)t.strides[d]);
+    }
+  }
+  const int last = t.ndim - 1;
+  if (t.contiguous_last && t.sizes[last] > 1 && t.strides[last] != 1) {
+    return fail(NATTEN_STATUS_INVALID_ARGUMENT,
+                "%s[%d] (%s) is %lld; the %s dimension of %s must be contiguous (stride 1)", t.stride_arg,
+                last, names[last], (long long)t.strides[last], names[last], t.name);
+  }
+  if (t.stride_multiple > 1) {
+    for (int d = 0; d < last; ++d) {
+      if (t.sizes[d] > 1 && t.strides[d] % t.stride_multiple != 0) {
+        return fail(NATTEN_STATUS_INVALID_ARGUMENT,
+                    "%s[%d] (%s) is %lld, not a multiple of %lld elements (16 bytes): every row of %s must "
+                    "stay 16-byte aligned",
+                    t.stride_arg, d, names[d], (long long)t.strides[d], (long long)t.stride_multiple, t.name);
+      }
+    }
+  }
+  if (t.output) {
+    for (int d = 0; d < t.ndim; ++d) {
+      if (t.sizes[d] > 1 && t.strides[d] == 0) {
+        return fail(NATTEN_STATUS_INVALID_ARGUMENT,
+                    "%s[%d] (%s) is 0 for a dimension of size %lld: elements of the output %s would alias",
+                    t.stride_arg, d, names[d], (long long)t.sizes[d], t.name);
+      }
+    }
+  }
+  // Largest element offset and byte extent must fit int64 (and the address space).
+  int64_t max_off = 0;
+  for (int d = 0; d < t.ndim; ++d) {
+    int64_t term = 0;
+    if (mul_overflow(t.sizes[d] - 1, t.strides[d], &term) || add_overflow(max_off, term, &max_off)) {
+      return fail(NATTEN_STATUS_INVALID_ARGUMENT,
+                  "%s: the largest element offset overflows int64 (%s[%d] (%s) = %lld with size %lld)",
+                  t.name, t.stride_arg, d, names[d], (long long)t.strides[d], (long long)t.sizes[d]);
+    }
+  }
+  int64_t bytes = 0;
+  if (add_overflow(max_off, 1, &bytes) || mul_overflow(bytes, t.elem_bytes, &bytes)) {
+    return fail(NATTEN_STATUS_INVALID_ARGUMENT,
+                "%s: the byte extent overflows int64 (largest element offset %lld)", t.name, (long long)max_off);
+  }
+  const uint64_t base = reinterpret_cast<uintptr_t>(ptr);
+  if (base + static_cast<uint64_t>(bytes) < base) {
+    return fail(NATTEN_STATUS_INVALID_ARGUMENT,
+                "%s: pointer 0x%llx plus its extent of %lld bytes wraps around the address space", t.name,
+                (unsigned long long)base, (long long)bytes);
+  }
+  return NATTEN_STATUS_SUCCESS;
+}
+
+int check_pointer(const void* p, const char* name, uintptr_t align, bool nullable) {
+  if (p == nullptr) {
+    if (nullable) return NATTEN_STATUS_SUCCESS;
+    return fail(NATTEN_STATUS_INVALID_ARGUMENT, "%s is NULL", name);
+  }
+  const uintptr_t v = reinterpret_cast<uintptr_t>(p);
+  if (v % align != 0) {
+    return fail(NATTEN_STATUS_INVALID_ARGUMENT, "%s (0x%llx) is not %llu-byte aligned", name,
+                (unsigned long long)v, (unsigned long long)align);
+  }
+  return NATTEN_STATUS_SUCCESS;
+}
+
+// Reads a tile request; *set tells whether the caller fixed it (all entries > 0) or left it to the
+// library (all entries 0).
+int check_tile(const int32_t* tile, int rank, const char* name, bool* set) {
+  int zeros = 0;
+  for (int a = 0; a < rank; ++a) {
+    if (tile[a] < 0) {
+      return fail(NATTEN_STATUS_INVALID_ARGUMENT, "%s[%d] is %d; tile sizes must be positive (or all 0 to choose)",
+                  name, a, tile[a]);
+    }
+    zeros += tile[a] == 0;
+  }
+  if (zeros != 0 && zeros != rank) {
+    return fail(NATTEN_STATUS_INVALID_ARGUMENT,
+                "%s = (%d, %d, %d)[:%d] mixes zero and non-zero entries; give all %d entries or all 0 to let "
+                "the library choose",
+                name, tile[0], rank > 1 ? tile[1] : 0, rank > 2 ? tile[2] : 0, rank, rank);
+  }
+  *set = zeros == 0;
+  return NATTEN_STATUS_SUCCESS;
+}
+
+#define NATTEN_CHECK(expr)                                   \
+  do {                                                       \
+    const int natten_st_ = (expr);                           \
+    if (natten_st_ != NATTEN_STATUS_SUCCESS) return natten_st_; \
+  } while (0)
+
+// Pure argument checks (no CUDA calls). *tiles_set: the caller fixed q_tile / kv_tile.
+int validate_forward_args(const natten_fna_forward_params* p, bool* tiles_set) {
+  if (p == nullptr) return fail(NATTEN_STATUS_INVALID_ARGUMENT, "params is NULL");
+  NATTEN_CHECK(check_struct_size(p, p->struct_size, NATTEN_FNA_FORWARD_PARAMS_SIZE_V1_0,
+                                 "natten_fna_forward_params"));
+  if (p->reserved != 0) {
+    return fail(NATTEN_STATUS_INVALID_ARGUMENT, "reserved is %d; it must be 0", p->reserved);
+  }
+  if (p->dtype != NATTEN_DTYPE_FP16 && p->dtype != NATTEN_DTYPE_BF16 && p->dtype != NATTEN_DTYPE_FP32) {
+    return fail(NATTEN_STATUS_INVALID_ARGUMENT,
+                "dtype is %d; expected NATTEN_DTYPE_FP16 (1), NATTEN_DTYPE_BF16 (2) or NATTEN_DTYPE_FP32 (3)",
+                p->dtype);
+  }
+  const int rank = p->rank;
+  if (rank < 1 || rank > NATTEN_MAX_RANK) {
+    return fail(NATTEN_STATUS_INVALID_ARGUMENT, "rank is %d; it must be 1, 2 or 3", rank);
+  }
+  // Shapes.
+  if (p->batch < 1) return fail(NATTEN_STATUS_INVALID_ARGUMENT, "batch is %lld; it must be >= 1", (long long)p->batch);
+  for (int a = 0; a < rank; ++a) {
+    if (p->shape[a] < 1) {
+      return fail(NATTEN_STATUS_INVALID_ARGUMENT, "shape[%d] is %lld; it must be >= 1", a, (long long)p->shape[a]);
+    }
+  }
+  if (p->heads < 1) return fail(NATTEN_STATUS_INVALID_ARGUMENT, "heads is %lld; it must be >= 1", (long long)p->heads);
+  if (p->heads_kv < 1) {
+    return fail(NATTEN_STATUS_INVALID_ARGUMENT, "heads_kv is %lld; it must be >= 1", (long long)p->heads_kv);
+  }
+  if (p->head_dim < 1) {
+    return fail(NATTEN_STATUS_INVALID_ARGUMENT, "head_dim is %lld; it must be >= 1", (long long)p->head_dim);
+  }
+  if (p->head_dim_v < 1) {
+    return fail(NATTEN_STATUS_INVALID_ARGUMENT, "head_dim_v is %lld; it must be >= 1", (long long)p->head_dim_v);
+  }
+  if (p->heads % p->heads_kv != 0) {
+    return fail(NATTEN_STATUS_INVALID_ARGUMENT,
+                "heads (%lld) is not a multiple of heads_kv (%lld); GQA/MQA needs heads %% heads_kv == 0",
+                (long long)p->heads, (long long)p->heads_kv);
+  }
+  // Pointers.
+  NATTEN_CHECK(check_pointer(p->q, "q", 16, false));
+  NATTEN_CHECK(check_pointer(p->k, "k", 16, false));
+  NATTEN_CHECK(check_pointer(p->v, "v", 16, false));
+  NATTEN_CHECK(check_pointer(p->out, "out", 16, false));
+  NATTEN_CHECK(check_pointer(p->lse, "lse", 4, true));
+  // Strides.
+  const int64_t eb = dtype_bytes(p->dtype);
+  TensorCheck t[5] = {};
+  const int nd = rank + 3;
+  auto fill = [&](TensorCheck& c, const char* name, const char* sarg, const int64_t* strides, int64_t h,
+                  int64_t d, int64_t bytes, bool out, bool has_d) {
+    c.name = name;
+    c.stride_arg = sarg;
+    c.ndim = has_d ? nd : nd - 1;
+    c.sizes[0] = p->batch;
+    for (int a = 0; a < rank; ++a) c.sizes[1 + a] = p->shape[a];
+    c.sizes[1 + rank] = h;
+    if (has_d) c.sizes[2 + rank] = d;
+    c.strides = strides;
+    c.elem_bytes = bytes;
+    c.contiguous_last = has_d;
+    c.stride_multiple = 1;  // the kernel has a non-vectorized path for rows that are not 16-byte aligned
+    c.output = out;
+  };
+  fill(t[0], "q", "q_stride", p->q_stride, p->heads, p->head_dim, eb, false, true);
+  fill(t[1], "k", "k_stride", p->k_stride, p->heads_kv, p->head_dim, eb, false, true);
+  fill(t[2], "v", "v_stride", p->v_stride, p->heads_kv, p->head_dim_v, eb, false, true);
+  fill(t[3], "out", "out_stride", p->out_stride, p->heads, p->head_dim_v, eb, true, true);
+  fill(t[4], "lse", "lse_stride", p->lse_stride, p->heads, 1, 4, true, false);
+  NATTEN_CHECK(check_tensor(t[0], p->q, rank));
+  NATTEN_CHECK(check_tensor(t[1], p->k, rank));
+  NATTEN_CHECK(check_tensor(t[2], p->v, rank));
+  NATTEN_CHECK(check_tensor(t[3], p->out, rank));
+  if (p->lse != nullptr) NATTEN_CHECK(check_tensor(t[4], p->lse, rank));
+  // Window parameters.
+  for (int a = 0; a < rank; ++a) {
+    const int K = p->kernel_size[a], s = p->stride[a], d = p->dilation[a];
+    if (K < 2) {
+      return fail(NATTEN_STATUS_INVALID_ARGUMENT, "kernel_size[%d] is %d; it must be >= 2", a, K);
+    }
+    if (s < 1 || s > K) {
+      return fail(NATTEN_STATUS_INVALID_ARGUMENT,
+                  "stride[%d] is %d; it must satisfy 1 <= stride <= kernel_size (kernel_size[%d] = %d)", a, s, a, K);
+    }
+    if (d < 1) return fail(NATTEN_STATUS_INVALID_ARGUMENT, "dilation[%d] is %d; it must be >= 1", a, d);
+    if (static_cast<int64_t>(K) * static_cast<int64_t>(d) > p->shape[a]) {
+      return fail(NATTEN_STATUS_INVALID_ARGUMENT,
+                  "kernel_size[%d] * dilation[%d] = %d * %d = %lld exceeds shape[%d] = %lld", a, a, K, d,
+                  (long long)K * d, a, (long long)p->shape[a]);
+    }
+    if (p->is_causal[a] != 0 && p->is_causal[a] != 1) {
+      return fail(NATTEN_STATUS_INVALID_ARGUMENT, "is_causal[%d] is %d; it must be 0 or 1", a, p->is_causal[a]);
+    }
+  }
+  if (!std::isfinite(p->scale) || p->scale == 0.0f) {
+    return fail(NATTEN_STATUS_INVALID_ARGUMENT, "scale is %g; it must be finite and non-zero (usually head_dim ** -0.5)",
+                (double)p->scale);
+  }
+  bool q_set = false, kv_set = false;
+  NATTEN_CHECK(check_tile(p->q_tile, rank, "q_tile", &q_set));
+  NATTEN_CHECK(check_tile(p->kv_tile, rank, "kv_tile", &kv_set));
+  if (q_set != kv_set) {
+    return fail(NATTEN_STATUS_INVALID_ARGUMENT,
+                "%s is given but %s is all 0; give both tile shapes or neither (all 0 = let the library choose)",
+                q_set ? "q_tile" : "kv_tile", q_set ? "kv_tile" : "q_tile");
+  }
+  *tiles_set = q_set;
+  if (p->backend < NATTEN_BACKEND_AUTO || p->backend > NATTEN_BACKEND_BLACKWELL_FNA) {
+    return fail(NATTEN_STATUS_INVALID_ARGUMENT,
+                "backend is %d; expected NATTEN_BACKEND_AUTO (0), NATTEN_BACKEND_CUTLASS_FNA_SM80 (1), "
+                "NATTEN_BACKEND_HOPPER_FNA (2) or NATTEN_BACKEND_BLACKWELL_FNA (3)",
+                p->backend);
+  }
+  if (p->device < -1) {
+    return fail(NATTEN_STATUS_INVALID_ARGUMENT, "device is %d; it must be a device ordinal or -1 (current device)",
+                p->device);
+  }
+  return NATTEN_STATUS_SUCCESS;
+}
+
+int check_backend_supported(int backend) {
+  if (backend == NATTEN_BACKEND_HOPPER_FNA || backend == NATTEN_BACKEND_BLACKWELL_FNA) {
+    return fail(NATTEN_STATUS_UNSUPPORTED, "backend %s (%d) is reserved and not part of this build",
+                backend == NATTEN_BACKEND_HOPPER_FNA ? "NATTEN_BACKEND_HOPPER_FNA" : "NATTEN_BACKEND_BLACKWELL_FNA",
+                backend);
+  }
+  return NATTEN_STATUS_SUCCESS;
+}
+
+// Limits of the SM80 kernel's indexing (it keeps per-axis token coordinates in 32-bit ints).
+int check_sm80_limits(const natten_fna_forward_params* p) {
+  constexpr int64_t kMaxAxis = int64_t(1) << 30;
+  for (int a = 0; a < p->rank; ++a) {
+    if (p->shape[a] > kMaxAxis) {
+      return fail(NATTEN_STATUS_UNSUPPORTED,
+                  "shape[%d] is %lld; the SM80 kernel supports at most %lld tokens per axis (32-bit "
+                  "coordinates)",
+                  a, (long long)p->shape[a], (long long)kMaxAxis);
+    }
+  }
+  return NATTEN_STATUS_SUCCESS;
+}
+
+void fill_args(const natten_fna_forward_params* p, FnaForwardArgs* a) {
+  std::memset(a, 0, sizeof(*a));
+  const int rank = p->rank;
+  a->rank = rank;
+  a->batch = p->batch;
+  a->heads = p->heads;
+  a->heads_kv = p->heads_kv;
+  a->head_dim = p->head_dim;
+  a->head_dim_v = p->head_dim_v;
+  a->q = p->q;
+  a->k = p->k;
+  a->v = p->v;
+  a->out = p->out;
+  a->lse = p->lse;
+  auto strides = [&](const int64_t* s, int64_t& b, int64_t* sp, int64_t& h) {
+    b = s[0];
+    for (int i = 0; i < kMaxRank; ++i) sp[i] = i < rank ? s[1 + i] : 0;
+    h = s[1 + rank];
+  };
+  strides(p->q_stride, a->q_stride_batch, a->q_stride_spatial, a->q_stride_head);
+  strides(p->k_stride, a->k_stride_batch, a->k_stride_spatial, a->k_stride_head);
+  strides(p->v_stride, a->v_stride_batch, a->v_stride_spatial, a->v_stride_head);
+  strides(p->out_stride, a->o_stride_batch, a->o_stride_spatial, a->o_stride_head);
+  if (p->lse != nullptr) strides(p->lse_stride, a->lse_stride_batch, a->lse_stride_spatial, a->lse_stride_head);
+  for (int i = 0; i < kMaxRank; ++i) {
+    const bool on = i < rank;
+    a->extent[i] = on ? p->shape[i] : 1;
+    a->kernel_size[i] = on ? p->kernel_size[i] : 1;
+    a->stride[i] = on ? p->stride[i] : 1;
+    a->dilation[i] = on ? p->dilation[i] : 1;
+    a->is_causal[i] = on ? (p->is_causal[i] != 0) : false;
+    a->q_tile[i] = on ? p->q_tile[i] : 1;
+    a->kv_tile[i] = on ? p->kv_tile[i] : 1;
+  }
+  a->scale = p->scale;
+}
+
+int forward_impl(const natten_fna_forward_params* p) {
+  // 1. Arguments (no CUDA calls).
+  bool tiles_set = false;
+  NATTEN_CHECK(validate_forward_args(p, &tiles_set));
+  // 2. Support of this build, independent of the device.
+  NATTEN_CHECK(check_backend_supported(p->backend));
+  NATTEN_CHECK(sm80_check_problem(p->dtype, p->rank, p->head_dim, p->head_dim_v, /*arch=*/0));
+  NATTEN_CHECK(check_sm80_limits(p));
+  FnaForwardArgs args;
+  fill_args(p, &args);
+  if (tiles_set) {
+    NATTEN_CHECK(sm80_check_tiles(p->rank, p->head_dim, p->q_tile, p->kv_tile));
+  } else {
+    int qt[kMaxRank] = {1, 1, 1}, kt[kMaxRank] = {1, 1, 1};
+    const cudaError_t te = natten::sm80::fna_forward_default_tiles(args, qt, kt);
+    if (te != cudaSuccess) {
+      return fail(NATTEN_STATUS_INTERNAL_ERROR, "choosing a tile configuration failed: %s (%s)", cuda_err_string(te),
+                  cuda_err_name(te));
+    }
+    for (int i = 0; i < kMaxRank; ++i) {
+      args.q_tile[i] = i < p->rank ? qt[i] : 1;
+      args.kv_tile[i] = i < p->rank ? kt[i] : 1;
+    }
+  }
+  // 3. Device.
+  int dev = 0;
+  NATTEN_CHECK(resolve_device(p->device, "device", &dev));
+  int ma = 0, mi = 0;
+  NATTEN_CHECK(device_cc(dev, &ma, &mi));
+  NATTEN_CHECK(check_arch(ma * 10 + mi));
+  NATTEN_CHECK(sm80_check_problem(p->dtype, p->rank, p->head_dim, p->head_dim_v, ma * 10 + mi));
+  // 4. Launch.
+  DeviceGuard guard;
+  cudaError_t e = guard.set(dev);
+  if (e != cudaSuccess) {
+    (void)cudaGetLastError();
+    return cuda_fail(e, "cudaSetDevice");
+  }
+  const int kernel_dtype = p->dtype == NATTEN_DTYPE_FP16 ? 1 : 2;
+  e = natten::sm80::fna_forward(args, kernel_dtype, static_cast<cudaStream_t>(p->stream));
+  if (e != cudaSuccess) {
+    (void)cudaGetLastError();
+    return fail(NATTEN_STATUS_CUDA_ERROR,
+                "natten_fna_forward: launching the SM80 kernel (%s, q_tile (%d, %d, %d), kv_tile (%d, %d, %d)) "
+                "failed: %s (%s, code %d)",
+                dtype_name(p->dtype), args.q_tile[0], args.q_tile[1], args.q_tile[2], args.kv_tile[0],
+                args.kv_tile[1], args.kv_tile[2], cuda_err_string(e), cuda_err_name(e), static_cast<int>(e));
+  }
+  e = cudaGetLastError();
+  if (e != cudaSuccess) {
+    return fail(NATTEN_STATUS_CUDA_ERROR, "natten_fna_forward: CUDA error after the kernel launch: %s (%s, code %d)",
+                cuda_err_string(e), cuda_err_name(e), static_cast<int>(e));
+  }
+  return NATTEN_STATUS_SUCCESS;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Query API
+// ---------------------------------------------------------------------------------------------
+
+// Validates the problem and resolves its arch. On success *arch is >= 80 with an image in the build.
+int resolve_problem(const natten_fna_problem* pr, int* arch) {
+  if (pr == nullptr) return fail(NATTEN_STATUS_INVALID_ARGUMENT, "problem is NULL");
+  NATTEN_CHECK(check_struct_size(pr, pr->struct_size, NATTEN_FNA_PROBLEM_SIZE_V1_0, "natten_fna_problem"));
+  if (pr->reserved != 0) {
+    return fail(NATTEN_STATUS_INVALID_ARGUMENT, "problem->reserved is %d; it must be 0", pr->reserved);
+  }
+  if (pr->dtype != NATTEN_DTYPE_FP16 && pr->dtype != NATTEN_DTYPE_BF16 && pr->dtype != NATTEN_DTYPE_FP32) {
+    return fail(NATTEN_STATUS_INVALID_ARGUMENT,
+                "problem->dtype is %d; expected NATTEN_DTYPE_FP16 (1), NATTEN_DTYPE_BF16 (2) or NATTEN_DTYPE_FP32 (3)",
+                pr->dtype);
+  }
+  if (pr->rank < 1 || pr->rank > NATTEN_MAX_RANK) {
+    return fail(NATTEN_STATUS_INVALID_ARGUMENT, "problem->rank is %d; it must be 1, 2 or 3", pr->rank);
+  }
+  if (pr->head_dim < 1) {
+    return fail(NATTEN_STATUS_INVALID_ARGUMENT, "problem->head_dim is %lld; it must be >= 1", (long long)pr->head_dim);
+  }
+  if (pr->head_dim_v < 1) {
+    return fail(NATTEN_STATUS_INVALID_ARGUMENT, "problem->head_dim_v is %lld; it must be >= 1",
+                (long long)pr->head_dim_v);
+  }
+  if (pr->arch < 0) {
+    return fail(NATTEN_STATUS_INVALID_ARGUMENT,
+                "problem->arch is %d; give the SM version as 10*major+minor (e.g. 80, 90) or 0 for the device",
+                pr->arch);
+  }
+  if (pr->arch == 0 && pr->device < -1) {
+    return fail(NATTEN_STATUS_INVALID_ARGUMENT, "problem->device is %d; it must be a device ordinal or -1", pr->device);
+  }
+  if (pr->backend < NATTEN_BACKEND_AUTO || pr->backend > NATTEN_BACKEND_BLACKWELL_FNA) {
+    return fail(NATTEN_STATUS_INVALID_ARGUMENT, "problem->backend is %d; expected 0..3 (natten_backend)", pr->backend);
+  }
+  NATTEN_CHECK(check_backend_supported(pr->backend));
+  NATTEN_CHECK(sm80_check_problem(pr->dtype, pr->rank, pr->head_dim, pr->head_dim_v, 0));
+  int a = pr->arch;
+  if (a == 0) {
+    int dev = 0, ma = 0, mi = 0;
+    NATTEN_CHECK(resolve_device(pr->device, "problem->device", &dev));
+    NATTEN_CHECK(device_cc(dev, &ma, &mi));
+    a = ma * 10 + mi;
+  }
+  NATTEN_CHECK(check_arch(a));
+  NATTEN_CHECK(sm80_check_problem(pr->dtype, pr->rank, pr->head_dim, pr->head_dim_v, a));
+  *arch = a;
+  return NATTEN_STATUS_SUCCESS;
+}
+
+int query_impl(const natten_fna_problem* pr, natten_tile_config* out, int capacity, int* count) {
+  if (count == nullptr) return fail(NATTEN_STATUS_INVALID_ARGUMENT, "count is NULL");
+  *count = 0;
+  if (capacity < 0) return fail(NATTEN_STATUS_INVALID_ARGUMENT, "capacity is %d; it must be >= 0", capacity);
+  if (capacity > 0 && out == nullptr) {
+    return fail(NATTEN_STATUS_INVALID_ARGUMENT, "out is NULL but capacity is %d", capacity);
+  }
+  int arch = 0;
+  NATTEN_CHECK(resolve_problem(pr, &arch));
+  std::vector<TileConfig> buf(kMaxConfigs);
+  const int n = sm80_enumerate_configs(pr->rank, pr->head_dim, buf.data(), kMaxConfigs);
+  if (n <= 0) {
+    return fail(NATTEN_STATUS_UNSUPPORTED, "no tile configuration for rank %d, head_dim %lld, %s", pr->rank,
+                (long long)pr->head_dim, dtype_name(pr->dtype));
+  }
+  const int m = n < capacity ? n : capacity;
+  for (int i = 0; i < m; ++i) {
+    natten_tile_config c;
+    std::memset(&c, 0, sizeof(c));
+    c.backend = buf[i].backend;
+    c.rank = buf[i].rank;
+    for (int a = 0; a < NATTEN_MAX_RANK; ++a) {
+      c.q_tile[a] = buf[i].q_tile[a];
+      c.kv_tile[a] = buf[i].kv_tile[a];
+    }
+    out[i] = c;
+  }
+  *count = n;
+  return NATTEN_STATUS_SUCCESS;
+}
+
+}  // namespace
+}  // namespace abi
+}  // namespace natten
+
+// ---------------------------------------------------------------------------------------------
+// Exported functions
+// ---------------------------------------------------------------------------------------------
+
+#define NATTEN_ABI_TRY try {
+#define NATTEN_ABI_CATCH                                                                                 \
+  }                                                                                                      \
+  catch (const std::bad_alloc&) {                                                                        \
+    return natten::abi::fail(NATTEN_STATUS_INTERNAL_ERROR, "internal error: out of host memory");        \
+  }                                                                                                      \
+  catch (const std::exception& e) {                                                                      \
+    return natten::abi::fail(NATTEN_STATUS_INTERNAL_ERROR, "internal error: %s", e.what());              \
+  }                                                                                                      \
+  catch (...) {                                                                                          \
+    return natten::abi::fail(NATTEN_STATUS_INTERNAL_ERROR, "internal error: unknown C++ exception");     \
+  }
+
+extern "C" {
+
+NATTEN_API int natten_abi_version(void) noexcept { return NATTEN_ABI_VERSION; }
+
+NATTEN_API const char* natten_build_info(void) noexcept { return NATTEN_BUILD_INFO_STRING; }
+
+NATTEN_API const char* natten_last_error(void) noexcept { return natten::abi::last_error(); }
+
+NATTEN_API const char* natten_status_string(int status) noexcept {
+  switch (status) {
+    case NATTEN_STATUS_SUCCESS: return "NATTEN_STATUS_SUCCESS";
+    case NATTEN_STATUS_INVALID_ARGUMENT: return "NATTEN_STATUS_INVALID_ARGUMENT";
+    case NATTEN_STATUS_UNSUPPORTED: return "NATTEN_STATUS_UNSUPPORTED";
+    case NATTEN_STATUS_CUDA_ERROR: return "NATTEN_STATUS_CUDA_ERROR";
+    case NATTEN_STATUS_NO_DEVICE: return "NATTEN_STATUS_NO_DEVICE";
+    case NATTEN_STATUS_INTERNAL_ERROR: return "NATTEN_STATUS_INTERNAL_ERROR";
+    default: return "NATTEN_STATUS_UNKNOWN";
+  }
+}
+
+NATTEN_API int natten_device_info(int device, int* cc_major, int* cc_minor) noexcept {
+  NATTEN_ABI_TRY
+  using namespace natten::abi;
+  if (cc_major == nullptr || cc_minor == nullptr) {
+    return fail(NATTEN_STATUS_INVALID_ARGUMENT, "cc_major and cc_minor must not be NULL");
+  }
+  *cc_major = 0;
+  *cc_minor = 0;
+  if (device < -1) {
+    return fail(NATTEN_STATUS_INVALID_ARGUMENT, "device is %d; it must be a device ordinal or -1 (current device)",
+                device);
+  }
+  int dev = 0;
+  NATTEN_CHECK(resolve_device(device, "device", &dev));
+  return device_cc(dev, cc_major, cc_minor);
+  NATTEN_ABI_CATCH
+}
+
+NATTEN_API int natten_fna_supports(const natten_fna_problem* problem) noexcept {
+  NATTEN_ABI_TRY
+  int arch = 0;
+  NATTEN_CHECK(natten::abi::resolve_problem(problem, &arch));
+  natten::abi::TileConfig one;
+  if (natten::abi::sm80_enumerate_configs(problem->rank, problem->head_dim, &one, 1) <= 0) {
+    return natten::abi::fail(NATTEN_STATUS_UNSUPPORTED, "no tile configuration for this problem");
+  }
+  return NATTEN_STATUS_SUCCESS;
+  NATTEN_ABI_CATCH
+}
+
+NATTEN_API int natten_fna_query_configs(const natten_fna_problem* problem, natten_tile_config* out, int capacity,
+                                        int* count) noexcept {
+  NATTEN_ABI_TRY
+  return natten::abi::query_impl(problem, out, capacity, count);
+  NATTEN_ABI_CATCH
+}
+
+NATTEN_API int natten_fna_forward(const natten_fna_forward_params* params) noexcept {
+  NATTEN_ABI_TRY
+  return natten::abi::forward_impl(params);
+  NATTEN_ABI_CATCH
+}
+
+}  // extern "C"
