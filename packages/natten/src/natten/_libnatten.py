@@ -725,7 +725,7 @@ class PreparedFnaForward:
         p.k = k.data_ptr()
         p.v = v.data_ptr()
         p.out = out.data_ptr()
-        p.lse = lse.data_ptr()
+        p.lse = None if lse is None else lse.data_ptr()
         p.stream = _stream_for(self._index)
         status = _lib.natten_fna_forward(ctypes.byref(p))  # type: ignore[union-attr]
         if status:

@@ -167,7 +167,7 @@ def neighborhood_attention_generic(
             query, key, value, kernel_size, stride, dilation, is_causal, scale, backend,
             q_tile_shape, kv_tile_shape, backward_q_tile_shape, backward_kv_tile_shape,
             backward_kv_splits, backward_use_pt_reduction, run_persistent_kernel,
-            kernel_schedule, torch_compile, rank,
+            kernel_schedule, torch_compile, rank, return_lse,
         )
         run = _PLANS.get(fast_key) if fast_key is not None else None
         if run is not None:

@@ -131,11 +131,14 @@ def prepare_fna(query: Tensor, key: Tensor, value: Tensor, spec, scale: float,
     empty = torch.empty
     f32 = torch.float32
 
-    def run(q: Tensor, k: Tensor, v: Tensor) -> Tuple[Tensor, Tensor]:
+    with_lse = options.get("return_lse", True)
+
+    def run(q: Tensor, k: Tensor, v: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
         if q.data_ptr() % 16 or k.data_ptr() % 16 or v.data_ptr() % 16 or ops._POISON_OUTPUTS:
             return fna(q, k, v, spec, scale, q_tile_shape, kv_tile_shape)
         o = empty(out_shape, dtype=dtype, device=device)
-        l = empty(lse_shape, dtype=f32, device=device)
+        # Without return_lse the kernel skips the logsumexp (a null pointer at the ABI).
+        l = empty(lse_shape, dtype=f32, device=device) if with_lse else None
         launch(q, k, v, o, l)
         return o, l
 
