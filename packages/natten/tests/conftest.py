@@ -47,3 +47,6 @@ def _cuda_available() -> bool:
 # The GPU suite (tests/gpu, marked `gpu`) runs on the GPU machine through ci/gpu.sh; on a machine
 # without CUDA it is not collected at all (rather than reported as skipped).
 collect_ignore = [] if _cuda_available() else ["gpu"]
+# Needs a built library (the natten-kernels suite and ci/gpu.sh provide one).
+if not os.environ.get("NATTEN_KERNELS_LIBRARY"):
+    collect_ignore.append("test_libnatten_real.py")

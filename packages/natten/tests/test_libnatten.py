@@ -248,6 +248,39 @@ def test_fna_forward_rank3(fake):
     assert tuple(p.is_causal) == (0, 1, 0)
 
 
+def test_marshal_cache_keys_on_metadata(fake):
+    """The cached struct is reused only for identical metadata; pointers are always fresh."""
+    L._TEMPLATES.clear()
+    a = _tensors()
+    L.fna_forward(*a, 3, 1, 1, False, 0.125)
+    L.fna_forward(*_tensors(), 3, 1, 1, False, 0.125)  # same metadata, new pointers
+    assert len(L._TEMPLATES) == 1
+    b = _tensors()
+    L.fna_forward(*b, 3, 1, 1, False, 0.125)
+    assert fake.params().q == b[0].data_ptr() != a[0].data_ptr()
+    L.fna_forward(*b, 5, 1, 1, False, 0.125)  # different window -> new entry
+    L.fna_forward(*_tensors(shape=(6, 8)), 3, 1, 1, False, 0.125)  # different shape -> new entry
+    assert len(L._TEMPLATES) == 3
+    assert tuple(fake.params().shape) == (6, 8, 0)
+
+
+def test_prepared_fna_forward(fake):
+    q, k, v, out, lse = _tensors(shape=(5, 9), H=2, Hkv=1, D=16, Dv=32)
+    prep = L.PreparedFnaForward(q, k, v, out, lse, (3, 4), (2, 1), 1, (False, True), 0.25, q_tile=(8, 8), kv_tile=(4, 16))
+    q2, k2, v2, out2, _ = _tensors(shape=(5, 9), H=2, Hkv=1, D=16, Dv=32)
+    prep.launch(q2, k2, v2, out2, None)
+    p = fake.params()
+    assert (p.q, p.k, p.v, p.out, p.lse) == (q2.data_ptr(), k2.data_ptr(), v2.data_ptr(), out2.data_ptr(), None)
+    assert tuple(p.kernel_size) == (3, 4, 0) and tuple(p.stride) == (2, 1, 0) and tuple(p.is_causal) == (0, 1, 0)
+    assert (p.heads, p.heads_kv, p.head_dim, p.head_dim_v, p.device, p.stream) == (2, 1, 16, 32, 1, 0xABC1)
+    assert tuple(p.q_tile) == (8, 8, 0) and tuple(p.kv_tile) == (4, 16, 0)
+    fake.set(L.STATUS_CUDA_ERROR, b"launching the SM80 kernel failed: out of memory")
+    with pytest.raises(L.NattenCudaError, match="out of memory"):
+        prep.launch(q, k, v, out, lse)
+    with pytest.raises(ValueError, match="out has shape"):
+        L.PreparedFnaForward(q, k, v, q, lse, 3, 1, 1, False, 1.0)
+
+
 @pytest.mark.parametrize(
     "status, cls, bases",
     [
@@ -321,35 +354,3 @@ def test_query_configs_and_supports(fake):
     fake.set(L.STATUS_INVALID_ARGUMENT, b"problem->rank is 7")
     with pytest.raises(ValueError, match="rank is 7"):
         L.query_configs("fp16", 7, 64, arch=80)
-
-
-@pytest.fixture
-def real_lib(monkeypatch):
-    path = os.environ.get(L.ENV_LIBRARY)
-    if not path:
-        pytest.skip("set NATTEN_KERNELS_LIBRARY to a real libnatten_kernels.so")
-    L._reset()
-    if not L.is_available():
-        pytest.fail(L.unavailable_reason())
-    yield path
-    L._reset()
-
-
-def test_real_library(real_lib, monkeypatch):
-    assert L.abi_version()[0] == 1
-    assert L.build_info().startswith("natten-kernels ")
-    assert L.fna_supports("float32", 1, 64, arch=80).startswith("dtype fp32 is not supported")
-    with pytest.raises(L.NattenInvalidArgumentError, match="problem->rank is 4"):
-        L.query_configs("fp16", 4, 64, arch=80)
-    L._import_torch()
-    monkeypatch.setattr(L, "_raw_stream", lambda index: 0)
-    q, k, v, out, lse = _tensors(device=0)
-    with pytest.raises(L.NattenInvalidArgumentError, match=r"kernel_size\[1\] \* dilation\[1\] = 5 \* 2 = 10 exceeds shape\[1\] = 7"):
-        L.fna_forward(q, k, v, out, lse, (3, 5), 1, (1, 2), False, 0.125)
-    try:
-        L.device_info(-1)
-    except L.NattenNoDeviceError:
-        # No GPU: a valid call passes every check and stops at the device query. (With a GPU the
-        # fake pointers must never reach a launch, so this part only runs without one.)
-        with pytest.raises(L.NattenNoDeviceError, match="no CUDA device"):
-            L.fna_forward(q, k, v, out, lse, (3, 5), 1, 1, False, 0.125)
