@@ -7,7 +7,7 @@ can run a problem or a string saying why not, and ``fna(...)`` / ``fmha(...)`` t
 from __future__ import annotations
 
 from types import ModuleType
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 from torch import Tensor
 
@@ -110,6 +110,40 @@ def _unknown(backend: object, known: Dict[str, ModuleType]) -> ValueError:
     )
 
 
+def _choose(
+    backend: Optional[str],
+    table: Dict[str, ModuleType],
+    aliases: Dict[str, str],
+    reasons: Callable[[], List[Tuple[str, Optional[str]]]],
+    reason_of: Callable[[ModuleType], Optional[str]],
+    what: str,
+) -> Tuple[str, ModuleType]:
+    """Resolve an explicit backend (checking it can run, else saying why and which can) or pick
+    the first that can run."""
+    if backend is None:
+        listed = reasons()
+        for name, reason in listed:
+            if reason is None:
+                return name, table[name]
+        raise NotImplementedError(  # unreachable while the reference backend runs everything
+            f"no backend can run this {what} problem: "
+            + "; ".join(f"{n}: {r}" for n, r in listed)
+        )
+    if not isinstance(backend, str):
+        raise _unknown(backend, table)
+    backend = aliases.get(backend, backend) if backend not in table else backend
+    if backend not in table:
+        raise _unknown(backend, table)
+    mod = table[backend]
+    reason = reason_of(mod)
+    if reason is not None:
+        able = [n for n, r in reasons() if r is None]
+        raise BackendNotSupportedError(
+            f"backend {backend!r} cannot run this problem: {reason}. Backends that can: {able}."
+        )
+    return backend, mod
+
+
 def choose_fna_backend(
     backend: Optional[str],
     query: Tensor,
@@ -119,28 +153,11 @@ def choose_fna_backend(
     torch_compile: bool,
 ) -> Tuple[str, ModuleType]:
     """Resolve ``backend`` (None = best available) for a neighborhood-attention problem."""
-    if backend is not None:
-        if not isinstance(backend, str):
-            raise _unknown(backend, FNA_BACKENDS)
-        if backend in FMHA_TO_FNA and backend not in FNA_BACKENDS:
-            backend = FMHA_TO_FNA[backend]
-        if backend not in FNA_BACKENDS:
-            raise _unknown(backend, FNA_BACKENDS)
-        mod = FNA_BACKENDS[backend]
-        reason = mod.can_run_fna(query, key, value, spec, torch_compile)
-        if reason is not None:
-            able = [n for n, r in fna_reasons(query, key, value, spec, torch_compile) if r is None]
-            raise BackendNotSupportedError(
-                f"backend {backend!r} cannot run this problem: {reason}. "
-                f"Backends that can: {able}."
-            )
-        return backend, mod
-    reasons = fna_reasons(query, key, value, spec, torch_compile)
-    for name, reason in reasons:
-        if reason is None:
-            return name, FNA_BACKENDS[name]
-    raise NotImplementedError(  # unreachable while the reference backend runs everything
-        "no backend can run this problem: " + "; ".join(f"{n}: {r}" for n, r in reasons)
+    return _choose(
+        backend, FNA_BACKENDS, FMHA_TO_FNA,
+        lambda: fna_reasons(query, key, value, spec, torch_compile),
+        lambda mod: mod.can_run_fna(query, key, value, spec, torch_compile),
+        "neighborhood-attention",
     )
 
 
@@ -154,30 +171,12 @@ def choose_fmha_backend(
     torch_compile: bool,
 ) -> Tuple[str, ModuleType]:
     """Resolve ``backend`` (None = best available) for a dense-attention problem."""
-    if backend is not None:
-        if not isinstance(backend, str):
-            raise _unknown(backend, FMHA_BACKENDS)
-        if backend in FNA_TO_FMHA:
-            backend = FNA_TO_FMHA[backend]
-        if backend not in FMHA_BACKENDS:
-            raise _unknown(backend, FMHA_BACKENDS)
-        mod = FMHA_BACKENDS[backend]
-        reason = mod.can_run_fmha(query, key, value, is_causal, is_varlen, torch_compile)
-        if reason is not None:
-            able = [
-                n
-                for n, r in fmha_reasons(query, key, value, is_causal, is_varlen, torch_compile)
-                if r is None
-            ]
-            raise BackendNotSupportedError(
-                f"backend {backend!r} cannot run this problem: {reason}. "
-                f"Backends that can: {able}."
-            )
-        return backend, mod
-    for name, reason in fmha_reasons(query, key, value, is_causal, is_varlen, torch_compile):
-        if reason is None:
-            return name, FMHA_BACKENDS[name]
-    raise NotImplementedError("no backend can run this attention problem")
+    return _choose(
+        backend, FMHA_BACKENDS, FNA_TO_FMHA,
+        lambda: fmha_reasons(query, key, value, is_causal, is_varlen, torch_compile),
+        lambda mod: mod.can_run_fmha(query, key, value, is_causal, is_varlen, torch_compile),
+        "attention",
+    )
 
 
 __all__ = [
