@@ -227,6 +227,8 @@ def profile_step(step: Callable[[], None], device: torch.device, steps: int = 1)
         for evt in prof.events():
             if getattr(evt, "device_type", None) != DeviceType.CUDA:
                 continue
+            if evt.name == STEP_LABEL:  # our own step annotation, mirrored on the GPU timeline
+                continue
             t = float(getattr(evt, "device_time_total", 0.0) or getattr(evt, "cuda_time_total", 0.0))
             if t <= 0:
                 continue
