@@ -24,7 +24,7 @@ from .context import (
 from .functional import attention, merge_attentions, na1d, na2d, na3d
 from .modules import NeighborhoodAttention1D, NeighborhoodAttention2D, NeighborhoodAttention3D
 
-__version__ = "0.21.0"
+from ._version import __version__
 
 __all__ = [
     "NeighborhoodAttention1D",
