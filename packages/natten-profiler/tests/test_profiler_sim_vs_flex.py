@@ -44,7 +44,8 @@ def test_simulator_counts_equal_flex_block_masks(case):
     # "Full" differs only at the grid's end: the simulator (like the fused kernels, whose loads are
     # predicated) calls a tile full when every *real* key in it is attended, while FlexAttention must
     # mask the padding tokens of a partial tile. Without partial tiles the two agree.
-    assert sim.full_tiles >= int(full.sum())
+    if even_groups:
+        assert sim.full_tiles >= int(full.sum())
     groups_exact = all(
         (-(-(n - g) // d)) % t == 0 and (-(-(n - g) // d)) % u == 0
         for n, d, t, u in zip(shape, dl, qt, kt) for g in range(d)
