@@ -98,7 +98,7 @@ def tests_torch(session: nox.Session, torch: str) -> None:
     (ci/matrix.py), e.g. `nox -s tests_torch-2.14.1`. The kernel library does not link torch, so
     its tests are not repeated per torch version."""
     _install_torch(session, torch)
-    session.install("pytest", "numpy")
+    session.install("pytest", "numpy", "rich")  # rich: the profiler's progress-bar test runs
     session.install("-e", str(NATTEN))
     suites = [str(NATTEN / "tests")]
     if (PROFILER / "pyproject.toml").exists():
@@ -131,7 +131,7 @@ def profiler_tests(session: nox.Session) -> None:
     """CPU tests of natten-profiler (CLI, profiling on the CPU, dry-run/optimize, the tile-visit
     simulator against brute force, best-config files)."""
     session.install(f"torch=={TORCH_VERSION}")  # first and explicit: never a CUDA build by accident
-    session.install("pytest", "numpy")
+    session.install("pytest", "numpy", "rich")  # rich: the progress-bar test runs, not skips
     session.install("-e", str(NATTEN))
     session.install("-e", str(PROFILER))
     session.run("python", "-m", "pytest", str(PROFILER / "tests"), "-q", "-p", "no:cacheprovider",
