@@ -84,6 +84,8 @@ def docs(session: nox.Session) -> None:
     session.install("-r", str(ROOT / "docs" / "requirements.txt"))
     session.install("-e", str(NATTEN))
     session.run("python", str(ROOT / "docs" / "scripts" / "window_figures.py"))
+    session.run("python", str(ROOT / "benchmarks" / "plot_results.py"),
+                str(ROOT / "docs" / "figures" / "performance.png"))
     # abi.md's examples need a built library and a GPU: it is checked by the kernels' own tests.
     pages = sorted(str(p) for p in (ROOT / "docs").rglob("*.md") if p.name != "abi.md")
     session.run("python", str(ROOT / "docs" / "scripts" / "run_snippets.py"), *pages)
