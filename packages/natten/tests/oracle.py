@@ -237,3 +237,42 @@ def attended_flat_keys(shape, kernel_size, stride, dilation, is_causal, flat_i: 
     for ax in range(rank):
         flat = [f * shape[ax] + j for f in flat for j in per_axis[ax]]
     return flat
+
+
+def na_region_oracle(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    global_shape: Sequence[int],
+    q_origin: Sequence[int],
+    kv_origin: Sequence[int],
+    kernel_size,
+    stride=1,
+    dilation=1,
+    is_causal=False,
+    scale: Optional[float] = None,
+    additional_keys: Optional[torch.Tensor] = None,
+    additional_values: Optional[torch.Tensor] = None,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Oracle for slabs of a larger grid: ``q`` holds the slab of ``global_shape`` starting at
+    ``q_origin``, ``k``/``v`` the slab starting at ``kv_origin``. The mask is the global mask's
+    block (query-slab rows, key-slab columns); keys outside the key slab are simply absent, so a
+    key slab that does not cover the windows gives a different answer than the global problem."""
+    B = q.shape[0]
+    qs, ks = tuple(q.shape[1:-2]), tuple(k.shape[1:-2])
+    H, D = q.shape[-2:]
+    H_kv, Dv = k.shape[-2], v.shape[-1]
+    full = na_mask(global_shape, kernel_size, stride, dilation, is_causal)
+    gflat = torch.arange(math.prod(global_shape)).reshape(tuple(global_shape))
+
+    def flat(origin, shape):
+        sl = tuple(slice(o, o + s) for o, s in zip(origin, shape))
+        return gflat[sl].reshape(-1)
+
+    mask = full[flat(q_origin, qs)][:, flat(kv_origin, ks)]
+    out, lse = dense_attention(
+        q.reshape(B, -1, H, D), k.reshape(B, -1, H_kv, D), v.reshape(B, -1, H_kv, Dv),
+        mask=mask, scale=scale, additional_keys=additional_keys,
+        additional_values=additional_values,
+    )
+    return out.reshape(B, *qs, H, Dv), lse.reshape(B, *qs, H)

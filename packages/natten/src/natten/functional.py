@@ -157,6 +157,9 @@ def neighborhood_attention_generic(
     try_fuse_additional_kv: bool = False,
     return_lse: bool = False,
     *,
+    global_shape: Optional[IntOrTuple] = None,
+    q_origin: Optional[IntOrTuple] = None,
+    kv_origin: Optional[IntOrTuple] = None,
     rank: Optional[int] = None,
     op_name: str = "neighborhood_attention_generic",
 ) -> Union[Tensor, Tuple[Tensor, Tensor]]:
@@ -167,7 +170,7 @@ def neighborhood_attention_generic(
             query, key, value, kernel_size, stride, dilation, is_causal, scale, backend,
             q_tile_shape, kv_tile_shape, backward_q_tile_shape, backward_kv_tile_shape,
             backward_kv_splits, backward_use_pt_reduction, run_persistent_kernel,
-            kernel_schedule, torch_compile, rank, return_lse,
+            kernel_schedule, torch_compile, rank, return_lse, global_shape, q_origin, kv_origin,
         )
         run = _PLANS.get(fast_key) if fast_key is not None else None
         if run is not None:
@@ -182,9 +185,16 @@ def neighborhood_attention_generic(
                 f"{op_name} expects `query` of shape [batch, *token_grid, heads, head_dim] with a "
                 f"token grid of rank 1-3, got {query.dim()} dims."
             )
-    q, k, v = checks.check_qkv(op_name, query, key, value, rank)
+    sliced = global_shape is not None or q_origin is not None or kv_origin is not None
+    q, k, v = checks.check_qkv(op_name, query, key, value, rank, same_grid=not sliced)
     shape = tuple(int(s) for s in q.shape[1:-2])
-    ks, st, dl, ca = checks.check_na_params(shape, kernel_size, stride, dilation, is_causal)
+    grid = shape if global_shape is None else checks.as_int_tuple("global_shape", global_shape, rank)
+    ks, st, dl, ca = checks.check_na_params(grid, kernel_size, stride, dilation, is_causal)
+    region = None
+    if sliced:
+        region = checks.check_region(
+            shape, tuple(int(s) for s in k.shape[1:-2]), grid, q_origin, kv_origin, ks, st, dl, ca
+        )
     scale_f = checks.check_scale(scale, q.shape[-1])
     has_additional = checks.check_additional_kv(q, k, v, additional_keys, additional_values)
     if attention_kwargs is not None and not isinstance(attention_kwargs, dict):
@@ -207,12 +217,12 @@ def neighborhood_attention_generic(
             "return_lse": return_lse,
         },
     )
-    spec = WindowSpec(shape, ks, st, dl, ca)
+    spec = WindowSpec(grid, ks, st, dl, ca, region)
     B, H, Hkv = q.shape[0], q.shape[-2], k.shape[-2]
     D, Dv = q.shape[-1], v.shape[-1]
 
     fmha_backend = None if backend is None else FNA_TO_FMHA.get(backend, backend)
-    if spec.is_self_attention() and (
+    if region is None and spec.is_self_attention() and (
         fmha_backend is None
         or fmha_backend not in FMHA_BACKENDS
         or FMHA_BACKENDS[fmha_backend].can_run_fmha(q, k, v, False, False, torch_compile) is None
@@ -233,7 +243,7 @@ def neighborhood_attention_generic(
         lse = lse.reshape(B, *shape, H)
         return (out, lse) if return_lse else out
 
-    tuned = _tuned_config(q, k, v, spec, backend, torch_compile)
+    tuned = None if region is not None else _tuned_config(q, k, v, spec, backend, torch_compile)
     if tuned is not None:
         backend = tuned["backend"]
         for name in ("q_tile_shape", "kv_tile_shape", "backward_q_tile_shape", "backward_kv_tile_shape"):
@@ -275,6 +285,8 @@ _NA_DOC = """Neighborhood attention over a {rank}-D token grid.
     Args:
         query (Tensor): ``[batch, {grid}, heads, head_dim]``.
         key (Tensor): ``[batch, {grid}, heads_kv, head_dim]``; ``heads % heads_kv == 0`` (GQA/MQA).
+            The key grid equals the query grid unless ``global_shape`` / ``q_origin`` /
+            ``kv_origin`` place them as slabs of a larger grid.
         value (Tensor): ``[batch, {grid}, heads_kv, head_dim_v]``.
         kernel_size (int or tuple): window size per axis, ``2 <= kernel_size <= axis length``.
         stride (int or tuple): ``1 <= stride <= kernel_size``. Default: 1.
@@ -297,6 +309,16 @@ _NA_DOC = """Neighborhood attention over a {rank}-D token grid.
         try_fuse_additional_kv (bool): fuse additional keys/values into the kernel when the
             backend can. Default: False.
         return_lse (bool): also return the logsumexp. Default: False.
+        global_shape (int or tuple, keyword-only, optional): the token grid the windows live on,
+            when ``query``/``key``/``value`` hold only slabs of it (context parallelism, tiled
+            inference of huge inputs). Windows are placed and clamped on this grid. Default: the
+            query grid.
+        q_origin (int or tuple, keyword-only, optional): global coordinates of ``query``'s first
+            token. Default: 0.
+        kv_origin (int or tuple, keyword-only, optional): global coordinates of ``key``/``value``'s
+            first token; the key slab must hold every key the query slab attends (see
+            :func:`natten.window.key_range`), otherwise a ``ValueError`` names the missing range.
+            Default: 0.
 
     Returns:
         Tensor ``[batch, {grid}, heads, head_dim_v]``, and with ``return_lse=True`` also the
@@ -329,6 +351,10 @@ def _make_na(rank: int, name: str):
         torch_compile: bool = False,
         try_fuse_additional_kv: bool = False,
         return_lse: bool = False,
+        *,
+        global_shape: Optional[IntOrTuple] = None,
+        q_origin: Optional[IntOrTuple] = None,
+        kv_origin: Optional[IntOrTuple] = None,
     ) -> Union[Tensor, Tuple[Tensor, Tensor]]:
         return neighborhood_attention_generic(
             query, key, value, kernel_size, stride, dilation, is_causal, scale,
@@ -336,6 +362,7 @@ def _make_na(rank: int, name: str):
             q_tile_shape, kv_tile_shape, backward_q_tile_shape, backward_kv_tile_shape,
             backward_kv_splits, backward_use_pt_reduction, run_persistent_kernel,
             kernel_schedule, torch_compile, try_fuse_additional_kv, return_lse,
+            global_shape=global_shape, q_origin=q_origin, kv_origin=kv_origin,
             rank=rank, op_name=name,
         )
 

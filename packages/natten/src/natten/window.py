@@ -75,6 +75,32 @@ class WindowSpec:
     stride: Tuple[int, ...]
     dilation: Tuple[int, ...]
     is_causal: Tuple[bool, ...]
+    # Optional sub-region: the query tensor holds the slab of the global grid ``shape`` that starts
+    # at ``q_origin`` (extent ``q_shape``); the key/value tensors hold the slab at ``kv_origin``
+    # (extent ``kv_shape``), which covers every key those queries attend. Windows are placed on the
+    # global grid (clamped at its borders, not the slab's). None: both are the whole grid.
+    region: Optional["Region"] = None
+
+    @property
+    def is_partial(self) -> bool:
+        """Whether the tensors hold slabs of a larger grid (a :class:`Region` is set)."""
+        return self.region is not None
+
+    @property
+    def q_shape(self) -> Tuple[int, ...]:
+        return self.shape if self.region is None else self.region.q_shape
+
+    @property
+    def kv_shape(self) -> Tuple[int, ...]:
+        return self.shape if self.region is None else self.region.kv_shape
+
+    @property
+    def q_origin(self) -> Tuple[int, ...]:
+        return (0,) * len(self.shape) if self.region is None else self.region.q_origin
+
+    @property
+    def kv_origin(self) -> Tuple[int, ...]:
+        return (0,) * len(self.shape) if self.region is None else self.region.kv_origin
 
     @property
     def rank(self) -> int:
@@ -87,13 +113,16 @@ class WindowSpec:
         )
 
     def pairs_per_axis(self) -> Tuple[int, ...]:
-        """Number of attended (query, key) pairs on each axis, summed over the axis' queries."""
+        """Number of attended (query, key) pairs on each axis, summed over the axis' queries
+        (the queries of the slab when a region is set)."""
         out = []
         for a in range(self.rank):
             start, last = axis_window_bounds(
                 self.shape[a], self.kernel_size[a], self.stride[a], self.dilation[a],
                 self.is_causal[a],
             )
+            q0 = self.q_origin[a]
+            start, last = start[q0 : q0 + self.q_shape[a]], last[q0 : q0 + self.q_shape[a]]
             out.append(int(((last - start) // self.dilation[a] + 1).sum()))
         return tuple(out)
 
@@ -105,11 +134,53 @@ class WindowSpec:
         return total
 
 
+@dataclass(frozen=True)
+class Region:
+    """Where the query and key/value tensors lie inside the global token grid.
+
+    ``q_origin``/``kv_origin`` are the global coordinates of the slabs' first tokens and
+    ``q_shape``/``kv_shape`` their extents (one entry per axis).
+    """
+
+    q_origin: Tuple[int, ...]
+    q_shape: Tuple[int, ...]
+    kv_origin: Tuple[int, ...]
+    kv_shape: Tuple[int, ...]
+
+
+def axis_key_range(
+    n: int, kernel_size: int, stride: int, dilation: int, is_causal: bool, q_start: int,
+    q_stop: int,
+) -> Tuple[int, int]:
+    """The smallest key range ``[lo, hi)`` on one axis holding every key that the queries
+    ``q_start <= i < q_stop`` of an axis of length ``n`` attend."""
+    start, last = axis_window_bounds(n, kernel_size, stride, dilation, is_causal)
+    return int(start[q_start:q_stop].min()), int(last[q_start:q_stop].max()) + 1
+
+
+def key_range(spec: WindowSpec, q_origin: Sequence[int], q_shape: Sequence[int]) -> Tuple[Tuple[int, int], ...]:
+    """Per axis, the key range ``[lo, hi)`` the query slab at ``q_origin`` (extent ``q_shape``)
+    of the global grid ``spec.shape`` needs."""
+    return tuple(
+        axis_key_range(
+            spec.shape[a], spec.kernel_size[a], spec.stride[a], spec.dilation[a],
+            spec.is_causal[a], q_origin[a], q_origin[a] + q_shape[a],
+        )
+        for a in range(spec.rank)
+    )
+
+
 def window_slots(spec: WindowSpec) -> Sequence[Tuple[Tensor, Optional[Tensor]]]:
-    return [
-        axis_window_slots(
+    """Per axis, the key slots of the slab's queries in slab-local key coordinates."""
+    out = []
+    for a in range(spec.rank):
+        index, valid = axis_window_slots(
             spec.shape[a], spec.kernel_size[a], spec.stride[a], spec.dilation[a],
             spec.is_causal[a],
         )
-        for a in range(spec.rank)
-    ]
+        if spec.region is not None:
+            q0, k0 = spec.q_origin[a], spec.kv_origin[a]
+            index = index[q0 : q0 + spec.q_shape[a]] - k0
+            valid = None if valid is None else valid[q0 : q0 + spec.q_shape[a]]
+        out.append((index, valid))
+    return out

@@ -52,6 +52,11 @@ def can_run_fna(
         return reason
     if query.dtype not in _DTYPES:
         return f"it supports float16 and bfloat16, got {query.dtype}"
+    if getattr(spec, "is_partial", False):
+        return (
+            "it does not take query/key slabs of a larger grid (global_shape, q_origin, "
+            "kv_origin) in this release"
+        )
     if _needs_grad(query, key, value):
         return (
             "its fused backward is not in this release yet (inputs require grad); use "

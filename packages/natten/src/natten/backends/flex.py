@@ -1030,6 +1030,11 @@ def can_run_fna(
     query: Tensor, key: Tensor, value: Tensor, spec: WindowSpec, torch_compile: bool = False
 ) -> Optional[str]:
     """None if flex-fna can run this neighborhood-attention problem here, else why not."""
+    if spec.is_partial:
+        return (
+            "it does not take query/key slabs of a larger grid (global_shape, q_origin, "
+            "kv_origin) in this release"
+        )
     return _common_reason(query, key, value, torch_compile)
 
 

@@ -18,7 +18,7 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from ..window import axis_window_slots
+from ..window import Region, WindowSpec, window_slots
 
 NAME_FNA = "reference"
 NAME_FMHA = "reference"
@@ -34,7 +34,8 @@ SUPPORTS_VARLEN = False
 
 
 def can_run_fna(query: Tensor, key: Tensor, value: Tensor, spec: object, torch_compile: bool = False) -> Optional[str]:
-    """The reference backend runs every valid problem on every device and dtype."""
+    """The reference backend runs every valid problem (slabs of a larger grid included) on every
+    device and dtype."""
     return None
 
 
@@ -54,26 +55,16 @@ def _rows_per_block(per_row_elements: int, limit: int) -> int:
     return max(1, min(limit, _BLOCK_ELEMENTS // max(1, per_row_elements)))
 
 
-def _na_blocks(
-    shape: Tuple[int, ...],
-    kernel_size: Tuple[int, ...],
-    stride: Tuple[int, ...],
-    dilation: Tuple[int, ...],
-    is_causal: Tuple[bool, ...],
-    per_key_elements: int,
-    device: torch.device,
-) -> Iterator[Block]:
-    """Blocks of whole rows along axis 0, each with the flat key indices of its windows."""
-    rank = len(shape)
-    slots = [
-        axis_window_slots(shape[a], kernel_size[a], stride[a], dilation[a], is_causal[a])
-        for a in range(rank)
-    ]
-    slots = [(i.to(device), None if m is None else m.to(device)) for i, m in slots]
-    axis_stride = [math.prod(shape[a + 1 :]) for a in range(rank)]
-    rest = axis_stride[0]
+def _na_blocks(spec: WindowSpec, per_key_elements: int, device: torch.device) -> Iterator[Block]:
+    """Blocks of whole query rows along axis 0, each with the flat key indices of its windows
+    (indices into the key slab when the spec has a region)."""
+    rank = spec.rank
+    q_shape, kv_shape, kernel_size = spec.q_shape, spec.kv_shape, spec.kernel_size
+    slots = [(i.to(device), None if m is None else m.to(device)) for i, m in window_slots(spec)]
+    key_stride = [math.prod(kv_shape[a + 1 :]) for a in range(rank)]
+    rest = math.prod(q_shape[1:])
     window = math.prod(kernel_size)
-    rows = _rows_per_block(rest * window * per_key_elements, shape[0])
+    rows = _rows_per_block(rest * window * per_key_elements, q_shape[0])
 
     def expand(t: Tensor, a: int) -> Tensor:
         view = [1] * (2 * rank)
@@ -81,8 +72,8 @@ def _na_blocks(
         view[rank + a] = t.shape[1]
         return t.reshape(view)
 
-    for r0 in range(0, shape[0], rows):
-        r1 = min(shape[0], r0 + rows)
+    for r0 in range(0, q_shape[0], rows):
+        r1 = min(q_shape[0], r0 + rows)
         index: Optional[Tensor] = None
         mask: Optional[Tensor] = None
         for a in range(rank):
@@ -90,16 +81,16 @@ def _na_blocks(
             if a == 0:
                 idx = idx[r0:r1]
                 valid = None if valid is None else valid[r0:r1]
-            term = expand(idx * axis_stride[a], a)
+            term = expand(idx * key_stride[a], a)
             index = term if index is None else index + term
             if valid is not None:
                 vm = expand(valid, a)
                 mask = vm if mask is None else mask & vm
         q_count = (r1 - r0) * rest
         assert index is not None
-        index = index.expand(*[r1 - r0, *shape[1:]], *kernel_size).reshape(q_count, window)
+        index = index.expand(*[r1 - r0, *q_shape[1:]], *kernel_size).reshape(q_count, window)
         if mask is not None:
-            mask = mask.expand(*[r1 - r0, *shape[1:]], *kernel_size).reshape(q_count, window)
+            mask = mask.expand(*[r1 - r0, *q_shape[1:]], *kernel_size).reshape(q_count, window)
         yield (r0 * rest, r1 * rest, index, 0, 0, mask)
 
 
@@ -232,8 +223,7 @@ def _backward(
 def _make_blocks(q: Tensor, k: Tensor, v: Tensor, problem: tuple) -> List[Block]:
     per_key = k.shape[0] * k.shape[2] * max(k.shape[3], v.shape[3], q.shape[2] // k.shape[2])
     if problem[0] == "na":
-        _, shape, ks, st, dl, ca = problem
-        return list(_na_blocks(shape, ks, st, dl, ca, per_key, q.device))
+        return list(_na_blocks(problem[1], per_key, q.device))
     _, is_causal = problem
     return list(_dense_blocks(q.shape[1], k.shape[1], is_causal, per_key, q.device))
 
@@ -267,20 +257,33 @@ def reference_fna(
     dilation: Tuple[int, ...],
     is_causal: Tuple[bool, ...],
     scale: float,
+    global_shape: Optional[Tuple[int, ...]] = None,
+    q_origin: Optional[Tuple[int, ...]] = None,
+    kv_origin: Optional[Tuple[int, ...]] = None,
 ) -> Tuple[Tensor, Tensor]:
     """Neighborhood attention on validated heads-last inputs; returns ``(out, lse)``.
 
-    Shapes: ``query [B, *shape, H, D]``, ``key [B, *shape, H_kv, D]``,
-    ``value [B, *shape, H_kv, Dv]`` → ``out [B, *shape, H, Dv]``, ``lse [B, *shape, H]``.
+    Shapes: ``query [B, *shape, H, D]``, ``key [B, *shape_kv, H_kv, D]``,
+    ``value [B, *shape_kv, H_kv, Dv]`` → ``out [B, *shape, H, Dv]``, ``lse [B, *shape, H]``.
+    Without a region the key grid equals the query grid. With ``global_shape`` (and origins,
+    default 0) the tensors are slabs of that grid; the key slab must cover the queries' windows.
     """
     B, H, D = query.shape[0], query.shape[-2], query.shape[-1]
     shape = tuple(int(s) for s in query.shape[1:-2])
+    kv_shape = tuple(int(s) for s in key.shape[1:-2])
     Hkv, Dv = key.shape[-2], value.shape[-1]
     q = query.reshape(B, -1, H, D)
     k = key.reshape(B, -1, Hkv, D)
     v = value.reshape(B, -1, Hkv, Dv)
-    problem = ("na", shape, tuple(kernel_size), tuple(stride), tuple(dilation), tuple(is_causal))
-    out, lse = _ReferenceAttention.apply(q, k, v, float(scale), problem)
+    region = None
+    if global_shape is not None or q_origin is not None or kv_origin is not None:
+        zeros = (0,) * len(shape)
+        region = Region(tuple(q_origin or zeros), shape, tuple(kv_origin or zeros), kv_shape)
+    spec = WindowSpec(
+        tuple(global_shape or shape), tuple(kernel_size), tuple(stride), tuple(dilation),
+        tuple(is_causal), region,
+    )
+    out, lse = _ReferenceAttention.apply(q, k, v, float(scale), ("na", spec))
     return out.reshape(B, *shape, H, Dv), lse.reshape(B, *shape, H)
 
 
@@ -294,9 +297,13 @@ def reference_fmha(
 
 def fna(query: Tensor, key: Tensor, value: Tensor, spec, scale: float, **options) -> Tuple[Tensor, Tensor]:
     """Backend entry point; tile/schedule options do not apply to the reference and are ignored."""
-    return reference_fna(
-        query, key, value, spec.kernel_size, spec.stride, spec.dilation, spec.is_causal, scale
+    B, H, D = query.shape[0], query.shape[-2], query.shape[-1]
+    Hkv, Dv = key.shape[-2], value.shape[-1]
+    out, lse = _ReferenceAttention.apply(
+        query.reshape(B, -1, H, D), key.reshape(B, -1, Hkv, D), value.reshape(B, -1, Hkv, Dv),
+        float(scale), ("na", spec),
     )
+    return out.reshape(B, *spec.q_shape, H, Dv), lse.reshape(B, *spec.q_shape, H)
 
 
 def fmha(query: Tensor, key: Tensor, value: Tensor, is_causal: bool, scale: float, **options) -> Tuple[Tensor, Tensor]:

@@ -125,11 +125,13 @@ def check_qkv(
     key: Any,
     value: Any,
     rank: Optional[int],
+    same_grid: bool = True,
 ) -> Tuple[Tensor, Tensor, Tensor]:
     """Validate heads-last q/k/v for a rank-``rank`` token grid (``rank=None``: attention()).
 
     Layout: ``q [B, *shape, H, D]``, ``k [B, *shape_kv, H_kv, D]``, ``v [B, *shape_kv, H_kv, Dv]``.
-    For neighborhood attention the key grid must equal the query grid.
+    For neighborhood attention the key grid must equal the query grid unless ``same_grid`` is
+    False (slabs of a larger grid); key and value grids always agree.
     """
     q = check_tensor("query", query)
     k = check_tensor("key", key)
@@ -151,7 +153,14 @@ def check_qkv(
         raise ValueError(
             f"{op}: batch sizes differ: query {q.shape[0]}, key {k.shape[0]}, value {v.shape[0]}."
         )
-    if rank is not None and (k.shape[1:-2] != q.shape[1:-2] or v.shape[1:-2] != q.shape[1:-2]):
+    if rank is not None and not same_grid and v.shape[1:-2] != k.shape[1:-2]:
+        raise ValueError(
+            f"{op}: key and value token grids differ: key {tuple(k.shape[1:-2])}, value "
+            f"{tuple(v.shape[1:-2])}."
+        )
+    if rank is not None and same_grid and (
+        k.shape[1:-2] != q.shape[1:-2] or v.shape[1:-2] != q.shape[1:-2]
+    ):
         raise ValueError(
             f"{op}: token grids differ: query {tuple(q.shape[1:-2])}, key {tuple(k.shape[1:-2])}, "
             f"value {tuple(v.shape[1:-2])}."
@@ -216,6 +225,54 @@ def check_na_params(
                 f"input size ({n}) on {ax}."
             )
     return ks, st, dl, ca
+
+
+def check_region(
+    q_shape: Sequence[int],
+    kv_shape: Sequence[int],
+    global_shape: Any,
+    q_origin: Any,
+    kv_origin: Any,
+    kernel_size: Tuple[int, ...],
+    stride: Tuple[int, ...],
+    dilation: Tuple[int, ...],
+    is_causal: Tuple[bool, ...],
+):
+    """Validate where the query and key/value slabs lie in the global grid.
+
+    Returns a :class:`natten.window.Region`, or None when both tensors hold the whole grid. The
+    window parameters must already be validated against ``global_shape``. The key slab must hold
+    every key the query slab attends; otherwise a ``ValueError`` names the axis and both ranges.
+    """
+    from ..window import Region, axis_key_range
+
+    rank = len(q_shape)
+    g = tuple(q_shape) if global_shape is None else as_int_tuple("global_shape", global_shape, rank)
+    qo = (0,) * rank if q_origin is None else as_int_tuple("q_origin", q_origin, rank)
+    ko = (0,) * rank if kv_origin is None else as_int_tuple("kv_origin", kv_origin, rank)
+    for a in range(rank):
+        ax = axis_name(rank, a)
+        for name, origin, extent, what in (
+            ("q_origin", qo[a], q_shape[a], "query"), ("kv_origin", ko[a], kv_shape[a], "key"),
+        ):
+            if origin < 0 or origin + extent > g[a]:
+                raise ValueError(
+                    f"the {what} slab [{origin}, {origin + extent}) (`{name}` {origin}, extent "
+                    f"{extent}) does not lie inside `global_shape` ({g[a]}) on {ax}."
+                )
+        lo, hi = axis_key_range(
+            g[a], kernel_size[a], stride[a], dilation[a], is_causal[a], qo[a], qo[a] + q_shape[a]
+        )
+        if lo < ko[a] or hi > ko[a] + kv_shape[a]:
+            raise ValueError(
+                f"the key slab [{ko[a]}, {ko[a] + kv_shape[a]}) on {ax} does not cover the keys "
+                f"[{lo}, {hi}) that the query slab [{qo[a]}, {qo[a] + q_shape[a]}) attends "
+                f"(global_shape {g[a]}, kernel_size {kernel_size[a]}, stride {stride[a]}, "
+                f"dilation {dilation[a]}, is_causal {is_causal[a]})."
+            )
+    if tuple(q_shape) == g and tuple(kv_shape) == g:
+        return None  # origins are then necessarily 0: the whole grid
+    return Region(qo, tuple(int(x) for x in q_shape), ko, tuple(int(x) for x in kv_shape))
 
 
 def check_additional_kv(
