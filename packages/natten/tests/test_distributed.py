@@ -54,7 +54,7 @@ def random_case(rng: random.Random, world: int):
     )
 
 
-def check_case(case, seed: int, strategy: str, rank: int, world: int) -> None:
+def check_case(case, seed: int, strategy: str, rank: int, world: int, device="cpu") -> None:
     g = torch.Generator().manual_seed(seed)
     B, shape, H, Hkv, D, Dv = case["B"], case["shape"], case["H"], case["Hkv"], case["D"], case["Dv"]
     dt = torch.float64
@@ -65,8 +65,9 @@ def check_case(case, seed: int, strategy: str, rank: int, world: int) -> None:
     dlse = torch.randn(B, *shape, H, generator=g, dtype=dt)
     ak = av = None
     if case["additional"]:
-        ak = torch.randn(B, 5, Hkv, D, generator=g, dtype=dt)
-        av = torch.randn(B, 5, Hkv, Dv, generator=g, dtype=dt)
+        ak = torch.randn(B, 5, Hkv, D, generator=g, dtype=dt).to(device)
+        av = torch.randn(B, 5, Hkv, Dv, generator=g, dtype=dt).to(device)
+    q, k, v, dout, dlse = (t.to(device) for t in (q, k, v, dout, dlse))
     kw = dict(kernel_size=case["ks"], stride=case["st"], dilation=case["dl"], is_causal=case["ca"])
     r = len(shape)
 
