@@ -275,6 +275,13 @@ def _feature_probe(page_src: str) -> str:
         kw.setdefault("kernel_size", 3 if rank == 3 else 5)
         return lambda backend, **more: na(rank)(q, k, v, backend=backend, **kw, **more)
 
+    def slab_case():  # query rows [4, 8) of a 12x10 grid with the key rows [2, 10) they need
+        q, k, v = r(1, 4, 10, 2, 16), r(1, 8, 10, 2, 16), r(1, 8, 10, 2, 16)
+        return lambda backend, **more: natten.na2d(
+            q, k, v, kernel_size=5, backend=backend, global_shape=(12, 10), q_origin=(4, 0),
+            kv_origin=(2, 0), **more
+        )
+
     features = [
         ("rank 1 / 2 / 3", [case(1), case(2), case(3)]),
         ("odd and even `kernel_size`", [case(2, kernel_size=5), case(2, kernel_size=4)]),
@@ -287,6 +294,7 @@ def _feature_probe(page_src: str) -> str:
         ("float64", [case(2, dtype=torch.float64)]),
         ("float16", [case(2, dtype=torch.float16)]),
         ("bfloat16", [case(2, dtype=torch.bfloat16)]),
+        ("slabs of a larger grid (`global_shape`, `q_origin`, `kv_origin`)", [slab_case()]),
     ]
     names = [n for n in FNA_BACKENDS if n in ("reference", "flex-fna")]
     tol = {torch.float64: 1e-10, torch.float32: 1e-4, torch.float16: 2e-2, torch.bfloat16: 5e-2}

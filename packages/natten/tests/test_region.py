@@ -40,15 +40,25 @@ def random_region_problem(rng: random.Random, rank: int):
         return spec, tuple(qo), tuple(qs), tuple(ko), tuple(e - o for e, o in zip(kend, ko))
 
 
-def run_region_case(seed: int, rank: int, dtype, backend: str, device="cpu", backward=True):
+def region_case(seed: int, rank: int):
+    """The random problem of ``run_region_case(seed, rank, ...)``: ``(spec, q_origin, q_shape,
+    kv_origin, kv_shape, B, H, H_kv, D, D_v)``."""
     rng = random.Random(seed)
-    gen = torch.Generator().manual_seed(seed)
     spec, qo, qs, ko, kvs = random_region_problem(rng, rank)
     Hkv = rng.choice([1, 2])
     H = Hkv * rng.choice([1, 2])
     D = rng.choice([8, 16])
     Dv = rng.choice([8, 16])
     B = rng.choice([1, 2])
+    return spec, qo, qs, ko, kvs, B, H, Hkv, D, Dv
+
+
+def run_region_case(seed: int, rank: int, dtype, backend: str, device="cpu", backward=True,
+                    **options):
+    """Run one random slab problem through ``backend`` (``options`` go to the op, e.g. tile
+    shapes) and compare out, logsumexp and (with ``backward``) gradients with the oracle."""
+    gen = torch.Generator().manual_seed(seed)
+    spec, qo, qs, ko, kvs, B, H, Hkv, D, Dv = region_case(seed, rank)
     q = randn((B, *qs, H, D), gen, dtype).to(device)
     k = randn((B, *kvs, Hkv, D), gen, dtype).to(device)
     v = randn((B, *kvs, Hkv, Dv), gen, dtype).to(device)
@@ -56,7 +66,7 @@ def run_region_case(seed: int, rank: int, dtype, backend: str, device="cpu", bac
               is_causal=spec.is_causal)
     ql, kl, vl = leaf(q, backward), leaf(k, backward), leaf(v, backward)
     out, lse = OPS[rank](ql, kl, vl, **kw, backend=backend, return_lse=True,
-                         global_shape=spec.shape, q_origin=qo, kv_origin=ko)
+                         global_shape=spec.shape, q_origin=qo, kv_origin=ko, **options)
     q64, k64, v64 = to64(q, backward), to64(k, backward), to64(v, backward)
     ref_out, ref_lse = na_region_oracle(q64, k64, v64, spec.shape, qo, ko, **kw)
     what = f"seed {seed} {spec} q {qo}+{qs} kv {ko}+{kvs}"

@@ -6,7 +6,9 @@ Skipped (with the reason) where CUDA or Triton is unavailable.
 Forward (out + logsumexp) and gradients (dq, dk, dv, through out *and* logsumexp) in fp16, bf16 and
 fp32 against the float64 oracle on the CPU; the eager (compile disabled) path; dense attention;
 tile shapes that force smaller Triton blocks; a large problem that must not allocate anything
-O(N^2); and no recompilation on repeated calls.
+O(N^2); no recompilation on repeated calls; and query/key slabs of a larger grid (``global_shape``,
+``q_origin``, ``kv_origin``): forward and gradients against the oracle, and time shards of a video
+grid whose outputs and gradients reassemble the unsharded problem's.
 """
 
 import math
@@ -30,7 +32,8 @@ import natten  # noqa: E402
 from natten.backends import flex  # noqa: E402
 
 from helpers import assert_close  # noqa: E402
-from oracle import attended_flat_keys, attention_oracle, na_oracle  # noqa: E402
+from natten.window import WindowSpec, key_range  # noqa: E402
+from oracle import attended_flat_keys, attention_oracle, na_oracle, na_region_oracle  # noqa: E402
 
 pytestmark = pytest.mark.gpu
 
@@ -274,3 +277,123 @@ def test_default_dispatch_on_cuda_picks_flex():
     q = torch.randn(1, 16, 16, 2, 32, device=DEV, dtype=torch.bfloat16)
     backs = natten.get_compatible_backends(q, q, q)
     assert "flex-fna" in backs and backs.index("flex-fna") < backs.index("reference")
+
+
+# ------------------------------------------------------------------------------------------------
+# Slabs of a larger grid (context parallelism, tiled inference)
+# ------------------------------------------------------------------------------------------------
+
+
+def _per_axis(x, rank):
+    return tuple(x) if isinstance(x, (tuple, list)) else (x,) * rank
+
+
+def _kv_slab(shape, kw, qo, qs, margin=(0, 0)):
+    """The key slab that covers the query slab's windows, widened by ``margin`` within the grid."""
+    r = len(shape)
+    spec = WindowSpec(shape, _per_axis(kw["kernel_size"], r), _per_axis(kw["stride"], r),
+                      _per_axis(kw["dilation"], r), _per_axis(kw["is_causal"], r))
+    kr = key_range(spec, qo, qs)
+    ko = tuple(max(0, lo - margin[0]) for lo, _ in kr)
+    ke = tuple(min(n, hi + margin[1]) for (_, hi), n in zip(kr, shape))
+    return ko, tuple(e - o for e, o in zip(ke, ko))
+
+
+REGION_CASES = [
+    # 1-D: odd origin on a dilated, causal, strided axis; key slab wider than needed
+    dict(shape=(200,), kw=dict(kernel_size=13, stride=3, dilation=2, is_causal=True),
+         qo=(37,), qs=(64,), margin=(3, 5), H=4, Hkv=2, D=32, Dv=32, tiles=None),
+    # 2-D interior slab (tiled inference), explicit tiles of 32 tokens
+    dict(shape=(24, 30), kw=dict(kernel_size=(7, 6), stride=(2, 1), dilation=(1, 3),
+                                 is_causal=(False, True)),
+         qo=(5, 7), qs=(11, 16), margin=(0, 2), H=2, Hkv=1, D=64, Dv=32,
+         tiles=((4, 8), (8, 4))),
+    # 3-D time shard of a video grid (context parallelism), GQA, D_v != D
+    dict(shape=(16, 12, 20), kw=dict(kernel_size=(5, 7, 6), stride=(1, 2, 1), dilation=(1, 1, 2),
+                                     is_causal=(True, False, False)),
+         qo=(8, 0, 0), qs=(8, 12, 20), margin=(0, 0), H=4, Hkv=2, D=32, Dv=64, tiles=None),
+]
+
+
+def _region_id(c):
+    return f"{'x'.join(map(str, c['shape']))}-q{c['qo']}+{c['qs']}-t{c['tiles']}".replace(" ", "")
+
+
+def _run_region_and_check(c, dtype, seed, backward):
+    shape, kw, qo, qs = c["shape"], c["kw"], c["qo"], c["qs"]
+    ko, kvs = _kv_slab(shape, kw, qo, qs, c["margin"])
+    g = torch.Generator().manual_seed(seed)
+    mk = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
+    q64 = mk(2, *qs, c["H"], c["D"])
+    k64 = mk(2, *kvs, c["Hkv"], c["D"])
+    v64 = mk(2, *kvs, c["Hkv"], c["Dv"])
+    leaves = [t.to(DEV, dtype).requires_grad_(backward) for t in (q64, k64, v64)]
+    tiles = c["tiles"] or (None, None)
+    what = f"{_region_id(c)} {dtype}"
+    out, lse = NA_FN[len(shape)](*leaves, **kw, backend="flex-fna", return_lse=True,
+                                 q_tile_shape=tiles[0], kv_tile_shape=tiles[1], global_shape=shape,
+                                 q_origin=qo, kv_origin=ko)
+    assert out.dtype == dtype and lse.dtype == torch.float32 and out.is_cuda
+    assert out.shape == (2, *qs, c["H"], c["Dv"])
+    ref = [t.detach().cpu().double().requires_grad_(backward) for t in leaves]
+    ref_out, ref_lse = na_region_oracle(*ref, shape, qo, ko, **kw)
+    assert_close(out.float().cpu(), ref_out, what=f"{what} out", **FWD_TOL[dtype])
+    assert_close(lse.cpu(), ref_lse, what=f"{what} lse", **LSE_TOL[dtype])
+    if not backward:
+        return
+    dout = mk(*out.shape)
+    dlse = mk(*lse.shape)
+    ((out.float() * dout.to(DEV).float()).sum() + (lse * dlse.to(DEV).float()).sum()).backward()
+    ((ref_out * dout).sum() + (ref_lse * dlse).sum()).backward()
+    for name, mine, r in zip(("dq", "dk", "dv"), leaves, ref):
+        assert mine.grad is not None, name
+        assert_close(mine.grad.float().cpu(), r.grad, what=f"{what} {name}", **GRAD_TOL[dtype])
+
+
+@pytest.mark.parametrize("case", REGION_CASES, ids=[_region_id(c) for c in REGION_CASES])
+def test_region_forward_backward_bf16(case):
+    _run_region_and_check(case, torch.bfloat16, 800, backward=True)
+
+
+@pytest.mark.parametrize("case", REGION_CASES[1:], ids=[_region_id(c) for c in REGION_CASES[1:]])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+def test_region_forward_backward_fp16_fp32(case, dtype):
+    _run_region_and_check(case, dtype, 900, backward=True)
+
+
+def test_region_eager_when_compile_is_disabled():
+    natten.disable_flex_compile()
+    _run_region_and_check(REGION_CASES[1], torch.float32, 950, backward=True)
+
+
+def test_time_shards_reassemble_unsharded_output_and_gradients():
+    """Context parallelism over the time axis: each shard's queries attend the key slab they need;
+    outputs are the unsharded rows and the key/value gradients, scattered back and summed over
+    shards, are the unsharded ones."""
+    shape = (16, 16, 16)
+    kw = dict(kernel_size=(6, 8, 8), stride=(1, 2, 2), dilation=1, is_causal=(False, False, False))
+    g = torch.Generator(device=DEV).manual_seed(3)
+    q, k, v = (torch.randn(1, *shape, 2, 32, generator=g, device=DEV) for _ in range(3))
+    dout = torch.randn(1, *shape, 2, 32, generator=g, device=DEV)
+    full = [t.clone().requires_grad_(True) for t in (q, k, v)]
+    out_full = natten.na3d(*full, **kw, backend="flex-fna")
+    (out_full * dout).sum().backward()
+    dk, dv = torch.zeros_like(k), torch.zeros_like(v)
+    outs = []
+    for t0 in range(0, 16, 4):
+        qo, qs = (t0, 0, 0), (4, 16, 16)
+        ko, kvs = _kv_slab(shape, kw, qo, qs)
+        sl = slice(ko[0], ko[0] + kvs[0])
+        leaves = [q[:, t0:t0 + 4].clone().requires_grad_(True),
+                  k[:, sl].clone().requires_grad_(True), v[:, sl].clone().requires_grad_(True)]
+        o = natten.na3d(*leaves, **kw, backend="flex-fna", global_shape=shape, q_origin=qo,
+                        kv_origin=ko)
+        (o * dout[:, t0:t0 + 4]).sum().backward()
+        outs.append(o.detach())
+        assert_close(leaves[0].grad, full[0].grad[:, t0:t0 + 4], what=f"dq shard {t0}",
+                     **GRAD_TOL[torch.float32])
+        dk[:, sl] += leaves[1].grad
+        dv[:, sl] += leaves[2].grad
+    assert_close(torch.cat(outs, 1), out_full, what="sharded out", **FWD_TOL[torch.float32])
+    assert_close(dk, full[1].grad, what="sharded dk", **GRAD_TOL[torch.float32])
+    assert_close(dv, full[2].grad, what="sharded dv", **GRAD_TOL[torch.float32])

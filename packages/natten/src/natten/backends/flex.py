@@ -29,7 +29,8 @@ group-local coordinates with integer tensor arithmetic (no data-dependent Python
 per-problem constants are Python ints baked into the closure) and applies the per-axis rule of
 SEMANTICS.md (stride-group leader, centre clamped inward, causal start/stop, dilation-group length
 ``n_g = ceil((n - g) / d)``), AND over axes. Padded tokens never enter a real query's window
-(windows lie inside ``[0, n_g)``); padded queries get a valid window too, so no row is empty.
+(windows lie inside ``[0, n_g)``, and inside the key slab with a region); padded queries get a
+valid window too, so no row is empty.
 
 Block masks from tile-visit bounds (never O(N^2))
 -------------------------------------------------
@@ -44,6 +45,36 @@ indices), split partial / full, and hand them to ``BlockMask.from_kv_blocks``: f
 ``mask_mod`` in the kernel; blocks left out are exactly the empty ones. The block mask's batch dim is
 the number of dilation groups: FlexAttention broadcasts it over the batch by ``b % G``.
 
+Slabs of a larger grid (``global_shape``, ``q_origin``, ``kv_origin``)
+-------------------------------------------------------------------------
+With a region (``spec.is_partial``) the query tensor holds the slab of the global grid
+``spec.shape`` at ``spec.q_origin`` and key/value the (possibly larger or shifted) slab at
+``spec.kv_origin``. Queries are tiled over their slab and keys over theirs (their tile grids differ
+in size), but every coordinate that enters a mask is *global*, so sparsity and exactness are those
+of the unsharded problem (per axis, :class:`_AxisLayout`):
+
+* both slabs are laid on the global tile grid: the first query row of every dilation group is the
+  global group-local row ``q_start = floor((q_origin // d) / t) * t`` (``t`` the query tile
+  extent), likewise ``kv_start`` for keys, and the slabs are zero-padded in front accordingly
+  (``q_origin - d * q_start`` tokens; this also keeps token ``x`` of the padded axis in the global
+  dilation group ``x % d``). A slab's tiles are therefore tiles of the unsharded problem: sharding
+  an axis (e.g. time in a video, for context parallelism) at tile boundaries (slab edges at
+  multiples of ``d * t``), with the same tile shapes, gives each shard exactly the unsharded
+  problem's (query tile, key tile) blocks, full and partial alike; elsewhere a shard visits a
+  subset of the blocks of the unsharded query tiles it overlaps;
+* ``mask_mod`` and the host-side block relations add ``q_start`` / ``kv_start`` to the decoded
+  rows and apply the global-grid rule (``n_g`` from the global length; windows clamped at global
+  borders, not at the slab's);
+* padded query rows (in front of or past the slab) are clamped to the slab's first / last query
+  row, so they use windows that lie on the key slab: no row is empty and a padded row never widens a
+  tile's key range. Padded key tokens are never attended by a real query: the key slab covers every
+  real query's window (checked by ``checks.check_region``).
+
+Tile shapes are chosen for the slabs (caps from each slab's extent, cost of the slab's query tiles
+on the global tile grid). The plan cache key includes the region; the slab's offsets are constants
+of its mask_mod, so every distinct slab position is one compile (one per rank for context
+parallelism).
+
 Tile shapes
 -----------
 Unless ``q_tile_shape`` / ``kv_tile_shape`` are given, tiles of 128 query and 128 key tokens are
@@ -56,12 +87,12 @@ the Triton block sizes are lowered to divide them.
 Caching and compilation
 -----------------------
 A *plan* (tiles, mask_mod, BlockMask, kernel options) is built once per problem signature (grid,
-window parameters, tiles, device) and kept in a bounded LRU cache (``_CACHE_SIZE`` = 32 entries):
-the same signature returns the same BlockMask object and the same mask_mod function, so calls never
-rebuild masks and never change what dynamo guards on. All calls go through one module-level
-``torch.compile(flex_attention, dynamic=False, fullgraph=True)`` with its own recompile budget
-(``isolate_recompiles``, ``recompile_limit`` = ``_RECOMPILE_LIMIT``): every new problem shape is one
-compile, repeated calls are cache hits, and a sweep over many problems never reaches dynamo's
+window parameters, region, tiles, device) and kept in a bounded LRU cache (``_CACHE_SIZE`` = 32
+entries): the same signature returns the same BlockMask object and the same mask_mod function, so
+calls never rebuild masks and never change what dynamo guards on. All calls go through one
+module-level ``torch.compile(flex_attention, dynamic=False, fullgraph=True)`` with its own recompile
+budget (``isolate_recompiles``, ``recompile_limit`` = ``_RECOMPILE_LIMIT``): every new problem shape
+is one compile, repeated calls are cache hits, and a sweep over many problems never reaches dynamo's
 recompile limit (the default limit of 8 is per code object and would otherwise be hit).
 
 When compilation happens: only on CUDA, and only while ``natten.is_flex_compile_allowed()`` (and,
@@ -99,7 +130,7 @@ import torch
 from torch import Tensor
 
 from .. import context
-from ..window import WindowSpec
+from ..window import Region, WindowSpec
 from . import reference
 
 try:  # FlexAttention exists from torch 2.5 on.
@@ -182,47 +213,142 @@ def _device_key(device: torch.device) -> Tuple[str, int]:
 
 
 # ------------------------------------------------------------------------------------------------
-# Per-axis window arithmetic in group-local coordinates (host side, for block masks and tiles)
+# Per-axis layout and window arithmetic in group-local coordinates (host side, for block masks and
+# tiles)
 # ------------------------------------------------------------------------------------------------
 
 
-def _local_bounds(ext: int, ng: int, K: int, s: int, causal: bool) -> Tuple[Tensor, Tensor]:
-    """``(start, last)`` of the keys of group-local queries ``0 .. ext-1`` on one axis whose
-    dilation group holds ``ng`` real tokens; queries ``>= ng`` are padding and follow the same rule
-    (exactly what ``mask_mod`` computes for them)."""
-    i = torch.arange(ext, dtype=torch.int64)
+@dataclass(frozen=True)
+class _AxisLayout:
+    """Where the query and key tokens of one axis sit in tile order.
+
+    Coordinates are *group-local* (``x = x' * dilation + g``) and *global* (on the global grid,
+    which is the tensors' own grid when the spec has no region). In every dilation group, padded
+    query row ``p`` (``0 <= p < q_ext``) holds the global group-local coordinate ``q_start + p`` and
+    padded key row ``r`` (``0 <= r < kv_ext``) holds ``kv_start + r``.
+
+    Attributes:
+        q_start (int): global group-local coordinate of the first query row; a multiple of the
+            query tile extent, so the slab's query tiles are tiles of the unsharded problem.
+        q_ext (int): query rows per group (a multiple of the query tile extent).
+        q_first (int): the smallest global group-local coordinate of a real query of the slab.
+        q_last (int): the largest one.
+        q_lo (int or None): padded query rows before ``q_first`` use the window of row
+            ``q_lo = q_first``; None where there are no such rows (always without a region).
+        q_hi (int or None): padded query rows past ``q_last`` use the window of row
+            ``q_hi = q_last``; None where there are no such rows or where the global rule
+            already clamps their windows (the slab reaches the end of the global axis; always so
+            without a region). Both keep the windows of padded rows on the key slab, so that no
+            row is empty (see :func:`_axis_windows`).
+        q_front (int): padding tokens placed in front of the query slab
+            (``q_origin - dilation * q_start``), so that token ``x`` of the padded axis lies in
+            dilation group ``x % dilation`` of the global grid.
+        kv_start (int): as ``q_start``, for keys (a multiple of the key tile extent).
+        kv_ext (int): key rows per group (a multiple of the key tile extent).
+        kv_front (int): padding tokens placed in front of the key slab.
+    """
+
+    q_start: int
+    q_ext: int
+    q_first: int
+    q_last: int
+    q_lo: Optional[int]
+    q_hi: Optional[int]
+    q_front: int
+    kv_start: int
+    kv_ext: int
+    kv_front: int
+
+
+def _axis_layout(
+    n: int, dilation: int, t: int, u: int, q_origin: int, q_len: int, kv_origin: int, kv_len: int
+) -> _AxisLayout:
+    """Layout of one axis of global length ``n`` whose query slab is
+    ``[q_origin, q_origin + q_len)`` and key slab ``[kv_origin, kv_origin + kv_len)`` (global
+    coordinates), for query tile extent ``t`` and key tile extent ``u``. The whole axis
+    (``q_origin = kv_origin = 0``, ``q_len = kv_len = n``) gives ``q_start = kv_start = 0``,
+    ``q_ext = ceil(m / t) * t`` with ``m = ceil(n / dilation)`` and no clamps: the layout of a
+    problem without region."""
+    d = dilation
+    q_start = (q_origin // d) // t * t
+    q_first = q_origin // d
+    q_last = (q_origin + q_len - 1) // d
+    kv_start = (kv_origin // d) // u * u
+    kv_last = (kv_origin + kv_len - 1) // d
+    q_ext = _ceil_div(q_last + 1 - q_start, t) * t
+    padded_past = q_start + q_ext - 1 > q_last
+    return _AxisLayout(
+        q_start=q_start,
+        q_ext=q_ext,
+        q_first=q_first,
+        q_last=q_last,
+        q_lo=q_first if q_start < q_first else None,
+        q_hi=q_last if (padded_past and q_last < (n - 1) // d) else None,
+        q_front=q_origin - d * q_start,
+        kv_start=kv_start,
+        kv_ext=_ceil_div(kv_last + 1 - kv_start, u) * u,
+        kv_front=kv_origin - d * kv_start,
+    )
+
+
+def _axis_windows(
+    lay: _AxisLayout, ng: int, K: int, s: int, causal: bool
+) -> Tuple[Tensor, Tensor]:
+    """``(start, last)`` of the keys of the padded query rows ``0 .. q_ext-1`` of one axis, in
+    padded key rows (key-local), for the dilation group holding ``ng`` tokens of the global axis.
+
+    Query rows are first clamped into ``[q_lo, q_hi]`` (where set): padded rows reuse the window
+    of the slab's first / last query row. Then the rule of SEMANTICS.md runs in global group-local
+    coordinates. This is exactly what ``mask_mod`` computes, padded rows included.
+
+    Why no row is empty: a real query's window lies on the key slab (the key slab covers it), and
+    on one axis the windows of the rows ``q_first`` and ``q_last`` in a dilation group without a
+    real query there differ from a real query's window of the same row by a shift of at most one
+    (the groups' lengths differ by at most one), so with ``K >= 2`` they still meet the key slab.
+    Rows past the global axis' end follow the global rule, whose windows stop at the axis' end.
+    Windows may reach past the padded key rows only for padded query rows."""
+    i = torch.arange(lay.q_ext, dtype=torch.int64) + lay.q_start
+    if lay.q_lo is not None or lay.q_hi is not None:
+        i = torch.clamp(i, min=lay.q_lo, max=lay.q_hi)
     if causal:
         leader = torch.clamp(s * (i // s) + s - 1, max=ng - 1)
-        return torch.clamp(leader - K + 1, min=0), i
-    left = K // 2
-    right = K // 2 + K % 2 - 1
-    centre = torch.clamp(torch.clamp(s * (i // s) + s // 2, max=ng - 1 - right), min=left)
-    return centre - left, centre + right
+        start, last = torch.clamp(leader - K + 1, min=0), i
+    else:
+        left = K // 2
+        right = K // 2 + K % 2 - 1
+        centre = torch.clamp(torch.clamp(s * (i // s) + s // 2, max=ng - 1 - right), min=left)
+        start, last = centre - left, centre + right
+    return start - lay.kv_start, last - lay.kv_start
 
 
 def _axis_block_relation(
-    q_ext: int, kv_ext: int, t: int, u: int, ng: int, K: int, s: int, causal: bool
+    lay: _AxisLayout, t: int, u: int, ng: int, K: int, s: int, causal: bool
 ) -> Tuple[Tensor, Tensor]:
     """Block relations on one axis: ``any[p, r]`` (some query of query tile p attends some key of
     key tile r) and ``full[p, r]`` (every query of tile p attends every key of tile r)."""
-    start, last = _local_bounds(q_ext, ng, K, s, causal)
-    last = torch.clamp(last, max=kv_ext - 1)
+    start, last = _axis_windows(lay, ng, K, s, causal)
+    last = torch.clamp(last, max=lay.kv_ext - 1)
     lo = start.view(-1, t).amin(1)
     hi = last.view(-1, t).amax(1)
     fs = start.view(-1, t).amax(1)
     fl = last.view(-1, t).amin(1)
-    k0 = torch.arange(0, kv_ext, u, dtype=torch.int64)
+    k0 = torch.arange(0, lay.kv_ext, u, dtype=torch.int64)
     k1 = k0 + u - 1
     any_ = (lo[:, None] <= k1[None, :]) & (hi[:, None] >= k0[None, :])
     full = (fs[:, None] <= k0[None, :]) & (fl[:, None] >= k1[None, :])
     return any_, full & any_
 
 
-def _axis_cost(m: int, t: int, u: int, K: int, s: int, causal: bool) -> Tuple[int, int]:
-    """(visited, full) tokens-pairs on one axis for query tile t and key tile u (group of length m)."""
-    q_ext = _ceil_div(m, t) * t
-    kv_ext = _ceil_div(m, u) * u
-    any_, full = _axis_block_relation(q_ext, kv_ext, t, u, m, K, s, causal)
+def _axis_cost(
+    m: int, t: int, u: int, K: int, s: int, causal: bool, lay: Optional[_AxisLayout] = None
+) -> Tuple[int, int]:
+    """(visited, full) token pairs on one axis for query tile t and key tile u (group of length m).
+
+    ``lay`` places query and key slabs in the group (see :func:`_axis_layout`); default: both are
+    the whole group."""
+    if lay is None:
+        lay = _axis_layout(m, 1, t, u, 0, m, 0, m)
+    any_, full = _axis_block_relation(lay, t, u, m, K, s, causal)
     return int(any_.sum()) * t * u, int(full.sum()) * t * u
 
 
@@ -270,13 +396,41 @@ def choose_tile_shapes(
     is_causal: Tuple[bool, ...],
     q_tokens: int = _DEFAULT_TILE_TOKENS,
     kv_tokens: int = _DEFAULT_TILE_TOKENS,
+    region: Optional[Region] = None,
 ) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
     """Query and key tile shapes (per-axis powers of two with ``q_tokens`` / ``kv_tokens`` tokens)
-    that minimise the tile-visit work of this problem (see the module docstring)."""
+    that minimise the tile-visit work of this problem (see the module docstring).
+
+    Args:
+        shape (tuple): the (global) token grid.
+        kernel_size, stride, dilation, is_causal (tuple): per-axis window parameters.
+        q_tokens (int): tokens per query tile. Default: 128.
+        kv_tokens (int): tokens per key tile. Default: 128.
+        region (Region, optional): query and key slabs of ``shape`` (see
+            :class:`natten.window.Region`): tiles are then fitted to the slabs (per-axis caps
+            from each slab's extent) and the cost is that of the slab's query tiles, with both
+            slabs' tiles aligned to the global tile grid as the backend lays them out.
+            Default: None (both are the whole grid).
+
+    Returns:
+        ``(q_tile_shape, kv_tile_shape)``.
+    """
     rank = len(shape)
     m = tuple(_ceil_div(n, d) for n, d in zip(shape, dilation))
-    tq, caps_q = _tile_tokens_for(m, q_tokens)
-    tk, caps_k = _tile_tokens_for(m, kv_tokens)
+    if region is None:
+        q_origin = kv_origin = (0,) * rank
+        q_len = kv_len = tuple(shape)
+    else:
+        q_origin, q_len = region.q_origin, region.q_shape
+        kv_origin, kv_len = region.kv_origin, region.kv_shape
+
+    def span(origin: int, length: int, d: int) -> int:  # group-local rows the slab touches
+        return (origin + length - 1) // d - origin // d + 1
+
+    m_q = tuple(span(q_origin[a], q_len[a], dilation[a]) for a in range(rank))
+    m_k = tuple(span(kv_origin[a], kv_len[a], dilation[a]) for a in range(rank))
+    tq, caps_q = _tile_tokens_for(m_q, q_tokens)
+    tk, caps_k = _tile_tokens_for(m_k, kv_tokens)
     q_opts = _factorizations(tq.bit_length() - 1, caps_q)
     k_opts = _factorizations(tk.bit_length() - 1, caps_k)
     axis_cost: Dict[Tuple[int, int, int], Tuple[int, int]] = {}
@@ -284,7 +438,12 @@ def choose_tile_shapes(
     def cost(a: int, t: int, u: int) -> Tuple[int, int]:
         key = (a, t, u)
         if key not in axis_cost:
-            axis_cost[key] = _axis_cost(m[a], t, u, kernel_size[a], stride[a], is_causal[a])
+            lay = _axis_layout(
+                shape[a], dilation[a], t, u, q_origin[a], q_len[a], kv_origin[a], kv_len[a]
+            )
+            axis_cost[key] = _axis_cost(
+                m[a], t, u, kernel_size[a], stride[a], is_causal[a], lay=lay
+            )
         return axis_cost[key]
 
     best = None
@@ -366,25 +525,52 @@ def _make_na_mask_mod(
     q_grid: Tuple[int, ...],
     kv_tile: Tuple[int, ...],
     kv_grid: Tuple[int, ...],
+    layouts: Optional[Sequence[_AxisLayout]] = None,
 ) -> Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]:
+    """The tile-ordered ``mask_mod`` of an NA problem on the global grid ``shape``.
+
+    ``layouts`` (one :class:`_AxisLayout` per axis) places the query and key slabs on the global
+    grid; default: both are the whole grid. Decoded padded-local rows are shifted by the layout's
+    ``q_start`` / ``kv_start`` to global group-local coordinates, query rows are clamped into
+    ``[q_lo, q_hi]`` (where set), and the global-grid rule is applied (its per-group length
+    ``n_g`` from ``shape``).
+    """
     rank = len(shape)
     G = _prod(dilation)
     group_strides = tuple(_prod(dilation[a + 1 :]) for a in range(rank))
     decode_q = _coord_decoder(q_tile, q_grid)
     decode_kv = _coord_decoder(kv_tile, kv_grid)
-    axes = [
-        (shape[a], kernel_size[a], stride[a], dilation[a], bool(is_causal[a]), group_strides[a],
-         kernel_size[a] // 2, kernel_size[a] // 2 + kernel_size[a] % 2 - 1)
-        for a in range(rank)
-    ]
+    if layouts is None:
+        layouts = [
+            _axis_layout(shape[a], dilation[a], q_tile[a], kv_tile[a], 0, shape[a], 0, shape[a])
+            for a in range(rank)
+        ]
+    axes = []
+    for a in range(rank):
+        lay = layouts[a]
+        # Python ints (0 / None: skip the operation), baked into the closure.
+        q_shift, q_lo, q_hi, kv_shift = lay.q_start, lay.q_lo, lay.q_hi, lay.kv_start
+        axes.append((
+            shape[a], kernel_size[a], stride[a], dilation[a], bool(is_causal[a]), group_strides[a],
+            kernel_size[a] // 2, kernel_size[a] // 2 + kernel_size[a] % 2 - 1,
+            q_shift, q_lo, q_hi, kv_shift,
+        ))
 
     def na_mask_mod(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
         qc = decode_q(q_idx)
         kc = decode_kv(kv_idx)
         g = b % G if G > 1 else b
         result = None
-        for a, (n, K, s, d, causal, gstride, left, right) in enumerate(axes):
+        for a, (n, K, s, d, causal, gstride, left, right, q_shift, q_lo, q_hi, kv_shift) in (
+            enumerate(axes)
+        ):
             i, j = qc[a], kc[a]
+            if q_shift:
+                i = i + q_shift
+            if q_lo is not None or q_hi is not None:
+                i = torch.clamp(i, min=q_lo, max=q_hi)
+            if kv_shift:
+                j = j + kv_shift
             if d > 1:
                 ga = g // gstride if gstride > 1 else g
                 ga = ga % d
@@ -475,9 +661,25 @@ def _na_block_relations(
     q_ext: Tuple[int, ...],
     kv_tile: Tuple[int, ...],
     kv_ext: Tuple[int, ...],
+    layouts: Optional[Sequence[_AxisLayout]] = None,
 ) -> Tuple[Tensor, Tensor]:
-    """Block-level ``any`` / ``full`` ``[G, 1, q_blocks, kv_blocks]`` for every dilation group."""
+    """Block-level ``any`` / ``full`` ``[G, 1, q_blocks, kv_blocks]`` for every dilation group.
+
+    ``shape`` is the global grid; ``layouts`` (one :class:`_AxisLayout` per axis, with the given
+    ``q_ext`` / ``kv_ext``) places the query and key slabs on it. Default: both are the whole grid.
+    """
     rank = len(shape)
+    if layouts is None:
+        layouts = [
+            _axis_layout(shape[a], dilation[a], q_tile[a], kv_tile[a], 0, shape[a], 0, shape[a])
+            for a in range(rank)
+        ]
+    for a in range(rank):
+        if (layouts[a].q_ext, layouts[a].kv_ext) != (q_ext[a], kv_ext[a]):
+            raise ValueError(
+                f"axis {a}: layout extents {(layouts[a].q_ext, layouts[a].kv_ext)} differ from "
+                f"q_ext/kv_ext {(q_ext[a], kv_ext[a])}"
+            )
     per_axis: List[Dict[int, Tuple[Tensor, Tensor]]] = []
     for a in range(rank):
         rel: Dict[int, Tuple[Tensor, Tensor]] = {}
@@ -485,7 +687,7 @@ def _na_block_relations(
             ng = _ceil_div(shape[a] - ga, dilation[a])
             if ng not in rel:
                 rel[ng] = _axis_block_relation(
-                    q_ext[a], kv_ext[a], q_tile[a], kv_tile[a], ng, kernel_size[a], stride[a],
+                    layouts[a], q_tile[a], kv_tile[a], ng, kernel_size[a], stride[a],
                     is_causal[a],
                 )
         per_axis.append(rel)
@@ -581,6 +783,9 @@ class _Plan:
     kv_tile: Optional[Tuple[int, ...]] = None
     q_ext: Optional[Tuple[int, ...]] = None
     kv_ext: Optional[Tuple[int, ...]] = None
+    # Padding tokens in front of the query / key slab on each axis (zeros without a region).
+    q_front: Optional[Tuple[int, ...]] = None
+    kv_front: Optional[Tuple[int, ...]] = None
     groups: int = 1
     kernel_options: Dict[tuple, Optional[Dict[str, Any]]] = field(default_factory=dict)
     chunks: Dict[int, List[Tuple[int, int, Any]]] = field(default_factory=dict)
@@ -684,6 +889,7 @@ def _resolve_tiles(
         return choose_tile_shapes(
             tuple(spec.shape), tuple(spec.kernel_size), tuple(spec.stride),
             tuple(spec.dilation), tuple(bool(c) for c in spec.is_causal),
+            region=_region_key(spec),
         )
     q_given = q_tile_shape if q_tile_shape is not None else kv_tile_shape
     kv_given = kv_tile_shape if kv_tile_shape is not None else q_tile_shape
@@ -698,34 +904,63 @@ def _resolve_tiles(
     return q_tile, kv_tile
 
 
+def _region_key(spec: WindowSpec) -> Optional[Region]:
+    """The spec's region with plain-int tuples (hashable, part of cache keys), or None."""
+    if spec.region is None:
+        return None
+    r = spec.region
+    return Region(
+        tuple(int(x) for x in r.q_origin), tuple(int(x) for x in r.q_shape),
+        tuple(int(x) for x in r.kv_origin), tuple(int(x) for x in r.kv_shape),
+    )
+
+
 def _get_na_plan(
     spec: WindowSpec,
     q_tile: Tuple[int, ...],
     kv_tile: Tuple[int, ...],
     device: torch.device,
 ) -> _Plan:
+    """The cached plan of this problem: tile layout, mask_mod and BlockMask. The key holds the
+    global grid, the window parameters, the region (query and key slabs), the tiles and the
+    device."""
     shape = tuple(int(x) for x in spec.shape)
     ks = tuple(int(x) for x in spec.kernel_size)
     st = tuple(int(x) for x in spec.stride)
     dl = tuple(int(x) for x in spec.dilation)
     ca = tuple(bool(x) for x in spec.is_causal)
-    key = ("na", shape, ks, st, dl, ca, q_tile, kv_tile, _device_key(device))
+    region = _region_key(spec)
+    key = ("na", shape, ks, st, dl, ca, region, q_tile, kv_tile, _device_key(device))
 
     def build() -> _Plan:
         rank = len(shape)
         m = tuple(_ceil_div(n, d) for n, d in zip(shape, dl))
-        q_ext = tuple(_ceil_div(m[a], q_tile[a]) * q_tile[a] for a in range(rank))
-        kv_ext = tuple(_ceil_div(m[a], kv_tile[a]) * kv_tile[a] for a in range(rank))
+        q0 = (0,) * rank if region is None else region.q_origin
+        qs = shape if region is None else region.q_shape
+        k0 = (0,) * rank if region is None else region.kv_origin
+        kvs = shape if region is None else region.kv_shape
+        layouts = tuple(
+            _axis_layout(shape[a], dl[a], q_tile[a], kv_tile[a], q0[a], qs[a], k0[a], kvs[a])
+            for a in range(rank)
+        )
+        q_ext = tuple(lay.q_ext for lay in layouts)
+        kv_ext = tuple(lay.kv_ext for lay in layouts)
         q_grid = tuple(q_ext[a] // q_tile[a] for a in range(rank))
         kv_grid = tuple(kv_ext[a] // kv_tile[a] for a in range(rank))
-        mask_mod = _make_na_mask_mod(shape, ks, st, dl, ca, q_tile, q_grid, kv_tile, kv_grid)
-        any_, full = _na_block_relations(m, shape, ks, st, dl, ca, q_tile, q_ext, kv_tile, kv_ext)
+        mask_mod = _make_na_mask_mod(
+            shape, ks, st, dl, ca, q_tile, q_grid, kv_tile, kv_grid, layouts
+        )
+        any_, full = _na_block_relations(
+            m, shape, ks, st, dl, ca, q_tile, q_ext, kv_tile, kv_ext, layouts
+        )
         block_size = (_prod(q_tile), _prod(kv_tile))
         q_len, kv_len = _prod(q_ext), _prod(kv_ext)
         bm = _block_mask_from_dense(any_, full, block_size, mask_mod, (q_len, kv_len), device)
         return _Plan(
             key=key, block_mask=bm, mask_mod=mask_mod, block_size=block_size, q_len=q_len,
             kv_len=kv_len, q_tile=q_tile, kv_tile=kv_tile, q_ext=q_ext, kv_ext=kv_ext,
+            q_front=tuple(lay.q_front for lay in layouts),
+            kv_front=tuple(lay.kv_front for lay in layouts),
             groups=_prod(dl),
         )
 
@@ -780,17 +1015,25 @@ def _tile_perm(rank: int, tail: int) -> List[int]:
 
 
 def _to_tiles(
-    x: Tensor, tile: Tuple[int, ...], ext: Tuple[int, ...], dilation: Tuple[int, ...]
+    x: Tensor,
+    tile: Tuple[int, ...],
+    ext: Tuple[int, ...],
+    dilation: Tuple[int, ...],
+    front: Optional[Tuple[int, ...]] = None,
 ) -> Tensor:
-    """``[B, *grid, H, D]`` -> ``[B*G, N, H, D]`` (contiguous) in tile order."""
+    """``[B, *grid, H, D]`` -> ``[B*G, N, H, D]`` (contiguous) in tile order.
+
+    Each axis is zero-padded to ``ext * dilation`` tokens: ``front`` tokens (default 0) before the
+    grid, the rest after it."""
     B, H, D = x.shape[0], x.shape[-2], x.shape[-1]
     rank = len(tile)
     grid = x.shape[1 : 1 + rank]
+    front = (0,) * rank if front is None else front
     padded = tuple(ext[a] * dilation[a] for a in range(rank))
     if tuple(grid) != padded:
         pad: List[int] = [0, 0, 0, 0]
         for a in reversed(range(rank)):
-            pad += [0, padded[a] - grid[a]]
+            pad += [front[a], padded[a] - grid[a] - front[a]]
         x = torch.nn.functional.pad(x, pad)
     view = [B]
     for a in range(rank):
@@ -806,8 +1049,10 @@ def _from_tiles(
     tile: Tuple[int, ...],
     ext: Tuple[int, ...],
     dilation: Tuple[int, ...],
+    front: Optional[Tuple[int, ...]] = None,
 ) -> Tensor:
-    """Inverse of :func:`_to_tiles`: ``[B*G, N, *tail]`` -> ``[B, *shape, *tail]``."""
+    """Inverse of :func:`_to_tiles`: ``[B*G, N, *tail]`` -> ``[B, *shape, *tail]`` (the padding,
+    ``front`` tokens before the grid on each axis and the rest after it, is cropped)."""
     rank = len(tile)
     tail = tuple(y.shape[2:])
     perm = _tile_perm(rank, len(tail))
@@ -818,8 +1063,9 @@ def _from_tiles(
     y = y.reshape(*pre, *tail).permute(inv)
     padded = tuple(ext[a] * dilation[a] for a in range(rank))
     y = y.reshape(B, *padded, *tail)
+    front = (0,) * rank if front is None else front
     if padded != tuple(shape):
-        y = y[(slice(None),) + tuple(slice(0, n) for n in shape)].contiguous()
+        y = y[(slice(None),) + tuple(slice(f, f + n) for f, n in zip(front, shape))].contiguous()
     return y
 
 
@@ -1029,12 +1275,9 @@ def _common_reason(query: Tensor, key: Tensor, value: Tensor, torch_compile: boo
 def can_run_fna(
     query: Tensor, key: Tensor, value: Tensor, spec: WindowSpec, torch_compile: bool = False
 ) -> Optional[str]:
-    """None if flex-fna can run this neighborhood-attention problem here, else why not."""
-    if spec.is_partial:
-        return (
-            "it does not take query/key slabs of a larger grid (global_shape, q_origin, "
-            "kv_origin) in this release"
-        )
+    """None if flex-fna can run this neighborhood-attention problem here, else why not.
+
+    Query/key slabs of a larger grid (a spec with a region) are supported."""
     return _common_reason(query, key, value, torch_compile)
 
 
@@ -1073,8 +1316,21 @@ def _check_compiled_tiles(q_block: int, kv_block: int, q: Tensor, needs_grad: bo
 def fna(
     query: Tensor, key: Tensor, value: Tensor, spec: WindowSpec, scale: float, **options: Any
 ) -> Tuple[Tensor, Tensor]:
-    """Neighborhood attention, heads-last: q ``[B, *shape, H, D]``, k ``[B, *shape, Hkv, D]``,
-    v ``[B, *shape, Hkv, Dv]`` -> out ``[B, *shape, H, Dv]``, lse ``[B, *shape, H]`` (float32)."""
+    """Neighborhood attention, heads-last: q ``[B, *q_shape, H, D]``, k ``[B, *kv_shape, Hkv, D]``,
+    v ``[B, *kv_shape, Hkv, Dv]`` -> out ``[B, *q_shape, H, Dv]``, lse ``[B, *q_shape, H]``
+    (float32).
+
+    ``q_shape`` / ``kv_shape`` are ``spec.q_shape`` / ``spec.kv_shape``: the whole grid
+    ``spec.shape`` without a region, else the query and key slabs of it (windows on the global
+    grid)."""
+    rank = spec.rank
+    for name, t, want in (("query", query, spec.q_shape), ("key", key, spec.kv_shape),
+                          ("value", value, spec.kv_shape)):
+        if tuple(t.shape[1 : 1 + rank]) != tuple(want):
+            raise ValueError(
+                f"flex-fna: the {name} token grid {tuple(t.shape[1 : 1 + rank])} does not match "
+                f"the problem's {name} grid {tuple(want)}."
+            )
     needs_grad = _needs_grad(query, key, value)
     if query.device.type == "cpu" and needs_grad:
         # FlexAttention has no CPU backward: training on CPU runs the exact reference backend.
@@ -1087,16 +1343,16 @@ def fna(
     plan = _get_na_plan(spec, q_tile, kv_tile, query.device)
     assert plan.q_ext is not None and plan.kv_ext is not None
     dl = tuple(int(d) for d in spec.dilation)
-    shape = tuple(int(s) for s in spec.shape)
+    q_shape = tuple(int(s) for s in spec.q_shape)
     B = query.shape[0]
     if query.device.type == "cpu":  # FlexAttention refuses CPU tensors that require grad
         query, key, value = query.detach(), key.detach(), value.detach()
-    q = _to_tiles(query, q_tile, plan.q_ext, dl).transpose(1, 2)
-    k = _to_tiles(key, kv_tile, plan.kv_ext, dl).transpose(1, 2)
-    v = _to_tiles(value, kv_tile, plan.kv_ext, dl).transpose(1, 2)
+    q = _to_tiles(query, q_tile, plan.q_ext, dl, plan.q_front).transpose(1, 2)
+    k = _to_tiles(key, kv_tile, plan.kv_ext, dl, plan.kv_front).transpose(1, 2)
+    v = _to_tiles(value, kv_tile, plan.kv_ext, dl, plan.kv_front).transpose(1, 2)
     out, lse = _run(plan, q, k, v, scale, needs_grad)
-    out = _from_tiles(out.transpose(1, 2), B, shape, q_tile, plan.q_ext, dl)
-    lse = _from_tiles(lse.transpose(1, 2), B, shape, q_tile, plan.q_ext, dl)
+    out = _from_tiles(out.transpose(1, 2), B, q_shape, q_tile, plan.q_ext, dl, plan.q_front)
+    lse = _from_tiles(lse.transpose(1, 2), B, q_shape, q_tile, plan.q_ext, dl, plan.q_front)
     if query.dtype != torch.float64:
         lse = lse.float()
     return out, lse
