@@ -375,13 +375,15 @@ def _factorizations(exp: int, caps: Sequence[int]) -> List[Tuple[int, ...]]:
     return out
 
 
-def _tile_tokens_for(m: Sequence[int], target: int) -> Tuple[int, Tuple[int, ...]]:
+def _tile_tokens_for(
+    m: Sequence[int], target: int, min_tokens: int = _MIN_TILE_TOKENS
+) -> Tuple[int, Tuple[int, ...]]:
     """Token count of the tiles and per-axis caps (next power of two of the group-local length)."""
     caps = tuple(_next_pow2(x) for x in m)
     total = _prod(caps)
-    tokens = target
+    tokens = max(target, min_tokens)
     if total < tokens:
-        tokens = max(total, _MIN_TILE_TOKENS)
+        tokens = max(total, min_tokens)
         if total < tokens:  # tiny grid: let the last axis' tile grow (padding) up to the minimum
             caps = caps[:-1] + (caps[-1] * (tokens // total),)
     return tokens, caps
@@ -397,6 +399,7 @@ def choose_tile_shapes(
     q_tokens: int = _DEFAULT_TILE_TOKENS,
     kv_tokens: int = _DEFAULT_TILE_TOKENS,
     region: Optional[Region] = None,
+    min_tokens: int = _MIN_TILE_TOKENS,
 ) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
     """Query and key tile shapes (per-axis powers of two with ``q_tokens`` / ``kv_tokens`` tokens)
     that minimise the tile-visit work of this problem (see the module docstring).
@@ -411,6 +414,7 @@ def choose_tile_shapes(
             from each slab's extent) and the cost is that of the slab's query tiles, with both
             slabs' tiles aligned to the global tile grid as the backend lays them out.
             Default: None (both are the whole grid).
+        min_tokens (int): smallest tile, also on tiny grids (padding fills it). Default: 16.
 
     Returns:
         ``(q_tile_shape, kv_tile_shape)``.
@@ -429,8 +433,8 @@ def choose_tile_shapes(
 
     m_q = tuple(span(q_origin[a], q_len[a], dilation[a]) for a in range(rank))
     m_k = tuple(span(kv_origin[a], kv_len[a], dilation[a]) for a in range(rank))
-    tq, caps_q = _tile_tokens_for(m_q, q_tokens)
-    tk, caps_k = _tile_tokens_for(m_k, kv_tokens)
+    tq, caps_q = _tile_tokens_for(m_q, q_tokens, min_tokens)
+    tk, caps_k = _tile_tokens_for(m_k, kv_tokens, min_tokens)
     q_opts = _factorizations(tq.bit_length() - 1, caps_q)
     k_opts = _factorizations(tk.bit_length() - 1, caps_k)
     axis_cost: Dict[Tuple[int, int, int], Tuple[int, int]] = {}
@@ -883,13 +887,14 @@ def _resolve_tiles(
     spec: WindowSpec,
     q_tile_shape: Optional[Sequence[int]],
     kv_tile_shape: Optional[Sequence[int]],
+    min_tokens: int = _MIN_TILE_TOKENS,
 ) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
     """Tile shapes to use: the given ones (a missing one mirrors the other) or the chosen ones."""
     if q_tile_shape is None and kv_tile_shape is None:
         return choose_tile_shapes(
             tuple(spec.shape), tuple(spec.kernel_size), tuple(spec.stride),
             tuple(spec.dilation), tuple(bool(c) for c in spec.is_causal),
-            region=_region_key(spec),
+            region=_region_key(spec), min_tokens=min_tokens,
         )
     q_given = q_tile_shape if q_tile_shape is not None else kv_tile_shape
     kv_given = kv_tile_shape if kv_tile_shape is not None else q_tile_shape
@@ -1297,6 +1302,20 @@ def can_run_fmha(
     return None
 
 
+# Measured on an H100 with torch 2.11: the compiled FlexAttention backward has no valid Triton
+# configuration for float16/bfloat16 blocks under 64 tokens ("NoValidChoicesError"); float32 and
+# the forward work with 16.
+_MIN_HALF_BWD_TILE_TOKENS = 64
+
+
+def _min_tile_tokens(q: Tensor, needs_grad: bool) -> int:
+    """Smallest tile the compiled kernels accept for this call."""
+    if (needs_grad and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16)
+            and _use_compile(q, needs_grad)):
+        return _MIN_HALF_BWD_TILE_TOKENS
+    return _MIN_TILE_TOKENS
+
+
 def _check_compiled_tiles(q_block: int, kv_block: int, q: Tensor, needs_grad: bool) -> None:
     if not (q.is_cuda and _use_compile(q, needs_grad)):
         return
@@ -1305,6 +1324,14 @@ def _check_compiled_tiles(q_block: int, kv_block: int, q: Tensor, needs_grad: bo
             raise ValueError(
                 f"flex-fna: compiled FlexAttention needs tiles of a multiple of {_MIN_TILE_TOKENS} "
                 f"tokens, got a {name} tile of {t} tokens (q_tile_shape / kv_tile_shape)."
+            )
+        least = _min_tile_tokens(q, needs_grad)
+        if t < least:
+            raise ValueError(
+                f"flex-fna: the compiled FlexAttention backward in {q.dtype} needs tiles of at "
+                f"least {least} tokens (Triton has no kernel configuration for smaller blocks), "
+                f"got a {name} tile of {t} tokens; choose larger q_tile_shape / kv_tile_shape, "
+                "leave them to the backend, or train in float32."
             )
 
 
@@ -1338,7 +1365,10 @@ def fna(
     reason = _common_reason(query, key, value, bool(options.get("torch_compile", False)))
     if reason is not None:
         raise ValueError(f"flex-fna cannot run this problem: {reason}")
-    q_tile, kv_tile = _resolve_tiles(spec, options.get("q_tile_shape"), options.get("kv_tile_shape"))
+    q_tile, kv_tile = _resolve_tiles(
+        spec, options.get("q_tile_shape"), options.get("kv_tile_shape"),
+        _min_tile_tokens(query, needs_grad),
+    )
     _check_compiled_tiles(_prod(q_tile), _prod(kv_tile), query, needs_grad)
     plan = _get_na_plan(spec, q_tile, kv_tile, query.device)
     assert plan.q_ext is not None and plan.kv_ext is not None
