@@ -476,6 +476,9 @@ def compiled_on_cpu(monkeypatch):
 
     monkeypatch.setattr(flex, "_COMPILE_BACKEND", "eager")
     monkeypatch.setattr(flex, "_ALLOW_COMPILE_ON_CPU", True)
+    cfg = torch._dynamo.config
+    name = "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"
+    monkeypatch.setattr(cfg, name, getattr(cfg, name))  # restored after the test
     flex._reset_compiled()
     flex._WARNED.discard("recompile-limit")
     yield
@@ -577,3 +580,30 @@ def test_block_sparse_kernel_with_full_and_partial_blocks():
     out = flex._from_tiles(out.transpose(1, 2), 2, shape, qt, plan.q_ext, dl)
     ref, _ = na_oracle(q.double(), k.double(), v.double(), **kw)
     assert_close(out, ref, what="compiled block-sparse out", **TOL[torch.float32])
+
+
+def test_prepared_runner_fast_path_matches_oracle(compiled_on_cpu, monkeypatch):
+    """The dispatcher's cached runner: the first call goes through fna (compiling), later calls
+    call the compiled FlexAttention directly; every call equals the oracle."""
+    from natten import functional as F
+    from oracle import na_oracle
+
+    F._PLANS.clear()
+    calls = {"fna": 0}
+    real_fna = flex.fna
+
+    def counting_fna(*a, **k):
+        calls["fna"] += 1
+        return real_fna(*a, **k)
+
+    monkeypatch.setattr(flex, "fna", counting_fna)
+    g = torch.Generator().manual_seed(11)
+    q, k, v = (torch.randn(2, 9, 14, 2, 16, generator=g) for _ in range(3))
+    kw = dict(kernel_size=(3, 4), stride=(1, 2), dilation=(2, 1), is_causal=(False, True))
+    ref_out, ref_lse = na_oracle(q.double(), k.double(), v.double(), **kw)
+    for i in range(3):
+        out, lse = natten.na2d(q, k, v, **kw, backend="flex-fna", return_lse=True)
+        assert_close(out, ref_out, what=f"call {i} out", **TOL[torch.float32])
+        assert_close(lse, ref_lse, what=f"call {i} lse", **TOL[torch.float32])
+    assert calls["fna"] == 1, calls  # only the first call went through fna
+    F._PLANS.clear()

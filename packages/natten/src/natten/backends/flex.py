@@ -91,7 +91,8 @@ window parameters, region, tiles, device) and kept in a bounded LRU cache (``_CA
 entries): the same signature returns the same BlockMask object and the same mask_mod function, so
 calls never rebuild masks and never change what dynamo guards on. All calls go through one
 module-level ``torch.compile(flex_attention, dynamic=False, fullgraph=True)`` with its own recompile
-budget (``isolate_recompiles``, ``recompile_limit`` = ``_RECOMPILE_LIMIT``): every new problem shape
+budget (``isolate_recompiles``, ``recompile_limit`` = ``_RECOMPILE_LIMIT``; on torch versions
+without those arguments dynamo's per-code-object limit is raised to it once): every new problem shape
 is one compile, repeated calls are cache hits, and a sweep over many problems never reaches dynamo's
 recompile limit (the default limit of 8 is per code object and would otherwise be hit).
 
@@ -1094,24 +1095,21 @@ def _compiled_flex() -> Callable:
                 kwargs["recompile_limit"] = _RECOMPILE_LIMIT
             if "isolate_recompiles" in params and _RECOMPILE_LIMIT is not None:
                 kwargs["isolate_recompiles"] = True
-            compiled = torch.compile(flex_attention, **kwargs)
             if "recompile_limit" not in kwargs and _RECOMPILE_LIMIT is not None:
-                compiled = _with_recompile_budget(compiled)
-            _COMPILED = compiled
+                _raise_recompile_limit(_RECOMPILE_LIMIT)
+            _COMPILED = torch.compile(flex_attention, **kwargs)
         return _COMPILED
 
 
-def _with_recompile_budget(fn: Callable) -> Callable:
-    """For torch versions whose torch.compile has no ``recompile_limit`` argument: raise dynamo's
-    per-code-object limit around our calls only."""
+def _raise_recompile_limit(limit: int) -> None:
+    """For torch versions whose torch.compile has no per-function ``recompile_limit``: raise
+    dynamo's per-code-object limit once, globally (never lowered). A per-call config patch would
+    cost host time on every call, and dynamo guards on its config, so patched and unpatched calls
+    would not share compiled entries."""
     cfg = torch._dynamo.config
     name = "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"
-
-    def call(*args: Any, **kwargs: Any) -> Any:
-        with cfg.patch(**{name: max(getattr(cfg, name), _RECOMPILE_LIMIT)}):
-            return fn(*args, **kwargs)
-
-    return call
+    if getattr(cfg, name) < limit:
+        setattr(cfg, name, limit)
 
 
 def _reset_compiled() -> None:
@@ -1386,6 +1384,60 @@ def fna(
     if query.dtype != torch.float64:
         lse = lse.float()
     return out, lse
+
+
+def prepare_fna(
+    query: Tensor, key: Tensor, value: Tensor, spec: WindowSpec, scale: float, **options: Any
+) -> Callable[[Tensor, Tensor, Tensor], Tuple[Tensor, Tensor]]:
+    """A runner for repeated calls with this exact signature (shapes, strides, dtypes, devices,
+    grad mode, context flags: the dispatcher's plan-cache key), with tiles, block mask and kernel
+    options resolved once. Host time matters on small problems (1-D rows run in ~0.1 ms).
+
+    The first call goes through :func:`fna` (it compiles, under the recompile budget); later calls
+    permute, call the compiled FlexAttention directly and permute back. Anything unusual (eager
+    path, compile failure, inside the user's torch.compile) keeps using :func:`fna`."""
+    needs_grad = _needs_grad(query, key, value)
+    slow = functools.partial(_fna_entry, spec=spec, scale=scale, options=options)
+    if not _use_compile(query, needs_grad) or _is_compiling():
+        return slow  # eager FlexAttention (in query chunks), or CPU training (reference)
+    if query.device.type not in ("cuda", "cpu") or _common_reason(
+        query, key, value, bool(options.get("torch_compile", False))
+    ) is not None:
+        return slow
+    q_tile, kv_tile = _resolve_tiles(
+        spec, options.get("q_tile_shape"), options.get("kv_tile_shape"),
+        _min_tile_tokens(query, needs_grad),
+    )
+    plan = _get_na_plan(spec, q_tile, kv_tile, query.device)
+    dl = tuple(int(d) for d in spec.dilation)
+    q_shape = tuple(int(s) for s in spec.q_shape)
+    B = int(query.shape[0])
+    opts = _plan_options(plan, int(query.shape[-1]), query.dtype, query.is_cuda)
+    gqa = query.shape[-2] != key.shape[-2]
+    scale_f = float(scale)
+    warm = [False]
+
+    def run(q: Tensor, k: Tensor, v: Tensor) -> Tuple[Tensor, Tensor]:
+        if not warm[0] or plan.compile_failed or not _HAS_AUX:
+            warm[0] = True
+            return slow(q, k, v)
+        qt = _to_tiles(q, q_tile, plan.q_ext, dl, plan.q_front).transpose(1, 2)
+        kt = _to_tiles(k, kv_tile, plan.kv_ext, dl, plan.kv_front).transpose(1, 2)
+        vt = _to_tiles(v, kv_tile, plan.kv_ext, dl, plan.kv_front).transpose(1, 2)
+        out, aux = _compiled_flex()(
+            qt, kt, vt, block_mask=plan.block_mask, scale=scale_f, enable_gqa=gqa,
+            kernel_options=opts, return_aux=AuxRequest(lse=True),
+        )
+        out = _from_tiles(out.transpose(1, 2), B, q_shape, q_tile, plan.q_ext, dl, plan.q_front)
+        lse = _from_tiles(aux.lse.transpose(1, 2), B, q_shape, q_tile, plan.q_ext, dl, plan.q_front)
+        return out, (lse if q.dtype == torch.float64 else lse.float())
+
+    return run
+
+
+def _fna_entry(q: Tensor, k: Tensor, v: Tensor, spec: WindowSpec, scale: float,
+               options: Dict[str, Any]) -> Tuple[Tensor, Tensor]:
+    return fna(q, k, v, spec, scale, **options)
 
 
 def fmha(
