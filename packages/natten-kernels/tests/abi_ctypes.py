@@ -55,7 +55,15 @@ class FnaForwardParams(ctypes.Structure):
         ("device", _i32),
         ("reserved", _i32),
         ("stream", ctypes.c_void_p),
+        # ABI 1.1: slabs of a larger grid (all 0 = the whole grid)
+        ("global_shape", _i64 * 3),
+        ("q_origin", _i64 * 3),
+        ("kv_origin", _i64 * 3),
+        ("kv_shape", _i64 * 3),
     ]
+
+
+SIZE_V1_0 = 448  # NATTEN_FNA_FORWARD_PARAMS_SIZE_V1_0: the struct of a caller built against ABI 1.0
 
 
 class FnaProblem(ctypes.Structure):

@@ -56,13 +56,17 @@ def test_comment_and_whitespace_changes_do_not_count(tmp_path):
     assert _with_header(tmp_path, text) is None
 
 
+def _version(text):
+    return "%d.%d" % abi_lock.header_version(text)
+
+
 def test_real_change_without_bump_fails(tmp_path):
     # Rename a struct field (same layout, different API): still an ABI change.
     text, n = re.subn(r"int32_t reserved;(\s+/\* must be 0 \*/\s+void\* stream;)", r"int32_t flags;\1",
                       HEADER.read_text())
     assert n == 1
     msg = _with_header(tmp_path, text)
-    assert msg and "changed but NATTEN_ABI_VERSION is still 1.0" in msg
+    assert msg and f"changed but NATTEN_ABI_VERSION is still {_version(text)}" in msg
     assert "NATTEN_ABI_VERSION_MINOR" in msg and "NATTEN_ABI_VERSION_MAJOR" in msg
 
 
@@ -72,9 +76,19 @@ def test_macro_change_without_bump_fails(tmp_path):
 
 
 def test_bump_without_lock_update_fails(tmp_path):
-    text = HEADER.read_text().replace("#define NATTEN_ABI_VERSION_MINOR 0", "#define NATTEN_ABI_VERSION_MINOR 1")
+    major, minor = abi_lock.header_version(HEADER.read_text())
+    text = HEADER.read_text().replace(f"#define NATTEN_ABI_VERSION_MINOR {minor}",
+                                      f"#define NATTEN_ABI_VERSION_MINOR {minor + 1}")
     msg = _with_header(tmp_path, text)
-    assert msg and "--update" in msg and "1.1" in msg
+    assert msg and "--update" in msg and f"{major}.{minor + 1}" in msg
+
+
+def test_appending_a_field_needs_a_bump(tmp_path):
+    # A field appended to a struct with struct_size (a minor change) still changes the hash.
+    text, n = re.subn(r"(int64_t kv_shape\[NATTEN_MAX_RANK\];[^\n]*\n)", r"\1  int32_t future_flag;\n",
+                      HEADER.read_text())
+    assert n == 1
+    assert "bump" in _with_header(tmp_path, text)
 
 
 def test_normalize_keeps_macro_shape():

@@ -102,7 +102,9 @@ def test_test_mirror_matches_c_layout(tmp_path):
     layout = _c_layout(tmp_path)
     for sname, cls in STRUCTS.items():
         _check_mirror(cls, sname, layout)
-    assert layout["natten_fna_forward_params"][0] == 448
+    assert layout["natten_fna_forward_params"][0] == 544  # NATTEN_FNA_FORWARD_PARAMS_SIZE_V1_1
+    # ABI 1.1 appended its fields right after the 1.0 layout (448 bytes).
+    assert layout["natten_fna_forward_params"][1]["global_shape"][0] == 448
     assert layout["natten_fna_problem"][0] == 48
     assert layout["natten_tile_config"][0] == 40
 

@@ -8,13 +8,17 @@
 //    K = 1: the window rule equals a brute-force transcription of SEMANTICS.md; non-causal windows
 //    hold exactly K keys; stride-1 non-causal windows equal the classic NATTEN formula; window
 //    start/end are monotone; for every run of queries [q0, q1] of a dilation group the tile key range
-//    covers every attended key and is tight, and the fully-inside test is exact for every key run.
+//    covers every attended key and is tight, and the fully-inside test is exact for every key run;
+//    for every query slab [q_begin, q_end) the O(1) slab_key_range equals the brute-force range of
+//    attended keys.
 // 2. A replay of the kernel's decisions on random multi-dimensional problems (rank 1-3, odd shapes,
-//    even/odd kernels, stride, dilation, per-axis causal, all power-of-two tile shapes): every query
-//    token is owned by exactly one work tile, every attended (query, key) pair is computed exactly
-//    once, no other pair is, no masked-off or out-of-grid key is ever attended, "full" key tiles need
-//    no mask, the per-row 64-bit column mask word equals the per-element rule, and the odometer
-//    key-tile walk equals the indexed one.
+//    even/odd kernels, stride, dilation, per-axis causal, all power-of-two tile shapes; two thirds
+//    of them on a query slab and a key slab of a larger grid, the key slab covering the query slab's
+//    keys with a random margin): every query token of the slab is owned by exactly one work tile,
+//    every attended (query, key) pair is computed exactly once, no other pair is, no masked-off key
+//    or key outside the key slab is ever attended, "full" key tiles need no mask, the per-row 64-bit
+//    column mask word equals the per-element rule, and the odometer key-tile walk equals the
+//    indexed one.
 // 3. A numeric replay (every third problem) of the kernel's per-CTA online softmax in that tile
 //    order (masked tiles, rows whose first tiles hold no key, zero-filled out-of-grid keys) against
 //    a float64 softmax: output and logsumexp.
@@ -133,27 +137,43 @@ static void check_axis(int n, int K, int s, int d, bool causal) {
       }
     }
   }
+  // key range of every query slab (global token coordinates), against brute force
+  for (int qb = 0; qb < n; ++qb) {
+    for (int qe = qb + 1; qe <= n; ++qe) {
+      int want_lo = n, want_hi = 0;
+      for (int i = qb; i < qe; ++i)
+        for (int j = 0; j < n; ++j)
+          if (brute_attends(i, j, n, K, s, d, causal)) {
+            want_lo = std::min(want_lo, j);
+            want_hi = std::max(want_hi, j + 1);
+          }
+      int lo, hi;
+      nw::slab_key_range(n, K, s, d, causal, qb, qe, lo, hi);
+      CHECK(lo == want_lo && hi == want_hi, "slab key range n=%d K=%d s=%d d=%d c=%d q=[%d,%d): [%d,%d) want [%d,%d)",
+            n, K, s, d, int(causal), qb, qe, lo, hi, want_lo, want_hi);
+    }
+  }
 }
 
 // ---- multi-dimensional replay of the kernel ---------------------------------------------------
 struct Problem {
   int rank;
-  int n[3], K[3], s[3], d[3];
+  int n[3], K[3], s[3], d[3];  // n: the global grid
   bool causal[3];
+  int q0[3], nq[3];            // query slab: origin and extent (0, n without a region)
+  int k0[3], nk[3];            // key slab
   int ql[3], kl[3];
   int batch, heads;
 };
 
-static bool brute_multi(const Problem& p, const int x[3], const int y[3]) {
-  for (int a = 0; a < 3; ++a)
-    if (!brute_attends(x[a], y[a], p.n[a], p.K[a], p.s[a], p.d[a], p.causal[a])) return false;
-  return true;
-}
-
-static void replay(const Problem& p) {
-  ns::Geometry geo{};
+static void set_geometry(const Problem& p, ns::Geometry& geo) {
+  geo = ns::Geometry{};
   for (int a = 0; a < 3; ++a) {
     geo.extent[a] = p.n[a];
+    geo.q_extent[a] = p.nq[a];
+    geo.kv_extent[a] = p.nk[a];
+    geo.q_origin[a] = p.q0[a];
+    geo.kv_origin[a] = p.k0[a];
     geo.kernel[a] = p.K[a];
     geo.stride[a] = p.s[a];
     geo.dilation[a] = p.d[a];
@@ -164,14 +184,33 @@ static void replay(const Problem& p) {
   geo.batch = p.batch;
   geo.heads = p.heads;
   ns::geometry_finalize(geo);
+}
 
-  const int N = p.n[0] * p.n[1] * p.n[2];
+// Slab token (index into the slab, last axis fastest) <-> per-axis slab coordinates.
+static int slab_lin(const int ext[3], const int c[3]) { return (c[0] * ext[1] + c[1]) * ext[2] + c[2]; }
+static void slab_coord(const int ext[3], int i, int c[3]) {
+  c[0] = i / (ext[1] * ext[2]);
+  c[1] = (i / ext[2]) % ext[1];
+  c[2] = i % ext[2];
+}
+
+static bool brute_multi(const Problem& p, const int x[3], const int y[3]) {
+  for (int a = 0; a < 3; ++a)
+    if (!brute_attends(x[a], y[a], p.n[a], p.K[a], p.s[a], p.d[a], p.causal[a])) return false;
+  return true;
+}
+
+static void replay(const Problem& p) {
+  ns::Geometry geo;
+  set_geometry(p, geo);
+
+  const int NQ = p.nq[0] * p.nq[1] * p.nq[2];  // query slab tokens
+  const int NK = p.nk[0] * p.nk[1] * p.nk[2];  // key slab tokens
   const int qsize = 1 << (p.ql[0] + p.ql[1] + p.ql[2]);
   const int ksize = 1 << (p.kl[0] + p.kl[1] + p.kl[2]);
-  // visits[(b*heads + h)][query][key]
-  std::vector<int> owner(size_t(p.batch) * p.heads * N, 0);
-  std::vector<unsigned char> visits(size_t(p.batch) * p.heads * N * N, 0);
-  auto lin = [&](const int c[3]) { return (c[0] * p.n[1] + c[1]) * p.n[2] + c[2]; };
+  // visits[(b*heads + h)][query slab token][key slab token]
+  std::vector<int> owner(size_t(p.batch) * p.heads * NQ, 0);
+  std::vector<unsigned char> visits(size_t(p.batch) * p.heads * NQ * NK, 0);
 
   for (int64_t w = 0; w < geo.num_work; ++w) {
     const ns::WorkTile wt = ns::decode_work(geo, w);
@@ -184,6 +223,8 @@ static void replay(const Problem& p) {
     if (!nonempty) continue;
     const ns::KeyTiles kt = ns::make_key_tiles(geo, qt);
     CHECK(kt.total >= 1, "at least one key tile");
+    for (int a = 0; a < 3; ++a)  // key tiles are loaded from the key box's first key on: inside the slab
+      CHECK(kt.start[a] >= 0 && kt.start[a] < qt.n_kv[a], "key box starts outside the key slab: %d", kt.start[a]);
     const size_t bh = size_t(wt.batch) * p.heads + size_t(wt.head);
 
     // per-row windows, as the kernel stores them in shared memory
@@ -202,17 +243,21 @@ static void replay(const Problem& p) {
         int rel[3];
         for (int a = 0; a < 3; ++a) rel[a] = rs[r * 3 + a] - kb[a];
         const uint64_t word = ns::key_tile_row_mask(rel, &rl[r * 3], geo.kv_log2, rep);
-        int rc[3], x[3];
+        int rc[3], x[3], xg[3];  // query: slab and global token coordinates
         ns::tile_coord(r, geo.q_log2, rc);
         const bool rvalid = ns::query_row_valid(geo, qt, r);
         bool row_has_key = false;
-        for (int a = 0; a < 3; ++a) x[a] = wt.group[a] + p.d[a] * (qt.q0[a] + rc[a]);
+        for (int a = 0; a < 3; ++a) {
+          x[a] = wt.group[a] + p.d[a] * (qt.q0[a] + rc[a]);
+          xg[a] = x[a] + p.q0[a];
+        }
         for (int c = 0; c < ksize; ++c) {
-          int kc[3], key[3], y[3];
+          int kc[3], key[3], y[3], yg[3];  // key: slab and global token coordinates
           ns::tile_coord(c, geo.kv_log2, kc);
           for (int a = 0; a < 3; ++a) {
             key[a] = kb[a] + kc[a];
-            y[a] = wt.group[a] + p.d[a] * key[a];
+            y[a] = qt.kv_group[a] + p.d[a] * key[a];
+            yg[a] = y[a] + p.k0[a];
           }
           const bool cvalid = ns::key_col_valid(geo, qt, kb, c);
           const bool masked_ok = ns::row_attends(&rs[r * 3], &rl[r * 3], key);
@@ -225,9 +270,11 @@ static void replay(const Problem& p) {
           if (computed) CHECK(cvalid, "attends an out-of-grid key (row valid=%d)", int(rvalid));
           if (computed && cvalid) row_has_key = true;
           if (!rvalid || !cvalid || !computed) continue;
-          CHECK(brute_multi(p, x, y), "attends a non-neighbour x=(%d,%d,%d) y=(%d,%d,%d)", x[0], x[1], x[2],
-                y[0], y[1], y[2]);
-          unsigned char& v = visits[(bh * N + lin(x)) * N + lin(y)];
+          for (int a = 0; a < 3; ++a)
+            CHECK(key[a] >= 0 && y[a] >= 0 && y[a] < p.nk[a], "key outside the key slab axis %d: %d", a, y[a]);
+          CHECK(brute_multi(p, xg, yg), "attends a non-neighbour x=(%d,%d,%d) y=(%d,%d,%d)", xg[0], xg[1], xg[2],
+                yg[0], yg[1], yg[2]);
+          unsigned char& v = visits[(bh * NQ + slab_lin(p.nq, x)) * NK + slab_lin(p.nk, y)];
           if (v < 255) ++v;
         }
         (void)row_has_key;
@@ -239,22 +286,28 @@ static void replay(const Problem& p) {
       int rc[3], x[3];
       ns::tile_coord(r, geo.q_log2, rc);
       for (int a = 0; a < 3; ++a) x[a] = wt.group[a] + p.d[a] * (qt.q0[a] + rc[a]);
-      ++owner[bh * N + lin(x)];
+      ++owner[bh * NQ + slab_lin(p.nq, x)];
     }
   }
 
+  // Every query of the slab owned once; every (query, key of the key slab) pair visited iff
+  // attended, and the key slab holds all attended keys (the problem was built that way).
   for (size_t bh = 0; bh < size_t(p.batch) * p.heads; ++bh) {
-    for (int xi = 0; xi < N; ++xi) {
-      const int x[3] = {xi / (p.n[1] * p.n[2]), (xi / p.n[2]) % p.n[1], xi % p.n[2]};
-      CHECK(owner[bh * N + xi] == 1, "query owned %d times", owner[bh * N + xi]);
+    for (int xi = 0; xi < NQ; ++xi) {
+      int x[3], xg[3];
+      slab_coord(p.nq, xi, x);
+      for (int a = 0; a < 3; ++a) xg[a] = x[a] + p.q0[a];
+      CHECK(owner[bh * NQ + xi] == 1, "query owned %d times", owner[bh * NQ + xi]);
       int attended = 0;
-      for (int yi = 0; yi < N; ++yi) {
-        const int y[3] = {yi / (p.n[1] * p.n[2]), (yi / p.n[2]) % p.n[1], yi % p.n[2]};
-        const int want = brute_multi(p, x, y) ? 1 : 0;
+      for (int yi = 0; yi < NK; ++yi) {
+        int y[3], yg[3];
+        slab_coord(p.nk, yi, y);
+        for (int a = 0; a < 3; ++a) yg[a] = y[a] + p.k0[a];
+        const int want = brute_multi(p, xg, yg) ? 1 : 0;
         attended += want;
-        const int got = visits[(bh * N + xi) * N + yi];
-        CHECK(got == want, "pair visited %d times, want %d: x=(%d,%d,%d) y=(%d,%d,%d)", got, want, x[0], x[1],
-              x[2], y[0], y[1], y[2]);
+        const int got = visits[(bh * NQ + xi) * NK + yi];
+        CHECK(got == want, "pair visited %d times, want %d: x=(%d,%d,%d) y=(%d,%d,%d)", got, want, xg[0], xg[1],
+              xg[2], yg[0], yg[1], yg[2]);
       }
       CHECK(attended > 0, "query without keys");
     }
@@ -265,29 +318,18 @@ static void replay(const Problem& p) {
 // Same tile walk, full / masked decisions and mask words as the kernel, with the kernel's
 // log2-domain online softmax (running max with the "no key yet" guard, rescale, final 1/sum and
 // lse = (m + log2(sum)) * ln2) in float, against a direct float64 softmax over the attended keys.
-static void numeric_replay(const Problem& p, std::mt19937& rng) {
-  ns::Geometry geo{};
-  for (int a = 0; a < 3; ++a) {
-    geo.extent[a] = p.n[a];
-    geo.kernel[a] = p.K[a];
-    geo.stride[a] = p.s[a];
-    geo.dilation[a] = p.d[a];
-    geo.causal[a] = p.causal[a] ? 1 : 0;
-    geo.q_log2[a] = p.ql[a];
-    geo.kv_log2[a] = p.kl[a];
-  }
-  geo.batch = 1;
-  geo.heads = 1;
-  ns::geometry_finalize(geo);
-  const int N = p.n[0] * p.n[1] * p.n[2], D = 4;
+static void numeric_replay(Problem p, std::mt19937& rng) {
+  p.batch = p.heads = 1;
+  ns::Geometry geo;
+  set_geometry(p, geo);
+  const int NQ = p.nq[0] * p.nq[1] * p.nq[2], NK = p.nk[0] * p.nk[1] * p.nk[2], D = 4;
   std::normal_distribution<float> nd(0.f, 1.f);
-  std::vector<float> q(N * D), k(N * D), v(N * D);
+  std::vector<float> q(NQ * D), k(NK * D), v(NK * D);
   for (auto& x : q) x = 2.f * nd(rng);
   for (auto& x : k) x = 2.f * nd(rng);
   for (auto& x : v) x = nd(rng);
   const float scale = 0.7f;
   const float scale_log2 = float(scale * 1.4426950408889634);
-  auto lin = [&](const int c[3]) { return (c[0] * p.n[1] + c[1]) * p.n[2] + c[2]; };
   const int qsize = 1 << (p.ql[0] + p.ql[1] + p.ql[2]);
   const int ksize = 1 << (p.kl[0] + p.kl[1] + p.kl[2]);
   uint64_t rep[3];
@@ -300,11 +342,14 @@ static void numeric_replay(const Problem& p, std::mt19937& rng) {
     const ns::KeyTiles kt = ns::make_key_tiles(geo, qt);
     for (int r = 0; r < qsize; ++r) {
       if (!ns::query_row_valid(geo, qt, r)) continue;
-      int rc[3], x[3], ws[3], wl[3];
+      int rc[3], x[3], xg[3], ws[3], wl[3];
       ns::tile_coord(r, geo.q_log2, rc);
-      for (int a = 0; a < 3; ++a) x[a] = wt.group[a] + p.d[a] * (qt.q0[a] + rc[a]);
+      for (int a = 0; a < 3; ++a) {
+        x[a] = wt.group[a] + p.d[a] * (qt.q0[a] + rc[a]);
+        xg[a] = x[a] + p.q0[a];
+      }
       ns::query_row_window(geo, qt, r, ws, wl);
-      const int xi = lin(x);
+      const int xi = slab_lin(p.nq, x);
       // kernel algorithm
       float m = -INFINITY, l = 0.f, o[D] = {0, 0, 0, 0};
       int kb[3] = {kt.start[0], kt.start[1], kt.start[2]};
@@ -321,12 +366,12 @@ static void numeric_replay(const Problem& p, std::mt19937& rng) {
           ns::tile_coord(c, geo.kv_log2, kc);
           bool in = true;
           for (int a = 0; a < 3; ++a) {
-            y[a] = wt.group[a] + p.d[a] * (kb[a] + kc[a]);
-            in = in && kb[a] + kc[a] < qt.axis[a].n;
+            y[a] = qt.kv_group[a] + p.d[a] * (kb[a] + kc[a]);
+            in = in && kb[a] + kc[a] < qt.n_kv[a];
           }
           float dot = 0.f;
           if (in) {
-            key_index[c] = lin(y);
+            key_index[c] = slab_lin(p.nk, y);
             for (int e = 0; e < D; ++e) dot += q[xi * D + e] * k[key_index[c] * D + e];
           }
           float sv = dot * scale_log2;  // zero-filled rows score 0
@@ -354,11 +399,13 @@ static void numeric_replay(const Problem& p, std::mt19937& rng) {
       const float lse = l > 0.f ? (m + std::log2(l)) * 0.69314718055994530942f : -INFINITY;
       // float64 reference
       double rm = -1e300;
-      std::vector<double> ref_s(N, 0.0);
-      std::vector<char> att(N, 0);
-      for (int yi = 0; yi < N; ++yi) {
-        const int y[3] = {yi / (p.n[1] * p.n[2]), (yi / p.n[2]) % p.n[1], yi % p.n[2]};
-        if (!brute_multi(p, x, y)) continue;
+      std::vector<double> ref_s(NK, 0.0);
+      std::vector<char> att(NK, 0);
+      for (int yi = 0; yi < NK; ++yi) {
+        int y[3], yg[3];
+        slab_coord(p.nk, yi, y);
+        for (int a = 0; a < 3; ++a) yg[a] = y[a] + p.k0[a];
+        if (!brute_multi(p, xg, yg)) continue;
         att[yi] = 1;
         double dot = 0.0;
         for (int e = 0; e < D; ++e) dot += double(q[xi * D + e]) * double(k[yi * D + e]);
@@ -366,7 +413,7 @@ static void numeric_replay(const Problem& p, std::mt19937& rng) {
         rm = std::max(rm, ref_s[yi]);
       }
       double rl = 0.0, ro[D] = {0, 0, 0, 0};
-      for (int yi = 0; yi < N; ++yi) {
+      for (int yi = 0; yi < NK; ++yi) {
         if (!att[yi]) continue;
         const double e = std::exp(ref_s[yi] - rm);
         rl += e;
@@ -407,10 +454,13 @@ int main(int argc, char** argv) {
     Problem p{};
     p.rank = uni(1, 3);
     const int max_ext = p.rank == 1 ? 70 : (p.rank == 2 ? 17 : 9);
+    const bool region = uni(0, 2) != 0;
     for (int a = 0; a < 3; ++a) {
       if (a >= p.rank) {
         p.n[a] = p.K[a] = p.s[a] = p.d[a] = 1;
         p.causal[a] = false;
+        p.q0[a] = p.k0[a] = 0;
+        p.nq[a] = p.nk[a] = 1;
         continue;
       }
       p.n[a] = uni(2, max_ext);
@@ -419,6 +469,16 @@ int main(int argc, char** argv) {
       p.s[a] = uni(1, p.K[a]);
       if (uni(0, 3) == 0) p.s[a] = 1;
       p.causal[a] = uni(0, 2) == 0;
+      p.q0[a] = 0;
+      p.nq[a] = p.n[a];
+      if (region) {  // a random query slab, the key slab its key range plus a random margin
+        p.q0[a] = uni(0, p.n[a] - 1);
+        p.nq[a] = uni(1, p.n[a] - p.q0[a]);
+      }
+      int lo, hi;
+      nw::slab_key_range(p.n[a], p.K[a], p.s[a], p.d[a], p.causal[a], p.q0[a], p.q0[a] + p.nq[a], lo, hi);
+      p.k0[a] = region ? std::max(0, lo - uni(0, 2) * uni(0, 2)) : 0;
+      p.nk[a] = region ? std::min(p.n[a], hi + uni(0, 2) * uni(0, 2)) - p.k0[a] : p.n[a];
     }
     // tile shapes: powers of two over the real axes, total 2^q / 2^k with q, k <= 6 (kernel: 6)
     for (int pass = 0; pass < 2; ++pass) {

@@ -77,7 +77,7 @@ def _build_fake(tmp_path_factory, abi: int) -> Path:
 
 @pytest.fixture(scope="module")
 def fake_lib_path(tmp_path_factory):
-    return _build_fake(tmp_path_factory, 1000)
+    return _build_fake(tmp_path_factory, 1001)
 
 
 @pytest.fixture
@@ -203,7 +203,8 @@ def test_abi_mismatch(tmp_path_factory, monkeypatch, abi, needle):
 
 
 def test_info(fake, fake_lib_path):
-    assert L.abi_version() == (1, 0)
+    assert L.abi_version() == (1, 1)
+    assert L.supports_slabs()
     assert L.build_info().startswith("fake natten-kernels")
     assert L.library_path() == str(fake_lib_path)
     assert L.device_info(3) == (9, 3)
@@ -213,7 +214,7 @@ def test_fna_forward_marshalling(fake):
     q, k, v, out, lse = _tensors()
     L.fna_forward(q, k, v, out, lse, (3, 5), (1, 2), (2, 1), (True, False), 0.125, q_tile=(8, 8), kv_tile=[16, 4])
     p = fake.params()
-    assert p.struct_size == 448 and p.dtype == L.DTYPE_FP16 and p.rank == 2
+    assert p.struct_size == 544 and p.dtype == L.DTYPE_FP16 and p.rank == 2
     assert (p.batch, tuple(p.shape), p.heads, p.heads_kv, p.head_dim, p.head_dim_v) == (2, (6, 7, 0), 4, 2, 32, 64)
     assert (p.q, p.k, p.v, p.out, p.lse) == (q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), lse.data_ptr())
     assert tuple(p.q_stride) == q.stride() + (0,)
@@ -228,6 +229,61 @@ def test_fna_forward_marshalling(fake):
     assert tuple(p.q_tile) == (8, 8, 0) and tuple(p.kv_tile) == (16, 4, 0)
     assert (p.backend, p.device, p.reserved) == (0, 1, 0)
     assert p.stream == 0xABC1  # current stream of device 1
+    # No slabs: the ABI 1.1 tail stays zero, which an ABI 1.0 library accepts as well.
+    tail = ctypes.string_at(ctypes.addressof(p) + 448, 544 - 448)
+    assert tail == bytes(96)
+
+
+def test_fna_forward_slab_marshalling(fake):
+    """Slabs: the key tensors have their own token grid (kv_shape), origins and global shape go to
+    the ABI 1.1 fields."""
+    B, H, Hkv, D, Dv = 2, 4, 2, 32, 64
+    q = FakeCudaTensor(torch.empty(B, 5, 7, H, D, dtype=torch.float16), 1)
+    k = FakeCudaTensor(torch.empty(B, 9, 7, Hkv, D, dtype=torch.float16), 1)
+    v = FakeCudaTensor(torch.empty(B, 9, 7, Hkv, Dv, dtype=torch.float16), 1)
+    out = FakeCudaTensor(torch.empty(B, 5, 7, H, Dv, dtype=torch.float16), 1)
+    lse = FakeCudaTensor(torch.empty(B, 5, 7, H, dtype=torch.float32), 1)
+    L.fna_forward(q, k, v, out, lse, 5, 1, 1, False, 0.125, global_shape=(20, 7), q_origin=(6, 0),
+                  kv_origin=[4, 0])
+    p = fake.params()
+    assert tuple(p.shape) == (5, 7, 0) and tuple(p.kv_shape) == (9, 7, 0)
+    assert tuple(p.global_shape) == (20, 7, 0)
+    assert tuple(p.q_origin) == (6, 0, 0) and tuple(p.kv_origin) == (4, 0, 0)
+    assert tuple(p.k_stride) == k.stride() + (0,) and tuple(p.v_stride) == v.stride() + (0,)
+    # Origins default to 0; the cache keys on the slab arguments.
+    L.fna_forward(q, k, v, out, lse, 5, 1, 1, False, 0.125, global_shape=(9, 7))
+    p = fake.params()
+    assert tuple(p.global_shape) == (9, 7, 0) and tuple(p.q_origin) == (0, 0, 0) and tuple(p.kv_origin) == (0, 0, 0)
+    # The prepared launcher carries the slab too.
+    prep = L.PreparedFnaForward(q, k, v, out, None, 5, 1, 1, False, 0.125, global_shape=(20, 7), q_origin=(6, 0),
+                                kv_origin=(4, 0))
+    prep.launch(q, k, v, out, None)
+    p = fake.params()
+    assert tuple(p.global_shape) == (20, 7, 0) and tuple(p.q_origin) == (6, 0, 0) and tuple(p.kv_shape) == (9, 7, 0)
+    # Without global_shape k must have q's grid, and origins alone are refused.
+    with pytest.raises(L.NattenInvalidArgumentError, match=r"k has shape \(2, 9, 7, 2, 32\); expected \[B, \*shape"):
+        L.fna_forward(q, k, v, out, lse, 5, 1, 1, False, 0.125)
+    q2, k2, v2, out2, lse2 = _tensors()
+    with pytest.raises(L.NattenInvalidArgumentError, match="need global_shape"):
+        L.fna_forward(q2, k2, v2, out2, lse2, 3, 1, 1, False, 0.125, q_origin=(1, 0))
+    with pytest.raises(L.NattenInvalidArgumentError, match="global_shape has 3 entries but the problem has rank 2"):
+        L.fna_forward(q, k, v, out, lse, 5, 1, 1, False, 0.125, global_shape=(20, 7, 1))
+
+
+def test_slabs_need_abi_1_1(tmp_path_factory, monkeypatch):
+    """An ABI 1.0 library loads (natten supports 1.x) but cutlass-fna refuses slabs with a reason."""
+    so = _build_fake(tmp_path_factory, 1000)
+    monkeypatch.setenv(L.ENV_LIBRARY, str(so))
+    L._reset()
+    try:
+        assert L.is_available() and L.abi_version() == (1, 0)
+        assert not L.supports_slabs()
+        from natten.backends import cutlass
+
+        reason = cutlass._slabs_reason()
+        assert "ABI 1.0" in reason and "ABI >= 1.1" in reason and "upgrade natten-kernels" in reason
+    finally:
+        L._reset()
 
 
 def test_fna_forward_defaults_and_broadcast(fake):

@@ -38,3 +38,36 @@ def test_real_library(real_lib, monkeypatch):
         # fake pointers must never reach a launch, so this part only runs without one.)
         with pytest.raises(L.NattenNoDeviceError, match="no CUDA device"):
             L.fna_forward(q, k, v, out, lse, (3, 5), 1, 1, False, 0.125)
+
+
+def test_real_library_slab_validation(real_lib, monkeypatch):
+    """ABI 1.1 slab fields reach the library's checks (messages name the field, axis and values)."""
+    assert L.supports_slabs()
+    L._import_torch()
+    monkeypatch.setattr(L, "_raw_stream", lambda index: 0)
+    q, _, _, out, lse = _tensors(shape=(4, 7), device=0)
+    _, k, v, _, _ = _tensors(shape=(6, 7), device=0)
+    # The query slab [3, 7) of a 12-row grid with kernel 3 needs the keys [2, 8); [2, 8) works,
+    # [1, 7) misses key 7.
+    with pytest.raises(L.NattenInvalidArgumentError,
+                       match=r"the key slab \[1, 7\) on axis 0 .* does not cover the keys \[2, 8\) that the "
+                             r"query slab \[3, 7\)"):
+        L.fna_forward(q, k, v, out, lse, 3, 1, 1, False, 0.125, global_shape=(12, 7), q_origin=(3, 0),
+                      kv_origin=(1, 0))
+    with pytest.raises(L.NattenInvalidArgumentError,
+                       match=r"q_origin\[0\] \+ shape\[0\] = 10 \+ 4 exceeds global_shape\[0\] = 12"):
+        L.fna_forward(q, k, v, out, lse, 3, 1, 1, False, 0.125, global_shape=(12, 7), q_origin=(10, 0),
+                      kv_origin=(2, 0))
+    with pytest.raises(L.NattenInvalidArgumentError,
+                       match=r"kernel_size\[1\] \* dilation\[1\] = 3 \* 3 = 9 exceeds global_shape\[1\] = 7"):
+        L.fna_forward(q, k, v, out, lse, 3, 1, (1, 3), False, 0.125, global_shape=(12, 7), q_origin=(3, 0),
+                      kv_origin=(2, 0))
+    with pytest.raises(L.NattenInvalidArgumentError, match=r"q_origin\[1\] is -1; it must be >= 0"):
+        L.fna_forward(q, k, v, out, lse, 3, 1, 1, False, 0.125, global_shape=(12, 7), q_origin=(3, -1),
+                      kv_origin=(2, 0))
+    try:
+        L.device_info(-1)
+    except L.NattenNoDeviceError:
+        with pytest.raises(L.NattenNoDeviceError, match="no CUDA device"):
+            L.fna_forward(q, k, v, out, lse, 3, 1, 1, False, 0.125, global_shape=(12, 7), q_origin=(3, 0),
+                          kv_origin=(2, 0))

@@ -17,8 +17,10 @@
  *     (natten_status). On failure, natten_last_error() returns a message for this thread.
  *   - Every parameter struct starts with `uint64_t struct_size`, which the caller sets to
  *     sizeof(the struct) as compiled against this header. The library accepts any size >= the
- *     v1.0 size (trailing fields it does not know are ignored only if they are zero) and rejects
- *     smaller ones.
+ *     v1.0 size and rejects smaller ones. It reads only the first struct_size bytes: fields
+ *     appended after that size (a caller compiled against an older minor) take their default,
+ *     which is always "all zero". Trailing fields it does not know (a caller compiled against a
+ *     newer minor) are ignored only if they are zero.
  *   - Shapes and strides are int64, strides in elements (not bytes).
  *   - Functions never abort, exit, print or throw; all failures are reported through the status.
  */
@@ -30,7 +32,7 @@
 #include <string.h>
 
 #define NATTEN_ABI_VERSION_MAJOR 1
-#define NATTEN_ABI_VERSION_MINOR 0
+#define NATTEN_ABI_VERSION_MINOR 1
 #define NATTEN_ABI_VERSION (NATTEN_ABI_VERSION_MAJOR * 1000 + NATTEN_ABI_VERSION_MINOR)
 
 /* Maximum number of spatial (token grid) axes. */
@@ -41,6 +43,8 @@
 /* sizeof() of the v1.0 structs (LP64); the library rejects a struct_size below these. */
 #define NATTEN_FNA_FORWARD_PARAMS_SIZE_V1_0 448
 #define NATTEN_FNA_PROBLEM_SIZE_V1_0 48
+/* sizeof(natten_fna_forward_params) since v1.1 (query/key slabs of a larger grid appended). */
+#define NATTEN_FNA_FORWARD_PARAMS_SIZE_V1_1 544
 
 #if defined(_WIN32)
 #if defined(NATTEN_KERNELS_BUILDING)
@@ -100,6 +104,7 @@ typedef enum natten_backend {
  *   v   [B, X, (Y), (Z), H_kv, Dv]      dtype
  *   out [B, X, (Y), (Z), H,    Dv]      dtype
  *   lse [B, X, (Y), (Z), H]             float32, natural log of the scaled scores (optional)
+ * (X, Y, Z) = shape. With slabs (below) k and v have the token grid kv_shape instead.
  *
  * Strides are given per tensor dim in tensor order, in elements: index 0 = batch,
  * 1..R = spatial axes, R+1 = head, R+2 = head dim (must be 1). For lse: 0 = batch,
@@ -108,6 +113,12 @@ typedef enum natten_backend {
  *
  * Window parameters are per spatial axis (entries past R are ignored); see docs/abi.md
  * for the exact semantics (identical to NATTEN >= 0.20).
+ *
+ * Slabs of a larger grid (ABI 1.1; the four arrays at the end, all 0 = the tensors hold the whole
+ * grid): q, out and lse hold the slab of the global grid `global_shape` that starts at global
+ * coordinate `q_origin` and has `shape` tokens per axis; k and v hold the slab at `kv_origin` with
+ * `kv_shape` tokens per axis. Windows are placed on the global grid (clamped at its borders, not
+ * at the slabs'), and the key slab must hold every key the query slab attends.
  */
 typedef struct natten_fna_forward_params {
   uint64_t struct_size; /* = sizeof(natten_fna_forward_params) */
@@ -115,7 +126,7 @@ typedef struct natten_fna_forward_params {
   int32_t rank;         /* R: 1, 2 or 3 */
 
   int64_t batch;                   /* B >= 1 */
-  int64_t shape[NATTEN_MAX_RANK];  /* X, Y, Z: token grid, each >= 1 */
+  int64_t shape[NATTEN_MAX_RANK];  /* X, Y, Z: token grid of q, out, lse, each >= 1 */
   int64_t heads;                   /* H >= 1 */
   int64_t heads_kv;                /* H_kv >= 1, H % H_kv == 0 (GQA/MQA) */
   int64_t head_dim;                /* D */
@@ -133,7 +144,7 @@ typedef struct natten_fna_forward_params {
   int64_t out_stride[NATTEN_MAX_TENSOR_DIMS];
   int64_t lse_stride[NATTEN_MAX_TENSOR_DIMS - 1];
 
-  int32_t kernel_size[NATTEN_MAX_RANK]; /* >= 2 and kernel_size * dilation <= shape */
+  int32_t kernel_size[NATTEN_MAX_RANK]; /* >= 2 and kernel_size * dilation <= global_shape */
   int32_t stride[NATTEN_MAX_RANK];      /* 1 <= stride <= kernel_size */
   int32_t dilation[NATTEN_MAX_RANK];    /* >= 1 */
   int32_t is_causal[NATTEN_MAX_RANK];   /* 0 or 1 */
@@ -146,6 +157,12 @@ typedef struct natten_fna_forward_params {
   int32_t reserved;                 /* must be 0 */
 
   void* stream; /* cudaStream_t to launch on (NULL = legacy default stream) */
+
+  /* ---- ABI 1.1 ---- */
+  int64_t global_shape[NATTEN_MAX_RANK]; /* grid the windows live on; all 0 = shape (no slabs) */
+  int64_t q_origin[NATTEN_MAX_RANK];     /* global coordinate of q's first token; >= 0 */
+  int64_t kv_origin[NATTEN_MAX_RANK];    /* global coordinate of k's and v's first token; >= 0 */
+  int64_t kv_shape[NATTEN_MAX_RANK];     /* token grid of k and v; all 0 = shape */
 } natten_fna_forward_params;
 
 /* A problem description for the kernel-query API. */

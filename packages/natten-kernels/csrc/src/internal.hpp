@@ -20,10 +20,41 @@ int fail(int status, const char* fmt, ...)
     ;
 const char* last_error() noexcept;
 
+// Returns the status of `expr` from the calling function unless it is NATTEN_STATUS_SUCCESS.
+#define NATTEN_CHECK(expr)                                      \
+  do {                                                          \
+    const int natten_st_ = (expr);                              \
+    if (natten_st_ != NATTEN_STATUS_SUCCESS) return natten_st_; \
+  } while (0)
+
 // ---- overflow-safe arithmetic -----------------------------------------------------------------
 
 inline bool mul_overflow(int64_t a, int64_t b, int64_t* out) { return __builtin_mul_overflow(a, b, out); }
 inline bool add_overflow(int64_t a, int64_t b, int64_t* out) { return __builtin_add_overflow(a, b, out); }
+
+// Longest axis (tokens) of the SM80 kernel, which keeps per-axis token coordinates in 32-bit ints.
+constexpr int64_t kMaxKernelAxis = int64_t(1) << 30;
+
+// ---- slabs of a larger grid (fna_region.cpp) ---------------------------------------------------
+
+// The ABI 1.1 fields of natten_fna_forward_params resolved for the first `rank` axes (entries past
+// rank: extent 1, origin 0). Without slabs: global_shape = kv_shape = shape, origins 0.
+struct FnaRegion {
+  bool sliced;  // global_shape was given
+  int64_t global_shape[NATTEN_MAX_RANK];
+  int64_t q_origin[NATTEN_MAX_RANK];
+  int64_t kv_origin[NATTEN_MAX_RANK];
+  int64_t kv_shape[NATTEN_MAX_RANK];
+};
+
+// Reads and checks global_shape / q_origin / kv_origin / kv_shape (zero / non-zero patterns,
+// slabs inside the global grid). Needs valid rank and shape. INVALID_ARGUMENT with a message on
+// failure.
+int resolve_fna_region(const natten_fna_forward_params* p, FnaRegion* r);
+
+// With slabs: the key slab holds every key the query slab attends, per axis (the window
+// parameters must already be valid against r.global_shape).
+int check_fna_region_coverage(const natten_fna_forward_params* p, const FnaRegion& r);
 
 // ---- tile configurations (fna_configs.cpp) ----------------------------------------------------
 

@@ -24,8 +24,10 @@
 #include "sm80/fna_forward.hpp"
 
 static_assert(sizeof(void*) == 8, "natten-kernels supports 64-bit targets only");
-static_assert(sizeof(natten_fna_forward_params) == NATTEN_FNA_FORWARD_PARAMS_SIZE_V1_0,
+static_assert(sizeof(natten_fna_forward_params) == NATTEN_FNA_FORWARD_PARAMS_SIZE_V1_1,
               "natten_fna_forward_params changed size: that is an ABI change (see docs/abi.md)");
+static_assert(offsetof(natten_fna_forward_params, global_shape) == NATTEN_FNA_FORWARD_PARAMS_SIZE_V1_0,
+              "ABI 1.1 fields must follow the 1.0 layout");
 static_assert(sizeof(natten_fna_problem) == NATTEN_FNA_PROBLEM_SIZE_V1_0,
               "natten_fna_problem changed size: that is an ABI change (see docs/abi.md)");
 static_assert(sizeof(natten_tile_config) == 40, "natten_tile_config layout is fixed");
@@ -75,7 +77,8 @@ int64_t dtype_bytes(int dtype) { return dtype == NATTEN_DTYPE_FP32 ? 4 : 2; }
 
 constexpr uint64_t kMaxStructSize = 1u << 16;
 
-int check_struct_size(const void* p, uint64_t size, uint64_t v1_size, const char* name) {
+// v1_size: the smallest size accepted (ABI 1.0); known_size: sizeof the struct in this library.
+int check_struct_size(const void* p, uint64_t size, uint64_t v1_size, uint64_t known_size, const char* name) {
   if (size < v1_size) {
     return fail(NATTEN_STATUS_INVALID_ARGUMENT,
                 "%s.struct_size is %llu but must be at least %llu (sizeof(%s) of ABI 1.0); set it to "
@@ -90,12 +93,12 @@ int check_struct_size(const void* p, uint64_t size, uint64_t v1_size, const char
   }
   // Fields appended by a newer header must be zero (their default) for this library to ignore them.
   const unsigned char* bytes = static_cast<const unsigned char*>(p);
-  for (uint64_t i = v1_size; i < size; ++i) {
+  for (uint64_t i = known_size; i < size; ++i) {
     if (bytes[i] != 0) {
       return fail(NATTEN_STATUS_UNSUPPORTED,
                   "%s has struct_size %llu and a non-zero byte at offset %llu, past the %llu bytes "
                   "this library (ABI %d.%d) knows; the caller uses a newer field: upgrade natten-kernels",
-                  name, (unsigned long long)size, (unsigned long long)i, (unsigned long long)v1_size,
+                  name, (unsigned long long)size, (unsigned long long)i, (unsigned long long)known_size,
                   NATTEN_ABI_VERSION_MAJOR, NATTEN_ABI_VERSION_MINOR);
     }
   }
@@ -346,17 +349,21 @@ int check_tile(const int32_t* tile, int rank, const char* name, bool* set) {
   return NATTEN_STATUS_SUCCESS;
 }
 
-#define NATTEN_CHECK(expr)                                   \
-  do {                                                       \
-    const int natten_st_ = (expr);                           \
-    if (natten_st_ != NATTEN_STATUS_SUCCESS) return natten_st_; \
-  } while (0)
-
-// Pure argument checks (no CUDA calls). *tiles_set: the caller fixed q_tile / kv_tile.
-int validate_forward_args(const natten_fna_forward_params* p, bool* tiles_set) {
-  if (p == nullptr) return fail(NATTEN_STATUS_INVALID_ARGUMENT, "params is NULL");
-  NATTEN_CHECK(check_struct_size(p, p->struct_size, NATTEN_FNA_FORWARD_PARAMS_SIZE_V1_0,
+// The caller's params as this library reads them: the first struct_size bytes (checked), fields
+// past struct_size (a caller compiled against an older minor) zero, i.e. at their defaults.
+int read_forward_params(const natten_fna_forward_params* user, natten_fna_forward_params* p) {
+  if (user == nullptr) return fail(NATTEN_STATUS_INVALID_ARGUMENT, "params is NULL");
+  const uint64_t size = user->struct_size;
+  NATTEN_CHECK(check_struct_size(user, size, NATTEN_FNA_FORWARD_PARAMS_SIZE_V1_0, sizeof(*p),
                                  "natten_fna_forward_params"));
+  std::memset(p, 0, sizeof(*p));
+  std::memcpy(p, user, size < sizeof(*p) ? size_t(size) : sizeof(*p));
+  return NATTEN_STATUS_SUCCESS;
+}
+
+// Pure argument checks (no CUDA calls) of params read by read_forward_params. *tiles_set: the
+// caller fixed q_tile / kv_tile; *region: the resolved slab fields.
+int validate_forward_args(const natten_fna_forward_params* p, bool* tiles_set, FnaRegion* region) {
   if (p->reserved != 0) {
     return fail(NATTEN_STATUS_INVALID_ARGUMENT, "reserved is %d; it must be 0", p->reserved);
   }
@@ -391,6 +398,9 @@ int validate_forward_args(const natten_fna_forward_params* p, bool* tiles_set) {
                 "heads (%lld) is not a multiple of heads_kv (%lld); GQA/MQA needs heads %% heads_kv == 0",
                 (long long)p->heads, (long long)p->heads_kv);
   }
+  // Slabs of a larger grid (ABI 1.1).
+  NATTEN_CHECK(resolve_fna_region(p, region));
+  const FnaRegion& r = *region;
   // Pointers.
   NATTEN_CHECK(check_pointer(p->q, "q", 16, false));
   NATTEN_CHECK(check_pointer(p->k, "k", 16, false));
@@ -401,13 +411,14 @@ int validate_forward_args(const natten_fna_forward_params* p, bool* tiles_set) {
   const int64_t eb = dtype_bytes(p->dtype);
   TensorCheck t[5] = {};
   const int nd = rank + 3;
-  auto fill = [&](TensorCheck& c, const char* name, const char* sarg, const int64_t* strides, int64_t h,
-                  int64_t d, int64_t bytes, bool out, bool has_d) {
+  // grid: token grid of the tensor (k and v: the key slab's, = shape without slabs).
+  auto fill = [&](TensorCheck& c, const char* name, const char* sarg, const int64_t* strides, const int64_t* grid,
+                  int64_t h, int64_t d, int64_t bytes, bool out, bool has_d) {
     c.name = name;
     c.stride_arg = sarg;
     c.ndim = has_d ? nd : nd - 1;
     c.sizes[0] = p->batch;
-    for (int a = 0; a < rank; ++a) c.sizes[1 + a] = p->shape[a];
+    for (int a = 0; a < rank; ++a) c.sizes[1 + a] = grid[a];
     c.sizes[1 + rank] = h;
     if (has_d) c.sizes[2 + rank] = d;
     c.strides = strides;
@@ -416,11 +427,11 @@ int validate_forward_args(const natten_fna_forward_params* p, bool* tiles_set) {
     c.stride_multiple = 1;  // the kernel has a non-vectorized path for rows that are not 16-byte aligned
     c.output = out;
   };
-  fill(t[0], "q", "q_stride", p->q_stride, p->heads, p->head_dim, eb, false, true);
-  fill(t[1], "k", "k_stride", p->k_stride, p->heads_kv, p->head_dim, eb, false, true);
-  fill(t[2], "v", "v_stride", p->v_stride, p->heads_kv, p->head_dim_v, eb, false, true);
-  fill(t[3], "out", "out_stride", p->out_stride, p->heads, p->head_dim_v, eb, true, true);
-  fill(t[4], "lse", "lse_stride", p->lse_stride, p->heads, 1, 4, true, false);
+  fill(t[0], "q", "q_stride", p->q_stride, p->shape, p->heads, p->head_dim, eb, false, true);
+  fill(t[1], "k", "k_stride", p->k_stride, r.kv_shape, p->heads_kv, p->head_dim, eb, false, true);
+  fill(t[2], "v", "v_stride", p->v_stride, r.kv_shape, p->heads_kv, p->head_dim_v, eb, false, true);
+  fill(t[3], "out", "out_stride", p->out_stride, p->shape, p->heads, p->head_dim_v, eb, true, true);
+  fill(t[4], "lse", "lse_stride", p->lse_stride, p->shape, p->heads, 1, 4, true, false);
   NATTEN_CHECK(check_tensor(t[0], p->q, rank));
   NATTEN_CHECK(check_tensor(t[1], p->k, rank));
   NATTEN_CHECK(check_tensor(t[2], p->v, rank));
@@ -437,15 +448,16 @@ int validate_forward_args(const natten_fna_forward_params* p, bool* tiles_set) {
                   "stride[%d] is %d; it must satisfy 1 <= stride <= kernel_size (kernel_size[%d] = %d)", a, s, a, K);
     }
     if (d < 1) return fail(NATTEN_STATUS_INVALID_ARGUMENT, "dilation[%d] is %d; it must be >= 1", a, d);
-    if (static_cast<int64_t>(K) * static_cast<int64_t>(d) > p->shape[a]) {
+    if (static_cast<int64_t>(K) * static_cast<int64_t>(d) > r.global_shape[a]) {  // = shape without slabs
       return fail(NATTEN_STATUS_INVALID_ARGUMENT,
-                  "kernel_size[%d] * dilation[%d] = %d * %d = %lld exceeds shape[%d] = %lld", a, a, K, d,
-                  (long long)K * d, a, (long long)p->shape[a]);
+                  "kernel_size[%d] * dilation[%d] = %d * %d = %lld exceeds %s[%d] = %lld", a, a, K, d,
+                  (long long)K * d, r.sliced ? "global_shape" : "shape", a, (long long)r.global_shape[a]);
     }
     if (p->is_causal[a] != 0 && p->is_causal[a] != 1) {
       return fail(NATTEN_STATUS_INVALID_ARGUMENT, "is_causal[%d] is %d; it must be 0 or 1", a, p->is_causal[a]);
     }
   }
+  NATTEN_CHECK(check_fna_region_coverage(p, r));
   if (!std::isfinite(p->scale) || p->scale == 0.0f) {
     return fail(NATTEN_STATUS_INVALID_ARGUMENT, "scale is %g; it must be finite and non-zero (usually head_dim ** -0.5)",
                 (double)p->scale);
@@ -482,20 +494,21 @@ int check_backend_supported(int backend) {
 }
 
 // Limits of the SM80 kernel's indexing (it keeps per-axis token coordinates in 32-bit ints).
-int check_sm80_limits(const natten_fna_forward_params* p) {
-  constexpr int64_t kMaxAxis = int64_t(1) << 30;
+int check_sm80_limits(const natten_fna_forward_params* p, const FnaRegion& r) {
   for (int a = 0; a < p->rank; ++a) {
-    if (p->shape[a] > kMaxAxis) {
+    // Slabs lie inside the global grid, so its extent bounds every coordinate.
+    const int64_t n = r.global_shape[a];
+    if (n > kMaxKernelAxis) {
       return fail(NATTEN_STATUS_UNSUPPORTED,
-                  "shape[%d] is %lld; the SM80 kernel supports at most %lld tokens per axis (32-bit "
+                  "%s[%d] is %lld; the SM80 kernel supports at most %lld tokens per axis (32-bit "
                   "coordinates)",
-                  a, (long long)p->shape[a], (long long)kMaxAxis);
+                  r.sliced ? "global_shape" : "shape", a, (long long)n, (long long)kMaxKernelAxis);
     }
   }
   return NATTEN_STATUS_SUCCESS;
 }
 
-void fill_args(const natten_fna_forward_params* p, FnaForwardArgs* a) {
+void fill_args(const natten_fna_forward_params* p, const FnaRegion& r, FnaForwardArgs* a) {
   std::memset(a, 0, sizeof(*a));
   const int rank = p->rank;
   a->rank = rank;
@@ -522,6 +535,10 @@ void fill_args(const natten_fna_forward_params* p, FnaForwardArgs* a) {
   for (int i = 0; i < kMaxRank; ++i) {
     const bool on = i < rank;
     a->extent[i] = on ? p->shape[i] : 1;
+    a->global_extent[i] = r.global_shape[i];  // entries past rank: 1 (FnaRegion)
+    a->kv_extent[i] = r.kv_shape[i];
+    a->q_origin[i] = r.q_origin[i];
+    a->kv_origin[i] = r.kv_origin[i];
     a->kernel_size[i] = on ? p->kernel_size[i] : 1;
     a->stride[i] = on ? p->stride[i] : 1;
     a->dilation[i] = on ? p->dilation[i] : 1;
@@ -532,16 +549,20 @@ void fill_args(const natten_fna_forward_params* p, FnaForwardArgs* a) {
   a->scale = p->scale;
 }
 
-int forward_impl(const natten_fna_forward_params* p) {
+int forward_impl(const natten_fna_forward_params* user) {
   // 1. Arguments (no CUDA calls).
+  natten_fna_forward_params params;
+  NATTEN_CHECK(read_forward_params(user, &params));
+  const natten_fna_forward_params* p = &params;
   bool tiles_set = false;
-  NATTEN_CHECK(validate_forward_args(p, &tiles_set));
+  FnaRegion region;
+  NATTEN_CHECK(validate_forward_args(p, &tiles_set, &region));
   // 2. Support of this build, independent of the device.
   NATTEN_CHECK(check_backend_supported(p->backend));
   NATTEN_CHECK(sm80_check_problem(p->dtype, p->rank, p->head_dim, p->head_dim_v, /*arch=*/0));
-  NATTEN_CHECK(check_sm80_limits(p));
+  NATTEN_CHECK(check_sm80_limits(p, region));
   FnaForwardArgs args;
-  fill_args(p, &args);
+  fill_args(p, region, &args);
   if (tiles_set) {
     NATTEN_CHECK(sm80_check_tiles(p->rank, p->head_dim, p->q_tile, p->kv_tile));
   } else {
@@ -595,7 +616,8 @@ int forward_impl(const natten_fna_forward_params* p) {
 // Validates the problem and resolves its arch. On success *arch is >= 80 with an image in the build.
 int resolve_problem(const natten_fna_problem* pr, int* arch) {
   if (pr == nullptr) return fail(NATTEN_STATUS_INVALID_ARGUMENT, "problem is NULL");
-  NATTEN_CHECK(check_struct_size(pr, pr->struct_size, NATTEN_FNA_PROBLEM_SIZE_V1_0, "natten_fna_problem"));
+  NATTEN_CHECK(check_struct_size(pr, pr->struct_size, NATTEN_FNA_PROBLEM_SIZE_V1_0, sizeof(natten_fna_problem),
+                                 "natten_fna_problem"));
   if (pr->reserved != 0) {
     return fail(NATTEN_STATUS_INVALID_ARGUMENT, "problem->reserved is %d; it must be 0", pr->reserved);
   }

@@ -9,6 +9,7 @@ module needs neither torch with CUDA nor the library.
 Public surface:
     is_available() / unavailable_reason()     whether the library can be used, and why not
     abi_version() / build_info() / library_path()
+    supports_slabs()                          whether the library takes slabs of a larger grid (ABI >= 1.1)
     device_info(device)                       compute capability
     fna_forward(q, k, v, out, lse, ...)       the fused neighborhood-attention forward
     query_configs(...) / fna_supports(...)    which tile configurations the build has
@@ -38,6 +39,7 @@ __all__ = [
     "abi_version",
     "build_info",
     "library_path",
+    "supports_slabs",
     "device_info",
     "fna_forward",
     "query_configs",
@@ -47,7 +49,7 @@ __all__ = [
 ENV_LIBRARY = "NATTEN_KERNELS_LIBRARY"
 
 # ------------------------------------------------------------------------------------------------
-# Constants mirrored from natten_kernels.h (ABI 1.0)
+# Constants mirrored from natten_kernels.h (ABI 1.1)
 # ------------------------------------------------------------------------------------------------
 
 MAX_RANK = 3
@@ -127,6 +129,11 @@ class FnaForwardParams(ctypes.Structure):
         ("device", _i32),
         ("reserved", _i32),
         ("stream", ctypes.c_void_p),
+        # ABI 1.1: slabs of a larger grid (all zero = the tensors hold the whole grid)
+        ("global_shape", _I64x3),
+        ("q_origin", _I64x3),
+        ("kv_origin", _I64x3),
+        ("kv_shape", _I64x3),
     ]
 
 
@@ -156,7 +163,10 @@ class TileConfig(ctypes.Structure):
 
 FNA_FORWARD_PARAMS_SIZE = ctypes.sizeof(FnaForwardParams)
 FNA_PROBLEM_SIZE = ctypes.sizeof(FnaProblem)
-assert FNA_FORWARD_PARAMS_SIZE == 448, FNA_FORWARD_PARAMS_SIZE  # NATTEN_FNA_FORWARD_PARAMS_SIZE_V1_0
+assert FNA_FORWARD_PARAMS_SIZE == 544, FNA_FORWARD_PARAMS_SIZE  # NATTEN_FNA_FORWARD_PARAMS_SIZE_V1_1
+# The slab fields are zero unless a slab is passed, so an ABI 1.0 library (which accepts a larger
+# struct with a zero tail) runs every call without slabs.
+SLABS_MIN_ABI_MINOR = 1
 assert FNA_PROBLEM_SIZE == 48, FNA_PROBLEM_SIZE  # NATTEN_FNA_PROBLEM_SIZE_V1_0
 assert ctypes.sizeof(TileConfig) == 40
 
@@ -370,6 +380,12 @@ def abi_version() -> Tuple[int, int]:
     return divmod(int(_get().natten_abi_version()), 1000)  # type: ignore[return-value]
 
 
+def supports_slabs() -> bool:
+    """Whether the loaded library takes query/key slabs of a larger grid (``global_shape``,
+    ``q_origin``, ``kv_origin`` of :func:`fna_forward`; ABI >= 1.1)."""
+    return abi_version()[1] >= SLABS_MIN_ABI_MINOR
+
+
 def build_info() -> str:
     """The library's build description (version, CUDA, archs, git revision, build type)."""
     return _get().natten_build_info().decode("utf-8", "replace")
@@ -467,6 +483,9 @@ def fna_forward(
     q_tile: Optional[Sequence[int]] = None,
     kv_tile: Optional[Sequence[int]] = None,
     backend: Optional[str] = None,
+    global_shape: Optional[Sequence[int]] = None,
+    q_origin: Optional[Sequence[int]] = None,
+    kv_origin: Optional[Sequence[int]] = None,
 ) -> None:
     """Fused neighborhood-attention forward into ``out`` (and ``lse`` unless None).
 
@@ -475,6 +494,11 @@ def fna_forward(
     ``[B, *shape, H]`` float32 or None. Window parameters are per axis (an int is broadcast).
     ``q_tile``/``kv_tile``: tile shapes from :func:`query_configs`, or None to let the library
     choose. Launches on torch's current stream of q's device; returns without synchronizing.
+
+    Slabs of a larger grid (needs :func:`supports_slabs`): with ``global_shape``, q/out/lse hold
+    the slab of that grid starting at ``q_origin`` and k/v the slab at ``kv_origin`` (their token
+    grid may differ from q's); windows are computed on the global grid and the library checks that
+    the key slab holds every key the query slab attends. Origins default to 0.
 
     Raises NattenInvalidArgumentError (ValueError), NattenUnsupportedError (NotImplementedError),
     NattenCudaError, NattenNoDeviceError, or KernelsUnavailableError (RuntimeError).
@@ -495,12 +519,14 @@ def fna_forward(
             None if lse is None else (lse.shape, lse.stride(), lse.dtype, lse.device),
             _key(kernel_size), _key(stride), _key(dilation), _key(is_causal), scale,
             _key(q_tile), _key(kv_tile), backend,
+            _key(global_shape), _key(q_origin), _key(kv_origin),
         )
         entry = _TEMPLATES.get(key)
     except TypeError:  # something unhashable: marshal without the cache
         key, entry = None, None
     if entry is None:
-        entry = _marshal(q, k, v, out, lse, kernel_size, stride, dilation, is_causal, scale, q_tile, kv_tile, backend)
+        entry = _marshal(q, k, v, out, lse, kernel_size, stride, dilation, is_causal, scale, q_tile, kv_tile, backend,
+                         global_shape, q_origin, kv_origin)
         if key is not None:
             if len(_TEMPLATES) >= _MAX_TEMPLATES:
                 _TEMPLATES.clear()
@@ -527,8 +553,11 @@ def _key(x: Any) -> Any:
     return x if x is None or isinstance(x, (int, float)) else tuple(x)
 
 
-def _marshal(q, k, v, out, lse, kernel_size, stride, dilation, is_causal, scale, q_tile, kv_tile, backend):
-    """Checks the tensors and builds the struct without pointers/stream: (bytes, device index)."""
+def _marshal(q, k, v, out, lse, kernel_size, stride, dilation, is_causal, scale, q_tile, kv_tile, backend,
+             global_shape=None, q_origin=None, kv_origin=None):
+    """Checks the tensors and builds the struct without pointers/stream: (bytes, device index).
+    The slab fields are set only when ``global_shape`` is given (else they stay zero: the whole
+    grid, which an ABI 1.0 library accepts too)."""
     torch = _torch
     qs = q.shape
     rank = len(qs) - 3
@@ -553,8 +582,14 @@ def _marshal(q, k, v, out, lse, kernel_size, stride, dilation, is_causal, scale,
     ks, vs, os_ = k.shape, v.shape, out.shape
     heads, head_dim = qs[rank + 1], qs[rank + 2]
     heads_kv, head_dim_v = ks[rank + 1], vs[rank + 2]
-    if ks[: rank + 1] != qs[: rank + 1] or ks[rank + 2] != head_dim:
-        raise _invalid(f"k has shape {tuple(ks)}; expected [B, *shape, H_kv, D] matching q {tuple(qs)}")
+    sliced = global_shape is not None
+    if not sliced and (q_origin is not None or kv_origin is not None):
+        raise _invalid("q_origin / kv_origin describe slabs of a larger grid and need global_shape")
+    # With slabs k and v have the key slab's token grid, which may differ from q's.
+    same = (ks[0] == qs[0]) if sliced else (ks[: rank + 1] == qs[: rank + 1])
+    if not same or ks[rank + 2] != head_dim:
+        grid = "*kv_shape" if sliced else "*shape"
+        raise _invalid(f"k has shape {tuple(ks)}; expected [B, {grid}, H_kv, D] matching q {tuple(qs)}")
     if vs[: rank + 2] != ks[: rank + 2]:
         raise _invalid(f"v has shape {tuple(vs)}; expected [B, *shape, H_kv, D_v] matching k {tuple(ks)}")
     if os_[: rank + 2] != qs[: rank + 2] or os_[rank + 2] != head_dim_v:
@@ -592,6 +627,11 @@ def _marshal(q, k, v, out, lse, kernel_size, stride, dilation, is_causal, scale,
     p.q_tile[:rank] = _tile(q_tile, rank, "q_tile")
     p.kv_tile[:rank] = _tile(kv_tile, rank, "kv_tile")
     p.backend = _backend_id(backend)
+    if sliced:
+        p.global_shape[:rank] = _per_axis(global_shape, rank, "global_shape")
+        p.q_origin[:rank] = _per_axis(0 if q_origin is None else q_origin, rank, "q_origin")
+        p.kv_origin[:rank] = _per_axis(0 if kv_origin is None else kv_origin, rank, "kv_origin")
+        p.kv_shape[:rank] = ks[1 : rank + 1]
     index = device.index
     if index is None:
         index = torch.cuda.current_device()
@@ -712,12 +752,14 @@ class PreparedFnaForward:
 
     def __init__(self, q: Any, k: Any, v: Any, out: Any, lse: Any, kernel_size: Any, stride: Any,
                  dilation: Any, is_causal: Any, scale: float, q_tile: Any = None,
-                 kv_tile: Any = None, backend: Optional[str] = None) -> None:
+                 kv_tile: Any = None, backend: Optional[str] = None, global_shape: Any = None,
+                 q_origin: Any = None, kv_origin: Any = None) -> None:
         _get()
         if _torch is None:
             _import_torch()
         self._template, self._index = _marshal(q, k, v, out, lse, kernel_size, stride, dilation,
-                                               is_causal, scale, q_tile, kv_tile, backend)
+                                               is_causal, scale, q_tile, kv_tile, backend,
+                                               global_shape, q_origin, kv_origin)
 
     def launch(self, q: Any, k: Any, v: Any, out: Any, lse: Any) -> None:
         p = FnaForwardParams.from_buffer_copy(self._template)

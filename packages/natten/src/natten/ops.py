@@ -8,7 +8,7 @@ through them and eager host overhead stays small. Autograd lives outside the ope
 
 from __future__ import annotations
 
-from typing import List, Tuple
+from typing import List, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -16,10 +16,12 @@ from torch import Tensor
 from . import _libnatten
 
 _LIB = torch.library.Library("natten", "DEF")
+# global_shape / q_origin / kv_origin: slabs of a larger grid ([] = the tensors hold the whole
+# grid). The output always has the query's token grid, so shapes depend on `query` alone.
 _LIB.define(
     "fna_forward(Tensor query, Tensor key, Tensor value, int[] kernel_size, int[] stride, "
-    "int[] dilation, bool[] is_causal, float scale, int[] q_tile, int[] kv_tile) "
-    "-> (Tensor, Tensor)"
+    "int[] dilation, bool[] is_causal, float scale, int[] q_tile, int[] kv_tile, "
+    "int[] global_shape=[], int[] q_origin=[], int[] kv_origin=[]) -> (Tensor, Tensor)"
 )
 
 # Test hook: fill outputs with NaN before every kernel launch so unwritten elements show.
@@ -48,12 +50,16 @@ def _fna_forward_cuda(
     scale: float,
     q_tile: List[int],
     kv_tile: List[int],
+    global_shape: Sequence[int] = (),
+    q_origin: Sequence[int] = (),
+    kv_origin: Sequence[int] = (),
 ) -> Tuple[Tensor, Tensor]:
     query, key, value = kernel_ready(query), kernel_ready(key), kernel_ready(value)
     out, lse = new_outputs(query, value)
     _libnatten.fna_forward(
         query, key, value, out, lse, kernel_size, stride, dilation, is_causal, scale,
-        q_tile=q_tile or None, kv_tile=kv_tile or None,
+        q_tile=q_tile or None, kv_tile=kv_tile or None, global_shape=global_shape or None,
+        q_origin=q_origin or None, kv_origin=kv_origin or None,
     )
     return out, lse
 
@@ -105,7 +111,11 @@ def _fna_forward_fake(
     scale: float,
     q_tile: List[int],
     kv_tile: List[int],
+    global_shape: Sequence[int] = (),
+    q_origin: Sequence[int] = (),
+    kv_origin: Sequence[int] = (),
 ) -> Tuple[Tensor, Tensor]:
+    # Slabs or not, out is [B, *query grid, H, Dv] and lse [B, *query grid, H].
     out_shape, lse_shape = _fna_out_shapes(query, value)
     return (
         query.new_empty(out_shape, dtype=query.dtype),

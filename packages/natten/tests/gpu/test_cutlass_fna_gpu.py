@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from helpers import assert_close, TOL
-from oracle import na_oracle
+from oracle import na_oracle, na_region_oracle
 
 pytestmark = pytest.mark.gpu
 
@@ -22,11 +22,13 @@ if not torch.cuda.is_available():
 import natten  # noqa: E402
 from natten import _libnatten, ops  # noqa: E402
 from natten.backends import BackendNotSupportedError  # noqa: E402
+from natten.window import WindowSpec, key_range  # noqa: E402
 
 if not _libnatten.is_available():
     pytest.fail(f"natten-kernels is not loadable: {_libnatten.unavailable_reason()}", pytrace=False)
 
 NUM_PROBLEMS = int(os.environ.get("NATTEN_GPU_SWEEP", "1200"))
+NUM_REGION_PROBLEMS = int(os.environ.get("NATTEN_GPU_REGION_SWEEP", "200"))
 SEED = int(os.environ.get("NATTEN_GPU_SEED", str(random.SystemRandom().randrange(1 << 30))))
 OPS = {1: natten.na1d, 2: natten.na2d, 3: natten.na3d}
 GPU_TOL = {torch.float16: 1e-2, torch.bfloat16: 5e-2}
@@ -141,3 +143,139 @@ def test_plan_cache_reuses_launch_on_new_tensors():
             out = natten.na1d(q, k, v, 7, stride=2, backend="cutlass-fna")
         ref, _ = na_oracle(q.double(), k.double(), v.double(), 7, 2)
         assert_close(out, ref, atol=5e-2, rtol=0, what=f"call {seed}")
+
+
+# ---- slabs of a larger grid (global_shape, q_origin, kv_origin) -----------------------------------
+
+
+def _region_problem(rng: random.Random):
+    """A random NA problem on a global grid, a random query slab and a key slab that holds the
+    query slab's keys (exactly, with a random margin, or the whole grid)."""
+    rank = rng.choice([1, 2, 2, 3, 3])
+    hi = {1: 256, 2: 24, 3: 10}[rank]
+    shape = [rng.randint(2, hi) for _ in range(rank)]
+    ks = [rng.randint(2, min(n, 13 if rank > 1 else 40)) for n in shape]
+    dl = [rng.randint(1, max(1, n // k)) if rng.random() < 0.4 else 1 for n, k in zip(shape, ks)]
+    st = [rng.randint(1, k) if rng.random() < 0.5 else 1 for k in ks]
+    ca = [rng.random() < 0.3 for _ in ks]
+    spec = WindowSpec(tuple(shape), tuple(ks), tuple(st), tuple(dl), tuple(ca))
+    qo, qs = [], []
+    for n in shape:
+        if rng.random() < 0.2:  # the whole axis
+            a, b = 0, n
+        elif rng.random() < 0.3:  # a thin slab (a few rows of a sequence/context-parallel split)
+            a = rng.randrange(n)
+            b = min(n, a + rng.randint(1, 4))
+        else:
+            a = rng.randrange(n)
+            b = rng.randint(a + 1, n)
+        qo.append(a)
+        qs.append(b - a)
+    ko, kvs = [], []
+    for (lo, end), n in zip(key_range(spec, qo, qs), shape):
+        mode = rng.random()
+        if mode < 0.15:
+            lo, end = 0, n
+        elif mode < 0.6:
+            lo, end = max(0, lo - rng.randint(0, 3)), min(n, end + rng.randint(0, 3))
+        ko.append(lo)
+        kvs.append(end - lo)
+    hkv = rng.choice([1, 2, 3])
+    h = hkv * rng.choice([1, 1, 2, 4])
+    d = rng.choice([32, 64, 128, 256, 8 * rng.randint(1, 32)])
+    dv = d if rng.random() < 0.6 else 8 * rng.randint(1, 32)
+    dtype = rng.choice([torch.float16, torch.bfloat16])
+    b = rng.randint(1, 2)
+    return spec, qo, qs, ko, kvs, b, h, hkv, d, dv, dtype
+
+
+def _region_tensors(rng: random.Random, spec, qo, qs, ko, kvs, b, h, hkv, d, dv, dtype):
+    """q/k/v of the slabs: views into tensors of the whole grid (in-place strided reads) or
+    contiguous copies."""
+    g = torch.Generator(device="cuda").manual_seed(rng.randrange(1 << 30))
+    full = list(spec.shape)
+    qg = torch.randn(b, *full, h, d, device="cuda", dtype=dtype, generator=g)
+    kg = torch.randn(b, *full, hkv, d, device="cuda", dtype=dtype, generator=g)
+    vg = torch.randn(b, *full, hkv, dv, device="cuda", dtype=dtype, generator=g)
+    qsl = (slice(None),) + tuple(slice(o, o + n) for o, n in zip(qo, qs))
+    ksl = (slice(None),) + tuple(slice(o, o + n) for o, n in zip(ko, kvs))
+    q, k, v = qg[qsl], kg[ksl], vg[ksl]
+    if rng.random() < 0.5:
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    return q, k, v
+
+
+def test_fna_forward_region_random_sweep():
+    """Query/key slabs of a larger grid against the float64 region oracle, outputs poisoned."""
+    rng = random.Random(SEED + 1)
+    ops.set_poison_outputs(True)
+    failures = []
+    checked = 0
+    try:
+        for case in range(NUM_REGION_PROBLEMS):
+            spec, qo, qs, ko, kvs, b, h, hkv, d, dv, dtype = _region_problem(rng)
+            q, k, v = _region_tensors(rng, spec, qo, qs, ko, kvs, b, h, hkv, d, dv, dtype)
+            kw = dict(kernel_size=spec.kernel_size, stride=spec.stride, dilation=spec.dilation,
+                      is_causal=spec.is_causal)
+            desc = (f"region case {case} seed {SEED}: global={list(spec.shape)} q={qo}+{qs} kv={ko}+{kvs} "
+                    f"kernel={list(spec.kernel_size)} stride={list(spec.stride)} dilation={list(spec.dilation)} "
+                    f"causal={list(spec.is_causal)} B={b} H={h} Hkv={hkv} D={d} Dv={dv} {dtype} "
+                    f"contiguous={q.is_contiguous()}")
+            try:
+                out, lse = OPS[len(qs)](q, k, v, **kw, backend="cutlass-fna", return_lse=True,
+                                        global_shape=spec.shape, q_origin=qo, kv_origin=ko)
+                ref_out, ref_lse = na_region_oracle(q.double(), k.double(), v.double(), spec.shape, qo, ko, **kw)
+                tol = GPU_TOL[dtype]
+                assert_close(out, ref_out, atol=tol, rtol=0, what=f"{desc} out")
+                assert_close(lse, ref_lse, atol=tol, rtol=0, what=f"{desc} lse")
+                checked += 1
+            except (AssertionError, NotImplementedError, BackendNotSupportedError, ValueError, RuntimeError) as e:
+                failures.append(f"{desc}: {type(e).__name__}: {e}")
+            if len(failures) >= 10:
+                break
+    finally:
+        ops.set_poison_outputs(False)
+    print(f"cutlass-fna region sweep: {checked} problems checked against the float64 oracle (seed {SEED})")
+    assert not failures, "\n".join(failures)
+    assert checked == NUM_REGION_PROBLEMS
+
+
+def test_region_plan_cache_and_torch_compile():
+    """Repeated slab calls (cached call plan, prepared launch) use each call's data; a compiled
+    function with slabs equals eager."""
+    global_shape, qo, ko = (30, 17), (9, 0), (5, 0)
+    kw = dict(kernel_size=(7, 5), stride=(2, 1), dilation=(1, 3), is_causal=(False, True))
+    spec = WindowSpec(global_shape, (7, 5), (2, 1), (1, 3), (False, True))
+    (lo, hi), _ = key_range(spec, qo, (6, 17))
+    assert ko[0] <= lo and hi <= 5 + 14
+    for seed in range(3):
+        g = torch.Generator(device="cuda").manual_seed(seed)
+        q = torch.randn(2, 6, 17, 4, 64, device="cuda", dtype=torch.float16, generator=g)
+        k = torch.randn(2, 14, 17, 2, 64, device="cuda", dtype=torch.float16, generator=g)
+        v = torch.randn(2, 14, 17, 2, 32, device="cuda", dtype=torch.float16, generator=g)
+        with torch.no_grad():
+            out, lse = natten.na2d(q, k, v, **kw, backend="cutlass-fna", return_lse=True,
+                                   global_shape=global_shape, q_origin=qo, kv_origin=ko)
+        ref, ref_lse = na_region_oracle(q.double(), k.double(), v.double(), global_shape, qo, ko, **kw)
+        assert out.shape == (2, 6, 17, 4, 32) and lse.shape == (2, 6, 17, 4)
+        assert_close(out, ref, atol=1e-2, rtol=0, what=f"call {seed}")
+        assert_close(lse, ref_lse, atol=1e-2, rtol=0, what=f"lse call {seed}")
+
+    def f(q, k, v):
+        return natten.na2d(q, k, v, **kw, backend="cutlass-fna", return_lse=True, global_shape=global_shape,
+                           q_origin=qo, kv_origin=ko)
+
+    with torch.no_grad():
+        ref_out, ref_lse = f(q, k, v)
+        out, lse = torch.compile(f, fullgraph=True)(q, k, v)
+    torch.testing.assert_close(out, ref_out, atol=0, rtol=0)
+    torch.testing.assert_close(lse, ref_lse, atol=0, rtol=0)
+
+
+def test_region_rejects_uncovered_key_slab():
+    """A key slab that misses keys is refused before any launch (Python check, same rule as the
+    library's)."""
+    q = torch.randn(1, 4, 2, 32, device="cuda", dtype=torch.float16)
+    k = torch.randn(1, 5, 2, 32, device="cuda", dtype=torch.float16)
+    with pytest.raises(ValueError, match="does not cover the keys"):
+        natten.na1d(q, k, k, 5, backend="cutlass-fna", global_shape=(20,), q_origin=(8,), kv_origin=(8,))

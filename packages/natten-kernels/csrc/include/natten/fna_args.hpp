@@ -15,10 +15,18 @@ constexpr int kMaxRank = 3;
 //   out [B, X, (Y), (Z), H,    Dv]
 //   lse [B, X, (Y), (Z), H]        (float32, natural log of the scaled scores; may be null)
 // Strides are in elements. Axes beyond `rank` have extent 1, kernel 1, stride 1, dilation 1.
+//
+// Slabs of a larger grid: q/out/lse hold the slab of the global grid `global_extent` that starts
+// at `q_origin` (extent `extent`), k/v the slab at `kv_origin` (extent `kv_extent`); windows are
+// placed on the global grid. The whole grid: global_extent = kv_extent = extent, origins 0.
 struct FnaForwardArgs {
   int rank;                     // 1..3
   int64_t batch;
-  int64_t extent[kMaxRank];     // token grid
+  int64_t extent[kMaxRank];     // token grid of q, out and lse (the query slab)
+  int64_t global_extent[kMaxRank];  // token grid the windows live on
+  int64_t kv_extent[kMaxRank];  // token grid of k and v (the key/value slab)
+  int64_t q_origin[kMaxRank];   // global coordinate of the query slab's first token
+  int64_t kv_origin[kMaxRank];  // global coordinate of the key/value slab's first token
   int64_t heads;                // H
   int64_t heads_kv;             // H_kv (H % H_kv == 0)
   int64_t head_dim;             // D

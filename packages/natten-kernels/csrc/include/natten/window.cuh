@@ -123,6 +123,55 @@ NATTEN_HD bool block_fully_inside(int q0, int q_last, int k0, int k1, const Axis
   return k0 >= lo && k1 <= hi;
 }
 
+// ---- slabs of a larger grid ------------------------------------------------------------------
+//
+// Window of query token x (global coordinate) on an axis of n tokens: the attended keys are
+// first, first + d, ..., last (global coordinates).
+NATTEN_HD void token_window(int x, int n, int K, int s, int d, bool causal, int& first, int& last) {
+  const int g = x % d;
+  int ws, we;
+  window(x / d, make_axis(group_extent(n, d, g), K, s, causal), ws, we);
+  first = g + d * ws;
+  last = g + d * we;
+}
+
+// Smallest key range [lo, hi) holding every key that the query tokens [q_begin, q_end) attend
+// (0 <= q_begin < q_end <= n), in O(1).
+//
+// Within one dilation group the window start and end are non-decreasing, so the smallest start
+// comes from the first query of each group in the range (the tokens [q_begin, q_begin + d)) and
+// the largest end from the last one (the tokens [q_end - d, q_end)). Among those tokens the
+// group-local coordinate x div d and the group size (ceil or floor of n / d, switching at group
+// n mod d) change at most once each, and inside a run where both are constant the global start /
+// end grow with x. So the extremes are at the runs' first (resp. last) tokens.
+NATTEN_HD void slab_key_range(int n, int K, int s, int d, bool causal, int q_begin, int q_end, int& lo,
+                              int& hi) {
+  const int r = n % d;  // groups g < r hold one token more than the others (if r != 0)
+  const int first_end = imin(q_end, q_begin + d);
+  lo = n;
+  // Runs of [q_begin, first_end) start at q_begin, at the next multiple of d and at the next
+  // token of group r.
+  const int starts[3] = {q_begin, q_begin + (d - q_begin % d) % d, q_begin + ((r - q_begin % d) % d + d) % d};
+  for (int c = 0; c < 3; ++c) {
+    if (starts[c] >= first_end || (c == 2 && r == 0)) continue;
+    int f, l;
+    token_window(starts[c], n, K, s, d, causal, f, l);
+    lo = imin(lo, f);
+  }
+  const int last_begin = imax(q_begin, q_end - d);
+  hi = 0;
+  // Runs of [last_begin, q_end) end at q_end - 1, at the previous token of group d - 1 and at the
+  // previous token of group r - 1.
+  const int x = q_end - 1;
+  const int ends[3] = {x, x - ((x % d) + 1) % d, x - ((x % d) - (r - 1) + d) % d};
+  for (int c = 0; c < 3; ++c) {
+    if (ends[c] < last_begin || (c == 2 && r == 0)) continue;
+    int f, l;
+    token_window(ends[c], n, K, s, d, causal, f, l);
+    hi = imax(hi, l + 1);
+  }
+}
+
 // Global-coordinate form of the rule (for tests / reference code): query x attends key y on an
 // axis of n tokens with kernel K, stride s, dilation d.
 NATTEN_HD bool attends_global(int x, int y, int n, int K, int s, int d, bool causal) {

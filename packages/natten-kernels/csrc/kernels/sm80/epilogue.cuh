@@ -57,7 +57,7 @@ struct CollectiveEpilogue {
         CUTE_UNROLL
         for (int a = 0; a < kRank; ++a) {
           const int x = cta.q.q0[a] + c[a];
-          ok = ok && x < cta.q.axis[a].n;
+          ok = ok && x < cta.q.n_q[a];
           off += int64_t(x) * cta.lse_step[a];
         }
         if (ok) p.lse[off] = lse[mi];
@@ -77,7 +77,7 @@ struct CollectiveEpilogue {
     __syncthreads();
 
     store_tile_box<Traits, kTileQ>(smem_o, layout_o, static_cast<Element*>(p.o), cta.go, cta.q.q0, geo.q_log2,
-                                   cta.n, p.head_dim_v, p.aligned != 0, tid);
+                                   cta.q.n_q, p.head_dim_v, p.aligned != 0, tid);
   }
 };
 

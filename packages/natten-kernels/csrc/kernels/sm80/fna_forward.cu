@@ -2,6 +2,7 @@
 // (rank < 3 -> padded axes), tile choice, alignment check, and the (dtype, head dim) dispatch.
 #include "fna_forward.hpp"
 
+#include <algorithm>
 #include <climits>
 #include <cmath>
 #include <cstdint>
@@ -51,55 +52,86 @@ int parse_tile(const int* tile, int rank, int log2s[kRank]) {
 }
 
 // Normalized per-axis problem (padded to 3 axes). Returns false if the problem is invalid.
+// n: global grid; nq / q0: query slab extent / origin; nkv / k0: key slab extent / origin.
 struct AxisProblem {
   int n, K, s, d;
   bool causal;
+  int nq, q0, nkv, k0;
+
+  bool operator==(const AxisProblem& o) const {
+    return n == o.n && K == o.K && s == o.s && d == o.d && causal == o.causal && nq == o.nq && q0 == o.q0 &&
+           nkv == o.nkv && k0 == o.k0;
+  }
 };
+
+bool fits_int(int64_t x) { return x >= 0 && x <= INT_MAX; }
 
 bool normalize_axes(const FnaForwardArgs& args, AxisProblem ax[kRank], bool* empty) {
   if (args.rank < 1 || args.rank > kRank) return false;
   *empty = false;
   for (int a = 0; a < kRank; ++a) {
     if (a >= args.rank) {
-      ax[a] = AxisProblem{1, 1, 1, 1, false};
+      ax[a] = AxisProblem{1, 1, 1, 1, false, 1, 0, 1, 0};
       continue;
     }
-    const int64_t n = args.extent[a];
-    if (n < 0 || n > INT_MAX) return false;
-    if (n == 0) {
+    const int64_t n = args.global_extent[a], nq = args.extent[a], nkv = args.kv_extent[a];
+    const int64_t q0 = args.q_origin[a], k0 = args.kv_origin[a];
+    if (!fits_int(n) || !fits_int(nq) || !fits_int(nkv) || !fits_int(q0) || !fits_int(k0)) return false;
+    if (q0 + nq > n || k0 + nkv > n) return false;
+    if (nq == 0) {
       *empty = true;
-      ax[a] = AxisProblem{0, 1, 1, 1, false};
+      ax[a] = AxisProblem{0, 1, 1, 1, false, 0, 0, 0, 0};
       continue;
     }
     const int K = args.kernel_size[a], s = args.stride[a], d = args.dilation[a];
     if (K < 1 || s < 1 || s > K || d < 1 || int64_t(K) * int64_t(d) > n) return false;
-    ax[a] = AxisProblem{int(n), K, s, d, args.is_causal[a]};
+    const bool causal = args.is_causal[a];
+    // The key slab must hold every key the query slab attends (the kernel never reads outside it).
+    int lo = 0, hi = 0;
+    window::slab_key_range(int(n), K, s, d, causal, int(q0), int(q0 + nq), lo, hi);
+    if (lo < k0 || hi > k0 + nkv) return false;
+    ax[a] = AxisProblem{int(n), K, s, d, causal, int(nq), int(q0), int(nkv), int(k0)};
   }
   return true;
 }
 
-// Visited (query, key) pairs on one axis for a query tile of 2^ql and key tile of 2^kl tokens,
-// summed over the query tiles of every dilation group (padding included: a CTA computes whole
-// tiles). Separable over axes: total = product of the per-axis values.
-double axis_visits(const AxisProblem& ax, int ql, int kl) {
+// Dilation groups g < this hold ceil(n / d) tokens, the others floor(n / d) (n >= 1).
+int groups_before_size_change(int n, int d) {
+  return n - (window::group_extent(n, d, 0) - 1) * d;
+}
+
+// Visited (query, key) pairs of one dilation group of the query slab: query slab group gl.
+double group_visits(const AxisProblem& ax, int gl, int ql, int kl) {
   const int qt = 1 << ql, kt = 1 << kl;
+  const int nq = window::group_extent(ax.nq, ax.d, gl);
+  const int shift = (ax.q0 + gl) / ax.d;  // global coordinate = slab coordinate + shift
+  const int ng = window::group_extent(ax.n, ax.d, (ax.q0 + gl) % ax.d);
+  const window::Axis a = window::make_axis(ng, ax.K, ax.s, ax.causal);
+  double visits = 0.0;
+  for (int q0 = 0; q0 < nq; q0 += qt) {
+    const int q1 = window::imin(q0 + qt - 1, nq - 1);
+    int ks, ke;
+    window::tile_key_range(q0 + shift, q1 + shift, a, ks, ke);
+    visits += double(qt) * double(((ke - ks + kt) >> kl) * kt);
+  }
+  return visits;
+}
+
+// Visited (query, key) pairs on one axis for a query tile of 2^ql and key tile of 2^kl tokens,
+// summed over the query tiles of every dilation group of the query slab (padding included: a CTA
+// computes whole tiles). Separable over axes: total = product of the per-axis values.
+double axis_visits(const AxisProblem& ax, int ql, int kl) {
+  // Instead of walking all d groups: the slab group's size, its global group's size and the shift
+  // change only where the slab group index crosses one of these cuts, so weigh runs of groups.
+  const int d = ax.d, qm = ax.q0 % d;
+  const int rn = groups_before_size_change(ax.n, d);
+  int cuts[6] = {0, groups_before_size_change(ax.nq, d), d - qm, rn - qm, rn - qm + d, d};
+  std::sort(cuts, cuts + 6);
   double total = 0.0;
-  // Dilation groups have two sizes (ceil and floor); weigh them instead of walking every group.
-  const int big = window::group_extent(ax.n, ax.d, 0);
-  const int n_big = ax.n - (big - 1) * ax.d;  // groups of size `big`
-  for (int variant = 0; variant < 2; ++variant) {
-    const int ng = variant == 0 ? big : big - 1;
-    const int groups = variant == 0 ? n_big : ax.d - n_big;
-    if (ng <= 0 || groups <= 0) continue;
-    const window::Axis a = window::make_axis(ng, ax.K, ax.s, ax.causal);
-    double per_group = 0.0;
-    for (int q0 = 0; q0 < ng; q0 += qt) {
-      const int q1 = window::imin(q0 + qt - 1, ng - 1);
-      int ks, ke;
-      window::tile_key_range(q0, q1, a, ks, ke);
-      per_group += double(qt) * double(((ke - ks + kt) >> kl) * kt);
-    }
-    total += per_group * groups;
+  for (int i = 0; i + 1 < 6; ++i) {
+    const int lo = window::imax(cuts[i], 0), hi = window::imin(cuts[i + 1], d);
+    if (lo >= hi) continue;
+    total += group_visits(ax, lo, ql, kl) * (hi - lo);
   }
   return total;
 }
@@ -164,9 +196,7 @@ thread_local TileChoiceCache g_tile_cache;
 void choose_tiles_cached(int rank, const AxisProblem ax[kRank], int ql[kRank], int kl[kRank]) {
   TileChoiceCache& c = g_tile_cache;
   bool hit = c.valid && c.rank == rank;
-  for (int a = 0; a < kRank && hit; ++a)
-    hit = c.ax[a].n == ax[a].n && c.ax[a].K == ax[a].K && c.ax[a].s == ax[a].s && c.ax[a].d == ax[a].d &&
-          c.ax[a].causal == ax[a].causal;
+  for (int a = 0; a < kRank && hit; ++a) hit = c.ax[a] == ax[a];
   if (!hit) {
     choose_tiles(rank, ax, c.ql, c.kl);
     c.valid = true;
@@ -265,6 +295,10 @@ cudaError_t fna_forward(const FnaForwardArgs& args, int dtype, cudaStream_t stre
   }
   for (int a = 0; a < kRank; ++a) {
     g.extent[a] = ax[a].n;
+    g.q_extent[a] = ax[a].nq;
+    g.kv_extent[a] = ax[a].nkv;
+    g.q_origin[a] = ax[a].q0;
+    g.kv_origin[a] = ax[a].k0;
     g.kernel[a] = ax[a].K;
     g.stride[a] = ax[a].s;
     g.dilation[a] = ax[a].d;

@@ -14,6 +14,8 @@ namespace sm80 {
 //   args.q_tile / args.kv_tile: a pair listed by fna_forward_tile_configs for args.rank (entries of
 //     axes >= rank are ignored), or any entry <= 0 on an axis < rank to let the kernel choose
 //     (fna_forward_default_tiles).
+// Slabs (args.global_extent / q_origin / kv_extent / kv_origin): windows on the global grid; the key
+// slab must hold every key the query slab attends (checked: cudaErrorInvalidValue otherwise).
 // Returns cudaSuccess, cudaErrorNotSupported (dtype / head dims, see fna_forward_supports),
 // cudaErrorInvalidValue (problem or tile config the caller should have rejected), or a launch error.
 cudaError_t fna_forward(const natten::FnaForwardArgs& args, int dtype /*1 = fp16, 2 = bf16*/,
@@ -32,8 +34,8 @@ int fna_forward_tile_configs(int rank, int head_dim, int* q_tiles /*[n][3]*/, in
 
 // The tile pair fna_forward uses when the caller leaves the choice to it: minimizes the number of
 // visited (query, key) pairs (tile-visit bound of PERF-NOTES.md) for this problem's per-axis
-// extents, kernel sizes, strides, dilations and causal flags. Returns cudaErrorInvalidValue for an
-// invalid rank / extents.
+// extents, kernel sizes, strides, dilations and causal flags (over the query slab's tokens when
+// slabs are given). Returns cudaErrorInvalidValue for an invalid rank / extents.
 cudaError_t fna_forward_default_tiles(const natten::FnaForwardArgs& args, int q_tile[3], int kv_tile[3]);
 
 }  // namespace sm80

@@ -30,12 +30,10 @@ CUTE_DEVICE void fna_forward_cta(FnaParams const& p, WorkTile const& w, QueryTil
     CtaTile& c = *cta_smem;
     c.q = qt;
     c.k = make_key_tiles(p.geo, qt);
-    CUTE_UNROLL
-    for (int a = 0; a < kRank; ++a) c.n[a] = qt.axis[a].n;
     const int64_t kv_head = w.head / p.heads_per_kv;
     c.gq = make_group_tensor(w.batch, w.head, p.q_batch, p.q_head, p.q_spatial, w.group, p.geo.dilation);
-    c.gk = make_group_tensor(w.batch, kv_head, p.k_batch, p.k_head, p.k_spatial, w.group, p.geo.dilation);
-    c.gv = make_group_tensor(w.batch, kv_head, p.v_batch, p.v_head, p.v_spatial, w.group, p.geo.dilation);
+    c.gk = make_group_tensor(w.batch, kv_head, p.k_batch, p.k_head, p.k_spatial, qt.kv_group, p.geo.dilation);
+    c.gv = make_group_tensor(w.batch, kv_head, p.v_batch, p.v_head, p.v_spatial, qt.kv_group, p.geo.dilation);
     c.go = make_group_tensor(w.batch, w.head, p.o_batch, p.o_head, p.o_spatial, w.group, p.geo.dilation);
     const GroupTensor gl =
         make_group_tensor(w.batch, w.head, p.lse_batch, p.lse_head, p.lse_spatial, w.group, p.geo.dilation);

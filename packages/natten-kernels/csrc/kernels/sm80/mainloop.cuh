@@ -25,9 +25,8 @@ namespace sm80 {
 // What the mainloop and epilogue need to know about their CTA. Built once by one thread and kept
 // in shared memory (read where used), so that none of it occupies registers across the key loop.
 struct CtaTile {
-  QueryTile q;
+  QueryTile q;  // q.n_q / q.n_kv: token bounds of the query / key slab groups (loads, stores)
   KeyTiles k;
-  int n[kRank];  // group extents (= q.axis[a].n)
   GroupTensor gq, gk, gv, go;
   int64_t lse_base;  // element offset of (batch, head, group origin) in lse
   int64_t lse_step[kRank];
@@ -67,7 +66,8 @@ struct CollectiveMainloop {
     Element const* q_ptr = static_cast<Element const*>(p.q);
     Element const* k_ptr = static_cast<Element const*>(p.k);
     Element const* v_ptr = static_cast<Element const*>(p.v);
-    int const* n = cta.n;  // smem
+    int const* n_q = cta.q.n_q;    // smem
+    int const* n_kv = cta.q.n_kv;  // smem
 
     typename Traits::SmemLayoutQ layout_q;
     typename Traits::SmemLayoutKV layout_kv;
@@ -114,9 +114,9 @@ struct CollectiveMainloop {
     for (int a = 0; a < kRank; ++a) kb[a] = cta.k.start[a];
 
     // Prologue: Q and K[0].
-    load_tile_box<Traits, kTileQ>(smem_q, layout_q, q_ptr, cta.gq, cta.q.q0, geo.q_log2, n, p.head_dim,
+    load_tile_box<Traits, kTileQ>(smem_q, layout_q, q_ptr, cta.gq, cta.q.q0, geo.q_log2, n_q, p.head_dim,
                                   aligned, tid);
-    load_tile_box<Traits, kTileKV>(smem_k, layout_kv, k_ptr, cta.gk, kb, geo.kv_log2, n, p.head_dim,
+    load_tile_box<Traits, kTileKV>(smem_k, layout_kv, k_ptr, cta.gk, kb, geo.kv_log2, n_kv, p.head_dim,
                                    aligned, tid);
     cp_async_fence();
 
@@ -125,7 +125,7 @@ struct CollectiveMainloop {
 
       cp_async_wait<0>();
       __syncthreads();  // K[t] visible; every warp is done with V[t-1]
-      load_tile_box<Traits, kTileKV>(smem_v, layout_kv, v_ptr, cta.gv, kb, geo.kv_log2, n, p.head_dim_v,
+      load_tile_box<Traits, kTileKV>(smem_v, layout_kv, v_ptr, cta.gv, kb, geo.kv_log2, n_kv, p.head_dim_v,
                                      aligned, tid);
       cp_async_fence();
 
@@ -198,7 +198,7 @@ struct CollectiveMainloop {
       __syncthreads();  // V[t] visible; every warp is done with K[t]
       if (t + 1 < cta.k.total) {
         key_tile_advance(geo, cta.k, kb);
-        load_tile_box<Traits, kTileKV>(smem_k, layout_kv, k_ptr, cta.gk, kb, geo.kv_log2, n, p.head_dim,
+        load_tile_box<Traits, kTileKV>(smem_k, layout_kv, k_ptr, cta.gk, kb, geo.kv_log2, n_kv, p.head_dim,
                                        aligned, tid);
       }
       cp_async_fence();

@@ -7,6 +7,14 @@
 // box [window start of the first query, window end of the last query] per axis; their columns are
 // numbered the same way.
 //
+// Slabs of a larger grid: the query tensor may hold the slab of the global grid (extent[]) that
+// starts at q_origin[] (q_extent[] tokens per axis) and the key/value tensors the slab at
+// kv_origin[] (kv_extent[] tokens). Work items, query tiles and tensor addressing use the query
+// slab's own dilation groups and coordinates; windows are computed on the global grid
+// (global group coordinate = slab group coordinate + q_shift) and key coordinates are those of the
+// key slab's group holding the same global group (key slab coordinate = global - kv_shift). The
+// whole grid is the special case origin 0, q_extent = kv_extent = extent (all shifts 0).
+//
 // Plain integer C++ (host + device) so that the CPU test (tests/window_math_test.cpp) replays
 // exactly the decisions the kernel makes.
 #pragma once
@@ -21,27 +29,33 @@ namespace sm80 {
 constexpr int kRank = 3;  // kernels always work in 3-D; missing axes have extent/kernel 1
 
 struct Geometry {
-  int extent[kRank];    // tokens per axis (global)
+  int extent[kRank];    // tokens per axis of the global grid (the windows live on it)
+  int q_extent[kRank];  // query slab: tokens per axis (= extent without a region)
+  int kv_extent[kRank]; // key/value slab: tokens per axis (= extent without a region)
+  int q_origin[kRank];  // global coordinate of the query slab's first token (0 without a region)
+  int kv_origin[kRank]; // global coordinate of the key/value slab's first token (0 without a region)
   int kernel[kRank];
   int stride[kRank];
   int dilation[kRank];
   int causal[kRank];    // 0 / 1
   int q_log2[kRank];    // query tile shape, log2 per axis
   int kv_log2[kRank];   // key tile shape, log2 per axis
-  int q_tiles[kRank];   // query tiles per axis in the largest (first) dilation group
+  int q_tiles[kRank];   // query tiles per axis in the query slab's largest (first) dilation group
+  int groups[kRank];    // non-empty dilation groups of the query slab: min(dilation, q_extent)
   int64_t batch;
   int64_t heads;
-  int64_t num_work;     // batch * heads * prod(dilation) * prod(q_tiles)
+  int64_t num_work;     // batch * heads * prod(groups) * prod(q_tiles)
 };
 
-// Fills q_tiles / num_work from the other fields.
+// Fills q_tiles / groups / num_work from the other fields.
 NATTEN_HD void geometry_finalize(Geometry& g) {
   int64_t n = g.batch * g.heads;
   for (int a = 0; a < kRank; ++a) {
-    const int ng0 = window::group_extent(g.extent[a], g.dilation[a], 0);
+    const int ng0 = window::group_extent(g.q_extent[a], g.dilation[a], 0);
     const int qt = 1 << g.q_log2[a];
     g.q_tiles[a] = (ng0 + qt - 1) / qt;
-    n *= int64_t(g.dilation[a]) * int64_t(g.q_tiles[a]);
+    g.groups[a] = window::imin(g.dilation[a], g.q_extent[a]);  // = dilation on the whole grid
+    n *= int64_t(g.groups[a]) * int64_t(g.q_tiles[a]);
   }
   g.num_work = n;
 }
@@ -49,7 +63,7 @@ NATTEN_HD void geometry_finalize(Geometry& g) {
 struct WorkTile {
   int64_t batch;
   int64_t head;
-  int group[kRank];
+  int group[kRank];  // dilation group of the query slab (its token x lies in group x mod d)
   int tile[kRank];
 };
 
@@ -62,8 +76,8 @@ NATTEN_HD WorkTile decode_work(const Geometry& g, int64_t idx) {
     idx /= g.q_tiles[a];
   }
   for (int a = kRank - 1; a >= 0; --a) {
-    w.group[a] = int(idx % g.dilation[a]);
-    idx /= g.dilation[a];
+    w.group[a] = int(idx % g.groups[a]);
+    idx /= g.groups[a];
   }
   w.head = idx % g.heads;
   w.batch = idx / g.heads;
@@ -77,21 +91,39 @@ NATTEN_HD void tile_coord(int idx, const int log2[kRank], int c[kRank]) {
   c[0] = idx >> (log2[1] + log2[2]);
 }
 
+// Coordinates: "slab" coordinates are group-local coordinates inside the query slab's group
+// (query rows) or the key slab's group (key columns); "global" ones are group-local coordinates of
+// the global grid's group (window math). Without a region both are the same.
 struct QueryTile {
-  window::Axis axis[kRank];  // group-local axis parameters (n = group extent)
-  int q0[kRank];             // first query of the tile (group-local)
-  int q_last[kRank];         // last REAL query of the tile (clamped to the group)
+  window::Axis axis[kRank];  // global group's axis parameters (n = global group extent)
+  int q0[kRank];             // first query of the tile (query slab coordinates)
+  int q_last[kRank];         // last REAL query of the tile (clamped to the query slab's group)
+  int n_q[kRank];            // tokens of the query slab's group
+  int n_kv[kRank];           // tokens of the key slab's group holding the same global group
+  int kv_group[kRank];       // that key slab group (its tokens x satisfy x mod d == kv_group)
+  int q_shift[kRank];        // global coordinate = query slab coordinate + q_shift
+  int kv_shift[kRank];       // key slab coordinate = global coordinate - kv_shift
 };
 
 // Returns false when the tile holds no token (tiles past the end of a smaller dilation group).
 NATTEN_HD bool make_query_tile(const Geometry& g, const WorkTile& w, QueryTile& q) {
   bool nonempty = true;
   for (int a = 0; a < kRank; ++a) {
-    const int ng = window::group_extent(g.extent[a], g.dilation[a], w.group[a]);
+    const int d = g.dilation[a];
+    const int first = g.q_origin[a] + w.group[a];  // global token of the slab group's first token
+    const int gg = first % d;                      // global dilation group
+    const int kg = (gg + d - g.kv_origin[a] % d) % d;
+    const int ng = window::group_extent(g.extent[a], d, gg);
+    const int nq = window::group_extent(g.q_extent[a], d, w.group[a]);
     q.axis[a] = window::make_axis(ng, g.kernel[a], g.stride[a], g.causal[a] != 0);
     q.q0[a] = w.tile[a] << g.q_log2[a];
-    q.q_last[a] = window::imin(q.q0[a] + (1 << g.q_log2[a]) - 1, ng - 1);
-    nonempty = nonempty && (q.q0[a] < ng);
+    q.q_last[a] = window::imin(q.q0[a] + (1 << g.q_log2[a]) - 1, nq - 1);
+    q.n_q[a] = nq;
+    q.n_kv[a] = window::group_extent(g.kv_extent[a], d, kg);
+    q.kv_group[a] = kg;
+    q.q_shift[a] = first / d;
+    q.kv_shift[a] = (g.kv_origin[a] + kg) / d;
+    nonempty = nonempty && (q.q0[a] < nq);
   }
   return nonempty;
 }
@@ -101,20 +133,21 @@ NATTEN_HD bool query_row_valid(const Geometry& g, const QueryTile& q, int r) {
   int c[kRank];
   tile_coord(r, g.q_log2, c);
   bool ok = true;
-  for (int a = 0; a < kRank; ++a) ok = ok && (q.q0[a] + c[a] < q.axis[a].n);
+  for (int a = 0; a < kRank; ++a) ok = ok && (q.q0[a] + c[a] < q.n_q[a]);
   return ok;
 }
 
-// Per-row window used by the masked path: start and (end - start) per axis. Padding rows (outside
-// the group) take the window of the last real query, so no row is ever empty.
+// Per-row window used by the masked path, in key slab coordinates: start and (end - start) per
+// axis. Padding rows (outside the group) take the window of the last real query, so no row is
+// ever empty.
 NATTEN_HD void query_row_window(const Geometry& g, const QueryTile& q, int r, int start[kRank],
                                 int len[kRank]) {
   int c[kRank];
   tile_coord(r, g.q_log2, c);
   for (int a = 0; a < kRank; ++a) {
     int s, e;
-    window::window_clamped(q.q0[a] + c[a], q.axis[a], s, e);
-    start[a] = s;
+    window::window(window::imin(q.q0[a] + c[a], q.n_q[a] - 1) + q.q_shift[a], q.axis[a], s, e);
+    start[a] = s - q.kv_shift[a];
     len[a] = e - s;
   }
 }
@@ -166,7 +199,7 @@ NATTEN_HD void key_tile_mask_patterns(const int kv_log2[kRank], uint64_t rep[kRa
 }
 
 struct KeyTiles {
-  int start[kRank];    // first key of the key box (group-local)
+  int start[kRank];    // first key of the key box (key slab coordinates)
   int count[kRank];    // key tiles per axis
   int full_lo[kRank];  // key tile [kb, kb + kt - 1] needs no mask iff full_lo <= kb and
   int full_hi[kRank];  //   kb + kt - 1 <= full_hi on every axis
@@ -177,12 +210,15 @@ NATTEN_HD KeyTiles make_key_tiles(const Geometry& g, const QueryTile& q) {
   KeyTiles k;
   k.total = 1;
   for (int a = 0; a < kRank; ++a) {
-    int ks, ke;
-    window::tile_key_range(q.q0[a], q.q_last[a], q.axis[a], ks, ke);
+    const int q0 = q.q0[a] + q.q_shift[a], q_last = q.q_last[a] + q.q_shift[a];  // global
+    int ks, ke, lo, hi;
+    window::tile_key_range(q0, q_last, q.axis[a], ks, ke);
+    window::tile_full_range(q0, q_last, q.axis[a], lo, hi);
     const int kt = 1 << g.kv_log2[a];
-    k.start[a] = ks;
+    k.start[a] = ks - q.kv_shift[a];
     k.count[a] = (ke - ks + kt) >> g.kv_log2[a];  // ceil((ke - ks + 1) / kt), >= 1
-    window::tile_full_range(q.q0[a], q.q_last[a], q.axis[a], k.full_lo[a], k.full_hi[a]);
+    k.full_lo[a] = lo - q.kv_shift[a];
+    k.full_hi[a] = hi - q.kv_shift[a];
     k.total *= k.count[a];
   }
   return k;
@@ -206,7 +242,7 @@ NATTEN_HD void key_tile_advance(const Geometry& g, const KeyTiles& k, int kb[kRa
 }
 
 // True when every key of the tile is attended by every query of the query tile (no mask needed).
-// Such a tile never contains keys outside the group (full_hi <= n - 1).
+// Such a tile never contains keys outside the key slab's group (keys attended by a query lie in it).
 NATTEN_HD bool key_tile_full(const Geometry& g, const KeyTiles& k, const int kb[kRank]) {
   bool full = true;
   for (int a = 0; a < kRank; ++a)
@@ -214,12 +250,12 @@ NATTEN_HD bool key_tile_full(const Geometry& g, const KeyTiles& k, const int kb[
   return full;
 }
 
-// Is key column `c` of the key tile at kb[] a real token (inside the group)?
+// Is key column `c` of the key tile at kb[] a real token (inside the key slab's group)?
 NATTEN_HD bool key_col_valid(const Geometry& g, const QueryTile& q, const int kb[kRank], int c) {
   int o[kRank];
   tile_coord(c, g.kv_log2, o);
   bool ok = true;
-  for (int a = 0; a < kRank; ++a) ok = ok && (kb[a] + o[a] < q.axis[a].n);
+  for (int a = 0; a < kRank; ++a) ok = ok && (kb[a] + o[a] < q.n_kv[a]);
   return ok;
 }
 

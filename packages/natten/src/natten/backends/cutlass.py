@@ -1,8 +1,10 @@
 """``cutlass-fna`` / ``cutlass-fmha``: fused kernels for SM80 and newer from natten-kernels.
 
-This release has the fused neighborhood-attention *forward* (with logsumexp). Training through
-this backend (the fused backward) and ``cutlass-fmha`` are not in it yet: ``can_run_*`` says so,
-so automatic selection falls back to another backend and an explicit request explains why.
+This release has the fused neighborhood-attention *forward* (with logsumexp), including query/key
+slabs of a larger grid (``global_shape``, ``q_origin``, ``kv_origin``; natten-kernels ABI >= 1.1).
+Training through this backend (the fused backward) and ``cutlass-fmha`` are not in it yet:
+``can_run_*`` says so, so automatic selection falls back to another backend and an explicit
+request explains why.
 """
 
 from __future__ import annotations
@@ -30,6 +32,25 @@ def _library_reason() -> Optional[str]:
 
 
 @torch.compiler.assume_constant_result
+def _slabs_reason() -> Optional[str]:
+    if _libnatten.supports_slabs():
+        return None
+    major, minor = _libnatten.abi_version()
+    return (
+        f"the loaded natten-kernels (ABI {major}.{minor}) does not take query/key slabs of a larger "
+        f"grid (global_shape, q_origin, kv_origin); they need ABI >= {major}."
+        f"{_libnatten.SLABS_MIN_ABI_MINOR}: upgrade natten-kernels"
+    )
+
+
+def _region_args(spec: object) -> Tuple[List[int], List[int], List[int]]:
+    """(global_shape, q_origin, kv_origin) for the kernel: empty lists for the whole grid."""
+    if not getattr(spec, "is_partial", False):
+        return [], [], []
+    return list(spec.shape), list(spec.q_origin), list(spec.kv_origin)  # type: ignore[attr-defined]
+
+
+@torch.compiler.assume_constant_result
 def _kernel_reason(dtype: torch.dtype, rank: int, head_dim: int, head_dim_v: int, device: int) -> Optional[str]:
     key = (dtype, rank, head_dim, head_dim_v, device)
     if key not in _KERNEL_REASONS:
@@ -53,10 +74,9 @@ def can_run_fna(
     if query.dtype not in _DTYPES:
         return f"it supports float16 and bfloat16, got {query.dtype}"
     if getattr(spec, "is_partial", False):
-        return (
-            "it does not take query/key slabs of a larger grid (global_shape, q_origin, "
-            "kv_origin) in this release"
-        )
+        reason = _slabs_reason()
+        if reason is not None:
+            return reason
     if _needs_grad(query, key, value):
         return (
             "its fused backward is not in this release yet (inputs require grad); use "
@@ -106,7 +126,7 @@ def fna(
         )
     args = (
         list(spec.kernel_size), list(spec.stride), list(spec.dilation), list(spec.is_causal),
-        float(scale), list(q_tile_shape or ()), list(kv_tile_shape or ()),
+        float(scale), list(q_tile_shape or ()), list(kv_tile_shape or ()), *_region_args(spec),
     )
     if torch.compiler.is_compiling():
         return ops.fna_forward(query, key, value, *args)
@@ -123,11 +143,13 @@ def prepare_fna(query: Tensor, key: Tensor, value: Tensor, spec, scale: float,
 
     if not (ops.is_kernel_ready(query) and ops.is_kernel_ready(key) and ops.is_kernel_ready(value)):
         return lambda q, k, v: fna(q, k, v, spec, scale, q_tile_shape, kv_tile_shape)
-    out, lse = ops.new_outputs(query, value)
+    out, lse = ops.new_outputs(query, value)  # the query slab's grid
+    global_shape, q_origin, kv_origin = _region_args(spec)
     prepared = _libnatten.PreparedFnaForward(
         query, key, value, out, lse, list(spec.kernel_size), list(spec.stride),
         list(spec.dilation), list(spec.is_causal), float(scale),
-        q_tile=q_tile_shape, kv_tile=kv_tile_shape,
+        q_tile=q_tile_shape, kv_tile=kv_tile_shape, global_shape=global_shape or None,
+        q_origin=q_origin or None, kv_origin=kv_origin or None,
     )
     launch = prepared.launch
 
