@@ -114,3 +114,20 @@ def test_region_errors_name_the_axis_and_ranges():
         natten.na2d(q, k, k, 3, global_shape=(12,))
     with pytest.raises(ValueError, match=r"kernel_size` \(11\) is larger than the input size \(10\)"):
         natten.na2d(q, k, k, (3, 11), global_shape=(12, 10), q_origin=(2, 0), kv_origin=(1, 0))
+
+
+def test_axis_key_range_matches_window_bounds():
+    from natten.window import axis_key_range, axis_window_bounds
+
+    rng = random.Random(0)
+    for _ in range(3000):
+        n = rng.randint(2, 40)
+        K = rng.randint(2, n)
+        d = rng.randint(1, max(1, n // K))
+        s = rng.randint(1, K)
+        c = rng.random() < 0.4
+        a = rng.randint(0, n - 1)
+        b = rng.randint(a + 1, n)
+        start, last = axis_window_bounds(n, K, s, d, c)
+        want = (int(start[a:b].min()), int(last[a:b].max()) + 1)
+        assert axis_key_range(n, K, s, d, c, a, b) == want, (n, K, s, d, c, a, b)

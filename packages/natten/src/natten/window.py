@@ -148,14 +148,38 @@ class Region:
     kv_shape: Tuple[int, ...]
 
 
+def _axis_bounds_at(n: int, K: int, s: int, d: int, causal: bool, i: int) -> Tuple[int, int]:
+    """``(start, last)`` of query ``i``'s window on one axis (plain ints; see axis_window_bounds)."""
+    g, ip = i % d, i // d
+    ng = (n - g + d - 1) // d
+    if causal:
+        leader = min(s * (ip // s) + s - 1, ng - 1)
+        return max(leader - K + 1, 0) * d + g, ip * d + g
+    left, right = K // 2, K // 2 + K % 2 - 1
+    leader = min(s * (ip // s) + s // 2, ng - 1)
+    centre = max(min(leader, ng - 1 - right), left)
+    return (centre - left) * d + g, (centre + right) * d + g
+
+
 def axis_key_range(
     n: int, kernel_size: int, stride: int, dilation: int, is_causal: bool, q_start: int,
     q_stop: int,
 ) -> Tuple[int, int]:
     """The smallest key range ``[lo, hi)`` on one axis holding every key that the queries
-    ``q_start <= i < q_stop`` of an axis of length ``n`` attend."""
-    start, last = axis_window_bounds(n, kernel_size, stride, dilation, is_causal)
-    return int(start[q_start:q_stop].min()), int(last[q_start:q_stop].max()) + 1
+    ``q_start <= i < q_stop`` of an axis of length ``n`` attend.
+
+    Plain integer arithmetic, O(dilation): window starts and ends are non-decreasing within a
+    dilation group, so only each group's first and last query in the range matter. (No tensors:
+    this also runs while torch.compile traces a call.)"""
+    lo, hi = n, 0
+    for g in range(dilation):
+        first = q_start + (g - q_start) % dilation
+        if first >= q_stop:
+            continue
+        last = first + (q_stop - 1 - first) // dilation * dilation
+        lo = min(lo, _axis_bounds_at(n, kernel_size, stride, dilation, is_causal, first)[0])
+        hi = max(hi, _axis_bounds_at(n, kernel_size, stride, dilation, is_causal, last)[1] + 1)
+    return lo, hi
 
 
 def key_range(spec: WindowSpec, q_origin: Sequence[int], q_shape: Sequence[int]) -> Tuple[Tuple[int, int], ...]:

@@ -131,12 +131,13 @@ def _tokens(t):
 def _run_and_check(c, dtype, seed, backward):
     q, k, v = _inputs(c, dtype, seed)
     kw = dict(c["kw"], q_tile_shape=c["q_tile"], kv_tile_shape=c["kv_tile"])
-    small = [x for x in (_tokens(c["q_tile"]), _tokens(c["kv_tile"])) if x is not None and x < 64]
+    least = flex._MIN_HALF_BWD_TILE_TOKENS
+    small = [x for x in (_tokens(c["q_tile"]), _tokens(c["kv_tile"])) if x is not None and x < least]
     if backward and dtype != torch.float32 and small:
         # Triton has no compiled half-precision backward for blocks under 64 tokens: a clear error
         # naming the limit, then the same problem with the backend's own tiles.
         leaves = [t.clone().requires_grad_() for t in (q, k, v)]
-        with pytest.raises(ValueError, match="needs tiles of at least 64 tokens"):
+        with pytest.raises(ValueError, match=f"needs tiles of at least {least} tokens"):
             NA_FN[len(c["shape"])](*leaves, **kw, backend="flex-fna")
         kw.update(q_tile_shape=None, kv_tile_shape=None)
     leaves = [t.clone().requires_grad_(backward) for t in (q, k, v)]
@@ -281,7 +282,8 @@ def test_plan_built_once_and_no_recompiles_on_repeated_calls():
         fn(q, k, v, **kw, backend="flex-fna")
     assert int(counters["stats"]["unique_graphs"]) == graphs
     after = flex.cache_info()
-    assert after["misses"] == info["misses"] and after["hits"] == info["hits"] + 3
+    # The dispatcher's prepared runner holds the plan: repeated calls neither rebuild nor look it up.
+    assert after["misses"] == info["misses"] and after["hits"] == info["hits"]
     assert "recompile-limit" not in flex._WARNED
 
 
@@ -315,12 +317,12 @@ REGION_CASES = [
     # 1-D: odd origin on a dilated, causal, strided axis; key slab wider than needed
     dict(shape=(200,), kw=dict(kernel_size=13, stride=3, dilation=2, is_causal=True),
          qo=(37,), qs=(64,), margin=(3, 5), H=4, Hkv=2, D=32, Dv=32, tiles=None),
-    # 2-D interior slab (tiled inference), explicit tiles of 64 tokens (the least the compiled
+    # 2-D interior slab (tiled inference), explicit tiles of 128 tokens (the least the compiled
     # half-precision backward takes)
     dict(shape=(24, 30), kw=dict(kernel_size=(7, 6), stride=(2, 1), dilation=(1, 3),
                                  is_causal=(False, True)),
          qo=(5, 7), qs=(11, 16), margin=(0, 2), H=2, Hkv=1, D=64, Dv=32,
-         tiles=((4, 16), (8, 8))),
+         tiles=((8, 16), (16, 8))),
     # 3-D time shard of a video grid (context parallelism), GQA, D_v != D
     dict(shape=(16, 12, 20), kw=dict(kernel_size=(5, 7, 6), stride=(1, 2, 1), dilation=(1, 1, 2),
                                      is_causal=(True, False, False)),
