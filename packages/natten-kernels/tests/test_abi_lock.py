@@ -62,7 +62,7 @@ def test_real_change_without_bump_fails(tmp_path):
                       HEADER.read_text())
     assert n == 1
     msg = _with_header(tmp_path, text)
-    assert msg and "changed but NATTEN_ABI_VERSION is still 1.0" in msg
+    assert msg and "changed but NATTEN_ABI_VERSION is still 1.1" in msg
     assert "NATTEN_ABI_VERSION_MINOR" in msg and "NATTEN_ABI_VERSION_MAJOR" in msg
 
 
@@ -72,9 +72,9 @@ def test_macro_change_without_bump_fails(tmp_path):
 
 
 def test_bump_without_lock_update_fails(tmp_path):
-    text = HEADER.read_text().replace("#define NATTEN_ABI_VERSION_MINOR 0", "#define NATTEN_ABI_VERSION_MINOR 1")
+    text = HEADER.read_text().replace("#define NATTEN_ABI_VERSION_MINOR 1", "#define NATTEN_ABI_VERSION_MINOR 2")
     msg = _with_header(tmp_path, text)
-    assert msg and "--update" in msg and "1.1" in msg
+    assert msg and "--update" in msg and "1.2" in msg
 
 
 def test_normalize_keeps_macro_shape():

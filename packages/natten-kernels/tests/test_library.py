@@ -21,6 +21,8 @@ EXPECTED_EXPORTS = {
     "natten_fna_supports",
     "natten_fna_query_configs",
     "natten_fna_forward",
+    "natten_fna_backward",
+    "natten_fna_backward_workspace_size",
 }
 
 
@@ -54,7 +56,7 @@ def test_loads_with_ctypes_alone(library_path):
 
 def test_abi_version(lib):
     major, minor = _header_abi()
-    assert (major, minor) == (1, 0)
+    assert (major, minor) == (1, 1)
     assert lib.natten_abi_version() == major * 1000 + minor
 
 
