@@ -264,6 +264,9 @@ CUTE_DEVICE void fna_bwd_dq_cta(FnaBwdParams const& p, WorkTile const& w, QueryT
     clear(acc_s);
     bwd_gemm_ss<Traits>(acc_s, sQ, sK, tid);
     Tensor s_rc = make_tensor(acc_s.data(), acc_rowcol(acc_s.layout()));
+    // Scores in log2 units first, then the mask (a negative scale must not turn -inf into +inf).
+    CUTE_UNROLL
+    for (int i = 0; i < size(acc_s); ++i) acc_s(i) *= scale_log2;
     if (!full) {
       const uint64_t rep[kRank] = {rep_smem[0], rep_smem[1], rep_smem[2]};
       const int col0 = get<1>(tScS_rc(0, 0));
@@ -290,7 +293,7 @@ CUTE_DEVICE void fna_bwd_dq_cta(FnaBwdParams const& p, WorkTile const& w, QueryT
     for (int mi = 0; mi < size<0>(s_rc); ++mi) {
       const float l = lse_s[get<0>(tScS_rc(mi, 0))];
       CUTE_UNROLL
-      for (int ni = 0; ni < size<1>(s_rc); ++ni) s_rc(mi, ni) = fast_exp2(s_rc(mi, ni) * scale_log2 - l);
+      for (int ni = 0; ni < size<1>(s_rc); ++ni) s_rc(mi, ni) = fast_exp2(s_rc(mi, ni) - l);
     }
     // dP = dO V^T;  dS = P * (dP - delta)
     Tensor acc_dp = partition_fragment_C(tiled_mma, Shape<Int<kTile>, Int<kTile>>{});
@@ -453,6 +456,8 @@ CUTE_DEVICE void fna_bwd_dkdv_cta(FnaBwdParams const& p, KvWorkTile const& w, Ke
       clear(acc_s);
       bwd_gemm_ss<Traits>(acc_s, sK, sQ, tid);
       Tensor s_rc = make_tensor(acc_s.data(), acc_rowcol(acc_s.layout()));
+      CUTE_UNROLL
+      for (int i = 0; i < size(acc_s); ++i) acc_s(i) *= scale_log2;  // log2 units, then the mask
       if (!full) {
         CUTE_UNROLL
         for (int mi = 0; mi < size<0>(s_rc); ++mi) {
@@ -477,7 +482,7 @@ CUTE_DEVICE void fna_bwd_dkdv_cta(FnaBwdParams const& p, KvWorkTile const& w, Ke
       for (int mi = 0; mi < size<0>(s_rc); ++mi) {
         CUTE_UNROLL
         for (int ni = 0; ni < size<1>(s_rc); ++ni)
-          s_rc(mi, ni) = fast_exp2(s_rc(mi, ni) * scale_log2 - lse_s[get<1>(tScS_rc(mi, ni))]);
+          s_rc(mi, ni) = fast_exp2(s_rc(mi, ni) - lse_s[get<1>(tScS_rc(mi, ni))]);
       }
       if constexpr (kDoDv) {
         // dV += P^T dO
