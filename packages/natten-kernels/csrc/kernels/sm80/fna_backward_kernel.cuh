@@ -247,6 +247,8 @@ CUTE_DEVICE void fna_bwd_dq_cta(FnaBwdParams const& p, WorkTile const& w, QueryT
   clear(acc_dq);
 
   const float scale_log2 = p.scale_log2;
+  // Masked scores: infinite with the sign that scale_log2 turns into -inf (scales may be negative).
+  const float masked = scale_log2 > 0.f ? -INFINITY : INFINITY;
   int kb[kRank];
   for (int a = 0; a < kRank; ++a) kb[a] = cta.k.start[a];
 
@@ -264,9 +266,6 @@ CUTE_DEVICE void fna_bwd_dq_cta(FnaBwdParams const& p, WorkTile const& w, QueryT
     clear(acc_s);
     bwd_gemm_ss<Traits>(acc_s, sQ, sK, tid);
     Tensor s_rc = make_tensor(acc_s.data(), acc_rowcol(acc_s.layout()));
-    // Scores in log2 units first, then the mask (a negative scale must not turn -inf into +inf).
-    CUTE_UNROLL
-    for (int i = 0; i < size(acc_s); ++i) acc_s(i) *= scale_log2;
     if (!full) {
       const uint64_t rep[kRank] = {rep_smem[0], rep_smem[1], rep_smem[2]};
       const int col0 = get<1>(tScS_rc(0, 0));
@@ -284,7 +283,7 @@ CUTE_DEVICE void fna_bwd_dq_cta(FnaBwdParams const& p, WorkTile const& w, QueryT
         CUTE_UNROLL
         for (int ni = 0; ni < size<1>(s_rc); ++ni) {
           const int bit = get<1>(tScS_rc(mi, ni)) - col0;
-          if (((word >> bit) & 1u) == 0) s_rc(mi, ni) = -INFINITY;
+          if (((word >> bit) & 1u) == 0) s_rc(mi, ni) = masked;
         }
       }
     }
@@ -293,7 +292,7 @@ CUTE_DEVICE void fna_bwd_dq_cta(FnaBwdParams const& p, WorkTile const& w, QueryT
     for (int mi = 0; mi < size<0>(s_rc); ++mi) {
       const float l = lse_s[get<0>(tScS_rc(mi, 0))];
       CUTE_UNROLL
-      for (int ni = 0; ni < size<1>(s_rc); ++ni) s_rc(mi, ni) = fast_exp2(s_rc(mi, ni) - l);
+      for (int ni = 0; ni < size<1>(s_rc); ++ni) s_rc(mi, ni) = fast_exp2(s_rc(mi, ni) * scale_log2 - l);
     }
     // dP = dO V^T;  dS = P * (dP - delta)
     Tensor acc_dp = partition_fragment_C(tiled_mma, Shape<Int<kTile>, Int<kTile>>{});
@@ -411,6 +410,7 @@ CUTE_DEVICE void fna_bwd_dkdv_cta(FnaBwdParams const& p, KvWorkTile const& w, Ke
   clear(acc_dv);
 
   const float scale_log2 = p.scale_log2;
+  const float masked = scale_log2 > 0.f ? -INFINITY : INFINITY;  // -> -inf after scaling
   const int64_t visits = cta.qs.total;
   for (int64_t hh = 0; hh < p.heads_per_kv; ++hh) {
     const int64_t head = w.kv_head * p.heads_per_kv + hh;
@@ -456,8 +456,6 @@ CUTE_DEVICE void fna_bwd_dkdv_cta(FnaBwdParams const& p, KvWorkTile const& w, Ke
       clear(acc_s);
       bwd_gemm_ss<Traits>(acc_s, sK, sQ, tid);
       Tensor s_rc = make_tensor(acc_s.data(), acc_rowcol(acc_s.layout()));
-      CUTE_UNROLL
-      for (int i = 0; i < size(acc_s); ++i) acc_s(i) *= scale_log2;  // log2 units, then the mask
       if (!full) {
         CUTE_UNROLL
         for (int mi = 0; mi < size<0>(s_rc); ++mi) {
@@ -473,7 +471,7 @@ CUTE_DEVICE void fna_bwd_dkdv_cta(FnaBwdParams const& p, KvWorkTile const& w, Ke
               const int2 wv = q_win[c * kRank + a];
               ok = ok && unsigned(key[a] - wv.x) <= unsigned(wv.y);
             }
-            if (!ok) s_rc(mi, ni) = -INFINITY;
+            if (!ok) s_rc(mi, ni) = masked;
           }
         }
       }
@@ -482,7 +480,7 @@ CUTE_DEVICE void fna_bwd_dkdv_cta(FnaBwdParams const& p, KvWorkTile const& w, Ke
       for (int mi = 0; mi < size<0>(s_rc); ++mi) {
         CUTE_UNROLL
         for (int ni = 0; ni < size<1>(s_rc); ++ni)
-          s_rc(mi, ni) = fast_exp2(s_rc(mi, ni) - lse_s[get<1>(tScS_rc(mi, ni))]);
+          s_rc(mi, ni) = fast_exp2(s_rc(mi, ni) * scale_log2 - lse_s[get<1>(tScS_rc(mi, ni))]);
       }
       if constexpr (kDoDv) {
         // dV += P^T dO
