@@ -892,6 +892,21 @@ int backward_impl(const natten_fna_backward_params* p) {
   NATTEN_CHECK(device_cc(dev, &ma, &mi));
   NATTEN_CHECK(check_arch(ma * 10 + mi));
   NATTEN_CHECK(sm80_check_problem(p->dtype, p->rank, p->head_dim, p->head_dim_v, ma * 10 + mi));
+  {
+    const int need = natten::sm80::fna_backward_smem_bytes(int(p->head_dim), int(p->head_dim_v));
+    int have = 0;
+    const cudaError_t ae = cudaDeviceGetAttribute(&have, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
+    if (ae != cudaSuccess) {
+      (void)cudaGetLastError();
+      return cuda_fail(ae, "cudaDeviceGetAttribute(cudaDevAttrMaxSharedMemoryPerBlockOptin)");
+    }
+    if (need > have) {
+      return fail(NATTEN_STATUS_UNSUPPORTED,
+                  "the SM80 backward at head_dim %lld / head_dim_v %lld needs %d bytes of shared memory per "
+                  "block, but device %d (compute capability %d.%d) allows %d",
+                  (long long)p->head_dim, (long long)p->head_dim_v, need, dev, ma, mi, have);
+    }
+  }
   // 3. Launch.
   DeviceGuard guard;
   cudaError_t e = guard.set(dev);

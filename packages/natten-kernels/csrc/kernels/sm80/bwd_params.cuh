@@ -48,5 +48,13 @@ struct FnaBwdParams {
   int aligned;           // every row of every dtype tensor starts on a 16-byte boundary
 };
 
+// Dynamic shared memory of the backward tile kernels (both use the same plan, fna_backward_kernel.cuh
+// BwdSmem, which static_asserts this formula): four 64 x padded_dim tiles of 2-byte elements, the
+// per-row window table (64 x 3 int2), 3 mask patterns, lse and delta (64 floats each), and a
+// 1024-byte CTA descriptor.
+constexpr int bwd_smem_bytes(int padded_dim) {
+  return 4 * 64 * padded_dim * 2 + 64 * kRank * 8 + kRank * 8 + 2 * 64 * 4 + 1024;
+}
+
 }  // namespace sm80
 }  // namespace natten

@@ -48,6 +48,11 @@ int64_t tokens(const FnaForwardArgs& f) {
 
 }  // namespace
 
+int fna_backward_smem_bytes(int head_dim, int head_dim_v) {
+  const int dim = bwd_padded_dim(head_dim > head_dim_v ? head_dim : head_dim_v);
+  return dim < 0 ? -1 : bwd_smem_bytes(dim);
+}
+
 int64_t fna_backward_workspace_bytes(const FnaBackwardArgs& args) {
   const FnaForwardArgs& f = args.fwd;
   const int64_t n = tokens(f);

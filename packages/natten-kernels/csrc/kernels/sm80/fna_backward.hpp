@@ -14,6 +14,10 @@ namespace sm80 {
 // up to 256 bytes); 0 for an empty problem. Returns -1 if the sizes overflow int64.
 int64_t fna_backward_workspace_bytes(const natten::FnaBackwardArgs& args);
 
+// Dynamic shared memory per block the backward kernels need for these head dims (the host checks
+// it against the device's opt-in limit: head dim 256 needs ~131 KiB, more than SM 8.6 / 8.9 have).
+int fna_backward_smem_bytes(int head_dim, int head_dim_v);
+
 // Runs the backward described by `args` on `stream` (dtype: 1 = fp16, 2 = bf16). Every path is
 // deterministic (no atomics): dQ by a query-parallel kernel, dK / dV by a key-parallel one.
 // Tiles as in fna_forward (args.fwd.q_tile / kv_tile, entries <= 0 = choose).

@@ -160,6 +160,7 @@ struct BwdSmem {
                                       2 * kTile * int(sizeof(float));
   static constexpr int kCtaBytes = 1024;
   static constexpr int kBytes = 4 * kTileElems * int(sizeof(typename Traits::Element)) + kTablesBytes + kCtaBytes;
+  static_assert(kBytes == bwd_smem_bytes(Traits::kDim), "keep bwd_smem_bytes (host checks) in sync");
 };
 
 // ---------------------------------------------------------------------------------------------
