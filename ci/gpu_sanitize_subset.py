@@ -72,5 +72,32 @@ for glob, qo, qs, ks, st, dl, ca, h, hkv, d, dv, dt in SLAB_CASES:
     bad += not ok
     print(f"slab {glob} q {qo}+{qs} kv {ko}+{kvs} k={ks} s={st} d={dl} c={ca} H={h}/{hkv} D={d}/{dv} {dt}: "
           f"max err {err:.2e} {'ok' if ok else 'FAIL'}")
+# Fused backward (natten-kernels ABI >= 1.1): dQ, dK, dV (with the logsumexp gradient) vs autograd
+# on the oracle.
+if natten._libnatten.has_backward():
+    for shape, ks, st, dl, ca, h, hkv, d, dt in CASES:
+        g = [torch.randn(2, *shape, h, d, device="cuda", dtype=dt),
+             torch.randn(2, *shape, hkv, d, device="cuda", dtype=dt),
+             torch.randn(2, *shape, hkv, d, device="cuda", dtype=dt)]
+        d_out = (torch.randn(2, *shape, h, d, device="cuda") / d**0.5).to(dt)
+        d_lse = torch.randn(2, *shape, h, device="cuda")
+        op = {1: natten.na1d, 2: natten.na2d, 3: natten.na3d}[len(shape)]
+        results = []
+        for fn, cast in ((lambda a, b_, c: op(a, b_, c, ks, st, dl, ca, backend="cutlass-fna", return_lse=True),
+                          lambda t: t),
+                         (lambda a, b_, c: na_oracle(a, b_, c, ks, st, dl, ca), lambda t: t.double())):
+            xs = [cast(t).detach().requires_grad_(True) for t in g]
+            out, lse = fn(*xs)
+            results.append(torch.autograd.grad((out, lse), xs, (cast(d_out), cast(d_lse))))
+        tol = 1e-2 if dt == torch.float16 else 5e-2
+        errs = []
+        for a, b_ in zip(*results):
+            errs.append((a.double() - b_).abs().max().item() / max(1.0, b_.abs().max().item()))
+        ok = max(errs) <= tol and all(torch.isfinite(a).all() for a in results[0])
+        bad += not ok
+        print(f"backward {shape} k={ks} s={st} d={dl} c={ca} H={h}/{hkv} D={d} {dt}: "
+              f"scaled max err dq/dk/dv {errs[0]:.2e}/{errs[1]:.2e}/{errs[2]:.2e} {'ok' if ok else 'FAIL'}")
+else:
+    print("natten-kernels has no backward (ABI < 1.1): backward cases skipped")
 torch.cuda.synchronize()
 sys.exit(1 if bad else 0)

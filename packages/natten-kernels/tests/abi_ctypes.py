@@ -64,6 +64,52 @@ class FnaForwardParams(ctypes.Structure):
 
 
 SIZE_V1_0 = 448  # NATTEN_FNA_FORWARD_PARAMS_SIZE_V1_0: the struct of a caller built against ABI 1.0
+class FnaBackwardParams(ctypes.Structure):
+    _fields_ = [
+        ("struct_size", ctypes.c_uint64),
+        ("dtype", _i32),
+        ("rank", _i32),
+        ("batch", _i64),
+        ("shape", _i64 * 3),
+        ("heads", _i64),
+        ("heads_kv", _i64),
+        ("head_dim", _i64),
+        ("head_dim_v", _i64),
+        ("q", ctypes.c_void_p),
+        ("k", ctypes.c_void_p),
+        ("v", ctypes.c_void_p),
+        ("out", ctypes.c_void_p),
+        ("lse", ctypes.c_void_p),
+        ("d_out", ctypes.c_void_p),
+        ("d_lse", ctypes.c_void_p),
+        ("d_q", ctypes.c_void_p),
+        ("d_k", ctypes.c_void_p),
+        ("d_v", ctypes.c_void_p),
+        ("q_stride", _i64 * 6),
+        ("k_stride", _i64 * 6),
+        ("v_stride", _i64 * 6),
+        ("out_stride", _i64 * 6),
+        ("lse_stride", _i64 * 5),
+        ("d_out_stride", _i64 * 6),
+        ("d_lse_stride", _i64 * 5),
+        ("d_q_stride", _i64 * 6),
+        ("d_k_stride", _i64 * 6),
+        ("d_v_stride", _i64 * 6),
+        ("kernel_size", _i32 * 3),
+        ("stride", _i32 * 3),
+        ("dilation", _i32 * 3),
+        ("is_causal", _i32 * 3),
+        ("scale", ctypes.c_float),
+        ("q_tile", _i32 * 3),
+        ("kv_tile", _i32 * 3),
+        ("backend", _i32),
+        ("device", _i32),
+        ("deterministic", _i32),
+        ("reserved", _i32),
+        ("workspace", ctypes.c_void_p),
+        ("workspace_bytes", ctypes.c_uint64),
+        ("stream", ctypes.c_void_p),
+    ]
 
 
 class FnaProblem(ctypes.Structure):
@@ -104,6 +150,11 @@ def load(path: str) -> ctypes.CDLL:
     lib.natten_device_info.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
     lib.natten_fna_forward.restype = ctypes.c_int
     lib.natten_fna_forward.argtypes = [ctypes.c_void_p]
+    if hasattr(lib, "natten_fna_backward"):  # ABI >= 1.1
+        lib.natten_fna_backward.restype = ctypes.c_int
+        lib.natten_fna_backward.argtypes = [ctypes.c_void_p]
+        lib.natten_fna_backward_workspace_size.restype = ctypes.c_int
+        lib.natten_fna_backward_workspace_size.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
     lib.natten_fna_supports.restype = ctypes.c_int
     lib.natten_fna_supports.argtypes = [ctypes.c_void_p]
     lib.natten_fna_query_configs.restype = ctypes.c_int
@@ -148,6 +199,36 @@ def valid_params(
         p.is_causal[a] = 0
     p.scale = head_dim ** -0.5
     p.device = -1
+    return p
+
+
+DO_PTR, DLSE_PTR, DQ_PTR, DK_PTR, DV_PTR, WS_PTR = (
+    0x7F0050000000, 0x7F0060000000, 0x7F0070000000, 0x7F0080000000, 0x7F0090000000, 0x7F00A0000000)
+
+
+def valid_backward_params(
+    rank=2, shape=(16, 16), batch=2, heads=4, heads_kv=2, head_dim=64, head_dim_v=64, dtype=FP16, kernel=7,
+    with_dlse=True,
+) -> FnaBackwardParams:
+    """A backward problem that passes every argument check (without a GPU: NO_DEVICE)."""
+    f = valid_params(rank, shape, batch, heads, heads_kv, head_dim, head_dim_v, dtype, kernel)
+    p = FnaBackwardParams()
+    p.struct_size = ctypes.sizeof(FnaBackwardParams)
+    for name in ("dtype", "rank", "batch", "heads", "heads_kv", "head_dim", "head_dim_v", "q", "k", "v", "out",
+                 "lse", "scale", "device"):
+        setattr(p, name, getattr(f, name))
+    for name in ("shape", "q_stride", "k_stride", "v_stride", "out_stride", "lse_stride", "kernel_size", "stride",
+                 "dilation", "is_causal"):
+        getattr(p, name)[:] = list(getattr(f, name))
+    p.d_out, p.d_q, p.d_k, p.d_v = DO_PTR, DQ_PTR, DK_PTR, DV_PTR
+    p.d_lse = DLSE_PTR if with_dlse else None
+    p.d_out_stride[:] = list(f.out_stride)
+    p.d_lse_stride[:] = list(f.lse_stride)
+    p.d_q_stride[:] = list(f.q_stride)
+    p.d_k_stride[:] = list(f.k_stride)
+    p.d_v_stride[:] = list(f.v_stride)
+    p.workspace = WS_PTR
+    p.workspace_bytes = 1 << 30
     return p
 
 

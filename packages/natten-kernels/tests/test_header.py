@@ -22,6 +22,7 @@ DOC = REPO / "docs" / "abi.md"
 
 STRUCTS = {
     "natten_fna_forward_params": A.FnaForwardParams,
+    "natten_fna_backward_params": A.FnaBackwardParams,
     "natten_fna_problem": A.FnaProblem,
     "natten_tile_config": A.TileConfig,
 }
@@ -106,6 +107,7 @@ def test_test_mirror_matches_c_layout(tmp_path):
     # ABI 1.1 appended its fields right after the 1.0 layout (448 bytes).
     assert layout["natten_fna_forward_params"][1]["global_shape"][0] == 448
     assert layout["natten_fna_problem"][0] == 48
+    assert layout["natten_fna_backward_params"][0] == 744
     assert layout["natten_tile_config"][0] == 40
 
 
@@ -129,6 +131,7 @@ def test_natten_libnatten_mirror_matches_c_layout(tmp_path):
         layout = _c_layout(tmp_path)
         _check_mirror(L.FnaForwardParams, "natten_fna_forward_params", layout)
         _check_mirror(L.FnaProblem, "natten_fna_problem", layout)
+        _check_mirror(L.FnaBackwardParams, "natten_fna_backward_params", layout)
         _check_mirror(L.TileConfig, "natten_tile_config", layout)
         text = HEADER.read_text()
         for name, value in re.findall(r"\b(NATTEN_(?:STATUS|DTYPE|BACKEND)_\w+) = (\d+)", text):

@@ -21,6 +21,8 @@ EXPECTED_EXPORTS = {
     "natten_fna_supports",
     "natten_fna_query_configs",
     "natten_fna_forward",
+    "natten_fna_backward",
+    "natten_fna_backward_workspace_size",
 }
 
 

@@ -57,6 +57,23 @@ def test_window_math(tmp_path: Path) -> None:
     assert "OK" in run.stdout
 
 
+def test_backward_tile_math(tmp_path: Path) -> None:
+    """Inverse (key -> query) ranges and the key-parallel tile walk of the fused backward."""
+    cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
+    if cxx is None:
+        pytest.skip("no C++ compiler")
+    exe = tmp_path / "bwd_tile_math_test"
+    build = _run(
+        [cxx, "-std=c++17", "-O2", "-Wall", "-Wextra", "-x", "c++", f"-I{INCLUDE}", f"-I{SM80}",
+         str(TESTS / "bwd_tile_math_test.cpp"), "-o", str(exe)],
+        timeout=300,
+    )
+    assert build.returncode == 0, build.stdout + build.stderr
+    run = _run([str(exe)], timeout=600)
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
+    assert "OK" in run.stdout
+
+
 def _cutlass_include() -> Path | None:
     candidates = []
     env = os.environ.get("CUTLASS_INCLUDE_DIR")

@@ -71,3 +71,50 @@ def test_real_library_slab_validation(real_lib, monkeypatch):
         with pytest.raises(L.NattenNoDeviceError, match="no CUDA device"):
             L.fna_forward(q, k, v, out, lse, 3, 1, 1, False, 0.125, global_shape=(12, 7), q_origin=(3, 0),
                           kv_origin=(2, 0))
+def _grads_like(q, k, v, out, lse, device=0):
+    from test_libnatten import FakeCudaTensor
+
+    def like(t, dtype=None):
+        return FakeCudaTensor(torch.empty(t.shape, dtype=dtype or t.dtype), device)
+
+    return like(out), like(lse), like(q), like(k), like(v)
+
+
+def test_real_library_backward(real_lib, monkeypatch):
+    """natten_fna_backward (ABI 1.1) through the binding: validation errors come back as the
+    library's messages, the workspace size is the library's, and (without a GPU) a valid call
+    passes every check and stops at the device query."""
+    from test_libnatten import FakeCudaTensor
+
+    assert L.abi_version() >= (1, 1)
+    assert L.has_backward()
+    L._import_torch()
+    monkeypatch.setattr(L, "_raw_stream", lambda index: 0)
+    q, k, v, out, lse = _tensors(device=0)
+    d_out, d_lse, d_q, d_k, d_v = _grads_like(q, k, v, out, lse)
+    args = (q, k, v, out, lse, d_out, d_lse, d_q, d_k, d_v)
+    # 2 * 6 * 7 * 4 rows of float32, rounded up to 256 bytes.
+    assert L.fna_backward_workspace_size(*args, (3, 5), 1, 1, False, 0.125) == 1536
+    with pytest.raises(L.NattenInvalidArgumentError,
+                       match=r"kernel_size\[1\] \* dilation\[1\] = 5 \* 2 = 10 exceeds shape\[1\] = 7"):
+        L.fna_backward(*args, (3, 5), 1, (1, 2), False, 0.125)
+    with pytest.raises(L.NattenInvalidArgumentError, match=r"stride\[0\] is 4"):
+        L.fna_backward(*args, (3, 5), (4, 1), 1, False, 0.125)
+    with pytest.raises(L.NattenInvalidArgumentError, match="lse .* is required"):
+        L.fna_backward(q, k, v, out, None, d_out, d_lse, d_q, d_k, d_v, (3, 5), 1, 1, False, 0.125)
+    with pytest.raises(L.NattenInvalidArgumentError, match="d_k has shape"):
+        L.fna_backward(q, k, v, out, lse, d_out, d_lse, d_q, d_v, d_v, (3, 5), 1, 1, False, 0.125)
+    with pytest.raises(L.NattenUnsupportedError, match="q_tile"):
+        L.fna_backward(*args, (3, 5), 1, 1, False, 0.125, q_tile=(8, 4), kv_tile=(8, 8))
+    ws = FakeCudaTensor(torch.empty(1536, dtype=torch.uint8), 0)
+    small = FakeCudaTensor(torch.empty(512, dtype=torch.uint8), 0)
+    try:
+        L.device_info(-1)
+    except L.NattenNoDeviceError:
+        with pytest.raises(L.NattenInvalidArgumentError, match="workspace_bytes is 512 but this problem needs 1536"):
+            L.fna_backward(*args, (3, 5), 1, 1, False, 0.125, workspace=small)
+        with pytest.raises(L.NattenNoDeviceError, match="no CUDA device"):
+            L.fna_backward(*args, (3, 5), 1, 1, False, 0.125, workspace=ws, deterministic=True)
+        with pytest.raises(L.NattenNoDeviceError, match="no CUDA device"):
+            L.fna_backward(q, k, v, out, lse, d_out, None, d_q, d_k, d_v, (3, 5), (2, 3), (2, 1), (True, False),
+                           0.125, workspace=ws)

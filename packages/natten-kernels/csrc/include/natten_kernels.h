@@ -45,6 +45,8 @@
 #define NATTEN_FNA_PROBLEM_SIZE_V1_0 48
 /* sizeof(natten_fna_forward_params) since v1.1 (query/key slabs of a larger grid appended). */
 #define NATTEN_FNA_FORWARD_PARAMS_SIZE_V1_1 544
+/* sizeof() of the v1.1 backward params (LP64); the library rejects a struct_size below it. */
+#define NATTEN_FNA_BACKWARD_PARAMS_SIZE_V1_1 744
 
 #if defined(_WIN32)
 #if defined(NATTEN_KERNELS_BUILDING)
@@ -165,6 +167,78 @@ typedef struct natten_fna_forward_params {
   int64_t kv_shape[NATTEN_MAX_RANK];     /* token grid of k and v; all 0 = shape */
 } natten_fna_forward_params;
 
+/* ------------------------------------------------------------------------------------------ */
+/* Fused neighborhood attention, backward (ABI 1.1).                                           */
+/* ------------------------------------------------------------------------------------------ */
+
+/*
+ * Gradients of natten_fna_forward. Same layout conventions as the forward, plus:
+ *   d_out [B, X, (Y), (Z), H,    Dv]    dtype, gradient of out
+ *   d_lse [B, X, (Y), (Z), H]           float32, gradient of lse (optional: NULL = zero)
+ *   d_q   [B, X, (Y), (Z), H,    D ]    dtype, written
+ *   d_k   [B, X, (Y), (Z), H_kv, D ]    dtype, written (summed over the H / H_kv query heads of
+ *                                       each kv head; no repeated K / V is materialized)
+ *   d_v   [B, X, (Y), (Z), H_kv, Dv]    dtype, written (same)
+ * q, k, v, out and lse are the forward's inputs and outputs (lse is required here). The window,
+ * scale and tiles must be those of the forward call. All pointers 16-byte aligned (lse, d_lse: 4).
+ * workspace: device memory of at least natten_fna_backward_workspace_size() bytes, 16-byte
+ * aligned, owned by the caller, used only during the (asynchronous) call; NULL if that size is 0.
+ * deterministic: 1 = results are bit-identical across runs; 0 = the library may use a faster,
+ * non-deterministic path. (This build's kernels are all deterministic: dQ is computed by a
+ * query-parallel kernel and dK / dV by a key-parallel one, none uses atomics.)
+ */
+typedef struct natten_fna_backward_params {
+  uint64_t struct_size; /* = sizeof(natten_fna_backward_params) */
+  int32_t dtype;        /* natten_dtype of q, k, v, out, d_out, d_q, d_k, d_v */
+  int32_t rank;         /* R: 1, 2 or 3 */
+
+  int64_t batch;
+  int64_t shape[NATTEN_MAX_RANK];
+  int64_t heads;
+  int64_t heads_kv;
+  int64_t head_dim;
+  int64_t head_dim_v;
+
+  const void* q;
+  const void* k;
+  const void* v;
+  const void* out;
+  const float* lse;   /* required */
+  const void* d_out;
+  const float* d_lse; /* optional (NULL = no gradient through the logsumexp) */
+  void* d_q;
+  void* d_k;
+  void* d_v;
+
+  int64_t q_stride[NATTEN_MAX_TENSOR_DIMS];
+  int64_t k_stride[NATTEN_MAX_TENSOR_DIMS];
+  int64_t v_stride[NATTEN_MAX_TENSOR_DIMS];
+  int64_t out_stride[NATTEN_MAX_TENSOR_DIMS];
+  int64_t lse_stride[NATTEN_MAX_TENSOR_DIMS - 1];
+  int64_t d_out_stride[NATTEN_MAX_TENSOR_DIMS];
+  int64_t d_lse_stride[NATTEN_MAX_TENSOR_DIMS - 1];
+  int64_t d_q_stride[NATTEN_MAX_TENSOR_DIMS];
+  int64_t d_k_stride[NATTEN_MAX_TENSOR_DIMS];
+  int64_t d_v_stride[NATTEN_MAX_TENSOR_DIMS];
+
+  int32_t kernel_size[NATTEN_MAX_RANK];
+  int32_t stride[NATTEN_MAX_RANK];
+  int32_t dilation[NATTEN_MAX_RANK];
+  int32_t is_causal[NATTEN_MAX_RANK];
+  float scale;
+
+  int32_t q_tile[NATTEN_MAX_RANK];  /* all 0 = let the library choose (as the forward) */
+  int32_t kv_tile[NATTEN_MAX_RANK];
+  int32_t backend;                  /* natten_backend */
+  int32_t device;                   /* -1 = current device */
+  int32_t deterministic;            /* 0 or 1 */
+  int32_t reserved;                 /* must be 0 */
+
+  void* workspace;          /* device memory, >= natten_fna_backward_workspace_size() bytes */
+  uint64_t workspace_bytes; /* size of workspace */
+  void* stream;             /* cudaStream_t (NULL = legacy default stream) */
+} natten_fna_backward_params;
+
 /* A problem description for the kernel-query API. */
 typedef struct natten_fna_problem {
   uint64_t struct_size; /* = sizeof(natten_fna_problem) */
@@ -225,12 +299,33 @@ NATTEN_API int natten_fna_query_configs(const natten_fna_problem* problem, natte
  * neighborhood) v, and optionally lse. Asynchronous on params->stream. */
 NATTEN_API int natten_fna_forward(const natten_fna_forward_params* params) NATTEN_NOEXCEPT;
 
+/* ABI 1.1. Bytes of workspace natten_fna_backward needs for `params` (its workspace fields are
+ * ignored). Validates the arguments like natten_fna_backward, without touching any device. */
+NATTEN_API int natten_fna_backward_workspace_size(const natten_fna_backward_params* params,
+                                                  uint64_t* bytes) NATTEN_NOEXCEPT;
+
+/* ABI 1.1. Fused neighborhood attention backward: d_q, d_k, d_v from d_out (and d_lse).
+ * Asynchronous on params->stream. */
+NATTEN_API int natten_fna_backward(const natten_fna_backward_params* params) NATTEN_NOEXCEPT;
+
 /* ------------------------------------------------------------------------------------------ */
 /* Convenience initializers (header-only).                                                     */
 /* ------------------------------------------------------------------------------------------ */
 
 /* Zero the struct, set struct_size, device = -1 (current) and unit stride/dilation. */
 static inline void natten_fna_forward_params_init(natten_fna_forward_params* p) {
+  int i;
+  memset(p, 0, sizeof(*p));
+  p->struct_size = (uint64_t)sizeof(*p);
+  p->device = -1;
+  for (i = 0; i < NATTEN_MAX_RANK; ++i) {
+    p->stride[i] = 1;
+    p->dilation[i] = 1;
+  }
+}
+
+/* Zero the struct, set struct_size, device = -1 (current) and unit stride/dilation. */
+static inline void natten_fna_backward_params_init(natten_fna_backward_params* p) {
   int i;
   memset(p, 0, sizeof(*p));
   p->struct_size = (uint64_t)sizeof(*p);

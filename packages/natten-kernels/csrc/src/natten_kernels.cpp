@@ -21,6 +21,8 @@
 #include "internal.hpp"
 #include "natten/fna_args.hpp"
 #include "natten_build_config.h"
+#include "natten/fna_backward_args.hpp"
+#include "sm80/fna_backward.hpp"
 #include "sm80/fna_forward.hpp"
 
 static_assert(sizeof(void*) == 8, "natten-kernels supports 64-bit targets only");
@@ -35,6 +37,11 @@ static_assert(offsetof(natten_fna_forward_params, stream) == 440, "layout");
 static_assert(offsetof(natten_fna_forward_params, q_stride) == 120, "layout");
 static_assert(offsetof(natten_fna_forward_params, kernel_size) == 352, "layout");
 static_assert(natten::kMaxRank == NATTEN_MAX_RANK, "internal and ABI max rank differ");
+static_assert(sizeof(natten_fna_backward_params) == NATTEN_FNA_BACKWARD_PARAMS_SIZE_V1_1,
+              "natten_fna_backward_params changed size: that is an ABI change (see docs/abi.md)");
+static_assert(offsetof(natten_fna_backward_params, q_stride) == 160, "layout");
+static_assert(offsetof(natten_fna_backward_params, kernel_size) == 624, "layout");
+static_assert(offsetof(natten_fna_backward_params, stream) == 736, "layout");
 
 namespace natten {
 namespace abi {
@@ -610,6 +617,352 @@ int forward_impl(const natten_fna_forward_params* user) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Backward (ABI 1.1)
+// ---------------------------------------------------------------------------------------------
+
+// Like check_struct_size, for structs introduced after ABI 1.0 (`since` names the version).
+int check_struct_size_since(const void* p, uint64_t size, uint64_t min_size, const char* name, const char* since) {
+  if (size < min_size) {
+    return fail(NATTEN_STATUS_INVALID_ARGUMENT,
+                "%s.struct_size is %llu but must be at least %llu (sizeof(%s) of ABI %s); set it to "
+                "sizeof(%s) as compiled against natten_kernels.h",
+                name, (unsigned long long)size, (unsigned long long)min_size, name, since, name);
+  }
+  if (size > kMaxStructSize) {
+    return fail(NATTEN_STATUS_INVALID_ARGUMENT,
+                "%s.struct_size is %llu, larger than any version of the struct (max %llu); is it "
+                "initialized?",
+                name, (unsigned long long)size, (unsigned long long)kMaxStructSize);
+  }
+  const unsigned char* bytes = static_cast<const unsigned char*>(p);
+  for (uint64_t i = min_size; i < size; ++i) {
+    if (bytes[i] != 0) {
+      return fail(NATTEN_STATUS_UNSUPPORTED,
+                  "%s has struct_size %llu and a non-zero byte at offset %llu, past the %llu bytes "
+                  "this library (ABI %d.%d) knows; the caller uses a newer field: upgrade natten-kernels",
+                  name, (unsigned long long)size, (unsigned long long)i, (unsigned long long)min_size,
+                  NATTEN_ABI_VERSION_MAJOR, NATTEN_ABI_VERSION_MINOR);
+    }
+  }
+  return NATTEN_STATUS_SUCCESS;
+}
+
+// Pure argument checks of the backward (no CUDA calls), in the forward's order: struct, enums,
+// shapes, pointers, strides, window, scale, tiles, backend / device / deterministic.
+int validate_backward_args(const natten_fna_backward_params* p, bool* tiles_set) {
+  if (p == nullptr) return fail(NATTEN_STATUS_INVALID_ARGUMENT, "params is NULL");
+  NATTEN_CHECK(check_struct_size_since(p, p->struct_size, NATTEN_FNA_BACKWARD_PARAMS_SIZE_V1_1,
+                                       "natten_fna_backward_params", "1.1"));
+  if (p->reserved != 0) {
+    return fail(NATTEN_STATUS_INVALID_ARGUMENT, "reserved is %d; it must be 0", p->reserved);
+  }
+  if (p->dtype != NATTEN_DTYPE_FP16 && p->dtype != NATTEN_DTYPE_BF16 && p->dtype != NATTEN_DTYPE_FP32) {
+    return fail(NATTEN_STATUS_INVALID_ARGUMENT,
+                "dtype is %d; expected NATTEN_DTYPE_FP16 (1), NATTEN_DTYPE_BF16 (2) or NATTEN_DTYPE_FP32 (3)",
+                p->dtype);
+  }
+  const int rank = p->rank;
+  if (rank < 1 || rank > NATTEN_MAX_RANK) {
+    return fail(NATTEN_STATUS_INVALID_ARGUMENT, "rank is %d; it must be 1, 2 or 3", rank);
+  }
+  if (p->batch < 1) return fail(NATTEN_STATUS_INVALID_ARGUMENT, "batch is %lld; it must be >= 1", (long long)p->batch);
+  for (int a = 0; a < rank; ++a) {
+    if (p->shape[a] < 1) {
+      return fail(NATTEN_STATUS_INVALID_ARGUMENT, "shape[%d] is %lld; it must be >= 1", a, (long long)p->shape[a]);
+    }
+  }
+  if (p->heads < 1) return fail(NATTEN_STATUS_INVALID_ARGUMENT, "heads is %lld; it must be >= 1", (long long)p->heads);
+  if (p->heads_kv < 1) {
+    return fail(NATTEN_STATUS_INVALID_ARGUMENT, "heads_kv is %lld; it must be >= 1", (long long)p->heads_kv);
+  }
+  if (p->head_dim < 1) {
+    return fail(NATTEN_STATUS_INVALID_ARGUMENT, "head_dim is %lld; it must be >= 1", (long long)p->head_dim);
+  }
+  if (p->head_dim_v < 1) {
+    return fail(NATTEN_STATUS_INVALID_ARGUMENT, "head_dim_v is %lld; it must be >= 1", (long long)p->head_dim_v);
+  }
+  if (p->heads % p->heads_kv != 0) {
+    return fail(NATTEN_STATUS_INVALID_ARGUMENT,
+                "heads (%lld) is not a multiple of heads_kv (%lld); GQA/MQA needs heads %% heads_kv == 0",
+                (long long)p->heads, (long long)p->heads_kv);
+  }
+  // Pointers.
+  NATTEN_CHECK(check_pointer(p->q, "q", 16, false));
+  NATTEN_CHECK(check_pointer(p->k, "k", 16, false));
+  NATTEN_CHECK(check_pointer(p->v, "v", 16, false));
+  NATTEN_CHECK(check_pointer(p->out, "out", 16, false));
+  NATTEN_CHECK(check_pointer(p->lse, "lse", 4, false));
+  NATTEN_CHECK(check_pointer(p->d_out, "d_out", 16, false));
+  NATTEN_CHECK(check_pointer(p->d_lse, "d_lse", 4, true));
+  NATTEN_CHECK(check_pointer(p->d_q, "d_q", 16, false));
+  NATTEN_CHECK(check_pointer(p->d_k, "d_k", 16, false));
+  NATTEN_CHECK(check_pointer(p->d_v, "d_v", 16, false));
+  // Strides.
+  const int64_t eb = dtype_bytes(p->dtype);
+  const int nd = rank + 3;
+  auto make = [&](const char* name, const char* sarg, const int64_t* strides, int64_t h, int64_t d, int64_t bytes,
+                  bool out, bool has_d) {
+    TensorCheck c = {};
+    c.name = name;
+    c.stride_arg = sarg;
+    c.ndim = has_d ? nd : nd - 1;
+    c.sizes[0] = p->batch;
+    for (int a = 0; a < rank; ++a) c.sizes[1 + a] = p->shape[a];
+    c.sizes[1 + rank] = h;
+    if (has_d) c.sizes[2 + rank] = d;
+    c.strides = strides;
+    c.elem_bytes = bytes;
+    c.contiguous_last = has_d;
+    c.stride_multiple = 1;  // unaligned rows take the kernels' scalar path
+    c.output = out;
+    return c;
+  };
+  NATTEN_CHECK(check_tensor(make("q", "q_stride", p->q_stride, p->heads, p->head_dim, eb, false, true), p->q, rank));
+  NATTEN_CHECK(
+      check_tensor(make("k", "k_stride", p->k_stride, p->heads_kv, p->head_dim, eb, false, true), p->k, rank));
+  NATTEN_CHECK(
+      check_tensor(make("v", "v_stride", p->v_stride, p->heads_kv, p->head_dim_v, eb, false, true), p->v, rank));
+  NATTEN_CHECK(check_tensor(make("out", "out_stride", p->out_stride, p->heads, p->head_dim_v, eb, false, true),
+                            p->out, rank));
+  NATTEN_CHECK(check_tensor(make("lse", "lse_stride", p->lse_stride, p->heads, 1, 4, false, false), p->lse, rank));
+  NATTEN_CHECK(check_tensor(make("d_out", "d_out_stride", p->d_out_stride, p->heads, p->head_dim_v, eb, false, true),
+                            p->d_out, rank));
+  if (p->d_lse != nullptr) {
+    NATTEN_CHECK(check_tensor(make("d_lse", "d_lse_stride", p->d_lse_stride, p->heads, 1, 4, false, false), p->d_lse,
+                              rank));
+  }
+  NATTEN_CHECK(
+      check_tensor(make("d_q", "d_q_stride", p->d_q_stride, p->heads, p->head_dim, eb, true, true), p->d_q, rank));
+  NATTEN_CHECK(check_tensor(make("d_k", "d_k_stride", p->d_k_stride, p->heads_kv, p->head_dim, eb, true, true),
+                            p->d_k, rank));
+  NATTEN_CHECK(check_tensor(make("d_v", "d_v_stride", p->d_v_stride, p->heads_kv, p->head_dim_v, eb, true, true),
+                            p->d_v, rank));
+  // Window parameters.
+  for (int a = 0; a < rank; ++a) {
+    const int K = p->kernel_size[a], s = p->stride[a], d = p->dilation[a];
+    if (K < 2) {
+      return fail(NATTEN_STATUS_INVALID_ARGUMENT, "kernel_size[%d] is %d; it must be >= 2", a, K);
+    }
+    if (s < 1 || s > K) {
+      return fail(NATTEN_STATUS_INVALID_ARGUMENT,
+                  "stride[%d] is %d; it must satisfy 1 <= stride <= kernel_size (kernel_size[%d] = %d)", a, s, a, K);
+    }
+    if (d < 1) return fail(NATTEN_STATUS_INVALID_ARGUMENT, "dilation[%d] is %d; it must be >= 1", a, d);
+    if (static_cast<int64_t>(K) * static_cast<int64_t>(d) > p->shape[a]) {
+      return fail(NATTEN_STATUS_INVALID_ARGUMENT,
+                  "kernel_size[%d] * dilation[%d] = %d * %d = %lld exceeds shape[%d] = %lld", a, a, K, d,
+                  (long long)K * d, a, (long long)p->shape[a]);
+    }
+    if (p->is_causal[a] != 0 && p->is_causal[a] != 1) {
+      return fail(NATTEN_STATUS_INVALID_ARGUMENT, "is_causal[%d] is %d; it must be 0 or 1", a, p->is_causal[a]);
+    }
+  }
+  if (!std::isfinite(p->scale) || p->scale == 0.0f) {
+    return fail(NATTEN_STATUS_INVALID_ARGUMENT, "scale is %g; it must be finite and non-zero (usually head_dim ** -0.5)",
+                (double)p->scale);
+  }
+  bool q_set = false, kv_set = false;
+  NATTEN_CHECK(check_tile(p->q_tile, rank, "q_tile", &q_set));
+  NATTEN_CHECK(check_tile(p->kv_tile, rank, "kv_tile", &kv_set));
+  if (q_set != kv_set) {
+    return fail(NATTEN_STATUS_INVALID_ARGUMENT,
+                "%s is given but %s is all 0; give both tile shapes or neither (all 0 = let the library choose)",
+                q_set ? "q_tile" : "kv_tile", q_set ? "kv_tile" : "q_tile");
+  }
+  *tiles_set = q_set;
+  if (p->backend < NATTEN_BACKEND_AUTO || p->backend > NATTEN_BACKEND_BLACKWELL_FNA) {
+    return fail(NATTEN_STATUS_INVALID_ARGUMENT,
+                "backend is %d; expected NATTEN_BACKEND_AUTO (0), NATTEN_BACKEND_CUTLASS_FNA_SM80 (1), "
+                "NATTEN_BACKEND_HOPPER_FNA (2) or NATTEN_BACKEND_BLACKWELL_FNA (3)",
+                p->backend);
+  }
+  if (p->device < -1) {
+    return fail(NATTEN_STATUS_INVALID_ARGUMENT, "device is %d; it must be a device ordinal or -1 (current device)",
+                p->device);
+  }
+  if (p->deterministic != 0 && p->deterministic != 1) {
+    return fail(NATTEN_STATUS_INVALID_ARGUMENT, "deterministic is %d; it must be 0 or 1", p->deterministic);
+  }
+  return NATTEN_STATUS_SUCCESS;
+}
+
+void fill_backward_args(const natten_fna_backward_params* p, FnaBackwardArgs* a) {
+  std::memset(a, 0, sizeof(*a));
+  // The forward part through a forward params block (same field meanings).
+  natten_fna_forward_params f;
+  std::memset(&f, 0, sizeof(f));
+  f.struct_size = sizeof(f);
+  f.dtype = p->dtype;
+  f.rank = p->rank;
+  f.batch = p->batch;
+  f.heads = p->heads;
+  f.heads_kv = p->heads_kv;
+  f.head_dim = p->head_dim;
+  f.head_dim_v = p->head_dim_v;
+  f.q = p->q;
+  f.k = p->k;
+  f.v = p->v;
+  f.out = const_cast<void*>(p->out);
+  f.lse = const_cast<float*>(p->lse);
+  for (int i = 0; i < NATTEN_MAX_RANK; ++i) {
+    f.shape[i] = p->shape[i];
+    f.kernel_size[i] = p->kernel_size[i];
+    f.stride[i] = p->stride[i];
+    f.dilation[i] = p->dilation[i];
+    f.is_causal[i] = p->is_causal[i];
+    f.q_tile[i] = p->q_tile[i];
+    f.kv_tile[i] = p->kv_tile[i];
+  }
+  for (int i = 0; i < NATTEN_MAX_TENSOR_DIMS; ++i) {
+    f.q_stride[i] = p->q_stride[i];
+    f.k_stride[i] = p->k_stride[i];
+    f.v_stride[i] = p->v_stride[i];
+    f.out_stride[i] = p->out_stride[i];
+    if (i < NATTEN_MAX_TENSOR_DIMS - 1) f.lse_stride[i] = p->lse_stride[i];
+  }
+  f.scale = p->scale;
+  // The backward runs whole grids (no slabs): the region is the grid itself.
+  FnaRegion whole;
+  std::memset(&whole, 0, sizeof(whole));
+  for (int i = 0; i < NATTEN_MAX_RANK; ++i) {
+    const int64_t n = i < p->rank ? p->shape[i] : 1;
+    whole.global_shape[i] = n;
+    whole.kv_shape[i] = n;
+  }
+  fill_args(&f, whole, &a->fwd);
+  const int rank = p->rank;
+  auto strides = [&](const int64_t* s, int64_t& b, int64_t* sp, int64_t& h) {
+    b = s[0];
+    for (int i = 0; i < kMaxRank; ++i) sp[i] = i < rank ? s[1 + i] : 0;
+    h = s[1 + rank];
+  };
+  a->d_out = p->d_out;
+  a->d_lse = p->d_lse;
+  a->d_q = p->d_q;
+  a->d_k = p->d_k;
+  a->d_v = p->d_v;
+  strides(p->d_out_stride, a->do_stride_batch, a->do_stride_spatial, a->do_stride_head);
+  if (p->d_lse != nullptr)
+    strides(p->d_lse_stride, a->dlse_stride_batch, a->dlse_stride_spatial, a->dlse_stride_head);
+  strides(p->d_q_stride, a->dq_stride_batch, a->dq_stride_spatial, a->dq_stride_head);
+  strides(p->d_k_stride, a->dk_stride_batch, a->dk_stride_spatial, a->dk_stride_head);
+  strides(p->d_v_stride, a->dv_stride_batch, a->dv_stride_spatial, a->dv_stride_head);
+  a->workspace = p->workspace;
+  a->workspace_bytes = static_cast<int64_t>(p->workspace_bytes > uint64_t(INT64_MAX) ? uint64_t(INT64_MAX)
+                                                                                      : p->workspace_bytes);
+  a->deterministic = p->deterministic != 0;
+}
+
+// Argument and build-support checks shared by the workspace query and the backward (no CUDA calls).
+int prepare_backward(const natten_fna_backward_params* p, FnaBackwardArgs* args, int64_t* ws_bytes) {
+  bool tiles_set = false;
+  NATTEN_CHECK(validate_backward_args(p, &tiles_set));
+  NATTEN_CHECK(check_backend_supported(p->backend));
+  NATTEN_CHECK(sm80_check_problem(p->dtype, p->rank, p->head_dim, p->head_dim_v, /*arch=*/0));
+  for (int a = 0; a < p->rank; ++a) {
+    if (p->shape[a] > (int64_t(1) << 30)) {
+      return fail(NATTEN_STATUS_UNSUPPORTED,
+                  "shape[%d] is %lld; the SM80 kernel supports at most %lld tokens per axis (32-bit coordinates)", a,
+                  (long long)p->shape[a], (long long)(int64_t(1) << 30));
+    }
+  }
+  fill_backward_args(p, args);
+  if (tiles_set) {
+    NATTEN_CHECK(sm80_check_tiles(p->rank, p->head_dim, p->q_tile, p->kv_tile));
+  } else {
+    int qt[kMaxRank] = {1, 1, 1}, kt[kMaxRank] = {1, 1, 1};
+    const cudaError_t te = natten::sm80::fna_forward_default_tiles(args->fwd, qt, kt);
+    if (te != cudaSuccess) {
+      return fail(NATTEN_STATUS_INTERNAL_ERROR, "choosing a tile configuration failed: %s (%s)", cuda_err_string(te),
+                  cuda_err_name(te));
+    }
+    for (int i = 0; i < kMaxRank; ++i) {
+      args->fwd.q_tile[i] = i < p->rank ? qt[i] : 1;
+      args->fwd.kv_tile[i] = i < p->rank ? kt[i] : 1;
+    }
+  }
+  const int64_t ws = natten::sm80::fna_backward_workspace_bytes(*args);
+  if (ws < 0) {
+    return fail(NATTEN_STATUS_INVALID_ARGUMENT,
+                "the workspace size (4 bytes per batch x token x head) overflows int64 for batch %lld, heads %lld",
+                (long long)p->batch, (long long)p->heads);
+  }
+  *ws_bytes = ws;
+  return NATTEN_STATUS_SUCCESS;
+}
+
+int backward_workspace_impl(const natten_fna_backward_params* p, uint64_t* bytes) {
+  if (bytes == nullptr) return fail(NATTEN_STATUS_INVALID_ARGUMENT, "bytes is NULL");
+  *bytes = 0;
+  FnaBackwardArgs args;
+  int64_t ws = 0;
+  NATTEN_CHECK(prepare_backward(p, &args, &ws));
+  *bytes = static_cast<uint64_t>(ws);
+  return NATTEN_STATUS_SUCCESS;
+}
+
+int backward_impl(const natten_fna_backward_params* p) {
+  // 1. Arguments and build support (no CUDA calls).
+  FnaBackwardArgs args;
+  int64_t ws = 0;
+  NATTEN_CHECK(prepare_backward(p, &args, &ws));
+  if (ws > 0) {
+    NATTEN_CHECK(check_pointer(p->workspace, "workspace", 16, false));
+    if (p->workspace_bytes < static_cast<uint64_t>(ws)) {
+      return fail(NATTEN_STATUS_INVALID_ARGUMENT,
+                  "workspace_bytes is %llu but this problem needs %lld bytes (natten_fna_backward_workspace_size)",
+                  (unsigned long long)p->workspace_bytes, (long long)ws);
+    }
+  }
+  // 2. Device.
+  int dev = 0;
+  NATTEN_CHECK(resolve_device(p->device, "device", &dev));
+  int ma = 0, mi = 0;
+  NATTEN_CHECK(device_cc(dev, &ma, &mi));
+  NATTEN_CHECK(check_arch(ma * 10 + mi));
+  NATTEN_CHECK(sm80_check_problem(p->dtype, p->rank, p->head_dim, p->head_dim_v, ma * 10 + mi));
+  {
+    const int need = natten::sm80::fna_backward_smem_bytes(int(p->head_dim), int(p->head_dim_v));
+    int have = 0;
+    const cudaError_t ae = cudaDeviceGetAttribute(&have, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
+    if (ae != cudaSuccess) {
+      (void)cudaGetLastError();
+      return cuda_fail(ae, "cudaDeviceGetAttribute(cudaDevAttrMaxSharedMemoryPerBlockOptin)");
+    }
+    if (need > have) {
+      return fail(NATTEN_STATUS_UNSUPPORTED,
+                  "the SM80 backward at head_dim %lld / head_dim_v %lld needs %d bytes of shared memory per "
+                  "block, but device %d (compute capability %d.%d) allows %d",
+                  (long long)p->head_dim, (long long)p->head_dim_v, need, dev, ma, mi, have);
+    }
+  }
+  // 3. Launch.
+  DeviceGuard guard;
+  cudaError_t e = guard.set(dev);
+  if (e != cudaSuccess) {
+    (void)cudaGetLastError();
+    return cuda_fail(e, "cudaSetDevice");
+  }
+  const int kernel_dtype = p->dtype == NATTEN_DTYPE_FP16 ? 1 : 2;
+  e = natten::sm80::fna_backward(args, kernel_dtype, static_cast<cudaStream_t>(p->stream));
+  if (e != cudaSuccess) {
+    (void)cudaGetLastError();
+    return fail(NATTEN_STATUS_CUDA_ERROR,
+                "natten_fna_backward: launching the SM80 kernels (%s, q_tile (%d, %d, %d), kv_tile (%d, %d, %d)) "
+                "failed: %s (%s, code %d)",
+                dtype_name(p->dtype), args.fwd.q_tile[0], args.fwd.q_tile[1], args.fwd.q_tile[2],
+                args.fwd.kv_tile[0], args.fwd.kv_tile[1], args.fwd.kv_tile[2], cuda_err_string(e), cuda_err_name(e),
+                static_cast<int>(e));
+  }
+  e = cudaGetLastError();
+  if (e != cudaSuccess) {
+    return fail(NATTEN_STATUS_CUDA_ERROR, "natten_fna_backward: CUDA error after the kernel launches: %s (%s, code %d)",
+                cuda_err_string(e), cuda_err_name(e), static_cast<int>(e));
+  }
+  return NATTEN_STATUS_SUCCESS;
+}
+
+// ---------------------------------------------------------------------------------------------
 // Query API
 // ---------------------------------------------------------------------------------------------
 
@@ -774,6 +1127,19 @@ NATTEN_API int natten_fna_query_configs(const natten_fna_problem* problem, natte
 NATTEN_API int natten_fna_forward(const natten_fna_forward_params* params) noexcept {
   NATTEN_ABI_TRY
   return natten::abi::forward_impl(params);
+  NATTEN_ABI_CATCH
+}
+
+NATTEN_API int natten_fna_backward_workspace_size(const natten_fna_backward_params* params,
+                                                  uint64_t* bytes) noexcept {
+  NATTEN_ABI_TRY
+  return natten::abi::backward_workspace_impl(params, bytes);
+  NATTEN_ABI_CATCH
+}
+
+NATTEN_API int natten_fna_backward(const natten_fna_backward_params* params) noexcept {
+  NATTEN_ABI_TRY
+  return natten::abi::backward_impl(params);
   NATTEN_ABI_CATCH
 }
 

@@ -12,6 +12,8 @@ Public surface:
     supports_slabs()                          whether the library takes slabs of a larger grid (ABI >= 1.1)
     device_info(device)                       compute capability
     fna_forward(q, k, v, out, lse, ...)       the fused neighborhood-attention forward
+    has_backward()                            whether the loaded library has the backward (ABI >= 1.1)
+    fna_backward(q, k, v, out, lse, d_out, d_lse, d_q, d_k, d_v, ...)   the fused backward
     query_configs(...) / fna_supports(...)    which tile configurations the build has
     NattenKernelError and subclasses          raised for non-zero statuses
 """
@@ -42,6 +44,8 @@ __all__ = [
     "supports_slabs",
     "device_info",
     "fna_forward",
+    "has_backward",
+    "fna_backward",
     "query_configs",
     "fna_supports",
 ]
@@ -137,6 +141,56 @@ class FnaForwardParams(ctypes.Structure):
     ]
 
 
+class FnaBackwardParams(ctypes.Structure):
+    """natten_fna_backward_params (ABI 1.1)."""
+
+    _fields_ = [
+        ("struct_size", ctypes.c_uint64),
+        ("dtype", _i32),
+        ("rank", _i32),
+        ("batch", _i64),
+        ("shape", _I64x3),
+        ("heads", _i64),
+        ("heads_kv", _i64),
+        ("head_dim", _i64),
+        ("head_dim_v", _i64),
+        ("q", ctypes.c_void_p),
+        ("k", ctypes.c_void_p),
+        ("v", ctypes.c_void_p),
+        ("out", ctypes.c_void_p),
+        ("lse", ctypes.c_void_p),
+        ("d_out", ctypes.c_void_p),
+        ("d_lse", ctypes.c_void_p),
+        ("d_q", ctypes.c_void_p),
+        ("d_k", ctypes.c_void_p),
+        ("d_v", ctypes.c_void_p),
+        ("q_stride", _I64xT),
+        ("k_stride", _I64xT),
+        ("v_stride", _I64xT),
+        ("out_stride", _I64xT),
+        ("lse_stride", _I64xL),
+        ("d_out_stride", _I64xT),
+        ("d_lse_stride", _I64xL),
+        ("d_q_stride", _I64xT),
+        ("d_k_stride", _I64xT),
+        ("d_v_stride", _I64xT),
+        ("kernel_size", _I32x3),
+        ("stride", _I32x3),
+        ("dilation", _I32x3),
+        ("is_causal", _I32x3),
+        ("scale", ctypes.c_float),
+        ("q_tile", _I32x3),
+        ("kv_tile", _I32x3),
+        ("backend", _i32),
+        ("device", _i32),
+        ("deterministic", _i32),
+        ("reserved", _i32),
+        ("workspace", ctypes.c_void_p),
+        ("workspace_bytes", ctypes.c_uint64),
+        ("stream", ctypes.c_void_p),
+    ]
+
+
 class FnaProblem(ctypes.Structure):
     _fields_ = [
         ("struct_size", ctypes.c_uint64),
@@ -167,6 +221,8 @@ assert FNA_FORWARD_PARAMS_SIZE == 544, FNA_FORWARD_PARAMS_SIZE  # NATTEN_FNA_FOR
 # The slab fields are zero unless a slab is passed, so an ABI 1.0 library (which accepts a larger
 # struct with a zero tail) runs every call without slabs.
 SLABS_MIN_ABI_MINOR = 1
+FNA_BACKWARD_PARAMS_SIZE = ctypes.sizeof(FnaBackwardParams)
+assert FNA_BACKWARD_PARAMS_SIZE == 744, FNA_BACKWARD_PARAMS_SIZE  # NATTEN_FNA_BACKWARD_PARAMS_SIZE_V1_1
 assert FNA_PROBLEM_SIZE == 48, FNA_PROBLEM_SIZE  # NATTEN_FNA_PROBLEM_SIZE_V1_0
 assert ctypes.sizeof(TileConfig) == 40
 
@@ -297,6 +353,14 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.natten_fna_query_configs.restype = c_int
     lib.natten_fna_forward.argtypes = [ctypes.POINTER(FnaForwardParams)]
     lib.natten_fna_forward.restype = c_int
+    if hasattr(lib, "natten_fna_backward"):  # ABI >= 1.1 (optional: a 1.0 library still serves the forward)
+        lib.natten_fna_backward.argtypes = [ctypes.POINTER(FnaBackwardParams)]
+        lib.natten_fna_backward.restype = c_int
+        lib.natten_fna_backward_workspace_size.argtypes = [
+            ctypes.POINTER(FnaBackwardParams),
+            ctypes.POINTER(ctypes.c_uint64),
+        ]
+        lib.natten_fna_backward_workspace_size.restype = c_int
 
 
 def _try_load() -> None:
@@ -348,6 +412,7 @@ def _reset() -> None:
     with _lock:
         _lib, _lib_path, _reason = None, None, None
         _TEMPLATES.clear()
+        _BWD_TEMPLATES.clear()
 
 
 def is_available() -> bool:
@@ -772,3 +837,179 @@ class PreparedFnaForward:
         status = _lib.natten_fna_forward(ctypes.byref(p))  # type: ignore[union-attr]
         if status:
             raise _error(_lib, status, "natten_fna_forward")
+
+
+# ------------------------------------------------------------------------------------------------
+# Backward (ABI 1.1)
+# ------------------------------------------------------------------------------------------------
+
+
+def has_backward() -> bool:
+    """True if the library is available and has natten_fna_backward (ABI >= 1.1). Never raises."""
+    try:
+        lib = _get()
+    except Exception:
+        return False
+    return int(lib.natten_abi_version()) % 1000 >= 1 and hasattr(lib, "natten_fna_backward")
+
+
+_BWD_TEMPLATES: Dict[Any, Tuple[bytes, int, int]] = {}
+
+
+def _bwd_invalid(message: str) -> NattenInvalidArgumentError:
+    return NattenInvalidArgumentError(STATUS_INVALID_ARGUMENT, message, "natten_fna_backward")
+
+
+def _marshal_backward(q, k, v, out, lse, d_out, d_lse, d_q, d_k, d_v, kernel_size, stride, dilation,
+                      is_causal, scale, q_tile, kv_tile, backend, deterministic):
+    """(struct bytes without pointers / stream / workspace, device index, workspace bytes)."""
+    if lse is None:
+        raise _bwd_invalid("lse (the forward's logsumexp) is required by the backward")
+    fwd_bytes, index = _marshal(q, k, v, out, lse, kernel_size, stride, dilation, is_causal, scale, q_tile,
+                                kv_tile, backend)
+    f = FnaForwardParams.from_buffer_copy(fwd_bytes)
+    torch = _torch
+    rank = f.rank
+    for name, t, like in (("d_out", d_out, out), ("d_q", d_q, q), ("d_k", d_k, k), ("d_v", d_v, v)):
+        if t.dtype != like.dtype:
+            raise _bwd_invalid(f"{name} has dtype {t.dtype} but expected {like.dtype}")
+        if t.device != q.device:
+            raise _bwd_invalid(f"{name} is on {t.device} but q is on {q.device}")
+        if tuple(t.shape) != tuple(like.shape):
+            raise _bwd_invalid(f"{name} has shape {tuple(t.shape)}; expected {tuple(like.shape)}")
+    if d_lse is not None:
+        if d_lse.dtype != torch.float32:
+            raise _bwd_invalid(f"d_lse must be float32, got {d_lse.dtype}")
+        if d_lse.device != q.device:
+            raise _bwd_invalid(f"d_lse is on {d_lse.device} but q is on {q.device}")
+        if tuple(d_lse.shape) != tuple(lse.shape):
+            raise _bwd_invalid(f"d_lse has shape {tuple(d_lse.shape)}; expected {tuple(lse.shape)}")
+    p = FnaBackwardParams()
+    p.struct_size = FNA_BACKWARD_PARAMS_SIZE
+    for name in ("dtype", "rank", "batch", "heads", "heads_kv", "head_dim", "head_dim_v", "scale", "backend",
+                 "device"):
+        setattr(p, name, getattr(f, name))
+    for name in ("shape", "q_stride", "k_stride", "v_stride", "out_stride", "lse_stride", "kernel_size", "stride",
+                 "dilation", "is_causal", "q_tile", "kv_tile"):
+        getattr(p, name)[:] = list(getattr(f, name))
+    n = rank + 3
+    p.d_out_stride[:n] = d_out.stride()
+    p.d_q_stride[:n] = d_q.stride()
+    p.d_k_stride[:n] = d_k.stride()
+    p.d_v_stride[:n] = d_v.stride()
+    if d_lse is not None:
+        p.d_lse_stride[: n - 1] = d_lse.stride()
+    p.deterministic = 1 if deterministic else 0
+    # Workspace size (validates the struct; fake aligned pointers stand in for the tensors).
+    lib = _get()
+    probe = FnaBackwardParams.from_buffer_copy(bytes(p))
+    fake = 1 << 40
+    probe.q = probe.k = probe.v = probe.out = probe.lse = probe.d_out = fake
+    probe.d_q = probe.d_k = probe.d_v = fake
+    if d_lse is not None:
+        probe.d_lse = fake
+    nbytes = ctypes.c_uint64(0)
+    status = lib.natten_fna_backward_workspace_size(ctypes.byref(probe), ctypes.byref(nbytes))
+    if status:
+        raise _error(lib, status, "natten_fna_backward_workspace_size")
+    return bytes(p), index, int(nbytes.value)
+
+
+def fna_backward_workspace_size(
+    q: Any, k: Any, v: Any, out: Any, lse: Any, d_out: Any, d_lse: Any, d_q: Any, d_k: Any, d_v: Any,
+    kernel_size: Any, stride: Any, dilation: Any, is_causal: Any, scale: float, q_tile: Any = None,
+    kv_tile: Any = None, backend: Optional[str] = None,
+) -> int:
+    """Bytes of device workspace :func:`fna_backward` needs for these tensors (validates them)."""
+    _get()
+    if _torch is None:
+        _import_torch()
+    return _marshal_backward(q, k, v, out, lse, d_out, d_lse, d_q, d_k, d_v, kernel_size, stride, dilation,
+                             is_causal, scale, q_tile, kv_tile, backend, False)[2]
+
+
+def fna_backward(
+    q: Any,
+    k: Any,
+    v: Any,
+    out: Any,
+    lse: Any,
+    d_out: Any,
+    d_lse: Any,
+    d_q: Any,
+    d_k: Any,
+    d_v: Any,
+    kernel_size: Union[int, Sequence[int]],
+    stride: Union[int, Sequence[int]],
+    dilation: Union[int, Sequence[int]],
+    is_causal: Union[bool, Sequence[bool]],
+    scale: float,
+    q_tile: Optional[Sequence[int]] = None,
+    kv_tile: Optional[Sequence[int]] = None,
+    backend: Optional[str] = None,
+    deterministic: bool = False,
+    workspace: Any = None,
+) -> None:
+    """Fused neighborhood-attention backward into ``d_q``, ``d_k``, ``d_v``.
+
+    q, k, v, out, lse: the forward's tensors (lse required); d_out like out; d_lse like lse or
+    None; d_q / d_k / d_v like q / k / v (written; d_k / d_v summed over the query heads of each
+    kv head). The window parameters, scale and tiles must be the forward's. ``workspace``: a
+    16-byte aligned device buffer of at least :func:`fna_backward_workspace_size` bytes, or None to
+    take one from torch's caching allocator. Launches on torch's current stream of q's device.
+    Raises like :func:`fna_forward`; KernelsUnavailableError if the library predates ABI 1.1.
+    """
+    lib = _lib if _lib is not None else _get()
+    if not has_backward():
+        raise KernelsUnavailableError(
+            f"the loaded natten-kernels library (ABI {abi_version()[0]}.{abi_version()[1]}) has no backward; "
+            f"it needs ABI 1.1: {_install_hint()}"
+        )
+    if _torch is None:
+        _import_torch()
+    torch = _torch
+
+    def meta(t):
+        return None if t is None else (t.shape, t.stride(), t.dtype, t.device)
+
+    try:
+        key: Any = (
+            meta(q), meta(k), meta(v), meta(out), meta(lse), meta(d_out), meta(d_lse), meta(d_q), meta(d_k),
+            meta(d_v), _key(kernel_size), _key(stride), _key(dilation), _key(is_causal), scale, _key(q_tile),
+            _key(kv_tile), backend, bool(deterministic),
+        )
+        entry = _BWD_TEMPLATES.get(key)
+    except TypeError:
+        key, entry = None, None
+    if entry is None:
+        entry = _marshal_backward(q, k, v, out, lse, d_out, d_lse, d_q, d_k, d_v, kernel_size, stride, dilation,
+                                  is_causal, scale, q_tile, kv_tile, backend, deterministic)
+        if key is not None:
+            if len(_BWD_TEMPLATES) >= _MAX_TEMPLATES:
+                _BWD_TEMPLATES.clear()
+            _BWD_TEMPLATES[key] = entry
+    template, index, ws_bytes = entry
+    p = FnaBackwardParams.from_buffer_copy(template)
+    p.q = q.data_ptr()
+    p.k = k.data_ptr()
+    p.v = v.data_ptr()
+    p.out = out.data_ptr()
+    p.lse = lse.data_ptr()
+    p.d_out = d_out.data_ptr()
+    p.d_lse = None if d_lse is None else d_lse.data_ptr()
+    p.d_q = d_q.data_ptr()
+    p.d_k = d_k.data_ptr()
+    p.d_v = d_v.data_ptr()
+    ws = workspace
+    if ws_bytes > 0:
+        if ws is None:  # caching allocator: 512-byte aligned, stream-ordered reuse
+            ws = torch.empty(ws_bytes, dtype=torch.uint8, device=q.device)
+            p.workspace_bytes = ws_bytes
+        else:
+            p.workspace_bytes = int(ws.shape[0]) * ws.dtype.itemsize  # a 1-D buffer
+        p.workspace = ws.data_ptr()
+    p.stream = _stream_for(index)
+    status = lib.natten_fna_backward(ctypes.byref(p))
+    if status:
+        raise _error(lib, status, "natten_fna_backward")
+    del ws  # returned to the caching allocator; stream-ordered reuse keeps it valid for the launch

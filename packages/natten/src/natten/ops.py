@@ -8,7 +8,7 @@ through them and eager host overhead stays small. Autograd lives outside the ope
 
 from __future__ import annotations
 
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -127,3 +127,84 @@ fna_forward = torch.ops.natten.fna_forward
 # The same computation without the dispatcher round trip, for eager calls (torch.compile traces
 # `fna_forward`; eager callers save ~20-30 us per call by calling the implementation directly).
 fna_forward_eager = _fna_forward_cuda
+
+
+# ------------------------------------------------------------------------------------------------
+# Backward (natten-kernels ABI >= 1.1)
+# ------------------------------------------------------------------------------------------------
+
+_LIB.define(
+    "fna_backward(Tensor query, Tensor key, Tensor value, Tensor out, Tensor lse, Tensor d_out, "
+    "Tensor? d_lse, int[] kernel_size, int[] stride, int[] dilation, bool[] is_causal, float scale, "
+    "int[] q_tile, int[] kv_tile, bool deterministic) -> (Tensor, Tensor, Tensor)"
+)
+
+
+def new_grads(query: Tensor, key: Tensor, value: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    """dQ, dK, dV tensors (NaN-filled while poisoning is on)."""
+    if _POISON_OUTPUTS:
+        return tuple(torch.full(t.shape, float("nan"), dtype=t.dtype, device=t.device)  # type: ignore[return-value]
+                     for t in (query, key, value))
+    return tuple(torch.empty(t.shape, dtype=t.dtype, device=t.device)  # type: ignore[return-value]
+                 for t in (query, key, value))
+
+
+def _fna_backward_cuda(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    out: Tensor,
+    lse: Tensor,
+    d_out: Tensor,
+    d_lse: Optional[Tensor],
+    kernel_size: List[int],
+    stride: List[int],
+    dilation: List[int],
+    is_causal: List[bool],
+    scale: float,
+    q_tile: List[int],
+    kv_tile: List[int],
+    deterministic: bool,
+) -> Tuple[Tensor, Tensor, Tensor]:
+    query, key, value = kernel_ready(query), kernel_ready(key), kernel_ready(value)
+    out, d_out = kernel_ready(out), kernel_ready(d_out)
+    if d_lse is not None and d_lse.dtype != torch.float32:
+        d_lse = d_lse.float()
+    d_q, d_k, d_v = new_grads(query, key, value)  # contiguous, like the fake
+    _libnatten.fna_backward(
+        query, key, value, out, lse, d_out, d_lse, d_q, d_k, d_v, kernel_size, stride, dilation,
+        is_causal, scale, q_tile=q_tile or None, kv_tile=kv_tile or None, deterministic=deterministic,
+    )
+    return d_q, d_k, d_v
+
+
+_LIB.impl("fna_backward", _fna_backward_cuda, "CUDA")
+
+
+@torch.library.register_fake("natten::fna_backward")
+def _fna_backward_fake(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    out: Tensor,
+    lse: Tensor,
+    d_out: Tensor,
+    d_lse: Optional[Tensor],
+    kernel_size: List[int],
+    stride: List[int],
+    dilation: List[int],
+    is_causal: List[bool],
+    scale: float,
+    q_tile: List[int],
+    kv_tile: List[int],
+    deterministic: bool,
+) -> Tuple[Tensor, Tensor, Tensor]:
+    return (
+        query.new_empty(query.shape),
+        key.new_empty(key.shape),
+        value.new_empty(value.shape),
+    )
+
+
+fna_backward = torch.ops.natten.fna_backward
+fna_backward_eager = _fna_backward_cuda

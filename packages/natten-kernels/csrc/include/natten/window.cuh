@@ -172,6 +172,41 @@ NATTEN_HD void slab_key_range(int n, int K, int s, int d, bool causal, int q_beg
   }
 }
 
+// ---- Inverse ranges (backward, key-parallel) ------------------------------------------------
+//
+// Queries of an axis whose window intersects the key run [k0, k1] (inclusive, group-local,
+// 0 <= k0 <= k1): by monotonicity of start() and end() this is the contiguous run
+//   [ first i with end(i) >= k0,  last i with start(i) <= k1 ]
+// (empty when lo > hi). Found by binary search over the n group-local queries, which is exact for
+// every rule window() implements (causal or not, any stride, even or odd kernel).
+
+// Smallest i in [0, n) with end(i) >= k, or n if none.
+NATTEN_HD int first_query_ending_at_or_after(int k, const Axis& a) {
+  int lo = 0, hi = a.n;  // answer in [lo, hi]
+  while (lo < hi) {
+    const int mid = lo + (hi - lo) / 2;
+    if (window_end(mid, a) >= k) hi = mid; else lo = mid + 1;
+  }
+  return lo;
+}
+
+// Largest i in [0, n) with start(i) <= k, or -1 if none.
+NATTEN_HD int last_query_starting_at_or_before(int k, const Axis& a) {
+  int lo = -1, hi = a.n - 1;  // answer in [lo, hi]
+  while (lo < hi) {
+    const int mid = hi - (hi - lo) / 2;  // > lo
+    if (window_start(mid, a) <= k) lo = mid; else hi = mid - 1;
+  }
+  return lo;
+}
+
+// Query run [q_lo, q_hi] attending at least one key of [k0, k1] on this axis (q_lo > q_hi: none).
+// k1 may exceed n - 1 (padding keys of a partial key tile attend nothing).
+NATTEN_HD void key_run_query_range(int k0, int k1, const Axis& a, int& q_lo, int& q_hi) {
+  q_lo = first_query_ending_at_or_after(k0, a);
+  q_hi = last_query_starting_at_or_before(imin(k1, a.n - 1), a);
+}
+
 // Global-coordinate form of the rule (for tests / reference code): query x attends key y on an
 // axis of n tokens with kernel K, stride s, dilation d.
 NATTEN_HD bool attends_global(int x, int y, int n, int K, int s, int d, bool causal) {

@@ -259,5 +259,128 @@ NATTEN_HD bool key_col_valid(const Geometry& g, const QueryTile& q, const int kb
   return ok;
 }
 
+// ---------------------------------------------------------------------------------------------
+// Backward, key-parallel (dK / dV): one work item = (batch, kv head, dilation group per axis, key
+// tile per axis). Key tiles here lie on a fixed grid of 2^kv_log2[a] tokens per axis of the group;
+// each visits the query tiles (grid of 2^q_log2[a], as in the forward) holding at least one query
+// that attends one of its keys: per axis the query run of window::key_run_query_range, rounded out
+// to query tiles. Attendance is a product over axes, so every visited (query tile, key tile) pair
+// holds at least one attended pair, and every attended pair is visited exactly once.
+// ---------------------------------------------------------------------------------------------
+
+struct KvGeometry {
+  int kv_tiles[kRank];  // key tiles per axis in the largest (first) dilation group
+  int64_t heads_kv;
+  int64_t num_work;     // batch * heads_kv * prod(dilation) * prod(kv_tiles)
+};
+
+NATTEN_HD void kv_geometry_finalize(const Geometry& g, int64_t heads_kv, KvGeometry& kg) {
+  int64_t n = g.batch * heads_kv;
+  for (int a = 0; a < kRank; ++a) {
+    const int ng0 = window::group_extent(g.extent[a], g.dilation[a], 0);
+    const int kt = 1 << g.kv_log2[a];
+    kg.kv_tiles[a] = (ng0 + kt - 1) / kt;
+    n *= int64_t(g.dilation[a]) * int64_t(kg.kv_tiles[a]);
+  }
+  kg.heads_kv = heads_kv;
+  kg.num_work = n;
+}
+
+struct KvWorkTile {
+  int64_t batch;
+  int64_t kv_head;
+  int group[kRank];
+  int tile[kRank];
+};
+
+// Linear index -> key-parallel work tile (key tiles fastest, then groups, kv heads, batch).
+NATTEN_HD KvWorkTile decode_kv_work(const Geometry& g, const KvGeometry& kg, int64_t idx) {
+  KvWorkTile w;
+  for (int a = kRank - 1; a >= 0; --a) {
+    w.tile[a] = int(idx % kg.kv_tiles[a]);
+    idx /= kg.kv_tiles[a];
+  }
+  for (int a = kRank - 1; a >= 0; --a) {
+    w.group[a] = int(idx % g.dilation[a]);
+    idx /= g.dilation[a];
+  }
+  w.kv_head = idx % kg.heads_kv;
+  w.batch = idx / kg.heads_kv;
+  return w;
+}
+
+struct KeyTile {
+  window::Axis axis[kRank];  // group-local axis parameters (n = group extent)
+  int k0[kRank];             // first key of the tile (group-local)
+  int k_last[kRank];         // last REAL key of the tile (clamped to the group)
+};
+
+// Returns false when the tile holds no token (tiles past the end of a smaller dilation group).
+NATTEN_HD bool make_key_tile(const Geometry& g, const KvWorkTile& w, KeyTile& k) {
+  bool nonempty = true;
+  for (int a = 0; a < kRank; ++a) {
+    const int ng = window::group_extent(g.extent[a], g.dilation[a], w.group[a]);
+    k.axis[a] = window::make_axis(ng, g.kernel[a], g.stride[a], g.causal[a] != 0);
+    k.k0[a] = w.tile[a] << g.kv_log2[a];
+    k.k_last[a] = window::imin(k.k0[a] + (1 << g.kv_log2[a]) - 1, ng - 1);
+    nonempty = nonempty && (k.k0[a] < ng);
+  }
+  return nonempty;
+}
+
+// Query tiles (tile indices, grid of 2^q_log2) a key tile visits: first[a] .. first[a]+count[a]-1.
+struct QueryTilesForKey {
+  int first[kRank];
+  int count[kRank];
+  int total;  // prod(count); 0 when some axis has no attending query
+};
+
+NATTEN_HD QueryTilesForKey make_query_tiles_for_key(const Geometry& g, const KeyTile& k) {
+  QueryTilesForKey r;
+  r.total = 1;
+  for (int a = 0; a < kRank; ++a) {
+    int lo, hi;
+    window::key_run_query_range(k.k0[a], k.k_last[a], k.axis[a], lo, hi);
+    if (lo > hi) {
+      r.first[a] = 0;
+      r.count[a] = 0;
+    } else {
+      r.first[a] = lo >> g.q_log2[a];
+      r.count[a] = (hi >> g.q_log2[a]) - r.first[a] + 1;
+    }
+    r.total *= r.count[a];
+  }
+  return r;
+}
+
+// Query tile indices of visit t, 0 <= t < total (last axis fastest).
+NATTEN_HD void query_tile_of_visit(const QueryTilesForKey& r, int t, int tile[kRank]) {
+  for (int a = kRank - 1; a >= 0; --a) {
+    tile[a] = r.first[a] + t % r.count[a];
+    t /= r.count[a];
+  }
+}
+
+// Query tile (tile indices) of a key tile's group -> QueryTile (same axes as the key tile).
+NATTEN_HD void query_tile_at(const Geometry& g, const KeyTile& k, const int tile[kRank], QueryTile& q) {
+  for (int a = 0; a < kRank; ++a) {
+    q.axis[a] = k.axis[a];
+    q.q0[a] = tile[a] << g.q_log2[a];
+    q.q_last[a] = window::imin(q.q0[a] + (1 << g.q_log2[a]) - 1, k.axis[a].n - 1);
+  }
+}
+
+// True when every query of q attends every key of the key tile at origin kb[] (no mask needed;
+// the key tile then holds no key outside the group).
+NATTEN_HD bool pair_full(const Geometry& g, const QueryTile& q, const int kb[kRank]) {
+  bool full = true;
+  for (int a = 0; a < kRank; ++a) {
+    int lo, hi;
+    window::tile_full_range(q.q0[a], q.q_last[a], q.axis[a], lo, hi);
+    full = full && kb[a] >= lo && kb[a] + (1 << g.kv_log2[a]) - 1 <= hi;
+  }
+  return full;
+}
+
 }  // namespace sm80
 }  // namespace natten

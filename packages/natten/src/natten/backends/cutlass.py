@@ -1,10 +1,12 @@
 """``cutlass-fna`` / ``cutlass-fmha``: fused kernels for SM80 and newer from natten-kernels.
 
-This release has the fused neighborhood-attention *forward* (with logsumexp), including query/key
-slabs of a larger grid (``global_shape``, ``q_origin``, ``kv_origin``; natten-kernels ABI >= 1.1).
-Training through this backend (the fused backward) and ``cutlass-fmha`` are not in it yet:
-``can_run_*`` says so, so automatic selection falls back to another backend and an explicit
-request explains why.
+Fused neighborhood-attention forward (with logsumexp), including query/key slabs of a larger
+grid (``global_shape``, ``q_origin``, ``kv_origin``; natten-kernels ABI >= 1.1), and, with
+natten-kernels ABI >= 1.1, the fused backward (dQ, dK, dV, including the gradient through the
+logsumexp) for whole grids: training runs through an autograd.Function whose forward saves q, k, v,
+out and lse and whose backward calls the ``natten::fna_backward`` operator. With an older library,
+or for slabs that require grad, ``can_run_fna`` refuses and says why, so automatic selection falls
+back to another backend. ``cutlass-fmha`` is not in this release yet.
 """
 
 from __future__ import annotations
@@ -58,6 +60,58 @@ def _kernel_reason(dtype: torch.dtype, rank: int, head_dim: int, head_dim_v: int
     return _KERNEL_REASONS[key]
 
 
+@torch.compiler.assume_constant_result
+def _backward_reason() -> Optional[str]:
+    if _libnatten.has_backward():
+        return None
+    return (
+        "its fused backward needs natten-kernels ABI >= 1.1 (the loaded library has no "
+        "natten_fna_backward; inputs require grad); upgrade natten-kernels or use "
+        "backend='reference' for training"
+    )
+
+
+def _deterministic() -> bool:
+    """Whether the backward must be bit-identical across runs (natten's or PyTorch's flag). Every
+    backward kernel of natten-kernels 1.1 is deterministic, so this only reaches the C ABI's
+    ``deterministic`` field; compiled graphs always ask for it."""
+    if torch.compiler.is_compiling():
+        return True
+    from ..context import are_deterministic_algorithms_enabled
+
+    return are_deterministic_algorithms_enabled()
+
+
+class _FnaFunction(torch.autograd.Function):
+    """Fused forward + fused backward of cutlass-fna (differentiable in out and lse)."""
+
+    @staticmethod
+    def forward(ctx, query, key, value, kernel_size, stride, dilation, is_causal, scale, q_tile, kv_tile,
+                bwd_q_tile, bwd_kv_tile, deterministic):  # type: ignore[override]
+        from .. import ops
+
+        args = (kernel_size, stride, dilation, is_causal, scale, q_tile, kv_tile)
+        if torch.compiler.is_compiling():
+            out, lse = ops.fna_forward(query, key, value, *args)
+        else:
+            out, lse = ops.fna_forward_eager(query, key, value, *args)
+        ctx.save_for_backward(query, key, value, out, lse)
+        ctx.window = (kernel_size, stride, dilation, is_causal, scale, bwd_q_tile, bwd_kv_tile, deterministic)
+        return out, lse
+
+    @staticmethod
+    def backward(ctx, d_out, d_lse):  # type: ignore[override]
+        from .. import ops
+
+        query, key, value, out, lse = ctx.saved_tensors
+        kernel_size, stride, dilation, is_causal, scale, q_tile, kv_tile, deterministic = ctx.window
+        d_q, d_k, d_v = ops.fna_backward(
+            query, key, value, out, lse, d_out, d_lse, kernel_size, stride, dilation, is_causal, scale,
+            q_tile, kv_tile, deterministic,
+        )
+        return d_q, d_k, d_v, None, None, None, None, None, None, None, None, None, None
+
+
 def _needs_grad(*tensors: Tensor) -> bool:
     return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
@@ -78,10 +132,14 @@ def can_run_fna(
         if reason is not None:
             return reason
     if _needs_grad(query, key, value):
-        return (
-            "its fused backward is not in this release yet (inputs require grad); use "
-            "backend='reference' for training"
-        )
+        reason = _backward_reason()
+        if reason is not None:
+            return reason
+        if getattr(spec, "is_partial", False):
+            return (
+                "its fused backward does not take query/key slabs of a larger grid yet (inputs "
+                "require grad); flex-fna and reference train on slabs"
+            )
     index = query.device.index if query.device.index is not None else torch.cuda.current_device()
     return _kernel_reason(
         query.dtype, query.dim() - 3, int(query.shape[-1]), int(value.shape[-1]), index
@@ -111,14 +169,10 @@ def fna(
     kv_tile_shape: Optional[Tuple[int, ...]] = None,
     **options,
 ) -> Tuple[Tensor, Tensor]:
-    """Fused forward; returns ``(out, lse)``."""
+    """Fused forward (differentiable through the fused backward when inputs require grad);
+    returns ``(out, lse)``."""
     from .. import ops
 
-    if _needs_grad(query, key, value):
-        raise NotImplementedError(
-            "cutlass-fna has no fused backward in this release; use backend='reference' for "
-            "training"
-        )
     if (q_tile_shape is None) != (kv_tile_shape is None):
         raise ValueError(
             "`q_tile_shape` and `kv_tile_shape` must be given together for cutlass-fna "
@@ -128,6 +182,26 @@ def fna(
         list(spec.kernel_size), list(spec.stride), list(spec.dilation), list(spec.is_causal),
         float(scale), list(q_tile_shape or ()), list(kv_tile_shape or ()), *_region_args(spec),
     )
+    if _needs_grad(query, key, value):
+        reason = _backward_reason()
+        if reason is not None:
+            raise NotImplementedError(f"cutlass-fna cannot train here: {reason}")
+        if getattr(spec, "is_partial", False):
+            raise NotImplementedError(
+                "cutlass-fna's fused backward does not take query/key slabs of a larger grid yet; "
+                "use backend='flex-fna' or 'reference' to train on slabs"
+            )
+        bq, bkv = options.get("backward_q_tile_shape"), options.get("backward_kv_tile_shape")
+        if (bq is None) != (bkv is None):
+            raise ValueError(
+                "`backward_q_tile_shape` and `backward_kv_tile_shape` must be given together for "
+                f"cutlass-fna (got {bq} and {bkv})."
+            )
+        if bq is None:  # the forward's tiles (or the library's choice)
+            bwd_tiles = (args[5], args[6])
+        else:
+            bwd_tiles = (list(bq), list(bkv))
+        return _FnaFunction.apply(query, key, value, *args[:7], *bwd_tiles, _deterministic())
     if torch.compiler.is_compiling():
         return ops.fna_forward(query, key, value, *args)
     return ops.fna_forward_eager(query, key, value, *args)
@@ -141,8 +215,10 @@ def prepare_fna(query: Tensor, key: Tensor, value: Tensor, spec, scale: float,
     allocates the outputs and launches."""
     from .. import ops
 
-    if not (ops.is_kernel_ready(query) and ops.is_kernel_ready(key) and ops.is_kernel_ready(value)):
-        return lambda q, k, v: fna(q, k, v, spec, scale, q_tile_shape, kv_tile_shape)
+    if _needs_grad(query, key, value) or not (
+        ops.is_kernel_ready(query) and ops.is_kernel_ready(key) and ops.is_kernel_ready(value)
+    ):
+        return lambda q, k, v: fna(q, k, v, spec, scale, q_tile_shape, kv_tile_shape, **options)
     out, lse = ops.new_outputs(query, value)  # the query slab's grid
     global_shape, q_origin, kv_origin = _region_args(spec)
     prepared = _libnatten.PreparedFnaForward(
@@ -179,7 +255,7 @@ def fmha(*args, **kwargs):
 def get_configs_for_cutlass_fna(query: Tensor, key: Tensor, value: Tensor) -> List[Tuple[Tuple[int, ...], Tuple[int, ...]]]:
     """Valid ``(q_tile_shape, kv_tile_shape)`` pairs of ``cutlass-fna`` for these tensors here."""
     reason = can_run_fna(query, key, value, None)
-    if reason is not None and not _needs_grad(query, key, value):
+    if reason is not None and (not _needs_grad(query, key, value) or _backward_reason() is None):
         raise ValueError(f"cutlass-fna cannot run these tensors: {reason}")
     index = query.device.index if query.device.index is not None else torch.cuda.current_device()
     configs = _libnatten.query_configs(

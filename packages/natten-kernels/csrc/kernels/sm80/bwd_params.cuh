@@ -1,0 +1,60 @@
+// Kernel parameter block of the SM80 fused neighborhood-attention backward (built on the host from
+// natten::FnaBackwardArgs by fna_backward.cu).
+#pragma once
+
+#include <cstdint>
+
+#include "params.cuh"
+#include "tile_scheduler.cuh"
+
+namespace natten {
+namespace sm80 {
+
+struct FnaBwdParams {
+  Geometry geo;     // query-parallel walk (dQ kernel), as the forward
+  KvGeometry kvg;   // key-parallel walk (dK / dV kernel)
+
+  const void* q;
+  const void* k;
+  const void* v;
+  const void* o;
+  const void* d_o;
+  const float* lse;    // saved forward logsumexp (natural log, scaled scores)
+  const float* d_lse;  // nullable
+  void* dq;
+  void* dk;
+  void* dv;
+  float* delta;        // workspace [B, H, X, Y, Z]: rowsum(dO * O) - dLSE
+
+  // element strides: batch, head, spatial axes (dim stride is 1). Missing axes have stride 0.
+  int64_t q_batch, q_head, q_spatial[kRank];
+  int64_t k_batch, k_head, k_spatial[kRank];
+  int64_t v_batch, v_head, v_spatial[kRank];
+  int64_t o_batch, o_head, o_spatial[kRank];
+  int64_t do_batch, do_head, do_spatial[kRank];
+  int64_t lse_batch, lse_head, lse_spatial[kRank];
+  int64_t dlse_batch, dlse_head, dlse_spatial[kRank];
+  int64_t dq_batch, dq_head, dq_spatial[kRank];
+  int64_t dk_batch, dk_head, dk_spatial[kRank];
+  int64_t dv_batch, dv_head, dv_spatial[kRank];
+  int64_t delta_batch, delta_head, delta_spatial[kRank];
+
+  int64_t heads_per_kv;  // H / H_kv
+  int64_t num_rows;      // B * X * Y * Z * H (preprocess)
+  int head_dim;          // D (real, multiple of 8)
+  int head_dim_v;        // Dv (real, multiple of 8)
+  float scale;           // softmax scale
+  float scale_log2;      // scale * log2(e)
+  int aligned;           // every row of every dtype tensor starts on a 16-byte boundary
+};
+
+// Dynamic shared memory of the backward tile kernels (both use the same plan, fna_backward_kernel.cuh
+// BwdSmem, which static_asserts this formula): four 64 x padded_dim tiles of 2-byte elements, the
+// per-row window table (64 x 3 int2), 3 mask patterns, lse and delta (64 floats each), and a
+// 1024-byte CTA descriptor.
+constexpr int bwd_smem_bytes(int padded_dim) {
+  return 4 * 64 * padded_dim * 2 + 64 * kRank * 8 + kRank * 8 + 2 * 64 * 4 + 1024;
+}
+
+}  // namespace sm80
+}  // namespace natten

@@ -1,0 +1,209 @@
+// Host dispatch of the SM80 fused neighborhood-attention backward: argument normalization (rank < 3
+// -> padded axes), tile choice (shared with the forward), alignment check, workspace layout and the
+// (dtype, padded head dim) dispatch.
+#include "fna_backward.hpp"
+
+#include <climits>
+#include <cstdint>
+#include <cstring>
+
+#include "bwd_params.cuh"
+#include "fna_backward_launch.hpp"
+#include "fna_forward.hpp"
+#include "tile_scheduler.cuh"
+
+namespace natten {
+namespace sm80 {
+
+namespace {
+
+int bwd_padded_dim(int d) {
+  if (d <= 32) return 32;
+  if (d <= 64) return 64;
+  if (d <= 128) return 128;
+  if (d <= 256) return 256;
+  return -1;
+}
+
+int bwd_log2_exact(int x) {
+  if (x <= 0 || (x & (x - 1)) != 0) return -1;
+  int l = 0;
+  while ((1 << l) < x) ++l;
+  return l;
+}
+
+bool bwd_aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
+bool bwd_stride_ok(int64_t s) { return (s & 7) == 0; }
+
+// Tokens per (batch, head), or -1 on overflow / invalid extents.
+int64_t tokens(const FnaForwardArgs& f) {
+  if (f.rank < 1 || f.rank > kRank) return -1;
+  int64_t n = 1;
+  for (int a = 0; a < f.rank; ++a) {
+    if (f.extent[a] < 0) return -1;
+    if (__builtin_mul_overflow(n, f.extent[a], &n)) return -1;
+  }
+  return n;
+}
+
+}  // namespace
+
+int fna_backward_smem_bytes(int head_dim, int head_dim_v) {
+  const int dim = bwd_padded_dim(head_dim > head_dim_v ? head_dim : head_dim_v);
+  return dim < 0 ? -1 : bwd_smem_bytes(dim);
+}
+
+int64_t fna_backward_workspace_bytes(const FnaBackwardArgs& args) {
+  const FnaForwardArgs& f = args.fwd;
+  const int64_t n = tokens(f);
+  if (n < 0 || f.batch < 0 || f.heads < 0) return -1;
+  int64_t rows = 0, bytes = 0;
+  if (__builtin_mul_overflow(n, f.batch, &rows) || __builtin_mul_overflow(rows, f.heads, &rows)) return -1;
+  if (__builtin_mul_overflow(rows, int64_t(4), &bytes) || __builtin_add_overflow(bytes, int64_t(255), &bytes))
+    return -1;
+  return bytes / 256 * 256;
+}
+
+cudaError_t fna_backward(const FnaBackwardArgs& args, int dtype, cudaStream_t stream) {
+  const FnaForwardArgs& f = args.fwd;
+  if (f.head_dim > INT_MAX || f.head_dim_v > INT_MAX) return cudaErrorNotSupported;
+  const int D = int(f.head_dim), Dv = int(f.head_dim_v);
+  if (!fna_forward_supports(D, Dv, dtype, nullptr)) return cudaErrorNotSupported;
+  if (f.rank < 1 || f.rank > kRank) return cudaErrorInvalidValue;
+  if (f.batch < 0 || f.heads < 0 || f.heads_kv < 0) return cudaErrorInvalidValue;
+
+  FnaBwdParams p;
+  std::memset(&p, 0, sizeof(p));
+  Geometry& g = p.geo;
+  bool empty = f.batch == 0 || f.heads == 0;
+  for (int a = 0; a < kRank; ++a) {
+    const bool real = a < f.rank;
+    const int64_t n = real ? f.extent[a] : 1;
+    if (n < 0 || n > INT_MAX) return cudaErrorInvalidValue;
+    if (n == 0) empty = true;
+    const int K = real ? f.kernel_size[a] : 1, s = real ? f.stride[a] : 1, d = real ? f.dilation[a] : 1;
+    if (n > 0 && (K < 1 || s < 1 || s > K || d < 1 || int64_t(K) * int64_t(d) > n)) return cudaErrorInvalidValue;
+    g.extent[a] = int(n);
+    g.q_extent[a] = int(n);  // whole grid: no slabs in the backward
+    g.kv_extent[a] = int(n);
+    g.q_origin[a] = 0;
+    g.kv_origin[a] = 0;
+    g.kernel[a] = K;
+    g.stride[a] = s;
+    g.dilation[a] = d;
+    g.causal[a] = real && f.is_causal[a] ? 1 : 0;
+  }
+  if (empty) return cudaSuccess;
+  if (f.heads_kv == 0 || f.heads % f.heads_kv != 0) return cudaErrorInvalidValue;
+  if (f.q == nullptr || f.k == nullptr || f.v == nullptr || f.out == nullptr || f.lse == nullptr ||
+      args.d_out == nullptr || args.d_q == nullptr || args.d_k == nullptr || args.d_v == nullptr)
+    return cudaErrorInvalidValue;
+  const int64_t ws = fna_backward_workspace_bytes(args);
+  if (ws < 0 || args.workspace == nullptr || args.workspace_bytes < ws || !bwd_aligned16(args.workspace))
+    return cudaErrorInvalidValue;
+
+  // Tiles: the caller's (validated by the ABI layer), else the forward's automatic choice.
+  bool chosen = true;
+  for (int a = 0; a < f.rank; ++a) chosen = chosen && f.q_tile[a] > 0 && f.kv_tile[a] > 0;
+  int qt[kRank] = {1, 1, 1}, kt[kRank] = {1, 1, 1};
+  if (chosen) {
+    for (int a = 0; a < f.rank; ++a) {
+      qt[a] = f.q_tile[a];
+      kt[a] = f.kv_tile[a];
+    }
+  } else {
+    const cudaError_t e = fna_forward_default_tiles(f, qt, kt);
+    if (e != cudaSuccess) return e;
+  }
+  int qsum = 0, ksum = 0;
+  for (int a = 0; a < kRank; ++a) {
+    g.q_log2[a] = a < f.rank ? bwd_log2_exact(qt[a]) : 0;
+    g.kv_log2[a] = a < f.rank ? bwd_log2_exact(kt[a]) : 0;
+    if (g.q_log2[a] < 0 || g.kv_log2[a] < 0) return cudaErrorInvalidValue;
+    qsum += g.q_log2[a];
+    ksum += g.kv_log2[a];
+  }
+  if (qsum != 6 || ksum != 6) return cudaErrorInvalidValue;  // the compiled 64-token tiles
+  g.batch = f.batch;
+  g.heads = f.heads;
+  geometry_finalize(g);
+  kv_geometry_finalize(g, f.heads_kv, p.kvg);
+
+  p.q = f.q;
+  p.k = f.k;
+  p.v = f.v;
+  p.o = f.out;
+  p.d_o = args.d_out;
+  p.lse = f.lse;
+  p.d_lse = args.d_lse;
+  p.dq = args.d_q;
+  p.dk = args.d_k;
+  p.dv = args.d_v;
+  p.delta = static_cast<float*>(args.workspace);
+
+  auto set = [&](int64_t& b, int64_t& h, int64_t* sp, int64_t sb, int64_t sh, const int64_t* ss) {
+    b = sb;
+    h = sh;
+    for (int a = 0; a < kRank; ++a) sp[a] = a < f.rank ? ss[a] : 0;
+  };
+  set(p.q_batch, p.q_head, p.q_spatial, f.q_stride_batch, f.q_stride_head, f.q_stride_spatial);
+  set(p.k_batch, p.k_head, p.k_spatial, f.k_stride_batch, f.k_stride_head, f.k_stride_spatial);
+  set(p.v_batch, p.v_head, p.v_spatial, f.v_stride_batch, f.v_stride_head, f.v_stride_spatial);
+  set(p.o_batch, p.o_head, p.o_spatial, f.o_stride_batch, f.o_stride_head, f.o_stride_spatial);
+  set(p.lse_batch, p.lse_head, p.lse_spatial, f.lse_stride_batch, f.lse_stride_head, f.lse_stride_spatial);
+  set(p.do_batch, p.do_head, p.do_spatial, args.do_stride_batch, args.do_stride_head, args.do_stride_spatial);
+  set(p.dq_batch, p.dq_head, p.dq_spatial, args.dq_stride_batch, args.dq_stride_head, args.dq_stride_spatial);
+  set(p.dk_batch, p.dk_head, p.dk_spatial, args.dk_stride_batch, args.dk_stride_head, args.dk_stride_spatial);
+  set(p.dv_batch, p.dv_head, p.dv_spatial, args.dv_stride_batch, args.dv_stride_head, args.dv_stride_spatial);
+  if (args.d_lse != nullptr)
+    set(p.dlse_batch, p.dlse_head, p.dlse_spatial, args.dlse_stride_batch, args.dlse_stride_head,
+        args.dlse_stride_spatial);
+  // delta: compact [B, H, X, Y, Z]
+  {
+    int64_t inner = 1;
+    for (int a = kRank - 1; a >= 0; --a) {
+      p.delta_spatial[a] = inner;
+      inner *= g.extent[a];
+    }
+    p.delta_head = inner;
+    p.delta_batch = inner * f.heads;
+    p.num_rows = inner * f.heads * f.batch;
+  }
+  p.heads_per_kv = f.heads / f.heads_kv;
+  p.head_dim = D;
+  p.head_dim_v = Dv;
+  p.scale = f.scale;
+  p.scale_log2 = float(double(f.scale) * 1.4426950408889634074);
+
+  bool aligned = bwd_aligned16(p.q) && bwd_aligned16(p.k) && bwd_aligned16(p.v) && bwd_aligned16(p.d_o) &&
+                 bwd_aligned16(p.dq) && bwd_aligned16(p.dk) && bwd_aligned16(p.dv);
+  const int64_t strides[] = {p.q_batch,  p.q_head,  p.k_batch,  p.k_head,  p.v_batch,  p.v_head,  p.do_batch,
+                             p.do_head,  p.dq_batch, p.dq_head, p.dk_batch, p.dk_head, p.dv_batch, p.dv_head};
+  for (int64_t s : strides) aligned = aligned && bwd_stride_ok(s);
+  for (int a = 0; a < kRank; ++a)
+    aligned = aligned && bwd_stride_ok(p.q_spatial[a]) && bwd_stride_ok(p.k_spatial[a]) &&
+              bwd_stride_ok(p.v_spatial[a]) && bwd_stride_ok(p.do_spatial[a]) && bwd_stride_ok(p.dq_spatial[a]) &&
+              bwd_stride_ok(p.dk_spatial[a]) && bwd_stride_ok(p.dv_spatial[a]);
+  p.aligned = aligned ? 1 : 0;
+
+  const int dim = bwd_padded_dim(D > Dv ? D : Dv);
+  if (dtype == 1) {
+    switch (dim) {
+      case 32: return launch_fna_backward<1, 32>(p, stream);
+      case 64: return launch_fna_backward<1, 64>(p, stream);
+      case 128: return launch_fna_backward<1, 128>(p, stream);
+      case 256: return launch_fna_backward<1, 256>(p, stream);
+    }
+  } else {
+    switch (dim) {
+      case 32: return launch_fna_backward<2, 32>(p, stream);
+      case 64: return launch_fna_backward<2, 64>(p, stream);
+      case 128: return launch_fna_backward<2, 128>(p, stream);
+      case 256: return launch_fna_backward<2, 256>(p, stream);
+    }
+  }
+  return cudaErrorNotSupported;
+}
+
+}  // namespace sm80
+}  // namespace natten

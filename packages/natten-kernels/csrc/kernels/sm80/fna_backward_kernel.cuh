@@ -1,0 +1,538 @@
+// SM80 fused neighborhood-attention backward kernels (mma.sync + cp.async + ldmatrix, CuTe).
+//
+// Three kernels, launched in this order on one stream (fna_backward_launch.cuh):
+//
+// 1. preprocess: delta[b, h, token] = sum_d dO * O  -  dLSE   (float32 workspace; one warp per row)
+//
+// 2. dQ, query-parallel (mirrors the forward's walk: query tile = box of 64 tokens of one dilation
+//    group, key tiles = boxes anchored at the window start of its first query):
+//      per key tile:  S = Q K^T;  mask (only tiles that cut a window border);
+//                     P = exp2(S * scale_log2 - lse_log2);  dP = dO V^T;
+//                     dS = P * (dP - delta);  dQ += dS K
+//      dQ *= scale, written once (deterministic, no atomics).
+//
+// 3. dK / dV, key-parallel: a CTA owns (batch, kv head, dilation group, key tile of 64 tokens on a
+//    fixed grid); for every query head of its GQA group and every query tile whose windows reach the
+//    key tile (tile_scheduler.cuh: make_query_tiles_for_key) it recomputes the transposed scores
+//      S^T = K Q^T;  mask;  P^T = exp2(S^T * scale_log2 - lse_log2[col]);  dP^T = V dO^T;
+//      dS^T = P^T * (dP^T - delta[col]);  dV += P^T dO;  dK += dS^T Q
+//    and writes dK (* scale) and dV once (deterministic, no atomics, no repeated K / V).
+//    At padded head dim 256 the dK and dV accumulators (2 x 128 floats per thread) do not fit the
+//    register file next to S and dP, so that bucket runs the kernel twice: once for dV (no dP), once
+//    for dK (kDoDk / kDoDv template flags); S is recomputed, ~1.25x the work of one fused pass.
+//
+// Gradient of the logsumexp output: with z = scale * q.k, d lse / d z_ij = P_ij, so
+//    dz = P * (dP - delta) + dLSE * P = P * (dP - (delta - dLSE)),
+// which is why the preprocess folds dLSE into delta. Padding query rows (outside the group) get
+// lse = +inf in shared memory, so their P is exactly 0 and they contribute nothing.
+#pragma once
+
+#include <cute/tensor.hpp>
+
+#include "bwd_params.cuh"
+#include "kernel_traits.cuh"
+#include "mainloop.cuh"
+#include "params.cuh"
+#include "tile_scheduler.cuh"
+#include "utils.cuh"
+
+namespace natten {
+namespace sm80 {
+
+constexpr float kLog2e = 1.4426950408889634074f;
+
+// ---------------------------------------------------------------------------------------------
+// 1. Preprocess
+// ---------------------------------------------------------------------------------------------
+
+template <class Element>
+__global__ void __launch_bounds__(256) fna_bwd_preprocess_kernel(const __grid_constant__ FnaBwdParams p) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  const int lane = threadIdx.x & 31;
+  const int64_t warps = blockDim.x / 32;
+  Element const* o = static_cast<Element const*>(p.o);
+  Element const* d_o = static_cast<Element const*>(p.d_o);
+  for (int64_t row = int64_t(blockIdx.x) * warps + threadIdx.x / 32; row < p.num_rows; row += int64_t(gridDim.x) * warps) {
+    int64_t r = row;
+    const int64_t h = r % p.geo.heads;
+    r /= p.geo.heads;
+    int c[kRank];
+    for (int a = kRank - 1; a >= 0; --a) {
+      c[a] = int(r % p.geo.extent[a]);
+      r /= p.geo.extent[a];
+    }
+    const int64_t b = r;
+    int64_t off_o = b * p.o_batch + h * p.o_head;
+    int64_t off_do = b * p.do_batch + h * p.do_head;
+    int64_t off_dl = b * p.dlse_batch + h * p.dlse_head;
+    int64_t off_delta = b * p.delta_batch + h * p.delta_head;
+    for (int a = 0; a < kRank; ++a) {
+      off_o += int64_t(c[a]) * p.o_spatial[a];
+      off_do += int64_t(c[a]) * p.do_spatial[a];
+      off_dl += int64_t(c[a]) * p.dlse_spatial[a];
+      off_delta += int64_t(c[a]) * p.delta_spatial[a];
+    }
+    float acc = 0.f;
+    for (int d = lane; d < p.head_dim_v; d += 32) acc += float(o[off_o + d]) * float(d_o[off_do + d]);
+    CUTE_UNROLL
+    for (int s = 16; s >= 1; s >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, s);
+    if (lane == 0) p.delta[off_delta] = acc - (p.d_lse != nullptr ? p.d_lse[off_dl] : 0.f);
+  }
+#endif
+}
+
+// ---------------------------------------------------------------------------------------------
+// GEMM helpers on the forward's tiled MMA (4 warps x 16 rows)
+// ---------------------------------------------------------------------------------------------
+
+// acc (M x N) += sA (M x K, K contiguous) * sB (N x K, K contiguous)^T, both from swizzled smem.
+template <class Traits, class TensorAcc, class TensorSA, class TensorSB>
+CUTE_DEVICE void bwd_gemm_ss(TensorAcc& acc, TensorSA const& sA, TensorSB const& sB, int tid) {
+  using namespace cute;
+  typename Traits::TiledMma tiled_mma;
+  auto thr_mma = tiled_mma.get_thread_slice(tid);
+  Tensor tCrA = thr_mma.partition_fragment_A(sA);
+  Tensor tCrB = thr_mma.partition_fragment_B(sB);
+  auto copy_a = make_tiled_copy_A(typename Traits::SmemCopyAtom{}, tiled_mma);
+  auto thr_a = copy_a.get_thread_slice(tid);
+  Tensor tCsA = thr_a.partition_S(sA);
+  Tensor tCrA_v = thr_a.retile_D(tCrA);
+  auto copy_b = make_tiled_copy_B(typename Traits::SmemCopyAtom{}, tiled_mma);
+  auto thr_b = copy_b.get_thread_slice(tid);
+  Tensor tCsB = thr_b.partition_S(sB);
+  Tensor tCrB_v = thr_b.retile_D(tCrB);
+  copy(copy_a, tCsA(_, _, _0{}), tCrA_v(_, _, _0{}));
+  copy(copy_b, tCsB(_, _, _0{}), tCrB_v(_, _, _0{}));
+  CUTE_UNROLL
+  for (int kk = 0; kk < size<2>(tCrA); ++kk) {
+    if (kk + 1 < size<2>(tCrA)) {
+      copy(copy_a, tCsA(_, _, kk + 1), tCrA_v(_, _, kk + 1));
+      copy(copy_b, tCsB(_, _, kk + 1), tCrB_v(_, _, kk + 1));
+    }
+    cute::gemm(tiled_mma, tCrA(_, _, kk), tCrB(_, _, kk), acc);
+  }
+}
+
+// acc (M x N) += rA (registers, A-operand view of an M x K accumulator) * sBt (N x K view of a
+// K x N smem tile, read with transposing ldmatrix).
+template <class Traits, class TensorAcc, class TensorRA, class TensorSBt>
+CUTE_DEVICE void bwd_gemm_rs(TensorAcc& acc, TensorRA const& tCrA, TensorSBt const& sBt, int tid) {
+  using namespace cute;
+  typename Traits::TiledMma tiled_mma;
+  auto thr_mma = tiled_mma.get_thread_slice(tid);
+  Tensor tCrB = thr_mma.partition_fragment_B(sBt);
+  auto copy_b = make_tiled_copy_B(typename Traits::SmemCopyAtomT{}, tiled_mma);
+  auto thr_b = copy_b.get_thread_slice(tid);
+  Tensor tCsB = thr_b.partition_S(sBt);
+  Tensor tCrB_v = thr_b.retile_D(tCrB);
+  copy(copy_b, tCsB(_, _, _0{}), tCrB_v(_, _, _0{}));
+  CUTE_UNROLL
+  for (int kk = 0; kk < size<2>(tCrA); ++kk) {
+    if (kk + 1 < size<2>(tCrA)) copy(copy_b, tCsB(_, _, kk + 1), tCrB_v(_, _, kk + 1));
+    cute::gemm(tiled_mma, tCrA(_, _, kk), tCrB(_, _, kk), acc);
+  }
+}
+
+// Accumulator (rows x kDim) -> Element -> swizzled smem tile (rows x kDim), scaled by `mul`.
+template <class Traits, class TensorAcc, class SmemLayout>
+CUTE_DEVICE void bwd_acc_to_smem(TensorAcc& acc, float mul, typename Traits::Element* smem, SmemLayout const& layout,
+                                 int tid) {
+  using namespace cute;
+  typename Traits::TiledMma tiled_mma;
+  auto thr_mma = tiled_mma.get_thread_slice(tid);
+  CUTE_UNROLL
+  for (int i = 0; i < size(acc); ++i) acc(i) *= mul;
+  Tensor r = convert_fragment<typename Traits::Element>(acc);
+  Tensor s = make_tensor(make_smem_ptr(smem), layout);
+  Tensor ts = thr_mma.partition_C(s);
+  static_assert(decltype(size(r))::value == decltype(size(ts))::value, "");
+  CUTE_UNROLL
+  for (int i = 0; i < size(r); ++i) ts(i) = r(i);
+}
+
+// Shared-memory plan of both tile kernels: four 64 x kDim tiles, then tables and the descriptor.
+template <class Traits>
+struct BwdSmem {
+  static_assert(Traits::kTileQ == Traits::kTileKV, "the backward uses square 64 x 64 score tiles");
+  static constexpr int kTile = Traits::kTileQ;
+  static constexpr int kTileElems = kTile * Traits::kDim;
+  static constexpr int kTablesBytes = kTile * kRank * int(sizeof(int2)) + kRank * int(sizeof(uint64_t)) +
+                                      2 * kTile * int(sizeof(float));
+  static constexpr int kCtaBytes = 1024;
+  static constexpr int kBytes = 4 * kTileElems * int(sizeof(typename Traits::Element)) + kTablesBytes + kCtaBytes;
+  static_assert(kBytes == bwd_smem_bytes(Traits::kDim), "keep bwd_smem_bytes (host checks) in sync");
+};
+
+// ---------------------------------------------------------------------------------------------
+// 2. dQ (query-parallel)
+// ---------------------------------------------------------------------------------------------
+
+struct BwdQCta {
+  QueryTile q;
+  KeyTiles k;
+  int n[kRank];
+  GroupTensor gq, gk, gv, gdo, gdq, glse, gdelta;
+};
+
+template <class Traits>
+CUTE_DEVICE void fna_bwd_dq_cta(FnaBwdParams const& p, WorkTile const& w, QueryTile const& qt, unsigned char* smem) {
+  using namespace cute;
+  using Element = typename Traits::Element;
+  using Smem = BwdSmem<Traits>;
+  constexpr int kTile = Smem::kTile;
+  const int tid = threadIdx.x;
+  Geometry const& geo = p.geo;
+
+  Element* smem_q = reinterpret_cast<Element*>(smem);
+  Element* smem_do = smem_q + Smem::kTileElems;
+  Element* smem_k = smem_do + Smem::kTileElems;
+  Element* smem_v = smem_k + Smem::kTileElems;
+  int2* row_win = reinterpret_cast<int2*>(smem_v + Smem::kTileElems);
+  uint64_t* rep_smem = reinterpret_cast<uint64_t*>(row_win + kTile * kRank);
+  float* lse_s = reinterpret_cast<float*>(rep_smem + kRank);
+  float* delta_s = lse_s + kTile;
+  static_assert(sizeof(BwdQCta) <= Smem::kCtaBytes, "");
+  BwdQCta* cta_smem = reinterpret_cast<BwdQCta*>(delta_s + kTile);
+
+  if (tid == 0) {
+    BwdQCta& c = *cta_smem;
+    c.q = qt;
+    c.k = make_key_tiles(geo, qt);
+    for (int a = 0; a < kRank; ++a) c.n[a] = qt.axis[a].n;
+    const int64_t kv_head = w.head / p.heads_per_kv;
+    c.gq = make_group_tensor(w.batch, w.head, p.q_batch, p.q_head, p.q_spatial, w.group, geo.dilation);
+    c.gdo = make_group_tensor(w.batch, w.head, p.do_batch, p.do_head, p.do_spatial, w.group, geo.dilation);
+    c.gdq = make_group_tensor(w.batch, w.head, p.dq_batch, p.dq_head, p.dq_spatial, w.group, geo.dilation);
+    c.gk = make_group_tensor(w.batch, kv_head, p.k_batch, p.k_head, p.k_spatial, w.group, geo.dilation);
+    c.gv = make_group_tensor(w.batch, kv_head, p.v_batch, p.v_head, p.v_spatial, w.group, geo.dilation);
+    c.glse = make_group_tensor(w.batch, w.head, p.lse_batch, p.lse_head, p.lse_spatial, w.group, geo.dilation);
+    c.gdelta =
+        make_group_tensor(w.batch, w.head, p.delta_batch, p.delta_head, p.delta_spatial, w.group, geo.dilation);
+  }
+  __syncthreads();
+  BwdQCta const& cta = *cta_smem;
+  const bool aligned = p.aligned != 0;
+
+  // Q and dO of the tile (async), per-row windows, lse (log2 units) and delta of every row.
+  load_tile_box<Traits, kTile>(smem_q, typename Traits::SmemLayoutQ{}, static_cast<Element const*>(p.q), cta.gq,
+                               cta.q.q0, geo.q_log2, cta.n, p.head_dim, aligned, tid);
+  load_tile_box<Traits, kTile>(smem_do, typename Traits::SmemLayoutQ{}, static_cast<Element const*>(p.d_o), cta.gdo,
+                               cta.q.q0, geo.q_log2, cta.n, p.head_dim_v, aligned, tid);
+  cp_async_fence();
+  CollectiveMainloop<Traits>::fill_mask_tables(geo, cta.q, row_win, rep_smem, tid);
+  for (int r = tid; r < kTile; r += Traits::kThreads) {
+    int c[kRank];
+    tile_coord(r, geo.q_log2, c);
+    bool ok = true;
+    for (int a = 0; a < kRank; ++a) {
+      c[a] += cta.q.q0[a];
+      ok = ok && c[a] < cta.n[a];
+    }
+    lse_s[r] = ok ? p.lse[cta.glse.offset(c)] * kLog2e : INFINITY;
+    delta_s[r] = ok ? p.delta[cta.gdelta.offset(c)] : 0.f;
+  }
+
+  typename Traits::TiledMma tiled_mma;
+  auto thr_mma = tiled_mma.get_thread_slice(tid);
+  Tensor sQ = make_tensor(make_smem_ptr(smem_q), typename Traits::SmemLayoutQ{});
+  Tensor sdO = make_tensor(make_smem_ptr(smem_do), typename Traits::SmemLayoutQ{});
+  Tensor sK = make_tensor(make_smem_ptr(smem_k), typename Traits::SmemLayoutKV{});
+  Tensor sV = make_tensor(make_smem_ptr(smem_v), typename Traits::SmemLayoutKV{});
+  Tensor sKt = make_tensor(make_smem_ptr(smem_k), typename Traits::SmemLayoutVt{});
+
+  Tensor cS = make_identity_tensor(Shape<Int<kTile>, Int<kTile>>{});
+  Tensor tScS = thr_mma.partition_C(cS);
+  Tensor tScS_rc = make_tensor(tScS.data(), acc_rowcol(tScS.layout()));
+
+  Tensor acc_dq = partition_fragment_C(tiled_mma, Shape<Int<kTile>, Int<Traits::kDim>>{});
+  clear(acc_dq);
+
+  const float scale_log2 = p.scale_log2;
+  // Masked scores: infinite with the sign that scale_log2 turns into -inf (scales may be negative).
+  const float masked = scale_log2 > 0.f ? -INFINITY : INFINITY;
+  int kb[kRank];
+  for (int a = 0; a < kRank; ++a) kb[a] = cta.k.start[a];
+
+  for (int t = 0; t < cta.k.total; ++t) {
+    load_tile_box<Traits, kTile>(smem_k, typename Traits::SmemLayoutKV{}, static_cast<Element const*>(p.k), cta.gk,
+                                 kb, geo.kv_log2, cta.n, p.head_dim, aligned, tid);
+    load_tile_box<Traits, kTile>(smem_v, typename Traits::SmemLayoutKV{}, static_cast<Element const*>(p.v), cta.gv,
+                                 kb, geo.kv_log2, cta.n, p.head_dim_v, aligned, tid);
+    cp_async_fence();
+    const bool full = key_tile_full(geo, cta.k, kb);
+    cp_async_wait<0>();
+    __syncthreads();  // K, V (and at t = 0: Q, dO, tables) visible
+
+    Tensor acc_s = partition_fragment_C(tiled_mma, Shape<Int<kTile>, Int<kTile>>{});
+    clear(acc_s);
+    bwd_gemm_ss<Traits>(acc_s, sQ, sK, tid);
+    Tensor s_rc = make_tensor(acc_s.data(), acc_rowcol(acc_s.layout()));
+    if (!full) {
+      const uint64_t rep[kRank] = {rep_smem[0], rep_smem[1], rep_smem[2]};
+      const int col0 = get<1>(tScS_rc(0, 0));
+      CUTE_UNROLL
+      for (int mi = 0; mi < size<0>(s_rc); ++mi) {
+        const int r = get<0>(tScS_rc(mi, 0));
+        int rel_start[kRank], len[kRank];
+        CUTE_UNROLL
+        for (int a = 0; a < kRank; ++a) {
+          const int2 wv = row_win[r * kRank + a];
+          rel_start[a] = wv.x - kb[a];
+          len[a] = wv.y;
+        }
+        const uint64_t word = key_tile_row_mask(rel_start, len, geo.kv_log2, rep) >> col0;
+        CUTE_UNROLL
+        for (int ni = 0; ni < size<1>(s_rc); ++ni) {
+          const int bit = get<1>(tScS_rc(mi, ni)) - col0;
+          if (((word >> bit) & 1u) == 0) s_rc(mi, ni) = masked;
+        }
+      }
+    }
+    // P = exp2(S * scale_log2 - lse_log2)
+    CUTE_UNROLL
+    for (int mi = 0; mi < size<0>(s_rc); ++mi) {
+      const float l = lse_s[get<0>(tScS_rc(mi, 0))];
+      CUTE_UNROLL
+      for (int ni = 0; ni < size<1>(s_rc); ++ni) s_rc(mi, ni) = fast_exp2(s_rc(mi, ni) * scale_log2 - l);
+    }
+    // dP = dO V^T;  dS = P * (dP - delta)
+    Tensor acc_dp = partition_fragment_C(tiled_mma, Shape<Int<kTile>, Int<kTile>>{});
+    clear(acc_dp);
+    bwd_gemm_ss<Traits>(acc_dp, sdO, sV, tid);
+    Tensor dp_rc = make_tensor(acc_dp.data(), acc_rowcol(acc_dp.layout()));
+    CUTE_UNROLL
+    for (int mi = 0; mi < size<0>(s_rc); ++mi) {
+      const float dl = delta_s[get<0>(tScS_rc(mi, 0))];
+      CUTE_UNROLL
+      for (int ni = 0; ni < size<1>(s_rc); ++ni) dp_rc(mi, ni) = s_rc(mi, ni) * (dp_rc(mi, ni) - dl);
+    }
+    Tensor rdS = convert_fragment<Element>(acc_dp);
+    Tensor tdS = make_tensor(rdS.data(), acc_as_a_operand(rdS.layout()));
+    // dQ += dS K
+    bwd_gemm_rs<Traits>(acc_dq, tdS, sKt, tid);
+    __syncthreads();  // every warp is done with K, V before the next tile overwrites them
+    if (t + 1 < cta.k.total) key_tile_advance(geo, cta.k, kb);
+  }
+  cp_async_wait<0>();
+  __syncthreads();
+  bwd_acc_to_smem<Traits>(acc_dq, p.scale, smem_q, typename Traits::SmemLayoutQ{}, tid);
+  __syncthreads();
+  store_tile_box<Traits, kTile>(smem_q, typename Traits::SmemLayoutQ{}, static_cast<Element*>(p.dq), cta.gdq,
+                                cta.q.q0, geo.q_log2, cta.n, p.head_dim, aligned, tid);
+}
+
+template <class Traits>
+__global__ void __launch_bounds__(Traits::kThreads, 1) fna_bwd_dq_kernel(const __grid_constant__ FnaBwdParams p) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  extern __shared__ __align__(128) unsigned char smem[];
+  for (int64_t idx = blockIdx.x; idx < p.geo.num_work; idx += gridDim.x) {
+    const WorkTile w = decode_work(p.geo, idx);
+    QueryTile qt;
+    if (!make_query_tile(p.geo, w, qt)) continue;
+    fna_bwd_dq_cta<Traits>(p, w, qt, smem);
+    __syncthreads();
+  }
+#endif
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. dK / dV (key-parallel)
+// ---------------------------------------------------------------------------------------------
+
+struct BwdKvCta {
+  KeyTile k;
+  QueryTilesForKey qs;
+  int n[kRank];
+  GroupTensor gk, gv, gdk, gdv;
+  // current visit (query head, query tile), refilled by thread 0
+  QueryTile q;
+  int full;
+  GroupTensor gq, gdo, glse, gdelta;
+};
+
+template <class Traits, bool kDoDk, bool kDoDv>
+CUTE_DEVICE void fna_bwd_dkdv_cta(FnaBwdParams const& p, KvWorkTile const& w, KeyTile const& kt,
+                                  unsigned char* smem) {
+  using namespace cute;
+  using Element = typename Traits::Element;
+  using Smem = BwdSmem<Traits>;
+  constexpr int kTile = Smem::kTile;
+  const int tid = threadIdx.x;
+  Geometry const& geo = p.geo;
+
+  Element* smem_k = reinterpret_cast<Element*>(smem);
+  Element* smem_v = smem_k + Smem::kTileElems;
+  Element* smem_q = smem_v + Smem::kTileElems;
+  Element* smem_do = smem_q + Smem::kTileElems;
+  int2* q_win = reinterpret_cast<int2*>(smem_do + Smem::kTileElems);
+  uint64_t* unused_rep = reinterpret_cast<uint64_t*>(q_win + kTile * kRank);
+  float* lse_s = reinterpret_cast<float*>(unused_rep + kRank);
+  float* delta_s = lse_s + kTile;
+  static_assert(sizeof(BwdKvCta) <= Smem::kCtaBytes, "");
+  BwdKvCta* cta_smem = reinterpret_cast<BwdKvCta*>(delta_s + kTile);
+
+  if (tid == 0) {
+    BwdKvCta& c = *cta_smem;
+    c.k = kt;
+    c.qs = make_query_tiles_for_key(geo, kt);
+    for (int a = 0; a < kRank; ++a) c.n[a] = kt.axis[a].n;
+    c.gk = make_group_tensor(w.batch, w.kv_head, p.k_batch, p.k_head, p.k_spatial, w.group, geo.dilation);
+    c.gv = make_group_tensor(w.batch, w.kv_head, p.v_batch, p.v_head, p.v_spatial, w.group, geo.dilation);
+    c.gdk = make_group_tensor(w.batch, w.kv_head, p.dk_batch, p.dk_head, p.dk_spatial, w.group, geo.dilation);
+    c.gdv = make_group_tensor(w.batch, w.kv_head, p.dv_batch, p.dv_head, p.dv_spatial, w.group, geo.dilation);
+  }
+  __syncthreads();
+  BwdKvCta& cta = *cta_smem;
+  const bool aligned = p.aligned != 0;
+
+  load_tile_box<Traits, kTile>(smem_k, typename Traits::SmemLayoutKV{}, static_cast<Element const*>(p.k), cta.gk,
+                               cta.k.k0, geo.kv_log2, cta.n, p.head_dim, aligned, tid);
+  load_tile_box<Traits, kTile>(smem_v, typename Traits::SmemLayoutKV{}, static_cast<Element const*>(p.v), cta.gv,
+                               cta.k.k0, geo.kv_log2, cta.n, p.head_dim_v, aligned, tid);
+  cp_async_fence();
+
+  typename Traits::TiledMma tiled_mma;
+  auto thr_mma = tiled_mma.get_thread_slice(tid);
+  Tensor sK = make_tensor(make_smem_ptr(smem_k), typename Traits::SmemLayoutKV{});
+  Tensor sV = make_tensor(make_smem_ptr(smem_v), typename Traits::SmemLayoutKV{});
+  Tensor sQ = make_tensor(make_smem_ptr(smem_q), typename Traits::SmemLayoutQ{});
+  Tensor sdO = make_tensor(make_smem_ptr(smem_do), typename Traits::SmemLayoutQ{});
+  Tensor sQt = make_tensor(make_smem_ptr(smem_q), typename Traits::SmemLayoutVt{});
+  Tensor sdOt = make_tensor(make_smem_ptr(smem_do), typename Traits::SmemLayoutVt{});
+
+  // rows = keys, cols = queries
+  Tensor cS = make_identity_tensor(Shape<Int<kTile>, Int<kTile>>{});
+  Tensor tScS = thr_mma.partition_C(cS);
+  Tensor tScS_rc = make_tensor(tScS.data(), acc_rowcol(tScS.layout()));
+
+  Tensor acc_dk = partition_fragment_C(tiled_mma, Shape<Int<kTile>, Int<kDoDk ? Traits::kDim : 16>>{});
+  Tensor acc_dv = partition_fragment_C(tiled_mma, Shape<Int<kTile>, Int<kDoDv ? Traits::kDim : 16>>{});
+  clear(acc_dk);
+  clear(acc_dv);
+
+  const float scale_log2 = p.scale_log2;
+  const float masked = scale_log2 > 0.f ? -INFINITY : INFINITY;  // -> -inf after scaling
+  const int64_t visits = cta.qs.total;
+  for (int64_t hh = 0; hh < p.heads_per_kv; ++hh) {
+    const int64_t head = w.kv_head * p.heads_per_kv + hh;
+    for (int t = 0; t < visits; ++t) {
+      __syncthreads();  // every warp is done with the previous Q, dO and tables
+      if (tid == 0) {
+        int tile[kRank];
+        query_tile_of_visit(cta.qs, t, tile);
+        query_tile_at(geo, cta.k, tile, cta.q);
+        cta.full = pair_full(geo, cta.q, cta.k.k0) ? 1 : 0;
+        cta.gq = make_group_tensor(w.batch, head, p.q_batch, p.q_head, p.q_spatial, w.group, geo.dilation);
+        cta.gdo = make_group_tensor(w.batch, head, p.do_batch, p.do_head, p.do_spatial, w.group, geo.dilation);
+        cta.glse = make_group_tensor(w.batch, head, p.lse_batch, p.lse_head, p.lse_spatial, w.group, geo.dilation);
+        cta.gdelta =
+            make_group_tensor(w.batch, head, p.delta_batch, p.delta_head, p.delta_spatial, w.group, geo.dilation);
+      }
+      __syncthreads();
+      load_tile_box<Traits, kTile>(smem_q, typename Traits::SmemLayoutQ{}, static_cast<Element const*>(p.q), cta.gq,
+                                   cta.q.q0, geo.q_log2, cta.n, p.head_dim, aligned, tid);
+      load_tile_box<Traits, kTile>(smem_do, typename Traits::SmemLayoutQ{}, static_cast<Element const*>(p.d_o),
+                                   cta.gdo, cta.q.q0, geo.q_log2, cta.n, p.head_dim_v, aligned, tid);
+      cp_async_fence();
+      for (int c = tid; c < kTile; c += Traits::kThreads) {
+        int qc[kRank];
+        tile_coord(c, geo.q_log2, qc);
+        bool ok = true;
+        for (int a = 0; a < kRank; ++a) {
+          qc[a] += cta.q.q0[a];
+          ok = ok && qc[a] < cta.n[a];
+          int s, e;
+          window::window_clamped(qc[a], cta.q.axis[a], s, e);
+          q_win[c * kRank + a] = make_int2(s, e - s);
+        }
+        lse_s[c] = ok ? p.lse[cta.glse.offset(qc)] * kLog2e : INFINITY;  // padding query: P = 0
+        delta_s[c] = ok ? p.delta[cta.gdelta.offset(qc)] : 0.f;
+      }
+      const bool full = cta.full != 0;
+      cp_async_wait<0>();
+      __syncthreads();
+
+      // S^T = K Q^T
+      Tensor acc_s = partition_fragment_C(tiled_mma, Shape<Int<kTile>, Int<kTile>>{});
+      clear(acc_s);
+      bwd_gemm_ss<Traits>(acc_s, sK, sQ, tid);
+      Tensor s_rc = make_tensor(acc_s.data(), acc_rowcol(acc_s.layout()));
+      if (!full) {
+        CUTE_UNROLL
+        for (int mi = 0; mi < size<0>(s_rc); ++mi) {
+          int key[kRank];
+          tile_coord(get<0>(tScS_rc(mi, 0)), geo.kv_log2, key);
+          for (int a = 0; a < kRank; ++a) key[a] += cta.k.k0[a];
+          CUTE_UNROLL
+          for (int ni = 0; ni < size<1>(s_rc); ++ni) {
+            const int c = get<1>(tScS_rc(mi, ni));
+            bool ok = true;
+            CUTE_UNROLL
+            for (int a = 0; a < kRank; ++a) {
+              const int2 wv = q_win[c * kRank + a];
+              ok = ok && unsigned(key[a] - wv.x) <= unsigned(wv.y);
+            }
+            if (!ok) s_rc(mi, ni) = masked;
+          }
+        }
+      }
+      // P^T = exp2(S^T * scale_log2 - lse_log2[col])
+      CUTE_UNROLL
+      for (int mi = 0; mi < size<0>(s_rc); ++mi) {
+        CUTE_UNROLL
+        for (int ni = 0; ni < size<1>(s_rc); ++ni)
+          s_rc(mi, ni) = fast_exp2(s_rc(mi, ni) * scale_log2 - lse_s[get<1>(tScS_rc(mi, ni))]);
+      }
+      if constexpr (kDoDv) {
+        // dV += P^T dO
+        Tensor rP = convert_fragment<Element>(acc_s);
+        Tensor tP = make_tensor(rP.data(), acc_as_a_operand(rP.layout()));
+        bwd_gemm_rs<Traits>(acc_dv, tP, sdOt, tid);
+      }
+      if constexpr (kDoDk) {
+        // dP^T = V dO^T;  dS^T = P^T * (dP^T - delta[col]);  dK += dS^T Q
+        Tensor acc_dp = partition_fragment_C(tiled_mma, Shape<Int<kTile>, Int<kTile>>{});
+        clear(acc_dp);
+        bwd_gemm_ss<Traits>(acc_dp, sV, sdO, tid);
+        Tensor dp_rc = make_tensor(acc_dp.data(), acc_rowcol(acc_dp.layout()));
+        CUTE_UNROLL
+        for (int mi = 0; mi < size<0>(s_rc); ++mi) {
+          CUTE_UNROLL
+          for (int ni = 0; ni < size<1>(s_rc); ++ni)
+            dp_rc(mi, ni) = s_rc(mi, ni) * (dp_rc(mi, ni) - delta_s[get<1>(tScS_rc(mi, ni))]);
+        }
+        Tensor rdS = convert_fragment<Element>(acc_dp);
+        Tensor tdS = make_tensor(rdS.data(), acc_as_a_operand(rdS.layout()));
+        bwd_gemm_rs<Traits>(acc_dk, tdS, sQt, tid);
+      }
+    }
+  }
+  cp_async_wait<0>();
+  __syncthreads();  // everyone is done with Q / dO: reuse them for staging dK / dV
+  if constexpr (kDoDk) bwd_acc_to_smem<Traits>(acc_dk, p.scale, smem_q, typename Traits::SmemLayoutQ{}, tid);
+  if constexpr (kDoDv) bwd_acc_to_smem<Traits>(acc_dv, 1.f, smem_do, typename Traits::SmemLayoutQ{}, tid);
+  __syncthreads();
+  if constexpr (kDoDk)
+    store_tile_box<Traits, kTile>(smem_q, typename Traits::SmemLayoutQ{}, static_cast<Element*>(p.dk), cta.gdk,
+                                  cta.k.k0, geo.kv_log2, cta.n, p.head_dim, aligned, tid);
+  if constexpr (kDoDv)
+    store_tile_box<Traits, kTile>(smem_do, typename Traits::SmemLayoutQ{}, static_cast<Element*>(p.dv), cta.gdv,
+                                  cta.k.k0, geo.kv_log2, cta.n, p.head_dim_v, aligned, tid);
+}
+
+template <class Traits, bool kDoDk, bool kDoDv>
+__global__ void __launch_bounds__(Traits::kThreads, 1) fna_bwd_dkdv_kernel(const __grid_constant__ FnaBwdParams p) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  extern __shared__ __align__(128) unsigned char smem[];
+  for (int64_t idx = blockIdx.x; idx < p.kvg.num_work; idx += gridDim.x) {
+    const KvWorkTile w = decode_kv_work(p.geo, p.kvg, idx);
+    KeyTile kt;
+    if (!make_key_tile(p.geo, w, kt)) continue;
+    fna_bwd_dkdv_cta<Traits, kDoDk, kDoDv>(p, w, kt, smem);
+    __syncthreads();
+  }
+#endif
+}
+
+}  // namespace sm80
+}  // namespace natten

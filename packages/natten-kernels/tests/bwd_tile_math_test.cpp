@@ -1,0 +1,430 @@
+// CPU check of the backward (key-parallel) tile math: window::key_run_query_range and the
+// key-tile -> query-tile walk of tile_scheduler.cuh (make_key_tile / make_query_tiles_for_key /
+// pair_full), against a brute-force transcription of SEMANTICS.md.
+//
+// Build: g++ -std=c++17 -O2 -x c++ -Icsrc/include -Icsrc/kernels/sm80 tests/bwd_tile_math_test.cpp
+//
+// 1. Per axis, exhaustively for n <= 20, every valid (K, s, d, causal) and every key run [k0, k1]
+//    (k1 may run past the group, like a partial key tile): the returned query run is exactly the set
+//    of queries attending at least one key of the run.
+// 2. Replay on random multi-dimensional problems (rank 1-3, all tile shapes): each attended
+//    (query, key) pair is visited by exactly one (key tile, query tile) pair of the key-parallel
+//    walk, every visited pair of tiles holds at least one attended pair, and pair_full() is exact
+//    (true iff every REAL query of the query tile attends every key of the key tile).
+// 3. A numeric replay (float64) of the backward kernels' decisions on random problems with random
+//    q, k, v, dO, dLSE: delta = rowsum(dO * O) - dLSE; dQ accumulated over the forward's key-tile
+//    walk with the 64-bit row-mask words of the masked path; dK / dV accumulated over the
+//    key-parallel walk (per-element mask from the query windows, padding query columns with
+//    lse = +inf, skipped full tiles) -- against gradients computed straight from the definition.
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <random>
+#include <vector>
+
+#include "natten/window.cuh"
+#include "tile_scheduler.cuh"
+
+namespace nw = natten::window;
+namespace ns = natten::sm80;
+
+static long g_failures = 0;
+static long g_checks = 0;
+
+#define CHECK(cond, ...)                                               \
+  do {                                                                 \
+    ++g_checks;                                                        \
+    if (!(cond)) {                                                     \
+      if (g_failures < 30) {                                           \
+        std::printf("FAIL %s:%d: %s | ", __FILE__, __LINE__, #cond);   \
+        std::printf(__VA_ARGS__);                                      \
+        std::printf("\n");                                             \
+      }                                                                \
+      ++g_failures;                                                    \
+    }                                                                  \
+  } while (0)
+
+static bool brute_attends(int i, int j, int n, int K, int s, int d, bool causal) {
+  const int g = i % d;
+  if (j % d != g) return false;
+  const int ip = i / d, jp = j / d;
+  const int ng = int(std::ceil(double(n - g) / double(d)));
+  const int L = K / 2;
+  const int R = K / 2 + (K % 2) - 1;
+  if (!causal) {
+    const int l = std::min(s * (ip / s) + s / 2, ng - 1);
+    const int c = std::min(std::max(l, L), ng - 1 - R);
+    return c - L <= jp && jp <= c + R;
+  }
+  const int l = std::min(s * (ip / s) + s - 1, ng - 1);
+  return jp <= ip && l - jp < K;
+}
+
+static void check_axis(int n, int K, int s, int d, bool causal) {
+  for (int g = 0; g < d && g < n; ++g) {
+    const int ng = nw::group_extent(n, d, g);
+    const nw::Axis a = nw::make_axis(ng, K, s, causal);
+    for (int k0 = 0; k0 < ng; ++k0) {
+      for (int k1 = k0; k1 < ng + 4; ++k1) {
+        int lo, hi;
+        nw::key_run_query_range(k0, k1, a, lo, hi);
+        for (int i = 0; i < ng; ++i) {
+          bool any = false;
+          for (int j = k0; j <= std::min(k1, ng - 1); ++j)
+            any = any || brute_attends(g + d * i, g + d * j, n, K, s, d, causal);
+          const bool in = i >= lo && i <= hi;
+          CHECK(in == any, "n=%d K=%d s=%d d=%d causal=%d g=%d keys [%d,%d] query %d: range [%d,%d] brute %d", n,
+                K, s, d, causal, g, k0, k1, i, lo, hi, any);
+        }
+      }
+    }
+  }
+}
+
+struct Problem {
+  int rank;
+  int n[3], K[3], s[3], d[3];
+  bool causal[3];
+  int ql[3], kl[3];
+};
+
+static bool brute_multi(const Problem& p, const int x[3], const int y[3]) {
+  for (int a = 0; a < 3; ++a)
+    if (!brute_attends(x[a], y[a], p.n[a], p.K[a], p.s[a], p.d[a], p.causal[a])) return false;
+  return true;
+}
+
+static void replay(const Problem& p) {
+  ns::Geometry geo{};
+  for (int a = 0; a < 3; ++a) {
+    geo.extent[a] = p.n[a];
+    geo.q_extent[a] = p.n[a];  // whole grid
+    geo.kv_extent[a] = p.n[a];
+    geo.kernel[a] = p.K[a];
+    geo.stride[a] = p.s[a];
+    geo.dilation[a] = p.d[a];
+    geo.causal[a] = p.causal[a] ? 1 : 0;
+    geo.q_log2[a] = p.ql[a];
+    geo.kv_log2[a] = p.kl[a];
+  }
+  geo.batch = 1;
+  geo.heads = 1;
+  ns::geometry_finalize(geo);
+  ns::KvGeometry kg{};
+  ns::kv_geometry_finalize(geo, 1, kg);
+  const int N = p.n[0] * p.n[1] * p.n[2];
+  std::vector<int> visits(size_t(N) * N, 0);
+  auto lin = [&](const int x[3]) { return (x[0] * p.n[1] + x[1]) * p.n[2] + x[2]; };
+  for (int64_t idx = 0; idx < kg.num_work; ++idx) {
+    const ns::KvWorkTile w = ns::decode_kv_work(geo, kg, idx);
+    ns::KeyTile kt;
+    if (!ns::make_key_tile(geo, w, kt)) continue;
+    const ns::QueryTilesForKey qs = ns::make_query_tiles_for_key(geo, kt);
+    const int nk = 1 << (p.kl[0] + p.kl[1] + p.kl[2]);
+    const int nq = 1 << (p.ql[0] + p.ql[1] + p.ql[2]);
+    for (int t = 0; t < qs.total; ++t) {
+      int tile[3];
+      ns::query_tile_of_visit(qs, t, tile);
+      ns::QueryTile qt;
+      ns::query_tile_at(geo, kt, tile, qt);
+      const bool full = ns::pair_full(geo, qt, kt.k0);
+      int attended = 0;
+      bool all = true;
+      for (int r = 0; r < nq; ++r) {
+        int qc[3];
+        ns::tile_coord(r, geo.q_log2, qc);
+        bool qok = true;
+        int x[3];
+        for (int a = 0; a < 3; ++a) {
+          qc[a] += qt.q0[a];
+          qok = qok && qc[a] < kt.axis[a].n;
+          x[a] = w.group[a] + p.d[a] * qc[a];
+        }
+        for (int c = 0; c < nk; ++c) {
+          int kc[3];
+          ns::tile_coord(c, geo.kv_log2, kc);
+          bool kok = true;
+          int y[3];
+          for (int a = 0; a < 3; ++a) {
+            kc[a] += kt.k0[a];
+            kok = kok && kc[a] < kt.axis[a].n;
+            y[a] = w.group[a] + p.d[a] * kc[a];
+          }
+          const bool att = qok && kok && brute_multi(p, x, y);
+          if (qok && !att) all = false;  // padding queries are masked by the kernel (lse = +inf)
+          if (att) {
+            ++attended;
+            ++visits[size_t(lin(x)) * N + lin(y)];
+          }
+        }
+      }
+      CHECK(attended > 0, "visited tile pair without an attended pair (work %lld, visit %d)", (long long)idx, t);
+      CHECK(full == all, "pair_full %d but every pair attended = %d (work %lld, visit %d)", full, all,
+            (long long)idx, t);
+    }
+  }
+  for (int xi = 0; xi < N; ++xi) {
+    int x[3] = {xi / (p.n[1] * p.n[2]), (xi / p.n[2]) % p.n[1], xi % p.n[2]};
+    for (int yi = 0; yi < N; ++yi) {
+      int y[3] = {yi / (p.n[1] * p.n[2]), (yi / p.n[2]) % p.n[1], yi % p.n[2]};
+      const int want = brute_multi(p, x, y) ? 1 : 0;
+      CHECK(visits[size_t(xi) * N + yi] == want, "pair (%d,%d) visited %d times, want %d", xi, yi,
+            visits[size_t(xi) * N + yi], want);
+    }
+  }
+}
+
+// ---- 3. numeric replay of the backward ------------------------------------------------------
+static void numeric_replay(const Problem& p, std::mt19937& rng) {
+  ns::Geometry geo{};
+  for (int a = 0; a < 3; ++a) {
+    geo.extent[a] = p.n[a];
+    geo.q_extent[a] = p.n[a];  // whole grid
+    geo.kv_extent[a] = p.n[a];
+    geo.kernel[a] = p.K[a];
+    geo.stride[a] = p.s[a];
+    geo.dilation[a] = p.d[a];
+    geo.causal[a] = p.causal[a] ? 1 : 0;
+    geo.q_log2[a] = p.ql[a];
+    geo.kv_log2[a] = p.kl[a];
+  }
+  // Both kernels need 64-token tiles of at most 64 columns per mask word.
+  geo.batch = 1;
+  geo.heads = 1;
+  ns::geometry_finalize(geo);
+  ns::KvGeometry kg{};
+  ns::kv_geometry_finalize(geo, 1, kg);
+  const int N = p.n[0] * p.n[1] * p.n[2];
+  const int D = 3;
+  std::normal_distribution<double> nd(0.0, 1.0);
+  std::vector<double> q(N * D), k(N * D), v(N * D), dO(N * D), dL(N);
+  for (auto* vec : {&q, &k, &v, &dO}) for (auto& x : *vec) x = nd(rng);
+  for (auto& x : dL) x = nd(rng);
+  const double scale = (rng() & 1) ? 0.7 : -0.4;  // negative scales are valid
+  auto lin = [&](const int x[3]) { return (x[0] * p.n[1] + x[1]) * p.n[2] + x[2]; };
+  auto coords = [&](int i, int x[3]) {
+    x[0] = i / (p.n[1] * p.n[2]);
+    x[1] = (i / p.n[2]) % p.n[1];
+    x[2] = i % p.n[2];
+  };
+  auto dot = [&](const std::vector<double>& a, int i, const std::vector<double>& b, int j) {
+    double s = 0;
+    for (int c = 0; c < D; ++c) s += a[i * D + c] * b[j * D + c];
+    return s;
+  };
+  // Reference forward + backward straight from the definition.
+  std::vector<double> lse(N), O(N * D, 0.0), P(size_t(N) * N, 0.0);
+  for (int i = 0; i < N; ++i) {
+    int x[3];
+    coords(i, x);
+    double mx = -INFINITY;
+    for (int j = 0; j < N; ++j) {
+      int y[3];
+      coords(j, y);
+      if (brute_multi(p, x, y)) mx = std::max(mx, scale * dot(q, i, k, j));
+    }
+    double sum = 0;
+    for (int j = 0; j < N; ++j) {
+      int y[3];
+      coords(j, y);
+      if (brute_multi(p, x, y)) sum += std::exp(scale * dot(q, i, k, j) - mx);
+    }
+    lse[i] = mx + std::log(sum);
+    for (int j = 0; j < N; ++j) {
+      int y[3];
+      coords(j, y);
+      if (!brute_multi(p, x, y)) continue;
+      P[size_t(i) * N + j] = std::exp(scale * dot(q, i, k, j) - lse[i]);
+      for (int c = 0; c < D; ++c) O[i * D + c] += P[size_t(i) * N + j] * v[j * D + c];
+    }
+  }
+  std::vector<double> rdq(N * D, 0.0), rdk(N * D, 0.0), rdv(N * D, 0.0);
+  for (int i = 0; i < N; ++i) {
+    double delta = dot(dO, i, O, i);
+    for (int j = 0; j < N; ++j) {
+      const double pij = P[size_t(i) * N + j];
+      if (pij == 0.0) continue;
+      const double dz = pij * (dot(dO, i, v, j) - delta + dL[i]);
+      for (int c = 0; c < D; ++c) {
+        rdq[i * D + c] += scale * dz * k[j * D + c];
+        rdk[j * D + c] += scale * dz * q[i * D + c];
+        rdv[j * D + c] += pij * dO[i * D + c];
+      }
+    }
+  }
+  // Preprocess (the kernel folds dLSE into delta).
+  std::vector<double> delta(N);
+  for (int i = 0; i < N; ++i) delta[i] = dot(dO, i, O, i) - dL[i];
+  const double slog2 = scale * 1.4426950408889634;
+  // dQ: query-parallel walk (the forward's), masked tiles through the row-mask words.
+  std::vector<double> dq(N * D, 0.0);
+  const int nq = 1 << (p.ql[0] + p.ql[1] + p.ql[2]);
+  const int nk = 1 << (p.kl[0] + p.kl[1] + p.kl[2]);
+  uint64_t rep[3];
+  ns::key_tile_mask_patterns(geo.kv_log2, rep);
+  for (int64_t idx = 0; idx < geo.num_work; ++idx) {
+    const ns::WorkTile w = ns::decode_work(geo, idx);
+    ns::QueryTile qt;
+    if (!ns::make_query_tile(geo, w, qt)) continue;
+    const ns::KeyTiles kt = ns::make_key_tiles(geo, qt);
+    int kb[3];
+    ns::key_tile_origin(geo, kt, 0, kb);
+    for (int t = 0; t < kt.total; ++t) {
+      const bool full = ns::key_tile_full(geo, kt, kb);
+      for (int r = 0; r < nq; ++r) {
+        if (!ns::query_row_valid(geo, qt, r)) continue;
+        int qc[3], x[3];
+        ns::tile_coord(r, geo.q_log2, qc);
+        int start[3], len[3], rel[3];
+        ns::query_row_window(geo, qt, r, start, len);
+        for (int a = 0; a < 3; ++a) {
+          x[a] = w.group[a] + p.d[a] * (qt.q0[a] + qc[a]);
+          rel[a] = start[a] - kb[a];
+        }
+        const uint64_t word = ns::key_tile_row_mask(rel, len, geo.kv_log2, rep);
+        const int i = lin(x);
+        for (int c = 0; c < nk; ++c) {
+          if (!ns::key_col_valid(geo, qt, kb, c)) {
+            CHECK(full || ((word >> c) & 1u) == 0, "dq: out-of-group key column %d unmasked", c);
+            continue;  // zero-filled K / V: masked (or never in a full tile)
+          }
+          if (!full && ((word >> c) & 1u) == 0) continue;
+          int kc[3], y[3];
+          ns::tile_coord(c, geo.kv_log2, kc);
+          for (int a = 0; a < 3; ++a) y[a] = w.group[a] + p.d[a] * (kb[a] + kc[a]);
+          const int j = lin(y);
+          const double pij = std::exp2(dot(q, i, k, j) * slog2 - lse[i] * 1.4426950408889634);
+          const double ds = pij * (dot(dO, i, v, j) - delta[i]);
+          for (int cc = 0; cc < D; ++cc) dq[i * D + cc] += ds * k[j * D + cc];
+        }
+      }
+      ns::key_tile_advance(geo, kt, kb);
+    }
+  }
+  for (auto& x : dq) x *= scale;
+  // dK / dV: key-parallel walk.
+  std::vector<double> dk(N * D, 0.0), dv(N * D, 0.0);
+  for (int64_t idx = 0; idx < kg.num_work; ++idx) {
+    const ns::KvWorkTile w = ns::decode_kv_work(geo, kg, idx);
+    ns::KeyTile ktile;
+    if (!ns::make_key_tile(geo, w, ktile)) continue;
+    const ns::QueryTilesForKey qs = ns::make_query_tiles_for_key(geo, ktile);
+    for (int t = 0; t < qs.total; ++t) {
+      int tile[3];
+      ns::query_tile_of_visit(qs, t, tile);
+      ns::QueryTile qt;
+      ns::query_tile_at(geo, ktile, tile, qt);
+      const bool full = ns::pair_full(geo, qt, ktile.k0);
+      for (int cq = 0; cq < nq; ++cq) {
+        int qc[3], x[3];
+        ns::tile_coord(cq, geo.q_log2, qc);
+        bool qok = true;
+        int ws[3], wl[3];
+        for (int a = 0; a < 3; ++a) {
+          const int gq = qt.q0[a] + qc[a];
+          qok = qok && gq < ktile.axis[a].n;
+          int s0, e0;
+          nw::window_clamped(gq, ktile.axis[a], s0, e0);
+          ws[a] = s0;
+          wl[a] = e0 - s0;
+          x[a] = w.group[a] + p.d[a] * gq;
+        }
+        const double lse_log2 = qok ? lse[lin(x)] * 1.4426950408889634 : INFINITY;
+        for (int r = 0; r < nk; ++r) {
+          int kc[3], key[3], y[3];
+          ns::tile_coord(r, geo.kv_log2, kc);
+          bool kok = true;
+          bool att = true;
+          for (int a = 0; a < 3; ++a) {
+            key[a] = ktile.k0[a] + kc[a];
+            kok = kok && key[a] < ktile.axis[a].n;
+            att = att && unsigned(key[a] - ws[a]) <= unsigned(wl[a]);
+            y[a] = w.group[a] + p.d[a] * key[a];
+          }
+          if (!full && !att) continue;
+          if (!kok) {
+            CHECK(false, "dkdv: out-of-group key row %d attended (full=%d)", r, full);
+            continue;
+          }
+          if (!qok) {  // padding query column: lse = +inf makes P exactly 0
+            CHECK(std::exp2(0.0 - lse_log2) == 0.0, "padding column P != 0");
+            continue;
+          }
+          const int i = lin(x), j = lin(y);
+          const double pij = std::exp2(dot(q, i, k, j) * slog2 - lse_log2);
+          const double ds = pij * (dot(dO, i, v, j) - delta[i]);
+          for (int cc = 0; cc < D; ++cc) {
+            dv[j * D + cc] += pij * dO[i * D + cc];
+            dk[j * D + cc] += ds * q[i * D + cc];
+          }
+        }
+      }
+    }
+  }
+  for (auto& x : dk) x *= scale;
+  auto cmp = [&](const std::vector<double>& got, const std::vector<double>& ref, const char* name) {
+    double worst = 0;
+    for (size_t e = 0; e < got.size(); ++e) worst = std::max(worst, std::fabs(got[e] - ref[e]));
+    CHECK(worst < 1e-9, "%s: max abs diff %g (rank %d, n %d %d %d)", name, worst, p.rank, p.n[0], p.n[1], p.n[2]);
+  };
+  cmp(dq, rdq, "dq");
+  cmp(dk, rdk, "dk");
+  cmp(dv, rdv, "dv");
+}
+
+int main(int argc, char** argv) {
+  const int max_n = argc > 1 ? std::atoi(argv[1]) : 20;
+  long configs = 0;
+  for (int n = 1; n <= max_n; ++n) {
+    check_axis(n, 1, 1, 1, false);
+    check_axis(n, 1, 1, 1, true);
+    for (int K = 2; K <= n; ++K)
+      for (int d = 1; K * d <= n; ++d)
+        for (int s = 1; s <= K; ++s)
+          for (int c = 0; c < 2; ++c) {
+            check_axis(n, K, s, d, c != 0);
+            ++configs;
+          }
+  }
+  std::printf("per-axis inverse ranges: %ld configurations, %ld checks, %ld failures\n", configs, g_checks,
+              g_failures);
+  std::mt19937 rng(4321);
+  auto uni = [&](int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng); };
+  const int problems = argc > 2 ? std::atoi(argv[2]) : 600;
+  const long before = g_checks;
+  for (int it = 0; it < problems; ++it) {
+    Problem p{};
+    p.rank = uni(1, 3);
+    const int max_ext = p.rank == 1 ? 70 : (p.rank == 2 ? 15 : 7);
+    for (int a = 0; a < 3; ++a) {
+      if (a >= p.rank) {
+        p.n[a] = p.K[a] = p.s[a] = p.d[a] = 1;
+        p.causal[a] = false;
+        continue;
+      }
+      p.n[a] = uni(2, max_ext);
+      p.K[a] = uni(2, p.n[a]);
+      p.d[a] = uni(1, p.n[a] / p.K[a]);
+      p.s[a] = uni(1, p.K[a]);
+      if (uni(0, 3) == 0) p.s[a] = 1;
+      p.causal[a] = uni(0, 2) == 0;
+    }
+    for (int pass = 0; pass < 2; ++pass) {
+      int* l = pass == 0 ? p.ql : p.kl;
+      l[0] = l[1] = l[2] = 0;
+      int total = uni(0, 3) == 0 ? uni(0, 6) : 6;
+      while (total-- > 0) l[uni(0, p.rank - 1)] += 1;
+    }
+    replay(p);
+    if (it % 3 == 0) numeric_replay(p, rng);
+  }
+  std::printf("key-parallel replay: %d problems, %ld checks, %ld failures total\n", problems, g_checks - before,
+              g_failures);
+  if (g_failures) {
+    std::printf("FAILED\n");
+    return 1;
+  }
+  std::printf("OK\n");
+  return 0;
+}

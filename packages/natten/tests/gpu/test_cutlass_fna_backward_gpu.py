@@ -1,0 +1,212 @@
+"""cutlass-fna fused backward on the GPU against autograd on the float64 oracle.
+
+Fresh random problems every run (the seed is printed on failure; NATTEN_GPU_SEED fixes it,
+NATTEN_GPU_BWD_SWEEP sets the count), gradient outputs poisoned with NaN before each launch so
+unwritten elements show. Covers ranks 1-3, stride, dilation, per-axis causal, even kernels,
+GQA/MQA, Dv != D, fp16/bf16, head dims 8-256, and the gradient through the logsumexp output.
+
+Gradients are compared in absolute terms after scaling: the upstream gradients are drawn with
+unit-order entries of the *result* (d_out ~ N(0, 1/Dv), d_lse ~ N(0, 1)), and the tolerance is
+tol * max(1, max |reference gradient|), tol = 1e-2 (fp16) / 5e-2 (bf16) as for the forward.
+"""
+
+import os
+import random
+
+import pytest
+import torch
+
+from helpers import assert_close
+from oracle import na_oracle
+
+pytestmark = pytest.mark.gpu
+
+if not torch.cuda.is_available():
+    pytest.skip("needs a CUDA device", allow_module_level=True)
+
+import natten  # noqa: E402
+from natten import _libnatten, ops  # noqa: E402
+from natten.backends import BackendNotSupportedError  # noqa: E402
+
+if not _libnatten.is_available():
+    pytest.fail(f"natten-kernels is not loadable: {_libnatten.unavailable_reason()}", pytrace=False)
+if not _libnatten.has_backward():
+    pytest.fail(f"natten-kernels {_libnatten.abi_version()} has no fused backward (needs ABI 1.1)", pytrace=False)
+
+NUM_PROBLEMS = int(os.environ.get("NATTEN_GPU_BWD_SWEEP", "250"))
+SEED = int(os.environ.get("NATTEN_GPU_SEED", str(random.SystemRandom().randrange(1 << 30))))
+OPS = {1: natten.na1d, 2: natten.na2d, 3: natten.na3d}
+GPU_TOL = {torch.float16: 1e-2, torch.bfloat16: 5e-2}
+DIMS = [32, 64, 128, 256, 40, 96, 160]
+
+
+def _problem(rng: random.Random):
+    rank = rng.choice([1, 2, 2, 3, 3])
+    hi = {1: 200, 2: 20, 3: 10}[rank]
+    shape = [rng.randint(2, hi) for _ in range(rank)]
+    ks = [rng.randint(2, n) for n in shape]
+    if rng.random() < 0.3:  # even kernels
+        ks = [k - (k % 2) if k > 2 else k for k in ks]
+    dl = [rng.randint(1, max(1, n // k)) if rng.random() < 0.4 else 1 for n, k in zip(shape, ks)]
+    st = [rng.randint(1, k) if rng.random() < 0.5 else 1 for k in ks]
+    ca = [rng.random() < 0.3 for _ in ks]
+    hkv = rng.choice([1, 2, 3])
+    h = hkv * rng.choice([1, 1, 2, 4])
+    d = rng.choice(DIMS + [8 * rng.randint(1, 32)])
+    dv = d if rng.random() < 0.6 else rng.choice(DIMS + [8 * rng.randint(1, 32)])
+    dtype = rng.choice([torch.float16, torch.bfloat16])
+    b = rng.randint(1, 2)
+    with_lse_grad = rng.random() < 0.5
+    return rank, shape, ks, st, dl, ca, b, h, hkv, d, dv, dtype, with_lse_grad
+
+
+def _inputs(b, shape, h, hkv, d, dv, dtype, seed):
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    q = torch.randn(b, *shape, h, d, device="cuda", dtype=dtype, generator=g)
+    k = torch.randn(b, *shape, hkv, d, device="cuda", dtype=dtype, generator=g)
+    v = torch.randn(b, *shape, hkv, dv, device="cuda", dtype=dtype, generator=g)
+    d_out = (torch.randn(b, *shape, h, dv, device="cuda", dtype=torch.float32, generator=g) / dv**0.5).to(dtype)
+    d_lse = torch.randn(b, *shape, h, device="cuda", dtype=torch.float32, generator=g)
+    return q, k, v, d_out, d_lse
+
+
+def _grads(fn, q, k, v, d_out, d_lse):
+    q, k, v = (t.detach().clone().requires_grad_(True) for t in (q, k, v))
+    out, lse = fn(q, k, v)
+    outs, grads = [out], [d_out.to(out.dtype)]
+    if d_lse is not None:
+        outs.append(lse)
+        grads.append(d_lse.to(lse.dtype))
+    dq, dk, dv = torch.autograd.grad(outs, (q, k, v), grads)
+    return out, lse, dq, dk, dv
+
+
+def _check_grads(got, ref, tol, desc):
+    for name, a, b in zip(("dq", "dk", "dv"), got, ref):
+        scale = max(1.0, float(b.abs().max()))
+        assert_close(a, b, atol=tol * scale, rtol=0, what=f"{desc} {name} (scale {scale:.3g})")
+
+
+def test_fna_backward_random_sweep():
+    rng = random.Random(SEED)
+    ops.set_poison_outputs(True)
+    failures = []
+    checked = 0
+    try:
+        for case in range(NUM_PROBLEMS):
+            rank, shape, ks, st, dl, ca, b, h, hkv, d, dv, dtype, with_lse = _problem(rng)
+            q, k, v, d_out, d_lse = _inputs(b, shape, h, hkv, d, dv, dtype, rng.randrange(1 << 30))
+            desc = (f"case {case} seed {SEED}: shape={shape} kernel={ks} stride={st} dilation={dl} "
+                    f"causal={ca} B={b} H={h} Hkv={hkv} D={d} Dv={dv} {dtype} lse_grad={with_lse}")
+            try:
+                got = _grads(lambda q_, k_, v_: OPS[rank](q_, k_, v_, ks, st, dl, ca, backend="cutlass-fna",
+                                                          return_lse=True),
+                             q, k, v, d_out, d_lse if with_lse else None)
+                ref = _grads(lambda q_, k_, v_: na_oracle(q_, k_, v_, ks, st, dl, ca),
+                             q.double(), k.double(), v.double(), d_out.double(),
+                             d_lse.double() if with_lse else None)
+                tol = GPU_TOL[dtype]
+                assert_close(got[0], ref[0], atol=tol, rtol=0, what=f"{desc} out")
+                _check_grads(got[2:], ref[2:], tol, desc)
+                checked += 1
+            except (NotImplementedError, BackendNotSupportedError) as e:
+                failures.append(f"{desc}: unexpectedly unsupported: {e}")
+            except AssertionError as e:
+                failures.append(str(e))
+            if len(failures) >= 10:
+                break
+    finally:
+        ops.set_poison_outputs(False)
+    print(f"cutlass-fna backward sweep: {checked} problems checked against the float64 oracle (seed {SEED})")
+    assert not failures, "\n".join(failures)
+    assert checked == NUM_PROBLEMS
+
+
+@pytest.mark.parametrize(
+    "rank, shape, ks, st, dl, ca, h, hkv, d, dv, dtype",
+    [
+        (1, [300], [13], [1], [1], [False], 4, 4, 64, 64, torch.float16),  # several kv tiles, masked + full
+        (1, [257], [64], [4], [2], [True], 8, 1, 128, 64, torch.bfloat16),  # MQA, causal, stride, dilation
+        (2, [33, 47], [8, 6], [2, 3], [2, 1], [False, True], 6, 2, 256, 256, torch.float16),  # hdim 256 split
+        (2, [24, 24], [24, 24], [1, 1], [1, 1], [False, False], 2, 1, 32, 96, torch.bfloat16),  # full attention
+        (3, [9, 10, 11], [3, 4, 5], [3, 1, 2], [2, 2, 1], [True, False, False], 4, 2, 40, 160, torch.float16),
+        (2, [16, 16], [4, 4], [4, 4], [1, 1], [False, False], 3, 3, 8, 8, torch.float16),  # blocked, head dim 8
+    ],
+    ids=["1d", "1d_mqa_causal", "2d_hdim256", "2d_full", "3d_mixed", "2d_blocked_hd8"],
+)
+def test_fna_backward_fixed(rank, shape, ks, st, dl, ca, h, hkv, d, dv, dtype):
+    q, k, v, d_out, d_lse = _inputs(2, shape, h, hkv, d, dv, dtype, 1234)
+    ops.set_poison_outputs(True)
+    try:
+        got = _grads(lambda q_, k_, v_: OPS[rank](q_, k_, v_, ks, st, dl, ca, backend="cutlass-fna", return_lse=True),
+                     q, k, v, d_out, d_lse)
+    finally:
+        ops.set_poison_outputs(False)
+    ref = _grads(lambda q_, k_, v_: na_oracle(q_, k_, v_, ks, st, dl, ca),
+                 q.double(), k.double(), v.double(), d_out.double(), d_lse.double())
+    _check_grads(got[2:], ref[2:], GPU_TOL[dtype], f"{rank}d {shape}")
+
+
+def test_fna_backward_strided_views():
+    # q/k/v as views into one packed tensor (non-contiguous heads, odd head offsets).
+    base = torch.randn(1, 30, 30, 6, 64, device="cuda", dtype=torch.float16)
+    q, k, v = base[:, 2:28, 3:29, 0:2], base[:, 2:28, 3:29, 2:4], base[:, 2:28, 3:29, 4:6]
+    d_out = torch.randn(1, 26, 26, 2, 64, device="cuda", dtype=torch.float16) / 8
+    got = _grads(lambda a, b_, c: natten.na2d(a, b_, c, (7, 9), backend="cutlass-fna", return_lse=True),
+                 q, k, v, d_out, None)
+    ref = _grads(lambda a, b_, c: na_oracle(a, b_, c, (7, 9)), q.double(), k.double(), v.double(),
+                 d_out.double(), None)
+    _check_grads(got[2:], ref[2:], 1e-2, "strided views")
+
+
+def test_fna_backward_deterministic_bit_identical():
+    # GQA with many query heads per kv head and large windows: where an atomics-based reduction
+    # would differ between runs.
+    q, k, v, d_out, d_lse = _inputs(2, [40, 40], 8, 1, 64, 64, torch.bfloat16, 7)
+    fn = lambda a, b_, c: natten.na2d(a, b_, c, (13, 13), stride=(2, 1), backend="cutlass-fna",  # noqa: E731
+                                      return_lse=True)
+    natten.use_deterministic_algorithms(True)
+    try:
+        runs = [_grads(fn, q, k, v, d_out, d_lse)[2:] for _ in range(3)]
+    finally:
+        natten.use_deterministic_algorithms(False)
+    runs.append(_grads(fn, q, k, v, d_out, d_lse)[2:])  # the default path: also deterministic here
+    for r in runs[1:]:
+        for a, b in zip(r, runs[0]):
+            assert torch.equal(a, b), "backward is not bit-identical across runs"
+
+
+def test_fna_backward_torch_compile_training_step():
+    g = torch.Generator(device="cuda").manual_seed(0)
+    q0 = torch.randn(2, 19, 23, 4, 64, device="cuda", dtype=torch.float16, generator=g)
+    k0 = torch.randn(2, 19, 23, 2, 64, device="cuda", dtype=torch.float16, generator=g)
+    v0 = torch.randn(2, 19, 23, 2, 32, device="cuda", dtype=torch.float16, generator=g)
+    w = (torch.randn(2, 19, 23, 4, 32, device="cuda", generator=g) / 8).to(torch.float16)
+    wl = torch.randn(2, 19, 23, 4, device="cuda", generator=g)
+
+    def loss_fn(q, k, v):
+        out, lse = natten.na2d(q, k, v, (5, 8), stride=(1, 2), dilation=(2, 1), is_causal=(False, True),
+                               backend="cutlass-fna", return_lse=True)
+        return (out * w).float().sum() + (lse * wl).sum()
+
+    def grads(fn):
+        q, k, v = (t.clone().requires_grad_(True) for t in (q0, k0, v0))
+        loss = fn(q, k, v)
+        loss.backward()
+        return loss.detach(), q.grad, k.grad, v.grad
+
+    eager = grads(loss_fn)
+    compiled = grads(torch.compile(loss_fn, fullgraph=True))
+    for a, b in zip(compiled[1:], eager[1:]):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
+    torch.testing.assert_close(compiled[0], eager[0], atol=1e-2, rtol=1e-3)  # reduction order may differ
+    ref = _grads(lambda a, b_, c: na_oracle(a, b_, c, (5, 8), (1, 2), (2, 1), (False, True)),
+                 q0.double(), k0.double(), v0.double(), w.double(), wl.double())
+    _check_grads(eager[1:], ref[2:], 1e-2, "compiled training step")
+
+
+def test_cutlass_fna_accepts_training_inputs():
+    from natten.backends import cutlass
+
+    q = torch.randn(1, 16, 16, 2, 64, device="cuda", dtype=torch.float16, requires_grad=True)
+    assert cutlass.can_run_fna(q, q, q, None) is None
