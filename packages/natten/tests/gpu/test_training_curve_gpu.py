@@ -64,7 +64,7 @@ def _train(backend: str, monkeypatch) -> torch.Tensor:
     return torch.stack(losses).float().cpu()
 
 
-@pytest.mark.parametrize("backend", ["flex-fna"])
+@pytest.mark.parametrize("backend", ["cutlass-fna", "flex-fna"])
 def test_training_tracks_reference(backend, monkeypatch):
     ref = _train("reference", monkeypatch)
     got = _train(backend, monkeypatch)
