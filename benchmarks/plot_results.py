@@ -28,6 +28,8 @@ def load() -> Tuple[Dict[str, Dict[str, float]], List[str]]:
     for path in sorted(glob.glob(os.path.join(HERE, "results", "*.json"))):
         with open(path) as f:
             data = json.load(f)
+        if not (data.get("results") or data.get("rows")):
+            continue  # not a speedup table (e.g. distributed.json)
         meta = data.get("meta", {})
         cards.add(f"{meta.get('device', '?')}, {meta.get('date', '?')[:10]}")
         for r in data.get("results", []):  # benchmarks/run.py
