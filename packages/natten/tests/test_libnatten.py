@@ -410,3 +410,23 @@ def test_query_configs_and_supports(fake):
     fake.set(L.STATUS_INVALID_ARGUMENT, b"problem->rank is 7")
     with pytest.raises(ValueError, match="rank is 7"):
         L.query_configs("fp16", 7, 64, arch=80)
+
+
+def test_config_listing_forward_and_backward(monkeypatch):
+    """get_configs_for_cutlass_fna lists the library's tiles; the backward listing keeps the
+    64-token ones the backward kernels are built for, and says so when there is no backward."""
+    import natten
+    from natten.backends import cutlass
+
+    q, k, v, _, _ = _tensors(device=0)
+    tiles = [dict(q_tile=(8, 8), kv_tile=(8, 8)), dict(q_tile=(16, 8), kv_tile=(8, 16)),
+             dict(q_tile=(4, 16), kv_tile=(16, 4))]
+    monkeypatch.setattr(cutlass, "can_run_fna", lambda *a, **kw: None)
+    monkeypatch.setattr(cutlass._libnatten, "query_configs", lambda *a, **kw: tiles)
+    assert natten.get_configs_for_cutlass_fna(q, k, v) == [((8, 8), (8, 8)), ((16, 8), (8, 16)),
+                                                          ((4, 16), (16, 4))]
+    monkeypatch.setattr(cutlass, "_backward_reason", lambda: None)
+    assert natten.get_bwd_configs_for_cutlass_fna(q, k, v) == [((8, 8), (8, 8)), ((4, 16), (16, 4))]
+    monkeypatch.setattr(cutlass, "_backward_reason", lambda: "needs natten-kernels ABI >= 1.1")
+    with pytest.raises(NotImplementedError, match="no fused backward here: needs natten-kernels ABI >= 1.1"):
+        natten.get_bwd_configs_for_cutlass_fna(q, k, v)

@@ -11,6 +11,8 @@ back to another backend. ``cutlass-fmha`` is not in this release yet.
 
 from __future__ import annotations
 
+import math
+
 from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
@@ -262,3 +264,28 @@ def get_configs_for_cutlass_fna(query: Tensor, key: Tensor, value: Tensor) -> Li
         query.dtype, query.dim() - 3, int(query.shape[-1]), int(value.shape[-1]), device=index
     )
     return [(c["q_tile"], c["kv_tile"]) for c in configs]
+
+
+def get_bwd_configs_for_cutlass_fna(
+    query: Tensor, key: Tensor, value: Tensor
+) -> List[Tuple[Tuple[int, ...], Tuple[int, ...]]]:
+    """Valid ``(backward_q_tile_shape, backward_kv_tile_shape)`` pairs of the fused backward of
+    ``cutlass-fna`` for these tensors here (natten-kernels >= 1.1).
+
+    The backward kernels of natten-kernels 1.1 are compiled for 64-token query and key tiles, so
+    these are the forward's configurations with 64 tokens per tile.
+
+    Raises:
+        NotImplementedError: the loaded natten-kernels has no fused backward.
+        ValueError: ``cutlass-fna`` cannot run these tensors here (the message says why).
+    """
+    reason = _backward_reason()
+    if reason is not None:
+        raise NotImplementedError(f"cutlass-fna has no fused backward here: {reason}")
+    return [
+        (q, kv) for q, kv in get_configs_for_cutlass_fna(query, key, value)
+        if math.prod(q) == _BWD_TILE_TOKENS and math.prod(kv) == _BWD_TILE_TOKENS
+    ]
+
+
+_BWD_TILE_TOKENS = 64  # the backward kernels' compiled CTA tile (natten-kernels 1.1)
