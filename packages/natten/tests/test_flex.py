@@ -478,10 +478,13 @@ def compiled_on_cpu(monkeypatch):
     monkeypatch.setattr(flex, "_ALLOW_COMPILE_ON_CPU", True)
     cfg = torch._dynamo.config
     name = "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"
-    monkeypatch.setattr(cfg, name, getattr(cfg, name))  # restored after the test
+    # Restored by hand: pytest >= 9's monkeypatch deletes attributes it did not find in the
+    # module's __dict__, and deleting a dynamo config entry hides it for the rest of the session.
+    saved_limit = getattr(cfg, name)
     flex._reset_compiled()
     flex._WARNED.discard("recompile-limit")
     yield
+    setattr(cfg, name, saved_limit)
     flex._reset_compiled()
     flex._WARNED.discard("recompile-limit")
     torch._dynamo.reset()
