@@ -13,7 +13,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import torch
 
-from ..window import axis_window_bounds
+from ..window import axis_key_range, axis_window_bounds
 
 Range = Tuple[int, int]  # [start, stop) on the shard axis
 
@@ -71,8 +71,11 @@ class ShardPlan:
         attend (empty queries need no keys)."""
         if queries[0] >= queries[1]:
             return (queries[0], queries[0])
-        start, last = self._bounds()
-        return int(start[queries[0] : queries[1]].min()), int(last[queries[0] : queries[1]].max()) + 1
+        a = self.axis
+        return axis_key_range(
+            self.global_shape[a], self.kernel_size[a], self.stride[a], self.dilation[a],
+            self.is_causal[a], queries[0], queries[1],
+        )
 
     def needs(self, r: Optional[int] = None) -> Range:
         """The key range rank ``r`` needs for all of its queries."""
