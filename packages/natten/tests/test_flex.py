@@ -610,3 +610,36 @@ def test_prepared_runner_fast_path_matches_oracle(compiled_on_cpu, monkeypatch):
         assert_close(lse, ref_lse, what=f"call {i} lse", **TOL[torch.float32])
     assert calls["fna"] == 1, calls  # only the first call went through fna
     F._PLANS.clear()
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_tile_layout_matches_generic_permutation(seed):
+    """_TileLayout (precomputed, used on the hot path) equals _to_tiles / _from_tiles, including
+    the view-only identity case (1-D, or one tile across every axis but the first)."""
+    g = torch.Generator().manual_seed(seed)
+    rng = random.Random(seed)
+    for _ in range(12):
+        rank = rng.randint(1, 3)
+        tile = tuple(2 ** rng.randint(0, 3) for _ in range(rank))
+        dil = tuple(rng.choice([1, 1, 2, 3]) for _ in range(rank))
+        ident = rng.random() < 0.4
+        if ident:
+            dil = (1,) * rank
+            ext = tuple(tile[a] * (rng.randint(1, 4) if a == 0 else 1) for a in range(rank))
+            shape = ext
+        else:
+            ext = tuple(tile[a] * rng.randint(1, 3) for a in range(rank))
+            shape = tuple(max(1, ext[a] * dil[a] - rng.randint(0, dil[a] * tile[a] - 1))
+                          for a in range(rank))
+        front = tuple(rng.randint(0, ext[a] * dil[a] - shape[a]) for a in range(rank))
+        B, H, D = rng.randint(1, 2), rng.randint(1, 3), 4
+        x = torch.randn(B, *shape, H, D, generator=g)
+        layout = flex._TileLayout(shape, tile, ext, dil, front)
+        if ident:
+            assert layout.identity
+        want = flex._to_tiles(x, tile, ext, dil, front)
+        got = layout.to_tiles(x)
+        assert torch.equal(got, want)
+        y = torch.randn(B * layout.groups, layout.tokens, H, generator=g)
+        assert torch.equal(layout.from_tiles(y, B),
+                           flex._from_tiles(y, B, shape, tile, ext, dil, front))

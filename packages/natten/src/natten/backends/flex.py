@@ -1075,6 +1075,75 @@ def _from_tiles(
     return y
 
 
+class _TileLayout:
+    """:func:`_to_tiles` / :func:`_from_tiles` for one grid, with the pad widths, view shapes and
+    permutations worked out once (host time: the 1-D rows run in ~0.1 ms on an H100, and the
+    generic functions cost ~50 us of Python per call there).
+
+    When the tiled order is the token order (dilation 1, no padding, one tile across every axis
+    but the first: e.g. any 1-D problem whose extent is a multiple of the tile), both directions
+    are plain views."""
+
+    def __init__(self, shape: Tuple[int, ...], tile: Tuple[int, ...], ext: Tuple[int, ...],
+                 dilation: Tuple[int, ...], front: Optional[Tuple[int, ...]] = None) -> None:
+        rank = len(tile)
+        self.rank = rank
+        self.shape = tuple(int(s) for s in shape)
+        front = (0,) * rank if front is None else tuple(front)
+        padded = tuple(ext[a] * dilation[a] for a in range(rank))
+        self.padded = padded
+        self.groups = _prod(dilation)
+        self.tokens = _prod(ext)
+        self.pad: Optional[List[int]] = None
+        if self.shape != padded:
+            pad: List[int] = []
+            for a in reversed(range(rank)):
+                pad += [front[a], padded[a] - self.shape[a] - front[a]]
+            self.pad = pad
+        self.crop = None if self.shape == padded else tuple(
+            slice(f, f + n) for f, n in zip(front, self.shape))
+        self.view: List[int] = []
+        for a in range(rank):
+            self.view += [ext[a] // tile[a], tile[a], dilation[a]]
+        self.pre = list(dilation) + [ext[a] // tile[a] for a in range(rank)] + list(tile)
+        self.identity = (
+            self.pad is None and all(d == 1 for d in dilation)
+            and all(ext[a] == tile[a] for a in range(1, rank))
+        )
+        self._perm: Dict[int, Tuple[List[int], List[int]]] = {}
+
+    def _perms(self, tail: int) -> Tuple[List[int], List[int]]:
+        got = self._perm.get(tail)
+        if got is None:
+            perm = _tile_perm(self.rank, tail)
+            inv = [0] * len(perm)
+            for i, p in enumerate(perm):
+                inv[p] = i
+            got = self._perm[tail] = (perm, inv)
+        return got
+
+    def to_tiles(self, x: Tensor) -> Tensor:
+        """``[B, *grid, H, D]`` -> ``[B*G, N, H, D]`` in tile order (a view when identity)."""
+        B, H, D = x.shape[0], x.shape[-2], x.shape[-1]
+        if self.identity:
+            return x.reshape(B, self.tokens, H, D)
+        if self.pad is not None:
+            x = torch.nn.functional.pad(x, [0, 0, 0, 0] + self.pad)
+        x = x.reshape(B, *self.view, H, D).permute(self._perms(2)[0])
+        return x.reshape(B * self.groups, self.tokens, H, D)
+
+    def from_tiles(self, y: Tensor, B: int) -> Tensor:
+        """``[B*G, N, *tail]`` -> ``[B, *shape, *tail]`` (padding cropped)."""
+        tail = tuple(y.shape[2:])
+        if self.identity:
+            return y.reshape(B, *self.shape, *tail)
+        y = y.reshape(B, *self.pre, *tail).permute(self._perms(len(tail))[1])
+        y = y.reshape(B, *self.padded, *tail)
+        if self.crop is not None:
+            y = y[(slice(None),) + self.crop].contiguous()
+        return y
+
+
 # ------------------------------------------------------------------------------------------------
 # Running FlexAttention (compiled or eager)
 # ------------------------------------------------------------------------------------------------
@@ -1416,20 +1485,23 @@ def prepare_fna(
     gqa = query.shape[-2] != key.shape[-2]
     scale_f = float(scale)
     warm = [False]
+    q_layout = _TileLayout(q_shape, q_tile, plan.q_ext, dl, plan.q_front)
+    kv_layout = _TileLayout(tuple(int(s) for s in key.shape[1:-2]), kv_tile, plan.kv_ext, dl,
+                            plan.kv_front)
 
     def run(q: Tensor, k: Tensor, v: Tensor) -> Tuple[Tensor, Tensor]:
         if not warm[0] or plan.compile_failed or not _HAS_AUX:
             warm[0] = True
             return slow(q, k, v)
-        qt = _to_tiles(q, q_tile, plan.q_ext, dl, plan.q_front).transpose(1, 2)
-        kt = _to_tiles(k, kv_tile, plan.kv_ext, dl, plan.kv_front).transpose(1, 2)
-        vt = _to_tiles(v, kv_tile, plan.kv_ext, dl, plan.kv_front).transpose(1, 2)
+        qt = q_layout.to_tiles(q).transpose(1, 2)
+        kt = kv_layout.to_tiles(k).transpose(1, 2)
+        vt = kv_layout.to_tiles(v).transpose(1, 2)
         out, aux = _compiled_flex()(
             qt, kt, vt, block_mask=plan.block_mask, scale=scale_f, enable_gqa=gqa,
             kernel_options=opts, return_aux=AuxRequest(lse=True),
         )
-        out = _from_tiles(out.transpose(1, 2), B, q_shape, q_tile, plan.q_ext, dl, plan.q_front)
-        lse = _from_tiles(aux.lse.transpose(1, 2), B, q_shape, q_tile, plan.q_ext, dl, plan.q_front)
+        out = q_layout.from_tiles(out.transpose(1, 2), B)
+        lse = q_layout.from_tiles(aux.lse.transpose(1, 2), B)
         return out, (lse if q.dtype == torch.float64 else lse.float())
 
     return run
