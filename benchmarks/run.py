@@ -40,6 +40,7 @@ class Row:
     causal: Tuple[bool, ...] = ()
     heads_kv: int = 0
     primary: bool = True
+    dense: bool = False  # natten.attention (dense / causal) on the *-fmha backend; window = shape
 
     def __post_init__(self) -> None:
         r = len(self.shape)
@@ -64,6 +65,8 @@ ROWS = [
     Row("causal-video", 1, (16, 44, 80), 32, 128, (8, 16, 16), causal=(True, False, False),
         primary=False),
     Row("gqa", 1, (256, 256), 24, 128, (80, 80), heads_kv=4, primary=False),
+    Row("dense-8k", 2, (8192,), 16, 128, (8192,), primary=False, dense=True),
+    Row("dense-8k-causal", 2, (8192,), 16, 128, (8192,), causal=(True,), primary=False, dense=True),
 ]
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 OPS = {1: natten.na1d, 2: natten.na2d, 3: natten.na3d}
@@ -76,7 +79,7 @@ def bench(fn, reps: int) -> float:
     return float(do_bench(fn, warmup=max(1, reps // 4), rep=reps, return_mode="median"))
 
 
-def cudnn_time(q, k, v, backward: bool, reps_ms: int) -> float:
+def cudnn_time(q, k, v, backward: bool, reps_ms: int, causal: bool = False) -> float:
     from torch.nn.attention import sdpa_kernel, SDPBackend
     from torch.nn.functional import scaled_dot_product_attention as sdpa
 
@@ -89,7 +92,7 @@ def cudnn_time(q, k, v, backward: bool, reps_ms: int) -> float:
 
     def fwd():
         with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
-            return sdpa(qt, kt, vt, enable_gqa=gqa)
+            return sdpa(qt, kt, vt, enable_gqa=gqa, is_causal=causal)
 
     if not backward:
         return bench(fwd, reps_ms)
@@ -111,6 +114,9 @@ def run_row(row: Row, backend: str, dtype: torch.dtype, backward: bool, reps_ms:
     op = OPS[len(row.shape)]
     kw = dict(kernel_size=row.window, stride=row.stride, dilation=row.dilation,
               is_causal=row.causal, backend=backend)
+    if row.dense:  # natten.attention on the matching *-fmha backend
+        op = natten.attention
+        kw = dict(is_causal=row.causal[0], backend=backend.replace("-fna", "-fmha"))
     result: Dict = {"id": row.id, "backend": backend, "dtype": str(dtype).split(".")[-1],
                     "pass": "fwd+bwd" if backward else "fwd"}
     try:
@@ -124,14 +130,16 @@ def run_row(row: Row, backend: str, dtype: torch.dtype, backward: bool, reps_ms:
     except (NotImplementedError, ValueError, RuntimeError) as e:
         result["error"] = f"{type(e).__name__}: {str(e)[:300]}"
         return result
-    t_dense = cudnn_time(q.detach(), k.detach(), v.detach(), backward, reps_ms)
+    # Dense rows compare with cuDNN on the same (causal) problem; NA rows with dense cuDNN.
+    t_dense = cudnn_time(q.detach(), k.detach(), v.detach(), backward, reps_ms,
+                         causal=row.dense and row.causal[0])
     pairs = row.spec().num_pairs()
     flops = 2.0 * pairs * (row.dim + row.dim) * row.batch * row.heads
     if backward:
         flops *= 3.5  # forward + backward (~2.5x forward)
     result.update(ms=t_ours, cudnn_ms=t_dense, speedup=t_dense / t_ours,
                   tflops=flops / t_ours / 1e9,
-                  flop_bound=math.prod(n * n for n in row.shape) / pairs)
+                  flop_bound=1.0 if row.dense else math.prod(n * n for n in row.shape) / pairs)
     return result
 
 

@@ -192,11 +192,11 @@ BACKEND_STATUS = {
                  "**available**: exact masks, tiled token permutation; on CPU only when asked "
                  "for by name", True),
     "cutlass-fna": ("NVIDIA sm_80+ (needs a `natten-kernels` wheel)",
-                    "yes: float16 / bfloat16, head dims 8-256", "planned (inputs that require "
-                    "grad go to another backend)",
-                    "**available** for inference: fused CuTe kernel from `natten-kernels`; the "
-                    "default on GPUs when no gradient is needed. `cutlass-fmha`: not in this "
-                    "release", True),
+                    "yes: float16 / bfloat16, head dims 8-256",
+                    "yes: fused dQ / dK / dV kernels, deterministic (natten-kernels >= 1.1)",
+                    "**available**: fused CuTe kernels from `natten-kernels`. `cutlass-fmha` "
+                    "(`natten.attention`) runs dense and causal attention on the same kernels "
+                    "(a window covering every key; varlen one sequence per launch)", True),
     "hopper-fna": ("H100 / H200 (sm_90a)", "planned", "planned", "**not in this release**", False),
     "blackwell-fna": ("B200 (sm_100a)", "planned", "planned", "**not in this release**", False),
 }

@@ -156,9 +156,45 @@ def can_run_fmha(
     is_varlen: bool = False,
     torch_compile: bool = False,
 ) -> Optional[str]:
+    """None if ``cutlass-fmha`` can run this dense-attention problem here, else the reason.
+
+    Dense attention runs on the fused neighborhood-attention kernel as a 1-D window that covers
+    every key (see :func:`fmha`)."""
     if query.device.type != "cuda":
         return f"it needs CUDA tensors, got tensors on {query.device}"
-    return "the cutlass-fmha (dense attention) kernels are not in this release yet"
+    if query.dim() != 4:
+        return f"it takes [batch, seqlen, heads, head_dim] tensors, got {query.dim()} dims"
+    nq, nk = int(query.shape[1]), int(key.shape[1])
+    if nk < 2:
+        return f"it needs at least 2 keys (the fused kernel's window has >= 2 tokens), got {nk}"
+    for part, spec in _fmha_parts(nq, nk, bool(is_causal)):
+        q_part = query[:, part]
+        reason = can_run_fna(q_part, key, value, spec, torch_compile)
+        if reason is not None:
+            return reason
+    return None
+
+
+def _fmha_parts(nq: int, nk: int, is_causal: bool) -> List[Tuple[slice, "WindowSpec"]]:
+    """Dense attention of ``nq`` queries over ``nk`` keys as fused 1-D NA problems.
+
+    A window of ``nk`` tokens on a grid of ``nk`` tokens covers every key; causal (top-left
+    aligned: query ``i`` attends keys ``j <= i``) is the causal window of that size. Fewer queries
+    than keys is the slab of the first ``nq`` queries; queries past the last key (``nq > nk``)
+    attend every key and run in slices of ``nk`` queries (non-causal)."""
+    from ..window import Region, WindowSpec
+
+    def spec(n_q: int, causal: bool) -> "WindowSpec":
+        region = None if n_q == nk else Region((0,), (n_q,), (0,), (nk,))
+        return WindowSpec((nk,), (nk,), (1,), (1,), (causal,), region)
+
+    parts: List[Tuple[slice, "WindowSpec"]] = []
+    start = 0
+    while start < nq:
+        n_q = min(nk, nq - start)
+        parts.append((slice(start, start + n_q), spec(n_q, is_causal and start == 0)))
+        start += n_q
+    return parts
 
 
 def fna(
@@ -250,8 +286,37 @@ def prepare_fna(query: Tensor, key: Tensor, value: Tensor, spec, scale: float,
     return run
 
 
-def fmha(*args, **kwargs):
-    raise NotImplementedError("the cutlass-fmha (dense attention) kernels are not in this release yet")
+def fmha(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    is_causal: bool,
+    scale: float,
+    q_tile_shape: Optional[Tuple[int, ...]] = None,
+    kv_tile_shape: Optional[Tuple[int, ...]] = None,
+    **options,
+) -> Tuple[Tensor, Tensor]:
+    """Dense (optionally causal, top-left aligned) attention on ``[B, N, H, D]`` tensors through
+    the fused neighborhood-attention kernel (forward, logsumexp and, where the fused backward
+    runs, gradients); returns ``(out, lse)``. Tile sizes (``attention(q_tile_size=...)``) arrive
+    as 1-D tile shapes.
+
+    Every tile of a window that covers all keys is "full", so the kernel computes no mask except
+    on the diagonal tiles of causal attention and never visits a tile above the diagonal."""
+    if options.get("offsets") is not None:
+        raise NotImplementedError(
+            "cutlass-fmha has no variable-length kernel; natten.attention runs packed sequences "
+            "one by one on it"
+        )
+    bwd = {k: options[k] for k in ("backward_q_tile_shape", "backward_kv_tile_shape") if options.get(k)}
+    parts = _fmha_parts(int(query.shape[1]), int(key.shape[1]), bool(is_causal))
+    results = [
+        fna(query[:, sl], key, value, spec, scale, q_tile_shape, kv_tile_shape, **bwd)
+        for sl, spec in parts
+    ]
+    if len(results) == 1:
+        return results[0]
+    return torch.cat([r[0] for r in results], dim=1), torch.cat([r[1] for r in results], dim=1)
 
 
 def get_configs_for_cutlass_fna(query: Tensor, key: Tensor, value: Tensor) -> List[Tuple[Tuple[int, ...], Tuple[int, ...]]]:
