@@ -53,7 +53,7 @@ int tile_shapes(int rank, int out[][kRank], int capacity) {
 }
 
 // Tile shape -> log2 per axis (axes >= rank must be 1); false if not a 128-token power-of-two box.
-bool parse_tile(const int* tile, int rank, int log2s[kRank]) {
+[[maybe_unused]] bool parse_tile(const int* tile, int rank, int log2s[kRank]) {
   int total = 0;
   for (int a = 0; a < kRank; ++a) {
     if (a >= rank) {
