@@ -11,6 +11,7 @@
 #include "internal.hpp"
 #include "natten_build_config.h"
 #include "sm80/fna_forward.hpp"
+#include "sm90/fna_forward.hpp"
 
 namespace natten {
 namespace abi {
@@ -95,6 +96,76 @@ int sm80_check_tiles(int rank, int64_t head_dim, const int* q_tile, const int* k
               "%lld (%d configurations exist, e.g. %s; natten_fna_query_configs() lists them; all 0 = let the "
               "library choose)",
               qb, kb, rank, (long long)head_dim, n, ex);
+}
+
+// --- Hopper (sm_90a) -----------------------------------------------------------------------------
+
+int hopper_check_problem(int dtype, int rank, int64_t head_dim, int64_t head_dim_v, int arch) {
+  (void)rank;
+  if (dtype != NATTEN_DTYPE_FP16 && dtype != NATTEN_DTYPE_BF16 && dtype != NATTEN_DTYPE_FP32) {
+    return fail(NATTEN_STATUS_INVALID_ARGUMENT, "dtype %d is not a natten_dtype", dtype);
+  }
+  const char* reason = nullptr;
+  const int kd = dtype == NATTEN_DTYPE_FP16 ? 1 : dtype == NATTEN_DTYPE_BF16 ? 2 : 3;
+  if (!fits_int(head_dim) || !fits_int(head_dim_v) ||
+      !sm90::fna_forward_supports(int(head_dim), int(head_dim_v), kd, &reason)) {
+    return fail(NATTEN_STATUS_UNSUPPORTED,
+                "NATTEN_BACKEND_HOPPER_FNA does not support head_dim %lld / head_dim_v %lld, dtype %s: %s",
+                (long long)head_dim, (long long)head_dim_v,
+                dtype == NATTEN_DTYPE_FP16 ? "fp16" : dtype == NATTEN_DTYPE_BF16 ? "bf16" : "fp32",
+                reason ? reason : "unsupported head dims");
+  }
+  if (!sm90::fna_forward_built()) {
+    return fail(NATTEN_STATUS_UNSUPPORTED,
+                "NATTEN_BACKEND_HOPPER_FNA: this build has no sm_90a kernel (built for %s); rebuild with "
+                "NATTEN_CUDA_ARCHS including 90a",
+                build_archs_string());
+  }
+  if (arch != 0 && arch != 90) {
+    return fail(NATTEN_STATUS_UNSUPPORTED,
+                "NATTEN_BACKEND_HOPPER_FNA runs only on compute capability 9.0 (H100 / H200); this is %d.%d",
+                arch / 10, arch % 10);
+  }
+  return NATTEN_STATUS_SUCCESS;
+}
+
+int hopper_enumerate_configs(int rank, TileConfig* out, int capacity) {
+  if (rank < 1 || rank > NATTEN_MAX_RANK || capacity < 0) return 0;
+  const int total = sm90::fna_forward_tile_configs(rank, nullptr, nullptr, 0);
+  if (total <= 0) return 0;
+  const int n = total < capacity ? total : capacity;
+  if (n == 0) return total;
+  std::vector<int> q(3 * size_t(total)), kv(3 * size_t(total));
+  sm90::fna_forward_tile_configs(rank, q.data(), kv.data(), total);
+  for (int i = 0; i < n; ++i) {
+    TileConfig& c = out[i];
+    c.backend = NATTEN_BACKEND_HOPPER_FNA;
+    c.rank = rank;
+    for (int a = 0; a < NATTEN_MAX_RANK; ++a) {
+      c.q_tile[a] = a < rank ? q[3 * size_t(i) + a] : 1;
+      c.kv_tile[a] = a < rank ? kv[3 * size_t(i) + a] : 1;
+    }
+  }
+  return total;
+}
+
+int hopper_check_tiles(int rank, const int* q_tile, const int* kv_tile) {
+  const int total = hopper_enumerate_configs(rank, nullptr, 0);
+  std::vector<TileConfig> all(total > 0 ? size_t(total) : 1);
+  const int n = total > 0 ? hopper_enumerate_configs(rank, all.data(), total) : 0;
+  for (int i = 0; i < n; ++i) {
+    bool eq = true;
+    for (int a = 0; a < rank; ++a) eq = eq && all[i].q_tile[a] == q_tile[a] && all[i].kv_tile[a] == kv_tile[a];
+    if (eq) return NATTEN_STATUS_SUCCESS;
+  }
+  char qb[48], kb[48];
+  format_tile(qb, sizeof(qb), q_tile, rank);
+  format_tile(kb, sizeof(kb), kv_tile, rank);
+  return fail(NATTEN_STATUS_UNSUPPORTED,
+              "tile configuration q_tile %s kv_tile %s is not supported by NATTEN_BACKEND_HOPPER_FNA for rank %d "
+              "(both must be power-of-two boxes of 128 tokens; %d configurations exist; "
+              "natten_fna_query_configs() lists them; all 0 = let the library choose)",
+              qb, kb, rank, n);
 }
 
 // --- device images ------------------------------------------------------------------------------

@@ -66,7 +66,7 @@ struct TileConfig {
 };
 
 // Upper bound of configs any (problem, backend) can have; enumerations write at most this many.
-constexpr int kMaxConfigs = 1024;
+constexpr int kMaxConfigs = 2048;  // Hopper rank 3: 36 x 36 = 1296 pairs
 
 // Is the problem (ignoring the device) one the SM80 kernel handles? Returns NATTEN_STATUS_SUCCESS
 // or a failing status with the reason already stored via fail(). `arch` is 10*major+minor, or 0
@@ -80,6 +80,12 @@ int sm80_enumerate_configs(int rank, int64_t head_dim, TileConfig* out, int capa
 // SUCCESS if (q_tile, kv_tile) (first `rank` entries) is a supported pair, else UNSUPPORTED with
 // a message.
 int sm80_check_tiles(int rank, int64_t head_dim, const int* q_tile, const int* kv_tile);
+
+// Hopper (sm_90a) backend, NATTEN_BACKEND_HOPPER_FNA: the same three queries. `arch` 0 = not
+// known yet; otherwise it must be 90 and the build must contain the sm_90a kernel.
+int hopper_check_problem(int dtype, int rank, int64_t head_dim, int64_t head_dim_v, int arch);
+int hopper_enumerate_configs(int rank, TileConfig* out, int capacity);
+int hopper_check_tiles(int rank, const int* q_tile, const int* kv_tile);
 
 // ---- device images compiled into this build ---------------------------------------------------
 

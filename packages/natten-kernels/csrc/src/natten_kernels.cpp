@@ -13,6 +13,7 @@
 #include <atomic>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <exception>
 #include <new>
@@ -24,6 +25,7 @@
 #include "natten/fna_backward_args.hpp"
 #include "sm80/fna_backward.hpp"
 #include "sm80/fna_forward.hpp"
+#include "sm90/fna_forward.hpp"
 
 static_assert(sizeof(void*) == 8, "natten-kernels supports 64-bit targets only");
 static_assert(sizeof(natten_fna_forward_params) == NATTEN_FNA_FORWARD_PARAMS_SIZE_V1_1,
@@ -492,12 +494,32 @@ int validate_forward_args(const natten_fna_forward_params* p, bool* tiles_set, F
 }
 
 int check_backend_supported(int backend) {
-  if (backend == NATTEN_BACKEND_HOPPER_FNA || backend == NATTEN_BACKEND_BLACKWELL_FNA) {
-    return fail(NATTEN_STATUS_UNSUPPORTED, "backend %s (%d) is reserved and not part of this build",
-                backend == NATTEN_BACKEND_HOPPER_FNA ? "NATTEN_BACKEND_HOPPER_FNA" : "NATTEN_BACKEND_BLACKWELL_FNA",
+  if (backend == NATTEN_BACKEND_BLACKWELL_FNA) {
+    return fail(NATTEN_STATUS_UNSUPPORTED, "backend NATTEN_BACKEND_BLACKWELL_FNA (%d) is reserved and not part of this build",
                 backend);
   }
   return NATTEN_STATUS_SUCCESS;
+}
+
+// The backward has no Hopper kernel yet.
+int check_backward_backend_supported(int backend) {
+  if (backend == NATTEN_BACKEND_HOPPER_FNA) {
+    return fail(NATTEN_STATUS_UNSUPPORTED,
+                "NATTEN_BACKEND_HOPPER_FNA has no backward yet; use NATTEN_BACKEND_CUTLASS_FNA_SM80 or "
+                "NATTEN_BACKEND_AUTO (the SM80 backward runs on Hopper too)");
+  }
+  return check_backend_supported(backend);
+}
+
+// NATTEN_BACKEND_AUTO picks the Hopper kernel on SM 9.0 for the problems it supports unless the
+// environment variable NATTEN_DISABLE_HOPPER is set to a non-empty value other than "0".
+bool hopper_auto_enabled() {
+  const char* e = std::getenv("NATTEN_DISABLE_HOPPER");
+  return e == nullptr || e[0] == '\0' || std::strcmp(e, "0") == 0;
+}
+
+int kernel_dtype_of(int dtype) {
+  return dtype == NATTEN_DTYPE_FP16 ? 1 : dtype == NATTEN_DTYPE_BF16 ? 2 : 3;
 }
 
 // Limits of the SM80 kernel's indexing (it keeps per-axis token coordinates in 32-bit ints).
@@ -556,6 +578,76 @@ void fill_args(const natten_fna_forward_params* p, const FnaRegion& r, FnaForwar
   a->scale = p->scale;
 }
 
+// Launches the Hopper kernel. With `fallback` (AUTO), a problem the kernel turns down before
+// launching (a TMA descriptor the driver rejects) returns NATTEN_STATUS_UNSUPPORTED *without*
+// recording an error so the caller can run the SM80 kernel instead.
+int launch_hopper(const natten_fna_forward_params* p, const FnaForwardArgs& args, int dev, bool fallback) {
+  DeviceGuard guard;
+  cudaError_t e = guard.set(dev);
+  if (e != cudaSuccess) {
+    (void)cudaGetLastError();
+    return cuda_fail(e, "cudaSetDevice");
+  }
+  const char* detail = nullptr;
+  e = natten::sm90::fna_forward(args, kernel_dtype_of(p->dtype), static_cast<cudaStream_t>(p->stream), &detail);
+  if (e != cudaSuccess && detail != nullptr) {
+    (void)cudaGetLastError();
+    if (fallback) return NATTEN_STATUS_UNSUPPORTED;
+    return fail(NATTEN_STATUS_UNSUPPORTED, "NATTEN_BACKEND_HOPPER_FNA cannot run this problem: %s", detail);
+  }
+  if (e != cudaSuccess) {
+    (void)cudaGetLastError();
+    return fail(NATTEN_STATUS_CUDA_ERROR,
+                "natten_fna_forward: launching the Hopper kernel (%s, q_tile (%d, %d, %d), kv_tile (%d, %d, %d)) "
+                "failed: %s (%s, code %d)",
+                dtype_name(p->dtype), args.q_tile[0], args.q_tile[1], args.q_tile[2], args.kv_tile[0],
+                args.kv_tile[1], args.kv_tile[2], cuda_err_string(e), cuda_err_name(e), static_cast<int>(e));
+  }
+  e = cudaGetLastError();
+  if (e != cudaSuccess) {
+    return fail(NATTEN_STATUS_CUDA_ERROR, "natten_fna_forward: CUDA error after the Hopper kernel launch: %s (%s, code %d)",
+                cuda_err_string(e), cuda_err_name(e), static_cast<int>(e));
+  }
+  return NATTEN_STATUS_SUCCESS;
+}
+
+// Tiles of the Hopper kernel into args (the caller's if given, else the chooser's).
+int hopper_tiles(const natten_fna_forward_params* p, bool tiles_set, FnaForwardArgs* args) {
+  if (tiles_set) return hopper_check_tiles(p->rank, p->q_tile, p->kv_tile);
+  int qt[kMaxRank] = {1, 1, 1}, kt[kMaxRank] = {1, 1, 1};
+  const cudaError_t te = natten::sm90::fna_forward_default_tiles(*args, qt, kt);
+  if (te != cudaSuccess) {
+    return fail(NATTEN_STATUS_INTERNAL_ERROR, "choosing a Hopper tile configuration failed: %s (%s)",
+                cuda_err_string(te), cuda_err_name(te));
+  }
+  for (int i = 0; i < kMaxRank; ++i) {
+    args->q_tile[i] = i < p->rank ? qt[i] : 1;
+    args->kv_tile[i] = i < p->rank ? kt[i] : 1;
+  }
+  return NATTEN_STATUS_SUCCESS;
+}
+
+// backend == NATTEN_BACKEND_HOPPER_FNA, asked for explicitly.
+int forward_hopper_explicit(const natten_fna_forward_params* p, const FnaRegion& region, bool tiles_set) {
+  NATTEN_CHECK(hopper_check_problem(p->dtype, p->rank, p->head_dim, p->head_dim_v, /*arch=*/0));
+  FnaForwardArgs args;
+  fill_args(p, region, &args);
+  const char* why = nullptr;
+  if (!natten::sm90::fna_forward_can_run(args, kernel_dtype_of(p->dtype), &why)) {
+    return fail(NATTEN_STATUS_UNSUPPORTED,
+                "NATTEN_BACKEND_HOPPER_FNA cannot run this problem: %s (NATTEN_BACKEND_CUTLASS_FNA_SM80 or "
+                "NATTEN_BACKEND_AUTO can)",
+                why ? why : "unsupported");
+  }
+  NATTEN_CHECK(hopper_tiles(p, tiles_set, &args));
+  int dev = 0;
+  NATTEN_CHECK(resolve_device(p->device, "device", &dev));
+  int ma = 0, mi = 0;
+  NATTEN_CHECK(device_cc(dev, &ma, &mi));
+  NATTEN_CHECK(hopper_check_problem(p->dtype, p->rank, p->head_dim, p->head_dim_v, ma * 10 + mi));
+  return launch_hopper(p, args, dev, /*fallback=*/false);
+}
+
 int forward_impl(const natten_fna_forward_params* user) {
   // 1. Arguments (no CUDA calls).
   natten_fna_forward_params params;
@@ -566,6 +658,7 @@ int forward_impl(const natten_fna_forward_params* user) {
   NATTEN_CHECK(validate_forward_args(p, &tiles_set, &region));
   // 2. Support of this build, independent of the device.
   NATTEN_CHECK(check_backend_supported(p->backend));
+  if (p->backend == NATTEN_BACKEND_HOPPER_FNA) return forward_hopper_explicit(p, region, tiles_set);
   NATTEN_CHECK(sm80_check_problem(p->dtype, p->rank, p->head_dim, p->head_dim_v, /*arch=*/0));
   NATTEN_CHECK(check_sm80_limits(p, region));
   FnaForwardArgs args;
@@ -591,6 +684,15 @@ int forward_impl(const natten_fna_forward_params* user) {
   NATTEN_CHECK(device_cc(dev, &ma, &mi));
   NATTEN_CHECK(check_arch(ma * 10 + mi));
   NATTEN_CHECK(sm80_check_problem(p->dtype, p->rank, p->head_dim, p->head_dim_v, ma * 10 + mi));
+  // AUTO on SM 9.0: the Hopper kernel when it supports the problem (and the caller left the tiles
+  // to the library; explicit tiles are SM80 tiles here).
+  if (p->backend == NATTEN_BACKEND_AUTO && !tiles_set && ma * 10 + mi == 90 && natten::sm90::fna_forward_built() &&
+      hopper_auto_enabled() && natten::sm90::fna_forward_can_run(args, kernel_dtype_of(p->dtype), nullptr)) {
+    FnaForwardArgs hargs = args;
+    NATTEN_CHECK(hopper_tiles(p, false, &hargs));
+    const int st = launch_hopper(p, hargs, dev, /*fallback=*/true);
+    if (st != NATTEN_STATUS_UNSUPPORTED) return st;
+  }
   // 4. Launch.
   DeviceGuard guard;
   cudaError_t e = guard.set(dev);
@@ -857,7 +959,7 @@ void fill_backward_args(const natten_fna_backward_params* p, FnaBackwardArgs* a)
 int prepare_backward(const natten_fna_backward_params* p, FnaBackwardArgs* args, int64_t* ws_bytes) {
   bool tiles_set = false;
   NATTEN_CHECK(validate_backward_args(p, &tiles_set));
-  NATTEN_CHECK(check_backend_supported(p->backend));
+  NATTEN_CHECK(check_backward_backend_supported(p->backend));
   NATTEN_CHECK(sm80_check_problem(p->dtype, p->rank, p->head_dim, p->head_dim_v, /*arch=*/0));
   for (int a = 0; a < p->rank; ++a) {
     if (p->shape[a] > (int64_t(1) << 30)) {
@@ -1001,7 +1103,12 @@ int resolve_problem(const natten_fna_problem* pr, int* arch) {
     return fail(NATTEN_STATUS_INVALID_ARGUMENT, "problem->backend is %d; expected 0..3 (natten_backend)", pr->backend);
   }
   NATTEN_CHECK(check_backend_supported(pr->backend));
-  NATTEN_CHECK(sm80_check_problem(pr->dtype, pr->rank, pr->head_dim, pr->head_dim_v, 0));
+  const bool hopper = pr->backend == NATTEN_BACKEND_HOPPER_FNA;
+  if (hopper) {
+    NATTEN_CHECK(hopper_check_problem(pr->dtype, pr->rank, pr->head_dim, pr->head_dim_v, 0));
+  } else {
+    NATTEN_CHECK(sm80_check_problem(pr->dtype, pr->rank, pr->head_dim, pr->head_dim_v, 0));
+  }
   int a = pr->arch;
   if (a == 0) {
     int dev = 0, ma = 0, mi = 0;
@@ -1010,7 +1117,11 @@ int resolve_problem(const natten_fna_problem* pr, int* arch) {
     a = ma * 10 + mi;
   }
   NATTEN_CHECK(check_arch(a));
-  NATTEN_CHECK(sm80_check_problem(pr->dtype, pr->rank, pr->head_dim, pr->head_dim_v, a));
+  if (hopper) {
+    NATTEN_CHECK(hopper_check_problem(pr->dtype, pr->rank, pr->head_dim, pr->head_dim_v, a));
+  } else {
+    NATTEN_CHECK(sm80_check_problem(pr->dtype, pr->rank, pr->head_dim, pr->head_dim_v, a));
+  }
   *arch = a;
   return NATTEN_STATUS_SUCCESS;
 }
@@ -1025,7 +1136,9 @@ int query_impl(const natten_fna_problem* pr, natten_tile_config* out, int capaci
   int arch = 0;
   NATTEN_CHECK(resolve_problem(pr, &arch));
   std::vector<TileConfig> buf(kMaxConfigs);
-  const int n = sm80_enumerate_configs(pr->rank, pr->head_dim, buf.data(), kMaxConfigs);
+  const int n = pr->backend == NATTEN_BACKEND_HOPPER_FNA
+                    ? hopper_enumerate_configs(pr->rank, buf.data(), kMaxConfigs)
+                    : sm80_enumerate_configs(pr->rank, pr->head_dim, buf.data(), kMaxConfigs);
   if (n <= 0) {
     return fail(NATTEN_STATUS_UNSUPPORTED, "no tile configuration for rank %d, head_dim %lld, %s", pr->rank,
                 (long long)pr->head_dim, dtype_name(pr->dtype));
@@ -1110,7 +1223,10 @@ NATTEN_API int natten_fna_supports(const natten_fna_problem* problem) noexcept {
   int arch = 0;
   NATTEN_CHECK(natten::abi::resolve_problem(problem, &arch));
   natten::abi::TileConfig one;
-  if (natten::abi::sm80_enumerate_configs(problem->rank, problem->head_dim, &one, 1) <= 0) {
+  const int n = problem->backend == NATTEN_BACKEND_HOPPER_FNA
+                    ? natten::abi::hopper_enumerate_configs(problem->rank, &one, 1)
+                    : natten::abi::sm80_enumerate_configs(problem->rank, problem->head_dim, &one, 1);
+  if (n <= 0) {
     return natten::abi::fail(NATTEN_STATUS_UNSUPPORTED, "no tile configuration for this problem");
   }
   return NATTEN_STATUS_SUCCESS;

@@ -21,8 +21,11 @@ _LIB = torch.library.Library("natten", "DEF")
 _LIB.define(
     "fna_forward(Tensor query, Tensor key, Tensor value, int[] kernel_size, int[] stride, "
     "int[] dilation, bool[] is_causal, float scale, int[] q_tile, int[] kv_tile, "
-    "int[] global_shape=[], int[] q_origin=[], int[] kv_origin=[]) -> (Tensor, Tensor)"
+    "int[] global_shape=[], int[] q_origin=[], int[] kv_origin=[], int backend=1) -> (Tensor, Tensor)"
 )
+# backend: natten_backend of the C ABI (1 = cutlass-fna, the SM80 kernel; 2 = hopper-fna, the
+# sm_90a kernel; 0 = let the library choose). backends/cutlass.py and backends/hopper.py share
+# this operator and differ only in this argument.
 
 # Test hook: fill outputs with NaN before every kernel launch so unwritten elements show.
 _POISON_OUTPUTS = False
@@ -53,13 +56,14 @@ def _fna_forward_cuda(
     global_shape: Sequence[int] = (),
     q_origin: Sequence[int] = (),
     kv_origin: Sequence[int] = (),
+    backend: int = _libnatten.BACKEND_CUTLASS_FNA_SM80,
 ) -> Tuple[Tensor, Tensor]:
     query, key, value = kernel_ready(query), kernel_ready(key), kernel_ready(value)
     out, lse = new_outputs(query, value)
     _libnatten.fna_forward(
         query, key, value, out, lse, kernel_size, stride, dilation, is_causal, scale,
-        q_tile=q_tile or None, kv_tile=kv_tile or None, global_shape=global_shape or None,
-        q_origin=q_origin or None, kv_origin=kv_origin or None,
+        q_tile=q_tile or None, kv_tile=kv_tile or None, backend=int(backend),
+        global_shape=global_shape or None, q_origin=q_origin or None, kv_origin=kv_origin or None,
     )
     return out, lse
 
@@ -114,6 +118,7 @@ def _fna_forward_fake(
     global_shape: Sequence[int] = (),
     q_origin: Sequence[int] = (),
     kv_origin: Sequence[int] = (),
+    backend: int = _libnatten.BACKEND_CUTLASS_FNA_SM80,
 ) -> Tuple[Tensor, Tensor]:
     # Slabs or not, out is [B, *query grid, H, Dv] and lse [B, *query grid, H].
     out_shape, lse_shape = _fna_out_shapes(query, value)

@@ -136,12 +136,15 @@ double axis_visits(const AxisProblem& ax, int ql, int kl) {
   return total;
 }
 
-// All compositions of kTileLog2 into `rank` non-negative parts (axes >= rank get 0).
-int tile_shapes(int rank, int out[][kRank], int capacity) {
+constexpr int kMaxTileLog2 = 7;  // 128-token tiles (the SM90 kernel) share this chooser
+constexpr int kMaxShapes = 36;   // compositions of 7 into 3 parts
+
+// All compositions of tile_log2 into `rank` non-negative parts (axes >= rank get 0).
+int tile_shapes(int rank, int out[][kRank], int capacity, int tile_log2 = kTileLog2) {
   int count = 0;
-  for (int a0 = 0; a0 <= kTileLog2; ++a0) {
-    for (int a1 = 0; a1 <= kTileLog2 - a0; ++a1) {
-      const int a2 = kTileLog2 - a0 - a1;
+  for (int a0 = 0; a0 <= tile_log2; ++a0) {
+    for (int a1 = 0; a1 <= tile_log2 - a0; ++a1) {
+      const int a2 = tile_log2 - a0 - a1;
       const int l[kRank] = {a0, a1, a2};
       bool ok = true;
       for (int a = 0; a < kRank; ++a) ok = ok && (a < rank || l[a] == 0);
@@ -154,15 +157,15 @@ int tile_shapes(int rank, int out[][kRank], int capacity) {
   return count;
 }
 
-void choose_tiles(int rank, const AxisProblem ax[kRank], int ql[kRank], int kl[kRank]) {
-  int shapes[32][kRank];
-  const int ns = tile_shapes(rank, shapes, 32);
+void choose_tiles(int rank, const AxisProblem ax[kRank], int ql[kRank], int kl[kRank], int tile_log2 = kTileLog2) {
+  int shapes[kMaxShapes][kRank];
+  const int ns = tile_shapes(rank, shapes, kMaxShapes, tile_log2);
   for (int a = 0; a < kRank; ++a) ql[a] = kl[a] = shapes[0][a];
   if (ns == 1) return;  // rank 1: a single shape
-  double cost[kRank][kTileLog2 + 1][kTileLog2 + 1];
+  double cost[kRank][kMaxTileLog2 + 1][kMaxTileLog2 + 1];
   for (int a = 0; a < rank; ++a)
-    for (int q = 0; q <= kTileLog2; ++q)
-      for (int k = 0; k <= kTileLog2; ++k) cost[a][q][k] = axis_visits(ax[a], q, k);
+    for (int q = 0; q <= tile_log2; ++q)
+      for (int k = 0; k <= tile_log2; ++k) cost[a][q][k] = axis_visits(ax[a], q, k);
   double best = -1.0;
   bool best_same = false;
   for (int iq = 0; iq < ns; ++iq) {
@@ -188,19 +191,22 @@ void choose_tiles(int rank, const AxisProblem ax[kRank], int ql[kRank], int kl[k
 struct TileChoiceCache {
   bool valid = false;
   int rank = 0;
+  int tile_log2 = 0;
   AxisProblem ax[kRank];
   int ql[kRank], kl[kRank];
 };
 thread_local TileChoiceCache g_tile_cache;
 
-void choose_tiles_cached(int rank, const AxisProblem ax[kRank], int ql[kRank], int kl[kRank]) {
+void choose_tiles_cached(int rank, const AxisProblem ax[kRank], int ql[kRank], int kl[kRank],
+                         int tile_log2 = kTileLog2) {
   TileChoiceCache& c = g_tile_cache;
-  bool hit = c.valid && c.rank == rank;
+  bool hit = c.valid && c.rank == rank && c.tile_log2 == tile_log2;
   for (int a = 0; a < kRank && hit; ++a) hit = c.ax[a] == ax[a];
   if (!hit) {
-    choose_tiles(rank, ax, c.ql, c.kl);
+    choose_tiles(rank, ax, c.ql, c.kl, tile_log2);
     c.valid = true;
     c.rank = rank;
+    c.tile_log2 = tile_log2;
     for (int a = 0; a < kRank; ++a) c.ax[a] = ax[a];
   }
   for (int a = 0; a < kRank; ++a) {
@@ -246,16 +252,21 @@ int fna_forward_tile_configs(int rank, int head_dim, int* q_tiles, int* kv_tiles
 }
 
 cudaError_t fna_forward_default_tiles(const FnaForwardArgs& args, int q_tile[3], int kv_tile[3]) {
+  return fna_forward_choose_tiles(args, kTileLog2, q_tile, kv_tile);
+}
+
+cudaError_t fna_forward_choose_tiles(const FnaForwardArgs& args, int tile_log2, int q_tile[3], int kv_tile[3]) {
+  if (tile_log2 < 0 || tile_log2 > kMaxTileLog2) return cudaErrorInvalidValue;
   AxisProblem ax[kRank];
   bool empty = false;
   if (!normalize_axes(args, ax, &empty)) return cudaErrorInvalidValue;
   int ql[kRank], kl[kRank];
   if (empty) {
-    int shapes[1][kRank];
-    tile_shapes(args.rank, shapes, 1);
+    int shapes[1][kRank] = {};
+    tile_shapes(args.rank, shapes, 1, tile_log2);
     for (int a = 0; a < kRank; ++a) ql[a] = kl[a] = shapes[0][a];
   } else {
-    choose_tiles_cached(args.rank, ax, ql, kl);
+    choose_tiles_cached(args.rank, ax, ql, kl, tile_log2);
   }
   for (int a = 0; a < kRank; ++a) {
     q_tile[a] = 1 << ql[a];

@@ -38,5 +38,9 @@ int fna_forward_tile_configs(int rank, int head_dim, int* q_tiles /*[n][3]*/, in
 // slabs are given). Returns cudaErrorInvalidValue for an invalid rank / extents.
 cudaError_t fna_forward_default_tiles(const natten::FnaForwardArgs& args, int q_tile[3], int kv_tile[3]);
 
+// The same chooser for tiles of 2^tile_log2 tokens (0..7; the SM90 kernel uses 7 = 128 tokens).
+cudaError_t fna_forward_choose_tiles(const natten::FnaForwardArgs& args, int tile_log2, int q_tile[3],
+                                     int kv_tile[3]);
+
 }  // namespace sm80
 }  // namespace natten

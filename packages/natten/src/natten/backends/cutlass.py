@@ -263,7 +263,7 @@ def prepare_fna(query: Tensor, key: Tensor, value: Tensor, spec, scale: float,
         query, key, value, out, lse, list(spec.kernel_size), list(spec.stride),
         list(spec.dilation), list(spec.is_causal), float(scale),
         q_tile=q_tile_shape, kv_tile=kv_tile_shape, global_shape=global_shape or None,
-        q_origin=q_origin or None, kv_origin=kv_origin or None,
+        q_origin=q_origin or None, kv_origin=kv_origin or None, backend="cutlass-fna",
     )
     launch = prepared.launch
 

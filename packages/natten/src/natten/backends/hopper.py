@@ -1,18 +1,155 @@
-"""``hopper-fna`` / ``hopper-fmha``: TMA + wgmma kernels for SM90 (not in this release yet)."""
+"""``hopper-fna``: the sm_90a fused neighborhood-attention forward of natten-kernels (TMA + wgmma,
+warp-specialized, 128-token query and key tiles). ``hopper-fmha`` is not in this release yet.
+
+Forward only: ``can_run_fna`` refuses inputs that require grad (``cutlass-fna`` trains), so
+automatic selection falls back. Supported: H100 / H200 (compute capability 9.0) with a
+natten-kernels build that contains sm_90a; float16 / bfloat16; head_dim == head_dim_v in {64, 128};
+rank 1-3; any kernel size, stride, per-axis causal, GQA/MQA; no dilation > 1, no query/key slabs
+of a larger grid (use ``cutlass-fna`` for those). It shares the ``natten::fna_forward`` operator
+with ``cutlass-fna`` (``backend=2``).
+"""
 
 from __future__ import annotations
 
-from ._unavailable import entry_points
+from typing import Callable, Dict, List, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from .. import _libnatten
 
 SUPPORTS_VARLEN = False
-_REASON = (
-    "the Hopper (SM90) kernels are not part of this release yet; use 'cutlass-fna' / "
-    "'cutlass-fmha' on H100, which run there"
-)
+
+_DTYPES = (torch.float16, torch.bfloat16)
+_HEAD_DIMS = (64, 128)
+_NAME = "hopper-fna"
+_KERNEL_REASONS: Dict[tuple, Optional[str]] = {}
 
 
-_entry = entry_points(_REASON)
-can_run_fna = _entry["can_run_fna"]
-can_run_fmha = _entry["can_run_fmha"]
-fna = _entry["fna"]
-fmha = _entry["fmha"]
+@torch.compiler.assume_constant_result
+def _library_reason() -> Optional[str]:
+    return _libnatten.unavailable_reason()
+
+
+@torch.compiler.assume_constant_result
+def _kernel_reason(dtype: torch.dtype, rank: int, head_dim: int, head_dim_v: int, device: int) -> Optional[str]:
+    key = (dtype, rank, head_dim, head_dim_v, device)
+    if key not in _KERNEL_REASONS:
+        _KERNEL_REASONS[key] = _libnatten.fna_supports(
+            dtype, rank, head_dim, head_dim_v, device=device, backend=_NAME
+        )
+    return _KERNEL_REASONS[key]
+
+
+def _needs_grad(*tensors: Tensor) -> bool:
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
+def can_run_fna(
+    query: Tensor, key: Tensor, value: Tensor, spec: object, torch_compile: bool = False
+) -> Optional[str]:
+    """None if ``hopper-fna`` can run this problem here, else the reason."""
+    if query.device.type != "cuda":
+        return f"it needs CUDA tensors, got tensors on {query.device}"
+    reason = _library_reason()
+    if reason is not None:
+        return reason
+    if _needs_grad(query, key, value):
+        return "hopper-fna has no backward yet; cutlass-fna trains"
+    if query.dtype not in _DTYPES:
+        return f"it supports float16 and bfloat16, got {query.dtype}"
+    d, dv = int(query.shape[-1]), int(value.shape[-1])
+    if d != dv or d not in _HEAD_DIMS:
+        return f"it supports head_dim == head_dim_v in {_HEAD_DIMS}, got head_dim {d}, head_dim_v {dv}"
+    if getattr(spec, "is_partial", False):
+        return "it does not take query/key slabs of a larger grid yet; cutlass-fna does"
+    if spec is not None and any(int(x) != 1 for x in getattr(spec, "dilation", ())):
+        return "it does not support dilation > 1 yet; cutlass-fna does"
+    index = query.device.index if query.device.index is not None else torch.cuda.current_device()
+    return _kernel_reason(query.dtype, query.dim() - 3, d, dv, index)
+
+
+def can_run_fmha(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    is_causal: bool = False,
+    is_varlen: bool = False,
+    torch_compile: bool = False,
+) -> Optional[str]:
+    if query.device.type != "cuda":
+        return f"it needs CUDA tensors, got tensors on {query.device}"
+    return "the hopper-fmha (dense attention) kernel is not in this release yet"
+
+
+def _foldable(t: Tensor) -> Tensor:
+    """Rank 3: the kernel folds batch into X in its TMA descriptors, which needs
+    batch stride == X * x stride; other layouts are copied (a contiguous tensor qualifies)."""
+    if t.dim() == 6 and t.shape[0] > 1 and t.stride(0) != t.shape[1] * t.stride(1):
+        return t.contiguous()
+    return t
+
+
+def fna(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    spec,
+    scale: float,
+    q_tile_shape: Optional[Tuple[int, ...]] = None,
+    kv_tile_shape: Optional[Tuple[int, ...]] = None,
+    **options,
+) -> Tuple[Tensor, Tensor]:
+    """Fused forward; returns ``(out, lse)``. Forward only (no autograd)."""
+    from .. import ops
+
+    if _needs_grad(query, key, value):
+        raise NotImplementedError("hopper-fna has no backward yet; cutlass-fna trains")
+    if getattr(spec, "is_partial", False):
+        raise NotImplementedError("hopper-fna does not take query/key slabs of a larger grid yet; use cutlass-fna")
+    if (q_tile_shape is None) != (kv_tile_shape is None):
+        raise ValueError(
+            "`q_tile_shape` and `kv_tile_shape` must be given together for hopper-fna "
+            f"(got {q_tile_shape} and {kv_tile_shape}); see natten.get_configs_for_cutlass_hopper_fna."
+        )
+    query, key, value = _foldable(query), _foldable(key), _foldable(value)
+    args = (
+        list(spec.kernel_size), list(spec.stride), list(spec.dilation), list(spec.is_causal),
+        float(scale), list(q_tile_shape or ()), list(kv_tile_shape or ()), [], [], [],
+        _libnatten.BACKEND_HOPPER_FNA,
+    )
+    if torch.compiler.is_compiling():
+        return ops.fna_forward(query, key, value, *args)
+    return ops.fna_forward_eager(query, key, value, *args)
+
+
+def prepare_fna(query: Tensor, key: Tensor, value: Tensor, spec, scale: float,
+                q_tile_shape: Optional[Tuple[int, ...]] = None,
+                kv_tile_shape: Optional[Tuple[int, ...]] = None, **options) -> Callable:
+    """Per-call launcher (no prepared fast path yet): every call goes through :func:`fna`."""
+    return lambda q, k, v: fna(q, k, v, spec, scale, q_tile_shape, kv_tile_shape, **options)
+
+
+def fmha(*args, **kwargs):
+    raise NotImplementedError("the hopper-fmha (dense attention) kernel is not in this release yet")
+
+
+def get_configs_for_cutlass_hopper_fna(
+    query: Tensor, key: Tensor, value: Tensor
+) -> List[Tuple[Tuple[int, ...], Tuple[int, ...]]]:
+    """Valid ``(q_tile_shape, kv_tile_shape)`` pairs of ``hopper-fna`` for these tensors here:
+    every pair of power-of-two boxes of 128 tokens over the token axes.
+
+    Raises:
+        ValueError: ``hopper-fna`` cannot run these tensors here (the message says why; inputs
+            that require grad are not refused here, only by the forward).
+    """
+    with torch.no_grad():
+        reason = can_run_fna(query, key, value, None)
+    if reason is not None:
+        raise ValueError(f"hopper-fna cannot run these tensors: {reason}")
+    index = query.device.index if query.device.index is not None else torch.cuda.current_device()
+    configs = _libnatten.query_configs(
+        query.dtype, query.dim() - 3, int(query.shape[-1]), int(value.shape[-1]), device=index, backend=_NAME
+    )
+    return [(c["q_tile"], c["kv_tile"]) for c in configs]

@@ -1,0 +1,310 @@
+// Host side of the SM90 forward: support checks, tile configurations, TMA descriptors (encoded per
+// call with cuTensorMapEncodeTiled, obtained through the runtime's driver entry point: the library
+// never links libcuda), parameter block and (dtype, head dim) dispatch. Compiled in every build;
+// the launchers exist only when NATTEN_HAS_SM90 (the sm_90a object library) is set.
+#include "sm90/fna_forward.hpp"
+
+#include <cuda.h>
+#include <cuda_runtime.h>
+
+#include <climits>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#include "sm80/fna_forward.hpp"
+#include "sm90/params.cuh"
+#if defined(NATTEN_HAS_SM90)
+#include "sm90/fna_forward_launch.hpp"
+#endif
+
+namespace natten {
+namespace sm90 {
+
+namespace {
+
+int log2_exact(int x) {
+  if (x <= 0 || (x & (x - 1)) != 0) return -1;
+  int l = 0;
+  while ((1 << l) < x) ++l;
+  return l;
+}
+
+bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
+
+// A stride is usable by TMA if it is a positive multiple of 16 bytes, or the axis has one token.
+bool stride_ok(int64_t stride, int64_t extent) { return extent == 1 || (stride > 0 && (stride & 7) == 0); }
+
+int tile_shapes(int rank, int out[][kRank], int capacity) {
+  int count = 0;
+  for (int a0 = 0; a0 <= kTileLog2; ++a0) {
+    for (int a1 = 0; a1 <= kTileLog2 - a0; ++a1) {
+      const int a2 = kTileLog2 - a0 - a1;
+      const int l[kRank] = {a0, a1, a2};
+      bool ok = true;
+      for (int a = 0; a < kRank; ++a) ok = ok && (a < rank || l[a] == 0);
+      if (!ok) continue;
+      if (count < capacity)
+        for (int a = 0; a < kRank; ++a) out[count][a] = l[a];
+      ++count;
+    }
+  }
+  return count;
+}
+
+// Tile shape -> log2 per axis (axes >= rank must be 1); false if not a 128-token power-of-two box.
+[[maybe_unused]] bool parse_tile(const int* tile, int rank, int log2s[kRank]) {
+  int total = 0;
+  for (int a = 0; a < kRank; ++a) {
+    if (a >= rank) {
+      log2s[a] = 0;
+      continue;
+    }
+    log2s[a] = log2_exact(tile[a]);
+    if (log2s[a] < 0) return false;
+    total += log2s[a];
+  }
+  return total == kTileLog2;
+}
+
+#if defined(NATTEN_HAS_SM90)
+using EncodeTiledFn = CUresult (*)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*, const cuuint64_t*,
+                                   const cuuint64_t*, const cuuint32_t*, const cuuint32_t*, CUtensorMapInterleave,
+                                   CUtensorMapSwizzle, CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
+
+EncodeTiledFn get_encode_fn() {
+  static EncodeTiledFn fn = []() -> EncodeTiledFn {
+    void* ptr = nullptr;
+    cudaDriverEntryPointQueryResult q = cudaDriverEntryPointSymbolNotFound;
+    const cudaError_t e = cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &ptr, 12000, cudaEnableDefault, &q);
+    if (e != cudaSuccess || q != cudaDriverEntryPointSuccess) {
+      (void)cudaGetLastError();
+      return nullptr;
+    }
+    return reinterpret_cast<EncodeTiledFn>(ptr);
+  }();
+  return fn;
+}
+
+// 5-D descriptor of a [B, X, (Y), (Z), heads, D] tensor (element strides sb, sp[3], sh) with a box
+// of (64, 1, tile reversed) (see params.cuh for the coordinate mapping).
+cudaError_t encode_tensor(CUtensorMap* map, int dtype, const void* ptr, int rank, int64_t batch,
+                          const int64_t extent[kRank], int64_t heads, int64_t dim, int64_t sb,
+                          const int64_t sp[kRank], int64_t sh, const int tile_log2[kRank], const char** detail) {
+  EncodeTiledFn encode = get_encode_fn();
+  if (encode == nullptr) {
+    if (detail) *detail = "cuTensorMapEncodeTiled is not available from the driver (needs a CUDA 12+ driver)";
+    return cudaErrorNotSupported;
+  }
+  const int64_t eb = 2;
+  cuuint64_t dims[5];
+  cuuint64_t strides[4];  // bytes, dims 1..4
+  cuuint32_t box[5];
+  dims[0] = cuuint64_t(dim);
+  box[0] = 64;
+  dims[1] = cuuint64_t(heads);
+  box[1] = 1;
+  int64_t sbytes[5];
+  sbytes[1] = sh * eb;
+  if (rank == 1) {
+    dims[2] = cuuint64_t(extent[0]); box[2] = 1u << tile_log2[0]; sbytes[2] = sp[0] * eb;
+    dims[3] = cuuint64_t(batch);     box[3] = 1;                   sbytes[3] = sb * eb;
+    dims[4] = 1;                     box[4] = 1;                   sbytes[4] = 0;
+  } else if (rank == 2) {
+    dims[2] = cuuint64_t(extent[1]); box[2] = 1u << tile_log2[1]; sbytes[2] = sp[1] * eb;
+    dims[3] = cuuint64_t(extent[0]); box[3] = 1u << tile_log2[0]; sbytes[3] = sp[0] * eb;
+    dims[4] = cuuint64_t(batch);     box[4] = 1;                   sbytes[4] = sb * eb;
+  } else {
+    dims[2] = cuuint64_t(extent[2]);         box[2] = 1u << tile_log2[2]; sbytes[2] = sp[2] * eb;
+    dims[3] = cuuint64_t(extent[1]);         box[3] = 1u << tile_log2[1]; sbytes[3] = sp[1] * eb;
+    dims[4] = cuuint64_t(extent[0] * batch); box[4] = 1u << tile_log2[0]; sbytes[4] = sp[0] * eb;
+  }
+  // Dims of one element have no meaningful stride (torch may report anything): give them the
+  // packed stride of the dim below, which TMA accepts.
+  int64_t packed = dim * eb;
+  for (int i = 1; i < 5; ++i) {
+    if (dims[i] == 1) sbytes[i] = packed;
+    strides[i - 1] = cuuint64_t(sbytes[i]);
+    packed = sbytes[i] * int64_t(dims[i]);
+  }
+  cuuint32_t elem_strides[5] = {1, 1, 1, 1, 1};
+  const CUresult r = encode(map, dtype == 1 ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 5,
+                            const_cast<void*>(ptr), dims, strides, box, elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                            CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                            CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  if (r != CUDA_SUCCESS) {
+    if (detail) *detail = "cuTensorMapEncodeTiled rejected a q/k/v tensor (strides or shape outside TMA limits)";
+    return cudaErrorInvalidValue;
+  }
+  return cudaSuccess;
+}
+#endif
+
+}  // namespace
+
+bool fna_forward_built() {
+#if defined(NATTEN_HAS_SM90)
+  return true;
+#else
+  return false;
+#endif
+}
+
+bool fna_forward_supports(int head_dim, int head_dim_v, int dtype, const char** reason) {
+  const char* why = nullptr;
+  if (dtype != 1 && dtype != 2)
+    why = "the Hopper kernel supports only fp16 and bf16";
+  else if (head_dim != head_dim_v)
+    why = "the Hopper kernel needs head_dim == head_dim_v";
+  else if (head_dim != 64 && head_dim != 128)
+    why = "the Hopper kernel supports head_dim 64 and 128 only";
+  if (reason != nullptr) *reason = why;
+  return why == nullptr;
+}
+
+bool fna_forward_can_run(const FnaForwardArgs& args, int dtype, const char** reason) {
+  const char* why = nullptr;
+  auto fail = [&](const char* w) {
+    if (why == nullptr) why = w;
+  };
+  if (args.head_dim > INT_MAX || args.head_dim_v > INT_MAX ||
+      !fna_forward_supports(int(args.head_dim), int(args.head_dim_v), dtype, &why)) {
+    if (why == nullptr) why = "the Hopper kernel supports head_dim 64 and 128 only";
+  }
+  if (args.rank < 1 || args.rank > kRank) fail("rank must be 1, 2 or 3");
+  for (int a = 0; a < kRank && why == nullptr; ++a) {
+    if (a >= args.rank) continue;
+    if (args.dilation[a] != 1) fail("the Hopper kernel does not support dilation > 1 yet");
+    if (args.global_extent[a] != args.extent[a] || args.kv_extent[a] != args.extent[a] || args.q_origin[a] != 0 ||
+        args.kv_origin[a] != 0)
+      fail("the Hopper kernel does not support slabs of a larger grid (global_shape / q_origin / kv_origin)");
+    if (args.extent[a] > (int64_t(1) << 30)) fail("the Hopper kernel supports at most 2^30 tokens per axis");
+  }
+  if (why == nullptr) {
+    if (!aligned16(args.q) || !aligned16(args.k) || !aligned16(args.v) || !aligned16(args.out))
+      fail("the Hopper kernel needs 16-byte aligned q, k, v and out");
+    const int64_t* sps[4] = {args.q_stride_spatial, args.k_stride_spatial, args.v_stride_spatial,
+                             args.o_stride_spatial};
+    const int64_t sbs[4] = {args.q_stride_batch, args.k_stride_batch, args.v_stride_batch, args.o_stride_batch};
+    const int64_t shs[4] = {args.q_stride_head, args.k_stride_head, args.v_stride_head, args.o_stride_head};
+    const int64_t hs[4] = {args.heads, args.heads_kv, args.heads_kv, args.heads};
+    for (int t = 0; t < 4; ++t) {
+      bool ok = stride_ok(sbs[t], args.batch) && stride_ok(shs[t], hs[t]);
+      for (int a = 0; a < args.rank; ++a) ok = ok && stride_ok(sps[t][a], args.extent[a]);
+      if (!ok) fail("the Hopper kernel needs batch, token and head strides that are positive multiples of 16 bytes");
+      if (args.rank == 3 && args.batch > 1 && t < 3 && sbs[t] != args.extent[0] * sps[t][0])
+        fail("rank 3 with batch > 1 needs q, k and v batch stride == X * x stride (batch is folded into X for TMA)");
+    }
+    if (args.rank == 3 && args.batch * args.extent[0] + 128 > INT_MAX)
+      fail("the Hopper kernel needs batch * X < 2^31 for rank 3");
+    if (args.batch > INT_MAX || args.heads > INT_MAX) fail("the Hopper kernel needs batch and heads < 2^31");
+  }
+  if (reason != nullptr) *reason = why;
+  return why == nullptr;
+}
+
+int fna_forward_tile_configs(int rank, int* q_tiles, int* kv_tiles, int capacity) {
+  if (rank < 1 || rank > kRank) return 0;
+  int shapes[64][kRank];
+  const int ns = tile_shapes(rank, shapes, 64);
+  int count = 0;
+  for (int iq = 0; iq < ns; ++iq) {
+    for (int ik = 0; ik < ns; ++ik) {
+      if (count < capacity) {
+        for (int a = 0; a < kRank; ++a) {
+          if (q_tiles != nullptr) q_tiles[3 * count + a] = 1 << shapes[iq][a];
+          if (kv_tiles != nullptr) kv_tiles[3 * count + a] = 1 << shapes[ik][a];
+        }
+      }
+      ++count;
+    }
+  }
+  return count;
+}
+
+cudaError_t fna_forward_default_tiles(const FnaForwardArgs& args, int q_tile[3], int kv_tile[3]) {
+  return sm80::fna_forward_choose_tiles(args, kTileLog2, q_tile, kv_tile);
+}
+
+cudaError_t fna_forward(const FnaForwardArgs& args, int dtype, cudaStream_t stream, const char** detail) {
+  if (detail) *detail = nullptr;
+  if (!fna_forward_can_run(args, dtype, detail)) return cudaErrorNotSupported;
+#if !defined(NATTEN_HAS_SM90)
+  (void)stream;
+  if (detail) *detail = "this build has no sm_90a kernel (NATTEN_CUDA_ARCHS lacks 90a)";
+  return cudaErrorNotSupported;
+#else
+  for (int a = 0; a < args.rank; ++a)
+    if (args.extent[a] == 0) return cudaSuccess;
+  if (args.batch == 0 || args.heads == 0) return cudaSuccess;
+  if (args.heads_kv <= 0 || args.heads % args.heads_kv != 0) return cudaErrorInvalidValue;
+
+  FnaSm90Params p;
+  std::memset(&p, 0, sizeof(p));
+  Geometry& g = p.geo;
+  int ql[kRank], kl[kRank];
+  if (!parse_tile(args.q_tile, args.rank, ql) || !parse_tile(args.kv_tile, args.rank, kl)) return cudaErrorInvalidValue;
+  for (int a = 0; a < kRank; ++a) {
+    const bool on = a < args.rank;
+    const int n = on ? int(args.extent[a]) : 1;
+    g.extent[a] = g.q_extent[a] = g.kv_extent[a] = n;
+    g.q_origin[a] = g.kv_origin[a] = 0;
+    g.kernel[a] = on ? args.kernel_size[a] : 1;
+    g.stride[a] = on ? args.stride[a] : 1;
+    g.dilation[a] = 1;
+    g.causal[a] = on && args.is_causal[a] ? 1 : 0;
+    g.q_log2[a] = ql[a];
+    g.kv_log2[a] = kl[a];
+    if (g.kernel[a] < 1 || g.kernel[a] > n || g.stride[a] < 1 || g.stride[a] > g.kernel[a]) return cudaErrorInvalidValue;
+  }
+  g.batch = args.batch;
+  g.heads = args.heads;
+  sm80::geometry_finalize(g);
+  if (g.num_work > INT_MAX) {
+    if (detail) *detail = "more than 2^31 - 1 query tiles (batch * heads * tiles) for one launch";
+    return cudaErrorNotSupported;
+  }
+
+  p.o = args.out;
+  p.lse = args.lse;
+  p.o_batch = args.o_stride_batch;
+  p.o_head = args.o_stride_head;
+  p.lse_batch = args.lse_stride_batch;
+  p.lse_head = args.lse_stride_head;
+  int64_t ext[kRank];
+  for (int a = 0; a < kRank; ++a) {
+    const bool on = a < args.rank;
+    p.o_spatial[a] = on ? args.o_stride_spatial[a] : 0;
+    p.lse_spatial[a] = on ? args.lse_stride_spatial[a] : 0;
+    ext[a] = on ? args.extent[a] : 1;
+  }
+  p.heads_per_kv = int(args.heads / args.heads_kv);
+  p.rank = args.rank;
+  p.fold_x = args.rank == 3 ? int(args.extent[0]) : 0;
+  p.scale_log2 = float(double(args.scale) * 1.4426950408889634074);
+
+  cudaError_t e;
+  e = encode_tensor(&p.tma_q, dtype, args.q, args.rank, args.batch, ext, args.heads, args.head_dim,
+                    args.q_stride_batch, args.q_stride_spatial, args.q_stride_head, ql, detail);
+  if (e != cudaSuccess) return e;
+  e = encode_tensor(&p.tma_k, dtype, args.k, args.rank, args.batch, ext, args.heads_kv, args.head_dim,
+                    args.k_stride_batch, args.k_stride_spatial, args.k_stride_head, kl, detail);
+  if (e != cudaSuccess) return e;
+  e = encode_tensor(&p.tma_v, dtype, args.v, args.rank, args.batch, ext, args.heads_kv, args.head_dim_v,
+                    args.v_stride_batch, args.v_stride_spatial, args.v_stride_head, kl, detail);
+  if (e != cudaSuccess) return e;
+
+  const int D = int(args.head_dim);
+  if (dtype == 1) {
+    if (D == 64) return launch_fna_forward<1, 64>(p, stream);
+    if (D == 128) return launch_fna_forward<1, 128>(p, stream);
+  } else {
+    if (D == 64) return launch_fna_forward<2, 64>(p, stream);
+    if (D == 128) return launch_fna_forward<2, 128>(p, stream);
+  }
+  return cudaErrorNotSupported;
+#endif
+}
+
+}  // namespace sm90
+}  // namespace natten

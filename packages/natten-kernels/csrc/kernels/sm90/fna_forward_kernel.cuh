@@ -1,0 +1,68 @@
+// The SM90 fused neighborhood-attention forward kernel: warp-specialized (1 producer warpgroup
+// issuing TMA, 2 consumer warpgroups running wgmma + online softmax), one CTA per 128-token query
+// tile (no persistent scheduling yet).
+#pragma once
+
+#include <cute/arch/cluster_sm90.hpp>
+#include <cute/arch/copy_sm90_desc.hpp>
+#include <cutlass/arch/reg_reconfig.h>
+
+#include "sm90/epilogue.cuh"
+#include "sm90/kernel_traits.cuh"
+#include "sm90/mainloop_consumer.cuh"
+#include "sm90/mainloop_producer.cuh"
+#include "sm90/tile_scheduler.cuh"
+
+namespace natten {
+namespace sm90 {
+
+template <class Traits>
+__global__ void __launch_bounds__(Traits::kThreads, 1) fna_sm90_forward_kernel(const __grid_constant__ FnaSm90Params p) {
+#if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ >= 900) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  using SharedStorage = typename Traits::SharedStorage;
+  using Pipeline = typename Traits::Pipeline;
+  extern __shared__ char smem_raw[];
+  const uintptr_t base = (reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023);
+  SharedStorage& ss = *reinterpret_cast<SharedStorage*>(base);
+
+  const int warp = cutlass::canonical_warp_idx_sync();
+  const int warpgroup = warp / 4;
+  const bool producer = warpgroup == 0;
+
+  if (warp == 0 && cute::elect_one_sync()) {
+    cute::prefetch_tma_descriptor(reinterpret_cast<const cute::TmaDescriptor*>(&p.tma_q));
+    cute::prefetch_tma_descriptor(reinterpret_cast<const cute::TmaDescriptor*>(&p.tma_k));
+    cute::prefetch_tma_descriptor(reinterpret_cast<const cute::TmaDescriptor*>(&p.tma_v));
+  }
+
+  typename Pipeline::Params pp;
+  pp.transaction_bytes = Traits::kTileBytesKV;
+  pp.role = producer ? Pipeline::ThreadCategory::Producer : Pipeline::ThreadCategory::Consumer;
+  pp.is_leader = threadIdx.x == 0;  // the one producer thread that issues loads
+  pp.num_consumers = Traits::kConsumerThreads;
+  Pipeline pipe_k(ss.pipe_k, pp, cute::Shape<cute::_1, cute::_1, cute::_1>{});
+  Pipeline pipe_v(ss.pipe_v, pp, cute::Shape<cute::_1, cute::_1, cute::_1>{});
+  if (threadIdx.x == 0) ss.q_full.init(1);
+  cutlass::arch::fence_barrier_init();
+  __syncthreads();
+
+  const WorkContext ctx = make_work_context(p, int64_t(blockIdx.x));
+
+  if (producer) {
+    cutlass::arch::warpgroup_reg_dealloc<Traits::kProducerRegs>();
+    if (threadIdx.x == 0) MainloopProducer<Traits>::run(p, ctx, ss, pipe_k, pipe_v);
+  } else {
+    cutlass::arch::warpgroup_reg_alloc<Traits::kConsumerRegs>();
+    const int ct = int(threadIdx.x) - 128;
+    typename Traits::TiledMmaPV mma_pv;
+    cute::Tensor acc_o = cute::partition_fragment_C(
+        mma_pv, cute::Shape<cute::Int<Traits::kTileQ>, cute::Int<Traits::kHeadDim>>{});
+    OnlineSoftmax sm;
+    MainloopConsumer<Traits>::run(p, ctx, ss, pipe_k, pipe_v, ct, sm, acc_o);
+    epilogue_store<Traits>(p, ctx, ct, sm, acc_o);
+  }
+#endif
+}
+
+}  // namespace sm90
+}  // namespace natten

@@ -1,0 +1,16 @@
+// Per-(dtype, head dim) launchers of the SM90 forward (defined in fna_forward_launch.cuh,
+// instantiated by fna_forward_{fp16,bf16}_hdim{64,128}.cu, compiled for sm_90a only).
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include "sm90/params.cuh"
+
+namespace natten {
+namespace sm90 {
+
+template <int kDtype /*1 = fp16, 2 = bf16*/, int kHeadDim>
+cudaError_t launch_fna_forward(const FnaSm90Params& params, cudaStream_t stream);
+
+}  // namespace sm90
+}  // namespace natten

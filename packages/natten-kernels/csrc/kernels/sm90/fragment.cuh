@@ -1,0 +1,73 @@
+// Where the values of a consumer thread's wgmma fragments sit in the 128-row tile, the warpgroup
+// GEMM helper and small math helpers.
+//
+// Accumulator of a 64 x N wgmma for one thread (CuTe shape ((2, 2, N/8), 1, 1), compact): flat
+// value e = i0 + 2 * i1 + 4 * j holds row  16 * warp_in_wg + lane / 4 + 8 * i1  (+ 64 * consumer
+// warpgroup in the 128-row tile) and column  8 * j + 2 * (lane % 4) + i0. Each thread therefore holds
+// two rows ("row slots" i1 = 0, 1), each shared by the 4 lanes of a quad.
+#pragma once
+
+#include <cute/tensor.hpp>
+
+namespace natten {
+namespace sm90 {
+
+__device__ __forceinline__ float fast_exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+
+__device__ __forceinline__ float quad_max(float x) {
+  x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
+  return fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
+}
+
+__device__ __forceinline__ float quad_sum(float x) {
+  x += __shfl_xor_sync(0xffffffffu, x, 1);
+  return x + __shfl_xor_sync(0xffffffffu, x, 2);
+}
+
+// Row (0..127) of row slot r for consumer thread ct (0..255).
+__device__ __forceinline__ int frag_row(int ct, int r) {
+  const int wg = ct >> 7, warp = (ct >> 5) & 3, lane = ct & 31;
+  return 64 * wg + 16 * warp + (lane >> 2) + 8 * r;
+}
+
+// Column of flat accumulator value e for consumer thread ct.
+__device__ __forceinline__ int frag_col(int ct, int e) {
+  return 8 * (e >> 2) + 2 * (ct & 3) + (e & 1);
+}
+
+__device__ __forceinline__ int frag_slot(int e) { return (e >> 1) & 1; }
+
+// The 64 x N float accumulator viewed as the A operand (register-sourced, K = N) of the next
+// wgmma: ((2, 2, N/8), 1, 1) -> ((2, 2, 2), 1, N/16). A's value (v0, v1, v2) of k-block kb is the
+// accumulator's (i0 = v0, i1 = v1, j = 2 * kb + v2): same rows, columns 16 * kb + 8 * v2 + ...
+template <int N>
+__device__ __forceinline__ auto acc_as_a_layout() {
+  using namespace cute;
+  return Layout<Shape<Shape<_2, _2, _2>, _1, Int<N / 16>>, Stride<Stride<_1, _2, _4>, _0, _8>>{};
+}
+
+// One warpgroup GEMM C (+)= A B over all k-blocks, committed as one batch (not waited for).
+// kRegA: A is a register fragment (RS wgmma), else A and B are shared-memory descriptors (SS).
+template <bool kZeroInit, bool kRegA, class TiledMma, class TA, class TB, class TC>
+__device__ __forceinline__ void warpgroup_gemm(TiledMma& mma, TA const& a, TB const& b, TC& c) {
+  using namespace cute;
+  if constexpr (kRegA) warpgroup_fence_operand(const_cast<TA&>(a));
+  warpgroup_fence_operand(c);
+  warpgroup_arrive();
+  if constexpr (kZeroInit) mma.accumulate_ = GMMA::ScaleOut::Zero;
+  CUTE_UNROLL
+  for (int k = 0; k < size<2>(a); ++k) {
+    cute::gemm(mma, a(_, _, k), b(_, _, k), c);
+    mma.accumulate_ = GMMA::ScaleOut::One;
+  }
+  warpgroup_commit_batch();
+  warpgroup_fence_operand(c);
+  if constexpr (kRegA) warpgroup_fence_operand(const_cast<TA&>(a));
+}
+
+}  // namespace sm90
+}  // namespace natten

@@ -1,0 +1,87 @@
+// Compile-time configuration of the SM90 fused NA forward: element type x head dim (D == Dv).
+//
+// CTA = 3 warpgroups: warpgroup 0 is the producer (one elected thread issues every TMA load),
+// warpgroups 1 and 2 are consumers owning query rows [0, 64) and [64, 128) of the 128-token query
+// tile. S = Q K^T is an SS wgmma (64 x 128 x D per warpgroup), O += P V an RS wgmma (P from
+// registers, 64 x D x 128). Q, K and V tiles are rows of D elements in shared memory, split into
+// 64-element (128-byte) head-dim chunks with the 128-byte swizzle, exactly as one TMA box per chunk
+// writes them: chunk c of a 128-row tile is 16 KiB at offset c * 16 KiB, row r of it at r * 128 B
+// (16-byte pieces XOR-swizzled by r mod 8). K is read K-major (B operand of S), V MN-major (B operand
+// of PV: its N = head dim is the contiguous axis), Q K-major (A operand of S).
+#pragma once
+
+#include <cute/tensor.hpp>
+#include <cute/atom/mma_atom.hpp>
+#include <cute/arch/mma_sm90.hpp>
+#include <cute/atom/mma_traits_sm90_gmma.hpp>
+#include <cutlass/arch/barrier.h>
+#include <cutlass/numeric_types.h>
+#include <cutlass/pipeline/sm90_pipeline.hpp>
+
+namespace natten {
+namespace sm90 {
+
+template <class Element_, int kHeadDim_>
+struct FnaSm90Traits {
+  using Element = Element_;
+  static constexpr int kHeadDim = kHeadDim_;
+  static_assert(kHeadDim == 64 || kHeadDim == 128, "head dim 64 or 128");
+
+  static constexpr int kTileQ = 128;      // query tokens per CTA (2 consumer warpgroups x 64 rows)
+  static constexpr int kTileKV = 128;     // key tokens per key tile
+  static constexpr int kTileLog2 = 7;
+  static constexpr int kConsumerWarpgroups = 2;
+  static constexpr int kConsumerThreads = 128 * kConsumerWarpgroups;
+  static constexpr int kThreads = 128 + kConsumerThreads;  // 384
+  static constexpr int kChunk = 64;                        // head-dim elements per TMA box (128 B)
+  static constexpr int kChunks = kHeadDim / kChunk;
+  static constexpr int kStages = kHeadDim <= 64 ? 4 : 2;  // K and V ring depth
+  static constexpr int kProducerRegs = 24;
+  static constexpr int kConsumerRegs = 240;  // 128 * 24 + 256 * 240 <= 64 K registers
+
+  static constexpr int kTileBytesQ = kTileQ * kHeadDim * int(sizeof(Element));
+  static constexpr int kTileBytesKV = kTileKV * kHeadDim * int(sizeof(Element));
+  static constexpr int kChunkElems = kTileKV * kChunk;  // elements of one TMA box (same for Q)
+
+  using AtomLayoutMNK = cute::Layout<cute::Shape<cute::Int<kConsumerWarpgroups>, cute::_1, cute::_1>>;
+  using TiledMmaS = decltype(cute::make_tiled_mma(
+      cute::GMMA::ss_op_selector<Element, Element, float,
+                                 cute::Shape<cute::_64, cute::Int<kTileKV>, cute::Int<kHeadDim>>>(),
+      AtomLayoutMNK{}));
+  using TiledMmaPV = decltype(cute::make_tiled_mma(
+      cute::GMMA::rs_op_selector<Element, Element, float,
+                                 cute::Shape<cute::_64, cute::Int<kHeadDim>, cute::Int<kTileKV>>,
+                                 cute::GMMA::Major::K, cute::GMMA::Major::MN>(),
+      AtomLayoutMNK{}));
+
+  // (rows, head dim): 8 x 64 swizzle atoms, rows first, then head-dim chunks.
+  using SmemLayoutQ = decltype(cute::tile_to_shape(cute::GMMA::Layout_K_SW128_Atom<Element>{},
+                                                   cute::Shape<cute::Int<kTileQ>, cute::Int<kHeadDim>>{}));
+  using SmemLayoutK = decltype(cute::tile_to_shape(
+      cute::GMMA::Layout_K_SW128_Atom<Element>{},
+      cute::Shape<cute::Int<kTileKV>, cute::Int<kHeadDim>, cute::Int<kStages>>{}));
+  // V as the (N = head dim, K = keys) B operand: 64 x 8 MN-major atoms over the same bytes, keys
+  // first (so each 64-element chunk of all 128 keys is one contiguous 16 KiB box), then chunks.
+  using SmemLayoutV = decltype(cute::tile_to_shape(
+      cute::GMMA::Layout_MN_SW128_Atom<Element>{},
+      cute::Shape<cute::Int<kHeadDim>, cute::Int<kTileKV>, cute::Int<kStages>>{},
+      cute::Step<cute::_2, cute::_1, cute::_3>{}));
+
+  using Pipeline = cutlass::PipelineTmaAsync<kStages>;
+  using PipelineState = cutlass::PipelineState<kStages>;
+
+  struct SharedStorage {
+    alignas(1024) cute::array_aligned<Element, cute::cosize_v<SmemLayoutQ>> q;
+    alignas(1024) cute::array_aligned<Element, cute::cosize_v<SmemLayoutK>> k;
+    alignas(1024) cute::array_aligned<Element, cute::cosize_v<SmemLayoutV>> v;
+    typename Pipeline::SharedStorage pipe_k;
+    typename Pipeline::SharedStorage pipe_v;
+    cutlass::arch::ClusterTransactionBarrier q_full;
+  };
+  // + 1 KiB: the kernel aligns the dynamic shared memory base up to 1024 bytes itself.
+  static constexpr int kSmemBytes = int(sizeof(SharedStorage)) + 1024;
+  static_assert(kSmemBytes <= 227 * 1024, "shared memory budget");
+};
+
+}  // namespace sm90
+}  // namespace natten

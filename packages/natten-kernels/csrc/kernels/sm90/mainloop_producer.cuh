@@ -1,0 +1,65 @@
+// Producer of the SM90 forward: one elected thread of warpgroup 0 issues every TMA load.
+// Q: one box per 64-element head-dim chunk, once, on its own transaction barrier.
+// K, V: per key tile (the SM80 walk: odometer over the per-axis key box, last axis fastest), one
+// box per chunk into the stage of a PipelineTmaAsync ring each (K and V have separate rings so the
+// S = QK^T GEMM can start before V has landed).
+#pragma once
+
+#include <cute/arch/copy_sm90_tma.hpp>
+
+#include "sm90/kernel_traits.cuh"
+#include "sm90/tile_scheduler.cuh"
+
+namespace natten {
+namespace sm90 {
+
+template <class Traits>
+struct MainloopProducer {
+  using Element = typename Traits::Element;
+  using SharedStorage = typename Traits::SharedStorage;
+  using Pipeline = typename Traits::Pipeline;
+  using PipelineState = typename Traits::PipelineState;
+
+  static constexpr uint64_t kCacheHint = uint64_t(cute::TMA::CacheHintSm90::EVICT_NORMAL);
+
+  // Loads the `Traits::kChunks` boxes of one 128-token tile (all head-dim chunks) into `dst`.
+  __device__ static void load_tile(const CUtensorMap* desc, uint64_t* bar, Element* dst, int head,
+                                   const int c[3]) {
+    CUTE_UNROLL
+    for (int k = 0; k < Traits::kChunks; ++k) {
+      cute::SM90_TMA_LOAD_5D::copy(desc, bar, kCacheHint, dst + k * Traits::kChunkElems, k * Traits::kChunk, head,
+                                   c[0], c[1], c[2]);
+    }
+  }
+
+  // Called by exactly one thread.
+  __device__ static void run(const FnaSm90Params& p, const WorkContext& ctx, SharedStorage& ss, Pipeline& pipe_k,
+                             Pipeline& pipe_v) {
+    const int64_t b = ctx.work.batch;
+    int o[kRank], c[3];
+    query_tile_origin(ctx, o);
+    tma_token_coords(p, b, o, c);
+    ss.q_full.arrive_and_expect_tx(Traits::kTileBytesQ);
+    load_tile(&p.tma_q, reinterpret_cast<uint64_t*>(&ss.q_full), ss.q.data(), int(ctx.work.head), c);
+
+    PipelineState st = cutlass::make_producer_start_state<Pipeline>();
+    int kb[kRank];
+    sm80::key_tile_origin(p.geo, ctx.keys, 0, kb);
+    const int kv_head = int(ctx.kv_head);
+    constexpr int kStageElems = Traits::kTileKV * Traits::kHeadDim;
+    for (int t = 0; t < ctx.keys.total; ++t) {
+      tma_token_coords(p, b, kb, c);
+      pipe_k.producer_acquire(st);  // waits for the stage to be free, then expects kTileBytesKV
+      load_tile(&p.tma_k, pipe_k.producer_get_barrier(st), ss.k.data() + st.index() * kStageElems, kv_head, c);
+      pipe_v.producer_acquire(st);
+      load_tile(&p.tma_v, pipe_v.producer_get_barrier(st), ss.v.data() + st.index() * kStageElems, kv_head, c);
+      ++st;
+      sm80::key_tile_advance(p.geo, ctx.keys, kb);
+    }
+    // No producer tail needed: the CTA is a cluster of one, and the consumers wait on the full
+    // barrier of every tile issued here before they (and with them the CTA) exit.
+  }
+};
+
+}  // namespace sm90
+}  // namespace natten

@@ -1,0 +1,62 @@
+// Kernel parameter block of the SM90 (Hopper) fused neighborhood-attention forward, built on the
+// host by fna_forward.cpp. Passed as a __grid_constant__ kernel parameter: the three TMA
+// descriptors live in parameter space and are used there directly by cp.async.bulk.tensor.
+#pragma once
+
+#include <cstdint>
+
+#include <cuda.h>  // CUtensorMap (type only; the library never links libcuda)
+
+#include "sm80/tile_scheduler.cuh"  // shared work decomposition / window / key-tile walk
+
+namespace natten {
+namespace sm90 {
+
+using sm80::kRank;
+using sm80::Geometry;
+
+// How a token box of one (batch, head) maps onto the 5 coordinates of the TMA descriptors
+// (innermost first: head-dim chunk, head, then the spatial axes, last axis first):
+//   rank 1: (d, h, x,          b, 0)
+//   rank 2: (d, h, y, x,       b)
+//   rank 3: (d, h, z, y, x + b * X)   (batch folded into X: needs batch stride == X * x stride)
+// Tokens past an axis end are zero-filled by TMA (or, on the folded X axis, the next batch's
+// rows): the kernel masks them as keys by coordinate and never stores them as queries.
+struct FnaSm90Params {
+  CUtensorMap tma_q;  // box (64, 1, q tile, reversed axes)
+  CUtensorMap tma_k;  // box (64, 1, kv tile, reversed axes)
+  CUtensorMap tma_v;  // same box as K
+
+  Geometry geo;  // dilation 1, no slabs (q_extent = kv_extent = extent, origins 0)
+
+  void* o;
+  float* lse;  // nullable
+  // element strides (dim stride 1); axes >= rank have stride 0
+  int64_t o_batch, o_head, o_spatial[kRank];
+  int64_t lse_batch, lse_head, lse_spatial[kRank];
+
+  int heads_per_kv;  // H / H_kv
+  int rank;          // 1..3 (selects the TMA coordinate mapping above)
+  int fold_x;        // rank 3: X (batch folded into the outermost TMA dim); else 0
+  float scale_log2;  // softmax scale * log2(e)
+};
+
+// TMA coordinates (dims 2..4) of the token box at origin o[] of batch b.
+NATTEN_HD void tma_token_coords(const FnaSm90Params& p, int64_t b, const int o[kRank], int c[3]) {
+  if (p.rank == 1) {
+    c[0] = o[0];
+    c[1] = int(b);
+    c[2] = 0;
+  } else if (p.rank == 2) {
+    c[0] = o[1];
+    c[1] = o[0];
+    c[2] = int(b);
+  } else {
+    c[0] = o[2];
+    c[1] = o[1];
+    c[2] = o[0] + int(b) * p.fold_x;
+  }
+}
+
+}  // namespace sm90
+}  // namespace natten

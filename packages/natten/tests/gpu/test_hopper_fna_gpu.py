@@ -1,0 +1,167 @@
+"""hopper-fna (sm_90a TMA + wgmma forward) on an H100 / H200 against the float64 oracle.
+
+Fixed cases per rank / dtype / head dim (extents that are not multiples of the tile, per-axis
+causal, stride, even kernels, GQA/MQA, rank 3 with batch > 1 for the batch folded into X), a random
+sweep with outputs poisoned (NaN) before each launch, every tile configuration of a rank, and the
+fall-backs (grad, dilation, head dims). Seed printed on failure (NATTEN_GPU_SEED to replay).
+"""
+
+import os
+import random
+
+import pytest
+import torch
+
+from helpers import assert_close
+from oracle import na_oracle
+
+pytestmark = pytest.mark.gpu
+
+if not torch.cuda.is_available():
+    pytest.skip("needs a CUDA device", allow_module_level=True)
+if torch.cuda.get_device_capability() != (9, 0):
+    pytest.skip("hopper-fna needs compute capability 9.0 (H100 / H200)", allow_module_level=True)
+
+import natten  # noqa: E402
+from natten import _libnatten, ops  # noqa: E402
+from natten.backends import hopper  # noqa: E402
+
+if not _libnatten.is_available():
+    pytest.fail(f"natten-kernels is not loadable: {_libnatten.unavailable_reason()}", pytrace=False)
+if _libnatten.fna_supports(torch.float16, 1, 64, device=torch.cuda.current_device(), backend="hopper-fna"):
+    pytest.fail("the loaded natten-kernels has no usable hopper-fna (build it with NATTEN_CUDA_ARCHS including 90a)",
+                pytrace=False)
+
+NUM_PROBLEMS = int(os.environ.get("NATTEN_GPU_SWEEP", "400"))
+SEED = int(os.environ.get("NATTEN_GPU_SEED", str(random.SystemRandom().randrange(1 << 30))))
+OPS = {1: natten.na1d, 2: natten.na2d, 3: natten.na3d}
+GPU_TOL = {torch.float16: 1e-2, torch.bfloat16: 5e-2}
+
+
+def _check(shape, ks, st, ca, b, h, hkv, d, dtype, q_tile=None, kv_tile=None, seed=0, what=""):
+    rank = len(shape)
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    q = torch.randn(b, *shape, h, d, device="cuda", dtype=dtype, generator=g)
+    k = torch.randn(b, *shape, hkv, d, device="cuda", dtype=dtype, generator=g)
+    v = torch.randn(b, *shape, hkv, d, device="cuda", dtype=dtype, generator=g)
+    ops.set_poison_outputs(True)
+    try:
+        out, lse = OPS[rank](q, k, v, ks, st, 1, ca, backend="hopper-fna", return_lse=True,
+                             q_tile_shape=q_tile, kv_tile_shape=kv_tile)
+    finally:
+        ops.set_poison_outputs(False)
+    ref_out, ref_lse = na_oracle(q.double(), k.double(), v.double(), ks, st, 1, ca)
+    desc = (f"{what} shape={shape} kernel={ks} stride={st} causal={ca} B={b} H={h} Hkv={hkv} D={d} {dtype} "
+            f"tiles={q_tile}/{kv_tile}")
+    tol = GPU_TOL[dtype]
+    assert_close(out, ref_out, atol=tol, rtol=0, what=f"{desc} out")
+    assert_close(lse, ref_lse, atol=tol, rtol=0, what=f"{desc} lse")
+
+
+FIXED = [
+    # shape, kernel, stride, causal, B, H, Hkv, D
+    ((128,), (7,), (1,), (False,), 1, 1, 1, 64),
+    ((300,), (33,), (1,), (False,), 2, 2, 1, 128),
+    ((1000,), (1000,), (1,), (True,), 1, 1, 1, 128),  # full causal self attention, 8 key tiles
+    ((517,), (64,), (64,), (False,), 1, 3, 3, 64),  # blocked: every tile full or cut by the grid end
+    ((37, 29), (7, 6), (1, 1), (False, False), 1, 2, 2, 64),  # even kernel, partial tiles
+    ((40, 48), (9, 12), (2, 3), (True, False), 2, 4, 2, 128),  # causal x, stride, GQA
+    ((64, 64), (64, 64), (1, 1), (False, True), 1, 4, 1, 64),  # MQA, whole-grid window
+    ((10, 11, 13), (3, 4, 5), (1, 2, 1), (False, True, False), 2, 2, 1, 64),  # rank 3, batch folded
+    ((9, 16, 16), (5, 8, 8), (1, 1, 1), (False, False, False), 3, 1, 1, 128),  # X not a tile multiple
+    ((6, 20, 24), (3, 5, 6), (2, 4, 3), (True, True, True), 2, 2, 2, 64),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("case", FIXED, ids=[f"r{len(c[0])}-{'x'.join(map(str, c[0]))}-d{c[7]}" for c in FIXED])
+def test_fixed_cases(case, dtype):
+    shape, ks, st, ca, b, h, hkv, d = case
+    _check(shape, ks, st, ca, b, h, hkv, d, dtype, seed=1)
+
+
+def _problem(rng: random.Random):
+    rank = rng.choice([1, 2, 2, 3, 3])
+    hi = {1: 600, 2: 40, 3: 14}[rank]
+    shape = [rng.randint(2, hi) for _ in range(rank)]
+    ks = [rng.randint(2, n) for n in shape]
+    st = [rng.randint(1, k) if rng.random() < 0.5 else 1 for k in ks]
+    ca = [rng.random() < 0.3 for _ in ks]
+    hkv = rng.choice([1, 2, 3])
+    h = hkv * rng.choice([1, 1, 2, 4])
+    d = rng.choice([64, 128])
+    dtype = rng.choice([torch.float16, torch.bfloat16])
+    b = rng.randint(1, 3)
+    return shape, ks, st, ca, b, h, hkv, d, dtype
+
+
+def test_random_sweep():
+    rng = random.Random(SEED)
+    failures = []
+    for case in range(NUM_PROBLEMS):
+        shape, ks, st, ca, b, h, hkv, d, dtype = _problem(rng)
+        tiles = (None, None)
+        if rng.random() < 0.3:
+            configs = natten.get_configs_for_cutlass_hopper_fna(
+                torch.empty(1, *shape, 1, d, device="cuda", dtype=dtype),
+                torch.empty(1, *shape, 1, d, device="cuda", dtype=dtype),
+                torch.empty(1, *shape, 1, d, device="cuda", dtype=dtype))
+            tiles = rng.choice(configs)
+        try:
+            _check(shape, ks, st, ca, b, h, hkv, d, dtype, tiles[0], tiles[1], seed=rng.randrange(1 << 30),
+                   what=f"case {case} seed {SEED}")
+        except AssertionError as e:
+            failures.append(str(e))
+        if len(failures) >= 10:
+            break
+    assert not failures, "\n".join(failures)
+
+
+@pytest.mark.parametrize("rank", [1, 2, 3])
+def test_every_tile_config_runs(rank):
+    shape = {1: (300,), 2: (37, 29), 3: (11, 9, 13)}[rank]
+    ks = {1: (31,), 2: (7, 6), 3: (3, 4, 5)}[rank]
+    q = torch.empty(1, *shape, 1, 64, device="cuda", dtype=torch.float16)
+    configs = natten.get_configs_for_cutlass_hopper_fna(q, q, q)
+    assert len(configs) == {1: 1, 2: 64, 3: 1296}[rank]
+    rng = random.Random(SEED)
+    # rank 3 has 1296 pairs: all query shapes with a random key shape each, plus all equal pairs.
+    if rank == 3:
+        shapes = sorted({qt for qt, _ in configs})
+        configs = [(qt, qt) for qt in shapes] + [(qt, rng.choice(shapes)) for qt in shapes]
+    for qt, kt in configs:
+        _check(shape, ks, (1,) * rank, (False,) * rank, 2, 1, 1, 64, torch.float16, qt, kt, seed=7)
+
+
+def test_default_tiles_match_an_explicit_config():
+    shape, ks = (30, 48, 40), (9, 12, 12)
+    q = torch.randn(1, *shape, 2, 128, device="cuda", dtype=torch.float16)
+    a = natten.na3d(q, q, q, ks, backend="hopper-fna")
+    configs = natten.get_configs_for_cutlass_hopper_fna(q, q, q)
+    b = natten.na3d(q, q, q, ks, backend="hopper-fna", q_tile_shape=configs[0][0], kv_tile_shape=configs[0][1])
+    ref = natten.na3d(q, q, q, ks, backend="cutlass-fna")
+    assert_close(a, ref, atol=1e-2, rtol=0, what="default tiles vs cutlass-fna")
+    assert_close(b, ref, atol=1e-2, rtol=0, what="explicit tiles vs cutlass-fna")
+
+
+def test_reasons_and_fallback():
+    q = torch.randn(1, 16, 16, 2, 64, device="cuda", dtype=torch.float16, requires_grad=True)
+    spec = natten.window.WindowSpec((16, 16), (5, 5), (1, 1), (1, 1), (False, False))
+    assert "no backward" in hopper.can_run_fna(q, q, q, spec)
+    out = natten.na2d(q, q, q, 5)  # automatic selection trains through cutlass-fna
+    out.float().sum().backward()
+    assert q.grad is not None
+    x = q.detach()
+    assert "dilation" in hopper.can_run_fna(x, x, x, natten.window.WindowSpec((16, 16), (5, 5), (1, 1), (2, 1),
+                                                                              (False, False)))
+    y = torch.randn(1, 16, 16, 2, 96, device="cuda", dtype=torch.float16)
+    assert "head_dim" in hopper.can_run_fna(y, y, y, spec)
+    assert hopper.can_run_fna(x, x, x, spec) is None
+
+
+def test_noncontiguous_rank3_batch_is_copied_for_folding():
+    base = torch.randn(2, 7, 10, 9, 2, 128, device="cuda", dtype=torch.float16)
+    q = base[:, :, 1:9]  # batch stride != X * x stride
+    out = natten.na3d(q, q, q, (3, 3, 3), backend="hopper-fna")
+    ref = natten.na3d(q, q, q, (3, 3, 3), backend="cutlass-fna")
+    assert_close(out, ref, atol=1e-2, rtol=0, what="strided rank 3")
