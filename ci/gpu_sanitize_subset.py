@@ -121,5 +121,41 @@ if natten._libnatten.has_backward():
               f"scaled max err dq/dk/dv {errs[0]:.2e}/{errs[1]:.2e}/{errs[2]:.2e} {'ok' if ok else 'FAIL'}")
 else:
     print("natten-kernels has no backward (ABI < 1.1): backward cases skipped")
+# Fused backward on slabs (natten-kernels ABI >= 1.2): key/value tensors of exactly the keys the
+# query slab attends plus one extra key on each side where the grid allows (keys no slab query
+# attends: their dK / dV must be written as 0), each tensor in its own allocation.
+BWD_SLAB_CASES = [
+    # global shape, query slab (origin, extent), kernel, stride, dilation, causal, H, Hkv, D, Dv, dtype
+    ((17, 15), (7, 6), (5, 6), (4, 5), (1, 2), (2, 1), (False, True), 4, 2, 64, 32, torch.float16),
+    ((60,), (29,), (6,), (7,), (3,), (2,), (True,), 2, 1, 256, 256, torch.bfloat16),  # head dim 256: split dK/dV
+]
+if natten._libnatten.has_backward() and natten._libnatten.supports_backward_slabs():
+    for glob, qo, qs, ks, st, dl, ca, h, hkv, d, dv, dt in BWD_SLAB_CASES:
+        kr = key_range(WindowSpec(glob, ks, st, dl, ca), qo, qs)
+        ko = [max(0, lo - 1) for lo, _ in kr]
+        kvs = [min(n, hi + 1) - o for (_, hi), o, n in zip(kr, ko, glob)]
+        g = [torch.randn(2, *qs, h, d, device="cuda", dtype=dt),
+             torch.randn(2, *kvs, hkv, d, device="cuda", dtype=dt),
+             torch.randn(2, *kvs, hkv, dv, device="cuda", dtype=dt)]
+        d_out = (torch.randn(2, *qs, h, dv, device="cuda") / dv**0.5).to(dt)
+        d_lse = torch.randn(2, *qs, h, device="cuda")
+        op = {1: natten.na1d, 2: natten.na2d, 3: natten.na3d}[len(glob)]
+        region = dict(global_shape=glob, q_origin=qo, kv_origin=ko)
+        results = []
+        for fn, cast in ((lambda a, b_, c: op(a, b_, c, ks, st, dl, ca, backend="cutlass-fna", return_lse=True,
+                                              **region), lambda t: t),
+                         (lambda a, b_, c: na_region_oracle(a, b_, c, glob, qo, ko, ks, st, dl, ca),
+                          lambda t: t.double())):
+            xs = [cast(t).detach().requires_grad_(True) for t in g]
+            out, lse = fn(*xs)
+            results.append(torch.autograd.grad((out, lse), xs, (cast(d_out), cast(d_lse))))
+        tol = 1e-2 if dt == torch.float16 else 5e-2
+        errs = [(a.double() - b_).abs().max().item() / max(1.0, b_.abs().max().item()) for a, b_ in zip(*results)]
+        ok = max(errs) <= tol and all(torch.isfinite(a).all() for a in results[0])
+        bad += not ok
+        print(f"backward slab {glob} q {qo}+{qs} kv {ko}+{kvs} k={ks} s={st} d={dl} c={ca} H={h}/{hkv} D={d}/{dv} "
+              f"{dt}: scaled max err dq/dk/dv {errs[0]:.2e}/{errs[1]:.2e}/{errs[2]:.2e} {'ok' if ok else 'FAIL'}")
+else:
+    print("natten-kernels has no backward for slabs (ABI < 1.2): backward slab cases skipped")
 torch.cuda.synchronize()
 sys.exit(1 if bad else 0)

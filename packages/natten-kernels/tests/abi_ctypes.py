@@ -109,7 +109,15 @@ class FnaBackwardParams(ctypes.Structure):
         ("workspace", ctypes.c_void_p),
         ("workspace_bytes", ctypes.c_uint64),
         ("stream", ctypes.c_void_p),
+        # ABI 1.2: slabs of a larger grid (all 0 = the whole grid)
+        ("global_shape", _i64 * 3),
+        ("q_origin", _i64 * 3),
+        ("kv_origin", _i64 * 3),
+        ("kv_shape", _i64 * 3),
     ]
+
+
+BWD_SIZE_V1_1 = 744  # NATTEN_FNA_BACKWARD_PARAMS_SIZE_V1_1: the struct of a caller built against ABI 1.1
 
 
 class FnaProblem(ctypes.Structure):

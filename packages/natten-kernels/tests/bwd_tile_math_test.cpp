@@ -7,15 +7,20 @@
 // 1. Per axis, exhaustively for n <= 20, every valid (K, s, d, causal) and every key run [k0, k1]
 //    (k1 may run past the group, like a partial key tile): the returned query run is exactly the set
 //    of queries attending at least one key of the run.
-// 2. Replay on random multi-dimensional problems (rank 1-3, all tile shapes): each attended
-//    (query, key) pair is visited by exactly one (key tile, query tile) pair of the key-parallel
-//    walk, every visited pair of tiles holds at least one attended pair, and pair_full() is exact
-//    (true iff every REAL query of the query tile attends every key of the key tile).
-// 3. A numeric replay (float64) of the backward kernels' decisions on random problems with random
-//    q, k, v, dO, dLSE: delta = rowsum(dO * O) - dLSE; dQ accumulated over the forward's key-tile
-//    walk with the 64-bit row-mask words of the masked path; dK / dV accumulated over the
-//    key-parallel walk (per-element mask from the query windows, padding query columns with
-//    lse = +inf, skipped full tiles) -- against gradients computed straight from the definition.
+// 2. Replay on random multi-dimensional problems (rank 1-3, all tile shapes; every other problem on
+//    a query slab and a key slab of a larger grid, the key slab exactly the query slab's key range
+//    or larger): each attended (query of the query slab, key of the key slab) pair is visited by
+//    exactly one (key tile, query tile) pair of the key-parallel walk, every visited pair of tiles
+//    holds at least one attended pair, the kernel's per-element mask (query_col_window) and
+//    pair_full() are exact (pair_full true iff every REAL query of the query tile attends every key
+//    of the key tile), no key outside the key slab is used with a real query, and every key of the
+//    key slab is a real row of exactly one work tile (dK / dV written once, zeros included).
+// 3. A numeric replay (float64) of the backward kernels' decisions on random problems (slabs
+//    included) with random q, k, v, dO, dLSE: delta = rowsum(dO * O) - dLSE; dQ accumulated over
+//    the forward's key-tile walk with the 64-bit row-mask words of the masked path; dK / dV
+//    accumulated over the key-parallel walk (per-element mask from the query windows, padding query
+//    columns with lse = +inf, skipped full tiles) -- against the gradients of the slab's forward
+//    computed straight from the definition.
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -82,25 +87,31 @@ static void check_axis(int n, int K, int s, int d, bool causal) {
   }
 }
 
+// A problem on a global grid n[], with a query slab [q0, q0 + nq) and a key slab [k0, k0 + nk) per
+// axis (the whole grid: q0 = k0 = 0, nq = nk = n). Slab tokens are indexed in slab coordinates.
 struct Problem {
   int rank;
   int n[3], K[3], s[3], d[3];
   bool causal[3];
+  int q0[3], nq[3], k0[3], nk[3];
   int ql[3], kl[3];
 };
 
+// x, y: GLOBAL token coordinates.
 static bool brute_multi(const Problem& p, const int x[3], const int y[3]) {
   for (int a = 0; a < 3; ++a)
     if (!brute_attends(x[a], y[a], p.n[a], p.K[a], p.s[a], p.d[a], p.causal[a])) return false;
   return true;
 }
 
-static void replay(const Problem& p) {
+static ns::Geometry make_geometry(const Problem& p) {
   ns::Geometry geo{};
   for (int a = 0; a < 3; ++a) {
     geo.extent[a] = p.n[a];
-    geo.q_extent[a] = p.n[a];  // whole grid
-    geo.kv_extent[a] = p.n[a];
+    geo.q_extent[a] = p.nq[a];
+    geo.kv_extent[a] = p.nk[a];
+    geo.q_origin[a] = p.q0[a];
+    geo.kv_origin[a] = p.k0[a];
     geo.kernel[a] = p.K[a];
     geo.stride[a] = p.s[a];
     geo.dilation[a] = p.d[a];
@@ -111,139 +122,188 @@ static void replay(const Problem& p) {
   geo.batch = 1;
   geo.heads = 1;
   ns::geometry_finalize(geo);
+  return geo;
+}
+
+static int slab_lin(const int ext[3], const int c[3]) { return (c[0] * ext[1] + c[1]) * ext[2] + c[2]; }
+static void slab_coord(const int ext[3], int i, int c[3]) {
+  c[0] = i / (ext[1] * ext[2]);
+  c[1] = (i / ext[2]) % ext[1];
+  c[2] = i % ext[2];
+}
+
+// One visited (key tile, query tile) pair of the key-parallel walk, as the dK / dV kernel sees it:
+// calls f(query column, key row, x, y, real_q, real_k, used) for every cell, where x / y are the
+// query / key slab token coordinates and `used` = full || the per-element mask of the kernel.
+template <class F>
+static void for_each_cell(const Problem& p, const ns::Geometry& geo, const ns::KvWorkTile& w, const ns::KeyTile& kt,
+                          const ns::QueryTile& qt, bool full, F&& f) {
+  const int nq = 1 << (p.ql[0] + p.ql[1] + p.ql[2]);
+  const int nk = 1 << (p.kl[0] + p.kl[1] + p.kl[2]);
+  for (int c = 0; c < nq; ++c) {
+    int qc[3], x[3], ws[3], wl[3];
+    ns::tile_coord(c, geo.q_log2, qc);
+    ns::query_col_window(geo, qt, c, ws, wl);
+    bool qok = true;
+    for (int a = 0; a < 3; ++a) {
+      qc[a] += qt.q0[a];
+      qok = qok && qc[a] < kt.n_q[a];
+      x[a] = kt.q_group[a] + p.d[a] * qc[a];
+    }
+    for (int r = 0; r < nk; ++r) {
+      int kc[3], y[3];
+      ns::tile_coord(r, geo.kv_log2, kc);
+      bool kok = true, mask = true;
+      for (int a = 0; a < 3; ++a) {
+        kc[a] += kt.k0[a];
+        kok = kok && kc[a] < kt.n_kv[a];
+        mask = mask && unsigned(kc[a] - ws[a]) <= unsigned(wl[a]);
+        y[a] = w.group[a] + p.d[a] * kc[a];
+      }
+      f(c, r, x, y, qok, kok, full || mask);
+    }
+  }
+}
+
+static void replay(const Problem& p) {
+  const ns::Geometry geo = make_geometry(p);
   ns::KvGeometry kg{};
   ns::kv_geometry_finalize(geo, 1, kg);
-  const int N = p.n[0] * p.n[1] * p.n[2];
-  std::vector<int> visits(size_t(N) * N, 0);
-  auto lin = [&](const int x[3]) { return (x[0] * p.n[1] + x[1]) * p.n[2] + x[2]; };
+  const int NQ = p.nq[0] * p.nq[1] * p.nq[2];
+  const int NK = p.nk[0] * p.nk[1] * p.nk[2];
+  std::vector<int> visits(size_t(NQ) * NK, 0);
+  std::vector<int> owner(size_t(NK), 0);  // key slab token -> number of work tiles holding it as a real row
+  const int nk = 1 << (p.kl[0] + p.kl[1] + p.kl[2]);
   for (int64_t idx = 0; idx < kg.num_work; ++idx) {
     const ns::KvWorkTile w = ns::decode_kv_work(geo, kg, idx);
     ns::KeyTile kt;
     if (!ns::make_key_tile(geo, w, kt)) continue;
+    for (int a = 0; a < 3; ++a) {  // the key tile's group and shifts describe the same global tokens
+      const int y = w.group[a] + p.d[a] * kt.k0[a];
+      CHECK((y + p.k0[a]) % p.d[a] == (kt.q_group[a] + p.q0[a]) % p.d[a], "query / key groups differ (axis %d)", a);
+      CHECK((y + p.k0[a]) / p.d[a] == kt.k0[a] + kt.kv_shift[a], "kv_shift wrong (axis %d)", a);
+      CHECK(kt.n_q[a] == 0 || (kt.q_group[a] + p.q0[a]) / p.d[a] == kt.q_shift[a], "q_shift wrong (axis %d)", a);
+    }
+    for (int r = 0; r < nk; ++r) {
+      int kc[3], y[3];
+      ns::tile_coord(r, geo.kv_log2, kc);
+      bool kok = true;
+      for (int a = 0; a < 3; ++a) {
+        kc[a] += kt.k0[a];
+        kok = kok && kc[a] < kt.n_kv[a];
+        y[a] = w.group[a] + p.d[a] * kc[a];
+      }
+      if (kok) ++owner[size_t(slab_lin(p.nk, y))];
+    }
     const ns::QueryTilesForKey qs = ns::make_query_tiles_for_key(geo, kt);
-    const int nk = 1 << (p.kl[0] + p.kl[1] + p.kl[2]);
-    const int nq = 1 << (p.ql[0] + p.ql[1] + p.ql[2]);
     for (int t = 0; t < qs.total; ++t) {
       int tile[3];
       ns::query_tile_of_visit(qs, t, tile);
       ns::QueryTile qt;
       ns::query_tile_at(geo, kt, tile, qt);
+      for (int a = 0; a < 3; ++a) CHECK(qt.q0[a] < kt.n_q[a], "visited query tile outside the query slab (axis %d)", a);
       const bool full = ns::pair_full(geo, qt, kt.k0);
       int attended = 0;
       bool all = true;
-      for (int r = 0; r < nq; ++r) {
-        int qc[3];
-        ns::tile_coord(r, geo.q_log2, qc);
-        bool qok = true;
-        int x[3];
-        for (int a = 0; a < 3; ++a) {
-          qc[a] += qt.q0[a];
-          qok = qok && qc[a] < kt.axis[a].n;
-          x[a] = w.group[a] + p.d[a] * qc[a];
-        }
-        for (int c = 0; c < nk; ++c) {
-          int kc[3];
-          ns::tile_coord(c, geo.kv_log2, kc);
-          bool kok = true;
-          int y[3];
-          for (int a = 0; a < 3; ++a) {
-            kc[a] += kt.k0[a];
-            kok = kok && kc[a] < kt.axis[a].n;
-            y[a] = w.group[a] + p.d[a] * kc[a];
-          }
-          const bool att = qok && kok && brute_multi(p, x, y);
-          if (qok && !att) all = false;  // padding queries are masked by the kernel (lse = +inf)
-          if (att) {
-            ++attended;
-            ++visits[size_t(lin(x)) * N + lin(y)];
-          }
-        }
-      }
+      for_each_cell(p, geo, w, kt, qt, full,
+                    [&](int c, int r, const int x[3], const int y[3], bool qok, bool kok, bool used) {
+                      int xg[3], yg[3];
+                      for (int a = 0; a < 3; ++a) {
+                        xg[a] = x[a] + p.q0[a];
+                        yg[a] = y[a] + p.k0[a];
+                      }
+                      const bool att = qok && kok && brute_multi(p, xg, yg);
+                      if (qok && !att) all = false;  // padding queries are masked by the kernel (lse = +inf)
+                      if (qok && kok) CHECK(used == att, "mask %d != attends %d (col %d row %d)", used, att, c, r);
+                      // keys outside the key slab's group are zero-filled rows that are never stored;
+                      // the walk never even uses them with a real query
+                      if (qok && !kok) CHECK(!used, "out-of-slab key row %d used (full=%d)", r, full);
+                      if (att) {
+                        ++attended;
+                        ++visits[size_t(slab_lin(p.nq, x)) * NK + slab_lin(p.nk, y)];
+                      }
+                    });
       CHECK(attended > 0, "visited tile pair without an attended pair (work %lld, visit %d)", (long long)idx, t);
       CHECK(full == all, "pair_full %d but every pair attended = %d (work %lld, visit %d)", full, all,
             (long long)idx, t);
     }
   }
-  for (int xi = 0; xi < N; ++xi) {
-    int x[3] = {xi / (p.n[1] * p.n[2]), (xi / p.n[2]) % p.n[1], xi % p.n[2]};
-    for (int yi = 0; yi < N; ++yi) {
-      int y[3] = {yi / (p.n[1] * p.n[2]), (yi / p.n[2]) % p.n[1], yi % p.n[2]};
-      const int want = brute_multi(p, x, y) ? 1 : 0;
-      CHECK(visits[size_t(xi) * N + yi] == want, "pair (%d,%d) visited %d times, want %d", xi, yi,
-            visits[size_t(xi) * N + yi], want);
+  for (int yi = 0; yi < NK; ++yi)
+    CHECK(owner[size_t(yi)] == 1, "key slab token %d is a real row of %d work tiles, want 1 (dK / dV written once)",
+          yi, owner[size_t(yi)]);
+  for (int xi = 0; xi < NQ; ++xi) {
+    int x[3], xg[3];
+    slab_coord(p.nq, xi, x);
+    for (int a = 0; a < 3; ++a) xg[a] = x[a] + p.q0[a];
+    for (int yi = 0; yi < NK; ++yi) {
+      int y[3], yg[3];
+      slab_coord(p.nk, yi, y);
+      for (int a = 0; a < 3; ++a) yg[a] = y[a] + p.k0[a];
+      const int want = brute_multi(p, xg, yg) ? 1 : 0;
+      CHECK(visits[size_t(xi) * NK + yi] == want, "pair (%d,%d) visited %d times, want %d", xi, yi,
+            visits[size_t(xi) * NK + yi], want);
     }
   }
 }
 
 // ---- 3. numeric replay of the backward ------------------------------------------------------
+// Reference: the gradient of THIS slab's forward (queries of the query slab, keys of the key
+// slab, which holds every key they attend) w.r.t. its inputs, straight from the definition.
 static void numeric_replay(const Problem& p, std::mt19937& rng) {
-  ns::Geometry geo{};
-  for (int a = 0; a < 3; ++a) {
-    geo.extent[a] = p.n[a];
-    geo.q_extent[a] = p.n[a];  // whole grid
-    geo.kv_extent[a] = p.n[a];
-    geo.kernel[a] = p.K[a];
-    geo.stride[a] = p.s[a];
-    geo.dilation[a] = p.d[a];
-    geo.causal[a] = p.causal[a] ? 1 : 0;
-    geo.q_log2[a] = p.ql[a];
-    geo.kv_log2[a] = p.kl[a];
-  }
-  // Both kernels need 64-token tiles of at most 64 columns per mask word.
-  geo.batch = 1;
-  geo.heads = 1;
-  ns::geometry_finalize(geo);
+  const ns::Geometry geo = make_geometry(p);
   ns::KvGeometry kg{};
   ns::kv_geometry_finalize(geo, 1, kg);
-  const int N = p.n[0] * p.n[1] * p.n[2];
+  const int NQ = p.nq[0] * p.nq[1] * p.nq[2];
+  const int NK = p.nk[0] * p.nk[1] * p.nk[2];
   const int D = 3;
   std::normal_distribution<double> nd(0.0, 1.0);
-  std::vector<double> q(N * D), k(N * D), v(N * D), dO(N * D), dL(N);
+  std::vector<double> q(NQ * D), k(NK * D), v(NK * D), dO(NQ * D), dL(NQ);
   for (auto* vec : {&q, &k, &v, &dO}) for (auto& x : *vec) x = nd(rng);
   for (auto& x : dL) x = nd(rng);
   const double scale = (rng() & 1) ? 0.7 : -0.4;  // negative scales are valid
-  auto lin = [&](const int x[3]) { return (x[0] * p.n[1] + x[1]) * p.n[2] + x[2]; };
-  auto coords = [&](int i, int x[3]) {
-    x[0] = i / (p.n[1] * p.n[2]);
-    x[1] = (i / p.n[2]) % p.n[1];
-    x[2] = i % p.n[2];
+  auto qglob = [&](int i, int xg[3]) {
+    slab_coord(p.nq, i, xg);
+    for (int a = 0; a < 3; ++a) xg[a] += p.q0[a];
+  };
+  auto kglob = [&](int j, int yg[3]) {
+    slab_coord(p.nk, j, yg);
+    for (int a = 0; a < 3; ++a) yg[a] += p.k0[a];
   };
   auto dot = [&](const std::vector<double>& a, int i, const std::vector<double>& b, int j) {
     double s = 0;
     for (int c = 0; c < D; ++c) s += a[i * D + c] * b[j * D + c];
     return s;
   };
-  // Reference forward + backward straight from the definition.
-  std::vector<double> lse(N), O(N * D, 0.0), P(size_t(N) * N, 0.0);
-  for (int i = 0; i < N; ++i) {
+  std::vector<double> lse(NQ), O(NQ * D, 0.0), P(size_t(NQ) * NK, 0.0);
+  for (int i = 0; i < NQ; ++i) {
     int x[3];
-    coords(i, x);
+    qglob(i, x);
     double mx = -INFINITY;
-    for (int j = 0; j < N; ++j) {
+    for (int j = 0; j < NK; ++j) {
       int y[3];
-      coords(j, y);
+      kglob(j, y);
       if (brute_multi(p, x, y)) mx = std::max(mx, scale * dot(q, i, k, j));
     }
     double sum = 0;
-    for (int j = 0; j < N; ++j) {
+    for (int j = 0; j < NK; ++j) {
       int y[3];
-      coords(j, y);
+      kglob(j, y);
       if (brute_multi(p, x, y)) sum += std::exp(scale * dot(q, i, k, j) - mx);
     }
     lse[i] = mx + std::log(sum);
-    for (int j = 0; j < N; ++j) {
+    for (int j = 0; j < NK; ++j) {
       int y[3];
-      coords(j, y);
+      kglob(j, y);
       if (!brute_multi(p, x, y)) continue;
-      P[size_t(i) * N + j] = std::exp(scale * dot(q, i, k, j) - lse[i]);
-      for (int c = 0; c < D; ++c) O[i * D + c] += P[size_t(i) * N + j] * v[j * D + c];
+      P[size_t(i) * NK + j] = std::exp(scale * dot(q, i, k, j) - lse[i]);
+      for (int c = 0; c < D; ++c) O[i * D + c] += P[size_t(i) * NK + j] * v[j * D + c];
     }
   }
-  std::vector<double> rdq(N * D, 0.0), rdk(N * D, 0.0), rdv(N * D, 0.0);
-  for (int i = 0; i < N; ++i) {
+  std::vector<double> rdq(NQ * D, 0.0), rdk(NK * D, 0.0), rdv(NK * D, 0.0);
+  for (int i = 0; i < NQ; ++i) {
     double delta = dot(dO, i, O, i);
-    for (int j = 0; j < N; ++j) {
-      const double pij = P[size_t(i) * N + j];
+    for (int j = 0; j < NK; ++j) {
+      const double pij = P[size_t(i) * NK + j];
       if (pij == 0.0) continue;
       const double dz = pij * (dot(dO, i, v, j) - delta + dL[i]);
       for (int c = 0; c < D; ++c) {
@@ -254,11 +314,12 @@ static void numeric_replay(const Problem& p, std::mt19937& rng) {
     }
   }
   // Preprocess (the kernel folds dLSE into delta).
-  std::vector<double> delta(N);
-  for (int i = 0; i < N; ++i) delta[i] = dot(dO, i, O, i) - dL[i];
+  std::vector<double> delta(NQ);
+  for (int i = 0; i < NQ; ++i) delta[i] = dot(dO, i, O, i) - dL[i];
   const double slog2 = scale * 1.4426950408889634;
   // dQ: query-parallel walk (the forward's), masked tiles through the row-mask words.
-  std::vector<double> dq(N * D, 0.0);
+  std::vector<double> dq(NQ * D, 0.0);
+  std::vector<int> dq_owner(NQ, 0);
   const int nq = 1 << (p.ql[0] + p.ql[1] + p.ql[2]);
   const int nk = 1 << (p.kl[0] + p.kl[1] + p.kl[2]);
   uint64_t rep[3];
@@ -267,6 +328,13 @@ static void numeric_replay(const Problem& p, std::mt19937& rng) {
     const ns::WorkTile w = ns::decode_work(geo, idx);
     ns::QueryTile qt;
     if (!ns::make_query_tile(geo, w, qt)) continue;
+    for (int r = 0; r < nq; ++r) {
+      if (!ns::query_row_valid(geo, qt, r)) continue;
+      int qc[3], x[3];
+      ns::tile_coord(r, geo.q_log2, qc);
+      for (int a = 0; a < 3; ++a) x[a] = w.group[a] + p.d[a] * (qt.q0[a] + qc[a]);
+      ++dq_owner[slab_lin(p.nq, x)];
+    }
     const ns::KeyTiles kt = ns::make_key_tiles(geo, qt);
     int kb[3];
     ns::key_tile_origin(geo, kt, 0, kb);
@@ -283,17 +351,17 @@ static void numeric_replay(const Problem& p, std::mt19937& rng) {
           rel[a] = start[a] - kb[a];
         }
         const uint64_t word = ns::key_tile_row_mask(rel, len, geo.kv_log2, rep);
-        const int i = lin(x);
+        const int i = slab_lin(p.nq, x);
         for (int c = 0; c < nk; ++c) {
           if (!ns::key_col_valid(geo, qt, kb, c)) {
-            CHECK(full || ((word >> c) & 1u) == 0, "dq: out-of-group key column %d unmasked", c);
-            continue;  // zero-filled K / V: masked (or never in a full tile)
+            CHECK(!full && ((word >> c) & 1u) == 0, "dq: out-of-slab key column %d used", c);
+            continue;  // zero-filled K / V: masked (and never in a full tile)
           }
           if (!full && ((word >> c) & 1u) == 0) continue;
           int kc[3], y[3];
           ns::tile_coord(c, geo.kv_log2, kc);
-          for (int a = 0; a < 3; ++a) y[a] = w.group[a] + p.d[a] * (kb[a] + kc[a]);
-          const int j = lin(y);
+          for (int a = 0; a < 3; ++a) y[a] = qt.kv_group[a] + p.d[a] * (kb[a] + kc[a]);
+          const int j = slab_lin(p.nk, y);
           const double pij = std::exp2(dot(q, i, k, j) * slog2 - lse[i] * 1.4426950408889634);
           const double ds = pij * (dot(dO, i, v, j) - delta[i]);
           for (int cc = 0; cc < D; ++cc) dq[i * D + cc] += ds * k[j * D + cc];
@@ -302,9 +370,10 @@ static void numeric_replay(const Problem& p, std::mt19937& rng) {
       ns::key_tile_advance(geo, kt, kb);
     }
   }
+  for (int i = 0; i < NQ; ++i) CHECK(dq_owner[i] == 1, "dq: query slab token %d written %d times", i, dq_owner[i]);
   for (auto& x : dq) x *= scale;
   // dK / dV: key-parallel walk.
-  std::vector<double> dk(N * D, 0.0), dv(N * D, 0.0);
+  std::vector<double> dk(NK * D, 0.0), dv(NK * D, 0.0);
   for (int64_t idx = 0; idx < kg.num_work; ++idx) {
     const ns::KvWorkTile w = ns::decode_kv_work(geo, kg, idx);
     ns::KeyTile ktile;
@@ -316,57 +385,31 @@ static void numeric_replay(const Problem& p, std::mt19937& rng) {
       ns::QueryTile qt;
       ns::query_tile_at(geo, ktile, tile, qt);
       const bool full = ns::pair_full(geo, qt, ktile.k0);
-      for (int cq = 0; cq < nq; ++cq) {
-        int qc[3], x[3];
-        ns::tile_coord(cq, geo.q_log2, qc);
-        bool qok = true;
-        int ws[3], wl[3];
-        for (int a = 0; a < 3; ++a) {
-          const int gq = qt.q0[a] + qc[a];
-          qok = qok && gq < ktile.axis[a].n;
-          int s0, e0;
-          nw::window_clamped(gq, ktile.axis[a], s0, e0);
-          ws[a] = s0;
-          wl[a] = e0 - s0;
-          x[a] = w.group[a] + p.d[a] * gq;
-        }
-        const double lse_log2 = qok ? lse[lin(x)] * 1.4426950408889634 : INFINITY;
-        for (int r = 0; r < nk; ++r) {
-          int kc[3], key[3], y[3];
-          ns::tile_coord(r, geo.kv_log2, kc);
-          bool kok = true;
-          bool att = true;
-          for (int a = 0; a < 3; ++a) {
-            key[a] = ktile.k0[a] + kc[a];
-            kok = kok && key[a] < ktile.axis[a].n;
-            att = att && unsigned(key[a] - ws[a]) <= unsigned(wl[a]);
-            y[a] = w.group[a] + p.d[a] * key[a];
-          }
-          if (!full && !att) continue;
-          if (!kok) {
-            CHECK(false, "dkdv: out-of-group key row %d attended (full=%d)", r, full);
-            continue;
-          }
-          if (!qok) {  // padding query column: lse = +inf makes P exactly 0
-            CHECK(std::exp2(0.0 - lse_log2) == 0.0, "padding column P != 0");
-            continue;
-          }
-          const int i = lin(x), j = lin(y);
-          const double pij = std::exp2(dot(q, i, k, j) * slog2 - lse_log2);
-          const double ds = pij * (dot(dO, i, v, j) - delta[i]);
-          for (int cc = 0; cc < D; ++cc) {
-            dv[j * D + cc] += pij * dO[i * D + cc];
-            dk[j * D + cc] += ds * q[i * D + cc];
-          }
-        }
-      }
+      for_each_cell(p, geo, w, ktile, qt, full,
+                    [&](int, int r, const int x[3], const int y[3], bool qok, bool kok, bool used) {
+                      if (!used) return;
+                      if (!kok) {
+                        CHECK(!qok, "dkdv: out-of-slab key row %d used by a real query (full=%d)", r, full);
+                        return;  // rows never stored
+                      }
+                      if (!qok) return;  // padding query column: lse = +inf makes P exactly 0
+                      const int i = slab_lin(p.nq, x), j = slab_lin(p.nk, y);
+                      const double pij = std::exp2(dot(q, i, k, j) * slog2 - lse[i] * 1.4426950408889634);
+                      const double ds = pij * (dot(dO, i, v, j) - delta[i]);
+                      for (int cc = 0; cc < D; ++cc) {
+                        dv[j * D + cc] += pij * dO[i * D + cc];
+                        dk[j * D + cc] += ds * q[i * D + cc];
+                      }
+                    });
     }
   }
   for (auto& x : dk) x *= scale;
   auto cmp = [&](const std::vector<double>& got, const std::vector<double>& ref, const char* name) {
     double worst = 0;
     for (size_t e = 0; e < got.size(); ++e) worst = std::max(worst, std::fabs(got[e] - ref[e]));
-    CHECK(worst < 1e-9, "%s: max abs diff %g (rank %d, n %d %d %d)", name, worst, p.rank, p.n[0], p.n[1], p.n[2]);
+    CHECK(worst < 1e-9, "%s: max abs diff %g (rank %d, n %d %d %d, q slab %d+%d %d+%d %d+%d, kv slab %d+%d %d+%d "
+          "%d+%d)", name, worst, p.rank, p.n[0], p.n[1], p.n[2], p.q0[0], p.nq[0], p.q0[1], p.nq[1], p.q0[2],
+          p.nq[2], p.k0[0], p.nk[0], p.k0[1], p.nk[1], p.k0[2], p.nk[2]);
   };
   cmp(dq, rdq, "dq");
   cmp(dk, rdk, "dk");
@@ -391,16 +434,23 @@ int main(int argc, char** argv) {
               g_failures);
   std::mt19937 rng(4321);
   auto uni = [&](int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng); };
-  const int problems = argc > 2 ? std::atoi(argv[2]) : 600;
+  const int problems = argc > 2 ? std::atoi(argv[2]) : 1000;
   const long before = g_checks;
+  long sliced = 0;
   for (int it = 0; it < problems; ++it) {
     Problem p{};
     p.rank = uni(1, 3);
     const int max_ext = p.rank == 1 ? 70 : (p.rank == 2 ? 15 : 7);
+    // Every other problem: a query slab and a key slab of a larger grid (the key slab is the
+    // query slab's key range, exactly or with a random margin that adds keys no slab query attends).
+    const bool region = it % 2 == 1;
+    sliced += region;
     for (int a = 0; a < 3; ++a) {
       if (a >= p.rank) {
         p.n[a] = p.K[a] = p.s[a] = p.d[a] = 1;
         p.causal[a] = false;
+        p.q0[a] = p.k0[a] = 0;
+        p.nq[a] = p.nk[a] = 1;
         continue;
       }
       p.n[a] = uni(2, max_ext);
@@ -409,6 +459,17 @@ int main(int argc, char** argv) {
       p.s[a] = uni(1, p.K[a]);
       if (uni(0, 3) == 0) p.s[a] = 1;
       p.causal[a] = uni(0, 2) == 0;
+      p.q0[a] = 0;
+      p.nq[a] = p.n[a];
+      if (region) {
+        p.q0[a] = uni(0, p.n[a] - 1);
+        p.nq[a] = uni(1, p.n[a] - p.q0[a]);
+      }
+      int lo, hi;
+      nw::slab_key_range(p.n[a], p.K[a], p.s[a], p.d[a], p.causal[a], p.q0[a], p.q0[a] + p.nq[a], lo, hi);
+      const bool minimal = uni(0, 2) == 0;
+      p.k0[a] = region ? (minimal ? lo : std::max(0, lo - uni(0, 3) * uni(0, 3))) : 0;
+      p.nk[a] = region ? (minimal ? hi : std::min(p.n[a], hi + uni(0, 3) * uni(0, 3))) - p.k0[a] : p.n[a];
     }
     for (int pass = 0; pass < 2; ++pass) {
       int* l = pass == 0 ? p.ql : p.kl;
@@ -417,10 +478,10 @@ int main(int argc, char** argv) {
       while (total-- > 0) l[uni(0, p.rank - 1)] += 1;
     }
     replay(p);
-    if (it % 3 == 0) numeric_replay(p, rng);
+    if (it % 3 == 0 || (region && it % 3 == 1)) numeric_replay(p, rng);
   }
-  std::printf("key-parallel replay: %d problems, %ld checks, %ld failures total\n", problems, g_checks - before,
-              g_failures);
+  std::printf("key-parallel replay: %d problems (%ld on slabs), %ld checks, %ld failures total\n", problems, sliced,
+              g_checks - before, g_failures);
   if (g_failures) {
     std::printf("FAILED\n");
     return 1;

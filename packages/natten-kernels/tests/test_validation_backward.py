@@ -1,4 +1,5 @@
-"""Argument validation of natten_fna_backward / natten_fna_backward_workspace_size (ABI 1.1),
+"""Argument validation of natten_fna_backward / natten_fna_backward_workspace_size (ABI 1.1; the
+slab fields of ABI 1.2 are covered by test_region_validation.py),
 driven through ctypes with fake (never dereferenced) pointers, like test_validation.py.
 
 Every check runs before any CUDA call, so on a GPU-less machine a valid problem ends in
@@ -44,13 +45,12 @@ def _set_tile(q, kv):
     return apply
 
 
-SIZE = ctypes.sizeof(A.FnaBackwardParams)
-
 # (id, mutation, expected status, substrings of the message)
 INVALID_CASES = [
     ("struct_size_zero", mut(struct_size=0), INVALID_ARGUMENT, ["struct_size is 0", "at least 744", "ABI 1.1"]),
     ("struct_size_forward", mut(struct_size=448), INVALID_ARGUMENT, ["natten_fna_backward_params.struct_size is 448"]),
-    ("struct_size_small", mut(struct_size=SIZE - 8), INVALID_ARGUMENT, [f"struct_size is {SIZE - 8}"]),
+    ("struct_size_small", mut(struct_size=A.BWD_SIZE_V1_1 - 8), INVALID_ARGUMENT,
+     [f"struct_size is {A.BWD_SIZE_V1_1 - 8}"]),
     ("struct_size_huge", mut(struct_size=1 << 40), INVALID_ARGUMENT, ["struct_size is 1099511627776"]),
     ("reserved", mut(reserved=3), INVALID_ARGUMENT, ["reserved is 3"]),
     ("dtype_zero", mut(dtype=0), INVALID_ARGUMENT, ["dtype is 0"]),

@@ -46,7 +46,7 @@ def _cuda_tag(kernels_build_lib_info: str) -> str:
 
 def test_wheel_name_and_tag(wheel, lib):
     tag = _cuda_tag(lib.natten_build_info().decode())
-    assert re.fullmatch(rf"natten_kernels_{tag}-1\.1\.\d+-py3-none-linux_x86_64\.whl", wheel.name), wheel.name
+    assert re.fullmatch(rf"natten_kernels_{tag}-1\.2\.\d+-py3-none-linux_x86_64\.whl", wheel.name), wheel.name
 
 
 def test_wheel_contents_and_metadata(wheel, lib):
@@ -64,7 +64,7 @@ def test_wheel_contents_and_metadata(wheel, lib):
         "natten_kernels/include/natten_kernels.h",
     }, payload
     assert meta["Name"] == f"natten-kernels-{tag}"
-    assert re.fullmatch(r"1\.1\.\d+", meta["Version"])
+    assert re.fullmatch(r"1\.2\.\d+", meta["Version"])
     assert meta.get_all("Requires-Dist") is None  # no torch, no Python dependency at all
     assert wheel_meta["Root-Is-Purelib"] == "false"
     assert wheel_meta.get_all("Tag") == ["py3-none-linux_x86_64"]
@@ -88,7 +88,7 @@ def test_installed_wheel_works_without_torch(wheel, tmp_path):
     proc = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     version, rest = proc.stdout.split(" ", 1)
-    assert re.fullmatch(r"1\.1\.\d+", version) and "(1, 1)" in rest
+    assert re.fullmatch(r"1\.2\.\d+", version) and "(1, 2)" in rest
 
 
 def test_wheel_library_exports_and_is_stripped(wheel, tmp_path):

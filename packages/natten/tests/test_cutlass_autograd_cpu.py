@@ -1,7 +1,9 @@
 """cutlass-fna's training plumbing on the CPU: the autograd.Function, the natten::fna_forward /
 natten::fna_backward operators and their fake implementations under
 torch.compile(fullgraph=True), with CPU stand-ins of the two kernels registered for this test only
-(float64 oracle math). The CUDA kernels themselves are tested in tests/gpu/."""
+(float64 oracle math), on whole grids and on query/key slabs of a larger grid (the slab fields
+travel from the autograd.Function through both operators). The CUDA kernels themselves are tested
+in tests/gpu/."""
 
 from __future__ import annotations
 
@@ -9,20 +11,37 @@ import torch
 
 from natten import ops  # noqa: F401  (defines the operators)
 from natten.backends import cutlass
-from oracle import na_oracle
+import pytest
+
+from natten.window import Region, WindowSpec
+from oracle import na_oracle, na_region_oracle
 
 
-def _fwd_cpu(query, key, value, kernel_size, stride, dilation, is_causal, scale, q_tile, kv_tile):
-    out, lse = na_oracle(query.double(), key.double(), value.double(), kernel_size, stride, dilation,
-                         is_causal, scale=scale)
+def _oracle(q, k, v, kernel_size, stride, dilation, is_causal, scale, global_shape=(), q_origin=(), kv_origin=()):
+    if global_shape:
+        return na_region_oracle(q, k, v, global_shape, q_origin, kv_origin, kernel_size, stride, dilation, is_causal,
+                                scale=scale)
+    return na_oracle(q, k, v, kernel_size, stride, dilation, is_causal, scale=scale)
+
+
+# Records the slab arguments each stand-in saw (the last call).
+_SEEN = {}
+
+
+def _fwd_cpu(query, key, value, kernel_size, stride, dilation, is_causal, scale, q_tile, kv_tile, global_shape=(),
+             q_origin=(), kv_origin=()):
+    _SEEN["fwd"] = (list(global_shape), list(q_origin), list(kv_origin))
+    out, lse = _oracle(query.double(), key.double(), value.double(), kernel_size, stride, dilation, is_causal, scale,
+                       global_shape, q_origin, kv_origin)
     return out.to(query.dtype), lse.float()
 
 
 def _bwd_cpu(query, key, value, out, lse, d_out, d_lse, kernel_size, stride, dilation, is_causal, scale,
-             q_tile, kv_tile, deterministic):
+             q_tile, kv_tile, deterministic, global_shape=(), q_origin=(), kv_origin=()):
+    _SEEN["bwd"] = (list(global_shape), list(q_origin), list(kv_origin))
     with torch.enable_grad():  # backward runs with grad mode off
         xs = [t.detach().double().requires_grad_(True) for t in (query, key, value)]
-        o, l = na_oracle(*xs, kernel_size, stride, dilation, is_causal, scale=scale)
+        o, l = _oracle(*xs, kernel_size, stride, dilation, is_causal, scale, global_shape, q_origin, kv_origin)
         outs, grads = [o], [d_out.double()]
         if d_lse is not None:
             outs.append(l)
@@ -48,7 +67,7 @@ def test_autograd_function_eager_and_compiled(monkeypatch):
         ks, st, dl, ca = [3, 4], [1, 2], [2, 1], [False, True]
 
         def loss_fn(q, k, v):
-            out, lse = cutlass._FnaFunction.apply(q, k, v, ks, st, dl, ca, 0.3, [], [], [], [], True)
+            out, lse = cutlass._FnaFunction.apply(q, k, v, ks, st, dl, ca, 0.3, [], [], [], [], True, [], [], [])
             return (out * w).sum() + (lse * wl).sum()
 
         def grads(fn):
@@ -65,3 +84,66 @@ def test_autograd_function_eager_and_compiled(monkeypatch):
             torch.testing.assert_close(b, c, atol=1e-5, rtol=1e-5)
     finally:
         lib._destroy()
+
+
+@pytest.fixture
+def cpu_stand_ins(monkeypatch):
+    monkeypatch.setattr(ops, "fna_forward_eager", ops.fna_forward)
+    lib = torch.library.Library("natten", "IMPL")
+    lib.impl("fna_forward", _fwd_cpu, "CPU")
+    lib.impl("fna_backward", _bwd_cpu, "CPU")
+    yield
+    lib._destroy()
+
+
+def test_training_on_slabs_eager_and_compiled(cpu_stand_ins, monkeypatch):
+    """cutlass.fna with a slab spec and inputs that require grad (a library with backward slabs):
+    the slab reaches the forward and the backward operator, the gradients equal autograd through
+    the float64 region oracle (d_k / d_v on the key slab's grid, zero for keys no slab query
+    attends), eager and under torch.compile(fullgraph=True)."""
+    monkeypatch.setattr(cutlass, "_backward_reason", lambda: None)
+    monkeypatch.setattr(cutlass, "_backward_slabs_reason", lambda: None)
+    glob, qo, qs, ko, kvs = (20, 9), (6, 0), (5, 9), (3, 0), (11, 9)  # key slab wider than needed
+    ks, st, dl, ca = (5, 3), (2, 1), (1, 2), (False, True)
+    spec = WindowSpec(glob, ks, st, dl, ca, Region(q_origin=qo, q_shape=qs, kv_origin=ko, kv_shape=kvs))
+    g = torch.Generator().manual_seed(1)
+    q0 = torch.randn(2, *qs, 4, 8, generator=g)
+    k0 = torch.randn(2, *kvs, 2, 8, generator=g)
+    v0 = torch.randn(2, *kvs, 2, 6, generator=g)
+    w = torch.randn(2, *qs, 4, 6, generator=g)
+    wl = torch.randn(2, *qs, 4, generator=g)
+
+    def loss_fn(q, k, v):
+        out, lse = cutlass.fna(q, k, v, spec, 0.3)
+        return (out * w).sum() + (lse * wl).sum()
+
+    def grads(fn):
+        xs = [t.clone().requires_grad_(True) for t in (q0, k0, v0)]
+        fn(*xs).backward()
+        return [x.grad for x in xs]
+
+    ref = grads(lambda q, k, v: (lambda o: (o[0] * w).sum() + (o[1] * wl).sum())(
+        na_region_oracle(q, k, v, glob, qo, ko, ks, st, dl, ca, scale=0.3)))
+    _SEEN.clear()
+    eager = grads(loss_fn)
+    assert _SEEN["fwd"] == _SEEN["bwd"] == ([20, 9], [6, 0], [3, 0])
+    compiled = grads(torch.compile(loss_fn, fullgraph=True, backend="aot_eager"))
+    assert tuple(eager[1].shape) == tuple(k0.shape) and tuple(eager[0].shape) == tuple(q0.shape)
+    # Global keys 3 and 4 (key slab rows 0, 1) are attended by no query of the slab (its keys: [5, 14)).
+    assert eager[1][:, :2].abs().max() == 0 and eager[2][:, :2].abs().max() == 0
+    assert eager[1][:, 2].abs().max() > 0
+    for a, b, c in zip(eager, compiled, ref):
+        torch.testing.assert_close(a, c, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(b, c, atol=1e-5, rtol=1e-5)
+
+
+def test_training_on_slabs_refused_with_an_old_library(monkeypatch):
+    """With a library whose backward takes no slabs, cutlass.fna refuses slab training with the reason."""
+    monkeypatch.setattr(cutlass, "_backward_reason", lambda: None)
+    monkeypatch.setattr(cutlass, "_backward_slabs_reason", lambda: "slabs need ABI >= 1.2")
+    spec = WindowSpec((20, 9), (5, 3), (1, 1), (1, 1), (False, False),
+                      Region(q_origin=(6, 0), q_shape=(5, 9), kv_origin=(4, 0), kv_shape=(9, 9)))
+    q = torch.zeros(1, 5, 9, 2, 8, requires_grad=True)
+    k = torch.zeros(1, 9, 9, 2, 8)
+    with pytest.raises(NotImplementedError, match="cutlass-fna cannot train here: slabs need ABI >= 1.2"):
+        cutlass.fna(q, k, k, spec, 0.3)

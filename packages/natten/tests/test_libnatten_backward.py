@@ -1,4 +1,5 @@
-"""natten._libnatten backward marshalling (ABI 1.1) and cutlass-fna's training gate, on the CPU.
+"""natten._libnatten backward marshalling (ABI 1.1, slabs: ABI 1.2) and cutlass-fna's training
+gate, on the CPU.
 
 A stand-in library compiled from natten_kernels.h records the natten_fna_backward_params it
 receives (like test_libnatten.py does for the forward), so the marshalling of the gradient tensors,
@@ -31,38 +32,64 @@ NATTEN_API void* natten_fake_bparams(void) { return &g_bparams; }
 """
 
 
-@pytest.fixture(scope="module")
-def fake_bwd_path(tmp_path_factory):
+def _build_fake_bwd(tmp_path_factory, abi: int):
     if not (HEADER_DIR / "natten_kernels.h").is_file():
         pytest.skip("natten_kernels.h not found")
     cc = shutil.which("gcc") or shutil.which("cc")
     if cc is None:
         pytest.skip("no C compiler")
-    d = tmp_path_factory.mktemp("fakebwd")
+    d = tmp_path_factory.mktemp(f"fakebwd{abi}")
     src = d / "fake.c"
     src.write_text(FAKE_BWD_SRC)
     so = d / "libnatten_kernels.so"
-    subprocess.run([cc, "-std=c99", "-shared", "-fPIC", "-DABI=1001", f"-I{HEADER_DIR}", str(src), "-o", str(so)],
+    subprocess.run([cc, "-std=c99", "-shared", "-fPIC", f"-DABI={abi}", f"-I{HEADER_DIR}", str(src), "-o", str(so)],
                    check=True)
     return so
 
 
-@pytest.fixture
-def fake_bwd(fake_bwd_path, monkeypatch):
-    monkeypatch.setenv(L.ENV_LIBRARY, str(fake_bwd_path))
+@pytest.fixture(scope="module")
+def fake_bwd_path(tmp_path_factory):
+    return _build_fake_bwd(tmp_path_factory, 1002)
+
+
+@pytest.fixture(scope="module")
+def fake_bwd_1_1_path(tmp_path_factory):
+    """A stand-in that reports ABI 1.1: a backward, but none for slabs."""
+    return _build_fake_bwd(tmp_path_factory, 1001)
+
+
+def _use_fake(path, monkeypatch):
+    monkeypatch.setenv(L.ENV_LIBRARY, str(path))
     L._reset()
     assert L.is_available(), L.unavailable_reason()
-    raw = ctypes.CDLL(str(fake_bwd_path))
+    raw = ctypes.CDLL(str(path))
     raw.natten_fake_bparams.restype = ctypes.c_void_p
     raw.natten_fake_set.argtypes = [ctypes.c_int, ctypes.c_char_p]
     raw.natten_fake_set(0, b"")
     L._import_torch()
     monkeypatch.setattr(L, "_raw_stream", lambda index: 0xABC0 + index)
-    yield SimpleNamespace(
+    L._BWD_TEMPLATES.clear()
+    return raw, SimpleNamespace(
         params=lambda: L.FnaBackwardParams.from_address(raw.natten_fake_bparams()),
         set=lambda status, msg=b"": raw.natten_fake_set(status, msg),
     )
+
+
+@pytest.fixture
+def fake_bwd(fake_bwd_path, monkeypatch):
+    raw, fake = _use_fake(fake_bwd_path, monkeypatch)
+    yield fake
     raw.natten_fake_set(0, b"")
+    L._BWD_TEMPLATES.clear()
+    L._reset()
+
+
+@pytest.fixture
+def fake_bwd_1_1(fake_bwd_1_1_path, monkeypatch):
+    raw, fake = _use_fake(fake_bwd_1_1_path, monkeypatch)
+    yield fake
+    raw.natten_fake_set(0, b"")
+    L._BWD_TEMPLATES.clear()
     L._reset()
 
 
@@ -84,7 +111,10 @@ def test_backward_marshalling(fake_bwd):
     L.fna_backward(q, k, v, out, lse, d_out, d_lse, d_q, d_k, d_v, (3, 4), (2, 1), (1, 2), (True, False), 0.25,
                    q_tile=(8, 8), kv_tile=(4, 16), deterministic=True, workspace=ws)
     p = fake_bwd.params()
-    assert p.struct_size == 744 == ctypes.sizeof(L.FnaBackwardParams)
+    assert p.struct_size == 840 == ctypes.sizeof(L.FnaBackwardParams)
+    # No slabs: the ABI 1.2 fields stay zero (the whole grid; what a 1.1 library accepts too).
+    for name in ("global_shape", "q_origin", "kv_origin", "kv_shape"):
+        assert tuple(getattr(p, name)) == (0, 0, 0), name
     assert (p.dtype, p.rank, p.batch, tuple(p.shape)) == (L.DTYPE_FP16, 2, 2, (6, 7, 0))
     assert (p.heads, p.heads_kv, p.head_dim, p.head_dim_v) == (4, 2, 32, 64)
     for name, t in (("q", q), ("k", k), ("v", v), ("out", out), ("lse", lse), ("d_out", d_out), ("d_lse", d_lse),
@@ -142,3 +172,78 @@ def test_abi_1_0_library_has_no_backward(tmp_path_factory, monkeypatch):
         assert "ABI >= 1.1" in cutlass._backward_reason()
     finally:
         L._reset()
+
+
+def _slab_tensors():
+    """A query slab of 5 x 7 tokens and a key slab of 9 x 7 of a 20 x 7 grid (kernel 5 x 5)."""
+    q, _, _, out, lse = _tensors(shape=(5, 7))
+    _, k, v, _, _ = _tensors(shape=(9, 7))
+    return q, k, v, out, lse
+
+
+def test_backward_marshals_slabs(fake_bwd):
+    """With ABI 1.2 the slab fields reach natten_fna_backward; d_k / d_v have the key slab's grid."""
+    assert L.supports_backward_slabs()
+    q, k, v, out, lse = _slab_tensors()
+    d_out, d_lse, d_q, d_k, d_v = _grads(q, k, v, out, lse)
+    assert tuple(d_k.shape[1:3]) == (9, 7) and tuple(d_q.shape[1:3]) == (5, 7)
+    ws = FakeCudaTensor(torch.empty(4096, dtype=torch.uint8), 1)
+    L.fna_backward(q, k, v, out, lse, d_out, d_lse, d_q, d_k, d_v, 5, 1, 1, False, 0.25, workspace=ws,
+                   global_shape=(20, 7), q_origin=(6, 0), kv_origin=(4, 0))
+    p = fake_bwd.params()
+    assert p.struct_size == 840
+    assert tuple(p.shape) == (5, 7, 0)
+    assert tuple(p.global_shape) == (20, 7, 0) and tuple(p.q_origin) == (6, 0, 0)
+    assert tuple(p.kv_origin) == (4, 0, 0) and tuple(p.kv_shape) == (9, 7, 0)
+    assert tuple(p.d_k_stride[:5]) == d_k.stride() and tuple(p.k_stride[:5]) == k.stride()
+    # The workspace query sees the same fields.
+    assert L.fna_backward_workspace_size(q, k, v, out, lse, d_out, d_lse, d_q, d_k, d_v, 5, 1, 1, False, 0.25,
+                                         global_shape=(20, 7), q_origin=(6, 0), kv_origin=(4, 0)) == 4096
+    assert tuple(fake_bwd.params().kv_shape) == (9, 7, 0)
+    # d_k must be like k (the key slab's grid), not like q.
+    with pytest.raises(L.NattenInvalidArgumentError, match=r"d_k has shape \(2, 5, 7, 4, 32\); expected \(2, 9, 7, 2, 32\)"):
+        L.fna_backward(q, k, v, out, lse, d_out, d_lse, d_q, _grads(q, q, v, out, lse)[3], d_v, 5, 1, 1, False,
+                       0.25, workspace=ws, global_shape=(20, 7), q_origin=(6, 0), kv_origin=(4, 0))
+
+
+def test_abi_1_1_library_refuses_backward_slabs(fake_bwd_1_1):
+    """An ABI 1.1 library has a backward (whole grids still run, with the 1.2-sized struct whose slab
+    tail is zero) but none for slabs: the binding refuses before calling it, and cutlass-fna says
+    why it cannot train on slabs."""
+    assert L.has_backward() and not L.supports_backward_slabs()
+    q, k, v, out, lse = _slab_tensors()
+    d_out, d_lse, d_q, d_k, d_v = _grads(q, k, v, out, lse)
+    ws = FakeCudaTensor(torch.empty(4096, dtype=torch.uint8), 1)
+    with pytest.raises(L.NattenUnsupportedError, match=r"ABI 1\.1\) has no backward for query/key slabs.*ABI >= 1\.2"):
+        L.fna_backward(q, k, v, out, lse, d_out, d_lse, d_q, d_k, d_v, 5, 1, 1, False, 0.25, workspace=ws,
+                       global_shape=(20, 7), q_origin=(6, 0), kv_origin=(4, 0))
+    wq, wk, wv, wout, wlse = _tensors()
+    g = _grads(wq, wk, wv, wout, wlse)
+    L.fna_backward(wq, wk, wv, wout, wlse, *g, 3, 1, 1, False, 0.25, workspace=ws)
+    p = fake_bwd_1_1.params()
+    assert p.struct_size == 840 and tuple(p.global_shape) == (0, 0, 0)
+
+    from natten.backends import cutlass
+    from natten.window import Region, WindowSpec
+
+    reason = cutlass._backward_slabs_reason()
+    assert "ABI 1.1" in reason and "ABI >= 1.2" in reason and "upgrade natten-kernels" in reason
+    # can_run_fna: slabs are fine without grad, refused (with that reason) with grad.
+    region = Region(q_origin=(6, 0), q_shape=(5, 7), kv_origin=(4, 0), kv_shape=(9, 7))
+    spec = WindowSpec((20, 7), (5, 5), (1, 1), (1, 1), (False, False), region)
+
+    class Grad:  # only what can_run_fna reads
+        def __init__(self, t, grad):
+            self.shape, self.dtype, self.requires_grad = t.shape, torch.float16, grad
+            self.device = torch.device("cuda", 1)
+
+        def dim(self):
+            return len(self.shape)
+
+    import unittest.mock as mock
+
+    with mock.patch.object(cutlass, "_kernel_reason", lambda *a: None), \
+            mock.patch.object(cutlass, "_library_reason", lambda: None):
+        assert cutlass.can_run_fna(Grad(q, False), Grad(k, False), Grad(v, False), spec) is None
+        why = cutlass.can_run_fna(Grad(q, True), Grad(k, False), Grad(v, False), spec)
+        assert why is not None and "query/key slabs" in why and "ABI >= 1.2" in why

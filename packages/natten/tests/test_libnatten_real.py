@@ -118,3 +118,35 @@ def test_real_library_backward(real_lib, monkeypatch):
         with pytest.raises(L.NattenNoDeviceError, match="no CUDA device"):
             L.fna_backward(q, k, v, out, lse, d_out, None, d_q, d_k, d_v, (3, 5), (2, 3), (2, 1), (True, False),
                            0.125, workspace=ws)
+
+
+def test_real_library_backward_slabs(real_lib, monkeypatch):
+    """ABI 1.2: the backward's slab fields reach the library's checks (the forward's messages), the
+    workspace covers the query slab, and (without a GPU) a valid slab call stops at the device."""
+    from test_libnatten import FakeCudaTensor
+
+    if not L.supports_backward_slabs():
+        pytest.skip(f"the library (ABI {L.abi_version()}) has no backward for slabs")
+    L._import_torch()
+    monkeypatch.setattr(L, "_raw_stream", lambda index: 0)
+    q, _, _, out, lse = _tensors(shape=(4, 7), device=0)
+    _, k, v, _, _ = _tensors(shape=(6, 7), device=0)
+    grads = _grads_like(q, k, v, out, lse)
+    args = (q, k, v, out, lse, *grads)
+    # The query slab [3, 7) of a 12-row grid with kernel 3 needs the keys [2, 8).
+    assert L.fna_backward_workspace_size(*args, 3, 1, 1, False, 0.125, global_shape=(12, 7), q_origin=(3, 0),
+                                         kv_origin=(2, 0)) == 1024  # 2 * 4 * 7 * 4 floats -> 896 -> 1024
+    with pytest.raises(L.NattenInvalidArgumentError,
+                       match=r"the key slab \[1, 7\) on axis 0 .* does not cover the keys \[2, 8\) that the "
+                             r"query slab \[3, 7\)"):
+        L.fna_backward(*args, 3, 1, 1, False, 0.125, global_shape=(12, 7), q_origin=(3, 0), kv_origin=(1, 0))
+    with pytest.raises(L.NattenInvalidArgumentError,
+                       match=r"kv_origin\[0\] \+ kv_shape\[0\] = 7 \+ 6 exceeds global_shape\[0\] = 12"):
+        L.fna_backward(*args, 3, 1, 1, False, 0.125, global_shape=(12, 7), q_origin=(3, 0), kv_origin=(7, 0))
+    ws = FakeCudaTensor(torch.empty(1024, dtype=torch.uint8), 0)
+    try:
+        L.device_info(-1)
+    except L.NattenNoDeviceError:
+        with pytest.raises(L.NattenNoDeviceError, match="no CUDA device"):
+            L.fna_backward(*args, 3, 1, 1, False, 0.125, workspace=ws, global_shape=(12, 7), q_origin=(3, 0),
+                           kv_origin=(2, 0))

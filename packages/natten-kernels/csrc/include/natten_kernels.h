@@ -32,7 +32,7 @@
 #include <string.h>
 
 #define NATTEN_ABI_VERSION_MAJOR 1
-#define NATTEN_ABI_VERSION_MINOR 1
+#define NATTEN_ABI_VERSION_MINOR 2
 #define NATTEN_ABI_VERSION (NATTEN_ABI_VERSION_MAJOR * 1000 + NATTEN_ABI_VERSION_MINOR)
 
 /* Maximum number of spatial (token grid) axes. */
@@ -47,6 +47,8 @@
 #define NATTEN_FNA_FORWARD_PARAMS_SIZE_V1_1 544
 /* sizeof() of the v1.1 backward params (LP64); the library rejects a struct_size below it. */
 #define NATTEN_FNA_BACKWARD_PARAMS_SIZE_V1_1 744
+/* sizeof(natten_fna_backward_params) since v1.2 (query/key slabs of a larger grid appended). */
+#define NATTEN_FNA_BACKWARD_PARAMS_SIZE_V1_2 840
 
 #if defined(_WIN32)
 #if defined(NATTEN_KERNELS_BUILDING)
@@ -168,7 +170,7 @@ typedef struct natten_fna_forward_params {
 } natten_fna_forward_params;
 
 /* ------------------------------------------------------------------------------------------ */
-/* Fused neighborhood attention, backward (ABI 1.1).                                           */
+/* Fused neighborhood attention, backward (ABI 1.1; slabs since ABI 1.2).                      */
 /* ------------------------------------------------------------------------------------------ */
 
 /*
@@ -179,6 +181,7 @@ typedef struct natten_fna_forward_params {
  *   d_k   [B, X, (Y), (Z), H_kv, D ]    dtype, written (summed over the H / H_kv query heads of
  *                                       each kv head; no repeated K / V is materialized)
  *   d_v   [B, X, (Y), (Z), H_kv, Dv]    dtype, written (same)
+ * (X, Y, Z) = shape; with slabs (below) k, v, d_k and d_v have the token grid kv_shape instead.
  * q, k, v, out and lse are the forward's inputs and outputs (lse is required here). The window,
  * scale and tiles must be those of the forward call. All pointers 16-byte aligned (lse, d_lse: 4).
  * workspace: device memory of at least natten_fna_backward_workspace_size() bytes, 16-byte
@@ -186,6 +189,13 @@ typedef struct natten_fna_forward_params {
  * deterministic: 1 = results are bit-identical across runs; 0 = the library may use a faster,
  * non-deterministic path. (This build's kernels are all deterministic: dQ is computed by a
  * query-parallel kernel and dK / dV by a key-parallel one, none uses atomics.)
+ *
+ * Slabs of a larger grid (ABI 1.2; the four arrays at the end, same meaning and all-zero default as
+ * in natten_fna_forward_params): q, out, lse, d_out, d_lse and d_q have the query slab's grid
+ * `shape`; k, v, d_k and d_v the key slab's grid `kv_shape`. The gradients are those of the slab's
+ * forward (natten_fna_forward with the same fields) w.r.t. its inputs: only queries of the query
+ * slab contribute, and keys of the key slab that no query of the slab attends get d_k = d_v = 0
+ * (written). A caller compiled against ABI 1.1 (struct_size 744) gets the whole-grid behaviour.
  */
 typedef struct natten_fna_backward_params {
   uint64_t struct_size; /* = sizeof(natten_fna_backward_params) */
@@ -237,6 +247,12 @@ typedef struct natten_fna_backward_params {
   void* workspace;          /* device memory, >= natten_fna_backward_workspace_size() bytes */
   uint64_t workspace_bytes; /* size of workspace */
   void* stream;             /* cudaStream_t (NULL = legacy default stream) */
+
+  /* ---- ABI 1.2 ---- */
+  int64_t global_shape[NATTEN_MAX_RANK]; /* grid the windows live on; all 0 = shape (no slabs) */
+  int64_t q_origin[NATTEN_MAX_RANK];     /* global coordinate of q's (and d_q's) first token; >= 0 */
+  int64_t kv_origin[NATTEN_MAX_RANK];    /* global coordinate of k's, v's, d_k's, d_v's first token */
+  int64_t kv_shape[NATTEN_MAX_RANK];     /* token grid of k, v, d_k and d_v; all 0 = shape */
 } natten_fna_backward_params;
 
 /* A problem description for the kernel-query API. */

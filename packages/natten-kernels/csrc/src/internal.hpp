@@ -38,7 +38,9 @@ constexpr int64_t kMaxKernelAxis = int64_t(1) << 30;
 // ---- slabs of a larger grid (fna_region.cpp) ---------------------------------------------------
 
 // The ABI 1.1 fields of natten_fna_forward_params resolved for the first `rank` axes (entries past
-// rank: extent 1, origin 0). Without slabs: global_shape = kv_shape = shape, origins 0.
+// rank: extent 1, origin 0). Without slabs: global_shape = kv_shape = shape, origins 0. The
+// backward's ABI 1.2 fields go through the same functions, via the forward problem of the
+// backward call (natten_kernels.cpp: backward_as_forward).
 struct FnaRegion {
   bool sliced;  // global_shape was given
   int64_t global_shape[NATTEN_MAX_RANK];

@@ -39,8 +39,10 @@ static_assert(offsetof(natten_fna_forward_params, stream) == 440, "layout");
 static_assert(offsetof(natten_fna_forward_params, q_stride) == 120, "layout");
 static_assert(offsetof(natten_fna_forward_params, kernel_size) == 352, "layout");
 static_assert(natten::kMaxRank == NATTEN_MAX_RANK, "internal and ABI max rank differ");
-static_assert(sizeof(natten_fna_backward_params) == NATTEN_FNA_BACKWARD_PARAMS_SIZE_V1_1,
+static_assert(sizeof(natten_fna_backward_params) == NATTEN_FNA_BACKWARD_PARAMS_SIZE_V1_2,
               "natten_fna_backward_params changed size: that is an ABI change (see docs/abi.md)");
+static_assert(offsetof(natten_fna_backward_params, global_shape) == NATTEN_FNA_BACKWARD_PARAMS_SIZE_V1_1,
+              "ABI 1.2 fields must follow the 1.1 layout");
 static_assert(offsetof(natten_fna_backward_params, q_stride) == 160, "layout");
 static_assert(offsetof(natten_fna_backward_params, kernel_size) == 624, "layout");
 static_assert(offsetof(natten_fna_backward_params, stream) == 736, "layout");
@@ -719,11 +721,13 @@ int forward_impl(const natten_fna_forward_params* user) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Backward (ABI 1.1)
+// Backward (ABI 1.1; slabs since ABI 1.2)
 // ---------------------------------------------------------------------------------------------
 
-// Like check_struct_size, for structs introduced after ABI 1.0 (`since` names the version).
-int check_struct_size_since(const void* p, uint64_t size, uint64_t min_size, const char* name, const char* since) {
+// Like check_struct_size, for structs introduced after ABI 1.0 (`since` names the version of
+// min_size; known_size: sizeof the struct in this library).
+int check_struct_size_since(const void* p, uint64_t size, uint64_t min_size, uint64_t known_size, const char* name,
+                            const char* since) {
   if (size < min_size) {
     return fail(NATTEN_STATUS_INVALID_ARGUMENT,
                 "%s.struct_size is %llu but must be at least %llu (sizeof(%s) of ABI %s); set it to "
@@ -737,24 +741,80 @@ int check_struct_size_since(const void* p, uint64_t size, uint64_t min_size, con
                 name, (unsigned long long)size, (unsigned long long)kMaxStructSize);
   }
   const unsigned char* bytes = static_cast<const unsigned char*>(p);
-  for (uint64_t i = min_size; i < size; ++i) {
+  for (uint64_t i = known_size; i < size; ++i) {
     if (bytes[i] != 0) {
       return fail(NATTEN_STATUS_UNSUPPORTED,
                   "%s has struct_size %llu and a non-zero byte at offset %llu, past the %llu bytes "
                   "this library (ABI %d.%d) knows; the caller uses a newer field: upgrade natten-kernels",
-                  name, (unsigned long long)size, (unsigned long long)i, (unsigned long long)min_size,
+                  name, (unsigned long long)size, (unsigned long long)i, (unsigned long long)known_size,
                   NATTEN_ABI_VERSION_MAJOR, NATTEN_ABI_VERSION_MINOR);
     }
   }
   return NATTEN_STATUS_SUCCESS;
 }
 
-// Pure argument checks of the backward (no CUDA calls), in the forward's order: struct, enums,
-// shapes, pointers, strides, window, scale, tiles, backend / device / deterministic.
-int validate_backward_args(const natten_fna_backward_params* p, bool* tiles_set) {
-  if (p == nullptr) return fail(NATTEN_STATUS_INVALID_ARGUMENT, "params is NULL");
-  NATTEN_CHECK(check_struct_size_since(p, p->struct_size, NATTEN_FNA_BACKWARD_PARAMS_SIZE_V1_1,
+// The caller's backward params as this library reads them (see read_forward_params): the first
+// struct_size bytes, fields past it (a 1.1 caller: the slab fields) zero.
+int read_backward_params(const natten_fna_backward_params* user, natten_fna_backward_params* p) {
+  if (user == nullptr) return fail(NATTEN_STATUS_INVALID_ARGUMENT, "params is NULL");
+  const uint64_t size = user->struct_size;
+  NATTEN_CHECK(check_struct_size_since(user, size, NATTEN_FNA_BACKWARD_PARAMS_SIZE_V1_1, sizeof(*p),
                                        "natten_fna_backward_params", "1.1"));
+  std::memset(p, 0, sizeof(*p));
+  std::memcpy(p, user, size < sizeof(*p) ? size_t(size) : sizeof(*p));
+  return NATTEN_STATUS_SUCCESS;
+}
+
+// The forward problem of a backward call (same field meanings): q, k, v, out, lse, strides,
+// window, scale, tiles, backend, device and the slab fields. The region checks and the kernel
+// arguments of the forward are reused through it.
+void backward_as_forward(const natten_fna_backward_params* p, natten_fna_forward_params* f) {
+  std::memset(f, 0, sizeof(*f));
+  f->struct_size = sizeof(*f);
+  f->dtype = p->dtype;
+  f->rank = p->rank;
+  f->batch = p->batch;
+  f->heads = p->heads;
+  f->heads_kv = p->heads_kv;
+  f->head_dim = p->head_dim;
+  f->head_dim_v = p->head_dim_v;
+  f->q = p->q;
+  f->k = p->k;
+  f->v = p->v;
+  f->out = const_cast<void*>(p->out);
+  f->lse = const_cast<float*>(p->lse);
+  for (int i = 0; i < NATTEN_MAX_RANK; ++i) {
+    f->shape[i] = p->shape[i];
+    f->kernel_size[i] = p->kernel_size[i];
+    f->stride[i] = p->stride[i];
+    f->dilation[i] = p->dilation[i];
+    f->is_causal[i] = p->is_causal[i];
+    f->q_tile[i] = p->q_tile[i];
+    f->kv_tile[i] = p->kv_tile[i];
+    f->global_shape[i] = p->global_shape[i];
+    f->q_origin[i] = p->q_origin[i];
+    f->kv_origin[i] = p->kv_origin[i];
+    f->kv_shape[i] = p->kv_shape[i];
+  }
+  for (int i = 0; i < NATTEN_MAX_TENSOR_DIMS; ++i) {
+    f->q_stride[i] = p->q_stride[i];
+    f->k_stride[i] = p->k_stride[i];
+    f->v_stride[i] = p->v_stride[i];
+    f->out_stride[i] = p->out_stride[i];
+    if (i < NATTEN_MAX_TENSOR_DIMS - 1) f->lse_stride[i] = p->lse_stride[i];
+  }
+  f->scale = p->scale;
+  f->backend = p->backend;
+  f->device = p->device;
+}
+
+// Pure argument checks of the backward (no CUDA calls) of params read by read_backward_params, in
+// the forward's order: enums, shapes, slabs, pointers, strides, window, slab coverage, scale,
+// tiles, backend / device / deterministic. *fwd: the forward problem (backward_as_forward);
+// *region: the resolved slab fields.
+int validate_backward_args(const natten_fna_backward_params* p, bool* tiles_set, natten_fna_forward_params* fwd,
+                           FnaRegion* region) {
+  backward_as_forward(p, fwd);
   if (p->reserved != 0) {
     return fail(NATTEN_STATUS_INVALID_ARGUMENT, "reserved is %d; it must be 0", p->reserved);
   }
@@ -788,6 +848,9 @@ int validate_backward_args(const natten_fna_backward_params* p, bool* tiles_set)
                 "heads (%lld) is not a multiple of heads_kv (%lld); GQA/MQA needs heads %% heads_kv == 0",
                 (long long)p->heads, (long long)p->heads_kv);
   }
+  // Slabs of a larger grid (ABI 1.2): the forward's checks.
+  NATTEN_CHECK(resolve_fna_region(fwd, region));
+  const FnaRegion& r = *region;
   // Pointers.
   NATTEN_CHECK(check_pointer(p->q, "q", 16, false));
   NATTEN_CHECK(check_pointer(p->k, "k", 16, false));
@@ -802,14 +865,15 @@ int validate_backward_args(const natten_fna_backward_params* p, bool* tiles_set)
   // Strides.
   const int64_t eb = dtype_bytes(p->dtype);
   const int nd = rank + 3;
-  auto make = [&](const char* name, const char* sarg, const int64_t* strides, int64_t h, int64_t d, int64_t bytes,
-                  bool out, bool has_d) {
+  // grid: token grid of the tensor (the query slab's = shape, or the key slab's = kv_shape).
+  auto make = [&](const char* name, const char* sarg, const int64_t* strides, const int64_t* grid, int64_t h,
+                  int64_t d, int64_t bytes, bool out, bool has_d) {
     TensorCheck c = {};
     c.name = name;
     c.stride_arg = sarg;
     c.ndim = has_d ? nd : nd - 1;
     c.sizes[0] = p->batch;
-    for (int a = 0; a < rank; ++a) c.sizes[1 + a] = p->shape[a];
+    for (int a = 0; a < rank; ++a) c.sizes[1 + a] = grid[a];
     c.sizes[1 + rank] = h;
     if (has_d) c.sizes[2 + rank] = d;
     c.strides = strides;
@@ -819,26 +883,30 @@ int validate_backward_args(const natten_fna_backward_params* p, bool* tiles_set)
     c.output = out;
     return c;
   };
-  NATTEN_CHECK(check_tensor(make("q", "q_stride", p->q_stride, p->heads, p->head_dim, eb, false, true), p->q, rank));
+  const int64_t* qg = p->shape;     // q, out, lse, d_out, d_lse, d_q: the query slab's grid
+  const int64_t* kg = r.kv_shape;   // k, v, d_k, d_v: the key slab's grid (= shape without slabs)
   NATTEN_CHECK(
-      check_tensor(make("k", "k_stride", p->k_stride, p->heads_kv, p->head_dim, eb, false, true), p->k, rank));
+      check_tensor(make("q", "q_stride", p->q_stride, qg, p->heads, p->head_dim, eb, false, true), p->q, rank));
   NATTEN_CHECK(
-      check_tensor(make("v", "v_stride", p->v_stride, p->heads_kv, p->head_dim_v, eb, false, true), p->v, rank));
-  NATTEN_CHECK(check_tensor(make("out", "out_stride", p->out_stride, p->heads, p->head_dim_v, eb, false, true),
+      check_tensor(make("k", "k_stride", p->k_stride, kg, p->heads_kv, p->head_dim, eb, false, true), p->k, rank));
+  NATTEN_CHECK(check_tensor(make("v", "v_stride", p->v_stride, kg, p->heads_kv, p->head_dim_v, eb, false, true),
+                            p->v, rank));
+  NATTEN_CHECK(check_tensor(make("out", "out_stride", p->out_stride, qg, p->heads, p->head_dim_v, eb, false, true),
                             p->out, rank));
-  NATTEN_CHECK(check_tensor(make("lse", "lse_stride", p->lse_stride, p->heads, 1, 4, false, false), p->lse, rank));
-  NATTEN_CHECK(check_tensor(make("d_out", "d_out_stride", p->d_out_stride, p->heads, p->head_dim_v, eb, false, true),
-                            p->d_out, rank));
-  if (p->d_lse != nullptr) {
-    NATTEN_CHECK(check_tensor(make("d_lse", "d_lse_stride", p->d_lse_stride, p->heads, 1, 4, false, false), p->d_lse,
-                              rank));
-  }
   NATTEN_CHECK(
-      check_tensor(make("d_q", "d_q_stride", p->d_q_stride, p->heads, p->head_dim, eb, true, true), p->d_q, rank));
-  NATTEN_CHECK(check_tensor(make("d_k", "d_k_stride", p->d_k_stride, p->heads_kv, p->head_dim, eb, true, true),
+      check_tensor(make("lse", "lse_stride", p->lse_stride, qg, p->heads, 1, 4, false, false), p->lse, rank));
+  NATTEN_CHECK(check_tensor(
+      make("d_out", "d_out_stride", p->d_out_stride, qg, p->heads, p->head_dim_v, eb, false, true), p->d_out, rank));
+  if (p->d_lse != nullptr) {
+    NATTEN_CHECK(check_tensor(make("d_lse", "d_lse_stride", p->d_lse_stride, qg, p->heads, 1, 4, false, false),
+                              p->d_lse, rank));
+  }
+  NATTEN_CHECK(check_tensor(make("d_q", "d_q_stride", p->d_q_stride, qg, p->heads, p->head_dim, eb, true, true),
+                            p->d_q, rank));
+  NATTEN_CHECK(check_tensor(make("d_k", "d_k_stride", p->d_k_stride, kg, p->heads_kv, p->head_dim, eb, true, true),
                             p->d_k, rank));
-  NATTEN_CHECK(check_tensor(make("d_v", "d_v_stride", p->d_v_stride, p->heads_kv, p->head_dim_v, eb, true, true),
-                            p->d_v, rank));
+  NATTEN_CHECK(check_tensor(
+      make("d_v", "d_v_stride", p->d_v_stride, kg, p->heads_kv, p->head_dim_v, eb, true, true), p->d_v, rank));
   // Window parameters.
   for (int a = 0; a < rank; ++a) {
     const int K = p->kernel_size[a], s = p->stride[a], d = p->dilation[a];
@@ -850,15 +918,16 @@ int validate_backward_args(const natten_fna_backward_params* p, bool* tiles_set)
                   "stride[%d] is %d; it must satisfy 1 <= stride <= kernel_size (kernel_size[%d] = %d)", a, s, a, K);
     }
     if (d < 1) return fail(NATTEN_STATUS_INVALID_ARGUMENT, "dilation[%d] is %d; it must be >= 1", a, d);
-    if (static_cast<int64_t>(K) * static_cast<int64_t>(d) > p->shape[a]) {
+    if (static_cast<int64_t>(K) * static_cast<int64_t>(d) > r.global_shape[a]) {  // = shape without slabs
       return fail(NATTEN_STATUS_INVALID_ARGUMENT,
-                  "kernel_size[%d] * dilation[%d] = %d * %d = %lld exceeds shape[%d] = %lld", a, a, K, d,
-                  (long long)K * d, a, (long long)p->shape[a]);
+                  "kernel_size[%d] * dilation[%d] = %d * %d = %lld exceeds %s[%d] = %lld", a, a, K, d,
+                  (long long)K * d, r.sliced ? "global_shape" : "shape", a, (long long)r.global_shape[a]);
     }
     if (p->is_causal[a] != 0 && p->is_causal[a] != 1) {
       return fail(NATTEN_STATUS_INVALID_ARGUMENT, "is_causal[%d] is %d; it must be 0 or 1", a, p->is_causal[a]);
     }
   }
+  NATTEN_CHECK(check_fna_region_coverage(fwd, r));
   if (!std::isfinite(p->scale) || p->scale == 0.0f) {
     return fail(NATTEN_STATUS_INVALID_ARGUMENT, "scale is %g; it must be finite and non-zero (usually head_dim ** -0.5)",
                 (double)p->scale);
@@ -888,50 +957,10 @@ int validate_backward_args(const natten_fna_backward_params* p, bool* tiles_set)
   return NATTEN_STATUS_SUCCESS;
 }
 
-void fill_backward_args(const natten_fna_backward_params* p, FnaBackwardArgs* a) {
+void fill_backward_args(const natten_fna_backward_params* p, const natten_fna_forward_params& f, const FnaRegion& r,
+                        FnaBackwardArgs* a) {
   std::memset(a, 0, sizeof(*a));
-  // The forward part through a forward params block (same field meanings).
-  natten_fna_forward_params f;
-  std::memset(&f, 0, sizeof(f));
-  f.struct_size = sizeof(f);
-  f.dtype = p->dtype;
-  f.rank = p->rank;
-  f.batch = p->batch;
-  f.heads = p->heads;
-  f.heads_kv = p->heads_kv;
-  f.head_dim = p->head_dim;
-  f.head_dim_v = p->head_dim_v;
-  f.q = p->q;
-  f.k = p->k;
-  f.v = p->v;
-  f.out = const_cast<void*>(p->out);
-  f.lse = const_cast<float*>(p->lse);
-  for (int i = 0; i < NATTEN_MAX_RANK; ++i) {
-    f.shape[i] = p->shape[i];
-    f.kernel_size[i] = p->kernel_size[i];
-    f.stride[i] = p->stride[i];
-    f.dilation[i] = p->dilation[i];
-    f.is_causal[i] = p->is_causal[i];
-    f.q_tile[i] = p->q_tile[i];
-    f.kv_tile[i] = p->kv_tile[i];
-  }
-  for (int i = 0; i < NATTEN_MAX_TENSOR_DIMS; ++i) {
-    f.q_stride[i] = p->q_stride[i];
-    f.k_stride[i] = p->k_stride[i];
-    f.v_stride[i] = p->v_stride[i];
-    f.out_stride[i] = p->out_stride[i];
-    if (i < NATTEN_MAX_TENSOR_DIMS - 1) f.lse_stride[i] = p->lse_stride[i];
-  }
-  f.scale = p->scale;
-  // The backward runs whole grids (no slabs): the region is the grid itself.
-  FnaRegion whole;
-  std::memset(&whole, 0, sizeof(whole));
-  for (int i = 0; i < NATTEN_MAX_RANK; ++i) {
-    const int64_t n = i < p->rank ? p->shape[i] : 1;
-    whole.global_shape[i] = n;
-    whole.kv_shape[i] = n;
-  }
-  fill_args(&f, whole, &a->fwd);
+  fill_args(&f, r, &a->fwd);  // the forward part (q, k, v, out, lse, window, tiles, slabs)
   const int rank = p->rank;
   auto strides = [&](const int64_t* s, int64_t& b, int64_t* sp, int64_t& h) {
     b = s[0];
@@ -956,19 +985,16 @@ void fill_backward_args(const natten_fna_backward_params* p, FnaBackwardArgs* a)
 }
 
 // Argument and build-support checks shared by the workspace query and the backward (no CUDA calls).
+// p: params read by read_backward_params.
 int prepare_backward(const natten_fna_backward_params* p, FnaBackwardArgs* args, int64_t* ws_bytes) {
   bool tiles_set = false;
-  NATTEN_CHECK(validate_backward_args(p, &tiles_set));
+  natten_fna_forward_params f;
+  FnaRegion region;
+  NATTEN_CHECK(validate_backward_args(p, &tiles_set, &f, &region));
   NATTEN_CHECK(check_backward_backend_supported(p->backend));
   NATTEN_CHECK(sm80_check_problem(p->dtype, p->rank, p->head_dim, p->head_dim_v, /*arch=*/0));
-  for (int a = 0; a < p->rank; ++a) {
-    if (p->shape[a] > (int64_t(1) << 30)) {
-      return fail(NATTEN_STATUS_UNSUPPORTED,
-                  "shape[%d] is %lld; the SM80 kernel supports at most %lld tokens per axis (32-bit coordinates)", a,
-                  (long long)p->shape[a], (long long)(int64_t(1) << 30));
-    }
-  }
-  fill_backward_args(p, args);
+  NATTEN_CHECK(check_sm80_limits(&f, region));
+  fill_backward_args(p, f, region, args);
   if (tiles_set) {
     NATTEN_CHECK(sm80_check_tiles(p->rank, p->head_dim, p->q_tile, p->kv_tile));
   } else {
@@ -993,9 +1019,12 @@ int prepare_backward(const natten_fna_backward_params* p, FnaBackwardArgs* args,
   return NATTEN_STATUS_SUCCESS;
 }
 
-int backward_workspace_impl(const natten_fna_backward_params* p, uint64_t* bytes) {
+int backward_workspace_impl(const natten_fna_backward_params* user, uint64_t* bytes) {
   if (bytes == nullptr) return fail(NATTEN_STATUS_INVALID_ARGUMENT, "bytes is NULL");
   *bytes = 0;
+  natten_fna_backward_params params;
+  NATTEN_CHECK(read_backward_params(user, &params));
+  const natten_fna_backward_params* p = &params;
   FnaBackwardArgs args;
   int64_t ws = 0;
   NATTEN_CHECK(prepare_backward(p, &args, &ws));
@@ -1003,8 +1032,11 @@ int backward_workspace_impl(const natten_fna_backward_params* p, uint64_t* bytes
   return NATTEN_STATUS_SUCCESS;
 }
 
-int backward_impl(const natten_fna_backward_params* p) {
+int backward_impl(const natten_fna_backward_params* user) {
   // 1. Arguments and build support (no CUDA calls).
+  natten_fna_backward_params params;
+  NATTEN_CHECK(read_backward_params(user, &params));
+  const natten_fna_backward_params* p = &params;
   FnaBackwardArgs args;
   int64_t ws = 0;
   NATTEN_CHECK(prepare_backward(p, &args, &ws));

@@ -13,6 +13,7 @@ Public surface:
     device_info(device)                       compute capability
     fna_forward(q, k, v, out, lse, ...)       the fused neighborhood-attention forward
     has_backward()                            whether the loaded library has the backward (ABI >= 1.1)
+    supports_backward_slabs()                 whether its backward takes slabs of a larger grid (ABI >= 1.2)
     fna_backward(q, k, v, out, lse, d_out, d_lse, d_q, d_k, d_v, ...)   the fused backward
     query_configs(...) / fna_supports(...)    which tile configurations the build has
     NattenKernelError and subclasses          raised for non-zero statuses
@@ -45,6 +46,7 @@ __all__ = [
     "device_info",
     "fna_forward",
     "has_backward",
+    "supports_backward_slabs",
     "fna_backward",
     "query_configs",
     "fna_supports",
@@ -53,7 +55,7 @@ __all__ = [
 ENV_LIBRARY = "NATTEN_KERNELS_LIBRARY"
 
 # ------------------------------------------------------------------------------------------------
-# Constants mirrored from natten_kernels.h (ABI 1.1)
+# Constants mirrored from natten_kernels.h (ABI 1.2)
 # ------------------------------------------------------------------------------------------------
 
 MAX_RANK = 3
@@ -142,7 +144,7 @@ class FnaForwardParams(ctypes.Structure):
 
 
 class FnaBackwardParams(ctypes.Structure):
-    """natten_fna_backward_params (ABI 1.1)."""
+    """natten_fna_backward_params (ABI 1.1; slab fields appended in ABI 1.2)."""
 
     _fields_ = [
         ("struct_size", ctypes.c_uint64),
@@ -188,6 +190,11 @@ class FnaBackwardParams(ctypes.Structure):
         ("workspace", ctypes.c_void_p),
         ("workspace_bytes", ctypes.c_uint64),
         ("stream", ctypes.c_void_p),
+        # ABI 1.2: slabs of a larger grid (all zero = the tensors hold the whole grid)
+        ("global_shape", _I64x3),
+        ("q_origin", _I64x3),
+        ("kv_origin", _I64x3),
+        ("kv_shape", _I64x3),
     ]
 
 
@@ -222,7 +229,11 @@ assert FNA_FORWARD_PARAMS_SIZE == 544, FNA_FORWARD_PARAMS_SIZE  # NATTEN_FNA_FOR
 # struct with a zero tail) runs every call without slabs.
 SLABS_MIN_ABI_MINOR = 1
 FNA_BACKWARD_PARAMS_SIZE = ctypes.sizeof(FnaBackwardParams)
-assert FNA_BACKWARD_PARAMS_SIZE == 744, FNA_BACKWARD_PARAMS_SIZE  # NATTEN_FNA_BACKWARD_PARAMS_SIZE_V1_1
+assert FNA_BACKWARD_PARAMS_SIZE == 840, FNA_BACKWARD_PARAMS_SIZE  # NATTEN_FNA_BACKWARD_PARAMS_SIZE_V1_2
+FNA_BACKWARD_PARAMS_SIZE_V1_1 = 744  # NATTEN_FNA_BACKWARD_PARAMS_SIZE_V1_1 (without the slab fields)
+# Same rule for the backward: its slab fields are zero unless a slab is passed, so an ABI 1.1
+# library (which accepts the larger struct with a zero tail) runs every whole-grid backward.
+BACKWARD_SLABS_MIN_ABI_MINOR = 2
 assert FNA_PROBLEM_SIZE == 48, FNA_PROBLEM_SIZE  # NATTEN_FNA_PROBLEM_SIZE_V1_0
 assert ctypes.sizeof(TileConfig) == 40
 
@@ -449,6 +460,12 @@ def supports_slabs() -> bool:
     """Whether the loaded library takes query/key slabs of a larger grid (``global_shape``,
     ``q_origin``, ``kv_origin`` of :func:`fna_forward`; ABI >= 1.1)."""
     return abi_version()[1] >= SLABS_MIN_ABI_MINOR
+
+
+def supports_backward_slabs() -> bool:
+    """Whether the loaded library's backward takes query/key slabs of a larger grid (the same
+    fields of :func:`fna_backward`; ABI >= 1.2)."""
+    return abi_version()[1] >= BACKWARD_SLABS_MIN_ABI_MINOR
 
 
 def build_info() -> str:
@@ -861,12 +878,22 @@ def _bwd_invalid(message: str) -> NattenInvalidArgumentError:
 
 
 def _marshal_backward(q, k, v, out, lse, d_out, d_lse, d_q, d_k, d_v, kernel_size, stride, dilation,
-                      is_causal, scale, q_tile, kv_tile, backend, deterministic):
+                      is_causal, scale, q_tile, kv_tile, backend, deterministic, global_shape=None, q_origin=None,
+                      kv_origin=None):
     """(struct bytes without pointers / stream / workspace, device index, workspace bytes)."""
     if lse is None:
         raise _bwd_invalid("lse (the forward's logsumexp) is required by the backward")
+    if global_shape is not None and not supports_backward_slabs():
+        major, minor = abi_version()
+        raise NattenUnsupportedError(
+            STATUS_UNSUPPORTED,
+            f"the loaded natten-kernels (ABI {major}.{minor}) has no backward for query/key slabs of a larger grid "
+            f"(global_shape, q_origin, kv_origin); it needs ABI >= {major}.{BACKWARD_SLABS_MIN_ABI_MINOR}: "
+            f"{_install_hint()}",
+            "natten_fna_backward",
+        )
     fwd_bytes, index = _marshal(q, k, v, out, lse, kernel_size, stride, dilation, is_causal, scale, q_tile,
-                                kv_tile, backend)
+                                kv_tile, backend, global_shape, q_origin, kv_origin)
     f = FnaForwardParams.from_buffer_copy(fwd_bytes)
     torch = _torch
     rank = f.rank
@@ -890,8 +917,8 @@ def _marshal_backward(q, k, v, out, lse, d_out, d_lse, d_q, d_k, d_v, kernel_siz
                  "device"):
         setattr(p, name, getattr(f, name))
     for name in ("shape", "q_stride", "k_stride", "v_stride", "out_stride", "lse_stride", "kernel_size", "stride",
-                 "dilation", "is_causal", "q_tile", "kv_tile"):
-        getattr(p, name)[:] = list(getattr(f, name))
+                 "dilation", "is_causal", "q_tile", "kv_tile", "global_shape", "q_origin", "kv_origin", "kv_shape"):
+        getattr(p, name)[:] = list(getattr(f, name))  # slab fields: zero without global_shape
     n = rank + 3
     p.d_out_stride[:n] = d_out.stride()
     p.d_q_stride[:n] = d_q.stride()
@@ -918,14 +945,16 @@ def _marshal_backward(q, k, v, out, lse, d_out, d_lse, d_q, d_k, d_v, kernel_siz
 def fna_backward_workspace_size(
     q: Any, k: Any, v: Any, out: Any, lse: Any, d_out: Any, d_lse: Any, d_q: Any, d_k: Any, d_v: Any,
     kernel_size: Any, stride: Any, dilation: Any, is_causal: Any, scale: float, q_tile: Any = None,
-    kv_tile: Any = None, backend: Optional[str] = None,
+    kv_tile: Any = None, backend: Optional[str] = None, global_shape: Optional[Sequence[int]] = None,
+    q_origin: Optional[Sequence[int]] = None, kv_origin: Optional[Sequence[int]] = None,
 ) -> int:
     """Bytes of device workspace :func:`fna_backward` needs for these tensors (validates them)."""
     _get()
     if _torch is None:
         _import_torch()
     return _marshal_backward(q, k, v, out, lse, d_out, d_lse, d_q, d_k, d_v, kernel_size, stride, dilation,
-                             is_causal, scale, q_tile, kv_tile, backend, False)[2]
+                             is_causal, scale, q_tile, kv_tile, backend, False, global_shape, q_origin,
+                             kv_origin)[2]
 
 
 def fna_backward(
@@ -949,15 +978,25 @@ def fna_backward(
     backend: Optional[str] = None,
     deterministic: bool = False,
     workspace: Any = None,
+    global_shape: Optional[Sequence[int]] = None,
+    q_origin: Optional[Sequence[int]] = None,
+    kv_origin: Optional[Sequence[int]] = None,
 ) -> None:
     """Fused neighborhood-attention backward into ``d_q``, ``d_k``, ``d_v``.
 
     q, k, v, out, lse: the forward's tensors (lse required); d_out like out; d_lse like lse or
     None; d_q / d_k / d_v like q / k / v (written; d_k / d_v summed over the query heads of each
-    kv head). The window parameters, scale and tiles must be the forward's. ``workspace``: a
-    16-byte aligned device buffer of at least :func:`fna_backward_workspace_size` bytes, or None to
-    take one from torch's caching allocator. Launches on torch's current stream of q's device.
-    Raises like :func:`fna_forward`; KernelsUnavailableError if the library predates ABI 1.1.
+    kv head). The window parameters, scale, tiles and slab fields must be the forward's.
+    ``workspace``: a 16-byte aligned device buffer of at least :func:`fna_backward_workspace_size`
+    bytes, or None to take one from torch's caching allocator. Launches on torch's current stream
+    of q's device.
+
+    Slabs (``global_shape``, ``q_origin``, ``kv_origin``; needs :func:`supports_backward_slabs`):
+    as in :func:`fna_forward`; the gradients are those of the slab's forward w.r.t. its inputs
+    (keys of the key slab that no query of the slab attends get d_k = d_v = 0).
+
+    Raises like :func:`fna_forward` (NattenUnsupportedError for slabs with a library older than
+    ABI 1.2); KernelsUnavailableError if the library predates ABI 1.1.
     """
     lib = _lib if _lib is not None else _get()
     if not has_backward():
@@ -976,14 +1015,15 @@ def fna_backward(
         key: Any = (
             meta(q), meta(k), meta(v), meta(out), meta(lse), meta(d_out), meta(d_lse), meta(d_q), meta(d_k),
             meta(d_v), _key(kernel_size), _key(stride), _key(dilation), _key(is_causal), scale, _key(q_tile),
-            _key(kv_tile), backend, bool(deterministic),
+            _key(kv_tile), backend, bool(deterministic), _key(global_shape), _key(q_origin), _key(kv_origin),
         )
         entry = _BWD_TEMPLATES.get(key)
     except TypeError:
         key, entry = None, None
     if entry is None:
         entry = _marshal_backward(q, k, v, out, lse, d_out, d_lse, d_q, d_k, d_v, kernel_size, stride, dilation,
-                                  is_causal, scale, q_tile, kv_tile, backend, deterministic)
+                                  is_causal, scale, q_tile, kv_tile, backend, deterministic, global_shape, q_origin,
+                                  kv_origin)
         if key is not None:
             if len(_BWD_TEMPLATES) >= _MAX_TEMPLATES:
                 _BWD_TEMPLATES.clear()

@@ -135,13 +135,17 @@ fna_forward_eager = _fna_forward_cuda
 
 
 # ------------------------------------------------------------------------------------------------
-# Backward (natten-kernels ABI >= 1.1)
+# Backward (natten-kernels ABI >= 1.1; slabs need ABI >= 1.2)
 # ------------------------------------------------------------------------------------------------
 
+# global_shape / q_origin / kv_origin: the forward's slabs ([] = the whole grid). The gradients have
+# the shapes of their inputs: d_q like query (the query slab's grid), d_k / d_v like key / value
+# (the key slab's grid).
 _LIB.define(
     "fna_backward(Tensor query, Tensor key, Tensor value, Tensor out, Tensor lse, Tensor d_out, "
     "Tensor? d_lse, int[] kernel_size, int[] stride, int[] dilation, bool[] is_causal, float scale, "
-    "int[] q_tile, int[] kv_tile, bool deterministic) -> (Tensor, Tensor, Tensor)"
+    "int[] q_tile, int[] kv_tile, bool deterministic, int[] global_shape=[], int[] q_origin=[], "
+    "int[] kv_origin=[]) -> (Tensor, Tensor, Tensor)"
 )
 
 
@@ -170,6 +174,9 @@ def _fna_backward_cuda(
     q_tile: List[int],
     kv_tile: List[int],
     deterministic: bool,
+    global_shape: Sequence[int] = (),
+    q_origin: Sequence[int] = (),
+    kv_origin: Sequence[int] = (),
 ) -> Tuple[Tensor, Tensor, Tensor]:
     query, key, value = kernel_ready(query), kernel_ready(key), kernel_ready(value)
     out, d_out = kernel_ready(out), kernel_ready(d_out)
@@ -179,6 +186,7 @@ def _fna_backward_cuda(
     _libnatten.fna_backward(
         query, key, value, out, lse, d_out, d_lse, d_q, d_k, d_v, kernel_size, stride, dilation,
         is_causal, scale, q_tile=q_tile or None, kv_tile=kv_tile or None, deterministic=deterministic,
+        global_shape=global_shape or None, q_origin=q_origin or None, kv_origin=kv_origin or None,
     )
     return d_q, d_k, d_v
 
@@ -203,7 +211,11 @@ def _fna_backward_fake(
     q_tile: List[int],
     kv_tile: List[int],
     deterministic: bool,
+    global_shape: Sequence[int] = (),
+    q_origin: Sequence[int] = (),
+    kv_origin: Sequence[int] = (),
 ) -> Tuple[Tensor, Tensor, Tensor]:
+    # Slabs or not: d_q like query, d_k / d_v like key / value (their own token grids).
     return (
         query.new_empty(query.shape),
         key.new_empty(key.shape),

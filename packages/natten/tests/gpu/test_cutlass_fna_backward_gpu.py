@@ -8,6 +8,11 @@ GQA/MQA, Dv != D, fp16/bf16, head dims 8-256, and the gradient through the logsu
 Gradients are compared in absolute terms after scaling: the upstream gradients are drawn with
 unit-order entries of the *result* (d_out ~ N(0, 1/Dv), d_lse ~ N(0, 1)), and the tolerance is
 tol * max(1, max |reference gradient|), tol = 1e-2 (fp16) / 5e-2 (bf16) as for the forward.
+
+Query/key slabs of a larger grid (natten-kernels ABI >= 1.2; NATTEN_GPU_BWD_REGION_SWEEP sets the
+count): out, lse, dQ, dK, dV against the reference backend in float64 on the same region; the key
+slab is exactly the query slab's key range, wider (keys no slab query attends: dK = dV = 0, written
+over the NaN poison) or the whole axis. cutlass-fna has no float32 kernel, so fp16 / bf16 only.
 """
 
 import os
@@ -34,6 +39,7 @@ if not _libnatten.has_backward():
     pytest.fail(f"natten-kernels {_libnatten.abi_version()} has no fused backward (needs ABI 1.1)", pytrace=False)
 
 NUM_PROBLEMS = int(os.environ.get("NATTEN_GPU_BWD_SWEEP", "250"))
+NUM_REGION_PROBLEMS = int(os.environ.get("NATTEN_GPU_BWD_REGION_SWEEP", "150"))
 SEED = int(os.environ.get("NATTEN_GPU_SEED", str(random.SystemRandom().randrange(1 << 30))))
 OPS = {1: natten.na1d, 2: natten.na2d, 3: natten.na3d}
 GPU_TOL = {torch.float16: 1e-2, torch.bfloat16: 5e-2}
@@ -210,3 +216,186 @@ def test_cutlass_fna_accepts_training_inputs():
 
     q = torch.randn(1, 16, 16, 2, 64, device="cuda", dtype=torch.float16, requires_grad=True)
     assert cutlass.can_run_fna(q, q, q, None) is None
+
+
+# ---- slabs of a larger grid (natten-kernels ABI >= 1.2) -------------------------------------------
+
+
+def _needs_backward_slabs():
+    if not _libnatten.supports_backward_slabs():
+        pytest.fail(f"natten-kernels {_libnatten.abi_version()} has no fused backward for slabs (needs ABI 1.2)",
+                    pytrace=False)
+
+
+def _region_problem(rng: random.Random):
+    """A random problem on a global grid, a random (uneven) query slab, and a key slab that is
+    exactly the query slab's key range, wider than it, or the whole axis."""
+    from natten.window import WindowSpec, key_range
+
+    rank = rng.choice([1, 2, 2, 3, 3])
+    hi = {1: 200, 2: 22, 3: 10}[rank]
+    shape = [rng.randint(2, hi) for _ in range(rank)]
+    ks = [rng.randint(2, min(n, 13 if rank > 1 else 40)) for n in shape]
+    if rng.random() < 0.3:  # even kernels
+        ks = [k - (k % 2) if k > 2 else k for k in ks]
+    dl = [rng.randint(1, max(1, n // k)) if rng.random() < 0.4 else 1 for n, k in zip(shape, ks)]
+    st = [rng.randint(1, k) if rng.random() < 0.5 else 1 for k in ks]
+    ca = [rng.random() < 0.3 for _ in ks]
+    spec = WindowSpec(tuple(shape), tuple(ks), tuple(st), tuple(dl), tuple(ca))
+    qo, qs = [], []
+    for n in shape:
+        mode = rng.random()
+        if mode < 0.15:  # the whole axis
+            a, b = 0, n
+        elif mode < 0.4:  # a thin slab (a few rows of a sequence / context-parallel split)
+            a = rng.randrange(n)
+            b = min(n, a + rng.randint(1, 4))
+        else:  # uneven: anywhere, any extent
+            a = rng.randrange(n)
+            b = rng.randint(a + 1, n)
+        qo.append(a)
+        qs.append(b - a)
+    ko, kvs, kv_mode = [], [], []
+    for (lo, end), n in zip(key_range(spec, qo, qs), shape):
+        mode = rng.random()
+        if mode < 0.15:
+            lo, end, m = 0, n, "whole"
+        elif mode < 0.55:
+            lo, end, m = max(0, lo - rng.randint(0, 4)), min(n, end + rng.randint(0, 4)), "wider"
+        else:
+            m = "minimal"
+        ko.append(lo)
+        kvs.append(end - lo)
+        kv_mode.append(m)
+    hkv = rng.choice([1, 2, 3])
+    h = hkv * rng.choice([1, 1, 2, 4])
+    d = rng.choice(DIMS + [8 * rng.randint(1, 32)])
+    dv = d if rng.random() < 0.6 else rng.choice(DIMS + [8 * rng.randint(1, 32)])
+    dtype = rng.choice([torch.float16, torch.bfloat16])
+    b = rng.randint(1, 2)
+    with_lse_grad = rng.random() < 0.5
+    return spec, qo, qs, ko, kvs, kv_mode, b, h, hkv, d, dv, dtype, with_lse_grad
+
+
+def _region_inputs(rng: random.Random, spec, qo, qs, ko, kvs, b, h, hkv, d, dv, dtype):
+    """Whole-grid q/k/v, the slices of the query and key slabs, and the upstream gradients of the
+    query slab."""
+    g = torch.Generator(device="cuda").manual_seed(rng.randrange(1 << 30))
+    full = list(spec.shape)
+    qg = torch.randn(b, *full, h, d, device="cuda", dtype=dtype, generator=g)
+    kg = torch.randn(b, *full, hkv, d, device="cuda", dtype=dtype, generator=g)
+    vg = torch.randn(b, *full, hkv, dv, device="cuda", dtype=dtype, generator=g)
+    qsl = (slice(None),) + tuple(slice(o, o + n) for o, n in zip(qo, qs))
+    ksl = (slice(None),) + tuple(slice(o, o + n) for o, n in zip(ko, kvs))
+    d_out = (torch.randn(b, *qs, h, dv, device="cuda", dtype=torch.float32, generator=g) / dv**0.5).to(dtype)
+    d_lse = torch.randn(b, *qs, h, device="cuda", dtype=torch.float32, generator=g)
+    return (qg, kg, vg), (qsl, ksl, ksl), d_out, d_lse
+
+
+def _slab_grads(fn, whole, slices, d_out, d_lse, strided):
+    """(out, lse, dq, dk, dv) of fn on the slabs. strided: q/k/v are views into the whole-grid
+    tensors (the kernels read them in place, forward and backward); else contiguous copies."""
+    if strided:
+        leaves = [t.detach().requires_grad_(True) for t in whole]
+        xs = [t[sl] for t, sl in zip(leaves, slices)]
+    else:
+        xs = [t[sl].detach().contiguous().requires_grad_(True) for t, sl in zip(whole, slices)]
+    out, lse = fn(*xs)
+    outs, grads = [out], [d_out.to(out.dtype)]
+    if d_lse is not None:
+        outs.append(lse)
+        grads.append(d_lse.to(lse.dtype))
+    return (out, lse, *torch.autograd.grad(outs, xs, grads))
+
+
+def test_fna_backward_region_random_sweep():
+    """Fused backward on query/key slabs against the float64 reference backend on the same region,
+    gradient outputs poisoned with NaN."""
+    _needs_backward_slabs()
+    rng = random.Random(SEED + 2)
+    ops.set_poison_outputs(True)
+    failures = []
+    checked = 0
+    try:
+        for case in range(NUM_REGION_PROBLEMS):
+            spec, qo, qs, ko, kvs, kv_mode, b, h, hkv, d, dv, dtype, with_lse = _region_problem(rng)
+            whole, slices, d_out, d_lse = _region_inputs(rng, spec, qo, qs, ko, kvs, b, h, hkv, d, dv, dtype)
+            strided = rng.random() < 0.5
+            kw = dict(kernel_size=spec.kernel_size, stride=spec.stride, dilation=spec.dilation,
+                      is_causal=spec.is_causal, return_lse=True, global_shape=spec.shape, q_origin=qo,
+                      kv_origin=ko)
+            op = OPS[spec.rank]
+            desc = (f"region case {case} seed {SEED}: global={list(spec.shape)} q={qo}+{qs} kv={ko}+{kvs} "
+                    f"({','.join(kv_mode)}) kernel={list(spec.kernel_size)} stride={list(spec.stride)} "
+                    f"dilation={list(spec.dilation)} causal={list(spec.is_causal)} B={b} H={h} Hkv={hkv} D={d} "
+                    f"Dv={dv} {dtype} lse_grad={with_lse} strided={strided}")
+            dl = d_lse if with_lse else None
+            try:
+                got = _slab_grads(lambda q_, k_, v_: op(q_, k_, v_, backend="cutlass-fna", **kw),
+                                  whole, slices, d_out, dl, strided)
+                ref = _slab_grads(lambda q_, k_, v_: op(q_, k_, v_, backend="reference", **kw),
+                                  [t.double() for t in whole], slices, d_out.double(),
+                                  None if dl is None else dl.double(), False)
+                tol = GPU_TOL[dtype]
+                assert_close(got[0], ref[0], atol=tol, rtol=0, what=f"{desc} out")
+                assert_close(got[1], ref[1], atol=tol, rtol=0, what=f"{desc} lse")
+                for name, t in zip(("dq", "dk", "dv"), got[2:]):
+                    assert bool(torch.isfinite(t).all()), f"{desc} {name}: non-finite (unwritten?) elements"
+                assert tuple(got[2].shape) == (b, *qs, h, d) and tuple(got[3].shape) == (b, *kvs, hkv, d)
+                _check_grads(got[2:], ref[2:], tol, desc)
+                checked += 1
+            except (NotImplementedError, BackendNotSupportedError) as e:
+                failures.append(f"{desc}: unexpectedly unsupported: {e}")
+            except (AssertionError, ValueError, RuntimeError) as e:
+                failures.append(f"{desc}: {type(e).__name__}: {e}")
+            if len(failures) >= 10:
+                break
+    finally:
+        ops.set_poison_outputs(False)
+    print(f"cutlass-fna backward region sweep: {checked} problems checked against the float64 reference "
+          f"backend (seed {SEED})")
+    assert not failures, "\n".join(failures)
+    assert checked == NUM_REGION_PROBLEMS
+
+
+def test_fna_backward_region_equals_global_rows_and_compiles():
+    """A slab whose key slab holds the whole grid: d_q equals the matching rows of the global
+    problem's d_q when the upstream gradient is zero outside the slab; keys no slab query attends
+    get exactly 0; a compiled training step on the slab equals eager bit for bit."""
+    _needs_backward_slabs()
+    glob, qo, qs = (40, 23), (17, 3), (9, 12)
+    kw = dict(kernel_size=(7, 6), stride=(2, 1), dilation=(1, 2), is_causal=(False, True))
+    g = torch.Generator(device="cuda").manual_seed(3)
+    qg = torch.randn(2, *glob, 4, 64, device="cuda", dtype=torch.float16, generator=g)
+    kg = torch.randn(2, *glob, 2, 64, device="cuda", dtype=torch.float16, generator=g)
+    vg = torch.randn(2, *glob, 2, 32, device="cuda", dtype=torch.float16, generator=g)
+    wg = torch.zeros(2, *glob, 4, 32, device="cuda", dtype=torch.float16)
+    sl = (slice(None), slice(qo[0], qo[0] + qs[0]), slice(qo[1], qo[1] + qs[1]))
+    wg[sl] = (torch.randn(2, *qs, 4, 32, device="cuda", generator=g) / 8).to(torch.float16)
+    q = qg[sl].contiguous()
+
+    def slab_loss(q_, k_, v_):
+        out = natten.na2d(q_, k_, v_, **kw, backend="cutlass-fna", global_shape=glob, q_origin=qo, kv_origin=(0, 0))
+        return (out * wg[sl]).float().sum()
+
+    def global_loss(q_, k_, v_):
+        return (natten.na2d(q_, k_, v_, **kw, backend="cutlass-fna") * wg).float().sum()
+
+    def grads(fn, *xs):
+        xs = [t.clone().requires_grad_(True) for t in xs]
+        fn(*xs).backward()
+        return [x.grad for x in xs]
+
+    ops.set_poison_outputs(True)
+    try:
+        slab = grads(slab_loss, q, kg, vg)
+        whole = grads(global_loss, qg, kg, vg)
+        compiled = grads(torch.compile(slab_loss, fullgraph=True), q, kg, vg)
+    finally:
+        ops.set_poison_outputs(False)
+    assert_close(slab[0], whole[0][sl], atol=1e-2, rtol=0, what="slab d_q vs global rows")
+    assert_close(slab[1], whole[1], atol=1e-2, rtol=0, what="slab d_k vs global d_k")
+    assert_close(slab[2], whole[2], atol=1e-2, rtol=0, what="slab d_v vs global d_v")
+    assert slab[1][:, :8].abs().max() == 0 and slab[2][:, 30:].abs().max() == 0  # keys no slab query attends
+    for a, b in zip(compiled, slab):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)

@@ -1,6 +1,6 @@
-// Host dispatch of the SM80 fused neighborhood-attention backward: argument normalization (rank < 3
-// -> padded axes), tile choice (shared with the forward), alignment check, workspace layout and the
-// (dtype, padded head dim) dispatch.
+// Host dispatch of the SM80 fused neighborhood-attention backward: geometry (rank < 3 -> padded
+// axes, slabs of a larger grid, tile choice: all shared with the forward through
+// fna_forward_geometry), alignment check, workspace layout and the (dtype, padded head dim) dispatch.
 #include "fna_backward.hpp"
 
 #include <climits>
@@ -25,17 +25,10 @@ int bwd_padded_dim(int d) {
   return -1;
 }
 
-int bwd_log2_exact(int x) {
-  if (x <= 0 || (x & (x - 1)) != 0) return -1;
-  int l = 0;
-  while ((1 << l) < x) ++l;
-  return l;
-}
-
 bool bwd_aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 bool bwd_stride_ok(int64_t s) { return (s & 7) == 0; }
 
-// Tokens per (batch, head), or -1 on overflow / invalid extents.
+// Tokens per (batch, head) of the query slab (= the grid without slabs), or -1 on overflow / invalid extents.
 int64_t tokens(const FnaForwardArgs& f) {
   if (f.rank < 1 || f.rank > kRank) return -1;
   int64_t n = 1;
@@ -72,61 +65,27 @@ cudaError_t fna_backward(const FnaBackwardArgs& args, int dtype, cudaStream_t st
   if (f.rank < 1 || f.rank > kRank) return cudaErrorInvalidValue;
   if (f.batch < 0 || f.heads < 0 || f.heads_kv < 0) return cudaErrorInvalidValue;
 
+  // Geometry (slabs, tiles: the caller's, else the forward's automatic choice) as the forward.
   FnaBwdParams p;
   std::memset(&p, 0, sizeof(p));
   Geometry& g = p.geo;
-  bool empty = f.batch == 0 || f.heads == 0;
-  for (int a = 0; a < kRank; ++a) {
-    const bool real = a < f.rank;
-    const int64_t n = real ? f.extent[a] : 1;
-    if (n < 0 || n > INT_MAX) return cudaErrorInvalidValue;
-    if (n == 0) empty = true;
-    const int K = real ? f.kernel_size[a] : 1, s = real ? f.stride[a] : 1, d = real ? f.dilation[a] : 1;
-    if (n > 0 && (K < 1 || s < 1 || s > K || d < 1 || int64_t(K) * int64_t(d) > n)) return cudaErrorInvalidValue;
-    g.extent[a] = int(n);
-    g.q_extent[a] = int(n);  // whole grid: no slabs in the backward
-    g.kv_extent[a] = int(n);
-    g.q_origin[a] = 0;
-    g.kv_origin[a] = 0;
-    g.kernel[a] = K;
-    g.stride[a] = s;
-    g.dilation[a] = d;
-    g.causal[a] = real && f.is_causal[a] ? 1 : 0;
-  }
+  bool empty = false;
+  const cudaError_t ge = fna_forward_geometry(f, &g, &empty);
+  if (ge != cudaSuccess) return ge;
   if (empty) return cudaSuccess;
-  if (f.heads_kv == 0 || f.heads % f.heads_kv != 0) return cudaErrorInvalidValue;
   if (f.q == nullptr || f.k == nullptr || f.v == nullptr || f.out == nullptr || f.lse == nullptr ||
       args.d_out == nullptr || args.d_q == nullptr || args.d_k == nullptr || args.d_v == nullptr)
     return cudaErrorInvalidValue;
   const int64_t ws = fna_backward_workspace_bytes(args);
   if (ws < 0 || args.workspace == nullptr || args.workspace_bytes < ws || !bwd_aligned16(args.workspace))
     return cudaErrorInvalidValue;
-
-  // Tiles: the caller's (validated by the ABI layer), else the forward's automatic choice.
-  bool chosen = true;
-  for (int a = 0; a < f.rank; ++a) chosen = chosen && f.q_tile[a] > 0 && f.kv_tile[a] > 0;
-  int qt[kRank] = {1, 1, 1}, kt[kRank] = {1, 1, 1};
-  if (chosen) {
-    for (int a = 0; a < f.rank; ++a) {
-      qt[a] = f.q_tile[a];
-      kt[a] = f.kv_tile[a];
-    }
-  } else {
-    const cudaError_t e = fna_forward_default_tiles(f, qt, kt);
-    if (e != cudaSuccess) return e;
-  }
   int qsum = 0, ksum = 0;
   for (int a = 0; a < kRank; ++a) {
-    g.q_log2[a] = a < f.rank ? bwd_log2_exact(qt[a]) : 0;
-    g.kv_log2[a] = a < f.rank ? bwd_log2_exact(kt[a]) : 0;
-    if (g.q_log2[a] < 0 || g.kv_log2[a] < 0) return cudaErrorInvalidValue;
     qsum += g.q_log2[a];
     ksum += g.kv_log2[a];
   }
   if (qsum != 6 || ksum != 6) return cudaErrorInvalidValue;  // the compiled 64-token tiles
-  g.batch = f.batch;
-  g.heads = f.heads;
-  geometry_finalize(g);
+  // Key-parallel walk over the key slab's dilation groups and key tiles.
   kv_geometry_finalize(g, f.heads_kv, p.kvg);
 
   p.q = f.q;
@@ -158,12 +117,12 @@ cudaError_t fna_backward(const FnaBackwardArgs& args, int dtype, cudaStream_t st
   if (args.d_lse != nullptr)
     set(p.dlse_batch, p.dlse_head, p.dlse_spatial, args.dlse_stride_batch, args.dlse_stride_head,
         args.dlse_stride_spatial);
-  // delta: compact [B, H, X, Y, Z]
+  // delta: compact [B, H, X, Y, Z] over the query slab's token grid
   {
     int64_t inner = 1;
     for (int a = kRank - 1; a >= 0; --a) {
       p.delta_spatial[a] = inner;
-      inner *= g.extent[a];
+      inner *= g.q_extent[a];
     }
     p.delta_head = inner;
     p.delta_batch = inner * f.heads;

@@ -21,6 +21,12 @@
 //    register file next to S and dP, so that bucket runs the kernel twice: once for dV (no dP), once
 //    for dK (kDoDk / kDoDv template flags); S is recomputed, ~1.25x the work of one fused pass.
 //
+// Slabs of a larger grid (tile_scheduler.cuh): dQ uses the forward's slab geometry (query slab
+// groups, K / V of the key slab's matching group); dK / dV work tiles cover the key slab, visit the
+// query slab's tiles whose (global) windows reach them, and write zeros for keys no slab query
+// attends. Query-side tensors (Q, dO, lse, delta) are bounded by the query slab group (n_q),
+// key-side ones (K, V, dK, dV) by the key slab group (n_kv).
+//
 // Gradient of the logsumexp output: with z = scale * q.k, d lse / d z_ij = P_ij, so
 //    dz = P * (dP - delta) + dLSE * P = P * (dP - (delta - dLSE)),
 // which is why the preprocess folds dLSE into delta. Padding query rows (outside the group) get
@@ -58,8 +64,8 @@ __global__ void __launch_bounds__(256) fna_bwd_preprocess_kernel(const __grid_co
     r /= p.geo.heads;
     int c[kRank];
     for (int a = kRank - 1; a >= 0; --a) {
-      c[a] = int(r % p.geo.extent[a]);
-      r /= p.geo.extent[a];
+      c[a] = int(r % p.geo.q_extent[a]);  // token grid of the query slab (= extent on the whole grid)
+      r /= p.geo.q_extent[a];
     }
     const int64_t b = r;
     int64_t off_o = b * p.o_batch + h * p.o_head;
@@ -168,9 +174,8 @@ struct BwdSmem {
 // ---------------------------------------------------------------------------------------------
 
 struct BwdQCta {
-  QueryTile q;
+  QueryTile q;  // q.n_q / q.n_kv: token bounds of the query / key slab groups (loads, stores)
   KeyTiles k;
-  int n[kRank];
   GroupTensor gq, gk, gv, gdo, gdq, glse, gdelta;
 };
 
@@ -198,13 +203,12 @@ CUTE_DEVICE void fna_bwd_dq_cta(FnaBwdParams const& p, WorkTile const& w, QueryT
     BwdQCta& c = *cta_smem;
     c.q = qt;
     c.k = make_key_tiles(geo, qt);
-    for (int a = 0; a < kRank; ++a) c.n[a] = qt.axis[a].n;
     const int64_t kv_head = w.head / p.heads_per_kv;
     c.gq = make_group_tensor(w.batch, w.head, p.q_batch, p.q_head, p.q_spatial, w.group, geo.dilation);
     c.gdo = make_group_tensor(w.batch, w.head, p.do_batch, p.do_head, p.do_spatial, w.group, geo.dilation);
     c.gdq = make_group_tensor(w.batch, w.head, p.dq_batch, p.dq_head, p.dq_spatial, w.group, geo.dilation);
-    c.gk = make_group_tensor(w.batch, kv_head, p.k_batch, p.k_head, p.k_spatial, w.group, geo.dilation);
-    c.gv = make_group_tensor(w.batch, kv_head, p.v_batch, p.v_head, p.v_spatial, w.group, geo.dilation);
+    c.gk = make_group_tensor(w.batch, kv_head, p.k_batch, p.k_head, p.k_spatial, qt.kv_group, geo.dilation);
+    c.gv = make_group_tensor(w.batch, kv_head, p.v_batch, p.v_head, p.v_spatial, qt.kv_group, geo.dilation);
     c.glse = make_group_tensor(w.batch, w.head, p.lse_batch, p.lse_head, p.lse_spatial, w.group, geo.dilation);
     c.gdelta =
         make_group_tensor(w.batch, w.head, p.delta_batch, p.delta_head, p.delta_spatial, w.group, geo.dilation);
@@ -215,9 +219,9 @@ CUTE_DEVICE void fna_bwd_dq_cta(FnaBwdParams const& p, WorkTile const& w, QueryT
 
   // Q and dO of the tile (async), per-row windows, lse (log2 units) and delta of every row.
   load_tile_box<Traits, kTile>(smem_q, typename Traits::SmemLayoutQ{}, static_cast<Element const*>(p.q), cta.gq,
-                               cta.q.q0, geo.q_log2, cta.n, p.head_dim, aligned, tid);
+                               cta.q.q0, geo.q_log2, cta.q.n_q, p.head_dim, aligned, tid);
   load_tile_box<Traits, kTile>(smem_do, typename Traits::SmemLayoutQ{}, static_cast<Element const*>(p.d_o), cta.gdo,
-                               cta.q.q0, geo.q_log2, cta.n, p.head_dim_v, aligned, tid);
+                               cta.q.q0, geo.q_log2, cta.q.n_q, p.head_dim_v, aligned, tid);
   cp_async_fence();
   CollectiveMainloop<Traits>::fill_mask_tables(geo, cta.q, row_win, rep_smem, tid);
   for (int r = tid; r < kTile; r += Traits::kThreads) {
@@ -226,7 +230,7 @@ CUTE_DEVICE void fna_bwd_dq_cta(FnaBwdParams const& p, WorkTile const& w, QueryT
     bool ok = true;
     for (int a = 0; a < kRank; ++a) {
       c[a] += cta.q.q0[a];
-      ok = ok && c[a] < cta.n[a];
+      ok = ok && c[a] < cta.q.n_q[a];
     }
     lse_s[r] = ok ? p.lse[cta.glse.offset(c)] * kLog2e : INFINITY;
     delta_s[r] = ok ? p.delta[cta.gdelta.offset(c)] : 0.f;
@@ -255,9 +259,9 @@ CUTE_DEVICE void fna_bwd_dq_cta(FnaBwdParams const& p, WorkTile const& w, QueryT
 
   for (int t = 0; t < cta.k.total; ++t) {
     load_tile_box<Traits, kTile>(smem_k, typename Traits::SmemLayoutKV{}, static_cast<Element const*>(p.k), cta.gk,
-                                 kb, geo.kv_log2, cta.n, p.head_dim, aligned, tid);
+                                 kb, geo.kv_log2, cta.q.n_kv, p.head_dim, aligned, tid);
     load_tile_box<Traits, kTile>(smem_v, typename Traits::SmemLayoutKV{}, static_cast<Element const*>(p.v), cta.gv,
-                                 kb, geo.kv_log2, cta.n, p.head_dim_v, aligned, tid);
+                                 kb, geo.kv_log2, cta.q.n_kv, p.head_dim_v, aligned, tid);
     cp_async_fence();
     const bool full = key_tile_full(geo, cta.k, kb);
     cp_async_wait<0>();
@@ -318,7 +322,7 @@ CUTE_DEVICE void fna_bwd_dq_cta(FnaBwdParams const& p, WorkTile const& w, QueryT
   bwd_acc_to_smem<Traits>(acc_dq, p.scale, smem_q, typename Traits::SmemLayoutQ{}, tid);
   __syncthreads();
   store_tile_box<Traits, kTile>(smem_q, typename Traits::SmemLayoutQ{}, static_cast<Element*>(p.dq), cta.gdq,
-                                cta.q.q0, geo.q_log2, cta.n, p.head_dim, aligned, tid);
+                                cta.q.q0, geo.q_log2, cta.q.n_q, p.head_dim, aligned, tid);
 }
 
 template <class Traits>
@@ -340,9 +344,8 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) fna_bwd_dq_kernel(const _
 // ---------------------------------------------------------------------------------------------
 
 struct BwdKvCta {
-  KeyTile k;
+  KeyTile k;  // k.n_kv / k.n_q: token bounds of the key / query slab groups (loads, stores)
   QueryTilesForKey qs;
-  int n[kRank];
   GroupTensor gk, gv, gdk, gdv;
   // current visit (query head, query tile), refilled by thread 0
   QueryTile q;
@@ -375,7 +378,6 @@ CUTE_DEVICE void fna_bwd_dkdv_cta(FnaBwdParams const& p, KvWorkTile const& w, Ke
     BwdKvCta& c = *cta_smem;
     c.k = kt;
     c.qs = make_query_tiles_for_key(geo, kt);
-    for (int a = 0; a < kRank; ++a) c.n[a] = kt.axis[a].n;
     c.gk = make_group_tensor(w.batch, w.kv_head, p.k_batch, p.k_head, p.k_spatial, w.group, geo.dilation);
     c.gv = make_group_tensor(w.batch, w.kv_head, p.v_batch, p.v_head, p.v_spatial, w.group, geo.dilation);
     c.gdk = make_group_tensor(w.batch, w.kv_head, p.dk_batch, p.dk_head, p.dk_spatial, w.group, geo.dilation);
@@ -386,9 +388,9 @@ CUTE_DEVICE void fna_bwd_dkdv_cta(FnaBwdParams const& p, KvWorkTile const& w, Ke
   const bool aligned = p.aligned != 0;
 
   load_tile_box<Traits, kTile>(smem_k, typename Traits::SmemLayoutKV{}, static_cast<Element const*>(p.k), cta.gk,
-                               cta.k.k0, geo.kv_log2, cta.n, p.head_dim, aligned, tid);
+                               cta.k.k0, geo.kv_log2, cta.k.n_kv, p.head_dim, aligned, tid);
   load_tile_box<Traits, kTile>(smem_v, typename Traits::SmemLayoutKV{}, static_cast<Element const*>(p.v), cta.gv,
-                               cta.k.k0, geo.kv_log2, cta.n, p.head_dim_v, aligned, tid);
+                               cta.k.k0, geo.kv_log2, cta.k.n_kv, p.head_dim_v, aligned, tid);
   cp_async_fence();
 
   typename Traits::TiledMma tiled_mma;
@@ -422,28 +424,27 @@ CUTE_DEVICE void fna_bwd_dkdv_cta(FnaBwdParams const& p, KvWorkTile const& w, Ke
         query_tile_of_visit(cta.qs, t, tile);
         query_tile_at(geo, cta.k, tile, cta.q);
         cta.full = pair_full(geo, cta.q, cta.k.k0) ? 1 : 0;
-        cta.gq = make_group_tensor(w.batch, head, p.q_batch, p.q_head, p.q_spatial, w.group, geo.dilation);
-        cta.gdo = make_group_tensor(w.batch, head, p.do_batch, p.do_head, p.do_spatial, w.group, geo.dilation);
-        cta.glse = make_group_tensor(w.batch, head, p.lse_batch, p.lse_head, p.lse_spatial, w.group, geo.dilation);
-        cta.gdelta =
-            make_group_tensor(w.batch, head, p.delta_batch, p.delta_head, p.delta_spatial, w.group, geo.dilation);
+        int const* qg = cta.k.q_group;  // the query slab's group (= w.group on the whole grid)
+        cta.gq = make_group_tensor(w.batch, head, p.q_batch, p.q_head, p.q_spatial, qg, geo.dilation);
+        cta.gdo = make_group_tensor(w.batch, head, p.do_batch, p.do_head, p.do_spatial, qg, geo.dilation);
+        cta.glse = make_group_tensor(w.batch, head, p.lse_batch, p.lse_head, p.lse_spatial, qg, geo.dilation);
+        cta.gdelta = make_group_tensor(w.batch, head, p.delta_batch, p.delta_head, p.delta_spatial, qg, geo.dilation);
       }
       __syncthreads();
       load_tile_box<Traits, kTile>(smem_q, typename Traits::SmemLayoutQ{}, static_cast<Element const*>(p.q), cta.gq,
-                                   cta.q.q0, geo.q_log2, cta.n, p.head_dim, aligned, tid);
+                                   cta.q.q0, geo.q_log2, cta.k.n_q, p.head_dim, aligned, tid);
       load_tile_box<Traits, kTile>(smem_do, typename Traits::SmemLayoutQ{}, static_cast<Element const*>(p.d_o),
-                                   cta.gdo, cta.q.q0, geo.q_log2, cta.n, p.head_dim_v, aligned, tid);
+                                   cta.gdo, cta.q.q0, geo.q_log2, cta.k.n_q, p.head_dim_v, aligned, tid);
       cp_async_fence();
       for (int c = tid; c < kTile; c += Traits::kThreads) {
-        int qc[kRank];
+        int qc[kRank], ws[kRank], wl[kRank];
         tile_coord(c, geo.q_log2, qc);
+        query_col_window(geo, cta.q, c, ws, wl);  // key slab coordinates (global window shifted)
         bool ok = true;
         for (int a = 0; a < kRank; ++a) {
           qc[a] += cta.q.q0[a];
-          ok = ok && qc[a] < cta.n[a];
-          int s, e;
-          window::window_clamped(qc[a], cta.q.axis[a], s, e);
-          q_win[c * kRank + a] = make_int2(s, e - s);
+          ok = ok && qc[a] < cta.k.n_q[a];
+          q_win[c * kRank + a] = make_int2(ws[a], wl[a]);
         }
         lse_s[c] = ok ? p.lse[cta.glse.offset(qc)] * kLog2e : INFINITY;  // padding query: P = 0
         delta_s[c] = ok ? p.delta[cta.gdelta.offset(qc)] : 0.f;
@@ -514,10 +515,10 @@ CUTE_DEVICE void fna_bwd_dkdv_cta(FnaBwdParams const& p, KvWorkTile const& w, Ke
   __syncthreads();
   if constexpr (kDoDk)
     store_tile_box<Traits, kTile>(smem_q, typename Traits::SmemLayoutQ{}, static_cast<Element*>(p.dk), cta.gdk,
-                                  cta.k.k0, geo.kv_log2, cta.n, p.head_dim, aligned, tid);
+                                  cta.k.k0, geo.kv_log2, cta.k.n_kv, p.head_dim, aligned, tid);
   if constexpr (kDoDv)
     store_tile_box<Traits, kTile>(smem_do, typename Traits::SmemLayoutQ{}, static_cast<Element*>(p.dv), cta.gdv,
-                                  cta.k.k0, geo.kv_log2, cta.n, p.head_dim_v, aligned, tid);
+                                  cta.k.k0, geo.kv_log2, cta.k.n_kv, p.head_dim_v, aligned, tid);
 }
 
 template <class Traits, bool kDoDk, bool kDoDv>

@@ -275,23 +275,17 @@ cudaError_t fna_forward_choose_tiles(const FnaForwardArgs& args, int tile_log2, 
   return cudaSuccess;
 }
 
-cudaError_t fna_forward(const FnaForwardArgs& args, int dtype, cudaStream_t stream) {
-  if (args.head_dim > INT_MAX || args.head_dim_v > INT_MAX) return cudaErrorNotSupported;
-  const int D = int(args.head_dim), Dv = int(args.head_dim_v);
-  if (!fna_forward_supports(D, Dv, dtype, nullptr)) return cudaErrorNotSupported;
-
+cudaError_t fna_forward_geometry(const FnaForwardArgs& args, Geometry* geo, bool* empty) {
   AxisProblem ax[kRank];
-  bool empty = false;
-  if (!normalize_axes(args, ax, &empty)) return cudaErrorInvalidValue;
+  bool none = false;
+  if (!normalize_axes(args, ax, &none)) return cudaErrorInvalidValue;
   if (args.batch < 0 || args.heads < 0 || args.heads_kv < 0) return cudaErrorInvalidValue;
-  if (empty || args.batch == 0 || args.heads == 0) return cudaSuccess;
+  *empty = none || args.batch == 0 || args.heads == 0;
+  if (*empty) return cudaSuccess;
   if (args.heads_kv == 0 || args.heads % args.heads_kv != 0) return cudaErrorInvalidValue;
-  if (args.q == nullptr || args.k == nullptr || args.v == nullptr || args.out == nullptr)
-    return cudaErrorInvalidValue;
 
-  FnaParams p;
-  std::memset(&p, 0, sizeof(p));
-  Geometry& g = p.geo;
+  Geometry& g = *geo;
+  std::memset(&g, 0, sizeof(g));
   int ql[kRank], kl[kRank];
   const int pq = parse_tile(args.q_tile, args.rank, ql);
   const int pk = parse_tile(args.kv_tile, args.rank, kl);
@@ -320,6 +314,22 @@ cudaError_t fna_forward(const FnaForwardArgs& args, int dtype, cudaStream_t stre
   g.batch = args.batch;
   g.heads = args.heads;
   geometry_finalize(g);
+  return cudaSuccess;
+}
+
+cudaError_t fna_forward(const FnaForwardArgs& args, int dtype, cudaStream_t stream) {
+  if (args.head_dim > INT_MAX || args.head_dim_v > INT_MAX) return cudaErrorNotSupported;
+  const int D = int(args.head_dim), Dv = int(args.head_dim_v);
+  if (!fna_forward_supports(D, Dv, dtype, nullptr)) return cudaErrorNotSupported;
+
+  FnaParams p;
+  std::memset(&p, 0, sizeof(p));
+  bool empty = false;
+  const cudaError_t ge = fna_forward_geometry(args, &p.geo, &empty);
+  if (ge != cudaSuccess) return ge;
+  if (empty) return cudaSuccess;
+  if (args.q == nullptr || args.k == nullptr || args.v == nullptr || args.out == nullptr)
+    return cudaErrorInvalidValue;
 
   p.q = args.q;
   p.k = args.k;

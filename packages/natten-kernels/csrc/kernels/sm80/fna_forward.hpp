@@ -9,6 +9,8 @@
 namespace natten {
 namespace sm80 {
 
+struct Geometry;  // tile_scheduler.cuh
+
 // Runs the forward pass described by `args` on `stream`.
 //   dtype: 1 = fp16, 2 = bf16 (q, k, v, out share it; lse is float32; accumulation is fp32).
 //   args.q_tile / args.kv_tile: a pair listed by fna_forward_tile_configs for args.rank (entries of
@@ -41,6 +43,13 @@ cudaError_t fna_forward_default_tiles(const natten::FnaForwardArgs& args, int q_
 // The same chooser for tiles of 2^tile_log2 tokens (0..7; the SM90 kernel uses 7 = 128 tokens).
 cudaError_t fna_forward_choose_tiles(const natten::FnaForwardArgs& args, int tile_log2, int q_tile[3],
                                      int kv_tile[3]);
+
+// The query-parallel kernel geometry of `args` (shared by the forward and the backward's dQ and
+// dK / dV kernels): normalized axes (rank < 3 padded), slabs, tiles (the caller's, else
+// fna_forward_default_tiles'), work count. *empty: nothing to compute (zero batch, heads or query
+// extent; *geo untouched). cudaErrorInvalidValue for an invalid problem or tile shape, or a key
+// slab that does not hold every key the query slab attends.
+cudaError_t fna_forward_geometry(const natten::FnaForwardArgs& args, Geometry* geo, bool* empty);
 
 }  // namespace sm80
 }  // namespace natten

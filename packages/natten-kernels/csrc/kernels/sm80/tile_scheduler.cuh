@@ -266,21 +266,32 @@ NATTEN_HD bool key_col_valid(const Geometry& g, const QueryTile& q, const int kb
 // that attends one of its keys: per axis the query run of window::key_run_query_range, rounded out
 // to query tiles. Attendance is a product over axes, so every visited (query tile, key tile) pair
 // holds at least one attended pair, and every attended pair is visited exactly once.
+//
+// Slabs: work items cover the KEY slab's dilation groups (min(dilation, kv_extent) per axis) and
+// its key tiles (key slab coordinates). Per axis the key tile knows its global group (window
+// math), the shift from key slab to global coordinates (kv_shift) and the query slab's group with
+// the same global group (q_group, n_q tokens, possibly 0) plus its shift (q_shift). The query run
+// of the key tile is computed on the global group, then clipped to the query slab's group and
+// moved into query slab coordinates; only queries of the query slab contribute (the gradient of
+// this slab's forward). Keys that no slab query attends get an empty walk and are written as 0.
+// The whole grid is the case with all shifts 0 and q_group = the key tile's group.
 // ---------------------------------------------------------------------------------------------
 
 struct KvGeometry {
-  int kv_tiles[kRank];  // key tiles per axis in the largest (first) dilation group
+  int kv_tiles[kRank];  // key tiles per axis in the key slab's largest (first) dilation group
+  int groups[kRank];    // non-empty dilation groups of the key slab: min(dilation, kv_extent)
   int64_t heads_kv;
-  int64_t num_work;     // batch * heads_kv * prod(dilation) * prod(kv_tiles)
+  int64_t num_work;     // batch * heads_kv * prod(groups) * prod(kv_tiles)
 };
 
 NATTEN_HD void kv_geometry_finalize(const Geometry& g, int64_t heads_kv, KvGeometry& kg) {
   int64_t n = g.batch * heads_kv;
   for (int a = 0; a < kRank; ++a) {
-    const int ng0 = window::group_extent(g.extent[a], g.dilation[a], 0);
+    const int ng0 = window::group_extent(g.kv_extent[a], g.dilation[a], 0);
     const int kt = 1 << g.kv_log2[a];
     kg.kv_tiles[a] = (ng0 + kt - 1) / kt;
-    n *= int64_t(g.dilation[a]) * int64_t(kg.kv_tiles[a]);
+    kg.groups[a] = window::imin(g.dilation[a], g.kv_extent[a]);  // = dilation on the whole grid
+    n *= int64_t(kg.groups[a]) * int64_t(kg.kv_tiles[a]);
   }
   kg.heads_kv = heads_kv;
   kg.num_work = n;
@@ -289,20 +300,21 @@ NATTEN_HD void kv_geometry_finalize(const Geometry& g, int64_t heads_kv, KvGeome
 struct KvWorkTile {
   int64_t batch;
   int64_t kv_head;
-  int group[kRank];
+  int group[kRank];  // dilation group of the key slab (its token x lies in group x mod d)
   int tile[kRank];
 };
 
 // Linear index -> key-parallel work tile (key tiles fastest, then groups, kv heads, batch).
 NATTEN_HD KvWorkTile decode_kv_work(const Geometry& g, const KvGeometry& kg, int64_t idx) {
+  (void)g;
   KvWorkTile w;
   for (int a = kRank - 1; a >= 0; --a) {
     w.tile[a] = int(idx % kg.kv_tiles[a]);
     idx /= kg.kv_tiles[a];
   }
   for (int a = kRank - 1; a >= 0; --a) {
-    w.group[a] = int(idx % g.dilation[a]);
-    idx /= g.dilation[a];
+    w.group[a] = int(idx % kg.groups[a]);
+    idx /= kg.groups[a];
   }
   w.kv_head = idx % kg.heads_kv;
   w.batch = idx / kg.heads_kv;
@@ -310,29 +322,45 @@ NATTEN_HD KvWorkTile decode_kv_work(const Geometry& g, const KvGeometry& kg, int
 }
 
 struct KeyTile {
-  window::Axis axis[kRank];  // group-local axis parameters (n = group extent)
-  int k0[kRank];             // first key of the tile (group-local)
-  int k_last[kRank];         // last REAL key of the tile (clamped to the group)
+  window::Axis axis[kRank];  // global group's axis parameters (n = global group extent)
+  int k0[kRank];             // first key of the tile (key slab coordinates)
+  int k_last[kRank];         // last REAL key of the tile (clamped to the key slab's group)
+  int n_kv[kRank];           // tokens of the key slab's group
+  int n_q[kRank];            // tokens of the query slab's group holding the same global group (may be 0)
+  int q_group[kRank];        // that query slab group (its tokens x satisfy x mod d == q_group)
+  int q_shift[kRank];        // global coordinate = query slab coordinate + q_shift
+  int kv_shift[kRank];       // global coordinate = key slab coordinate + kv_shift
 };
 
 // Returns false when the tile holds no token (tiles past the end of a smaller dilation group).
 NATTEN_HD bool make_key_tile(const Geometry& g, const KvWorkTile& w, KeyTile& k) {
   bool nonempty = true;
   for (int a = 0; a < kRank; ++a) {
-    const int ng = window::group_extent(g.extent[a], g.dilation[a], w.group[a]);
+    const int d = g.dilation[a];
+    const int first = g.kv_origin[a] + w.group[a];  // global token of the key slab group's first token
+    const int gg = first % d;                       // global dilation group
+    const int qg = (gg + d - g.q_origin[a] % d) % d;
+    const int ng = window::group_extent(g.extent[a], d, gg);
+    const int nk = window::group_extent(g.kv_extent[a], d, w.group[a]);
     k.axis[a] = window::make_axis(ng, g.kernel[a], g.stride[a], g.causal[a] != 0);
     k.k0[a] = w.tile[a] << g.kv_log2[a];
-    k.k_last[a] = window::imin(k.k0[a] + (1 << g.kv_log2[a]) - 1, ng - 1);
-    nonempty = nonempty && (k.k0[a] < ng);
+    k.k_last[a] = window::imin(k.k0[a] + (1 << g.kv_log2[a]) - 1, nk - 1);
+    k.n_kv[a] = nk;
+    k.n_q[a] = window::group_extent(g.q_extent[a], d, qg);
+    k.q_group[a] = qg;
+    k.q_shift[a] = (g.q_origin[a] + qg) / d;
+    k.kv_shift[a] = first / d;
+    nonempty = nonempty && (k.k0[a] < nk);
   }
   return nonempty;
 }
 
-// Query tiles (tile indices, grid of 2^q_log2) a key tile visits: first[a] .. first[a]+count[a]-1.
+// Query tiles (tile indices, grid of 2^q_log2 over the query slab's group) a key tile visits:
+// first[a] .. first[a]+count[a]-1.
 struct QueryTilesForKey {
   int first[kRank];
   int count[kRank];
-  int total;  // prod(count); 0 when some axis has no attending query
+  int total;  // prod(count); 0 when some axis has no attending query in the query slab
 };
 
 NATTEN_HD QueryTilesForKey make_query_tiles_for_key(const Geometry& g, const KeyTile& k) {
@@ -340,7 +368,9 @@ NATTEN_HD QueryTilesForKey make_query_tiles_for_key(const Geometry& g, const Key
   r.total = 1;
   for (int a = 0; a < kRank; ++a) {
     int lo, hi;
-    window::key_run_query_range(k.k0[a], k.k_last[a], k.axis[a], lo, hi);
+    window::key_run_query_range(k.k0[a] + k.kv_shift[a], k.k_last[a] + k.kv_shift[a], k.axis[a], lo, hi);
+    lo = window::imax(lo - k.q_shift[a], 0);           // global -> query slab, clipped to its group
+    hi = window::imin(hi - k.q_shift[a], k.n_q[a] - 1);
     if (lo > hi) {
       r.first[a] = 0;
       r.count[a] = 0;
@@ -361,23 +391,38 @@ NATTEN_HD void query_tile_of_visit(const QueryTilesForKey& r, int t, int tile[kR
   }
 }
 
-// Query tile (tile indices) of a key tile's group -> QueryTile (same axes as the key tile).
+// Query tile (tile indices of the query slab's group) of a key tile -> QueryTile (same global axes
+// as the key tile; kv_group is not used by the key-parallel walk and is left 0).
 NATTEN_HD void query_tile_at(const Geometry& g, const KeyTile& k, const int tile[kRank], QueryTile& q) {
   for (int a = 0; a < kRank; ++a) {
     q.axis[a] = k.axis[a];
     q.q0[a] = tile[a] << g.q_log2[a];
-    q.q_last[a] = window::imin(q.q0[a] + (1 << g.q_log2[a]) - 1, k.axis[a].n - 1);
+    q.q_last[a] = window::imin(q.q0[a] + (1 << g.q_log2[a]) - 1, k.n_q[a] - 1);
+    q.n_q[a] = k.n_q[a];
+    q.n_kv[a] = k.n_kv[a];
+    q.kv_group[a] = 0;
+    q.q_shift[a] = k.q_shift[a];
+    q.kv_shift[a] = k.kv_shift[a];
   }
 }
 
-// True when every query of q attends every key of the key tile at origin kb[] (no mask needed;
-// the key tile then holds no key outside the group).
+// Window of query column c (query slab coordinates q.q0 + offset) in KEY slab coordinates: start
+// and (end - start) per axis. Padding columns (outside the query slab's group) take the window of
+// the last real query, like the forward's padding rows (their P is 0 anyway: lse = +inf).
+NATTEN_HD void query_col_window(const Geometry& g, const QueryTile& q, int c, int start[kRank], int len[kRank]) {
+  query_row_window(g, q, c, start, len);
+}
+
+// True when every REAL query of q attends every key of the key tile at origin kb[] (key slab
+// coordinates; no mask needed). Computed on the global group. Such a tile holds no key outside the
+// key slab's group: those keys would be attended, and the key slab holds every attended key.
 NATTEN_HD bool pair_full(const Geometry& g, const QueryTile& q, const int kb[kRank]) {
   bool full = true;
   for (int a = 0; a < kRank; ++a) {
     int lo, hi;
-    window::tile_full_range(q.q0[a], q.q_last[a], q.axis[a], lo, hi);
-    full = full && kb[a] >= lo && kb[a] + (1 << g.kv_log2[a]) - 1 <= hi;
+    window::tile_full_range(q.q0[a] + q.q_shift[a], q.q_last[a] + q.q_shift[a], q.axis[a], lo, hi);
+    const int k0 = kb[a] + q.kv_shift[a];
+    full = full && k0 >= lo && k0 + (1 << g.kv_log2[a]) - 1 <= hi;
   }
   return full;
 }

@@ -3,10 +3,11 @@
 Fused neighborhood-attention forward (with logsumexp), including query/key slabs of a larger
 grid (``global_shape``, ``q_origin``, ``kv_origin``; natten-kernels ABI >= 1.1), and, with
 natten-kernels ABI >= 1.1, the fused backward (dQ, dK, dV, including the gradient through the
-logsumexp) for whole grids: training runs through an autograd.Function whose forward saves q, k, v,
-out and lse and whose backward calls the ``natten::fna_backward`` operator. With an older library,
-or for slabs that require grad, ``can_run_fna`` refuses and says why, so automatic selection falls
-back to another backend. ``cutlass-fmha`` is not in this release yet.
+logsumexp; on slabs with ABI >= 1.2): training runs through an autograd.Function whose forward
+saves q, k, v, out and lse and whose backward calls the ``natten::fna_backward`` operator. With an
+older library (no backward, or slabs that require grad with ABI 1.1), ``can_run_fna`` refuses and
+says why, so automatic selection falls back to another backend. ``cutlass-fmha`` is not in this
+release yet.
 """
 
 from __future__ import annotations
@@ -73,6 +74,19 @@ def _backward_reason() -> Optional[str]:
     )
 
 
+@torch.compiler.assume_constant_result
+def _backward_slabs_reason() -> Optional[str]:
+    if _libnatten.supports_backward_slabs():
+        return None
+    major, minor = _libnatten.abi_version()
+    return (
+        f"its fused backward does not take query/key slabs of a larger grid with the loaded "
+        f"natten-kernels (ABI {major}.{minor}; inputs require grad); slabs need ABI >= {major}."
+        f"{_libnatten.BACKWARD_SLABS_MIN_ABI_MINOR}: upgrade natten-kernels, or train on slabs with "
+        f"flex-fna or reference"
+    )
+
+
 def _deterministic() -> bool:
     """Whether the backward must be bit-identical across runs (natten's or PyTorch's flag). Every
     backward kernel of natten-kernels 1.1 is deterministic, so this only reaches the C ABI's
@@ -89,16 +103,19 @@ class _FnaFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, query, key, value, kernel_size, stride, dilation, is_causal, scale, q_tile, kv_tile,
-                bwd_q_tile, bwd_kv_tile, deterministic):  # type: ignore[override]
+                bwd_q_tile, bwd_kv_tile, deterministic, global_shape, q_origin, kv_origin):  # type: ignore[override]
         from .. import ops
 
-        args = (kernel_size, stride, dilation, is_causal, scale, q_tile, kv_tile)
+        # global_shape / q_origin / kv_origin: the slab (empty lists = the whole grid).
+        region = (global_shape, q_origin, kv_origin)
+        args = (kernel_size, stride, dilation, is_causal, scale, q_tile, kv_tile, *region)
         if torch.compiler.is_compiling():
             out, lse = ops.fna_forward(query, key, value, *args)
         else:
             out, lse = ops.fna_forward_eager(query, key, value, *args)
         ctx.save_for_backward(query, key, value, out, lse)
         ctx.window = (kernel_size, stride, dilation, is_causal, scale, bwd_q_tile, bwd_kv_tile, deterministic)
+        ctx.region = region
         return out, lse
 
     @staticmethod
@@ -109,9 +126,9 @@ class _FnaFunction(torch.autograd.Function):
         kernel_size, stride, dilation, is_causal, scale, q_tile, kv_tile, deterministic = ctx.window
         d_q, d_k, d_v = ops.fna_backward(
             query, key, value, out, lse, d_out, d_lse, kernel_size, stride, dilation, is_causal, scale,
-            q_tile, kv_tile, deterministic,
+            q_tile, kv_tile, deterministic, *ctx.region,
         )
-        return d_q, d_k, d_v, None, None, None, None, None, None, None, None, None, None
+        return d_q, d_k, d_v, None, None, None, None, None, None, None, None, None, None, None, None, None
 
 
 def _needs_grad(*tensors: Tensor) -> bool:
@@ -138,10 +155,9 @@ def can_run_fna(
         if reason is not None:
             return reason
         if getattr(spec, "is_partial", False):
-            return (
-                "its fused backward does not take query/key slabs of a larger grid yet (inputs "
-                "require grad); flex-fna and reference train on slabs"
-            )
+            reason = _backward_slabs_reason()
+            if reason is not None:
+                return reason
     index = query.device.index if query.device.index is not None else torch.cuda.current_device()
     return _kernel_reason(
         query.dtype, query.dim() - 3, int(query.shape[-1]), int(value.shape[-1]), index
@@ -225,10 +241,9 @@ def fna(
         if reason is not None:
             raise NotImplementedError(f"cutlass-fna cannot train here: {reason}")
         if getattr(spec, "is_partial", False):
-            raise NotImplementedError(
-                "cutlass-fna's fused backward does not take query/key slabs of a larger grid yet; "
-                "use backend='flex-fna' or 'reference' to train on slabs"
-            )
+            reason = _backward_slabs_reason()
+            if reason is not None:
+                raise NotImplementedError(f"cutlass-fna cannot train here: {reason}")
         bq, bkv = options.get("backward_q_tile_shape"), options.get("backward_kv_tile_shape")
         if (bq is None) != (bkv is None):
             raise ValueError(
@@ -239,7 +254,7 @@ def fna(
             bwd_tiles = (args[5], args[6])
         else:
             bwd_tiles = (list(bq), list(bkv))
-        return _FnaFunction.apply(query, key, value, *args[:7], *bwd_tiles, _deterministic())
+        return _FnaFunction.apply(query, key, value, *args[:7], *bwd_tiles, _deterministic(), *args[7:])
     if torch.compiler.is_compiling():
         return ops.fna_forward(query, key, value, *args)
     return ops.fna_forward_eager(query, key, value, *args)
