@@ -203,3 +203,23 @@ def test_cutlass_fmha_reasons_without_gpu():
 
     q = torch.randn(1, 8, 2, 16)
     assert "CUDA" in cutlass.can_run_fmha(q, q, q)
+
+
+def test_fmha_order_prefers_compiled_flex_over_cutlass_fmha(monkeypatch):
+    """On CUDA, where FlexAttention compiles, flex-fmha is tried before cutlass-fmha (measured
+    faster for dense attention); without compilation the table order stays."""
+    from natten import backends
+    from natten.backends import flex
+
+    class FakeCuda:
+        is_cuda = True
+
+    names = list(backends.FMHA_BACKENDS)
+    q = FakeCuda()
+    monkeypatch.setattr(flex, "_needs_grad", lambda *t: False)
+    monkeypatch.setattr(flex, "_use_compile", lambda q, g: True)
+    order = backends._fmha_order(names, q, q, q)
+    assert order.index("flex-fmha") == order.index("cutlass-fmha") - 1
+    assert sorted(order) == sorted(names)
+    monkeypatch.setattr(flex, "_use_compile", lambda q, g: False)
+    assert backends._fmha_order(names, q, q, q) == names

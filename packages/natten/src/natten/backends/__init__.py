@@ -71,8 +71,24 @@ def fmha_reasons(
 ) -> List[Tuple[str, Optional[str]]]:
     return [
         (name, FMHA_BACKENDS[name].can_run_fmha(query, key, value, is_causal, is_varlen, torch_compile))
-        for name in _device_order(list(FMHA_BACKENDS), query)
+        for name in _fmha_order(_device_order(list(FMHA_BACKENDS), query), query, key, value)
     ]
+
+
+def _fmha_order(names: List[str], query: Tensor, key: Tensor, value: Tensor) -> List[str]:
+    """Dense attention: where FlexAttention compiles, ``flex-fmha`` comes before ``cutlass-fmha``.
+
+    ``cutlass-fmha`` is the SM80-class neighborhood kernel with a window covering every key;
+    measured on an H200 (2026-11-25, fp16, 2 x 16 heads x 8192 tokens, head dim 128) it ran dense
+    attention at 0.29x of cuDNN (causal 0.31x) where compiled FlexAttention ran 0.76x (0.71x).
+    Uncompiled (eager) FlexAttention is far slower, so without compilation the order stays."""
+    if not query.is_cuda or "flex-fmha" not in names or "cutlass-fmha" not in names:
+        return names
+    if not flex._use_compile(query, flex._needs_grad(query, key, value)):
+        return names
+    names = [n for n in names if n != "flex-fmha"]
+    names.insert(names.index("cutlass-fmha"), "flex-fmha")
+    return names
 
 
 def _spec_from_tensors(query: Tensor) -> WindowSpec:
