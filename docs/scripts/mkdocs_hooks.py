@@ -197,7 +197,12 @@ BACKEND_STATUS = {
                     "**available**: fused CuTe kernels from `natten-kernels`. `cutlass-fmha` "
                     "(`natten.attention`) runs dense and causal attention on the same kernels "
                     "(a window covering every key; varlen one sequence per launch)", True),
-    "hopper-fna": ("H100 / H200 (sm_90a)", "planned", "planned", "**not in this release**", False),
+    "hopper-fna": ("H100 / H200 (sm_90a; needs a `natten-kernels` >= 1.2 wheel with sm_90a)",
+                   "yes: float16 / bfloat16, head dim 64 or 128 (= head_dim_v), no dilation",
+                   "not yet (inputs that require grad run on `cutlass-fna`)",
+                   "**available** for inference: warp-specialized TMA + wgmma kernel; picked "
+                   "before `cutlass-fna` on SM 9.0 when it supports the problem. `hopper-fmha`: "
+                   "not in this release", True),
     "blackwell-fna": ("B200 (sm_100a)", "planned", "planned", "**not in this release**", False),
 }
 
