@@ -51,24 +51,28 @@ for shape, ks, st, dl, ca, h, hkv, d, dt in CASES:
 
 # hopper-fna (sm_90a TMA + wgmma forward; H100 / H200 only): batch 2 at rank 3 exercises the batch
 # folded into X in its TMA descriptors, 13 x 11 x 9 partial tiles the out-of-grid keys/rows.
+# Last column: kernel_schedule (None = default; one case per explicit schedule, each with several
+# key tiles per query tile and partial tiles, so the ping-pong turn barriers run many rounds).
 HOPPER_CASES = [
-    ((300,), (33,), (1,), (1,), (False,), 2, 1, 128, torch.float16),
-    ((37, 29), (7, 6), (2, 1), (1, 1), (True, False), 4, 2, 64, torch.bfloat16),
-    ((13, 11, 9), (5, 4, 3), (1, 2, 1), (1, 1, 1), (False, True, False), 2, 1, 64, torch.float16),
+    ((300,), (33,), (1,), (1,), (False,), 2, 1, 128, torch.float16, None),
+    ((37, 29), (7, 6), (2, 1), (1, 1), (True, False), 4, 2, 64, torch.bfloat16, None),
+    ((13, 11, 9), (5, 4, 3), (1, 2, 1), (1, 1, 1), (False, True, False), 2, 1, 64, torch.float16, None),
+    ((700,), (300,), (1,), (1,), (False,), 2, 2, 128, torch.float16, "cooperative"),
+    ((700,), (300,), (1,), (1,), (True,), 2, 1, 128, torch.bfloat16, "pingpong"),
 ]
 if torch.cuda.get_device_capability() == (9, 0):
-    for shape, ks, st, dl, ca, h, hkv, d, dt in HOPPER_CASES:
+    for shape, ks, st, dl, ca, h, hkv, d, dt, sched in HOPPER_CASES:
         q = torch.randn(2, *shape, h, d, device="cuda", dtype=dt)
         k = torch.randn(2, *shape, hkv, d, device="cuda", dtype=dt)
         v = torch.randn(2, *shape, hkv, d, device="cuda", dtype=dt)
         op = {1: natten.na1d, 2: natten.na2d, 3: natten.na3d}[len(shape)]
-        out, lse = op(q, k, v, ks, st, dl, ca, backend="hopper-fna", return_lse=True)
+        out, lse = op(q, k, v, ks, st, dl, ca, backend="hopper-fna", return_lse=True, kernel_schedule=sched)
         ref, ref_lse = na_oracle(q.double(), k.double(), v.double(), ks, st, dl, ca)
         err = max((out.double() - ref).abs().max().item(), (lse.double() - ref_lse).abs().max().item())
         tol = 1e-2 if dt == torch.float16 else 5e-2
         ok = err <= tol
         bad += not ok
-        print(f"hopper-fna {shape} k={ks} s={st} c={ca} H={h}/{hkv} D={d} {dt}: max err {err:.2e} "
+        print(f"hopper-fna {shape} k={ks} s={st} c={ca} H={h}/{hkv} D={d} {dt} {sched or 'default'}: max err {err:.2e} "
               f"{'ok' if ok else 'FAIL'}")
 
 # Slabs of a larger grid: global shape, query slab (origin, extent), window parameters, H, Hkv, D, Dv.

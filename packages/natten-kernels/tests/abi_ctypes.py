@@ -53,7 +53,7 @@ class FnaForwardParams(ctypes.Structure):
         ("kv_tile", _i32 * 3),
         ("backend", _i32),
         ("device", _i32),
-        ("reserved", _i32),
+        ("kernel_schedule", _i32),  # ABI 1.2 (was reserved)
         ("stream", ctypes.c_void_p),
         # ABI 1.1: slabs of a larger grid (all 0 = the whole grid)
         ("global_shape", _i64 * 3),

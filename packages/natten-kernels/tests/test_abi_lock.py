@@ -62,7 +62,7 @@ def _version(text):
 
 def test_real_change_without_bump_fails(tmp_path):
     # Rename a struct field (same layout, different API): still an ABI change.
-    text, n = re.subn(r"int32_t reserved;(\s+/\* must be 0 \*/\s+void\* stream;)", r"int32_t flags;\1",
+    text, n = re.subn(r"int32_t kernel_schedule;(\s+/\*[^*]*\*/\s+void\* stream;)", r"int32_t flags;\1",
                       HEADER.read_text())
     assert n == 1
     msg = _with_header(tmp_path, text)

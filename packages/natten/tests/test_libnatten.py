@@ -227,11 +227,47 @@ def test_fna_forward_marshalling(fake):
     assert tuple(p.dilation) == (2, 1, 0) and tuple(p.is_causal) == (1, 0, 0)
     assert p.scale == 0.125
     assert tuple(p.q_tile) == (8, 8, 0) and tuple(p.kv_tile) == (16, 4, 0)
-    assert (p.backend, p.device, p.reserved) == (0, 1, 0)
+    assert (p.backend, p.device, p.kernel_schedule) == (0, 1, 0)
     assert p.stream == 0xABC1  # current stream of device 1
     # No slabs: the ABI 1.1 tail stays zero, which an ABI 1.0 library accepts as well.
     tail = ctypes.string_at(ctypes.addressof(p) + 448, 544 - 448)
     assert tail == bytes(96)
+
+
+def test_kernel_schedule_marshalling(tmp_path_factory, monkeypatch):
+    """kernel_schedule names map to natten_kernel_schedule values (ABI 1.2); unknown names are
+    refused before any call; an older library (ABI 1.1) refuses a non-default schedule clearly."""
+    assert L.schedule_id(None) == 0
+    assert L.schedule_id("cooperative") == 1 and L.schedule_id("pingpong") == 2
+    for bad in ("bogus", "Pingpong", 2):
+        with pytest.raises(ValueError, match="unknown kernel_schedule"):
+            L.schedule_id(bad)
+    for abi, ok in ((1002, True), (1001, False)):
+        so = _build_fake(tmp_path_factory, abi)
+        monkeypatch.setenv(L.ENV_LIBRARY, str(so))
+        L._reset()
+        assert L.is_available(), L.unavailable_reason()
+        L._import_torch()
+        monkeypatch.setattr(L, "_raw_stream", lambda index: 0xABC0 + index)
+        L._TEMPLATES.clear()
+        raw = ctypes.CDLL(str(so))
+        raw.natten_fake_params.restype = ctypes.c_void_p
+        q, k, v, out, lse = _tensors()
+        if ok:
+            L.fna_forward(q, k, v, out, lse, (3, 5), 1, 1, False, 0.125, backend="hopper-fna",
+                          kernel_schedule="pingpong")
+            p = L.FnaForwardParams.from_address(raw.natten_fake_params())
+            assert (p.backend, p.kernel_schedule) == (L.BACKEND_HOPPER_FNA, 2)
+            prepared = L.PreparedFnaForward(q, k, v, out, lse, (3, 5), 1, 1, False, 0.125, backend="hopper-fna",
+                                            kernel_schedule="cooperative")
+            prepared.launch(q, k, v, out, lse)
+            p = L.FnaForwardParams.from_address(raw.natten_fake_params())
+            assert (p.backend, p.kernel_schedule, p.q) == (L.BACKEND_HOPPER_FNA, 1, q.data_ptr())
+        else:
+            with pytest.raises(NotImplementedError, match=r"ABI >= 1\.2"):
+                L.fna_forward(q, k, v, out, lse, (3, 5), 1, 1, False, 0.125, kernel_schedule="pingpong")
+        L._TEMPLATES.clear()
+    L._reset()
 
 
 def test_fna_forward_slab_marshalling(fake):

@@ -97,6 +97,13 @@ typedef enum natten_backend {
   NATTEN_BACKEND_BLACKWELL_FNA = 3      /* reserved */
 } natten_backend;
 
+/* Consumer schedule of the Hopper forward (ABI 1.2; natten_fna_forward_params.kernel_schedule). */
+typedef enum natten_kernel_schedule {
+  NATTEN_KERNEL_SCHEDULE_DEFAULT = 0,     /* the library's choice (currently pingpong) */
+  NATTEN_KERNEL_SCHEDULE_COOPERATIVE = 1, /* both consumer warpgroups run independently */
+  NATTEN_KERNEL_SCHEDULE_PINGPONG = 2     /* consumer warpgroups alternate GEMM issue (FA3) */
+} natten_kernel_schedule;
+
 /* ------------------------------------------------------------------------------------------ */
 /* Fused neighborhood attention, forward.                                                     */
 /* ------------------------------------------------------------------------------------------ */
@@ -158,7 +165,9 @@ typedef struct natten_fna_forward_params {
   int32_t kv_tile[NATTEN_MAX_RANK]; /* key/value tile shape in tokens; all 0 = choose */
   int32_t backend;                  /* natten_backend; NATTEN_BACKEND_AUTO = choose */
   int32_t device;                   /* CUDA device ordinal of the tensors; -1 = current device */
-  int32_t reserved;                 /* must be 0 */
+  int32_t kernel_schedule;          /* ABI 1.2 (was `reserved`, must be 0 before): natten_kernel_schedule;
+                                       0 = default. Used by NATTEN_BACKEND_HOPPER_FNA (also when AUTO
+                                       picks it), ignored by the SM80 kernel. */
 
   void* stream; /* cudaStream_t to launch on (NULL = legacy default stream) */
 

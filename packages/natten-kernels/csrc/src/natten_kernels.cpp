@@ -375,8 +375,11 @@ int read_forward_params(const natten_fna_forward_params* user, natten_fna_forwar
 // Pure argument checks (no CUDA calls) of params read by read_forward_params. *tiles_set: the
 // caller fixed q_tile / kv_tile; *region: the resolved slab fields.
 int validate_forward_args(const natten_fna_forward_params* p, bool* tiles_set, FnaRegion* region) {
-  if (p->reserved != 0) {
-    return fail(NATTEN_STATUS_INVALID_ARGUMENT, "reserved is %d; it must be 0", p->reserved);
+  if (p->kernel_schedule < NATTEN_KERNEL_SCHEDULE_DEFAULT || p->kernel_schedule > NATTEN_KERNEL_SCHEDULE_PINGPONG) {
+    return fail(NATTEN_STATUS_INVALID_ARGUMENT,
+                "kernel_schedule is %d; expected NATTEN_KERNEL_SCHEDULE_DEFAULT (0), "
+                "NATTEN_KERNEL_SCHEDULE_COOPERATIVE (1) or NATTEN_KERNEL_SCHEDULE_PINGPONG (2)",
+                p->kernel_schedule);
   }
   if (p->dtype != NATTEN_DTYPE_FP16 && p->dtype != NATTEN_DTYPE_BF16 && p->dtype != NATTEN_DTYPE_FP32) {
     return fail(NATTEN_STATUS_INVALID_ARGUMENT,
@@ -578,6 +581,7 @@ void fill_args(const natten_fna_forward_params* p, const FnaRegion& r, FnaForwar
     a->kv_tile[i] = on ? p->kv_tile[i] : 1;
   }
   a->scale = p->scale;
+  a->kernel_schedule = p->kernel_schedule;  // 0 = default; read by the Hopper kernel only
 }
 
 // Launches the Hopper kernel. With `fallback` (AUTO), a problem the kernel turns down before

@@ -91,6 +91,25 @@ BACKEND_NAMES = {
 }
 _BACKEND_IDS = {name: i for i, name in BACKEND_NAMES.items()}
 
+# natten_kernel_schedule (ABI 1.2): consumer schedule of the Hopper forward. None = the library's
+# default. Ignored by the SM80 kernel.
+KERNEL_SCHEDULES = {"cooperative": 1, "pingpong": 2}
+SCHEDULE_MIN_ABI_MINOR = 2
+
+
+def schedule_id(kernel_schedule: Optional[str]) -> int:
+    """natten_kernel_schedule value of a schedule name (None -> 0, the default)."""
+    if kernel_schedule is None:
+        return 0
+    try:
+        return KERNEL_SCHEDULES[kernel_schedule]
+    except (KeyError, TypeError):
+        raise NattenInvalidArgumentError(
+            STATUS_INVALID_ARGUMENT,
+            f"unknown kernel_schedule {kernel_schedule!r} for hopper-fna; expected None or one of "
+            f"{sorted(KERNEL_SCHEDULES)}",
+        ) from None
+
 # ------------------------------------------------------------------------------------------------
 # Structures (must match natten_kernels.h byte for byte; sizes asserted below)
 # ------------------------------------------------------------------------------------------------
@@ -133,7 +152,7 @@ class FnaForwardParams(ctypes.Structure):
         ("kv_tile", _I32x3),
         ("backend", _i32),
         ("device", _i32),
-        ("reserved", _i32),
+        ("kernel_schedule", _i32),  # ABI 1.2 (reserved, must be 0, before)
         ("stream", ctypes.c_void_p),
         # ABI 1.1: slabs of a larger grid (all zero = the tensors hold the whole grid)
         ("global_shape", _I64x3),
@@ -568,6 +587,7 @@ def fna_forward(
     global_shape: Optional[Sequence[int]] = None,
     q_origin: Optional[Sequence[int]] = None,
     kv_origin: Optional[Sequence[int]] = None,
+    kernel_schedule: Optional[str] = None,
 ) -> None:
     """Fused neighborhood-attention forward into ``out`` (and ``lse`` unless None).
 
@@ -581,6 +601,9 @@ def fna_forward(
     the slab of that grid starting at ``q_origin`` and k/v the slab at ``kv_origin`` (their token
     grid may differ from q's); windows are computed on the global grid and the library checks that
     the key slab holds every key the query slab attends. Origins default to 0.
+
+    ``kernel_schedule``: consumer schedule of the Hopper kernel (``"cooperative"``, ``"pingpong"``;
+    None = default; needs ABI >= 1.2 when given; the SM80 kernel ignores it).
 
     Raises NattenInvalidArgumentError (ValueError), NattenUnsupportedError (NotImplementedError),
     NattenCudaError, NattenNoDeviceError, or KernelsUnavailableError (RuntimeError).
@@ -601,14 +624,14 @@ def fna_forward(
             None if lse is None else (lse.shape, lse.stride(), lse.dtype, lse.device),
             _key(kernel_size), _key(stride), _key(dilation), _key(is_causal), scale,
             _key(q_tile), _key(kv_tile), backend,
-            _key(global_shape), _key(q_origin), _key(kv_origin),
+            _key(global_shape), _key(q_origin), _key(kv_origin), kernel_schedule,
         )
         entry = _TEMPLATES.get(key)
     except TypeError:  # something unhashable: marshal without the cache
         key, entry = None, None
     if entry is None:
         entry = _marshal(q, k, v, out, lse, kernel_size, stride, dilation, is_causal, scale, q_tile, kv_tile, backend,
-                         global_shape, q_origin, kv_origin)
+                         global_shape, q_origin, kv_origin, kernel_schedule)
         if key is not None:
             if len(_TEMPLATES) >= _MAX_TEMPLATES:
                 _TEMPLATES.clear()
@@ -636,7 +659,7 @@ def _key(x: Any) -> Any:
 
 
 def _marshal(q, k, v, out, lse, kernel_size, stride, dilation, is_causal, scale, q_tile, kv_tile, backend,
-             global_shape=None, q_origin=None, kv_origin=None):
+             global_shape=None, q_origin=None, kv_origin=None, kernel_schedule=None):
     """Checks the tensors and builds the struct without pointers/stream: (bytes, device index).
     The slab fields are set only when ``global_shape`` is given (else they stay zero: the whole
     grid, which an ABI 1.0 library accepts too)."""
@@ -709,6 +732,17 @@ def _marshal(q, k, v, out, lse, kernel_size, stride, dilation, is_causal, scale,
     p.q_tile[:rank] = _tile(q_tile, rank, "q_tile")
     p.kv_tile[:rank] = _tile(kv_tile, rank, "kv_tile")
     p.backend = _backend_id(backend)
+    sched = schedule_id(kernel_schedule)
+    if sched:
+        abi_minor = int(_get().natten_abi_version()) % 1000
+        if abi_minor < SCHEDULE_MIN_ABI_MINOR:
+            raise NattenUnsupportedError(
+                STATUS_UNSUPPORTED,
+                f"kernel_schedule={kernel_schedule!r} needs natten-kernels ABI >= 1.{SCHEDULE_MIN_ABI_MINOR}; "
+                f"the loaded library has 1.{abi_minor}",
+                "natten_fna_forward",
+            )
+        p.kernel_schedule = sched
     if sliced:
         p.global_shape[:rank] = _per_axis(global_shape, rank, "global_shape")
         p.q_origin[:rank] = _per_axis(0 if q_origin is None else q_origin, rank, "q_origin")
@@ -835,13 +869,13 @@ class PreparedFnaForward:
     def __init__(self, q: Any, k: Any, v: Any, out: Any, lse: Any, kernel_size: Any, stride: Any,
                  dilation: Any, is_causal: Any, scale: float, q_tile: Any = None,
                  kv_tile: Any = None, backend: Optional[str] = None, global_shape: Any = None,
-                 q_origin: Any = None, kv_origin: Any = None) -> None:
+                 q_origin: Any = None, kv_origin: Any = None, kernel_schedule: Optional[str] = None) -> None:
         _get()
         if _torch is None:
             _import_torch()
         self._template, self._index = _marshal(q, k, v, out, lse, kernel_size, stride, dilation,
                                                is_causal, scale, q_tile, kv_tile, backend,
-                                               global_shape, q_origin, kv_origin)
+                                               global_shape, q_origin, kv_origin, kernel_schedule)
 
     def launch(self, q: Any, k: Any, v: Any, out: Any, lse: Any) -> None:
         p = FnaForwardParams.from_buffer_copy(self._template)

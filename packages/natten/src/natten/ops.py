@@ -21,11 +21,13 @@ _LIB = torch.library.Library("natten", "DEF")
 _LIB.define(
     "fna_forward(Tensor query, Tensor key, Tensor value, int[] kernel_size, int[] stride, "
     "int[] dilation, bool[] is_causal, float scale, int[] q_tile, int[] kv_tile, "
-    "int[] global_shape=[], int[] q_origin=[], int[] kv_origin=[], int backend=1) -> (Tensor, Tensor)"
+    "int[] global_shape=[], int[] q_origin=[], int[] kv_origin=[], int backend=1, "
+    "int kernel_schedule=0) -> (Tensor, Tensor)"
 )
 # backend: natten_backend of the C ABI (1 = cutlass-fna, the SM80 kernel; 2 = hopper-fna, the
 # sm_90a kernel; 0 = let the library choose). backends/cutlass.py and backends/hopper.py share
-# this operator and differ only in this argument.
+# this operator and differ only in this argument. kernel_schedule: natten_kernel_schedule of the C
+# ABI (0 = default, 1 = cooperative, 2 = pingpong; the Hopper kernel's consumer schedule).
 
 # Test hook: fill outputs with NaN before every kernel launch so unwritten elements show.
 _POISON_OUTPUTS = False
@@ -57,6 +59,7 @@ def _fna_forward_cuda(
     q_origin: Sequence[int] = (),
     kv_origin: Sequence[int] = (),
     backend: int = _libnatten.BACKEND_CUTLASS_FNA_SM80,
+    kernel_schedule: int = 0,
 ) -> Tuple[Tensor, Tensor]:
     query, key, value = kernel_ready(query), kernel_ready(key), kernel_ready(value)
     out, lse = new_outputs(query, value)
@@ -64,8 +67,12 @@ def _fna_forward_cuda(
         query, key, value, out, lse, kernel_size, stride, dilation, is_causal, scale,
         q_tile=q_tile or None, kv_tile=kv_tile or None, backend=int(backend),
         global_shape=global_shape or None, q_origin=q_origin or None, kv_origin=kv_origin or None,
+        kernel_schedule=_SCHEDULE_NAMES.get(int(kernel_schedule), int(kernel_schedule)) if kernel_schedule else None,
     )
     return out, lse
+
+
+_SCHEDULE_NAMES = {i: name for name, i in _libnatten.KERNEL_SCHEDULES.items()}
 
 
 def kernel_ready(t: Tensor) -> Tensor:
@@ -119,6 +126,7 @@ def _fna_forward_fake(
     q_origin: Sequence[int] = (),
     kv_origin: Sequence[int] = (),
     backend: int = _libnatten.BACKEND_CUTLASS_FNA_SM80,
+    kernel_schedule: int = 0,
 ) -> Tuple[Tensor, Tensor]:
     # Slabs or not, out is [B, *query grid, H, Dv] and lse [B, *query grid, H].
     out_shape, lse_shape = _fna_out_shapes(query, value)

@@ -38,7 +38,11 @@ OPS = {1: natten.na1d, 2: natten.na2d, 3: natten.na3d}
 GPU_TOL = {torch.float16: 1e-2, torch.bfloat16: 5e-2}
 
 
-def _check(shape, ks, st, ca, b, h, hkv, d, dtype, q_tile=None, kv_tile=None, seed=0, what=""):
+SCHEDULES = ["cooperative", "pingpong"]
+
+
+def _check(shape, ks, st, ca, b, h, hkv, d, dtype, q_tile=None, kv_tile=None, seed=0, what="", schedule=None,
+           scale=None):
     rank = len(shape)
     g = torch.Generator(device="cuda").manual_seed(seed)
     q = torch.randn(b, *shape, h, d, device="cuda", dtype=dtype, generator=g)
@@ -47,12 +51,12 @@ def _check(shape, ks, st, ca, b, h, hkv, d, dtype, q_tile=None, kv_tile=None, se
     ops.set_poison_outputs(True)
     try:
         out, lse = OPS[rank](q, k, v, ks, st, 1, ca, backend="hopper-fna", return_lse=True,
-                             q_tile_shape=q_tile, kv_tile_shape=kv_tile)
+                             q_tile_shape=q_tile, kv_tile_shape=kv_tile, kernel_schedule=schedule, scale=scale)
     finally:
         ops.set_poison_outputs(False)
-    ref_out, ref_lse = na_oracle(q.double(), k.double(), v.double(), ks, st, 1, ca)
+    ref_out, ref_lse = na_oracle(q.double(), k.double(), v.double(), ks, st, 1, ca, scale=scale)
     desc = (f"{what} shape={shape} kernel={ks} stride={st} causal={ca} B={b} H={h} Hkv={hkv} D={d} {dtype} "
-            f"tiles={q_tile}/{kv_tile}")
+            f"tiles={q_tile}/{kv_tile} schedule={schedule} scale={scale}")
     tol = GPU_TOL[dtype]
     assert_close(out, ref_out, atol=tol, rtol=0, what=f"{desc} out")
     assert_close(lse, ref_lse, atol=tol, rtol=0, what=f"{desc} lse")
@@ -73,11 +77,40 @@ FIXED = [
 ]
 
 
+@pytest.mark.parametrize("schedule", [None] + SCHEDULES, ids=["default"] + SCHEDULES)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
 @pytest.mark.parametrize("case", FIXED, ids=[f"r{len(c[0])}-{'x'.join(map(str, c[0]))}-d{c[7]}" for c in FIXED])
-def test_fixed_cases(case, dtype):
+def test_fixed_cases(case, dtype, schedule):
     shape, ks, st, ca, b, h, hkv, d = case
-    _check(shape, ks, st, ca, b, h, hkv, d, dtype, seed=1)
+    _check(shape, ks, st, ca, b, h, hkv, d, dtype, seed=1, schedule=schedule)
+
+
+# Short walks (1 and 2 key tiles: the software pipeline's prologue / epilogue only, and the
+# ping-pong barrier counts with T = 1, 2) and a negative softmax scale (the kernel takes the row
+# minimum of the raw scores then).
+SHORT = [
+    ((100,), (5,), (1,), (False,), 1, 2, 1, 128, None),   # 1 query tile, 1 key tile
+    ((128,), (128,), (1,), (False,), 1, 1, 1, 64, None),  # 1 key tile, every key attended (full tile)
+    ((256,), (3,), (1,), (False,), 2, 1, 1, 128, None),   # 2 query tiles, walks of 1-2 key tiles
+    ((200,), (130,), (1,), (True,), 1, 1, 1, 64, None),   # causal, walks of 1-2 tiles
+    ((16, 8), (3, 3), (1, 1), (False, False), 1, 1, 1, 128, None),  # 2-D, one tile each
+    ((300,), (33,), (1,), (False,), 1, 2, 2, 128, -0.125),  # negative scale
+    ((20, 24), (5, 7), (1, 2), (True, False), 1, 2, 1, 64, -0.3),
+]
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+@pytest.mark.parametrize("case", SHORT, ids=[f"short{i}" for i in range(len(SHORT))])
+def test_short_walks_and_negative_scale(case, schedule):
+    shape, ks, st, ca, b, h, hkv, d, scale = case
+    for dtype in (torch.float16, torch.bfloat16):
+        _check(shape, ks, st, ca, b, h, hkv, d, dtype, seed=2, schedule=schedule, scale=scale)
+
+
+def test_unknown_schedule_is_refused():
+    q = torch.randn(1, 64, 1, 64, device="cuda", dtype=torch.float16)
+    with pytest.raises(ValueError, match="kernel_schedule"):
+        natten.na1d(q, q, q, 7, backend="hopper-fna", kernel_schedule="bogus")
 
 
 def _problem(rng: random.Random):
@@ -95,8 +128,9 @@ def _problem(rng: random.Random):
     return shape, ks, st, ca, b, h, hkv, d, dtype
 
 
-def test_random_sweep():
-    rng = random.Random(SEED)
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_random_sweep(schedule):
+    rng = random.Random(SEED + (0 if schedule == "cooperative" else 1))
     failures = []
     for case in range(NUM_PROBLEMS):
         shape, ks, st, ca, b, h, hkv, d, dtype = _problem(rng)
@@ -109,7 +143,7 @@ def test_random_sweep():
             tiles = rng.choice(configs)
         try:
             _check(shape, ks, st, ca, b, h, hkv, d, dtype, tiles[0], tiles[1], seed=rng.randrange(1 << 30),
-                   what=f"case {case} seed {SEED}")
+                   what=f"case {case} seed {SEED}", schedule=schedule)
         except AssertionError as e:
             failures.append(str(e))
         if len(failures) >= 10:

@@ -53,6 +53,8 @@ struct FnaForwardArgs {
 
   int q_tile[kMaxRank];         // query tile shape in tokens (product = CTA query tile)
   int kv_tile[kMaxRank];        // key tile shape in tokens (product = CTA key tile)
+
+  int kernel_schedule;          // Hopper consumer schedule (sm90/fna_forward.hpp); 0 = default
 };
 
 }  // namespace natten

@@ -172,6 +172,9 @@ bool fna_forward_can_run(const FnaForwardArgs& args, int dtype, const char** rea
     if (why == nullptr) why = "the Hopper kernel supports head_dim 64 and 128 only";
   }
   if (args.rank < 1 || args.rank > kRank) fail("rank must be 1, 2 or 3");
+  if (args.kernel_schedule != kScheduleDefault && args.kernel_schedule != kScheduleCooperative &&
+      args.kernel_schedule != kSchedulePingpong)
+    fail("kernel_schedule must be 0 (default), 1 (cooperative) or 2 (pingpong)");
   for (int a = 0; a < kRank && why == nullptr; ++a) {
     if (a >= args.rank) continue;
     if (args.dilation[a] != 1) fail("the Hopper kernel does not support dilation > 1 yet");
@@ -295,12 +298,13 @@ cudaError_t fna_forward(const FnaForwardArgs& args, int dtype, cudaStream_t stre
   if (e != cudaSuccess) return e;
 
   const int D = int(args.head_dim);
+  const int sched = args.kernel_schedule == kScheduleDefault ? kDefaultSchedule : args.kernel_schedule;
   if (dtype == 1) {
-    if (D == 64) return launch_fna_forward<1, 64>(p, stream);
-    if (D == 128) return launch_fna_forward<1, 128>(p, stream);
+    if (D == 64) return launch_fna_forward<1, 64>(p, sched, stream);
+    if (D == 128) return launch_fna_forward<1, 128>(p, sched, stream);
   } else {
-    if (D == 64) return launch_fna_forward<2, 64>(p, stream);
-    if (D == 128) return launch_fna_forward<2, 128>(p, stream);
+    if (D == 64) return launch_fna_forward<2, 64>(p, sched, stream);
+    if (D == 128) return launch_fna_forward<2, 128>(p, sched, stream);
   }
   return cudaErrorNotSupported;
 #endif

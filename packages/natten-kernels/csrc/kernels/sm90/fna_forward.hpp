@@ -10,6 +10,13 @@ namespace natten {
 namespace sm90 {
 
 constexpr int kTileTokens = 128;
+
+// Consumer schedules (FnaForwardArgs::kernel_schedule / natten_fna_forward_params.kernel_schedule;
+// see mainloop_consumer.cuh). 0 = the default (kDefaultSchedule).
+constexpr int kScheduleDefault = 0;
+constexpr int kScheduleCooperative = 1;
+constexpr int kSchedulePingpong = 2;
+constexpr int kDefaultSchedule = kSchedulePingpong;
 constexpr int kTileLog2 = 7;
 
 // Was the sm_90a kernel compiled into this build (NATTEN_CUDA_ARCHS contains 90a)?

@@ -3,6 +3,6 @@
 
 namespace natten {
 namespace sm90 {
-template cudaError_t launch_fna_forward<1, 128>(const FnaSm90Params&, cudaStream_t);
+template cudaError_t launch_fna_forward<1, 128>(const FnaSm90Params&, int, cudaStream_t);
 }  // namespace sm90
 }  // namespace natten

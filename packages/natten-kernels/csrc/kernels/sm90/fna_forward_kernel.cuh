@@ -1,6 +1,6 @@
 // The SM90 fused neighborhood-attention forward kernel: warp-specialized (1 producer warpgroup
 // issuing TMA, 2 consumer warpgroups running wgmma + online softmax), one CTA per 128-token query
-// tile (no persistent scheduling yet).
+// tile (no persistent scheduling yet). kPingpong: the consumer schedule (mainloop_consumer.cuh).
 #pragma once
 
 #include <cute/arch/cluster_sm90.hpp>
@@ -16,7 +16,7 @@
 namespace natten {
 namespace sm90 {
 
-template <class Traits>
+template <class Traits, bool kPingpong>
 __global__ void __launch_bounds__(Traits::kThreads, 1) fna_sm90_forward_kernel(const __grid_constant__ FnaSm90Params p) {
 #if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ >= 900) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using SharedStorage = typename Traits::SharedStorage;
@@ -58,7 +58,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) fna_sm90_forward_kernel(c
     cute::Tensor acc_o = cute::partition_fragment_C(
         mma_pv, cute::Shape<cute::Int<Traits::kTileQ>, cute::Int<Traits::kHeadDim>>{});
     OnlineSoftmax sm;
-    MainloopConsumer<Traits>::run(p, ctx, ss, pipe_k, pipe_v, ct, sm, acc_o);
+    MainloopConsumer<Traits, kPingpong>::run(p, ctx, ss, pipe_k, pipe_v, ct, sm, acc_o);
     epilogue_store<Traits>(p, ctx, ct, sm, acc_o);
   }
 #endif

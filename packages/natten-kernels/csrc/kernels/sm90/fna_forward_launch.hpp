@@ -4,13 +4,16 @@
 
 #include <cuda_runtime.h>
 
+#include "sm90/fna_forward.hpp"
 #include "sm90/params.cuh"
 
 namespace natten {
 namespace sm90 {
 
+// schedule: kScheduleCooperative or kSchedulePingpong (fna_forward.hpp); both are compiled into
+// each unit.
 template <int kDtype /*1 = fp16, 2 = bf16*/, int kHeadDim>
-cudaError_t launch_fna_forward(const FnaSm90Params& params, cudaStream_t stream);
+cudaError_t launch_fna_forward(const FnaSm90Params& params, int schedule, cudaStream_t stream);
 
 }  // namespace sm90
 }  // namespace natten

@@ -1,13 +1,43 @@
-// Consumers of the SM90 forward (warpgroups 1 and 2, 64 query rows each): per key tile
-//   wait K -> S = Q K^T (SS wgmma) -> release K -> mask (only tiles that cut a window border)
-//   -> online softmax -> O *= correction -> P to fp16/bf16 in registers
-//   -> wait V -> O += P V (RS wgmma) -> release V.
-// (Later: ping-pong of the two warpgroups and overlap of softmax with the next tile's GEMMs.)
+// Consumers of the SM90 forward (warpgroups 1 and 2, 64 query rows each).
+//
+// Software pipeline over key tiles t (FA3 "intra-warpgroup overlap"): the S = Q K^T wgmma of
+// tile t is issued (async) together with O += P(t-1) V(t-1), and the mask / softmax of S(t) runs
+// while that PV wgmma is still in flight:
+//
+//   section 0:      wait K0 -> issue S0 = Q K0^T -> wait -> release K0 -> softmax(S0) -> P0
+//   section t (1..T-1):
+//                   wait Kt -> issue St = Q Kt^T; O *= corr(t-1); wait V(t-1) -> issue O += P(t-1) V(t-1)
+//                   -> wgmma wait<1> (St done) -> release Kt -> mask / softmax(St) -> corr(t)
+//                   -> wgmma wait<0> (PV done) -> release V(t-1) -> Pt = convert(St)
+//   section T:      O *= corr(T-1); wait V(T-1) -> issue O += P(T-1) V(T-1) -> wait -> release V(T-1)
+//
+// Live accumulators: O, S(t) (fp32) and P(t-1) (fp16/bf16, read by the in-flight RS wgmma).
+//
+// Schedules (template flag kPingpong):
+//   cooperative: the two consumer warpgroups run the pipeline above independently.
+//   pingpong:    the GEMM issue of every section is bracketed by two named barriers so that the
+//                warpgroups take turns (FA3 inter-warpgroup ping-pong): WG0 issues its section-k
+//                GEMMs, then WG1 its section-k GEMMs, then WG0 section k+1, ... The tensor cores
+//                run one warpgroup's GEMMs while the other does its softmax.
+//                Barrier b (user ids 0, 1 = consumer warpgroup 0, 1) has 256 participants: the 128
+//                threads of its warpgroup syncing before issuing, and the 128 threads of the other
+//                warpgroup arriving after issuing theirs. Counts: both warpgroups run the same
+//                T + 1 sections (same work tile, same walk). WG0 syncs barrier 0 T + 1 times:
+//                1 self-arrive before its first section + T arrivals of WG1 (WG1 skips the arrive
+//                of its last section). WG1 syncs barrier 1 T + 1 times: the T + 1 arrivals of WG0.
+//                Every arrival is matched, so no barrier is left pending at exit, and arrivals
+//                alternate strictly with syncs (WG1's k-th arrive on barrier 0 follows its k-th
+//                sync on barrier 1, which needs WG0's k-th arrive, which follows WG0's k-th sync).
+//                No TMA pipeline wait is gated on the other warpgroup's turn in a way that can
+//                cycle: the producer's stage reuse needs releases that each warpgroup makes
+//                outside any turn (after wgmma waits), and the producer issues K(t) before
+//                V(t - 1).
 #pragma once
 
 #include <cmath>
 
 #include <cute/tensor.hpp>
+#include <cutlass/arch/barrier.h>
 
 #include "sm90/fragment.cuh"
 #include "sm90/kernel_traits.cuh"
@@ -30,12 +60,15 @@ __device__ __forceinline__ void make_row_windows(const FnaSm90Params& p, const W
   for (int r = 0; r < 2; ++r) sm80::query_row_window(p.geo, ctx.qt, frag_row(ct, r), w.start[r], w.len[r]);
 }
 
-// Masks (sets to -inf) the scores of keys outside the row windows in a partial key tile at kb[].
-// Keys outside the grid (zero fill or the next batch's rows) are never inside a window: windows
-// end at n - 1 on every axis.
+// Value written into masked raw scores so that s * scale_log2 = -inf.
+__device__ __forceinline__ float mask_value(float scale_log2) { return scale_log2 > 0.f ? -INFINITY : INFINITY; }
+
+// Masks the raw scores of keys outside the row windows in a partial key tile at kb[] (sets them
+// to mask_value). Keys outside the grid (zero fill or the next batch's rows) are never inside a
+// window: windows end at n - 1 on every axis.
 template <class TensorS>
 __device__ __forceinline__ void mask_tile(const FnaSm90Params& p, const RowWindows& w, const int kb[kRank], int ct,
-                                          TensorS& s) {
+                                          float masked, TensorS& s) {
   int lo[2][kRank];
   CUTE_UNROLL
   for (int r = 0; r < 2; ++r)
@@ -50,16 +83,42 @@ __device__ __forceinline__ void mask_tile(const FnaSm90Params& p, const RowWindo
     const bool ok = unsigned(o0 - lo[r][0]) <= unsigned(w.len[r][0]) &&
                     unsigned(o1 - lo[r][1]) <= unsigned(w.len[r][1]) &&
                     unsigned(o2 - lo[r][2]) <= unsigned(w.len[r][2]);
-    if (!ok) s(e) = -INFINITY;
+    if (!ok) s(e) = masked;
   }
 }
 
-template <class Traits>
+// fp32 accumulator -> packed fp16 / bf16 pairs (one cvt.rn.{f16,bf16}x2.f32 per pair).
+template <class Element, class TensorS, class TensorP>
+__device__ __forceinline__ void convert_pairs(const TensorS& s, TensorP& p) {
+  static_assert(sizeof(Element) == 2, "16-bit P");
+  uint32_t* out = reinterpret_cast<uint32_t*>(p.data());
+  CUTE_UNROLL
+  for (int i = 0; i < cute::size(s) / 2; ++i) {
+    uint32_t d;
+    if constexpr (cute::is_same_v<Element, cutlass::half_t>) {
+      asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(d) : "f"(s(2 * i + 1)), "f"(s(2 * i)));
+    } else {
+      asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(d) : "f"(s(2 * i + 1)), "f"(s(2 * i)));
+    }
+    out[i] = d;
+  }
+}
+
+template <class Traits, bool kPingpong>
 struct MainloopConsumer {
   using Element = typename Traits::Element;
   using SharedStorage = typename Traits::SharedStorage;
   using Pipeline = typename Traits::Pipeline;
   using PipelineState = typename Traits::PipelineState;
+
+  // Ping-pong turn barriers (user named-barrier ids 0 and 1 = consumer warpgroup 0 and 1).
+  static constexpr uint32_t kTurnThreads = 2 * 128;
+  __device__ __forceinline__ static void turn_begin(int wg) {
+    if constexpr (kPingpong) cutlass::arch::NamedBarrier::sync(kTurnThreads, uint32_t(wg));
+  }
+  __device__ __forceinline__ static void turn_end(int wg) {
+    if constexpr (kPingpong) cutlass::arch::NamedBarrier::arrive(kTurnThreads, uint32_t(1 - wg));
+  }
 
   // ct: consumer thread index 0..255. Leaves the un-normalized O in acc_o and the row statistics
   // in sm.
@@ -71,6 +130,7 @@ struct MainloopConsumer {
     typename Traits::TiledMmaPV mma_pv;
     auto thr_s = mma_s.get_thread_slice(ct);
     auto thr_pv = mma_pv.get_thread_slice(ct);
+    const int wg = ct >> 7;  // consumer warpgroup 0 / 1 (warp-uniform)
 
     Tensor sQ = make_tensor(make_smem_ptr(ss.q.data()), typename Traits::SmemLayoutQ{});
     Tensor sK = make_tensor(make_smem_ptr(ss.k.data()), typename Traits::SmemLayoutK{});
@@ -84,42 +144,83 @@ struct MainloopConsumer {
     sm.init();
     clear(acc_o);
 
+    const int total = ctx.keys.total;  // same for both warpgroups (and the producer)
+    if (total <= 0) return;            // never for valid NA (every query attends a key)
+
+    const float scale_log2 = p.scale_log2;
+    const float masked = mask_value(scale_log2);
+    auto scores_shape = Shape<Int<Traits::kTileQ>, Int<Traits::kTileKV>>{};
+
+    if constexpr (kPingpong) {
+      if (wg == 0) cutlass::arch::NamedBarrier::arrive(kTurnThreads, 0u);  // WG0 takes the first turn
+    }
+
     ss.q_full.wait(0);
 
-    PipelineState st;  // consumer start state: stage 0, phase 0
+    PipelineState st_k, st_v;  // consumer start states: stage 0, phase 0
     int kb[kRank];
     sm80::key_tile_origin(p.geo, ctx.keys, 0, kb);
-    const float scale_log2 = p.scale_log2;
-    for (int t = 0; t < ctx.keys.total; ++t) {
-      Tensor acc_s = partition_fragment_C(mma_s, Shape<Int<Traits::kTileQ>, Int<Traits::kTileKV>>{});
+
+    // ---- section 0: S0, softmax(S0) -> P0
+    Tensor p_regs = make_tensor<Element>(partition_fragment_C(mma_s, scores_shape).layout());
+    Tensor tOrP = make_tensor(p_regs.data(), acc_as_a_layout<Traits::kTileKV>());
+    float corr[2];
+    {
+      Tensor acc_s = partition_fragment_C(mma_s, scores_shape);
       static_assert(decltype(size(acc_s))::value == Traits::kTileKV / 2, "64 x 128 accumulator per thread");
-      pipe_k.consumer_wait(st);
-      warpgroup_gemm<true, false>(mma_s, tSrQ, tSrK(_, _, _, st.index()), acc_s);
+      pipe_k.consumer_wait(st_k);
+      turn_begin(wg);
+      warpgroup_gemm<true, false>(mma_s, tSrQ, tSrK(_, _, _, st_k.index()), acc_s);
+      turn_end(wg);
       warpgroup_wait<0>();
-      pipe_k.consumer_release(st);
-
-      CUTE_UNROLL
-      for (int e = 0; e < size(acc_s); ++e) acc_s(e) *= scale_log2;
-      if (!sm80::key_tile_full(p.geo, ctx.keys, kb)) mask_tile(p, win, kb, ct, acc_s);
-
-      float corr[2];
-      sm.update(acc_s, corr);
-      CUTE_UNROLL
-      for (int e = 0; e < size(acc_o); ++e) acc_o(e) *= corr[frag_slot(e)];
-
-      Tensor p_regs = make_tensor<Element>(acc_s.layout());
-      CUTE_UNROLL
-      for (int e = 0; e < size(acc_s); ++e) p_regs(e) = Element(acc_s(e));
-      Tensor tOrP = make_tensor(p_regs.data(), acc_as_a_layout<Traits::kTileKV>());
-
-      pipe_v.consumer_wait(st);
-      warpgroup_gemm<false, true>(mma_pv, tOrP, tOrV(_, _, _, st.index()), acc_o);
-      warpgroup_wait<0>();
-      pipe_v.consumer_release(st);
-
-      ++st;
+      warpgroup_fence_operand(acc_s);
+      pipe_k.consumer_release(st_k);
+      ++st_k;
+      if (!sm80::key_tile_full(p.geo, ctx.keys, kb)) mask_tile(p, win, kb, ct, masked, acc_s);
+      sm.update(acc_s, scale_log2, corr);  // corr = 0 (O is 0 anyway)
+      convert_pairs<Element>(acc_s, p_regs);
       sm80::key_tile_advance(p.geo, ctx.keys, kb);
     }
+
+    // ---- sections 1 .. T-1: S(t) overlapped with O += P(t-1) V(t-1)
+    for (int t = 1; t < total; ++t) {
+      Tensor acc_s = partition_fragment_C(mma_s, scores_shape);
+      pipe_k.consumer_wait(st_k);
+      turn_begin(wg);
+      warpgroup_gemm<true, false>(mma_s, tSrQ, tSrK(_, _, _, st_k.index()), acc_s);
+      CUTE_UNROLL
+      for (int e = 0; e < size(acc_o); ++e) acc_o(e) *= corr[frag_slot(e)];
+      pipe_v.consumer_wait(st_v);
+      warpgroup_gemm<false, true>(mma_pv, tOrP, tOrV(_, _, _, st_v.index()), acc_o);
+      turn_end(wg);
+
+      warpgroup_wait<1>();  // S(t) done (wgmma groups complete in order)
+      warpgroup_fence_operand(acc_s);
+      pipe_k.consumer_release(st_k);
+      ++st_k;
+      if (!sm80::key_tile_full(p.geo, ctx.keys, kb)) mask_tile(p, win, kb, ct, masked, acc_s);
+      sm.update(acc_s, scale_log2, corr);
+
+      warpgroup_wait<0>();  // O += P(t-1) V(t-1) done: P registers and V stage free
+      warpgroup_fence_operand(acc_o);
+      warpgroup_fence_operand(p_regs);  // keep P(t-1) live until here (read by the async wgmma)
+      pipe_v.consumer_release(st_v);
+      ++st_v;
+      convert_pairs<Element>(acc_s, p_regs);
+      sm80::key_tile_advance(p.geo, ctx.keys, kb);
+    }
+
+    // ---- section T: O += P(T-1) V(T-1)
+    CUTE_UNROLL
+    for (int e = 0; e < size(acc_o); ++e) acc_o(e) *= corr[frag_slot(e)];
+    pipe_v.consumer_wait(st_v);
+    turn_begin(wg);
+    warpgroup_gemm<false, true>(mma_pv, tOrP, tOrV(_, _, _, st_v.index()), acc_o);
+    if (wg == 0) turn_end(wg);  // WG1's last arrive would have no matching sync (see above)
+    warpgroup_wait<0>();
+    warpgroup_fence_operand(acc_o);
+    warpgroup_fence_operand(p_regs);
+    pipe_v.consumer_release(st_v);
   }
 };
 

@@ -2,7 +2,7 @@
 // Q: one box per 64-element head-dim chunk, once, on its own transaction barrier.
 // K, V: per key tile (the SM80 walk: odometer over the per-axis key box, last axis fastest), one
 // box per chunk into the stage of a PipelineTmaAsync ring each (K and V have separate rings so the
-// S = QK^T GEMM can start before V has landed).
+// S = QK^T GEMM can start before V has landed); V runs one tile behind K (see run()).
 #pragma once
 
 #include <cute/arch/copy_sm90_tma.hpp>
@@ -42,19 +42,32 @@ struct MainloopProducer {
     ss.q_full.arrive_and_expect_tx(Traits::kTileBytesQ);
     load_tile(&p.tma_q, reinterpret_cast<uint64_t*>(&ss.q_full), ss.q.data(), int(ctx.work.head), c);
 
-    PipelineState st = cutlass::make_producer_start_state<Pipeline>();
-    int kb[kRank];
+    // Issue order K0, K1, V0, K2, V1, ..., K(T-1), V(T-2), V(T-1): the consumers wait for K(t)
+    // before V(t-1) (their S(t) GEMM is issued before O += P(t-1) V(t-1)), so K(t) must not queue
+    // behind V(t-1). K and V have separate states (V runs one tile behind).
+    PipelineState st_k = cutlass::make_producer_start_state<Pipeline>();
+    PipelineState st_v = cutlass::make_producer_start_state<Pipeline>();
+    int kb[kRank], vb[kRank];
     sm80::key_tile_origin(p.geo, ctx.keys, 0, kb);
+    sm80::key_tile_origin(p.geo, ctx.keys, 0, vb);
     const int kv_head = int(ctx.kv_head);
     constexpr int kStageElems = Traits::kTileKV * Traits::kHeadDim;
-    for (int t = 0; t < ctx.keys.total; ++t) {
-      tma_token_coords(p, b, kb, c);
-      pipe_k.producer_acquire(st);  // waits for the stage to be free, then expects kTileBytesKV
-      load_tile(&p.tma_k, pipe_k.producer_get_barrier(st), ss.k.data() + st.index() * kStageElems, kv_head, c);
-      pipe_v.producer_acquire(st);
-      load_tile(&p.tma_v, pipe_v.producer_get_barrier(st), ss.v.data() + st.index() * kStageElems, kv_head, c);
-      ++st;
-      sm80::key_tile_advance(p.geo, ctx.keys, kb);
+    const int total = ctx.keys.total;
+    for (int t = 0; t <= total; ++t) {
+      if (t < total) {
+        tma_token_coords(p, b, kb, c);
+        pipe_k.producer_acquire(st_k);  // waits for the stage to be free, then expects kTileBytesKV
+        load_tile(&p.tma_k, pipe_k.producer_get_barrier(st_k), ss.k.data() + st_k.index() * kStageElems, kv_head, c);
+        ++st_k;
+        sm80::key_tile_advance(p.geo, ctx.keys, kb);
+      }
+      if (t > 0) {
+        tma_token_coords(p, b, vb, c);
+        pipe_v.producer_acquire(st_v);
+        load_tile(&p.tma_v, pipe_v.producer_get_barrier(st_v), ss.v.data() + st_v.index() * kStageElems, kv_head, c);
+        ++st_v;
+        sm80::key_tile_advance(p.geo, ctx.keys, vb);
+      }
     }
     // No producer tail needed: the CTA is a cluster of one, and the consumers wait on the full
     // barrier of every tile issued here before they (and with them the CTA) exit.

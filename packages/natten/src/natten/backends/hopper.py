@@ -7,6 +7,11 @@ natten-kernels build that contains sm_90a; float16 / bfloat16; head_dim == head_
 rank 1-3; any kernel size, stride, per-axis causal, GQA/MQA; no dilation > 1, no query/key slabs
 of a larger grid (use ``cutlass-fna`` for those). It shares the ``natten::fna_forward`` operator
 with ``cutlass-fna`` (``backend=2``).
+
+``kernel_schedule``: the consumer schedule, ``"pingpong"`` (the default: the two consumer
+warpgroups take turns issuing their GEMMs so one's softmax overlaps the other's tensor-core work,
+FA3-style) or ``"cooperative"`` (both run independently); None = the library's default. Any other
+name raises ``ValueError``. Needs natten-kernels ABI >= 1.2.
 """
 
 from __future__ import annotations
@@ -112,11 +117,12 @@ def fna(
             "`q_tile_shape` and `kv_tile_shape` must be given together for hopper-fna "
             f"(got {q_tile_shape} and {kv_tile_shape}); see natten.get_configs_for_cutlass_hopper_fna."
         )
+    schedule = _libnatten.schedule_id(options.get("kernel_schedule"))
     query, key, value = _foldable(query), _foldable(key), _foldable(value)
     args = (
         list(spec.kernel_size), list(spec.stride), list(spec.dilation), list(spec.is_causal),
         float(scale), list(q_tile_shape or ()), list(kv_tile_shape or ()), [], [], [],
-        _libnatten.BACKEND_HOPPER_FNA,
+        _libnatten.BACKEND_HOPPER_FNA, schedule,
     )
     if torch.compiler.is_compiling():
         return ops.fna_forward(query, key, value, *args)
@@ -126,8 +132,52 @@ def fna(
 def prepare_fna(query: Tensor, key: Tensor, value: Tensor, spec, scale: float,
                 q_tile_shape: Optional[Tuple[int, ...]] = None,
                 kv_tile_shape: Optional[Tuple[int, ...]] = None, **options) -> Callable:
-    """Per-call launcher (no prepared fast path yet): every call goes through :func:`fna`."""
-    return lambda q, k, v: fna(q, k, v, spec, scale, q_tile_shape, kv_tile_shape, **options)
+    """A fast launcher for repeated calls with tensors of these shapes, strides, dtypes and
+    device (natten's call-plan cache guarantees that): validated and marshalled once
+    (:class:`natten._libnatten.PreparedFnaForward`, backend 2), then each call only allocates the
+    outputs and launches. Falls back to :func:`fna` per call where the prepared path does not
+    apply (inputs needing grad or a copy, slabs, poisoned outputs in tests, misaligned pointers)."""
+    from .. import ops
+
+    schedule = options.get("kernel_schedule")
+    _libnatten.schedule_id(schedule)  # unknown names fail here, at planning time
+
+    def slow(q: Tensor, k: Tensor, v: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
+        return fna(q, k, v, spec, scale, q_tile_shape, kv_tile_shape, **options)
+
+    if (
+        _needs_grad(query, key, value)
+        or getattr(spec, "is_partial", False)
+        or any(int(x) != 1 for x in spec.dilation)
+        or (q_tile_shape is None) != (kv_tile_shape is None)
+        or not (ops.is_kernel_ready(query) and ops.is_kernel_ready(key) and ops.is_kernel_ready(value))
+        or any(_foldable(t) is not t for t in (query, key, value))
+    ):
+        return slow
+    out, lse = ops.new_outputs(query, value)
+    prepared = _libnatten.PreparedFnaForward(
+        query, key, value, out, lse, list(spec.kernel_size), list(spec.stride),
+        list(spec.dilation), list(spec.is_causal), float(scale),
+        q_tile=q_tile_shape, kv_tile=kv_tile_shape, backend=_NAME, kernel_schedule=schedule,
+    )
+    launch = prepared.launch
+
+    out_shape, lse_shape = list(out.shape), list(lse.shape)
+    dtype, device = query.dtype, query.device
+    empty = torch.empty
+    f32 = torch.float32
+    with_lse = options.get("return_lse", True)
+
+    def run(q: Tensor, k: Tensor, v: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
+        if q.data_ptr() % 16 or k.data_ptr() % 16 or v.data_ptr() % 16 or ops._POISON_OUTPUTS:
+            return slow(q, k, v)
+        o = empty(out_shape, dtype=dtype, device=device)
+        # Without return_lse the kernel skips the logsumexp (a null pointer at the ABI).
+        l = empty(lse_shape, dtype=f32, device=device) if with_lse else None
+        launch(q, k, v, o, l)
+        return o, l
+
+    return run
 
 
 def fmha(*args, **kwargs):
