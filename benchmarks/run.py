@@ -19,7 +19,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 
@@ -105,7 +105,8 @@ def cudnn_time(q, k, v, backward: bool, reps_ms: int, causal: bool = False) -> f
     return bench(fwd_bwd, reps_ms)
 
 
-def run_row(row: Row, backend: str, dtype: torch.dtype, backward: bool, reps_ms: int) -> Dict:
+def run_row(row: Row, backend: str, dtype: torch.dtype, backward: bool, reps_ms: int,
+            kernel_schedule: Optional[str] = None) -> Dict:
     dev = "cuda"
     g = torch.Generator(device=dev).manual_seed(0)
     q = torch.randn(row.batch, *row.shape, row.heads, row.dim, device=dev, dtype=dtype, generator=g)
@@ -114,10 +115,13 @@ def run_row(row: Row, backend: str, dtype: torch.dtype, backward: bool, reps_ms:
     op = OPS[len(row.shape)]
     kw = dict(kernel_size=row.window, stride=row.stride, dilation=row.dilation,
               is_causal=row.causal, backend=backend)
+    if kernel_schedule is not None:
+        kw["kernel_schedule"] = kernel_schedule
     if row.dense:  # natten.attention on the matching *-fmha backend
         op = natten.attention
         kw = dict(is_causal=row.causal[0], backend=backend.replace("-fna", "-fmha"))
-    result: Dict = {"id": row.id, "backend": backend, "dtype": str(dtype).split(".")[-1],
+    result: Dict = {"id": row.id, "backend": backend + (f" ({kernel_schedule})" if kernel_schedule else ""),
+                    "dtype": str(dtype).split(".")[-1],
                     "pass": "fwd+bwd" if backward else "fwd"}
     try:
         if backward:
@@ -167,6 +171,8 @@ def main() -> None:
     p.add_argument("--dtypes", nargs="+", default=["fp16", "bf16"], choices=sorted(DTYPES))
     p.add_argument("--rows", nargs="+", default=[r.id for r in ROWS])
     p.add_argument("--backward", action="store_true", help="also time forward+backward")
+    p.add_argument("--kernel-schedules", nargs="+", default=[None],
+                   help="kernel_schedule values to time (hopper-fna: cooperative, pingpong)")
     p.add_argument("--rep-ms", type=int, default=200)
     a = p.parse_args()
     if not torch.cuda.is_available():
@@ -185,11 +191,12 @@ def main() -> None:
     results = []
     for row in [r for r in ROWS if r.id in a.rows]:
         for dt in a.dtypes:
-            for backend in a.backends:
+            for backend, sched in [(b, s) for b in a.backends
+                                   for s in (a.kernel_schedules if b == "hopper-fna" else [None])]:
                 # hopper-fna has no backward yet: its rows time the forward only.
                 for backward in ([False, True] if a.backward and backend != "hopper-fna" else [False]):
                     t0 = time.time()
-                    r = run_row(row, backend, DTYPES[dt], backward, a.rep_ms)
+                    r = run_row(row, backend, DTYPES[dt], backward, a.rep_ms, sched)
                     print(json.dumps(r), f"({time.time() - t0:.1f}s)", flush=True)
                     results.append(r)
                     torch.cuda.empty_cache()
