@@ -104,7 +104,7 @@ INVALID_CASES = [
     ("fp32", mut(dtype=A.FP32), UNSUPPORTED, ["fp32 is not supported"]),
     ("head_dim_large", mut(head_dim=512), UNSUPPORTED, ["head_dim 512"]),
     ("head_dim_v_large", mut(head_dim_v=264), UNSUPPORTED, ["head_dim_v 264"]),
-    ("backend_hopper", mut(backend=A.BACKEND_HOPPER), UNSUPPORTED, ["NATTEN_BACKEND_HOPPER_FNA", "reserved"]),
+    ("backend_hopper", mut(backend=A.BACKEND_HOPPER), UNSUPPORTED, ["NATTEN_BACKEND_HOPPER_FNA", "no backward"]),
     ("tile_bad_product", _set_tile((8, 4), (8, 8)), UNSUPPORTED, ["q_tile (8, 4) kv_tile (8, 8) is not supported"]),
 ]
 
