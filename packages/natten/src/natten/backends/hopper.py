@@ -22,18 +22,13 @@ import torch
 from torch import Tensor
 
 from .. import _libnatten
+from .cutlass import _DTYPES, _library_reason, _needs_grad  # shared with the SM80 backend
 
 SUPPORTS_VARLEN = False
 
-_DTYPES = (torch.float16, torch.bfloat16)
 _HEAD_DIMS = (64, 128)
 _NAME = "hopper-fna"
 _KERNEL_REASONS: Dict[tuple, Optional[str]] = {}
-
-
-@torch.compiler.assume_constant_result
-def _library_reason() -> Optional[str]:
-    return _libnatten.unavailable_reason()
 
 
 @torch.compiler.assume_constant_result
@@ -44,10 +39,6 @@ def _kernel_reason(dtype: torch.dtype, rank: int, head_dim: int, head_dim_v: int
             dtype, rank, head_dim, head_dim_v, device=device, backend=_NAME
         )
     return _KERNEL_REASONS[key]
-
-
-def _needs_grad(*tensors: Tensor) -> bool:
-    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
 def can_run_fna(
