@@ -11,7 +11,8 @@ For every row (BENCHMARKS.md ids of ``bench_flex.py``) and variant it prints
 
 Variants: ``natten`` (``naXd(..., backend="flex-fna")`` end to end), ``kernel`` (the compiled
 FlexAttention call alone on pre-tiled tensors, with our block mask and kernel options), ``plain``
-(row-major tokens, 128x128 blocks, ordinary mask_mod). If ``bench ms`` is close to ``wall ms`` and
+(row-major tokens, 128x128 blocks, ordinary mask_mod), ``kernel-noguard`` (``kernel`` with
+dynamo's guard evaluation skipped: how much of the host time is guards). If ``bench ms`` is close to ``wall ms`` and
 well above ``gpu ms`` the call is host-bound.
 """
 
@@ -63,6 +64,8 @@ def main() -> None:
     ap.add_argument("--rows", nargs="+", default=["1d-32k", "1d-32k-s256"])
     ap.add_argument("--dtype", default="bf16", choices=sorted(bf.DTYPES))
     ap.add_argument("--iters", type=int, default=50)
+    ap.add_argument("--cprofile", action="store_true",
+                    help="also print where the host time of the natten call goes (cProfile)")
     args = ap.parse_args()
     dtype = bf.DTYPES[args.dtype]
     from torch.nn.attention.flex_attention import AuxRequest
@@ -91,6 +94,10 @@ def main() -> None:
                             enable_gqa=H != Hkv, kernel_options=opts,
                             return_aux=AuxRequest(lse=True))
 
+        def kernel_skipguard_call():  # the same with dynamo's guard evaluation skipped
+            with torch.compiler.set_stance("default", skip_guard_eval_unsafe=True):
+                return kernel_call()
+
         mm = bf.plain_na_mask_mod(shape, ks, st, dl, ca)
         pbm = bf.plain_block_mask(mm, math.prod(shape), q.device)
 
@@ -114,12 +121,25 @@ def main() -> None:
               f"{0 if pbm.full_kv_num_blocks is None else int(pbm.full_kv_num_blocks.sum())}")
         with torch.no_grad():
             for name, fn in (("cudnn", cudnn_call), ("natten", natten_call),
-                             ("kernel", kernel_call), ("plain", plain_call)):
+                             ("kernel", kernel_call), ("kernel-noguard", kernel_skipguard_call),
+                             ("plain", plain_call)):
                 bench = bf.do_bench(fn, 200)
                 wall, gpu, kernels = profile(fn, args.iters)
-                print(f"   {name:7s} bench {bench:.4f} ms  wall {wall:.4f} ms  gpu {gpu:.4f} ms")
+                print(f"   {name:14s} bench {bench:.4f} ms  wall {wall:.4f} ms  gpu {gpu:.4f} ms")
                 for kname, ms in kernels[:6]:
                     print(f"            {ms:.4f} ms  {kname}")
+            if args.cprofile:
+                import cProfile
+                import pstats
+
+                prof = cProfile.Profile()
+                prof.enable()
+                for _ in range(200):
+                    natten_call()
+                torch.cuda.synchronize()
+                prof.disable()
+                print("   host time of 200 natten calls (cProfile, cumulative):")
+                pstats.Stats(prof).sort_stats("cumulative").print_stats(28)
 
 
 if __name__ == "__main__":

@@ -65,8 +65,8 @@ ROWS = [
     Row("causal-video", 1, (16, 44, 80), 32, 128, (8, 16, 16), causal=(True, False, False),
         primary=False),
     Row("gqa", 1, (256, 256), 24, 128, (80, 80), heads_kv=4, primary=False),
-    Row("dense-8k", 2, (8192,), 16, 128, (8192,), primary=False, dense=True),
-    Row("dense-8k-causal", 2, (8192,), 16, 128, (8192,), causal=(True,), primary=False, dense=True),
+    Row("dense-fmha", 4, (8192,), 16, 128, (8192,), primary=False, dense=True),
+    Row("dense-fmha-causal", 4, (8192,), 16, 128, (8192,), causal=(True,), primary=False, dense=True),
 ]
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 OPS = {1: natten.na1d, 2: natten.na2d, 3: natten.na3d}

@@ -201,8 +201,10 @@ BACKEND_STATUS = {
                    "yes: float16 / bfloat16, head dim 64 or 128 (= head_dim_v), no dilation",
                    "not yet (inputs that require grad run on `cutlass-fna`)",
                    "**available** for inference: warp-specialized TMA + wgmma kernel; picked "
-                   "before `cutlass-fna` on SM 9.0 when it supports the problem. `hopper-fmha`: "
-                   "not in this release", True),
+                   "before `cutlass-fna` on SM 9.0 when it supports the problem. `hopper-fmha` "
+                   "(`natten.attention`, inference) runs dense and causal attention on the same "
+                   "kernel (a window covering every key; as many queries as keys or a multiple)",
+                   True),
     "blackwell-fna": ("B200 (sm_100a)", "planned", "planned", "**not in this release**", False),
 }
 

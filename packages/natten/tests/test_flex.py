@@ -612,6 +612,47 @@ def test_prepared_runner_fast_path_matches_oracle(compiled_on_cpu, monkeypatch):
     F._PLANS.clear()
 
 
+def test_prepared_runner_skips_guards_only_after_a_guarded_call(compiled_on_cpu, monkeypatch):
+    """Calls 1: fna (compiles); 2: the compiled call with full guards; 3+: differentiating guards
+    only (set_stance(skip_guard_eval_unsafe=True)). Not under autocast or a user's stance, nor with
+    NATTEN_FLEX_SKIP_GUARDS=0; results equal the oracle every time."""
+    from natten import functional as F
+    from oracle import na_oracle
+
+    stances = []
+    real = torch.compiler.set_stance
+
+    def spy(*a, **k):
+        stances.append(k.get("skip_guard_eval_unsafe", False))
+        return real(*a, **k)
+
+    monkeypatch.setattr(torch.compiler, "set_stance", spy)
+    g = torch.Generator().manual_seed(12)
+    q, k, v = (torch.randn(1, 11, 13, 2, 16, generator=g) for _ in range(3))
+    kw = dict(kernel_size=(3, 5), stride=(2, 1), is_causal=(True, False))
+    ref_out, _ = na_oracle(q.double(), k.double(), v.double(), **kw)
+
+    def call(n):
+        for i in range(n):
+            out = natten.na2d(q, k, v, **kw, backend="flex-fna")
+            assert_close(out, ref_out, what=f"call {i}", **TOL[torch.float32])
+
+    F._PLANS.clear()
+    call(4)
+    assert stances == [True, True], stances  # calls 3 and 4
+    stances.clear()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=True):
+        assert flex._skip_guards_ok("cpu") is False
+    with torch.compiler.set_stance("eager_on_recompile"):
+        stances.clear()
+        call(1)
+        assert stances == [], stances  # the user's stance is left alone
+    monkeypatch.setattr(flex, "_SKIP_GUARDS", False)
+    call(2)
+    assert stances == [], stances
+    F._PLANS.clear()
+
+
 @pytest.mark.parametrize("seed", range(6))
 def test_tile_layout_matches_generic_permutation(seed):
     """_TileLayout (precomputed, used on the hot path) equals _to_tiles / _from_tiles, including
@@ -643,3 +684,63 @@ def test_tile_layout_matches_generic_permutation(seed):
         y = torch.randn(B * layout.groups, layout.tokens, H, generator=g)
         assert torch.equal(layout.from_tiles(y, B),
                            flex._from_tiles(y, B, shape, tile, ext, dil, front))
+
+
+def _random_layout(rng: random.Random):
+    rank = rng.randint(1, 3)
+    tile = tuple(2 ** rng.randint(0, 3) for _ in range(rank))
+    dil = tuple(rng.choice([1, 1, 2, 3]) for _ in range(rank))
+    ext = tuple(tile[a] * rng.randint(1, 3) for a in range(rank))
+    shape = tuple(max(1, ext[a] * dil[a] - rng.randint(0, dil[a] * tile[a] - 1))
+                  for a in range(rank))
+    front = tuple(rng.randint(0, ext[a] * dil[a] - shape[a]) for a in range(rank))
+    return shape, tile, ext, dil, front
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_wide_element_permutation_is_bitwise_and_differentiable(seed):
+    """The permutation copies run on wide-element views (_widen); they must equal the plain copies
+    bit for bit (NaN payloads included) for every dtype, odd head dims (no wide view), views with
+    odd strides, and give the same gradients as the autograd-visible generic functions."""
+    g = torch.Generator().manual_seed(100 + seed)
+    rng = random.Random(100 + seed)
+    for _ in range(25):
+        shape, tile, ext, dil, front = _random_layout(rng)
+        B, H, D = rng.randint(1, 2), rng.randint(1, 3), rng.choice([1, 2, 3, 4, 8, 16])
+        dt = rng.choice([torch.float16, torch.bfloat16, torch.float32, torch.float64])
+        extra = rng.choice([0, 0, 1, 4])  # a sliced last dim: strides no wide type divides
+        x = torch.randn(B, *shape, H, D + extra, generator=g).to(dt)[..., :D]
+        nan = x.detach().clone()
+        nan.view(-1)[:: max(1, nan.numel() // 7)] = float("nan")  # NaNs must move unchanged
+        layout = flex._TileLayout(shape, tile, ext, dil, front)
+        for t in (x, nan):
+            got = layout.to_tiles(t).contiguous()
+            want = flex._to_tiles(t, tile, ext, dil, front).contiguous()
+            assert got.dtype == t.dtype and got.shape == want.shape
+            assert torch.equal(got.view(torch.uint8), want.view(torch.uint8))  # bit for bit
+        y = torch.randn(B * layout.groups, layout.tokens, H, D, generator=g).to(dt)
+        assert torch.equal(layout.from_tiles(y, B),
+                           flex._from_tiles(y, B, shape, tile, ext, dil, front))
+        # gradients: to_tiles and from_tiles against the generic (autograd-visible) functions
+        x1 = x.detach().clone().requires_grad_(True)
+        x2 = x.detach().clone().requires_grad_(True)
+        gt = torch.randn(B * layout.groups, layout.tokens, H, D, generator=g).to(dt)
+        layout.to_tiles(x1).backward(gt)
+        flex._to_tiles(x2, tile, ext, dil, front).backward(gt)
+        assert torch.equal(x1.grad, x2.grad)
+        y1, y2 = y.clone().requires_grad_(True), y.clone().requires_grad_(True)
+        go = torch.randn(B, *shape, H, D, generator=g).to(dt)
+        layout.from_tiles(y1, B).backward(go)
+        flex._from_tiles(y2, B, shape, tile, ext, dil, front).backward(go)
+        assert torch.equal(y1.grad, y2.grad)
+
+
+def test_widen_picks_the_widest_dividing_type():
+    bf = torch.zeros(2, 3, 128, dtype=torch.bfloat16)
+    assert flex._widen(bf).dtype == torch.int64  # 16-byte moves only on CUDA
+    assert flex._widen(bf).shape == (2, 3, 32)
+    assert flex._widen(torch.zeros(2, 3, 2, dtype=torch.bfloat16)).dtype == torch.int32
+    assert flex._widen(torch.zeros(2, 3, 3, dtype=torch.bfloat16)) is None
+    assert flex._widen(torch.zeros(2, 3, 8, dtype=torch.bfloat16)[..., 1:5]) is None  # offset
+    assert flex._widen(torch.zeros(2, 8, 3).transpose(1, 2)) is None  # last dim strided
+    assert flex._widen(torch.zeros(4, dtype=torch.float64)) is None  # nothing wider on CPU

@@ -12,6 +12,7 @@ grid whose outputs and gradients reassemble the unsharded problem's.
 """
 
 import math
+import os
 import random
 
 import pytest
@@ -106,6 +107,9 @@ def make_cases(seed, count):
 
 
 CASES = make_cases(7, 12)
+# Fresh random problems every run (seed printed on failure; NATTEN_GPU_SEED replays).
+SWEEP_SEED = int(os.environ.get("NATTEN_GPU_SEED", str(random.SystemRandom().randrange(1 << 30))))
+SWEEP = make_cases(SWEEP_SEED, int(os.environ.get("NATTEN_GPU_FLEX_SWEEP", "12")))
 
 
 def _id(c):
@@ -163,6 +167,23 @@ def _run_and_check(c, dtype, seed, backward):
 # ------------------------------------------------------------------------------------------------
 # Oracle sweeps
 # ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("i", range(len(SWEEP)))
+def test_fresh_random_problem_three_calls(i):
+    """A fresh random problem, called three times like a model layer: call 1 plans and compiles
+    (fna), call 2 takes the prepared runner with full dynamo guards, call 3 the prepared runner
+    with differentiating guards only; the same again with inputs that require grad. Every call's
+    output and logsumexp, and the training calls' gradients, against the float64 oracle (fp16 or
+    bf16, fresh inputs per call, seed printed)."""
+    c = SWEEP[i]
+    dtype = (torch.float16, torch.bfloat16)[(SWEEP_SEED + i) % 2]
+    what = f"seed {SWEEP_SEED} case {i}"
+    try:
+        for call in range(6):  # three inference calls, then three training calls
+            _run_and_check(c, dtype, SWEEP_SEED + call, backward=call >= 3)
+    except AssertionError as e:
+        raise AssertionError(f"{what}: {e}") from None
 
 
 @pytest.mark.parametrize("case", CASES, ids=[_id(c) for c in CASES])

@@ -17,10 +17,13 @@ We therefore reorder tokens so that every block is a multi-dimensional *tile* (e
 * each axis (group-local length ``m = ceil(n / d)``) is padded to a multiple of the tile extent;
 * ``[B, *grid, H, D]`` is viewed as ``[B, (tiles_a, tile_a, d_a) per axis, H, D]`` and permuted to
   ``[B, d..., tiles..., tile..., H, D]``: one copy (two when padding is needed), heads-last in memory
-  (FlexAttention takes the ``[B*G, H, N, D]`` *view*, no head transpose is copied).
+  (FlexAttention takes the ``[B*G, H, N, D]`` *view*, no head transpose is copied). The copies
+  move the rows as 8- or 16-byte elements (a reinterpreting view), which runs the strided copy
+  near the device's copy bandwidth instead of at a fraction of it for 2-byte elements.
 
-The output and the logsumexp are permuted back (and cropped) the same way. All of it is plain
-autograd-visible tensor code, so gradients flow through the permutation.
+The output and the logsumexp are permuted back (and cropped) the same way. Under autograd the
+copies are one autograd function whose backward is the inverse permutation; under torch.compile
+they are plain tensor code for the compiler.
 
 Exact masks
 -----------
@@ -122,6 +125,7 @@ import collections
 import functools
 import inspect
 import math
+import os
 import threading
 import warnings
 from dataclasses import dataclass, field
@@ -1075,6 +1079,37 @@ def _from_tiles(
     return y
 
 
+# Widest element types for the permutation copies, by byte width. A token permutation moves rows
+# of ``D`` (or ``H * D``) contiguous elements; the generic strided copy computes an offset per
+# *element*, so copying 2-byte elements as 8- or 16-byte ones does the same move with 4-8x fewer
+# elements (measured on an H100 in benchmarks/NOTES.md). Bits are moved unchanged (no arithmetic).
+_WIDE_DTYPES = ((16, torch.complex128), (8, torch.int64), (4, torch.int32))
+
+
+def _widen(x: Tensor) -> Optional[Tensor]:
+    """``x`` viewed with its last dimension reinterpreted as the widest element type that divides
+    it and every stride, or None when no wider view exists (then the copy runs on ``x`` itself)."""
+    if x.dim() == 0 or x.stride(-1) != 1 or x.is_complex():
+        return None
+    size = x.element_size()
+    nbytes = int(x.shape[-1]) * size
+    for width, dtype in _WIDE_DTYPES:
+        if width <= size or nbytes % width:
+            continue
+        if dtype is torch.complex128 and x.device.type != "cuda":
+            continue  # 16-byte moves pay off on GPUs; elsewhere 8 bytes are plenty
+        ratio = width // size
+        if x.storage_offset() % ratio or any(
+            st % ratio for st, n in zip(x.stride()[:-1], x.shape[:-1]) if n > 1
+        ):
+            continue
+        try:
+            return x.view(dtype)
+        except RuntimeError:  # a stride rule of this torch version; try narrower
+            continue
+    return None
+
+
 class _TileLayout:
     """:func:`_to_tiles` / :func:`_from_tiles` for one grid, with the pad widths, view shapes and
     permutations worked out once (host time: the 1-D rows run in ~0.1 ms on an H100, and the
@@ -1082,7 +1117,9 @@ class _TileLayout:
 
     When the tiled order is the token order (dilation 1, no padding, one tile across every axis
     but the first: e.g. any 1-D problem whose extent is a multiple of the tile), both directions
-    are plain views."""
+    are plain views. Otherwise each direction is one copy (two with padding), done on a wide-element
+    view of the data (:func:`_widen`); under autograd the copies are wrapped in
+    :class:`_TilePermute`, whose backward is the inverse permutation."""
 
     def __init__(self, shape: Tuple[int, ...], tile: Tuple[int, ...], ext: Tuple[int, ...],
                  dilation: Tuple[int, ...], front: Optional[Tuple[int, ...]] = None) -> None:
@@ -1122,26 +1159,66 @@ class _TileLayout:
             got = self._perm[tail] = (perm, inv)
         return got
 
-    def to_tiles(self, x: Tensor) -> Tensor:
-        """``[B, *grid, H, D]`` -> ``[B*G, N, H, D]`` in tile order (a view when identity)."""
-        B, H, D = x.shape[0], x.shape[-2], x.shape[-1]
-        if self.identity:
-            return x.reshape(B, self.tokens, H, D)
+    # The copies themselves, on any tail ``[*tail]`` after the grid / token dimension.
+    def _to_tiles_copy(self, x: Tensor) -> Tensor:
+        B, tail = x.shape[0], tuple(x.shape[1 + self.rank :])
         if self.pad is not None:
-            x = torch.nn.functional.pad(x, [0, 0, 0, 0] + self.pad)
-        x = x.reshape(B, *self.view, H, D).permute(self._perms(2)[0])
-        return x.reshape(B * self.groups, self.tokens, H, D)
+            x = torch.nn.functional.pad(x, [0, 0] * len(tail) + self.pad)
+        x = x.reshape(B, *self.view, *tail).permute(self._perms(len(tail))[0])
+        return x.reshape(B * self.groups, self.tokens, *tail)
 
-    def from_tiles(self, y: Tensor, B: int) -> Tensor:
-        """``[B*G, N, *tail]`` -> ``[B, *shape, *tail]`` (padding cropped)."""
+    def _from_tiles_copy(self, y: Tensor, B: int) -> Tensor:
         tail = tuple(y.shape[2:])
-        if self.identity:
-            return y.reshape(B, *self.shape, *tail)
         y = y.reshape(B, *self.pre, *tail).permute(self._perms(len(tail))[1])
         y = y.reshape(B, *self.padded, *tail)
         if self.crop is not None:
             y = y[(slice(None),) + self.crop].contiguous()
         return y
+
+    def _fast(self, x: Tensor, to: bool, B: int) -> Tensor:
+        wide = _widen(x)
+        if wide is None:
+            return self._to_tiles_copy(x) if to else self._from_tiles_copy(x, B)
+        y = self._to_tiles_copy(wide) if to else self._from_tiles_copy(wide, B)
+        return y.view(x.dtype)
+
+    def _move(self, x: Tensor, to: bool, B: int) -> Tensor:
+        if torch.compiler.is_compiling():  # traced: the compiler writes its own copy kernels
+            return self._to_tiles_copy(x) if to else self._from_tiles_copy(x, B)
+        if x.requires_grad and torch.is_grad_enabled():
+            return _TilePermute.apply(x, self, to, B)
+        return self._fast(x, to, B)
+
+    def to_tiles(self, x: Tensor) -> Tensor:
+        """``[B, *grid, H, D]`` -> ``[B*G, N, H, D]`` in tile order (a view when identity)."""
+        if self.identity:
+            if self.rank == 1:
+                return x  # already [B, N, *tail]
+            return x.reshape(x.shape[0], self.tokens, *x.shape[1 + self.rank :])
+        return self._move(x, True, int(x.shape[0]))
+
+    def from_tiles(self, y: Tensor, B: int) -> Tensor:
+        """``[B*G, N, *tail]`` -> ``[B, *shape, *tail]`` (padding cropped)."""
+        if self.identity:
+            return y if self.rank == 1 else y.reshape(B, *self.shape, *y.shape[2:])
+        return self._move(y, False, B)
+
+
+class _TilePermute(torch.autograd.Function):
+    """A :class:`_TileLayout` copy under autograd: the gradient of a permutation (with padding /
+    cropping) is the inverse permutation (with cropping / zero padding)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, layout: _TileLayout, to: bool, B: int) -> Tensor:
+        ctx.layout, ctx.to, ctx.B = layout, to, int(x.shape[0])
+        return layout._fast(x, to, B)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tuple[Optional[Tensor], None, None, None]:
+        layout = ctx.layout
+        if ctx.to:  # grad [B*G, N, *tail] -> [B, *grid, *tail]
+            return layout._fast(grad, False, ctx.B), None, None, None
+        return layout._fast(grad, True, ctx.B), None, None, None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -1444,12 +1521,15 @@ def fna(
     B = query.shape[0]
     if query.device.type == "cpu":  # FlexAttention refuses CPU tensors that require grad
         query, key, value = query.detach(), key.detach(), value.detach()
-    q = _to_tiles(query, q_tile, plan.q_ext, dl, plan.q_front).transpose(1, 2)
-    k = _to_tiles(key, kv_tile, plan.kv_ext, dl, plan.kv_front).transpose(1, 2)
-    v = _to_tiles(value, kv_tile, plan.kv_ext, dl, plan.kv_front).transpose(1, 2)
+    q_layout = _TileLayout(q_shape, q_tile, plan.q_ext, dl, plan.q_front)
+    kv_layout = _TileLayout(tuple(int(s) for s in key.shape[1:-2]), kv_tile, plan.kv_ext, dl,
+                            plan.kv_front)
+    q = q_layout.to_tiles(query).transpose(1, 2)
+    k = kv_layout.to_tiles(key).transpose(1, 2)
+    v = kv_layout.to_tiles(value).transpose(1, 2)
     out, lse = _run(plan, q, k, v, scale, needs_grad)
-    out = _from_tiles(out.transpose(1, 2), B, q_shape, q_tile, plan.q_ext, dl, plan.q_front)
-    lse = _from_tiles(lse.transpose(1, 2), B, q_shape, q_tile, plan.q_ext, dl, plan.q_front)
+    out = q_layout.from_tiles(out.transpose(1, 2), B)
+    lse = q_layout.from_tiles(lse.transpose(1, 2), B)
     if query.dtype != torch.float64:
         lse = lse.float()
     return out, lse
@@ -1477,6 +1557,7 @@ def prepare_fna(
         spec, options.get("q_tile_shape"), options.get("kv_tile_shape"),
         _min_tile_tokens(query, needs_grad),
     )
+    _check_compiled_tiles(_prod(q_tile), _prod(kv_tile), query, needs_grad)  # as fna() does
     plan = _get_na_plan(spec, q_tile, kv_tile, query.device)
     dl = tuple(int(d) for d in spec.dilation)
     q_shape = tuple(int(s) for s in spec.q_shape)
@@ -1484,27 +1565,61 @@ def prepare_fna(
     opts = _plan_options(plan, int(query.shape[-1]), query.dtype, query.is_cuda)
     gqa = query.shape[-2] != key.shape[-2]
     scale_f = float(scale)
-    warm = [False]
+    calls = [0]
     q_layout = _TileLayout(q_shape, q_tile, plan.q_ext, dl, plan.q_front)
     kv_layout = _TileLayout(tuple(int(s) for s in key.shape[1:-2]), kv_tile, plan.kv_ext, dl,
                             plan.kv_front)
+    device_type = query.device.type
 
     def run(q: Tensor, k: Tensor, v: Tensor) -> Tuple[Tensor, Tensor]:
-        if not warm[0] or plan.compile_failed or not _HAS_AUX:
-            warm[0] = True
-            return slow(q, k, v)
+        if calls[0] == 0 or plan.compile_failed or not _HAS_AUX:
+            result = slow(q, k, v)
+            calls[0] = 1  # (only once a call went through: an error repeats on the next call)
+            return result
         qt = q_layout.to_tiles(q).transpose(1, 2)
         kt = kv_layout.to_tiles(k).transpose(1, 2)
         vt = kv_layout.to_tiles(v).transpose(1, 2)
-        out, aux = _compiled_flex()(
-            qt, kt, vt, block_mask=plan.block_mask, scale=scale_f, enable_gqa=gqa,
-            kernel_options=opts, return_aux=AuxRequest(lse=True),
-        )
+        args = (qt, kt, vt)
+        kwargs = dict(block_mask=plan.block_mask, scale=scale_f, enable_gqa=gqa,
+                      kernel_options=opts, return_aux=AuxRequest(lse=True))
+        if calls[0] >= 2 and _skip_guards_ok(device_type):
+            # This exact call (same metadata, block mask, options, grad mode) already ran through
+            # dynamo's guards once (below): choosing among the compiled entries is all that is
+            # left, which the differentiating guards do (see _skip_guards_ok).
+            with torch.compiler.set_stance("default", skip_guard_eval_unsafe=True):
+                out, aux = _compiled_flex()(*args, **kwargs)
+        else:
+            calls[0] = 2
+            out, aux = _compiled_flex()(*args, **kwargs)
         out = q_layout.from_tiles(out.transpose(1, 2), B)
         lse = q_layout.from_tiles(aux.lse.transpose(1, 2), B)
         return out, (lse if q.dtype == torch.float64 else lse.float())
 
     return run
+
+
+# Host time of a prepared call: dynamo evaluates the guards of every compiled FlexAttention entry
+# it tries (one per problem signature, all on one compiled function), measured on an H100 at ~0.1
+# ms of a 0.2 ms 1-D call (benchmarks/NOTES.md). The prepared path runs each exact call once with
+# full guards, then with only the differentiating guards (torch.compiler.set_stance(...,
+# skip_guard_eval_unsafe=True)), which is safe because nothing that the guards check can differ
+# from that first call: shapes, strides, dtypes, devices and grad mode are the plan-cache key, the
+# block mask, kernel options and scale are the runner's own. Global state that is not in the key
+# keeps full guards: autocast, a non-default compiler stance (the user's), and
+# NATTEN_FLEX_SKIP_GUARDS=0 turns it off.
+_SKIP_GUARDS = os.environ.get("NATTEN_FLEX_SKIP_GUARDS", "1") != "0"
+
+
+def _skip_guards_ok(device_type: str) -> bool:
+    if not _SKIP_GUARDS:
+        return False
+    try:
+        stance = torch._dynamo.eval_frame._stance  # the user's stance must be the default one
+        if stance.stance != "default" or stance.skip_guard_eval_unsafe or stance.backend is not None:
+            return False
+        return not torch.is_autocast_enabled(device_type)
+    except Exception:  # pragma: no cover - a torch without these internals: keep the guards
+        return False
 
 
 def _fna_entry(q: Tensor, k: Tensor, v: Tensor, spec: WindowSpec, scale: float,

@@ -1,5 +1,6 @@
 """``hopper-fna``: the sm_90a fused neighborhood-attention forward of natten-kernels (TMA + wgmma,
-warp-specialized, 128-token query and key tiles). ``hopper-fmha`` is not in this release yet.
+warp-specialized, 128-token query and key tiles). ``hopper-fmha``: dense attention on the same
+kernel, as a 1-D window that covers every key (forward only, as ``hopper-fna``).
 
 Forward only: ``can_run_fna`` refuses inputs that require grad (``cutlass-fna`` trains), so
 automatic selection falls back. Supported: H100 / H200 (compute capability 9.0) with a
@@ -73,9 +74,31 @@ def can_run_fmha(
     is_varlen: bool = False,
     torch_compile: bool = False,
 ) -> Optional[str]:
+    """None if ``hopper-fmha`` can run this dense-attention problem here, else the reason.
+
+    Dense attention runs on the ``hopper-fna`` kernel as a 1-D window covering every key (see
+    :func:`fmha`); it has the kernel's limits (forward only, fp16/bf16, head_dim == head_dim_v in
+    {64, 128}) and needs as many queries as keys, or a multiple of it (fewer queries than keys would
+    be a query slab, which the kernel does not take yet: ``cutlass-fmha`` and ``flex-fmha`` do)."""
     if query.device.type != "cuda":
         return f"it needs CUDA tensors, got tensors on {query.device}"
-    return "the hopper-fmha (dense attention) kernel is not in this release yet"
+    if query.dim() != 4:
+        return f"it takes [batch, seqlen, heads, head_dim] tensors, got {query.dim()} dims"
+    if is_varlen:
+        return "it has no variable-length path yet (cutlass-fmha and flex-fmha take packed sequences)"
+    if _needs_grad(query, key, value):
+        return "hopper-fmha has no backward yet; cutlass-fmha and flex-fmha train"
+    nq, nk = int(query.shape[1]), int(key.shape[1])
+    if nk < 2:
+        return f"it needs at least 2 keys (the fused kernel's window has >= 2 tokens), got {nk}"
+    if nq % nk:
+        return (f"it needs the number of queries to be a multiple of the number of keys (got "
+                f"{nq} queries, {nk} keys: that needs query slabs, which hopper-fna does not take "
+                "yet; cutlass-fmha and flex-fmha run it)")
+    from .cutlass import _fmha_parts
+
+    spec = _fmha_parts(nk, nk, bool(is_causal))[0][1]
+    return can_run_fna(query[:, :nk], key, value, spec, torch_compile)
 
 
 def _foldable(t: Tensor) -> Tensor:
@@ -171,8 +194,44 @@ def prepare_fna(query: Tensor, key: Tensor, value: Tensor, spec, scale: float,
     return run
 
 
-def fmha(*args, **kwargs):
-    raise NotImplementedError("the hopper-fmha (dense attention) kernel is not in this release yet")
+def fmha(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    is_causal: bool,
+    scale: float,
+    q_tile_shape: Optional[Tuple[int, ...]] = None,
+    kv_tile_shape: Optional[Tuple[int, ...]] = None,
+    **options,
+) -> Tuple[Tensor, Tensor]:
+    """Dense (optionally causal, top-left aligned) attention on ``[B, N, H, D]`` tensors on the
+    ``hopper-fna`` kernel; returns ``(out, lse)``. Forward only.
+
+    A window of ``N_kv`` tokens on a grid of ``N_kv`` keys covers every key, so every key tile is
+    "full" (no mask) except the last partial one; causal is the causal window of that size, whose
+    tiles above the diagonal are never visited. ``N_q = m * N_kv`` queries run as ``m`` slices of
+    ``N_kv`` (the ones after the first see every key, non-causal)."""
+    if options.get("offsets") is not None:
+        raise NotImplementedError(
+            "hopper-fmha has no variable-length path yet; cutlass-fmha and flex-fmha take packed "
+            "sequences"
+        )
+    reason = can_run_fmha(query, key, value, bool(is_causal))
+    if reason is not None:
+        if _needs_grad(query, key, value):
+            raise NotImplementedError(f"hopper-fmha cannot run this problem: {reason}")
+        raise ValueError(f"hopper-fmha cannot run this problem: {reason}")
+    from .cutlass import _fmha_parts
+
+    fwd = {k: options[k] for k in ("kernel_schedule",) if options.get(k) is not None}
+    parts = _fmha_parts(int(query.shape[1]), int(key.shape[1]), bool(is_causal))
+    results = [
+        fna(query[:, sl], key, value, spec, scale, q_tile_shape, kv_tile_shape, **fwd)
+        for sl, spec in parts
+    ]
+    if len(results) == 1:
+        return results[0]
+    return torch.cat([r[0] for r in results], dim=1), torch.cat([r[1] for r in results], dim=1)
 
 
 def get_configs_for_cutlass_hopper_fna(
