@@ -75,6 +75,26 @@ if torch.cuda.get_device_capability() == (9, 0):
         print(f"hopper-fna {shape} k={ks} s={st} c={ca} H={h}/{hkv} D={d} {dt} {sched or 'default'}: max err {err:.2e} "
               f"{'ok' if ok else 'FAIL'}")
 
+# hopper-fmha (natten.attention on the hopper-fna kernel, window = every key): non-causal with
+# N_q = 2 N_kv (two query slices) and causal, both with a partial last key tile.
+if torch.cuda.get_device_capability() == (9, 0):
+    from oracle import dense_attention
+
+    for nq, nk, causal, dt in ((600, 300, False, torch.float16), (333, 333, True, torch.bfloat16)):
+        q = torch.randn(2, nq, 2, 128, device="cuda", dtype=dt)
+        k = torch.randn(2, nk, 1, 128, device="cuda", dtype=dt)
+        v = torch.randn(2, nk, 1, 128, device="cuda", dtype=dt)
+        out, lse = natten.attention(q, k, v, is_causal=causal, backend="hopper-fmha", return_lse=True)
+        mask = None
+        if causal:
+            mask = torch.arange(nk, device="cuda")[None, :] <= torch.arange(nq, device="cuda")[:, None]
+        ref, ref_lse = dense_attention(q.double(), k.double(), v.double(), mask=mask)
+        err = max((out.double() - ref).abs().max().item(), (lse.double() - ref_lse).abs().max().item())
+        tol = 1e-2 if dt == torch.float16 else 5e-2
+        ok = err <= tol
+        bad += not ok
+        print(f"hopper-fmha nq={nq} nk={nk} causal={causal} {dt}: max err {err:.2e} {'ok' if ok else 'FAIL'}")
+
 # Slabs of a larger grid: global shape, query slab (origin, extent), window parameters, H, Hkv, D, Dv.
 SLAB_CASES = [
     ((50,), (20,), (11,), (7,), (3,), (2,), (True,), 2, 1, 64, 64, torch.float16),
