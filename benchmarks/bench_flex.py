@@ -321,36 +321,43 @@ def run_row(rid: str, row, dtype, args, budget: Budget, backward: bool, res: Dic
         res["tile_bound"] = (math.prod(shape) ** 2 / plan.groups) / ((nfull + npart) * bq * bk) \
             if plan.groups == 1 else None
 
-    # plain-mask FlexAttention (row-major, 128x128 blocks)
+    # plain-mask FlexAttention (row-major, 128x128 blocks), and "NATTEN-style": what NATTEN's flex
+    # backend runs when no tile shapes are given (row-major tokens, an NA mask_mod, 64x64 blocks,
+    # kernel options BLOCK_M = BLOCK_N = 64 and the non-decoding kernel: NATTEN's legacy
+    # FORCE_USE_FLEX_ATTENTION, which BACKEND="TRITON" supersedes). Both block masks are
+    # built here in row chunks; NATTEN builds its one with create_block_mask over N x N at once.
+    plain_variants = (
+        ("plain", 128, {"BACKEND": "TRITON"}),
+        ("nattenstyle", 64, {"BACKEND": "TRITON", "BLOCK_M": 64, "BLOCK_N": 64}),
+    )
     if tiles is None and not args.no_plain and (not backward or args.plain_bwd):
-        if "_plain_bm" not in res:
-            t = time.perf_counter()
-            mm = plain_na_mask_mod(shape, ks, st, dl, ca)
-            res["_plain_bm"] = plain_block_mask(mm, math.prod(shape), q.device)
-            res["plain_mask_build_s"] = time.perf_counter() - t
-        bm = res["_plain_bm"]
-        compiled = flex._compiled_flex()
-        from torch.nn.attention.flex_attention import AuxRequest
+        for key, block, plain_opts in plain_variants:
+            if f"_{key}_bm" not in res:
+                t = time.perf_counter()
+                mm = plain_na_mask_mod(shape, ks, st, dl, ca)
+                res[f"_{key}_bm"] = plain_block_mask(mm, math.prod(shape), q.device, block=block)
+                res[f"{key}_mask_build_s"] = time.perf_counter() - t
+            bm = res[f"_{key}_bm"]
+            compiled = flex._compiled_flex()
+            from torch.nn.attention.flex_attention import AuxRequest
 
-        plain_opts = {"BACKEND": "TRITON"}
+            def plain(bm=bm, plain_opts=plain_opts):
+                qt, kt, vt = flat_views(q, k, v)
+                out, aux = compiled(qt, kt, vt, block_mask=bm, enable_gqa=Hkv != H,
+                                    kernel_options=plain_opts, return_aux=AuxRequest(lse=True))
+                return out
 
-        def plain():
-            qt, kt, vt = flat_views(q, k, v)
-            out, aux = compiled(qt, kt, vt, block_mask=bm, enable_gqa=Hkv != H,
-                                kernel_options=plain_opts, return_aux=AuxRequest(lse=True))
-            return out
-
-        measure("plain", plain, (q, k, v), backward, rep, res, "plain")
+            measure(key, plain, (q, k, v), backward, rep, res, key)
     elif backward and tiles is None and not args.no_plain:
         res["plain_fwdbwd_error"] = "skipped (pass --plain-bwd)"
 
     flops = row_flops(spec, B, H, D, D) * (3.5 if backward else 1.0)
-    for key in ("cudnn", "flex", "plain"):
+    for key in ("cudnn", "flex", "plain", "nattenstyle"):
         ms = res.get(f"{key}_{sfx}_ms")
         if ms:
             res[f"{key}_{sfx}_tflops"] = flops / ms / 1e9
     base = res.get(f"cudnn_{sfx}_ms")
-    for key in ("flex", "plain"):
+    for key in ("flex", "plain", "nattenstyle"):
         ms = res.get(f"{key}_{sfx}_ms")
         if ms and base:
             res[f"{key}_{sfx}_speedup"] = base / ms
@@ -401,12 +408,14 @@ def markdown(results: List[Dict], meta: Dict) -> str:
         f"flex-fna on {meta['device']}, {meta['dtype']}, torch {meta['torch']} ({meta['date']}); "
         f"speedup = cuDNN SDPA time / time (same process, same tensors); flex-fna includes the "
         f"token permutation (also shown alone as perm ms, with its bandwidth, and the same copies on the "
-        f"data's own element type: generic).",
+        f"data's own element type: generic). plain: row-major tokens, NA mask_mod, 128x128 blocks; "
+        f"NATTEN-style: the same with 64x64 blocks and NATTEN's flex kernel options (its default "
+        f"without tile shapes).",
         "",
         "| row | tiles Q/KV | FLOP bound | tile bound | cuDNN fwd ms | flex-fna fwd ms | perm ms "
-        "| perm TB/s (generic) | **flex-fna fwd x** | plain fwd x | flex TFLOP/s | cuDNN fwd+bwd ms | flex-fna fwd+bwd ms "
+        "| perm TB/s (generic) | **flex-fna fwd x** | plain fwd x | NATTEN-style fwd x | flex TFLOP/s | cuDNN fwd+bwd ms | flex-fna fwd+bwd ms "
         "| **flex-fna fwd+bwd x** | plain fwd+bwd x | compile s (fwd/bwd) | notes |",
-        "|" + "---|" * 17,
+        "|" + "---|" * 18,
     ]
     for r in results:
         notes = [f"{k}: {v}" for k, v in r.items()
@@ -418,6 +427,7 @@ def markdown(results: List[Dict], meta: Dict) -> str:
                 _f(r.get("flex_fwd_ms"), "{:.3f}"), _f(r.get("perm_ms"), "{:.3f}"),
                 f"{_f(r.get('perm_TBps'), '{:.2f}')} ({_f(r.get('perm_generic_TBps'), '{:.2f}')})",
                 _f(r.get("flex_fwd_speedup"), "**{:.2f}x**"), _f(r.get("plain_fwd_speedup"), "{:.2f}x"),
+                _f(r.get("nattenstyle_fwd_speedup"), "{:.2f}x"),
                 _f(r.get("flex_fwd_tflops"), "{:.0f}"), _f(r.get("cudnn_fwdbwd_ms"), "{:.3f}"),
                 _f(r.get("flex_fwdbwd_ms"), "{:.3f}"), _f(r.get("flex_fwdbwd_speedup"), "**{:.2f}x**"),
                 _f(r.get("plain_fwdbwd_speedup"), "{:.2f}x"),
@@ -505,7 +515,8 @@ def main() -> None:
 
     ordered = [results[k] for k in results]
     for r in ordered:
-        r.pop("_plain_bm", None)
+        for key in [k for k in r if k.startswith("_")]:  # block masks kept between passes
+            r.pop(key)
     meta = dict(
         date=datetime.datetime.now().isoformat(timespec="seconds"),
         device=torch.cuda.get_device_name() if DEV == "cuda" else "cpu (smoke)",
