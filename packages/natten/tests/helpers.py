@@ -1,7 +1,8 @@
 """Shared helpers for the natten CPU test suite (no natten logic in here)."""
 
+import contextlib
 import math
-from typing import Dict, Optional
+from typing import Dict, Iterator, List, Optional, Sequence
 
 import torch
 
@@ -122,3 +123,61 @@ def check_na_against_oracle(
         assert mine.grad is not None, f"{what}: {name} is None"
         assert mine.grad.dtype == dtype, f"{what}: {name} dtype {mine.grad.dtype}"
         assert_close(mine.grad, ref.grad, what=f"{what} {name}", **grad_tol)
+
+
+class SweepFailures:
+    """The assertion messages of a random sweep: ``with failures.case(): ...`` records a failing
+    case and goes on; ``failures.full`` says when to stop (``limit`` failures); ``check()`` fails
+    the test with all of them."""
+
+    def __init__(self, limit: int = 10) -> None:
+        self.messages: List[str] = []
+        self.limit = limit
+
+    @contextlib.contextmanager
+    def case(self, prefix: str = "") -> Iterator[None]:
+        try:
+            yield
+        except AssertionError as e:
+            self.messages.append(f"{prefix}{e}")
+
+    def add(self, message: str) -> None:
+        self.messages.append(message)
+
+    @property
+    def full(self) -> bool:
+        return len(self.messages) >= self.limit
+
+    def check(self) -> None:
+        assert not self.messages, "\n".join(self.messages)
+
+
+def check_window_rows_1d(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
+                         lse: torch.Tensor, rows: Sequence[int], window: int,
+                         atol: float = 1e-2) -> None:
+    """Rows of a 1-D neighborhood attention (stride 1, dilation 1, non-causal) against float64
+    computed on the row's own window only: usable on tensors far too large for the oracle (e.g.
+    over 2^31 elements, where the rows near the end exercise 64-bit offsets)."""
+    n, d = q.shape[1], q.shape[-1]
+    for i in rows:
+        lo = min(max(i - window // 2, 0), n - window)
+        sl = slice(lo, lo + window)
+        qs, ks, vs = q[:, i : i + 1].double(), k[:, sl].double(), v[:, sl].double()
+        s = torch.einsum("bqhd,bkhd->bhqk", qs, ks) / math.sqrt(d)
+        ref = torch.einsum("bhqk,bkhd->bqhd", s.softmax(-1), vs)
+        assert_close(out[:, i : i + 1], ref, atol=atol, rtol=0, what=f"row {i}")
+        assert_close(lse[:, i], s.logsumexp(-1)[..., 0], atol=atol, rtol=0, what=f"lse row {i}")
+
+
+def qkv_over_2_31_elements(extra_tokens: int, heads: int = 8, head_dim: int = 128):
+    """fp16 q, k, v ``[1, N, heads, head_dim]`` of more than 2^31 elements each (about 4 GiB
+    each) on the current CUDA device; fails (not skips) without ~24 GiB of free memory."""
+    import pytest
+
+    free, _ = torch.cuda.mem_get_info()
+    if free < 24 * 2**30:
+        pytest.fail(f"needs ~24 GiB free GPU memory, has {free / 2**30:.1f}")
+    n = (1 << 31) // (heads * head_dim) + extra_tokens
+    q = torch.randn(1, n, heads, head_dim, device="cuda", dtype=torch.float16)
+    assert q.numel() > 2**31
+    return q, torch.randn_like(q), torch.randn_like(q)

@@ -223,3 +223,38 @@ def test_fmha_order_prefers_compiled_flex_over_cutlass_fmha(monkeypatch):
     assert sorted(order) == sorted(names)
     monkeypatch.setattr(flex, "_use_compile", lambda q, g: False)
     assert backends._fmha_order(names, q, q, q) == names
+
+
+@pytest.mark.parametrize("nq_per_nk,causal", [(1, False), (1, True), (3, False), (2, True)])
+def test_fmha_on_fna_runs_the_parts_with_the_given_na_backend(nq_per_nk, causal):
+    """cutlass._fmha_on_fna (used by cutlass-fmha and hopper-fmha) runs every part with the NA
+    function it is given and concatenates them; with the float64 reference NA backend it equals
+    dense attention (hopper-fmha takes N_q = m * N_kv, which is all it asks of it)."""
+    from natten.backends import cutlass, reference
+
+    gen = torch.Generator().manual_seed(nq_per_nk + 10 * causal)
+    nk = 23
+    q = torch.randn(2, nq_per_nk * nk, 4, 8, generator=gen, dtype=torch.float64)
+    k = torch.randn(2, nk, 2, 8, generator=gen, dtype=torch.float64)
+    v = torch.randn(2, nk, 2, 16, generator=gen, dtype=torch.float64)
+    calls = []
+
+    def na(qp, kp, vp, spec, scale, q_tile, kv_tile, **options):
+        calls.append((qp.shape[1], spec.is_partial, q_tile, kv_tile, options))
+        return reference.fna(qp, kp, vp, spec, scale)
+
+    out, lse = cutlass._fmha_on_fna(na, q, k, v, causal, 0.3, (128,), (128,), kernel_schedule="x")
+    ref, ref_lse = attention_oracle(q, k, v, is_causal=causal, scale=0.3)
+    assert_close(out, ref, what="out", atol=1e-10, rtol=0)
+    assert_close(lse, ref_lse, what="lse", atol=1e-10, rtol=0)
+    assert len(calls) == nq_per_nk
+    assert all(c == (nk, False, (128,), (128,), {"kernel_schedule": "x"}) for c in calls), calls
+
+
+def test_hopper_fmha_reasons_without_gpu():
+    from natten.backends import hopper
+
+    q = torch.randn(1, 8, 2, 64)
+    assert "CUDA" in hopper.can_run_fmha(q, q, q)
+    with pytest.raises(natten.backends.BackendNotSupportedError, match="hopper-fmha"):
+        natten.attention(q, q, q, backend="hopper-fmha")

@@ -12,9 +12,7 @@ import random
 import pytest
 import torch
 
-from helpers import assert_close
-import math
-
+from helpers import SweepFailures, assert_close, check_window_rows_1d, qkv_over_2_31_elements
 from oracle import dense_attention, na_oracle
 
 pytestmark = pytest.mark.gpu
@@ -134,7 +132,7 @@ def _problem(rng: random.Random):
 @pytest.mark.parametrize("schedule", SCHEDULES)
 def test_random_sweep(schedule):
     rng = random.Random(SEED + (0 if schedule == "cooperative" else 1))
-    failures = []
+    failures = SweepFailures()
     for case in range(NUM_PROBLEMS):
         shape, ks, st, ca, b, h, hkv, d, dtype = _problem(rng)
         tiles = (None, None)
@@ -144,14 +142,12 @@ def test_random_sweep(schedule):
                 torch.empty(1, *shape, 1, d, device="cuda", dtype=dtype),
                 torch.empty(1, *shape, 1, d, device="cuda", dtype=dtype))
             tiles = rng.choice(configs)
-        try:
+        with failures.case():
             _check(shape, ks, st, ca, b, h, hkv, d, dtype, tiles[0], tiles[1], seed=rng.randrange(1 << 30),
                    what=f"case {case} seed {SEED}", schedule=schedule)
-        except AssertionError as e:
-            failures.append(str(e))
-        if len(failures) >= 10:
+        if failures.full:
             break
-    assert not failures, "\n".join(failures)
+    failures.check()
 
 
 @pytest.mark.parametrize("rank", [1, 2, 3])
@@ -209,7 +205,7 @@ def test_hopper_fmha_random_sweep():
     dense and causal (top-left), N_q = m * N_kv, GQA/MQA, batch > 1, extents that are not
     multiples of the 128-token tile, outputs poisoned (NaN) before each launch."""
     rng = random.Random(SEED + 7)
-    failures = []
+    failures = SweepFailures()
     ops.set_poison_outputs(True)
     try:
         for case in range(NUM_FMHA):
@@ -226,7 +222,7 @@ def test_hopper_fmha_random_sweep():
             k = torch.randn(b, nk, hkv, d, device="cuda", dtype=dtype, generator=g)
             v = torch.randn(b, nk, hkv, d, device="cuda", dtype=dtype, generator=g)
             desc = f"case {case} seed {SEED}: nq={nq} nk={nk} causal={causal} B={b} H={h} Hkv={hkv} D={d} {dtype}"
-            try:
+            with failures.case():
                 assert hopper.can_run_fmha(q, k, v, causal) is None, desc
                 out, lse = natten.attention(q, k, v, is_causal=causal, backend="hopper-fmha", return_lse=True)
                 mask = None
@@ -235,13 +231,11 @@ def test_hopper_fmha_random_sweep():
                 ref, ref_lse = dense_attention(q.double(), k.double(), v.double(), mask=mask)
                 assert_close(out, ref, atol=GPU_TOL[dtype], rtol=0, what=f"{desc} out")
                 assert_close(lse, ref_lse, atol=GPU_TOL[dtype], rtol=0, what=f"{desc} lse")
-            except AssertionError as e:
-                failures.append(str(e))
-            if len(failures) >= 10:
+            if failures.full:
                 break
     finally:
         ops.set_poison_outputs(False)
-    assert not failures, "\n".join(failures)
+    failures.check()
 
 
 def test_hopper_fmha_dispatch_and_reasons():
@@ -263,24 +257,12 @@ def test_hopper_fmha_dispatch_and_reasons():
 def test_tensors_over_2_31_elements():
     """64-bit offsets: q/k/v/out of more than 2^31 elements; rows at both ends checked against
     the float64 window computed on a slice (a 1-D window only sees its neighbours)."""
-    free, _ = torch.cuda.mem_get_info()
-    if free < 24 * 2**30:
-        pytest.fail(f"needs ~24 GiB free GPU memory, has {free / 2**30:.1f}")
-    b, n, h, d = 1, (1 << 31) // (8 * 128) + 192, 8, 128
-    q = torch.randn(b, n, h, d, device="cuda", dtype=torch.float16)
-    assert q.numel() > 2**31
-    k, v = torch.randn_like(q), torch.randn_like(q)
+    q, k, v = qkv_over_2_31_elements(192)
+    n = q.shape[1]
     ops.set_poison_outputs(True)
     try:
         out, lse = natten.na1d(q, k, v, 16, backend="hopper-fna", return_lse=True)
     finally:
         ops.set_poison_outputs(False)
-    for i in (0, 1, n // 2, n - 130, n - 2, n - 1):
-        lo = min(max(i - 8, 0), n - 16)
-        sl = slice(lo, lo + 16)
-        qs, ks_, vs = q[:, i : i + 1].double(), k[:, sl].double(), v[:, sl].double()
-        sc = torch.einsum("bqhd,bkhd->bhqk", qs, ks_) / math.sqrt(d)
-        ref = torch.einsum("bhqk,bkhd->bqhd", sc.softmax(-1), vs)
-        assert_close(out[:, i : i + 1], ref, atol=1e-2, rtol=0, what=f"row {i}")
-        assert_close(lse[:, i], sc.logsumexp(-1)[..., 0], atol=1e-2, rtol=0, what=f"lse row {i}")
+    check_window_rows_1d(q, k, v, out, lse, (0, 1, n // 2, n - 130, n - 2, n - 1), 16)
     assert not torch.isnan(out[:, -300:]).any(), "unwritten rows at the far end"

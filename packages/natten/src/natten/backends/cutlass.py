@@ -324,9 +324,17 @@ def fmha(
             "one by one on it"
         )
     bwd = {k: options[k] for k in ("backward_q_tile_shape", "backward_kv_tile_shape") if options.get(k)}
+    return _fmha_on_fna(fna, query, key, value, is_causal, scale, q_tile_shape, kv_tile_shape, **bwd)
+
+
+def _fmha_on_fna(fna_fn: Callable, query: Tensor, key: Tensor, value: Tensor, is_causal: bool,
+                 scale: float, q_tile_shape: Optional[Tuple[int, ...]],
+                 kv_tile_shape: Optional[Tuple[int, ...]], **options) -> Tuple[Tensor, Tensor]:
+    """Dense attention as the 1-D NA problems of :func:`_fmha_parts`, each run by ``fna_fn`` (a
+    backend's ``fna``), outputs and logsumexps concatenated along the queries."""
     parts = _fmha_parts(int(query.shape[1]), int(key.shape[1]), bool(is_causal))
     results = [
-        fna(query[:, sl], key, value, spec, scale, q_tile_shape, kv_tile_shape, **bwd)
+        fna_fn(query[:, sl], key, value, spec, scale, q_tile_shape, kv_tile_shape, **options)
         for sl, spec in parts
     ]
     if len(results) == 1:

@@ -124,7 +124,6 @@ from __future__ import annotations
 import collections
 import functools
 import inspect
-import math
 import os
 import threading
 import warnings

@@ -221,17 +221,10 @@ def fmha(
         if _needs_grad(query, key, value):
             raise NotImplementedError(f"hopper-fmha cannot run this problem: {reason}")
         raise ValueError(f"hopper-fmha cannot run this problem: {reason}")
-    from .cutlass import _fmha_parts
+    from .cutlass import _fmha_on_fna
 
     fwd = {k: options[k] for k in ("kernel_schedule",) if options.get(k) is not None}
-    parts = _fmha_parts(int(query.shape[1]), int(key.shape[1]), bool(is_causal))
-    results = [
-        fna(query[:, sl], key, value, spec, scale, q_tile_shape, kv_tile_shape, **fwd)
-        for sl, spec in parts
-    ]
-    if len(results) == 1:
-        return results[0]
-    return torch.cat([r[0] for r in results], dim=1), torch.cat([r[1] for r in results], dim=1)
+    return _fmha_on_fna(fna, query, key, value, is_causal, scale, q_tile_shape, kv_tile_shape, **fwd)
 
 
 def get_configs_for_cutlass_hopper_fna(
