@@ -199,3 +199,29 @@ def test_attention_oracle_causal_and_varlen():
     o1, _ = dense_attention(q[:, :2], k[:, :4], v[:, :4])
     o2, _ = dense_attention(q[:, 2:], k[:, 4:], v[:, 4:])
     assert torch.allclose(out, torch.cat([o1, o2], 1))
+
+
+def test_gpu_test_helpers_on_cpu():
+    """The helpers the GPU tests use, checked here where CI runs: check_window_rows_1d accepts
+    the reference backend's rows and rejects a corrupted one; SweepFailures collects and stops."""
+    import natten
+    from helpers import SweepFailures, check_window_rows_1d
+
+    g = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(1, 40, 2, 16, generator=g) for _ in range(3))
+    out, lse = natten.na1d(q, k, v, 6, backend="reference", return_lse=True)
+    check_window_rows_1d(q, k, v, out, lse, (0, 1, 20, 38, 39), 6, atol=1e-5)
+    bad = out.clone()
+    bad[:, 39] += 1
+    with pytest.raises(AssertionError, match="row 39"):
+        check_window_rows_1d(q, k, v, bad, lse, (39,), 6, atol=1e-5)
+    failures = SweepFailures(limit=2)
+    with failures.case("first: "):
+        raise AssertionError("boom")
+    with failures.case():
+        pass
+    assert not failures.full and failures.messages == ["first: boom"]
+    failures.add("second")
+    assert failures.full
+    with pytest.raises(AssertionError, match="first: boom\nsecond"):
+        failures.check()
