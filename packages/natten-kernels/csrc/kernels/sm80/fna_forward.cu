@@ -187,31 +187,54 @@ void choose_tiles(int rank, const AxisProblem ax[kRank], int ql[kRank], int kl[k
   }
 }
 
-// One-entry cache of the last automatic choice (the search costs O(extent) per axis).
-struct TileChoiceCache {
+// Small cache of recent automatic choices, per thread: the search costs O(extent) per axis for each
+// of up to 36 x 36 tile pairs (rank 3, 128-token tiles), ~15-25 us of host time per call on a
+// development CPU, and a model alternates between several problems (layers, the SM80 and Hopper
+// tile sizes of one problem), which a single entry would miss every time. Replacement: the least
+// recently used entry.
+struct TileChoiceEntry {
   bool valid = false;
   int rank = 0;
   int tile_log2 = 0;
+  unsigned last_use = 0;
   AxisProblem ax[kRank];
   int ql[kRank], kl[kRank];
+};
+constexpr int kTileCacheEntries = 16;
+struct TileChoiceCache {
+  TileChoiceEntry entry[kTileCacheEntries];
+  unsigned clock = 0;
 };
 thread_local TileChoiceCache g_tile_cache;
 
 void choose_tiles_cached(int rank, const AxisProblem ax[kRank], int ql[kRank], int kl[kRank],
                          int tile_log2 = kTileLog2) {
   TileChoiceCache& c = g_tile_cache;
-  bool hit = c.valid && c.rank == rank && c.tile_log2 == tile_log2;
-  for (int a = 0; a < kRank && hit; ++a) hit = c.ax[a] == ax[a];
-  if (!hit) {
-    choose_tiles(rank, ax, c.ql, c.kl, tile_log2);
-    c.valid = true;
-    c.rank = rank;
-    c.tile_log2 = tile_log2;
-    for (int a = 0; a < kRank; ++a) c.ax[a] = ax[a];
+  TileChoiceEntry* hit = nullptr;
+  TileChoiceEntry* victim = &c.entry[0];
+  for (TileChoiceEntry& e : c.entry) {
+    if (e.valid && e.rank == rank && e.tile_log2 == tile_log2) {
+      bool same = true;
+      for (int a = 0; a < kRank && same; ++a) same = e.ax[a] == ax[a];
+      if (same) {
+        hit = &e;
+        break;
+      }
+    }
+    if (!e.valid || (victim->valid && e.last_use < victim->last_use)) victim = &e;
   }
+  if (hit == nullptr) {
+    hit = victim;
+    choose_tiles(rank, ax, hit->ql, hit->kl, tile_log2);
+    hit->valid = true;
+    hit->rank = rank;
+    hit->tile_log2 = tile_log2;
+    for (int a = 0; a < kRank; ++a) hit->ax[a] = ax[a];
+  }
+  hit->last_use = ++c.clock;
   for (int a = 0; a < kRank; ++a) {
-    ql[a] = c.ql[a];
-    kl[a] = c.kl[a];
+    ql[a] = hit->ql[a];
+    kl[a] = hit->kl[a];
   }
 }
 
