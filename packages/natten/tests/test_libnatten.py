@@ -239,7 +239,9 @@ def test_kernel_schedule_marshalling(tmp_path_factory, monkeypatch):
     refused before any call; an older library (ABI 1.1) refuses a non-default schedule clearly."""
     assert L.schedule_id(None) == 0
     assert L.schedule_id("cooperative") == 1 and L.schedule_id("pingpong") == 2
-    for bad in ("bogus", "Pingpong", 2):
+    # NATTEN's names: the same two schedules, and "non" = the default (no such kernel here)
+    assert (L.schedule_id("coop"), L.schedule_id("pp"), L.schedule_id("non")) == (1, 2, 0)
+    for bad in ("bogus", "Pingpong", 2, "Coop"):
         with pytest.raises(ValueError, match="unknown kernel_schedule"):
             L.schedule_id(bad)
     for abi, ok in ((1002, True), (1001, False)):

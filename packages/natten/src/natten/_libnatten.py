@@ -94,11 +94,18 @@ _BACKEND_IDS = {name: i for i, name in BACKEND_NAMES.items()}
 # natten_kernel_schedule (ABI 1.2): consumer schedule of the Hopper forward. None = the library's
 # default. Ignored by the SM80 kernel.
 KERNEL_SCHEDULES = {"cooperative": 1, "pingpong": 2}
+# NATTEN's names for the same knob, accepted so NATTEN code runs unchanged: "coop" and "pp" are
+# these two schedules; "non" (NATTEN's non-persistent, non-warp-specialized kernel, which natten's
+# Hopper kernel has no counterpart of) selects the library's default schedule.
+NATTEN_SCHEDULE_ALIASES = {"coop": "cooperative", "pp": "pingpong", "non": None}
 SCHEDULE_MIN_ABI_MINOR = 2
 
 
 def schedule_id(kernel_schedule: Optional[str]) -> int:
-    """natten_kernel_schedule value of a schedule name (None -> 0, the default)."""
+    """natten_kernel_schedule value of a schedule name (None -> 0, the default); NATTEN's names
+    ``"coop"``, ``"pp"`` and ``"non"`` are accepted too (:data:`NATTEN_SCHEDULE_ALIASES`)."""
+    if isinstance(kernel_schedule, str) and kernel_schedule in NATTEN_SCHEDULE_ALIASES:
+        kernel_schedule = NATTEN_SCHEDULE_ALIASES[kernel_schedule]
     if kernel_schedule is None:
         return 0
     try:
@@ -107,7 +114,7 @@ def schedule_id(kernel_schedule: Optional[str]) -> int:
         raise NattenInvalidArgumentError(
             STATUS_INVALID_ARGUMENT,
             f"unknown kernel_schedule {kernel_schedule!r} for hopper-fna; expected None or one of "
-            f"{sorted(KERNEL_SCHEDULES)}",
+            f"{sorted(KERNEL_SCHEDULES)} (or NATTEN's {sorted(NATTEN_SCHEDULE_ALIASES)})",
         ) from None
 
 # ------------------------------------------------------------------------------------------------

@@ -11,8 +11,10 @@ with ``cutlass-fna`` (``backend=2``).
 
 ``kernel_schedule``: the consumer schedule, ``"pingpong"`` (the default: the two consumer
 warpgroups take turns issuing their GEMMs so one's softmax overlaps the other's tensor-core work,
-FA3-style) or ``"cooperative"`` (both run independently); None = the library's default. Any other
-name raises ``ValueError``. Needs natten-kernels ABI >= 1.2.
+FA3-style) or ``"cooperative"`` (both run independently); None = the library's default. NATTEN's
+names work too: ``"pp"``, ``"coop"``, and ``"non"`` (NATTEN's non-persistent kernel, which has no
+counterpart here: the default schedule runs). Any other name raises ``ValueError``. Needs
+natten-kernels ABI >= 1.2.
 """
 
 from __future__ import annotations
