@@ -643,6 +643,24 @@ def test_prepared_runner_skips_guards_only_after_a_guarded_call(compiled_on_cpu,
     stances.clear()
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=True):
         assert flex._skip_guards_ok("cpu") is False
+    # another Python thread alive (it could enter a compiled function while the process-wide
+    # stance is set): full guards; Inductor's own helper threads do not count
+    import threading
+
+    assert flex._skip_guards_ok("cpu") is True
+    for name, expected in (("user-thread", False), ("InductorSubproc", True)):
+        release = threading.Event()
+        t = threading.Thread(target=release.wait, name=name, daemon=True)
+        t.start()
+        try:
+            assert flex._skip_guards_ok("cpu") is expected, name
+            if not expected:
+                stances.clear()
+                call(1)
+                assert stances == [], stances
+        finally:
+            release.set()
+            t.join()
     with torch.compiler.set_stance("eager_on_recompile"):
         stances.clear()
         call(1)

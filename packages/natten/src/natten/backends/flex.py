@@ -1605,8 +1605,17 @@ def prepare_fna(
 # from that first call: shapes, strides, dtypes, devices and grad mode are the plan-cache key, the
 # block mask, kernel options and scale are the runner's own. Global state that is not in the key
 # keeps full guards: autocast, a non-default compiler stance (the user's), and
-# NATTEN_FLEX_SKIP_GUARDS=0 turns it off.
+# NATTEN_FLEX_SKIP_GUARDS=0 turns it off. The stance (and dynamo's flag under it) is process-wide,
+# not per thread: while it is set, a compiled function that *another* thread enters would skip
+# its guards too. So it is only used while no other Python thread that could run compiled code
+# is alive (Inductor's own pool reader / timer threads are known not to).
 _SKIP_GUARDS = os.environ.get("NATTEN_FLEX_SKIP_GUARDS", "1") != "0"
+_GUARD_SAFE_THREADS = frozenset({"InductorSubproc", "subproc_worker_timer"})
+
+
+def _no_other_compiling_thread() -> bool:
+    me = threading.current_thread()
+    return all(t is me or t.name in _GUARD_SAFE_THREADS for t in threading.enumerate())
 
 
 def _skip_guards_ok(device_type: str) -> bool:
@@ -1616,7 +1625,7 @@ def _skip_guards_ok(device_type: str) -> bool:
         stance = torch._dynamo.eval_frame._stance  # the user's stance must be the default one
         if stance.stance != "default" or stance.skip_guard_eval_unsafe or stance.backend is not None:
             return False
-        return not torch.is_autocast_enabled(device_type)
+        return not torch.is_autocast_enabled(device_type) and _no_other_compiling_thread()
     except Exception:  # pragma: no cover - a torch without these internals: keep the guards
         return False
 
