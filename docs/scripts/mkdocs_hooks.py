@@ -198,7 +198,8 @@ BACKEND_STATUS = {
                     "(`natten.attention`) runs dense and causal attention on the same kernels "
                     "(a window covering every key; varlen one sequence per launch)", True),
     "hopper-fna": ("H100 / H200 (sm_90a; needs a `natten-kernels` >= 1.2 wheel with sm_90a)",
-                   "yes: float16 / bfloat16, head dim 64 or 128 (= head_dim_v), no dilation",
+                   "yes: float16 / bfloat16, head dim 64 or 128 (= head_dim_v); dilation where "
+                   "each dilated axis is a multiple of it (groups folded into the batch)",
                    "not yet (inputs that require grad run on `cutlass-fna`)",
                    "**available** for inference: warp-specialized TMA + wgmma kernel; picked "
                    "before `cutlass-fna` on SM 9.0 when it supports the problem. `hopper-fmha` "

@@ -1,5 +1,6 @@
 """natten.attention: dense, causal, GQA, Dv != D, LSE, gradients and varlen, against the oracle."""
 
+import math
 import random
 
 import pytest
@@ -258,3 +259,59 @@ def test_hopper_fmha_reasons_without_gpu():
     assert "CUDA" in hopper.can_run_fmha(q, q, q)
     with pytest.raises(natten.backends.BackendNotSupportedError, match="hopper-fmha"):
         natten.attention(q, q, q, backend="hopper-fmha")
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_hopper_dilation_runs_as_folded_groups(seed, monkeypatch):
+    """hopper-fna runs a dilated problem as the dilation-1 problem on the dilation groups folded
+    into the batch (one launch). With the launch replaced by the float64 reference backend on the
+    folded tensors, the result equals the dilated problem's oracle (the kernel on dilation-1
+    problems is checked on the GPU)."""
+    from natten.backends import hopper, reference
+    from natten.window import WindowSpec
+    from oracle import na_oracle
+
+    rng = random.Random(900 + seed)
+    gen = torch.Generator().manual_seed(seed)
+    launches = []
+
+    def launch(q, k, v, spec, scale, q_tile, kv_tile, options):
+        assert all(d == 1 for d in spec.dilation) and tuple(q.shape[1:-2]) == spec.shape
+        launches.append((tuple(q.shape), spec))
+        return reference.fna(q, k, v, spec, scale)
+
+    monkeypatch.setattr(hopper, "_fna_kernel", launch)
+    for _ in range(5):
+        rank = rng.randint(1, 3)
+        dl = tuple(rng.choice([1, 2, 3]) for _ in range(rank))
+        if all(d == 1 for d in dl):
+            dl = (2,) + dl[1:]
+        ext = tuple(rng.randint(2, 6) for _ in range(rank))
+        shape = tuple(e * d for e, d in zip(ext, dl))
+        ks = tuple(rng.randint(2, e) for e in ext)
+        st = tuple(rng.randint(1, k) for k in ks)
+        ca = tuple(rng.random() < 0.3 for _ in range(rank))
+        hkv = rng.choice([1, 2])
+        B, H, D, Dv = rng.randint(1, 2), hkv * rng.choice([1, 2]), 8, rng.choice([8, 16])
+        q = torch.randn(B, *shape, H, D, generator=gen, dtype=torch.float64)
+        k = torch.randn(B, *shape, hkv, D, generator=gen, dtype=torch.float64)
+        v = torch.randn(B, *shape, hkv, Dv, generator=gen, dtype=torch.float64)
+        spec = WindowSpec(shape, ks, st, dl, ca)
+        assert hopper._dilation_reason(spec) is None
+        launches.clear()
+        out, lse = hopper.fna(q, k, v, spec, 0.25)
+        assert len(launches) == 1 and launches[0][0][0] == B * math.prod(dl)
+        ref, ref_lse = na_oracle(q, k, v, ks, st, dl, ca, scale=0.25)
+        what = f"shape={shape} k={ks} s={st} d={dl} c={ca}"
+        assert_close(out, ref, what=what, atol=1e-10, rtol=0)
+        assert_close(lse, ref_lse, what=f"{what} lse", atol=1e-10, rtol=0)
+
+
+def test_hopper_dilation_reasons():
+    from natten.backends import hopper
+    from natten.window import WindowSpec
+
+    assert hopper._dilation_reason(WindowSpec((12, 9), (3, 3), (1, 1), (2, 3), (False, False))) is None
+    reason = hopper._dilation_reason(WindowSpec((12, 10), (3, 3), (1, 1), (2, 3), (False, False)))
+    assert "axis 1: 10 tokens, dilation 3" in reason and "cutlass-fna" in reason
+    assert hopper._dilation_reason(WindowSpec((7,), (3,), (1,), (1,), (False,))) is None

@@ -185,8 +185,12 @@ def test_reasons_and_fallback():
     out.float().sum().backward()
     assert q.grad is not None
     x = q.detach()
-    assert "dilation" in hopper.can_run_fna(x, x, x, natten.window.WindowSpec((16, 16), (5, 5), (1, 1), (2, 1),
-                                                                              (False, False)))
+    # dilation runs when every dilated axis splits into equal groups (16 / 2); 15 / 2 does not
+    assert hopper.can_run_fna(x, x, x, natten.window.WindowSpec((16, 16), (5, 5), (1, 1), (2, 1),
+                                                                (False, False))) is None
+    x15 = x[:, :15]
+    assert "multiple of its dilation" in hopper.can_run_fna(
+        x15, x15, x15, natten.window.WindowSpec((15, 16), (5, 5), (1, 1), (2, 1), (False, False)))
     y = torch.randn(1, 16, 16, 2, 96, device="cuda", dtype=torch.float16)
     assert "head_dim" in hopper.can_run_fna(y, y, y, spec)
     assert hopper.can_run_fna(x, x, x, spec) is None
@@ -266,3 +270,45 @@ def test_tensors_over_2_31_elements():
         ops.set_poison_outputs(False)
     check_window_rows_1d(q, k, v, out, lse, (0, 1, n // 2, n - 130, n - 2, n - 1), 16)
     assert not torch.isnan(out[:, -300:]).any(), "unwritten rows at the far end"
+
+
+def test_dilation_random_sweep():
+    """Dilation on hopper-fna: the dilation groups folded into the batch (extents that are multiples
+    of the dilation), rank 1-3, stride, causal, GQA, both head dims and dtypes, outputs poisoned;
+    against the float64 oracle of the dilated problem."""
+    rng = random.Random(SEED + 11)
+    failures = SweepFailures()
+    ops.set_poison_outputs(True)
+    try:
+        for case in range(max(1, NUM_PROBLEMS // 5)):
+            rank = rng.randint(1, 3)
+            dl = tuple(rng.choice([1, 2, 3, 4]) for _ in range(rank))
+            if all(d == 1 for d in dl):
+                dl = (2,) + dl[1:]
+            top = {1: 300, 2: 40, 3: 14}[rank]
+            ext = tuple(rng.randint(2, top) for _ in range(rank))
+            shape = tuple(e * d for e, d in zip(ext, dl))
+            ks = tuple(rng.randint(2, min(e, 33)) for e in ext)
+            st = tuple(rng.randint(1, k) if rng.random() < 0.5 else 1 for k in ks)
+            ca = tuple(rng.random() < 0.3 for _ in range(rank))
+            hkv = rng.choice([1, 2])
+            h = hkv * rng.choice([1, 2])
+            d = rng.choice([64, 128])
+            dtype = rng.choice([torch.float16, torch.bfloat16])
+            b = rng.randint(1, 2)
+            g = torch.Generator(device="cuda").manual_seed(rng.randrange(1 << 30))
+            q = torch.randn(b, *shape, h, d, device="cuda", dtype=dtype, generator=g)
+            k = torch.randn(b, *shape, hkv, d, device="cuda", dtype=dtype, generator=g)
+            v = torch.randn(b, *shape, hkv, d, device="cuda", dtype=dtype, generator=g)
+            desc = (f"case {case} seed {SEED}: shape={shape} kernel={ks} stride={st} dilation={dl} "
+                    f"causal={ca} B={b} H={h} Hkv={hkv} D={d} {dtype}")
+            with failures.case():
+                out, lse = OPS[rank](q, k, v, ks, st, dl, ca, backend="hopper-fna", return_lse=True)
+                ref, ref_lse = na_oracle(q.double(), k.double(), v.double(), ks, st, dl, ca)
+                assert_close(out, ref, atol=GPU_TOL[dtype], rtol=0, what=f"{desc} out")
+                assert_close(lse, ref_lse, atol=GPU_TOL[dtype], rtol=0, what=f"{desc} lse")
+            if failures.full:
+                break
+    finally:
+        ops.set_poison_outputs(False)
+    failures.check()

@@ -5,9 +5,10 @@ kernel, as a 1-D window that covers every key (forward only, as ``hopper-fna``).
 Forward only: ``can_run_fna`` refuses inputs that require grad (``cutlass-fna`` trains), so
 automatic selection falls back. Supported: H100 / H200 (compute capability 9.0) with a
 natten-kernels build that contains sm_90a; float16 / bfloat16; head_dim == head_dim_v in {64, 128};
-rank 1-3; any kernel size, stride, per-axis causal, GQA/MQA; no dilation > 1, no query/key slabs
-of a larger grid (use ``cutlass-fna`` for those). It shares the ``natten::fna_forward`` operator
-with ``cutlass-fna`` (``backend=2``).
+rank 1-3; any kernel size, stride, per-axis causal, GQA/MQA; dilation where every dilated axis
+is a multiple of its dilation (the dilation groups are folded into the batch: one permutation copy
+each way, one launch); no query/key slabs of a larger grid (use ``cutlass-fna`` for those). It
+shares the ``natten::fna_forward`` operator with ``cutlass-fna`` (``backend=2``).
 
 ``kernel_schedule``: the consumer schedule, ``"pingpong"`` (the default: the two consumer
 warpgroups take turns issuing their GEMMs so one's softmax overlaps the other's tensor-core work,
@@ -62,8 +63,9 @@ def can_run_fna(
         return f"it supports head_dim == head_dim_v in {_HEAD_DIMS}, got head_dim {d}, head_dim_v {dv}"
     if getattr(spec, "is_partial", False):
         return "it does not take query/key slabs of a larger grid yet; cutlass-fna does"
-    if spec is not None and any(int(x) != 1 for x in getattr(spec, "dilation", ())):
-        return "it does not support dilation > 1 yet; cutlass-fna does"
+    reason = _dilation_reason(spec)
+    if reason is not None:
+        return reason
     index = query.device.index if query.device.index is not None else torch.cuda.current_device()
     return _kernel_reason(query.dtype, query.dim() - 3, d, dv, index)
 
@@ -103,6 +105,38 @@ def can_run_fmha(
     return can_run_fna(query[:, :nk], key, value, spec, torch_compile)
 
 
+def _dilation_reason(spec: object) -> Optional[str]:
+    """Dilation runs as dilation-1 problems on the dilation groups folded into the batch (one
+    launch), which needs every dilated axis to split into groups of equal length."""
+    dilation = tuple(int(x) for x in getattr(spec, "dilation", ()) or ())
+    for a, d in enumerate(dilation):
+        n = int(spec.shape[a])  # type: ignore[attr-defined]
+        if d > 1 and n % d:
+            return (f"with dilation it needs each dilated axis to be a multiple of its dilation "
+                    f"(axis {a}: {n} tokens, dilation {d}); cutlass-fna runs it")
+    return None
+
+
+def _dilation_groups(spec) -> Optional[Tuple[object, object]]:
+    """``(layout, group_spec)`` for a dilated problem (None without dilation): ``layout`` moves
+    ``[B, *grid, ...]`` to ``[B * prod(d), *grid / d, ...]`` (group ``g`` holds the tokens
+    ``x = x' * d + g``, SEMANTICS.md's dilation groups) and back; ``group_spec`` is the same
+    window on one group's grid with dilation 1. Every group of a dilated problem is exactly that
+    problem (windows, strides and causality live in group-local coordinates)."""
+    dilation = tuple(int(x) for x in spec.dilation)
+    if all(d == 1 for d in dilation):
+        return None
+    from ..window import WindowSpec
+    from .flex import _TileLayout  # the wide-element permutation copies
+
+    shape = tuple(int(n) for n in spec.shape)
+    ext = tuple(n // d for n, d in zip(shape, dilation))
+    layout = _TileLayout(shape, (1,) * len(shape), ext, dilation)
+    group_spec = WindowSpec(ext, tuple(spec.kernel_size), tuple(spec.stride), (1,) * len(shape),
+                            tuple(spec.is_causal))
+    return layout, group_spec
+
+
 def _foldable(t: Tensor) -> Tensor:
     """Rank 3: the kernel folds batch into X in its TMA descriptors, which needs
     batch stride == X * x stride; other layouts are copied (a contiguous tensor qualifies)."""
@@ -122,8 +156,6 @@ def fna(
     **options,
 ) -> Tuple[Tensor, Tensor]:
     """Fused forward; returns ``(out, lse)``. Forward only (no autograd)."""
-    from .. import ops
-
     if _needs_grad(query, key, value):
         raise NotImplementedError("hopper-fna has no backward yet; cutlass-fna trains")
     if getattr(spec, "is_partial", False):
@@ -133,6 +165,34 @@ def fna(
             "`q_tile_shape` and `kv_tile_shape` must be given together for hopper-fna "
             f"(got {q_tile_shape} and {kv_tile_shape}); see natten.get_configs_for_cutlass_hopper_fna."
         )
+    groups = _dilation_groups(spec)
+    if groups is not None:
+        reason = _dilation_reason(spec)
+        if reason is not None:
+            raise NotImplementedError(f"hopper-fna cannot run this problem: {reason}")
+        layout, group_spec = groups
+        B = int(query.shape[0])
+        ext = group_spec.shape
+
+        def fold(t: Tensor) -> Tensor:
+            t = layout.to_tiles(t)  # [B * G, N, *tail]
+            return t.reshape(t.shape[0], *ext, *t.shape[2:])
+
+        out, lse = _fna_kernel(fold(query), fold(key), fold(value), group_spec, scale,
+                               q_tile_shape, kv_tile_shape, options)
+        out = layout.from_tiles(out.reshape(out.shape[0], -1, *out.shape[-2:]), B)
+        if lse is not None:
+            lse = layout.from_tiles(lse.reshape(lse.shape[0], -1, lse.shape[-1]), B)
+        return out, lse
+    return _fna_kernel(query, key, value, spec, scale, q_tile_shape, kv_tile_shape, options)
+
+
+def _fna_kernel(query: Tensor, key: Tensor, value: Tensor, spec, scale: float,
+                q_tile_shape: Optional[Tuple[int, ...]], kv_tile_shape: Optional[Tuple[int, ...]],
+                options: Dict) -> Tuple[Tensor, Tensor]:
+    """One launch of the kernel (dilation 1: the caller folds dilation groups into the batch)."""
+    from .. import ops
+
     schedule = _libnatten.schedule_id(options.get("kernel_schedule"))
     query, key, value = _foldable(query), _foldable(key), _foldable(value)
     args = (
