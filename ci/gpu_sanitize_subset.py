@@ -59,6 +59,8 @@ HOPPER_CASES = [
     ((13, 11, 9), (5, 4, 3), (1, 2, 1), (1, 1, 1), (False, True, False), 2, 1, 64, torch.float16, None),
     ((700,), (300,), (1,), (1,), (False,), 2, 2, 128, torch.float16, "cooperative"),
     ((700,), (300,), (1,), (1,), (True,), 2, 1, 128, torch.bfloat16, "pingpong"),
+    # dilation: groups folded into the batch (24 / 2, 18 / 3)
+    ((24, 18), (5, 4), (1, 2), (2, 3), (False, True), 2, 1, 64, torch.float16, None),
 ]
 if torch.cuda.get_device_capability() == (9, 0):
     for shape, ks, st, dl, ca, h, hkv, d, dt, sched in HOPPER_CASES:
