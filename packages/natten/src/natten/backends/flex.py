@@ -1608,14 +1608,34 @@ def prepare_fna(
 # NATTEN_FLEX_SKIP_GUARDS=0 turns it off. The stance (and dynamo's flag under it) is process-wide,
 # not per thread: while it is set, a compiled function that *another* thread enters would skip
 # its guards too. So it is only used while no other Python thread that could run compiled code
-# is alive (Inductor's own pool reader / timer threads are known not to).
+# is alive (Inductor's own threads are known not to: its subprocess pool's reader and timer, and
+# the worker threads of its compile thread pool, which a cold cache starts on the first compile).
 _SKIP_GUARDS = os.environ.get("NATTEN_FLEX_SKIP_GUARDS", "1") != "0"
 _GUARD_SAFE_THREADS = frozenset({"InductorSubproc", "subproc_worker_timer"})
 
 
+def _inductor_pool_threads() -> set:
+    """The worker threads of Inductor's compile thread pool, if it was started (they run compile
+    jobs, never compiled code). Empty when it was not, or on a torch without it."""
+    try:
+        import sys
+
+        ac = sys.modules.get("torch._inductor.async_compile")
+        pool = getattr(getattr(ac, "AsyncCompile", None), "pool", None)
+        if pool is None or not pool.cache_info().currsize:
+            return set()
+        return set(pool()._threads)
+    except Exception:  # pragma: no cover - other torch internals: count them as user threads
+        return set()
+
+
 def _no_other_compiling_thread() -> bool:
     me = threading.current_thread()
-    return all(t is me or t.name in _GUARD_SAFE_THREADS for t in threading.enumerate())
+    others = [t for t in threading.enumerate() if t is not me and t.name not in _GUARD_SAFE_THREADS]
+    if not others:
+        return True
+    helpers = _inductor_pool_threads()
+    return all(t in helpers for t in others)
 
 
 def _skip_guards_ok(device_type: str) -> bool:
