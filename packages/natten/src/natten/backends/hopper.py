@@ -26,7 +26,11 @@ import torch
 from torch import Tensor
 
 from .. import _libnatten
-from .cutlass import _DTYPES, _library_reason, _needs_grad  # shared with the SM80 backend
+from ..window import WindowSpec
+from .cutlass import (  # shared with the SM80 backend
+    _DTYPES, _fmha_on_fna, _fmha_parts, _library_reason, _needs_grad,
+)
+from .flex import _TileLayout  # the wide-element permutation copies (dilation groups)
 
 SUPPORTS_VARLEN = False
 
@@ -99,8 +103,6 @@ def can_run_fmha(
         return (f"it needs the number of queries to be a multiple of the number of keys (got "
                 f"{nq} queries, {nk} keys: that needs query slabs, which hopper-fna does not take "
                 "yet; cutlass-fmha and flex-fmha run it)")
-    from .cutlass import _fmha_parts
-
     spec = _fmha_parts(nk, nk, bool(is_causal))[0][1]
     return can_run_fna(query[:, :nk], key, value, spec, torch_compile)
 
@@ -126,9 +128,6 @@ def _dilation_groups(spec) -> Optional[Tuple[object, object]]:
     dilation = tuple(int(x) for x in spec.dilation)
     if all(d == 1 for d in dilation):
         return None
-    from ..window import WindowSpec
-    from .flex import _TileLayout  # the wide-element permutation copies
-
     shape = tuple(int(n) for n in spec.shape)
     ext = tuple(n // d for n, d in zip(shape, dilation))
     layout = _TileLayout(shape, (1,) * len(shape), ext, dilation)
@@ -283,8 +282,6 @@ def fmha(
         if _needs_grad(query, key, value):
             raise NotImplementedError(f"hopper-fmha cannot run this problem: {reason}")
         raise ValueError(f"hopper-fmha cannot run this problem: {reason}")
-    from .cutlass import _fmha_on_fna
-
     fwd = {k: options[k] for k in ("kernel_schedule",) if options.get(k) is not None}
     return _fmha_on_fna(fna, query, key, value, is_causal, scale, q_tile_shape, kv_tile_shape, **fwd)
 
