@@ -144,6 +144,9 @@ class SweepFailures:
     def add(self, message: str) -> None:
         self.messages.append(message)
 
+    def __len__(self) -> int:  # so ``assert not failures`` also means "no failure"
+        return len(self.messages)
+
     @property
     def full(self) -> bool:
         return len(self.messages) >= self.limit

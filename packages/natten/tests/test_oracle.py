@@ -220,7 +220,7 @@ def test_gpu_test_helpers_on_cpu():
         raise AssertionError("boom")
     with failures.case():
         pass
-    assert not failures.full and failures.messages == ["first: boom"]
+    assert not failures.full and failures.messages == ["first: boom"] and len(failures) == 1
     failures.add("second")
     assert failures.full
     with pytest.raises(AssertionError, match="first: boom\nsecond"):

@@ -11,7 +11,7 @@ import random
 import pytest
 import torch
 
-from helpers import assert_close
+from helpers import SweepFailures, assert_close
 from oracle import attention_oracle, dense_attention
 
 pytestmark = pytest.mark.gpu
@@ -38,7 +38,7 @@ def _rand(shape, dtype, g):
 def test_cutlass_fmha_random_sweep():
     rng = random.Random(SEED)
     ops.set_poison_outputs(True)
-    failures, fwd_checked, bwd_checked = [], 0, 0
+    failures, fwd_checked, bwd_checked = SweepFailures(), 0, 0
     try:
         for case in range(NUM_PROBLEMS):
             nk = rng.choice([rng.randint(2, 300), rng.randint(300, 1500)])
@@ -61,7 +61,7 @@ def test_cutlass_fmha_random_sweep():
             if train and cutlass.can_run_fmha(*leaves, is_causal=causal) is not None:
                 train = False  # e.g. slabs (nq != nk) on a library whose backward refuses them
                 leaves = [t.detach() for t in leaves]
-            try:
+            with failures.case():
                 with torch.set_grad_enabled(train):
                     out, lse = natten.attention(*leaves, is_causal=causal, backend="cutlass-fmha",
                                                 return_lse=True)
@@ -83,14 +83,12 @@ def test_cutlass_fmha_random_sweep():
                         scale = max(1.0, float(w.abs().max()))
                         assert_close(a, w, atol=1e-2 * scale, rtol=0, what=f"{desc} {name}")
                     bwd_checked += 1
-            except AssertionError as e:
-                failures.append(str(e))
-            if len(failures) >= 10:
+            if failures.full:
                 break
     finally:
         ops.set_poison_outputs(False)
     print(f"cutlass-fmha sweep seed {SEED}: {fwd_checked} forward, {bwd_checked} backward checked")
-    assert not failures, "\n".join(failures)
+    failures.check()
     assert fwd_checked >= NUM_PROBLEMS * 0.9
 
 

@@ -21,7 +21,7 @@ import random
 import pytest
 import torch
 
-from helpers import assert_close
+from helpers import SweepFailures, assert_close
 from oracle import na_oracle
 
 pytestmark = pytest.mark.gpu
@@ -96,7 +96,7 @@ def _check_grads(got, ref, tol, desc):
 def test_fna_backward_random_sweep():
     rng = random.Random(SEED)
     ops.set_poison_outputs(True)
-    failures = []
+    failures = SweepFailures()
     checked = 0
     try:
         for case in range(NUM_PROBLEMS):
@@ -116,15 +116,15 @@ def test_fna_backward_random_sweep():
                 _check_grads(got[2:], ref[2:], tol, desc)
                 checked += 1
             except (NotImplementedError, BackendNotSupportedError) as e:
-                failures.append(f"{desc}: unexpectedly unsupported: {e}")
+                failures.add(f"{desc}: unexpectedly unsupported: {e}")
             except AssertionError as e:
-                failures.append(str(e))
-            if len(failures) >= 10:
+                failures.add(str(e))
+            if failures.full:
                 break
     finally:
         ops.set_poison_outputs(False)
     print(f"cutlass-fna backward sweep: {checked} problems checked against the float64 oracle (seed {SEED})")
-    assert not failures, "\n".join(failures)
+    failures.check()
     assert checked == NUM_PROBLEMS
 
 
@@ -314,7 +314,7 @@ def test_fna_backward_region_random_sweep():
     _needs_backward_slabs()
     rng = random.Random(SEED + 2)
     ops.set_poison_outputs(True)
-    failures = []
+    failures = SweepFailures()
     checked = 0
     try:
         for case in range(NUM_REGION_PROBLEMS):
@@ -345,16 +345,16 @@ def test_fna_backward_region_random_sweep():
                 _check_grads(got[2:], ref[2:], tol, desc)
                 checked += 1
             except (NotImplementedError, BackendNotSupportedError) as e:
-                failures.append(f"{desc}: unexpectedly unsupported: {e}")
+                failures.add(f"{desc}: unexpectedly unsupported: {e}")
             except (AssertionError, ValueError, RuntimeError) as e:
-                failures.append(f"{desc}: {type(e).__name__}: {e}")
-            if len(failures) >= 10:
+                failures.add(f"{desc}: {type(e).__name__}: {e}")
+            if failures.full:
                 break
     finally:
         ops.set_poison_outputs(False)
     print(f"cutlass-fna backward region sweep: {checked} problems checked against the float64 reference "
           f"backend (seed {SEED})")
-    assert not failures, "\n".join(failures)
+    failures.check()
     assert checked == NUM_REGION_PROBLEMS
 
 

@@ -10,7 +10,7 @@ import random
 import pytest
 import torch
 
-from helpers import assert_close, check_window_rows_1d, qkv_over_2_31_elements
+from helpers import SweepFailures, assert_close, check_window_rows_1d, qkv_over_2_31_elements
 from oracle import na_oracle, na_region_oracle
 
 pytestmark = pytest.mark.gpu
@@ -52,7 +52,7 @@ def _problem(rng: random.Random):
 def test_fna_forward_random_sweep():
     rng = random.Random(SEED)
     ops.set_poison_outputs(True)
-    failures = []
+    failures = SweepFailures()
     checked = 0
     try:
         for case in range(NUM_PROBLEMS):
@@ -72,15 +72,15 @@ def test_fna_forward_random_sweep():
                 checked += 1
             except (NotImplementedError, BackendNotSupportedError) as e:  # unsupported: says so
                 if d in (32, 64, 128, 256):
-                    failures.append(f"{desc}: unexpectedly unsupported: {e}")
+                    failures.add(f"{desc}: unexpectedly unsupported: {e}")
             except AssertionError as e:
-                failures.append(str(e))
-            if len(failures) >= 10:
+                failures.add(str(e))
+            if failures.full:
                 break
     finally:
         ops.set_poison_outputs(False)
     print(f"cutlass-fna sweep: {checked} problems checked against the float64 oracle (seed {SEED})")
-    assert not failures, "\n".join(failures)
+    failures.check()
     assert checked >= 0.8 * NUM_PROBLEMS, f"only {checked} of {NUM_PROBLEMS} problems ran"
 
 
@@ -196,7 +196,7 @@ def test_fna_forward_region_random_sweep():
     """Query/key slabs of a larger grid against the float64 region oracle, outputs poisoned."""
     rng = random.Random(SEED + 1)
     ops.set_poison_outputs(True)
-    failures = []
+    failures = SweepFailures()
     checked = 0
     try:
         for case in range(NUM_REGION_PROBLEMS):
@@ -217,13 +217,13 @@ def test_fna_forward_region_random_sweep():
                 assert_close(lse, ref_lse, atol=tol, rtol=0, what=f"{desc} lse")
                 checked += 1
             except (AssertionError, NotImplementedError, BackendNotSupportedError, ValueError, RuntimeError) as e:
-                failures.append(f"{desc}: {type(e).__name__}: {e}")
-            if len(failures) >= 10:
+                failures.add(f"{desc}: {type(e).__name__}: {e}")
+            if failures.full:
                 break
     finally:
         ops.set_poison_outputs(False)
     print(f"cutlass-fna region sweep: {checked} problems checked against the float64 oracle (seed {SEED})")
-    assert not failures, "\n".join(failures)
+    failures.check()
     assert checked == NUM_REGION_PROBLEMS
 
 

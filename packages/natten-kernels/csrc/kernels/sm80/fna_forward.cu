@@ -256,9 +256,14 @@ bool fna_forward_supports(int head_dim, int head_dim_v, int dtype, const char** 
 }
 
 int fna_forward_tile_configs(int rank, int head_dim, int* q_tiles, int* kv_tiles, int capacity) {
-  if (rank < 1 || rank > kRank || head_dim < 8 || head_dim > 256 || head_dim % 8 != 0) return 0;
-  int shapes[32][kRank];
-  const int ns = tile_shapes(rank, shapes, 32);
+  if (head_dim < 8 || head_dim > 256 || head_dim % 8 != 0) return 0;
+  return fna_forward_tile_pairs(rank, kTileLog2, q_tiles, kv_tiles, capacity);
+}
+
+int fna_forward_tile_pairs(int rank, int tile_log2, int* q_tiles, int* kv_tiles, int capacity) {
+  if (rank < 1 || rank > kRank || tile_log2 < 0 || tile_log2 > kMaxTileLog2) return 0;
+  int shapes[kMaxShapes][kRank];
+  const int ns = tile_shapes(rank, shapes, kMaxShapes, tile_log2);
   int count = 0;
   for (int iq = 0; iq < ns; ++iq) {
     for (int ik = 0; ik < ns; ++ik) {

@@ -34,6 +34,12 @@ bool fna_forward_supports(int head_dim, int head_dim_v, int dtype, const char** 
 int fna_forward_tile_configs(int rank, int head_dim, int* q_tiles /*[n][3]*/, int* kv_tiles /*[n][3]*/,
                              int capacity);
 
+// The same list for boxes of 2^tile_log2 tokens (0..7; the SM90 kernel lists its 128-token boxes
+// through it): every pair of power-of-two boxes over the first `rank` axes, in the chooser's order.
+// Returns 0 for an invalid rank / tile_log2.
+int fna_forward_tile_pairs(int rank, int tile_log2, int* q_tiles /*[n][3]*/, int* kv_tiles /*[n][3]*/,
+                           int capacity);
+
 // The tile pair fna_forward uses when the caller leaves the choice to it: minimizes the number of
 // visited (query, key) pairs (tile-visit bound of PERF-NOTES.md) for this problem's per-axis
 // extents, kernel sizes, strides, dilations and causal flags (over the query slab's tokens when

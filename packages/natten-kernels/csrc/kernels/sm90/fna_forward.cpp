@@ -35,23 +35,6 @@ bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) ==
 // A stride is usable by TMA if it is a positive multiple of 16 bytes, or the axis has one token.
 bool stride_ok(int64_t stride, int64_t extent) { return extent == 1 || (stride > 0 && (stride & 7) == 0); }
 
-int tile_shapes(int rank, int out[][kRank], int capacity) {
-  int count = 0;
-  for (int a0 = 0; a0 <= kTileLog2; ++a0) {
-    for (int a1 = 0; a1 <= kTileLog2 - a0; ++a1) {
-      const int a2 = kTileLog2 - a0 - a1;
-      const int l[kRank] = {a0, a1, a2};
-      bool ok = true;
-      for (int a = 0; a < kRank; ++a) ok = ok && (a < rank || l[a] == 0);
-      if (!ok) continue;
-      if (count < capacity)
-        for (int a = 0; a < kRank; ++a) out[count][a] = l[a];
-      ++count;
-    }
-  }
-  return count;
-}
-
 // Tile shape -> log2 per axis (axes >= rank must be 1); false if not a 128-token power-of-two box.
 [[maybe_unused]] bool parse_tile(const int* tile, int rank, int log2s[kRank]) {
   int total = 0;
@@ -207,22 +190,7 @@ bool fna_forward_can_run(const FnaForwardArgs& args, int dtype, const char** rea
 }
 
 int fna_forward_tile_configs(int rank, int* q_tiles, int* kv_tiles, int capacity) {
-  if (rank < 1 || rank > kRank) return 0;
-  int shapes[64][kRank];
-  const int ns = tile_shapes(rank, shapes, 64);
-  int count = 0;
-  for (int iq = 0; iq < ns; ++iq) {
-    for (int ik = 0; ik < ns; ++ik) {
-      if (count < capacity) {
-        for (int a = 0; a < kRank; ++a) {
-          if (q_tiles != nullptr) q_tiles[3 * count + a] = 1 << shapes[iq][a];
-          if (kv_tiles != nullptr) kv_tiles[3 * count + a] = 1 << shapes[ik][a];
-        }
-      }
-      ++count;
-    }
-  }
-  return count;
+  return sm80::fna_forward_tile_pairs(rank, kTileLog2, q_tiles, kv_tiles, capacity);
 }
 
 cudaError_t fna_forward_default_tiles(const FnaForwardArgs& args, int q_tile[3], int kv_tile[3]) {

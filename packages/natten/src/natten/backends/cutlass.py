@@ -280,18 +280,28 @@ def prepare_fna(query: Tensor, key: Tensor, value: Tensor, spec, scale: float,
         q_tile=q_tile_shape, kv_tile=kv_tile_shape, global_shape=global_shape or None,
         q_origin=q_origin or None, kv_origin=kv_origin or None, backend="cutlass-fna",
     )
-    launch = prepared.launch
+    return _prepared_runner(
+        prepared, out, lse, options.get("return_lse", True),
+        lambda q, k, v: fna(q, k, v, spec, scale, q_tile_shape, kv_tile_shape),
+    )
 
+
+def _prepared_runner(prepared: "_libnatten.PreparedFnaForward", out: Tensor, lse: Tensor,
+                     with_lse: bool, slow: Callable) -> Callable:
+    """The per-call part of a prepared launch (cutlass-fna and hopper-fna): allocate the outputs
+    and launch; ``slow`` takes calls the prepared struct cannot (misaligned pointers, poisoned
+    outputs in tests)."""
+    from .. import ops
+
+    launch = prepared.launch
     out_shape, lse_shape = list(out.shape), list(lse.shape)
-    dtype, device = query.dtype, query.device
+    dtype, device = out.dtype, out.device
     empty = torch.empty
     f32 = torch.float32
 
-    with_lse = options.get("return_lse", True)
-
     def run(q: Tensor, k: Tensor, v: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
         if q.data_ptr() % 16 or k.data_ptr() % 16 or v.data_ptr() % 16 or ops._POISON_OUTPUTS:
-            return fna(q, k, v, spec, scale, q_tile_shape, kv_tile_shape)
+            return slow(q, k, v)
         o = empty(out_shape, dtype=dtype, device=device)
         # Without return_lse the kernel skips the logsumexp (a null pointer at the ABI).
         l = empty(lse_shape, dtype=f32, device=device) if with_lse else None

@@ -20,6 +20,7 @@ natten-kernels ABI >= 1.2.
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
@@ -28,7 +29,7 @@ from torch import Tensor
 from .. import _libnatten
 from ..window import WindowSpec
 from .cutlass import (  # shared with the SM80 backend
-    _DTYPES, _fmha_on_fna, _fmha_parts, _library_reason, _needs_grad,
+    _DTYPES, _fmha_on_fna, _fmha_parts, _library_reason, _needs_grad, _prepared_runner,
 )
 from .flex import _TileLayout  # the wide-element permutation copies (dilation groups)
 
@@ -119,6 +120,7 @@ def _dilation_reason(spec: object) -> Optional[str]:
     return None
 
 
+@functools.lru_cache(maxsize=64)  # per problem: the layout's views and permutations, built once
 def _dilation_groups(spec) -> Optional[Tuple[object, object]]:
     """``(layout, group_spec)`` for a dilated problem (None without dilation): ``layout`` moves
     ``[B, *grid, ...]`` to ``[B * prod(d), *grid / d, ...]`` (group ``g`` holds the tokens
@@ -235,24 +237,7 @@ def prepare_fna(query: Tensor, key: Tensor, value: Tensor, spec, scale: float,
         list(spec.dilation), list(spec.is_causal), float(scale),
         q_tile=q_tile_shape, kv_tile=kv_tile_shape, backend=_NAME, kernel_schedule=schedule,
     )
-    launch = prepared.launch
-
-    out_shape, lse_shape = list(out.shape), list(lse.shape)
-    dtype, device = query.dtype, query.device
-    empty = torch.empty
-    f32 = torch.float32
-    with_lse = options.get("return_lse", True)
-
-    def run(q: Tensor, k: Tensor, v: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
-        if q.data_ptr() % 16 or k.data_ptr() % 16 or v.data_ptr() % 16 or ops._POISON_OUTPUTS:
-            return slow(q, k, v)
-        o = empty(out_shape, dtype=dtype, device=device)
-        # Without return_lse the kernel skips the logsumexp (a null pointer at the ABI).
-        l = empty(lse_shape, dtype=f32, device=device) if with_lse else None
-        launch(q, k, v, o, l)
-        return o, l
-
-    return run
+    return _prepared_runner(prepared, out, lse, options.get("return_lse", True), slow)
 
 
 def fmha(
