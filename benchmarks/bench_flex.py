@@ -289,7 +289,11 @@ def run_row(rid: str, row, dtype, args, budget: Budget, backward: bool, res: Dic
     def ours():
         return op(q, k, v, **kw)
 
+    flex.GUARD_SKIP_REFUSALS.clear()
     measure("flex-fna", ours, (q, k, v), backward, rep, res, "flex")
+    if flex.GUARD_SKIP_REFUSALS:  # prepared calls that kept dynamo's guards (host time), and why
+        res[f"flex_{sfx}_guards_note"] = "; ".join(
+            f"{n} calls: {why}" for why, n in flex.GUARD_SKIP_REFUSALS.items())
 
     # token permutation alone (forward only)
     if not backward and "perm_ms" not in res:

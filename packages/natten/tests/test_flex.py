@@ -620,7 +620,7 @@ def test_prepared_runner_skips_guards_only_after_a_guarded_call(compiled_on_cpu,
     from natten import functional as F
     from oracle import na_oracle
 
-    monkeypatch.setattr(flex, "_no_other_compiling_thread", lambda: True)
+    monkeypatch.setattr(flex, "_other_threads", lambda: [])
     stances = []
     real = torch.compiler.set_stance
 
@@ -654,20 +654,24 @@ def test_prepared_runner_skips_guards_only_after_a_guarded_call(compiled_on_cpu,
         stances.clear()
         call(1)
         assert stances == [], stances  # the user's stance is left alone
-    monkeypatch.setattr(flex, "_no_other_compiling_thread", lambda: False)  # a user thread
+    monkeypatch.setattr(flex, "_other_threads", lambda: ["user-thread"])  # a user thread
+    flex.GUARD_SKIP_REFUSALS.clear()
     call(1)
     assert stances == [], stances
-    monkeypatch.setattr(flex, "_no_other_compiling_thread", lambda: True)
+    assert flex.GUARD_SKIP_REFUSALS == {"other Python threads are alive: user-thread": 1}, (
+        flex.GUARD_SKIP_REFUSALS)
+    monkeypatch.setattr(flex, "_other_threads", lambda: [])
     monkeypatch.setattr(flex, "_SKIP_GUARDS", False)
     call(2)
     assert stances == [], stances
+    assert flex.GUARD_SKIP_REFUSALS.get("NATTEN_FLEX_SKIP_GUARDS=0") == 2, flex.GUARD_SKIP_REFUSALS
     F._PLANS.clear()
 
 
 def test_guard_skipping_thread_condition(monkeypatch):
     """Guards are skipped only while no other Python thread could enter compiled code: the stance
     and dynamo's flag are process-wide. Inductor's own threads (its subprocess pool's reader and
-    timer, its compile thread pool's workers) do not count; any other thread does."""
+    timer, its compile thread pool's workers, tqdm's monitor) do not count; any other thread does."""
     import concurrent.futures
     import functools
     import threading
@@ -683,6 +687,12 @@ def test_guard_skipping_thread_condition(monkeypatch):
     threads[1:] = [threading.Thread(target=lambda: None, name="InductorSubproc"),
                    threading.Thread(target=lambda: None, name="subproc_worker_timer")]
     assert flex._no_other_compiling_thread()
+    # tqdm's monitor thread (Inductor's progress bars start it), known by its class, not its name
+    TMonitor = type("TMonitor", (threading.Thread,), {"__module__": "tqdm._monitor"})
+    threads[1:] = [TMonitor(target=lambda: None, name="tqdm_monitor")]
+    assert flex._no_other_compiling_thread()
+    threads[1:] = [threading.Thread(target=lambda: None, name="tqdm_monitor")]
+    assert not flex._no_other_compiling_thread()
     executor = concurrent.futures.ThreadPoolExecutor(1)
     try:
         executor.submit(lambda: None).result()

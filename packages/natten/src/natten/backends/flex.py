@@ -1581,7 +1581,7 @@ def prepare_fna(
         args = (qt, kt, vt)
         kwargs = dict(block_mask=plan.block_mask, scale=scale_f, enable_gqa=gqa,
                       kernel_options=opts, return_aux=AuxRequest(lse=True))
-        if calls[0] >= 2 and _skip_guards_ok(device_type):
+        if calls[0] >= 2 and _skip_guards_reason(device_type) is None:
             # This exact call (same metadata, block mask, options, grad mode) already ran through
             # dynamo's guards once (below): choosing among the compiled entries is all that is
             # left, which the differentiating guards do (see _skip_guards_ok).
@@ -1608,8 +1608,10 @@ def prepare_fna(
 # NATTEN_FLEX_SKIP_GUARDS=0 turns it off. The stance (and dynamo's flag under it) is process-wide,
 # not per thread: while it is set, a compiled function that *another* thread enters would skip
 # its guards too. So it is only used while no other Python thread that could run compiled code
-# is alive (Inductor's own threads are known not to: its subprocess pool's reader and timer, and
-# the worker threads of its compile thread pool, which a cold cache starts on the first compile).
+# is alive (Inductor's own threads are known not to: its subprocess pool's reader and timer, the
+# worker threads of its compile thread pool, which a cold cache starts on the first compile, and
+# tqdm's monitor thread, which its progress bars start). Refusals are counted, with their reason, in
+# GUARD_SKIP_REFUSALS (benchmarks/bench_flex.py reports them).
 _SKIP_GUARDS = os.environ.get("NATTEN_FLEX_SKIP_GUARDS", "1") != "0"
 _GUARD_SAFE_THREADS = frozenset({"InductorSubproc", "subproc_worker_timer"})
 
@@ -1629,25 +1631,60 @@ def _inductor_pool_threads() -> set:
         return set()
 
 
-def _no_other_compiling_thread() -> bool:
+def _is_tqdm_monitor(t: threading.Thread) -> bool:
+    """tqdm's progress-bar monitor (started by Inductor's autotuning progress bars): it only sleeps
+    and refreshes bars, never runs compiled code."""
+    cls = type(t)
+    return cls.__name__ == "TMonitor" and cls.__module__.startswith("tqdm")
+
+
+def _other_threads() -> List[str]:
+    """Names of the live Python threads, other than this one, that could enter compiled code."""
     me = threading.current_thread()
-    others = [t for t in threading.enumerate() if t is not me and t.name not in _GUARD_SAFE_THREADS]
+    others = [t for t in threading.enumerate()
+              if t is not me and t.name not in _GUARD_SAFE_THREADS and not _is_tqdm_monitor(t)]
     if not others:
-        return True
+        return []
     helpers = _inductor_pool_threads()
-    return all(t in helpers for t in others)
+    return [t.name for t in others if t not in helpers]
 
 
-def _skip_guards_ok(device_type: str) -> bool:
+def _no_other_compiling_thread() -> bool:
+    return not _other_threads()
+
+
+# Why prepared calls kept their guards: reason -> count (at most 16 reasons kept). A prepared call
+# that keeps its guards is correct but pays their host time; benchmarks report this.
+GUARD_SKIP_REFUSALS: Dict[str, int] = {}
+
+
+def _skip_guards_reason(device_type: str) -> Optional[str]:
+    """``None`` when a prepared call may skip dynamo's guards (see above), else why not."""
+    why = _skip_guards_why(device_type)
+    if why is not None and (why in GUARD_SKIP_REFUSALS or len(GUARD_SKIP_REFUSALS) < 16):
+        GUARD_SKIP_REFUSALS[why] = GUARD_SKIP_REFUSALS.get(why, 0) + 1
+    return why
+
+
+def _skip_guards_why(device_type: str) -> Optional[str]:
     if not _SKIP_GUARDS:
-        return False
+        return "NATTEN_FLEX_SKIP_GUARDS=0"
     try:
         stance = torch._dynamo.eval_frame._stance  # the user's stance must be the default one
         if stance.stance != "default" or stance.skip_guard_eval_unsafe or stance.backend is not None:
-            return False
-        return not torch.is_autocast_enabled(device_type) and _no_other_compiling_thread()
-    except Exception:  # pragma: no cover - a torch without these internals: keep the guards
-        return False
+            return f"a compiler stance is set ({stance.stance})"
+        if torch.is_autocast_enabled(device_type):
+            return "autocast is enabled"
+        others = _other_threads()
+        if others:
+            return "other Python threads are alive: " + ", ".join(sorted(set(others))[:4])
+        return None
+    except Exception as e:  # pragma: no cover - a torch without these internals: keep the guards
+        return f"torch internals differ ({type(e).__name__})"
+
+
+def _skip_guards_ok(device_type: str) -> bool:
+    return _skip_guards_why(device_type) is None
 
 
 def _fna_entry(q: Tensor, k: Tensor, v: Tensor, spec: WindowSpec, scale: float,
