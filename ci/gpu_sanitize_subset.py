@@ -61,6 +61,10 @@ HOPPER_CASES = [
     ((700,), (300,), (1,), (1,), (True,), 2, 1, 128, torch.bfloat16, "pingpong"),
     # dilation: groups folded into the batch (24 / 2, 18 / 3)
     ((24, 18), (5, 4), (1, 2), (2, 3), (False, True), 2, 1, 64, torch.float16, None),
+    # persistent CTAs (one per SM, 132 on an H100): 2 x 40 heads x 2 query tiles = 160 work tiles,
+    # so some CTAs run two, reusing the Q buffer and carrying the K/V rings (causal: uneven walks)
+    ((256,), (65,), (1,), (1,), (True,), 40, 8, 64, torch.float16, "cooperative"),
+    ((256,), (65,), (1,), (1,), (True,), 40, 8, 64, torch.bfloat16, "pingpong"),
 ]
 if torch.cuda.get_device_capability() == (9, 0):
     for shape, ks, st, dl, ca, h, hkv, d, dt, sched in HOPPER_CASES:

@@ -9,6 +9,8 @@ fall-backs (grad, dilation, head dims). Seed printed on failure (NATTEN_GPU_SEED
 import math
 import os
 import random
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -108,6 +110,62 @@ def test_short_walks_and_negative_scale(case, schedule):
     shape, ks, st, ca, b, h, hkv, d, scale = case
     for dtype in (torch.float16, torch.bfloat16):
         _check(shape, ks, st, ca, b, h, hkv, d, dtype, seed=2, schedule=schedule, scale=scale)
+
+
+# More work tiles than an H100 / H200 has SMs (132): the persistent CTAs run several work tiles
+# each, reusing the one Q buffer and carrying the K/V ring positions from tile to tile; causal and
+# border tiles make the key walks uneven, a one-tile walk (blocked, stride = window) releases Q
+# after its only S GEMM.
+PERSISTENT = [
+    # shape, kernel, stride, causal, B, H, Hkv, D
+    ((2048,), (255,), (1,), (True,), 2, 8, 2, 128),  # 16 query tiles x 16 = 256 work tiles
+    ((4096,), (64,), (64,), (False,), 2, 8, 8, 64),  # 512 work tiles, one key tile each
+    ((48, 48), (13, 17), (2, 1), (False, True), 1, 12, 4, 64),  # 18 x 12 = 216
+    ((8, 16, 24), (3, 5, 7), (1, 1, 2), (True, False, False), 2, 4, 4, 128),  # 24 x 8 = 192
+]
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+@pytest.mark.parametrize("case", PERSISTENT, ids=[f"p{i}" for i in range(len(PERSISTENT))])
+def test_persistent_ctas_run_several_work_tiles(case, schedule):
+    shape, ks, st, ca, b, h, hkv, d = case
+    for dtype in (torch.float16, torch.bfloat16):
+        _check(shape, ks, st, ca, b, h, hkv, d, dtype, seed=SEED + 5, what="persistent", schedule=schedule)
+
+
+_ONE_CTA_SCRIPT = r"""
+import sys, torch, natten
+sys.path.insert(0, sys.argv[1])
+from oracle import na_oracle
+cases = [  # shape, kernel, stride, causal, B, H, Hkv, D, schedule
+    ((512,), (3,), (1,), (False,), 1, 1, 1, 64, "cooperative"),
+    ((512,), (64,), (64,), (False,), 1, 2, 1, 128, "pingpong"),  # one key tile per work tile
+    ((300,), (130,), (1,), (True,), 2, 2, 2, 128, "cooperative"),
+    ((20, 24), (5, 7), (1, 2), (True, False), 2, 3, 1, 64, "pingpong"),
+]
+for shape, ks, st, ca, b, h, hkv, d, sched in cases:
+    for dt, tol in ((torch.float16, 1e-2), (torch.bfloat16, 5e-2)):
+        q = torch.randn(b, *shape, h, d, device="cuda", dtype=dt)
+        k = torch.randn(b, *shape, hkv, d, device="cuda", dtype=dt)
+        v = torch.randn(b, *shape, hkv, d, device="cuda", dtype=dt)
+        op = {1: natten.na1d, 2: natten.na2d}[len(shape)]
+        out, lse = op(q, k, v, ks, st, 1, ca, backend="hopper-fna", return_lse=True, kernel_schedule=sched)
+        ro, rl = na_oracle(q.double(), k.double(), v.double(), ks, st, 1, ca)
+        err = max((out.double() - ro).abs().max().item(), (lse.double() - rl).abs().max().item())
+        assert err <= tol, (shape, ks, st, ca, b, h, hkv, d, sched, dt, err)
+print("ok")
+"""
+
+
+def test_one_persistent_cta_runs_every_work_tile():
+    """NATTEN_HOPPER_PERSISTENT=1 (read once per process, so in a subprocess): a single CTA walks
+    every work tile of the problem - the Q handshake and the K/V ring positions carry across many
+    work tiles, both schedules, uneven (causal) walks. A hang fails by the timeout."""
+    env = dict(os.environ, NATTEN_HOPPER_PERSISTENT="1")
+    tests_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    r = subprocess.run([sys.executable, "-c", _ONE_CTA_SCRIPT, tests_dir], env=env, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), (r.returncode, r.stdout[-2000:], r.stderr[-4000:])
 
 
 def test_unknown_schedule_is_refused():

@@ -1,6 +1,9 @@
 // The SM90 fused neighborhood-attention forward kernel: warp-specialized (1 producer warpgroup
-// issuing TMA, 2 consumer warpgroups running wgmma + online softmax), one CTA per 128-token query
-// tile (no persistent scheduling yet). kPingpong: the consumer schedule (mainloop_consumer.cuh).
+// issuing TMA, 2 consumer warpgroups running wgmma + online softmax). Each CTA walks the work tiles
+// blockIdx.x, blockIdx.x + gridDim.x, ... (tile_scheduler.cuh): with one CTA per work tile that is
+// the classic grid, with one CTA per SM (persistent) the K/V ring and the next tile's Q load run
+// ahead while the consumers finish a tile (last PV GEMM, epilogue), which a new CTA could not do
+// (one CTA fits an SM). kPingpong: the consumer schedule (mainloop_consumer.cuh).
 #pragma once
 
 #include <cute/arch/cluster_sm90.hpp>
@@ -42,24 +45,40 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) fna_sm90_forward_kernel(c
   pp.num_consumers = Traits::kConsumerThreads;
   Pipeline pipe_k(ss.pipe_k, pp, cute::Shape<cute::_1, cute::_1, cute::_1>{});
   Pipeline pipe_v(ss.pipe_v, pp, cute::Shape<cute::_1, cute::_1, cute::_1>{});
-  if (threadIdx.x == 0) ss.q_full.init(1);
+  if (threadIdx.x == 0) {
+    ss.q_full.init(1);
+    ss.q_empty.init(Traits::kConsumerThreads);
+  }
   cutlass::arch::fence_barrier_init();
   __syncthreads();
 
-  const WorkContext ctx = make_work_context(p, int64_t(blockIdx.x));
-
+  using PipelineState = typename Traits::PipelineState;
+  const int64_t num_work = p.geo.num_work;
   if (producer) {
     cutlass::arch::warpgroup_reg_dealloc<Traits::kProducerRegs>();
-    if (threadIdx.x == 0) MainloopProducer<Traits>::run(p, ctx, ss, pipe_k, pipe_v);
+    if (threadIdx.x == 0) {
+      PipelineState st_k = cutlass::make_producer_start_state<Pipeline>();
+      PipelineState st_v = cutlass::make_producer_start_state<Pipeline>();
+      int iter = 0;
+      for (int64_t idx = blockIdx.x; idx < num_work; idx += gridDim.x, ++iter) {
+        const WorkContext ctx = make_work_context(p, idx);
+        MainloopProducer<Traits>::run(p, ctx, ss, pipe_k, pipe_v, st_k, st_v, iter);
+      }
+    }
   } else {
     cutlass::arch::warpgroup_reg_alloc<Traits::kConsumerRegs>();
     const int ct = int(threadIdx.x) - 128;
     typename Traits::TiledMmaPV mma_pv;
-    cute::Tensor acc_o = cute::partition_fragment_C(
-        mma_pv, cute::Shape<cute::Int<Traits::kTileQ>, cute::Int<Traits::kHeadDim>>{});
-    OnlineSoftmax sm;
-    MainloopConsumer<Traits, kPingpong>::run(p, ctx, ss, pipe_k, pipe_v, ct, sm, acc_o);
-    epilogue_store<Traits>(p, ctx, ct, sm, acc_o);
+    PipelineState st_k, st_v;  // consumer start states: stage 0, phase 0
+    int iter = 0;
+    for (int64_t idx = blockIdx.x; idx < num_work; idx += gridDim.x, ++iter) {
+      const WorkContext ctx = make_work_context(p, idx);
+      cute::Tensor acc_o = cute::partition_fragment_C(
+          mma_pv, cute::Shape<cute::Int<Traits::kTileQ>, cute::Int<Traits::kHeadDim>>{});
+      OnlineSoftmax sm;
+      MainloopConsumer<Traits, kPingpong>::run(p, ctx, ss, pipe_k, pipe_v, ct, sm, acc_o, st_k, st_v, iter);
+      epilogue_store<Traits>(p, ctx, ct, sm, acc_o);
+    }
   }
 #endif
 }

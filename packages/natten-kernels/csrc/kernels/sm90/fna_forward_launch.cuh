@@ -3,6 +3,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <cstdlib>
 
 #include <cuda_runtime.h>
 #include <cutlass/numeric_types.h>
@@ -25,6 +26,33 @@ struct DtypeElement<2> {
   using type = cutlass::bfloat16_t;
 };
 
+// Grid size: one CTA per SM, each walking work tiles blockIdx.x, blockIdx.x + gridDim.x, ...
+// (persistent), or one CTA per work tile when NATTEN_HOPPER_PERSISTENT=0 (read once) or the
+// SM count is unknown. The same kernel runs either way. NATTEN_HOPPER_PERSISTENT=N > 0 caps the
+// grid at N CTAs instead (tests: many work tiles per CTA on small problems).
+inline int64_t persistent_grid(int64_t num_work, int dev) {
+  static const long mode = [] {  // -1: one CTA per SM, 0: off, N > 0: at most N CTAs
+    const char* e = std::getenv("NATTEN_HOPPER_PERSISTENT");
+    if (e == nullptr || *e == '\0') return -1L;
+    char* end = nullptr;
+    const long v = std::strtol(e, &end, 10);
+    return (end != nullptr && *end == '\0' && v >= 0) ? v : -1L;
+  }();
+  if (mode == 0) return num_work;
+  if (mode > 0) return num_work < mode ? num_work : int64_t(mode);
+  static std::atomic<int> sms[64];
+  if (dev < 0 || dev >= 64) return num_work;
+  int n = sms[dev].load(std::memory_order_relaxed);
+  if (n <= 0) {
+    if (cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess || n <= 0) {
+      (void)cudaGetLastError();
+      return num_work;
+    }
+    sms[dev].store(n, std::memory_order_relaxed);
+  }
+  return num_work < n ? num_work : n;
+}
+
 template <int kDtype, int kHeadDim, bool kPingpong>
 cudaError_t launch_fna_forward_schedule(const FnaSm90Params& params, cudaStream_t stream) {
   using Traits = FnaSm90Traits<typename DtypeElement<kDtype>::type, kHeadDim>;
@@ -40,7 +68,8 @@ cudaError_t launch_fna_forward_schedule(const FnaSm90Params& params, cudaStream_
     if (err != cudaSuccess) return err;
     if (dev >= 0 && dev < 64) done[dev].store(true, std::memory_order_release);
   }
-  kernel<<<unsigned(params.geo.num_work), Traits::kThreads, kSmem, stream>>>(params);
+  const unsigned grid = unsigned(persistent_grid(params.geo.num_work, dev));
+  kernel<<<grid, Traits::kThreads, kSmem, stream>>>(params);
   return cudaGetLastError();
 }
 

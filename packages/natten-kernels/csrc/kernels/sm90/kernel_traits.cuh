@@ -76,7 +76,8 @@ struct FnaSm90Traits {
     alignas(1024) cute::array_aligned<Element, cute::cosize_v<SmemLayoutV>> v;
     typename Pipeline::SharedStorage pipe_k;
     typename Pipeline::SharedStorage pipe_v;
-    cutlass::arch::ClusterTransactionBarrier q_full;
+    cutlass::arch::ClusterTransactionBarrier q_full;  // Q of the current work tile landed
+    cutlass::arch::ClusterBarrier q_empty;            // consumers done reading it (persistent loop)
   };
   // + 1 KiB: the kernel aligns the dynamic shared memory base up to 1024 bytes itself.
   static constexpr int kSmemBytes = int(sizeof(SharedStorage)) + 1024;

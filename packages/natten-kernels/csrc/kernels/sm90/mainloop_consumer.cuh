@@ -121,10 +121,13 @@ struct MainloopConsumer {
   }
 
   // ct: consumer thread index 0..255. Leaves the un-normalized O in acc_o and the row statistics
-  // in sm.
+  // in sm. Called once per work tile of the CTA: st_k / st_v carry the ring positions across work
+  // tiles, `iter` counts them (the phase of the Q barriers). Every thread arrives on q_empty once
+  // per work tile, as soon as its last S GEMM (the last read of Q) has completed.
   template <class TensorO>
   __device__ static void run(const FnaSm90Params& p, const WorkContext& ctx, SharedStorage& ss, Pipeline& pipe_k,
-                             Pipeline& pipe_v, int ct, OnlineSoftmax& sm, TensorO& acc_o) {
+                             Pipeline& pipe_v, int ct, OnlineSoftmax& sm, TensorO& acc_o, PipelineState& st_k,
+                             PipelineState& st_v, int iter) {
     using namespace cute;
     typename Traits::TiledMmaS mma_s;
     typename Traits::TiledMmaPV mma_pv;
@@ -145,7 +148,12 @@ struct MainloopConsumer {
     clear(acc_o);
 
     const int total = ctx.keys.total;  // same for both warpgroups (and the producer)
-    if (total <= 0) return;            // never for valid NA (every query attends a key)
+    const uint32_t q_phase = uint32_t(iter & 1);
+    if (total <= 0) {  // never for valid NA (every query attends a key); keeps the Q handshake
+      ss.q_full.wait(q_phase);
+      ss.q_empty.arrive();
+      return;
+    }
 
     const float scale_log2 = p.scale_log2;
     const float masked = mask_value(scale_log2);
@@ -155,9 +163,8 @@ struct MainloopConsumer {
       if (wg == 0) cutlass::arch::NamedBarrier::arrive(kTurnThreads, 0u);  // WG0 takes the first turn
     }
 
-    ss.q_full.wait(0);
+    ss.q_full.wait(q_phase);
 
-    PipelineState st_k, st_v;  // consumer start states: stage 0, phase 0
     int kb[kRank];
     sm80::key_tile_origin(p.geo, ctx.keys, 0, kb);
 
@@ -176,6 +183,7 @@ struct MainloopConsumer {
       warpgroup_fence_operand(acc_s);
       pipe_k.consumer_release(st_k);
       ++st_k;
+      if (total == 1) ss.q_empty.arrive();  // S0 was the last read of Q
       if (!sm80::key_tile_full(p.geo, ctx.keys, kb)) mask_tile(p, win, kb, ct, masked, acc_s);
       sm.update(acc_s, scale_log2, corr);  // corr = 0 (O is 0 anyway)
       convert_pairs<Element>(acc_s, p_regs);
@@ -198,6 +206,7 @@ struct MainloopConsumer {
       warpgroup_fence_operand(acc_s);
       pipe_k.consumer_release(st_k);
       ++st_k;
+      if (t == total - 1) ss.q_empty.arrive();  // S(T-1) was the last read of Q
       if (!sm80::key_tile_full(p.geo, ctx.keys, kb)) mask_tile(p, win, kb, ct, masked, acc_s);
       sm.update(acc_s, scale_log2, corr);
 
@@ -221,6 +230,7 @@ struct MainloopConsumer {
     warpgroup_fence_operand(acc_o);
     warpgroup_fence_operand(p_regs);
     pipe_v.consumer_release(st_v);
+    ++st_v;  // the ring position carries over to the CTA's next work tile
   }
 };
 

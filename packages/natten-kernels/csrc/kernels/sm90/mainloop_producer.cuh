@@ -32,21 +32,24 @@ struct MainloopProducer {
     }
   }
 
-  // Called by exactly one thread.
+  // Called by exactly one thread, once per work tile of the CTA. st_k / st_v carry the ring
+  // positions from one work tile to the next; `iter` counts the CTA's work tiles (0, 1, ...).
   __device__ static void run(const FnaSm90Params& p, const WorkContext& ctx, SharedStorage& ss, Pipeline& pipe_k,
-                             Pipeline& pipe_v) {
+                             Pipeline& pipe_v, PipelineState& st_k, PipelineState& st_v, int iter) {
     const int64_t b = ctx.work.batch;
     int o[kRank], c[3];
     query_tile_origin(ctx, o);
     tma_token_coords(p, b, o, c);
+    // One Q buffer: wait until both consumer warpgroups are done with the previous work tile's Q
+    // (they arrive after their last S GEMM completed, before that tile's last PV GEMM and its
+    // epilogue), so this Q load and the first K / V loads overlap the previous tile's tail.
+    if (iter > 0) ss.q_empty.wait(uint32_t((iter - 1) & 1));
     ss.q_full.arrive_and_expect_tx(Traits::kTileBytesQ);
     load_tile(&p.tma_q, reinterpret_cast<uint64_t*>(&ss.q_full), ss.q.data(), int(ctx.work.head), c);
 
     // Issue order K0, K1, V0, K2, V1, ..., K(T-1), V(T-2), V(T-1): the consumers wait for K(t)
     // before V(t-1) (their S(t) GEMM is issued before O += P(t-1) V(t-1)), so K(t) must not queue
     // behind V(t-1). K and V have separate states (V runs one tile behind).
-    PipelineState st_k = cutlass::make_producer_start_state<Pipeline>();
-    PipelineState st_v = cutlass::make_producer_start_state<Pipeline>();
     int kb[kRank], vb[kRank];
     sm80::key_tile_origin(p.geo, ctx.keys, 0, kb);
     sm80::key_tile_origin(p.geo, ctx.keys, 0, vb);
