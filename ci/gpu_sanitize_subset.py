@@ -108,21 +108,32 @@ SLAB_CASES = [
     ((6, 6, 10), (1, 2, 3), (3, 2, 5), (2, 3, 4), (2, 3, 1), (2, 1, 2), (False, True, True), 2, 1, 32, 32,
      torch.float16),
 ]
-for glob, qo, qs, ks, st, dl, ca, h, hkv, d, dv, dt in SLAB_CASES:
+SLAB_RUNS = [(case, "cutlass-fna") for case in SLAB_CASES]
+if torch.cuda.get_device_capability() == (9, 0):
+    # hopper-fna: TMA boxes over each slab's own extents (rank 3, batch 2: q and k/v folded with
+    # different X), dilation 1, D == Dv in {64, 128}
+    SLAB_RUNS += [
+        (((300,), (100,), (90,), (33,), (1,), (1,), (True,), 2, 1, 128, 128, torch.float16), "hopper-fna"),
+        (((40, 37), (5, 0), (9, 37), (7, 6), (2, 1), (1, 1), (False, True), 4, 2, 64, 64, torch.bfloat16),
+         "hopper-fna"),
+        (((12, 9, 20), (4, 1, 0), (3, 7, 20), (5, 3, 7), (1, 2, 1), (1, 1, 1), (False, False, True), 2, 1, 64, 64,
+          torch.float16), "hopper-fna"),
+    ]
+for (glob, qo, qs, ks, st, dl, ca, h, hkv, d, dv, dt), backend in SLAB_RUNS:
     kr = key_range(WindowSpec(glob, ks, st, dl, ca), qo, qs)
     ko, kvs = [lo for lo, _ in kr], [hi - lo for lo, hi in kr]
     q = torch.randn(2, *qs, h, d, device="cuda", dtype=dt)
     k = torch.randn(2, *kvs, hkv, d, device="cuda", dtype=dt)
     v = torch.randn(2, *kvs, hkv, dv, device="cuda", dtype=dt)
     op = {1: natten.na1d, 2: natten.na2d, 3: natten.na3d}[len(glob)]
-    out, lse = op(q, k, v, ks, st, dl, ca, backend="cutlass-fna", return_lse=True, global_shape=glob,
+    out, lse = op(q, k, v, ks, st, dl, ca, backend=backend, return_lse=True, global_shape=glob,
                   q_origin=qo, kv_origin=ko)
     ref, ref_lse = na_region_oracle(q.double(), k.double(), v.double(), glob, qo, ko, ks, st, dl, ca)
     err = max((out.double() - ref).abs().max().item(), (lse.double() - ref_lse).abs().max().item())
     tol = 1e-2 if dt == torch.float16 else 5e-2
     ok = err <= tol
     bad += not ok
-    print(f"slab {glob} q {qo}+{qs} kv {ko}+{kvs} k={ks} s={st} d={dl} c={ca} H={h}/{hkv} D={d}/{dv} {dt}: "
+    print(f"{backend} slab {glob} q {qo}+{qs} kv {ko}+{kvs} k={ks} s={st} d={dl} c={ca} H={h}/{hkv} D={d}/{dv} {dt}: "
           f"max err {err:.2e} {'ok' if ok else 'FAIL'}")
 # Fused backward (natten-kernels ABI >= 1.1): dQ, dK, dV (with the logsumexp gradient) vs autograd
 # on the oracle.

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from helpers import SweepFailures, assert_close, check_window_rows_1d, qkv_over_2_31_elements
-from oracle import dense_attention, na_oracle
+from oracle import dense_attention, na_oracle, na_region_oracle
 
 pytestmark = pytest.mark.gpu
 
@@ -28,6 +28,7 @@ if torch.cuda.get_device_capability() != (9, 0):
 import natten  # noqa: E402
 from natten import _libnatten, ops  # noqa: E402
 from natten.backends import hopper  # noqa: E402
+from natten.window import WindowSpec, key_range  # noqa: E402
 
 if not _libnatten.is_available():
     pytest.fail(f"natten-kernels is not loadable: {_libnatten.unavailable_reason()}", pytrace=False)
@@ -266,7 +267,7 @@ def test_noncontiguous_rank3_batch_is_copied_for_folding():
 
 def test_hopper_fmha_random_sweep():
     """natten.attention on hopper-fmha (the hopper-fna kernel with a window covering every key):
-    dense and causal (top-left), N_q = m * N_kv, GQA/MQA, batch > 1, extents that are not
+    dense and causal (top-left), N_q = m * N_kv and any other N_q (query slabs), GQA/MQA, batch > 1, extents that are not
     multiples of the 128-token tile, outputs poisoned (NaN) before each launch."""
     rng = random.Random(SEED + 7)
     failures = SweepFailures()
@@ -274,7 +275,7 @@ def test_hopper_fmha_random_sweep():
     try:
         for case in range(NUM_FMHA):
             nk = rng.choice([rng.randint(2, 300), rng.randint(300, 3000)])
-            nq = nk * rng.choice([1, 1, 1, 2, 3])
+            nq = nk * rng.choice([1, 1, 1, 2, 3]) if rng.random() < 0.7 else rng.randint(1, 3 * nk)
             causal = rng.random() < 0.5
             hkv = rng.choice([1, 2])
             h = hkv * rng.choice([1, 2, 3])
@@ -306,10 +307,11 @@ def test_hopper_fmha_dispatch_and_reasons():
     q = torch.randn(2, 1000, 4, 128, device="cuda", dtype=torch.float16)
     assert natten.backends.choose_fmha_backend(None, q, q, q, False, False, False)[0] == "hopper-fmha"
     short = q[:, :300]
-    assert "multiple" in hopper.can_run_fmha(short, q, q)  # a query slab: not on this kernel
-    out = natten.attention(short, q, q)  # automatic selection falls back
+    assert hopper.can_run_fmha(short, q, q) is None  # a query slab of the dense window
+    assert natten.backends.choose_fmha_backend(None, short, q, q, False, False, False)[0] == "hopper-fmha"
+    out = natten.attention(short, q, q)
     ref, _ = dense_attention(short.double(), q.double(), q.double())
-    assert_close(out, ref, atol=1e-2, rtol=0, what="fallback for N_q < N_kv")
+    assert_close(out, ref, atol=1e-2, rtol=0, what="N_q < N_kv")
     g = q.detach().clone().requires_grad_(True)
     assert "no backward" in hopper.can_run_fmha(g, g, g)
     with pytest.raises(natten.backends.BackendNotSupportedError, match="hopper-fmha has no backward"):
@@ -364,3 +366,96 @@ def test_dilation_random_sweep():
         if failures.full:
             break
     failures.check()
+
+
+# ---- slabs of a larger grid (global_shape, q_origin, kv_origin) -----------------------------------
+
+
+def _slab_problem(rng: random.Random):
+    """A random dilation-1 problem on a global grid, a random query slab (whole axis, thin, or
+    random) and a key slab holding its keys (exactly, with a margin, or the whole axis)."""
+    rank = rng.choice([1, 2, 2, 3, 3])
+    hi = {1: 700, 2: 40, 3: 14}[rank]
+    shape = [rng.randint(2, hi) for _ in range(rank)]
+    ks = [rng.randint(2, min(n, 40 if rank == 1 else 13)) for n in shape]
+    st = [rng.randint(1, k) if rng.random() < 0.4 else 1 for k in ks]
+    ca = [rng.random() < 0.3 for _ in ks]
+    spec = WindowSpec(tuple(shape), tuple(ks), tuple(st), (1,) * rank, tuple(ca))
+    qo, qs = [], []
+    for n in shape:
+        r = rng.random()
+        if r < 0.2:
+            a, b = 0, n
+        elif r < 0.45:  # a thin slab (a context-parallel shard of a few rows)
+            a = rng.randrange(n)
+            b = min(n, a + rng.randint(1, 4))
+        else:
+            a = rng.randrange(n)
+            b = rng.randint(a + 1, n)
+        qo.append(a)
+        qs.append(b - a)
+    ko, kvs = [], []
+    for (lo, end), n in zip(key_range(spec, qo, qs), shape):
+        r = rng.random()
+        if r < 0.15:
+            lo, end = 0, n
+        elif r < 0.6:
+            lo, end = max(0, lo - rng.randint(0, 3)), min(n, end + rng.randint(0, 3))
+        ko.append(lo)
+        kvs.append(end - lo)
+    hkv = rng.choice([1, 2])
+    h = hkv * rng.choice([1, 2])
+    d = rng.choice([64, 128])
+    dtype = rng.choice([torch.float16, torch.bfloat16])
+    return spec, qo, qs, ko, kvs, rng.randint(1, 2), h, hkv, d, dtype
+
+
+def test_slab_random_sweep():
+    """Query/key slabs of a larger grid on hopper-fna (windows in global coordinates, clamped at
+    the global borders; TMA boxes over each slab's own extents), rank 1-3, stride, causal, GQA,
+    views into whole-grid tensors or copies; against the float64 region oracle, outputs poisoned."""
+    rng = random.Random(SEED + 13)
+    failures = SweepFailures()
+    for case in range(max(1, NUM_PROBLEMS // 4)):
+        spec, qo, qs, ko, kvs, b, h, hkv, d, dtype = _slab_problem(rng)
+        g = torch.Generator(device="cuda").manual_seed(rng.randrange(1 << 30))
+        full = list(spec.shape)
+        qg, kg, vg = (torch.randn(b, *full, n, d, device="cuda", dtype=dtype, generator=g) for n in (h, hkv, hkv))
+        qsl = (slice(None),) + tuple(slice(o, o + n) for o, n in zip(qo, qs))
+        ksl = (slice(None),) + tuple(slice(o, o + n) for o, n in zip(ko, kvs))
+        q, k, v = qg[qsl], kg[ksl], vg[ksl]
+        if rng.random() < 0.5:
+            q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+        kw = dict(kernel_size=spec.kernel_size, stride=spec.stride, is_causal=spec.is_causal)
+        desc = (f"slab case {case} seed {SEED}: global={full} q={qo}+{qs} kv={ko}+{kvs} kernel={list(spec.kernel_size)} "
+                f"stride={list(spec.stride)} causal={list(spec.is_causal)} B={b} H={h} Hkv={hkv} D={d} {dtype} "
+                f"contiguous={q.is_contiguous()}")
+        with failures.case():
+            ops.set_poison_outputs(True)
+            try:
+                out, lse = OPS[len(qs)](q, k, v, **kw, backend="hopper-fna", return_lse=True,
+                                        global_shape=spec.shape, q_origin=qo, kv_origin=ko)
+            finally:
+                ops.set_poison_outputs(False)
+            ref_out, ref_lse = na_region_oracle(q.double(), k.double(), v.double(), spec.shape, qo, ko, **kw)
+            assert_close(out, ref_out, atol=GPU_TOL[dtype], rtol=0, what=f"{desc} out")
+            assert_close(lse, ref_lse, atol=GPU_TOL[dtype], rtol=0, what=f"{desc} lse")
+        if failures.full:
+            break
+    failures.check()
+
+
+def test_fmha_queries_not_a_multiple_of_keys():
+    """hopper-fmha with fewer queries than keys, or a remainder slice: query slabs of the dense
+    window (top-left causal), against dense float64 attention."""
+    for nq, nk, causal in ((100, 300, False), (100, 300, True), (700, 300, False), (700, 300, True)):
+        g = torch.Generator(device="cuda").manual_seed(nq + nk)
+        q = torch.randn(2, nq, 4, 128, device="cuda", dtype=torch.float16, generator=g)
+        k = torch.randn(2, nk, 2, 128, device="cuda", dtype=torch.float16, generator=g)
+        v = torch.randn(2, nk, 2, 128, device="cuda", dtype=torch.float16, generator=g)
+        assert hopper.can_run_fmha(q, k, v, causal) is None
+        out, lse = natten.attention(q, k, v, is_causal=causal, backend="hopper-fmha", return_lse=True)
+        mask = torch.arange(nk, device="cuda")[None, :] <= torch.arange(nq, device="cuda")[:, None] if causal else None
+        ref, ref_lse = dense_attention(q.double(), k.double(), v.double(), mask=mask)
+        assert_close(out, ref, atol=1e-2, rtol=0, what=f"nq={nq} nk={nk} causal={causal} out")
+        assert_close(lse, ref_lse, atol=1e-2, rtol=0, what=f"nq={nq} nk={nk} causal={causal} lse")

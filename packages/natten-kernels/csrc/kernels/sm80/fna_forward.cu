@@ -279,6 +279,12 @@ int fna_forward_tile_pairs(int rank, int tile_log2, int* q_tiles, int* kv_tiles,
   return count;
 }
 
+bool fna_forward_axes_valid(const FnaForwardArgs& args) {
+  AxisProblem ax[kRank];
+  bool empty = false;
+  return normalize_axes(args, ax, &empty);
+}
+
 cudaError_t fna_forward_default_tiles(const FnaForwardArgs& args, int q_tile[3], int kv_tile[3]) {
   return fna_forward_choose_tiles(args, kTileLog2, q_tile, kv_tile);
 }

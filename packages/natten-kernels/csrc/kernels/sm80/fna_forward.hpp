@@ -46,6 +46,11 @@ int fna_forward_tile_pairs(int rank, int tile_log2, int* q_tiles /*[n][3]*/, int
 // slabs are given). Returns cudaErrorInvalidValue for an invalid rank / extents.
 cudaError_t fna_forward_default_tiles(const natten::FnaForwardArgs& args, int q_tile[3], int kv_tile[3]);
 
+// True when the per-axis problem is valid: extents, origins and slabs inside the global grid, kernel
+// / stride / dilation in range, and the key slab holding every key the query slab attends (the
+// fused kernels never read outside it). Shared with the SM90 kernel's host checks.
+bool fna_forward_axes_valid(const natten::FnaForwardArgs& args);
+
 // The same chooser for tiles of 2^tile_log2 tokens (0..7; the SM90 kernel uses 7 = 128 tokens).
 cudaError_t fna_forward_choose_tiles(const natten::FnaForwardArgs& args, int tile_log2, int q_tile[3],
                                      int kv_tile[3]);

@@ -160,12 +160,15 @@ bool fna_forward_can_run(const FnaForwardArgs& args, int dtype, const char** rea
     fail("kernel_schedule must be 0 (default), 1 (cooperative) or 2 (pingpong)");
   for (int a = 0; a < kRank && why == nullptr; ++a) {
     if (a >= args.rank) continue;
-    if (args.dilation[a] != 1) fail("the Hopper kernel does not support dilation > 1 yet");
-    if (args.global_extent[a] != args.extent[a] || args.kv_extent[a] != args.extent[a] || args.q_origin[a] != 0 ||
-        args.kv_origin[a] != 0)
-      fail("the Hopper kernel does not support slabs of a larger grid (global_shape / q_origin / kv_origin)");
-    if (args.extent[a] > (int64_t(1) << 30)) fail("the Hopper kernel supports at most 2^30 tokens per axis");
+    if (args.dilation[a] != 1)
+      fail("the Hopper kernel takes dilation 1 only (natten folds dilation groups into the batch)");
+    if (args.global_extent[a] > (int64_t(1) << 30)) fail("the Hopper kernel supports at most 2^30 tokens per axis");
   }
+  // Slabs (global_shape / q_origin / kv_origin): the same rules as the SM80 kernel, including a key
+  // slab that holds every key the query slab attends.
+  if (why == nullptr && args.rank >= 1 && args.rank <= kRank && !sm80::fna_forward_axes_valid(args))
+    fail("invalid problem: extents, slabs (the key slab must hold every key the query slab attends), kernel "
+         "size, stride or dilation out of range");
   if (why == nullptr) {
     if (!aligned16(args.q) || !aligned16(args.k) || !aligned16(args.v) || !aligned16(args.out))
       fail("the Hopper kernel needs 16-byte aligned q, k, v and out");
@@ -175,13 +178,15 @@ bool fna_forward_can_run(const FnaForwardArgs& args, int dtype, const char** rea
     const int64_t shs[4] = {args.q_stride_head, args.k_stride_head, args.v_stride_head, args.o_stride_head};
     const int64_t hs[4] = {args.heads, args.heads_kv, args.heads_kv, args.heads};
     for (int t = 0; t < 4; ++t) {
+      const int64_t* ext = (t == 1 || t == 2) ? args.kv_extent : args.extent;  // key/value slab or query slab
       bool ok = stride_ok(sbs[t], args.batch) && stride_ok(shs[t], hs[t]);
-      for (int a = 0; a < args.rank; ++a) ok = ok && stride_ok(sps[t][a], args.extent[a]);
+      for (int a = 0; a < args.rank; ++a) ok = ok && stride_ok(sps[t][a], ext[a]);
       if (!ok) fail("the Hopper kernel needs batch, token and head strides that are positive multiples of 16 bytes");
-      if (args.rank == 3 && args.batch > 1 && t < 3 && sbs[t] != args.extent[0] * sps[t][0])
+      if (args.rank == 3 && args.batch > 1 && t < 3 && sbs[t] != ext[0] * sps[t][0])
         fail("rank 3 with batch > 1 needs q, k and v batch stride == X * x stride (batch is folded into X for TMA)");
     }
-    if (args.rank == 3 && args.batch * args.extent[0] + 128 > INT_MAX)
+    if (args.rank == 3 && args.batch * (args.extent[0] > args.kv_extent[0] ? args.extent[0] : args.kv_extent[0]) + 128 >
+                              INT_MAX)
       fail("the Hopper kernel needs batch * X < 2^31 for rank 3");
     if (args.batch > INT_MAX || args.heads > INT_MAX) fail("the Hopper kernel needs batch and heads < 2^31");
   }
@@ -217,9 +222,12 @@ cudaError_t fna_forward(const FnaForwardArgs& args, int dtype, cudaStream_t stre
   if (!parse_tile(args.q_tile, args.rank, ql) || !parse_tile(args.kv_tile, args.rank, kl)) return cudaErrorInvalidValue;
   for (int a = 0; a < kRank; ++a) {
     const bool on = a < args.rank;
-    const int n = on ? int(args.extent[a]) : 1;
-    g.extent[a] = g.q_extent[a] = g.kv_extent[a] = n;
-    g.q_origin[a] = g.kv_origin[a] = 0;
+    const int n = on ? int(args.global_extent[a]) : 1;  // the global grid (= extent without slabs)
+    g.extent[a] = n;
+    g.q_extent[a] = on ? int(args.extent[a]) : 1;
+    g.kv_extent[a] = on ? int(args.kv_extent[a]) : 1;
+    g.q_origin[a] = on ? int(args.q_origin[a]) : 0;
+    g.kv_origin[a] = on ? int(args.kv_origin[a]) : 0;
     g.kernel[a] = on ? args.kernel_size[a] : 1;
     g.stride[a] = on ? args.stride[a] : 1;
     g.dilation[a] = 1;
@@ -242,26 +250,28 @@ cudaError_t fna_forward(const FnaForwardArgs& args, int dtype, cudaStream_t stre
   p.o_head = args.o_stride_head;
   p.lse_batch = args.lse_stride_batch;
   p.lse_head = args.lse_stride_head;
-  int64_t ext[kRank];
+  int64_t ext[kRank], kv_ext[kRank];  // query slab, key/value slab
   for (int a = 0; a < kRank; ++a) {
     const bool on = a < args.rank;
     p.o_spatial[a] = on ? args.o_stride_spatial[a] : 0;
     p.lse_spatial[a] = on ? args.lse_stride_spatial[a] : 0;
     ext[a] = on ? args.extent[a] : 1;
+    kv_ext[a] = on ? args.kv_extent[a] : 1;
   }
   p.heads_per_kv = int(args.heads / args.heads_kv);
   p.rank = args.rank;
-  p.fold_x = args.rank == 3 ? int(args.extent[0]) : 0;
+  p.fold_q = args.rank == 3 ? int(args.extent[0]) : 0;
+  p.fold_kv = args.rank == 3 ? int(args.kv_extent[0]) : 0;
   p.scale_log2 = float(double(args.scale) * 1.4426950408889634074);
 
   cudaError_t e;
   e = encode_tensor(&p.tma_q, dtype, args.q, args.rank, args.batch, ext, args.heads, args.head_dim,
                     args.q_stride_batch, args.q_stride_spatial, args.q_stride_head, ql, detail);
   if (e != cudaSuccess) return e;
-  e = encode_tensor(&p.tma_k, dtype, args.k, args.rank, args.batch, ext, args.heads_kv, args.head_dim,
+  e = encode_tensor(&p.tma_k, dtype, args.k, args.rank, args.batch, kv_ext, args.heads_kv, args.head_dim,
                     args.k_stride_batch, args.k_stride_spatial, args.k_stride_head, kl, detail);
   if (e != cudaSuccess) return e;
-  e = encode_tensor(&p.tma_v, dtype, args.v, args.rank, args.batch, ext, args.heads_kv, args.head_dim_v,
+  e = encode_tensor(&p.tma_v, dtype, args.v, args.rank, args.batch, kv_ext, args.heads_kv, args.head_dim_v,
                     args.v_stride_batch, args.v_stride_spatial, args.v_stride_head, kl, detail);
   if (e != cudaSuccess) return e;
 

@@ -64,8 +64,9 @@ __device__ __forceinline__ void make_row_windows(const FnaSm90Params& p, const W
 __device__ __forceinline__ float mask_value(float scale_log2) { return scale_log2 > 0.f ? -INFINITY : INFINITY; }
 
 // Masks the raw scores of keys outside the row windows in a partial key tile at kb[] (sets them
-// to mask_value). Keys outside the grid (zero fill or the next batch's rows) are never inside a
-// window: windows end at n - 1 on every axis.
+// to mask_value). Keys outside the key slab (zero fill or the next batch's rows) are never inside
+// a window: windows lie inside the key slab on every axis (the host checks that the key slab holds
+// every key the query slab attends; without slabs, windows end at n - 1).
 template <class TensorS>
 __device__ __forceinline__ void mask_tile(const FnaSm90Params& p, const RowWindows& w, const int kb[kRank], int ct,
                                           float masked, TensorS& s) {

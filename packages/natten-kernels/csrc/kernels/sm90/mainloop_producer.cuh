@@ -39,7 +39,7 @@ struct MainloopProducer {
     const int64_t b = ctx.work.batch;
     int o[kRank], c[3];
     query_tile_origin(ctx, o);
-    tma_token_coords(p, b, o, c);
+    tma_token_coords(p, b, o, p.fold_q, c);
     // One Q buffer: wait until both consumer warpgroups are done with the previous work tile's Q
     // (they arrive after their last S GEMM completed, before that tile's last PV GEMM and its
     // epilogue), so this Q load and the first K / V loads overlap the previous tile's tail.
@@ -58,14 +58,14 @@ struct MainloopProducer {
     const int total = ctx.keys.total;
     for (int t = 0; t <= total; ++t) {
       if (t < total) {
-        tma_token_coords(p, b, kb, c);
+        tma_token_coords(p, b, kb, p.fold_kv, c);
         pipe_k.producer_acquire(st_k);  // waits for the stage to be free, then expects kTileBytesKV
         load_tile(&p.tma_k, pipe_k.producer_get_barrier(st_k), ss.k.data() + st_k.index() * kStageElems, kv_head, c);
         ++st_k;
         sm80::key_tile_advance(p.geo, ctx.keys, kb);
       }
       if (t > 0) {
-        tma_token_coords(p, b, vb, c);
+        tma_token_coords(p, b, vb, p.fold_kv, c);
         pipe_v.producer_acquire(st_v);
         load_tile(&p.tma_v, pipe_v.producer_get_barrier(st_v), ss.v.data() + st_v.index() * kStageElems, kv_head, c);
         ++st_v;

@@ -27,7 +27,7 @@ struct FnaSm90Params {
   CUtensorMap tma_k;  // box (64, 1, kv tile, reversed axes)
   CUtensorMap tma_v;  // same box as K
 
-  Geometry geo;  // dilation 1, no slabs (q_extent = kv_extent = extent, origins 0)
+  Geometry geo;  // dilation 1; slabs: q / kv tensors hold the query / key slab of the global grid
 
   void* o;
   float* lse;  // nullable
@@ -37,12 +37,14 @@ struct FnaSm90Params {
 
   int heads_per_kv;  // H / H_kv
   int rank;          // 1..3 (selects the TMA coordinate mapping above)
-  int fold_x;        // rank 3: X (batch folded into the outermost TMA dim); else 0
+  int fold_q;        // rank 3: X of the query slab (batch folded into the outermost TMA dim); else 0
+  int fold_kv;       // rank 3: X of the key/value slab; else 0
   float scale_log2;  // softmax scale * log2(e)
 };
 
-// TMA coordinates (dims 2..4) of the token box at origin o[] of batch b.
-NATTEN_HD void tma_token_coords(const FnaSm90Params& p, int64_t b, const int o[kRank], int c[3]) {
+// TMA coordinates (dims 2..4) of the token box at origin o[] (slab coordinates of the tensor) of
+// batch b; fold: that tensor's X (p.fold_q or p.fold_kv).
+NATTEN_HD void tma_token_coords(const FnaSm90Params& p, int64_t b, const int o[kRank], int fold, int c[3]) {
   if (p.rank == 1) {
     c[0] = o[0];
     c[1] = int(b);
@@ -54,7 +56,7 @@ NATTEN_HD void tma_token_coords(const FnaSm90Params& p, int64_t b, const int o[k
   } else {
     c[0] = o[2];
     c[1] = o[1];
-    c[2] = o[0] + int(b) * p.fold_x;
+    c[2] = o[0] + int(b) * fold;
   }
 }
 

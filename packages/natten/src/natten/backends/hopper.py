@@ -7,8 +7,9 @@ automatic selection falls back. Supported: H100 / H200 (compute capability 9.0) 
 natten-kernels build that contains sm_90a; float16 / bfloat16; head_dim == head_dim_v in {64, 128};
 rank 1-3; any kernel size, stride, per-axis causal, GQA/MQA; dilation where every dilated axis
 is a multiple of its dilation (the dilation groups are folded into the batch: one permutation copy
-each way, one launch); no query/key slabs of a larger grid (use ``cutlass-fna`` for those). It
-shares the ``natten::fna_forward`` operator with ``cutlass-fna`` (``backend=2``).
+each way, one launch); query/key slabs of a larger grid (``global_shape``, ``q_origin``,
+``kv_origin``: context parallelism, tiled inference) without dilation. It shares the
+``natten::fna_forward`` operator with ``cutlass-fna`` (``backend=2``).
 
 ``kernel_schedule``: the consumer schedule, ``"pingpong"`` (the default: the two consumer
 warpgroups take turns issuing their GEMMs so one's softmax overlaps the other's tensor-core work,
@@ -29,7 +30,7 @@ from torch import Tensor
 from .. import _libnatten
 from ..window import WindowSpec
 from .cutlass import (  # shared with the SM80 backend
-    _DTYPES, _fmha_on_fna, _fmha_parts, _library_reason, _needs_grad, _prepared_runner,
+    _DTYPES, _fmha_on_fna, _fmha_parts, _library_reason, _needs_grad, _prepared_runner, _region_args,
 )
 from .flex import _TileLayout  # the wide-element permutation copies (dilation groups)
 
@@ -66,8 +67,6 @@ def can_run_fna(
     d, dv = int(query.shape[-1]), int(value.shape[-1])
     if d != dv or d not in _HEAD_DIMS:
         return f"it supports head_dim == head_dim_v in {_HEAD_DIMS}, got head_dim {d}, head_dim_v {dv}"
-    if getattr(spec, "is_partial", False):
-        return "it does not take query/key slabs of a larger grid yet; cutlass-fna does"
     reason = _dilation_reason(spec)
     if reason is not None:
         return reason
@@ -85,10 +84,9 @@ def can_run_fmha(
 ) -> Optional[str]:
     """None if ``hopper-fmha`` can run this dense-attention problem here, else the reason.
 
-    Dense attention runs on the ``hopper-fna`` kernel as a 1-D window covering every key (see
+    Dense attention runs on the ``hopper-fna`` kernel as 1-D windows covering every key (see
     :func:`fmha`); it has the kernel's limits (forward only, fp16/bf16, head_dim == head_dim_v in
-    {64, 128}) and needs as many queries as keys, or a multiple of it (fewer queries than keys would
-    be a query slab, which the kernel does not take yet: ``cutlass-fmha`` and ``flex-fmha`` do)."""
+    {64, 128})."""
     if query.device.type != "cuda":
         return f"it needs CUDA tensors, got tensors on {query.device}"
     if query.dim() != 4:
@@ -100,18 +98,20 @@ def can_run_fmha(
     nq, nk = int(query.shape[1]), int(key.shape[1])
     if nk < 2:
         return f"it needs at least 2 keys (the fused kernel's window has >= 2 tokens), got {nk}"
-    if nq % nk:
-        return (f"it needs the number of queries to be a multiple of the number of keys (got "
-                f"{nq} queries, {nk} keys: that needs query slabs, which hopper-fna does not take "
-                "yet; cutlass-fmha and flex-fmha run it)")
-    spec = _fmha_parts(nk, nk, bool(is_causal))[0][1]
-    return can_run_fna(query[:, :nk], key, value, spec, torch_compile)
+    for part, spec in _fmha_parts(nq, nk, bool(is_causal)):
+        reason = can_run_fna(query[:, part], key, value, spec, torch_compile)
+        if reason is not None:
+            return reason
+    return None
 
 
 def _dilation_reason(spec: object) -> Optional[str]:
     """Dilation runs as dilation-1 problems on the dilation groups folded into the batch (one
-    launch), which needs every dilated axis to split into groups of equal length."""
+    launch), which needs every dilated axis to split into groups of equal length, and the whole
+    grid (no slabs)."""
     dilation = tuple(int(x) for x in getattr(spec, "dilation", ()) or ())
+    if getattr(spec, "is_partial", False) and any(d > 1 for d in dilation):
+        return "it does not take slabs of a larger grid together with dilation; cutlass-fna does"
     for a, d in enumerate(dilation):
         n = int(spec.shape[a])  # type: ignore[attr-defined]
         if d > 1 and n % d:
@@ -159,8 +159,6 @@ def fna(
     """Fused forward; returns ``(out, lse)``. Forward only (no autograd)."""
     if _needs_grad(query, key, value):
         raise NotImplementedError("hopper-fna has no backward yet; cutlass-fna trains")
-    if getattr(spec, "is_partial", False):
-        raise NotImplementedError("hopper-fna does not take query/key slabs of a larger grid yet; use cutlass-fna")
     if (q_tile_shape is None) != (kv_tile_shape is None):
         raise ValueError(
             "`q_tile_shape` and `kv_tile_shape` must be given together for hopper-fna "
@@ -198,7 +196,7 @@ def _fna_kernel(query: Tensor, key: Tensor, value: Tensor, spec, scale: float,
     query, key, value = _foldable(query), _foldable(key), _foldable(value)
     args = (
         list(spec.kernel_size), list(spec.stride), list(spec.dilation), list(spec.is_causal),
-        float(scale), list(q_tile_shape or ()), list(kv_tile_shape or ()), [], [], [],
+        float(scale), list(q_tile_shape or ()), list(kv_tile_shape or ()), *_region_args(spec),
         _libnatten.BACKEND_HOPPER_FNA, schedule,
     )
     if torch.compiler.is_compiling():
@@ -213,7 +211,7 @@ def prepare_fna(query: Tensor, key: Tensor, value: Tensor, spec, scale: float,
     device (natten's call-plan cache guarantees that): validated and marshalled once
     (:class:`natten._libnatten.PreparedFnaForward`, backend 2), then each call only allocates the
     outputs and launches. Falls back to :func:`fna` per call where the prepared path does not
-    apply (inputs needing grad or a copy, slabs, poisoned outputs in tests, misaligned pointers)."""
+    apply (inputs needing grad or a copy, dilation, poisoned outputs in tests, misaligned pointers)."""
     from .. import ops
 
     schedule = options.get("kernel_schedule")
@@ -224,18 +222,19 @@ def prepare_fna(query: Tensor, key: Tensor, value: Tensor, spec, scale: float,
 
     if (
         _needs_grad(query, key, value)
-        or getattr(spec, "is_partial", False)
         or any(int(x) != 1 for x in spec.dilation)
         or (q_tile_shape is None) != (kv_tile_shape is None)
         or not (ops.is_kernel_ready(query) and ops.is_kernel_ready(key) and ops.is_kernel_ready(value))
         or any(_foldable(t) is not t for t in (query, key, value))
     ):
         return slow
-    out, lse = ops.new_outputs(query, value)
+    out, lse = ops.new_outputs(query, value)  # the query slab's grid
+    global_shape, q_origin, kv_origin = _region_args(spec)
     prepared = _libnatten.PreparedFnaForward(
         query, key, value, out, lse, list(spec.kernel_size), list(spec.stride),
         list(spec.dilation), list(spec.is_causal), float(scale),
-        q_tile=q_tile_shape, kv_tile=kv_tile_shape, backend=_NAME, kernel_schedule=schedule,
+        q_tile=q_tile_shape, kv_tile=kv_tile_shape, global_shape=global_shape or None,
+        q_origin=q_origin or None, kv_origin=kv_origin or None, backend=_NAME, kernel_schedule=schedule,
     )
     return _prepared_runner(prepared, out, lse, options.get("return_lse", True), slow)
 
@@ -255,8 +254,9 @@ def fmha(
 
     A window of ``N_kv`` tokens on a grid of ``N_kv`` keys covers every key, so every key tile is
     "full" (no mask) except the last partial one; causal is the causal window of that size, whose
-    tiles above the diagonal are never visited. ``N_q = m * N_kv`` queries run as ``m`` slices of
-    ``N_kv`` (the ones after the first see every key, non-causal)."""
+    tiles above the diagonal are never visited. Queries run in slices of ``N_kv`` (the ones after
+    the first see every key, non-causal); a last, shorter slice (and ``N_q < N_kv``) is a query
+    slab of that grid."""
     if options.get("offsets") is not None:
         raise NotImplementedError(
             "hopper-fmha has no variable-length path yet; cutlass-fmha and flex-fmha take packed "
