@@ -65,6 +65,8 @@ HOPPER_CASES = [
     # so some CTAs run two, reusing the Q buffer and carrying the K/V rings (causal: uneven walks)
     ((256,), (65,), (1,), (1,), (True,), 40, 8, 64, torch.float16, "cooperative"),
     ((256,), (65,), (1,), (1,), (True,), 40, 8, 64, torch.bfloat16, "pingpong"),
+    # head dim 32: 64-byte swizzle, one head-dim chunk per box
+    ((19, 21), (5, 8), (2, 1), (1, 1), (True, False), 2, 1, 32, torch.float16, None),
 ]
 if torch.cuda.get_device_capability() == (9, 0):
     for shape, ks, st, dl, ca, h, hkv, d, dt, sched in HOPPER_CASES:

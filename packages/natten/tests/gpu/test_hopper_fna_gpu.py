@@ -80,6 +80,8 @@ FIXED = [
     ((10, 11, 13), (3, 4, 5), (1, 2, 1), (False, True, False), 2, 2, 1, 64),  # rank 3, batch folded
     ((9, 16, 16), (5, 8, 8), (1, 1, 1), (False, False, False), 3, 1, 1, 128),  # X not a tile multiple
     ((6, 20, 24), (3, 5, 6), (2, 4, 3), (True, True, True), 2, 2, 2, 64),
+    ((300,), (33,), (1,), (True,), 2, 2, 1, 32),  # D 32: 64-byte swizzle, one head-dim chunk
+    ((13, 11, 9), (5, 4, 3), (1, 2, 1), (False, True, False), 2, 4, 2, 32),
 ]
 
 
@@ -184,7 +186,7 @@ def _problem(rng: random.Random):
     ca = [rng.random() < 0.3 for _ in ks]
     hkv = rng.choice([1, 2, 3])
     h = hkv * rng.choice([1, 1, 2, 4])
-    d = rng.choice([64, 128])
+    d = rng.choice([32, 64, 128])
     dtype = rng.choice([torch.float16, torch.bfloat16])
     b = rng.randint(1, 3)
     return shape, ks, st, ca, b, h, hkv, d, dtype
@@ -253,7 +255,14 @@ def test_reasons_and_fallback():
     assert "multiple of its dilation" in hopper.can_run_fna(
         x15, x15, x15, natten.window.WindowSpec((15, 16), (5, 5), (1, 1), (2, 1), (False, False)))
     y = torch.randn(1, 16, 16, 2, 96, device="cuda", dtype=torch.float16)
-    assert "head_dim" in hopper.can_run_fna(y, y, y, spec)
+    assert "cutlass-fna runs" in hopper.can_run_fna(y, y, y, spec)  # names the fallback
+    v64 = torch.randn(1, 16, 16, 2, 64, device="cuda", dtype=torch.float16)
+    q32 = torch.randn(1, 16, 16, 2, 32, device="cuda", dtype=torch.float16)
+    assert "head_dim != head_dim_v" in hopper.can_run_fna(q32, q32, v64, spec)
+    out = natten.na2d(q32, q32, v64, 5)  # automatic selection: cutlass-fna
+    ref, _ = na_oracle(q32.double(), q32.double(), v64.double(), (5, 5))
+    assert_close(out, ref, atol=1e-2, rtol=0, what="D 32 / Dv 64 fallback")
+    assert hopper.can_run_fna(q32, q32, q32, spec) is None
     assert hopper.can_run_fna(x, x, x, spec) is None
 
 
@@ -279,7 +288,7 @@ def test_hopper_fmha_random_sweep():
             causal = rng.random() < 0.5
             hkv = rng.choice([1, 2])
             h = hkv * rng.choice([1, 2, 3])
-            d = rng.choice([64, 128])
+            d = rng.choice([32, 64, 128])
             dtype = rng.choice([torch.float16, torch.bfloat16])
             b = rng.randint(1, 3)
             g = torch.Generator(device="cuda").manual_seed(rng.randrange(1 << 30))
@@ -358,7 +367,7 @@ def test_dilation_random_sweep():
         ca = tuple(rng.random() < 0.3 for _ in range(rank))
         hkv = rng.choice([1, 2])
         h = hkv * rng.choice([1, 2])
-        d = rng.choice([64, 128])
+        d = rng.choice([32, 64, 128])
         dtype = rng.choice([torch.float16, torch.bfloat16])
         with failures.case():
             _check(shape, ks, st, ca, rng.randint(1, 2), h, hkv, d, dtype, seed=rng.randrange(1 << 30),
@@ -405,7 +414,7 @@ def _slab_problem(rng: random.Random):
         kvs.append(end - lo)
     hkv = rng.choice([1, 2])
     h = hkv * rng.choice([1, 2])
-    d = rng.choice([64, 128])
+    d = rng.choice([32, 64, 128])
     dtype = rng.choice([torch.float16, torch.bfloat16])
     return spec, qo, qs, ko, kvs, rng.randint(1, 2), h, hkv, d, dtype
 

@@ -83,8 +83,9 @@ cudaError_t encode_tensor(CUtensorMap* map, int dtype, const void* ptr, int rank
   cuuint64_t dims[5];
   cuuint64_t strides[4];  // bytes, dims 1..4
   cuuint32_t box[5];
+  const int chunk = dim < 64 ? int(dim) : 64;  // head-dim elements per box (kernel_traits.cuh kChunk)
   dims[0] = cuuint64_t(dim);
-  box[0] = 64;
+  box[0] = cuuint32_t(chunk);
   dims[1] = cuuint64_t(heads);
   box[1] = 1;
   int64_t sbytes[5];
@@ -113,7 +114,8 @@ cudaError_t encode_tensor(CUtensorMap* map, int dtype, const void* ptr, int rank
   cuuint32_t elem_strides[5] = {1, 1, 1, 1, 1};
   const CUresult r = encode(map, dtype == 1 ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 5,
                             const_cast<void*>(ptr), dims, strides, box, elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
-                            CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                            chunk == 64 ? CU_TENSOR_MAP_SWIZZLE_128B : CU_TENSOR_MAP_SWIZZLE_64B,
+                            CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
                             CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
   if (r != CUDA_SUCCESS) {
     if (detail) *detail = "cuTensorMapEncodeTiled rejected a q/k/v tensor (strides or shape outside TMA limits)";
@@ -138,9 +140,9 @@ bool fna_forward_supports(int head_dim, int head_dim_v, int dtype, const char** 
   if (dtype != 1 && dtype != 2)
     why = "the Hopper kernel supports only fp16 and bf16";
   else if (head_dim != head_dim_v)
-    why = "the Hopper kernel needs head_dim == head_dim_v";
-  else if (head_dim != 64 && head_dim != 128)
-    why = "the Hopper kernel supports head_dim 64 and 128 only";
+    why = "the Hopper kernel needs head_dim == head_dim_v (the SM80 kernel takes head_dim != head_dim_v)";
+  else if (head_dim != 32 && head_dim != 64 && head_dim != 128)
+    why = "the Hopper kernel supports head_dim 32, 64 and 128 only (the SM80 kernel takes other multiples of 8)";
   if (reason != nullptr) *reason = why;
   return why == nullptr;
 }
@@ -152,7 +154,7 @@ bool fna_forward_can_run(const FnaForwardArgs& args, int dtype, const char** rea
   };
   if (args.head_dim > INT_MAX || args.head_dim_v > INT_MAX ||
       !fna_forward_supports(int(args.head_dim), int(args.head_dim_v), dtype, &why)) {
-    if (why == nullptr) why = "the Hopper kernel supports head_dim 64 and 128 only";
+    if (why == nullptr) why = "the Hopper kernel supports head_dim 32, 64 and 128 only";
   }
   if (args.rank < 1 || args.rank > kRank) fail("rank must be 1, 2 or 3");
   if (args.kernel_schedule != kScheduleDefault && args.kernel_schedule != kScheduleCooperative &&
@@ -278,9 +280,11 @@ cudaError_t fna_forward(const FnaForwardArgs& args, int dtype, cudaStream_t stre
   const int D = int(args.head_dim);
   const int sched = args.kernel_schedule == kScheduleDefault ? kDefaultSchedule : args.kernel_schedule;
   if (dtype == 1) {
+    if (D == 32) return launch_fna_forward<1, 32>(p, sched, stream);
     if (D == 64) return launch_fna_forward<1, 64>(p, sched, stream);
     if (D == 128) return launch_fna_forward<1, 128>(p, sched, stream);
   } else {
+    if (D == 32) return launch_fna_forward<2, 32>(p, sched, stream);
     if (D == 64) return launch_fna_forward<2, 64>(p, sched, stream);
     if (D == 128) return launch_fna_forward<2, 128>(p, sched, stream);
   }

@@ -22,7 +22,7 @@ constexpr int kTileLog2 = 7;
 // Was the sm_90a kernel compiled into this build (NATTEN_CUDA_ARCHS contains 90a)?
 bool fna_forward_built();
 
-// Problem-level support (no device, no pointers): dtype 1/2, head_dim == head_dim_v in {64, 128}.
+// Problem-level support (no device, no pointers): dtype 1/2, head_dim == head_dim_v in {32, 64, 128}.
 bool fna_forward_supports(int head_dim, int head_dim_v, int dtype, const char** reason);
 
 // Full support check of one call: fna_forward_supports plus rank, dilation 1, no slabs, 16-byte

@@ -1,5 +1,5 @@
 // Per-(dtype, head dim) launchers of the SM90 forward (defined in fna_forward_launch.cuh,
-// instantiated by fna_forward_{fp16,bf16}_hdim{64,128}.cu, compiled for sm_90a only).
+// instantiated by fna_forward_{fp16,bf16}_hdim{32,64,128}.cu, compiled for sm_90a only).
 #pragma once
 
 #include <cuda_runtime.h>

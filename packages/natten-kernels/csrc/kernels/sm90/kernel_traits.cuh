@@ -4,11 +4,14 @@
 // warpgroups 1 and 2 are consumers owning query rows [0, 64) and [64, 128) of the 128-token query
 // tile. S = Q K^T is an SS wgmma (64 x 128 x D per warpgroup), O += P V an RS wgmma (P from
 // registers, 64 x D x 128). Q, K and V tiles are rows of D elements in shared memory, split into
-// 64-element (128-byte) head-dim chunks with the 128-byte swizzle, exactly as one TMA box per chunk
-// writes them: chunk c of a 128-row tile is 16 KiB at offset c * 16 KiB, row r of it at r * 128 B
-// (16-byte pieces XOR-swizzled by r mod 8). K is read K-major (B operand of S), V MN-major (B operand
-// of PV: its N = head dim is the contiguous axis), Q K-major (A operand of S).
+// head-dim chunks of kChunk = min(D, 64) elements (128 or 64 bytes) with the swizzle of that width,
+// exactly as one TMA box per chunk writes them: chunk c of a 128-row tile is 128 * kChunk elements
+// at offset c * 128 * kChunk, row r of it at r * kChunk elements (16-byte pieces XOR-swizzled by
+// the row). K is read K-major (B operand of S), V MN-major (B operand of PV: its N = head dim is
+// the contiguous axis), Q K-major (A operand of S). D = 32 uses the 64-byte swizzle atoms.
 #pragma once
+
+#include <type_traits>
 
 #include <cute/tensor.hpp>
 #include <cute/atom/mma_atom.hpp>
@@ -25,7 +28,7 @@ template <class Element_, int kHeadDim_>
 struct FnaSm90Traits {
   using Element = Element_;
   static constexpr int kHeadDim = kHeadDim_;
-  static_assert(kHeadDim == 64 || kHeadDim == 128, "head dim 64 or 128");
+  static_assert(kHeadDim == 32 || kHeadDim == 64 || kHeadDim == 128, "head dim 32, 64 or 128");
 
   static constexpr int kTileQ = 128;      // query tokens per CTA (2 consumer warpgroups x 64 rows)
   static constexpr int kTileKV = 128;     // key tokens per key tile
@@ -33,7 +36,7 @@ struct FnaSm90Traits {
   static constexpr int kConsumerWarpgroups = 2;
   static constexpr int kConsumerThreads = 128 * kConsumerWarpgroups;
   static constexpr int kThreads = 128 + kConsumerThreads;  // 384
-  static constexpr int kChunk = 64;                        // head-dim elements per TMA box (128 B)
+  static constexpr int kChunk = kHeadDim < 64 ? kHeadDim : 64;  // head-dim elements per TMA box (64 / 128 B)
   static constexpr int kChunks = kHeadDim / kChunk;
   static constexpr int kStages = kHeadDim <= 64 ? 4 : 2;  // K and V ring depth
   static constexpr int kProducerRegs = 24;
@@ -54,16 +57,19 @@ struct FnaSm90Traits {
                                  cute::GMMA::Major::K, cute::GMMA::Major::MN>(),
       AtomLayoutMNK{}));
 
-  // (rows, head dim): 8 x 64 swizzle atoms, rows first, then head-dim chunks.
-  using SmemLayoutQ = decltype(cute::tile_to_shape(cute::GMMA::Layout_K_SW128_Atom<Element>{},
-                                                   cute::Shape<cute::Int<kTileQ>, cute::Int<kHeadDim>>{}));
+  // Swizzle atoms of the chunk width: 8 rows x 64 elements (128 B) or 8 x 32 (64 B, D = 32).
+  using AtomK = std::conditional_t<kChunk == 64, cute::GMMA::Layout_K_SW128_Atom<Element>,
+                                   cute::GMMA::Layout_K_SW64_Atom<Element>>;
+  using AtomMN = std::conditional_t<kChunk == 64, cute::GMMA::Layout_MN_SW128_Atom<Element>,
+                                    cute::GMMA::Layout_MN_SW64_Atom<Element>>;
+  // (rows, head dim): 8 x kChunk swizzle atoms, rows first, then head-dim chunks.
+  using SmemLayoutQ = decltype(cute::tile_to_shape(AtomK{}, cute::Shape<cute::Int<kTileQ>, cute::Int<kHeadDim>>{}));
   using SmemLayoutK = decltype(cute::tile_to_shape(
-      cute::GMMA::Layout_K_SW128_Atom<Element>{},
-      cute::Shape<cute::Int<kTileKV>, cute::Int<kHeadDim>, cute::Int<kStages>>{}));
-  // V as the (N = head dim, K = keys) B operand: 64 x 8 MN-major atoms over the same bytes, keys
-  // first (so each 64-element chunk of all 128 keys is one contiguous 16 KiB box), then chunks.
+      AtomK{}, cute::Shape<cute::Int<kTileKV>, cute::Int<kHeadDim>, cute::Int<kStages>>{}));
+  // V as the (N = head dim, K = keys) B operand: kChunk x 8 MN-major atoms over the same bytes, keys
+  // first (so each chunk of all 128 keys is one contiguous box), then chunks.
   using SmemLayoutV = decltype(cute::tile_to_shape(
-      cute::GMMA::Layout_MN_SW128_Atom<Element>{},
+      AtomMN{},
       cute::Shape<cute::Int<kHeadDim>, cute::Int<kTileKV>, cute::Int<kStages>>{},
       cute::Step<cute::_2, cute::_1, cute::_3>{}));
 

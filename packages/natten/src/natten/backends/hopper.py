@@ -4,7 +4,7 @@ kernel, as a 1-D window that covers every key (forward only, as ``hopper-fna``).
 
 Forward only: ``can_run_fna`` refuses inputs that require grad (``cutlass-fna`` trains), so
 automatic selection falls back. Supported: H100 / H200 (compute capability 9.0) with a
-natten-kernels build that contains sm_90a; float16 / bfloat16; head_dim == head_dim_v in {64, 128};
+natten-kernels build that contains sm_90a; float16 / bfloat16; head_dim == head_dim_v in {32, 64, 128};
 rank 1-3; any kernel size, stride, per-axis causal, GQA/MQA; dilation where every dilated axis
 is a multiple of its dilation (the dilation groups are folded into the batch: one permutation copy
 each way, one launch); query/key slabs of a larger grid (``global_shape``, ``q_origin``,
@@ -36,7 +36,7 @@ from .flex import _TileLayout  # the wide-element permutation copies (dilation g
 
 SUPPORTS_VARLEN = False
 
-_HEAD_DIMS = (64, 128)
+_HEAD_DIMS = (32, 64, 128)
 _NAME = "hopper-fna"
 _KERNEL_REASONS: Dict[tuple, Optional[str]] = {}
 
@@ -66,7 +66,8 @@ def can_run_fna(
         return f"it supports float16 and bfloat16, got {query.dtype}"
     d, dv = int(query.shape[-1]), int(value.shape[-1])
     if d != dv or d not in _HEAD_DIMS:
-        return f"it supports head_dim == head_dim_v in {_HEAD_DIMS}, got head_dim {d}, head_dim_v {dv}"
+        return (f"it supports head_dim == head_dim_v in {_HEAD_DIMS}, got head_dim {d}, head_dim_v {dv} "
+                "(cutlass-fna runs any multiple of 8 up to 256, head_dim != head_dim_v included)")
     reason = _dilation_reason(spec)
     if reason is not None:
         return reason
@@ -86,7 +87,7 @@ def can_run_fmha(
 
     Dense attention runs on the ``hopper-fna`` kernel as 1-D windows covering every key (see
     :func:`fmha`); it has the kernel's limits (forward only, fp16/bf16, head_dim == head_dim_v in
-    {64, 128})."""
+    {32, 64, 128})."""
     if query.device.type != "cuda":
         return f"it needs CUDA tensors, got tensors on {query.device}"
     if query.dim() != 4:
