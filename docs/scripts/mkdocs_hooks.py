@@ -199,12 +199,13 @@ BACKEND_STATUS = {
                     "(a window covering every key; varlen one sequence per launch)", True),
     "hopper-fna": ("H100 / H200 (sm_90a; needs a `natten-kernels` >= 1.2 wheel with sm_90a)",
                    "yes: float16 / bfloat16, head dim 64 or 128 (= head_dim_v); dilation where "
-                   "each dilated axis is a multiple of it (groups folded into the batch)",
+                   "each dilated axis is a multiple of it (groups folded into the batch); slabs "
+                   "of a larger grid without dilation",
                    "not yet (inputs that require grad run on `cutlass-fna`)",
                    "**available** for inference: warp-specialized TMA + wgmma kernel; picked "
                    "before `cutlass-fna` on SM 9.0 when it supports the problem. `hopper-fmha` "
                    "(`natten.attention`, inference) runs dense and causal attention on the same "
-                   "kernel (a window covering every key; as many queries as keys or a multiple)",
+                   "kernel (a window covering every key; any number of queries)",
                    True),
     "blackwell-fna": ("B200 (sm_100a)", "planned", "planned", "**not in this release**", False),
 }
