@@ -315,3 +315,30 @@ def test_hopper_dilation_reasons():
     reason = hopper._dilation_reason(WindowSpec((12, 10), (3, 3), (1, 1), (2, 3), (False, False)))
     assert "axis 1: 10 tokens, dilation 3" in reason and "cutlass-fna" in reason
     assert hopper._dilation_reason(WindowSpec((7,), (3,), (1,), (1,), (False,))) is None
+
+
+def test_automatic_selection_respects_a_backend_declining():
+    """A backend that can run a problem but declines automatic selection (its ``auto_reason``,
+    e.g. hopper-fna at head dim 32) is passed over by the automatic choice only: naming it still
+    runs it, and the next backend that can run the problem is chosen."""
+    import types
+
+    from natten import backends as B
+
+    fast = types.ModuleType("fast")
+    fast.auto_reason = lambda *a: "measured slower here"
+    slow = types.ModuleType("slow")
+    table = {"fast": fast, "slow": slow}
+
+    def reasons():
+        return [("fast", None), ("slow", None)]
+
+    def declines(mod):
+        return mod.auto_reason() if hasattr(mod, "auto_reason") else None
+
+    assert B._choose(None, table, {}, reasons, lambda m: None, "x", declines)[0] == "slow"
+    assert B._choose("fast", table, {}, reasons, lambda m: None, "x", declines)[0] == "fast"
+    assert B._choose(None, table, {}, reasons, lambda m: None, "x")[0] == "fast"
+    # every backend that can run it declines: the first one that can still runs it
+    slow.auto_reason = lambda *a: "also slower"
+    assert B._choose(None, table, {}, reasons, lambda m: None, "x", declines)[0] == "fast"

@@ -93,7 +93,7 @@ typedef enum natten_dtype {
 typedef enum natten_backend {
   NATTEN_BACKEND_AUTO = 0,              /* let the library choose */
   NATTEN_BACKEND_CUTLASS_FNA_SM80 = 1,  /* CUTLASS 2.x-style fused NA, SM80+ */
-  NATTEN_BACKEND_HOPPER_FNA = 2,        /* reserved */
+  NATTEN_BACKEND_HOPPER_FNA = 2,        /* SM90 TMA + wgmma fused NA forward (sm_90a builds; ABI 1.2) */
   NATTEN_BACKEND_BLACKWELL_FNA = 3      /* reserved */
 } natten_backend;
 

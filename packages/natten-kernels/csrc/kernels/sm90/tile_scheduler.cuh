@@ -1,7 +1,8 @@
 // Work decomposition of the SM90 forward: the SM80 kernel's (csrc/kernels/sm80/tile_scheduler.cuh)
-// geometry, query tiles and key-tile walk with 128-token boxes. One CTA per work tile (batch, head,
-// query tile per axis; dilation is 1 here so there is one group). Producer and consumers derive the
-// same walk independently from blockIdx, so nothing about it crosses shared memory.
+// geometry, query tiles and key-tile walk with 128-token boxes. Work tile = (batch, head, query tile
+// per axis; dilation is 1 here so there is one group); a CTA runs work tiles blockIdx.x,
+// blockIdx.x + gridDim.x, ... (persistent: one CTA per SM). Producer and consumers derive the same
+// work tiles and walks independently from the index, so nothing about them crosses shared memory.
 #pragma once
 
 #include "sm90/params.cuh"

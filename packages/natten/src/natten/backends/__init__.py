@@ -133,11 +133,16 @@ def _choose(
     reasons: Callable[[], List[Tuple[str, Optional[str]]]],
     reason_of: Callable[[ModuleType], Optional[str]],
     what: str,
+    declines: Optional[Callable[[ModuleType], Optional[str]]] = None,
 ) -> Tuple[str, ModuleType]:
     """Resolve an explicit backend (checking it can run, else saying why and which can) or pick
-    the first that can run."""
+    the first that can run and does not decline automatic selection (a module's optional
+    ``auto_reason``: problems it runs, but slower than the next backend, measured)."""
     if backend is None:
         listed = reasons()
+        for name, reason in listed:
+            if reason is None and (declines is None or declines(table[name]) is None):
+                return name, table[name]
         for name, reason in listed:
             if reason is None:
                 return name, table[name]
@@ -174,6 +179,7 @@ def choose_fna_backend(
         lambda: fna_reasons(query, key, value, spec, torch_compile),
         lambda mod: mod.can_run_fna(query, key, value, spec, torch_compile),
         "neighborhood-attention",
+        lambda mod: mod.auto_reason(query, key, value, spec) if hasattr(mod, "auto_reason") else None,
     )
 
 

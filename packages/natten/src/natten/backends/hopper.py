@@ -14,9 +14,13 @@ each way, one launch); query/key slabs of a larger grid (``global_shape``, ``q_o
 ``kernel_schedule``: the consumer schedule, ``"pingpong"`` (the default: the two consumer
 warpgroups take turns issuing their GEMMs so one's softmax overlaps the other's tensor-core work,
 FA3-style) or ``"cooperative"`` (both run independently); None = the library's default. NATTEN's
-names work too: ``"pp"``, ``"coop"``, and ``"non"`` (NATTEN's non-persistent kernel, which has no
-counterpart here: the default schedule runs). Any other name raises ``ValueError``. Needs
-natten-kernels ABI >= 1.2.
+names work too: ``"pp"``, ``"coop"``, and ``"non"`` (NATTEN's non-persistent kernel: here the
+default schedule runs; persistence is not a schedule: the kernel runs one CTA per SM unless the
+environment variable ``NATTEN_HOPPER_PERSISTENT=0`` asks for one CTA per work tile). Any other name
+raises ``ValueError``. Needs natten-kernels ABI >= 1.2.
+
+Automatic selection passes over ``hopper-fna`` where it measured slower than ``cutlass-fna``
+(:func:`auto_reason`: head dim 32).
 """
 
 from __future__ import annotations
@@ -73,6 +77,16 @@ def can_run_fna(
         return reason
     index = query.device.index if query.device.index is not None else torch.cuda.current_device()
     return _kernel_reason(query.dtype, query.dim() - 3, d, dv, index)
+
+
+def auto_reason(query: Tensor, key: Tensor, value: Tensor, spec: object) -> Optional[str]:
+    """Why automatic selection passes over ``hopper-fna`` for a problem it can run (None: it
+    does not). Head dim 32: measured slower than ``cutlass-fna`` on nat-small (H100, 2026-11-26:
+    0.59 vs 0.39 ms; 128-token tiles visit far more pairs than 64-token ones on small windows), and
+    not measured elsewhere yet; ``backend="hopper-fna"`` still runs it."""
+    if int(query.shape[-1]) == 32:
+        return "head dim 32: cutlass-fna measured faster (nat-small, H100)"
+    return None
 
 
 def can_run_fmha(
