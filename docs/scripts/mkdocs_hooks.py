@@ -198,7 +198,8 @@ BACKEND_STATUS = {
                     "(`natten.attention`) runs dense and causal attention on the same kernels "
                     "(a window covering every key; varlen one sequence per launch)", True),
     "hopper-fna": ("H100 / H200 (sm_90a; needs a `natten-kernels` >= 1.2 wheel with sm_90a)",
-                   "yes: float16 / bfloat16, head dim 64 or 128 (= head_dim_v); dilation where "
+                   "yes: float16 / bfloat16, head dim 32, 64 or 128 (= head_dim_v; at 32 the "
+                   "automatic choice keeps `cutlass-fna`, measured faster); dilation where "
                    "each dilated axis is a multiple of it (groups folded into the batch); slabs "
                    "of a larger grid without dilation",
                    "not yet (inputs that require grad run on `cutlass-fna`)",
