@@ -63,58 +63,28 @@ __device__ __forceinline__ void make_row_windows(const FnaSm90Params& p, const W
 // Value written into masked raw scores so that s * scale_log2 = -inf.
 __device__ __forceinline__ float mask_value(float scale_log2) { return scale_log2 > 0.f ? -INFINITY : INFINITY; }
 
-// Column masks of the 128-column key tiles, per CTA: the tile seen as two 64-column halves split on
-// the outermost axis with more than one key per tile (bit 6 of the column index is that axis's top
-// bit), so each half is a box the SM80 word mask (sm80::key_tile_row_mask) describes.
-struct TileMaskShape {
-  int half_log2[kRank];     // per-axis log2 of a 64-column half
-  int split;                // the axis whose top bit selects the half
-  int split_offset;         // keys of that axis in the first half
-  uint64_t rep[kRank];      // repeat patterns of the half's axes (sm80::key_tile_mask_patterns)
-};
-
-// (Indices into the per-axis arrays stay compile-time constants: unrolled loops with selects, so
-// nothing lands in local memory.)
-__device__ __forceinline__ void make_tile_mask_shape(const FnaSm90Params& p, TileMaskShape& m) {
-  m.split = p.geo.kv_log2[0] > 0 ? 0 : (p.geo.kv_log2[1] > 0 ? 1 : 2);  // sum of kv_log2 is 7
-  m.split_offset = 0;
-  CUTE_UNROLL
-  for (int a = 0; a < kRank; ++a) {
-    m.half_log2[a] = p.geo.kv_log2[a] - (a == m.split ? 1 : 0);
-    if (a == m.split) m.split_offset = 1 << m.half_log2[a];
-  }
-  sm80::key_tile_mask_patterns(m.half_log2, m.rep);
-}
-
 // Masks the raw scores of keys outside the row windows in a partial key tile at kb[] (sets them
 // to mask_value). Keys outside the key slab (zero fill or the next batch's rows) are never inside
 // a window: windows lie inside the key slab on every axis (the host checks that the key slab holds
 // every key the query slab attends; without slabs, windows end at n - 1).
-// Per row slot: two 64-bit words (columns 0-63, 64-127) built per axis as runs of set bits
-// (sm80::key_tile_row_mask), pre-shifted by this thread's column base 2 * (lane % 4); then value e
-// (column 8 j + base + i0, j = e / 4) tests bit 8 (j mod 8) + i0 of word j / 8: a shift by a
-// compile-time constant per value instead of three per-axis compares.
 template <class TensorS>
-__device__ __forceinline__ void mask_tile(const RowWindows& w, const TileMaskShape& m, const int kb[kRank],
-                                          int ct, float masked, TensorS& s) {
-  static_assert(decltype(cute::size(s))::value == 64, "a 64 x 128 score tile per warpgroup");
-  const int base = 2 * (ct & 3);
-  uint64_t words[2][2];
+__device__ __forceinline__ void mask_tile(const FnaSm90Params& p, const RowWindows& w, const int kb[kRank], int ct,
+                                          float masked, TensorS& s) {
+  int lo[2][kRank];
   CUTE_UNROLL
-  for (int r = 0; r < 2; ++r) {
-    int rel[kRank];
+  for (int r = 0; r < 2; ++r)
     CUTE_UNROLL
-    for (int a = 0; a < kRank; ++a) rel[a] = w.start[r][a] - kb[a];
-    words[r][0] = sm80::key_tile_row_mask(rel, w.len[r], m.half_log2, m.rep) >> base;
-    CUTE_UNROLL
-    for (int a = 0; a < kRank; ++a) rel[a] -= a == m.split ? m.split_offset : 0;
-    words[r][1] = sm80::key_tile_row_mask(rel, w.len[r], m.half_log2, m.rep) >> base;
-  }
+    for (int a = 0; a < kRank; ++a) lo[r][a] = w.start[r][a] - kb[a];
+  const int l2 = p.geo.kv_log2[2], l1 = p.geo.kv_log2[1];
+  const int m2 = (1 << l2) - 1, m1 = (1 << l1) - 1, sh0 = l1 + l2;
   CUTE_UNROLL
-  for (int e = 0; e < 64; ++e) {
-    const int j = e >> 2;
-    const uint64_t word = words[frag_slot(e)][j >> 3];
-    if (((word >> (8 * (j & 7) + (e & 1))) & 1u) == 0) s(e) = masked;
+  for (int e = 0; e < cute::size(s); ++e) {
+    const int col = frag_col(ct, e), r = frag_slot(e);
+    const int o0 = col >> sh0, o1 = (col >> l2) & m1, o2 = col & m2;
+    const bool ok = unsigned(o0 - lo[r][0]) <= unsigned(w.len[r][0]) &&
+                    unsigned(o1 - lo[r][1]) <= unsigned(w.len[r][1]) &&
+                    unsigned(o2 - lo[r][2]) <= unsigned(w.len[r][2]);
+    if (!ok) s(e) = masked;
   }
 }
 
@@ -175,8 +145,6 @@ struct MainloopConsumer {
 
     RowWindows win;
     make_row_windows(p, ctx, ct, win);
-    TileMaskShape tms;
-    make_tile_mask_shape(p, tms);
     sm.init();
     clear(acc_o);
 
@@ -217,7 +185,7 @@ struct MainloopConsumer {
       pipe_k.consumer_release(st_k);
       ++st_k;
       if (total == 1) ss.q_empty.arrive();  // S0 was the last read of Q
-      if (!sm80::key_tile_full(p.geo, ctx.keys, kb)) mask_tile(win, tms, kb, ct, masked, acc_s);
+      if (!sm80::key_tile_full(p.geo, ctx.keys, kb)) mask_tile(p, win, kb, ct, masked, acc_s);
       sm.update(acc_s, scale_log2, corr);  // corr = 0 (O is 0 anyway)
       convert_pairs<Element>(acc_s, p_regs);
       sm80::key_tile_advance(p.geo, ctx.keys, kb);
@@ -240,7 +208,7 @@ struct MainloopConsumer {
       pipe_k.consumer_release(st_k);
       ++st_k;
       if (t == total - 1) ss.q_empty.arrive();  // S(T-1) was the last read of Q
-      if (!sm80::key_tile_full(p.geo, ctx.keys, kb)) mask_tile(win, tms, kb, ct, masked, acc_s);
+      if (!sm80::key_tile_full(p.geo, ctx.keys, kb)) mask_tile(p, win, kb, ct, masked, acc_s);
       sm.update(acc_s, scale_log2, corr);
 
       warpgroup_wait<0>();  // O += P(t-1) V(t-1) done: P registers and V stage free
