@@ -2,7 +2,8 @@
 
 import contextlib
 import math
-from typing import Dict, Iterator, List, Optional, Sequence
+import random
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -184,3 +185,33 @@ def qkv_over_2_31_elements(extra_tokens: int, heads: int = 8, head_dim: int = 12
     q = torch.randn(1, n, heads, head_dim, device="cuda", dtype=torch.float16)
     assert q.numel() > 2**31
     return q, torch.randn_like(q), torch.randn_like(q)
+
+
+def random_slabs(rng: random.Random, spec) -> Tuple[List[int], List[int], List[int], List[int]]:
+    """A random query slab of ``spec``'s grid (per axis: the whole axis, a thin slab of 1-4 rows as
+    in a context-parallel split, or a random range) and a key slab holding its keys (exactly, with a
+    random margin, or the whole axis): ``(q_origin, q_shape, kv_origin, kv_shape)``."""
+    from natten.window import key_range
+
+    qo, qs = [], []
+    for n in spec.shape:
+        if rng.random() < 0.2:  # the whole axis
+            a, b = 0, n
+        elif rng.random() < 0.3:  # a thin slab (a few rows of a sequence/context-parallel split)
+            a = rng.randrange(n)
+            b = min(n, a + rng.randint(1, 4))
+        else:
+            a = rng.randrange(n)
+            b = rng.randint(a + 1, n)
+        qo.append(a)
+        qs.append(b - a)
+    ko, kvs = [], []
+    for (lo, end), n in zip(key_range(spec, qo, qs), spec.shape):
+        mode = rng.random()
+        if mode < 0.15:
+            lo, end = 0, n
+        elif mode < 0.6:
+            lo, end = max(0, lo - rng.randint(0, 3)), min(n, end + rng.randint(0, 3))
+        ko.append(lo)
+        kvs.append(end - lo)
+    return qo, qs, ko, kvs

@@ -225,3 +225,32 @@ def test_gpu_test_helpers_on_cpu():
     assert failures.full
     with pytest.raises(AssertionError, match="first: boom\nsecond"):
         failures.check()
+
+
+def test_random_slabs_hold_every_attended_key():
+    """helpers.random_slabs (the slab draw of the GPU sweeps): query slabs inside the grid, key slabs
+    inside the grid that hold every key the query slab attends; whole, thin and partial slabs all
+    occur."""
+    import random
+
+    from helpers import random_slabs
+    from natten.window import WindowSpec, key_range
+
+    rng = random.Random(5)
+    kinds = set()
+    for _ in range(300):
+        rank = rng.randint(1, 3)
+        shape = tuple(rng.randint(2, 30) for _ in range(rank))
+        ks = tuple(rng.randint(2, n) for n in shape)
+        st = tuple(rng.randint(1, k) for k in ks)
+        dl = tuple(rng.randint(1, max(1, n // k)) for n, k in zip(shape, ks))
+        ca = tuple(rng.random() < 0.3 for _ in shape)
+        spec = WindowSpec(shape, ks, st, dl, ca)
+        qo, qs, ko, kvs = random_slabs(rng, spec)
+        for a, n in enumerate(shape):
+            assert 0 <= qo[a] and qs[a] >= 1 and qo[a] + qs[a] <= n, (shape, qo, qs)
+            assert 0 <= ko[a] and ko[a] + kvs[a] <= n, (shape, ko, kvs)
+            kinds.add("whole" if qs[a] == n else ("thin" if qs[a] <= 4 else "partial"))
+        for (lo, end), o, m in zip(key_range(spec, qo, qs), ko, kvs):
+            assert o <= lo and end <= o + m, (spec, qo, qs, ko, kvs)
+    assert kinds == {"whole", "thin", "partial"}

@@ -10,7 +10,7 @@ import random
 import pytest
 import torch
 
-from helpers import SweepFailures, assert_close, check_window_rows_1d, qkv_over_2_31_elements
+from helpers import SweepFailures, assert_close, check_window_rows_1d, qkv_over_2_31_elements, random_slabs
 from oracle import na_oracle, na_region_oracle
 
 pytestmark = pytest.mark.gpu
@@ -146,27 +146,7 @@ def _region_problem(rng: random.Random):
     st = [rng.randint(1, k) if rng.random() < 0.5 else 1 for k in ks]
     ca = [rng.random() < 0.3 for _ in ks]
     spec = WindowSpec(tuple(shape), tuple(ks), tuple(st), tuple(dl), tuple(ca))
-    qo, qs = [], []
-    for n in shape:
-        if rng.random() < 0.2:  # the whole axis
-            a, b = 0, n
-        elif rng.random() < 0.3:  # a thin slab (a few rows of a sequence/context-parallel split)
-            a = rng.randrange(n)
-            b = min(n, a + rng.randint(1, 4))
-        else:
-            a = rng.randrange(n)
-            b = rng.randint(a + 1, n)
-        qo.append(a)
-        qs.append(b - a)
-    ko, kvs = [], []
-    for (lo, end), n in zip(key_range(spec, qo, qs), shape):
-        mode = rng.random()
-        if mode < 0.15:
-            lo, end = 0, n
-        elif mode < 0.6:
-            lo, end = max(0, lo - rng.randint(0, 3)), min(n, end + rng.randint(0, 3))
-        ko.append(lo)
-        kvs.append(end - lo)
+    qo, qs, ko, kvs = random_slabs(rng, spec)
     hkv = rng.choice([1, 2, 3])
     h = hkv * rng.choice([1, 1, 2, 4])
     d = rng.choice([32, 64, 128, 256, 8 * rng.randint(1, 32)])

@@ -15,7 +15,7 @@ import sys
 import pytest
 import torch
 
-from helpers import SweepFailures, assert_close, check_window_rows_1d, qkv_over_2_31_elements
+from helpers import SweepFailures, assert_close, check_window_rows_1d, qkv_over_2_31_elements, random_slabs
 from oracle import dense_attention, na_oracle, na_region_oracle
 
 pytestmark = pytest.mark.gpu
@@ -28,7 +28,7 @@ if torch.cuda.get_device_capability() != (9, 0):
 import natten  # noqa: E402
 from natten import _libnatten, ops  # noqa: E402
 from natten.backends import hopper  # noqa: E402
-from natten.window import WindowSpec, key_range  # noqa: E402
+from natten.window import WindowSpec  # noqa: E402
 
 if not _libnatten.is_available():
     pytest.fail(f"natten-kernels is not loadable: {_libnatten.unavailable_reason()}", pytrace=False)
@@ -381,8 +381,7 @@ def test_dilation_random_sweep():
 
 
 def _slab_problem(rng: random.Random):
-    """A random dilation-1 problem on a global grid, a random query slab (whole axis, thin, or
-    random) and a key slab holding its keys (exactly, with a margin, or the whole axis)."""
+    """A random dilation-1 problem on a global grid with random query / key slabs (random_slabs)."""
     rank = rng.choice([1, 2, 2, 3, 3])
     hi = {1: 700, 2: 40, 3: 14}[rank]
     shape = [rng.randint(2, hi) for _ in range(rank)]
@@ -390,28 +389,7 @@ def _slab_problem(rng: random.Random):
     st = [rng.randint(1, k) if rng.random() < 0.4 else 1 for k in ks]
     ca = [rng.random() < 0.3 for _ in ks]
     spec = WindowSpec(tuple(shape), tuple(ks), tuple(st), (1,) * rank, tuple(ca))
-    qo, qs = [], []
-    for n in shape:
-        r = rng.random()
-        if r < 0.2:
-            a, b = 0, n
-        elif r < 0.45:  # a thin slab (a context-parallel shard of a few rows)
-            a = rng.randrange(n)
-            b = min(n, a + rng.randint(1, 4))
-        else:
-            a = rng.randrange(n)
-            b = rng.randint(a + 1, n)
-        qo.append(a)
-        qs.append(b - a)
-    ko, kvs = [], []
-    for (lo, end), n in zip(key_range(spec, qo, qs), shape):
-        r = rng.random()
-        if r < 0.15:
-            lo, end = 0, n
-        elif r < 0.6:
-            lo, end = max(0, lo - rng.randint(0, 3)), min(n, end + rng.randint(0, 3))
-        ko.append(lo)
-        kvs.append(end - lo)
+    qo, qs, ko, kvs = random_slabs(rng, spec)
     hkv = rng.choice([1, 2])
     h = hkv * rng.choice([1, 2])
     d = rng.choice([32, 64, 128])
