@@ -180,12 +180,18 @@ def can_run_fmha(
         return f"it needs CUDA tensors, got tensors on {query.device}"
     if query.dim() != 4:
         return f"it takes [batch, seqlen, heads, head_dim] tensors, got {query.dim()} dims"
+    return _fmha_parts_reason(can_run_fna, query, key, value, is_causal, torch_compile)
+
+
+def _fmha_parts_reason(can_run: Callable, query: Tensor, key: Tensor, value: Tensor, is_causal: bool,
+                       torch_compile: bool) -> Optional[str]:
+    """Dense attention on a fused NA kernel: None if ``can_run`` (the backend's ``can_run_fna``)
+    accepts every NA problem of :func:`_fmha_parts`, else the first reason."""
     nq, nk = int(query.shape[1]), int(key.shape[1])
     if nk < 2:
         return f"it needs at least 2 keys (the fused kernel's window has >= 2 tokens), got {nk}"
     for part, spec in _fmha_parts(nq, nk, bool(is_causal)):
-        q_part = query[:, part]
-        reason = can_run_fna(q_part, key, value, spec, torch_compile)
+        reason = can_run(query[:, part], key, value, spec, torch_compile)
         if reason is not None:
             return reason
     return None

@@ -34,7 +34,8 @@ from torch import Tensor
 from .. import _libnatten
 from ..window import WindowSpec
 from .cutlass import (  # shared with the SM80 backend
-    _DTYPES, _fmha_on_fna, _fmha_parts, _library_reason, _needs_grad, _prepared_runner, _region_args,
+    _DTYPES, _fmha_on_fna, _fmha_parts_reason, _library_reason, _needs_grad, _prepared_runner,
+    _region_args,
 )
 from .flex import _TileLayout  # the wide-element permutation copies (dilation groups)
 
@@ -110,14 +111,7 @@ def can_run_fmha(
         return "it has no variable-length path yet (cutlass-fmha and flex-fmha take packed sequences)"
     if _needs_grad(query, key, value):
         return "hopper-fmha has no backward yet; cutlass-fmha and flex-fmha train"
-    nq, nk = int(query.shape[1]), int(key.shape[1])
-    if nk < 2:
-        return f"it needs at least 2 keys (the fused kernel's window has >= 2 tokens), got {nk}"
-    for part, spec in _fmha_parts(nq, nk, bool(is_causal)):
-        reason = can_run_fna(query[:, part], key, value, spec, torch_compile)
-        if reason is not None:
-            return reason
-    return None
+    return _fmha_parts_reason(can_run_fna, query, key, value, is_causal, torch_compile)
 
 
 def _dilation_reason(spec: object) -> Optional[str]:
