@@ -122,7 +122,10 @@ INVALID_CASES = [
     ("backend_bad", mut(backend=7), INVALID_ARGUMENT, ["backend is 7"]),
     ("device_bad", mut(device=-2), INVALID_ARGUMENT, ["device is -2"]),
     # Support checks (after every argument check, before the device).
-    ("fp32", mut(dtype=A.FP32), UNSUPPORTED, ["fp32 is not supported"]),
+    ("fp32_hopper", mut(dtype=A.FP32, backend=A.BACKEND_HOPPER), UNSUPPORTED,
+     ["NATTEN_BACKEND_HOPPER_FNA", "dtype fp32", "cutlass-fna runs fp32"]),
+    ("fp32_head_dim_odd", mut(dtype=A.FP32, head_dim=60, **{"q_stride[3]": 60, "k_stride[3]": 60}), UNSUPPORTED,
+     ["head_dim 60", "(fp32)"]),
     ("head_dim_odd", mut(head_dim=60, **{"q_stride[3]": 60, "k_stride[3]": 60}), UNSUPPORTED, ["head_dim 60"]),
     ("head_dim_large", mut(head_dim=512), UNSUPPORTED, ["head_dim 512"]),
     ("head_dim_v_large", mut(head_dim_v=264), UNSUPPORTED, ["head_dim_v 264"]),
@@ -159,8 +162,8 @@ def test_axis_limit_unsupported(lib):
 
 
 def test_error_order_arguments_before_support(lib):
-    # fp32 (unsupported) + a window error (invalid): the argument error is reported.
-    p = mut(dtype=A.FP32, **{"kernel_size[0]": 1})(A.valid_params())
+    # head dim 512 (unsupported) + a window error (invalid): the argument error is reported.
+    p = mut(head_dim=512, **{"kernel_size[0]": 1})(A.valid_params())
     got, msg = call_forward(lib, p)
     assert got == INVALID_ARGUMENT and "kernel_size[0] is 1" in msg
 
@@ -178,6 +181,9 @@ VALID_CASES = [
     ("rank2", dict()),
     ("rank3", dict(rank=3, shape=(5, 6, 7), kernel=3)),
     ("bf16", dict(dtype=A.BF16)),
+    ("fp32", dict(dtype=A.FP32)),
+    ("fp32_rank3_gqa_dv", dict(dtype=A.FP32, rank=3, shape=(5, 6, 7), kernel=3, heads=6, heads_kv=2, head_dim=40,
+                               head_dim_v=136)),
     ("gqa", dict(heads=8, heads_kv=1)),
     ("head_dim_v_differs", dict(head_dim=64, head_dim_v=128)),
     ("head_dim_8", dict(head_dim=8, head_dim_v=8)),
@@ -273,7 +279,7 @@ def _has_image(built_archs, arch):
 
 
 @pytest.mark.parametrize("rank", [1, 2, 3])
-@pytest.mark.parametrize("dtype", [A.FP16, A.BF16])
+@pytest.mark.parametrize("dtype", [A.FP16, A.BF16, A.FP32])
 def test_query_configs(lib, arch, rank, dtype):
     pr = A.valid_problem(dtype=dtype, rank=rank, head_dim=128, arch=arch)
     configs = query_all(lib, pr)
@@ -289,6 +295,14 @@ def test_query_configs(lib, arch, rank, dtype):
         assert key not in seen
         seen.add(key)
     assert lib.natten_fna_supports(ctypes.byref(pr)) == 0
+
+
+def test_query_configs_fp32_same_tiles(lib, arch):
+    # The fp32 CUDA-core kernels use the SM80 kernel's 64-token tiles: the same configurations.
+    def tiles(dtype):
+        return [(tuple(c.q_tile), tuple(c.kv_tile)) for c in query_all(lib, A.valid_problem(dtype=dtype, rank=2, arch=arch))]
+
+    assert tiles(A.FP32) == tiles(A.FP16)
 
 
 def test_query_capacity_semantics(lib, arch):
@@ -308,7 +322,7 @@ def test_query_capacity_semantics(lib, arch):
 @pytest.mark.parametrize(
     "change, status, needle",
     [
-        (dict(dtype=A.FP32), UNSUPPORTED, "fp32 is not supported"),
+        (dict(dtype=A.FP32, backend=A.BACKEND_HOPPER), UNSUPPORTED, "dtype fp32"),
         (dict(dtype=0), INVALID_ARGUMENT, "problem->dtype is 0"),
         (dict(rank=0), INVALID_ARGUMENT, "problem->rank is 0"),
         (dict(head_dim=0), INVALID_ARGUMENT, "problem->head_dim is 0"),
@@ -322,7 +336,7 @@ def test_query_capacity_semantics(lib, arch):
         (dict(reserved=1), INVALID_ARGUMENT, "problem->reserved is 1"),
         (dict(struct_size=8), INVALID_ARGUMENT, "natten_fna_problem.struct_size is 8"),
     ],
-    ids=["fp32", "dtype0", "rank0", "hd0", "hdv-1", "hd20", "arch-1", "arch75", "arch61", "backend5", "hopper",
+    ids=["fp32_hopper", "dtype0", "rank0", "hd0", "hdv-1", "hd20", "arch-1", "arch75", "arch61", "backend5", "hopper",
          "reserved", "struct_size"],
 )
 def test_query_rejects(lib, arch, change, status, needle):

@@ -101,7 +101,7 @@ INVALID_CASES = [
     ("device_bad", mut(device=-2), INVALID_ARGUMENT, ["device is -2"]),
     ("deterministic_bad", mut(deterministic=2), INVALID_ARGUMENT, ["deterministic is 2; it must be 0 or 1"]),
     # Support checks (after every argument check, before the device).
-    ("fp32", mut(dtype=A.FP32), UNSUPPORTED, ["fp32 is not supported"]),
+    ("fp32_head_dim_large", mut(dtype=A.FP32, head_dim=512), UNSUPPORTED, ["head_dim 512", "(fp32)"]),
     ("head_dim_large", mut(head_dim=512), UNSUPPORTED, ["head_dim 512"]),
     ("head_dim_v_large", mut(head_dim_v=264), UNSUPPORTED, ["head_dim_v 264"]),
     ("backend_hopper", mut(backend=A.BACKEND_HOPPER), UNSUPPORTED, ["NATTEN_BACKEND_HOPPER_FNA", "no backward"]),
@@ -148,6 +148,14 @@ def test_workspace_size(lib, kwargs, rows):
     assert n == (4 * rows + 255) // 256 * 256
 
 
+def test_backward_fp32_valid_reaches_device_check(lib, no_gpu):
+    p = A.valid_backward_params(dtype=A.FP32, rank=3, shape=(5, 6, 7), kernel=3, head_dim=40, head_dim_v=136)
+    got, msg = call_backward(lib, p)
+    assert got == NO_DEVICE, msg
+    st, n, msg2 = workspace(lib, A.valid_backward_params(dtype=A.FP32))
+    assert st == SUCCESS and n == (4 * 2 * 16 * 16 * 4 + 255) // 256 * 256, msg2
+
+
 def test_workspace_checked_before_device(lib):
     p = A.valid_backward_params()
     p.workspace = None
@@ -165,7 +173,7 @@ def test_workspace_checked_before_device(lib):
 
 
 def test_backward_error_order_arguments_before_support(lib):
-    p = mut(dtype=A.FP32, **{"kernel_size[0]": 1})(A.valid_backward_params())
+    p = mut(head_dim=512, **{"kernel_size[0]": 1})(A.valid_backward_params())
     got, msg = call_backward(lib, p)
     assert got == INVALID_ARGUMENT and "kernel_size[0] is 1" in msg
 

@@ -23,7 +23,11 @@ def real_lib(monkeypatch):
 def test_real_library(real_lib, monkeypatch):
     assert L.abi_version()[0] == 1
     assert L.build_info().startswith("natten-kernels ")
-    assert L.fna_supports("float32", 1, 64, arch=80).startswith("dtype fp32 is not supported")
+    # fp32 runs on the SM80 backend's CUDA-core kernels (same tiles as fp16); Hopper refuses it.
+    assert L.fna_supports("float32", 1, 64, arch=80) is None
+    assert L.fna_supports("float32", 2, 40, 136, arch=86) is None
+    assert L.query_configs("float32", 2, 64, arch=80) == L.query_configs("float16", 2, 64, arch=80)
+    assert "dtype fp32" in L.fna_supports("float32", 1, 64, arch=90, backend="hopper-fna")
     with pytest.raises(L.NattenInvalidArgumentError, match="problem->rank is 4"):
         L.query_configs("fp16", 4, 64, arch=80)
     L._import_torch()

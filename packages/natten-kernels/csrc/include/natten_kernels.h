@@ -87,7 +87,7 @@ typedef enum natten_dtype {
   NATTEN_DTYPE_INVALID = 0,
   NATTEN_DTYPE_FP16 = 1, /* IEEE half */
   NATTEN_DTYPE_BF16 = 2, /* bfloat16 */
-  NATTEN_DTYPE_FP32 = 3  /* float (recognized; no kernel yet -> NATTEN_STATUS_UNSUPPORTED) */
+  NATTEN_DTYPE_FP32 = 3  /* float (CUDA-core kernels of the SM80 backend; the Hopper backend: UNSUPPORTED) */
 } natten_dtype;
 
 typedef enum natten_backend {

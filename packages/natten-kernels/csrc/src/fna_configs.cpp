@@ -33,21 +33,17 @@ bool fits_int(int64_t v) { return v >= 0 && v <= 0x7fffffff; }
 
 int sm80_check_problem(int dtype, int rank, int64_t head_dim, int64_t head_dim_v, int arch) {
   (void)rank;
-  (void)arch;  // every SM >= 8.0 runs the fp16 and bf16 MMAs
-  if (dtype == NATTEN_DTYPE_FP32) {
-    return fail(NATTEN_STATUS_UNSUPPORTED,
-                "dtype fp32 is not supported by natten-kernels yet (the SM80 kernel runs fp16 and bf16); "
-                "cast q, k, v and out to float16 or bfloat16");
-  }
-  if (dtype != NATTEN_DTYPE_FP16 && dtype != NATTEN_DTYPE_BF16) {
+  (void)arch;  // every SM >= 8.0 runs the fp16 / bf16 MMAs and the fp32 CUDA-core kernels
+  if (dtype != NATTEN_DTYPE_FP16 && dtype != NATTEN_DTYPE_BF16 && dtype != NATTEN_DTYPE_FP32) {
     return fail(NATTEN_STATUS_INVALID_ARGUMENT, "dtype %d is not a natten_dtype", dtype);
   }
   const char* reason = nullptr;
-  const int kd = dtype == NATTEN_DTYPE_FP16 ? 1 : 2;
+  const int kd = dtype == NATTEN_DTYPE_FP16 ? 1 : dtype == NATTEN_DTYPE_BF16 ? 2 : 3;
   if (!fits_int(head_dim) || !fits_int(head_dim_v) ||
       !sm80::fna_forward_supports(int(head_dim), int(head_dim_v), kd, &reason)) {
     return fail(NATTEN_STATUS_UNSUPPORTED, "head_dim %lld / head_dim_v %lld (%s) not supported by the SM80 kernel: %s",
-                (long long)head_dim, (long long)head_dim_v, dtype == NATTEN_DTYPE_FP16 ? "fp16" : "bf16",
+                (long long)head_dim, (long long)head_dim_v,
+                dtype == NATTEN_DTYPE_FP16 ? "fp16" : dtype == NATTEN_DTYPE_BF16 ? "bf16" : "fp32",
                 reason ? reason : "head dims must be multiples of 8 in [8, 256]");
   }
   return NATTEN_STATUS_SUCCESS;

@@ -708,7 +708,7 @@ int forward_impl(const natten_fna_forward_params* user) {
     (void)cudaGetLastError();
     return cuda_fail(e, "cudaSetDevice");
   }
-  const int kernel_dtype = p->dtype == NATTEN_DTYPE_FP16 ? 1 : 2;
+  const int kernel_dtype = kernel_dtype_of(p->dtype);
   e = natten::sm80::fna_forward(args, kernel_dtype, static_cast<cudaStream_t>(p->stream));
   if (e != cudaSuccess) {
     (void)cudaGetLastError();
@@ -1061,7 +1061,7 @@ int backward_impl(const natten_fna_backward_params* user) {
   NATTEN_CHECK(device_cc(dev, &ma, &mi));
   NATTEN_CHECK(check_arch(ma * 10 + mi));
   NATTEN_CHECK(sm80_check_problem(p->dtype, p->rank, p->head_dim, p->head_dim_v, ma * 10 + mi));
-  {
+  if (p->dtype != NATTEN_DTYPE_FP32) {  // the fp32 kernels use < 48 KB of static shared memory
     const int need = natten::sm80::fna_backward_smem_bytes(int(p->head_dim), int(p->head_dim_v));
     int have = 0;
     const cudaError_t ae = cudaDeviceGetAttribute(&have, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
@@ -1083,7 +1083,7 @@ int backward_impl(const natten_fna_backward_params* user) {
     (void)cudaGetLastError();
     return cuda_fail(e, "cudaSetDevice");
   }
-  const int kernel_dtype = p->dtype == NATTEN_DTYPE_FP16 ? 1 : 2;
+  const int kernel_dtype = kernel_dtype_of(p->dtype);
   e = natten::sm80::fna_backward(args, kernel_dtype, static_cast<cudaStream_t>(p->stream));
   if (e != cudaSuccess) {
     (void)cudaGetLastError();

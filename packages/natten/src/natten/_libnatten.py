@@ -547,7 +547,7 @@ def _dtype_enum(dtype: Any) -> int:
         return _DTYPES[dtype]
     except KeyError:
         raise NattenUnsupportedError(
-            STATUS_UNSUPPORTED, f"dtype {dtype} is not supported by natten-kernels (float16, bfloat16)"
+            STATUS_UNSUPPORTED, f"dtype {dtype} is not supported by natten-kernels (float16, bfloat16, float32)"
         ) from None
 
 
@@ -679,7 +679,7 @@ def _marshal(q, k, v, out, lse, kernel_size, stride, dilation, is_causal, scale,
     dt = _DTYPES.get(dtype)
     if dt is None:
         raise NattenUnsupportedError(
-            STATUS_UNSUPPORTED, f"dtype {dtype} is not supported (float16, bfloat16)", "natten_fna_forward"
+            STATUS_UNSUPPORTED, f"dtype {dtype} is not supported (float16, bfloat16, float32)", "natten_fna_forward"
         )
     device = q.device
     if device.type != "cuda":

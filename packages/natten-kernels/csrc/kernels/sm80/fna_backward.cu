@@ -10,6 +10,7 @@
 #include "bwd_params.cuh"
 #include "fna_backward_launch.hpp"
 #include "fna_forward.hpp"
+#include "simt/fna_f32.hpp"
 #include "tile_scheduler.cuh"
 
 namespace natten {
@@ -145,6 +146,7 @@ cudaError_t fna_backward(const FnaBackwardArgs& args, int dtype, cudaStream_t st
               bwd_stride_ok(p.dk_spatial[a]) && bwd_stride_ok(p.dv_spatial[a]);
   p.aligned = aligned ? 1 : 0;
 
+  if (dtype == 3) return simt::fna_backward_f32(p, stream);  // CUDA cores, same tiles and workspace
   const int dim = bwd_padded_dim(D > Dv ? D : Dv);
   if (dtype == 1) {
     switch (dim) {

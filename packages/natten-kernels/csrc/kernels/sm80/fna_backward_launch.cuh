@@ -41,9 +41,7 @@ cudaError_t launch_fna_backward(const FnaBwdParams& params, cudaStream_t stream)
   if (params.num_rows <= 0) return cudaSuccess;
 
   {
-    const int64_t blocks = (params.num_rows + 7) / 8;  // 8 warps (rows) per block
-    fna_bwd_preprocess_kernel<Element><<<bwd_grid(blocks < 65536 * 16 ? blocks : 65536 * 16), 256, 0, stream>>>(params);
-    cudaError_t err = cudaGetLastError();
+    cudaError_t err = launch_bwd_preprocess<Element>(params, stream);
     if (err != cudaSuccess) return err;
   }
   if (params.geo.num_work > 0) {

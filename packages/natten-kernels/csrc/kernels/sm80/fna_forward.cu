@@ -10,6 +10,7 @@
 
 #include "fna_forward_launch.hpp"
 #include "params.cuh"
+#include "simt/fna_f32.hpp"
 #include "tile_scheduler.cuh"
 
 namespace natten {
@@ -245,8 +246,8 @@ bool stride_ok(int64_t s) { return (s & 7) == 0; }  // 8 halves = 16 bytes
 
 bool fna_forward_supports(int head_dim, int head_dim_v, int dtype, const char** reason) {
   const char* why = nullptr;
-  if (dtype != 1 && dtype != 2)
-    why = "sm80 fna_forward supports only fp16 (dtype 1) and bf16 (dtype 2)";
+  if (dtype != 1 && dtype != 2 && dtype != 3)
+    why = "sm80 fna_forward supports only fp16 (dtype 1), bf16 (dtype 2) and fp32 (dtype 3)";
   else if (head_dim < 8 || head_dim > 256 || head_dim % 8 != 0)
     why = "sm80 fna_forward supports head_dim in [8, 256] that are multiples of 8";
   else if (head_dim_v < 8 || head_dim_v > 256 || head_dim_v % 8 != 0)
@@ -401,6 +402,7 @@ cudaError_t fna_forward(const FnaForwardArgs& args, int dtype, cudaStream_t stre
               stride_ok(p.o_spatial[a]);
   p.aligned = aligned ? 1 : 0;
 
+  if (dtype == 3) return simt::fna_forward_f32(p, stream);  // CUDA cores, same tiles
   const int dim = padded_dim(D > Dv ? D : Dv);
   if (dtype == 1) {
     switch (dim) {

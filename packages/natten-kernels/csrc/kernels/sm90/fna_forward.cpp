@@ -138,7 +138,7 @@ bool fna_forward_built() {
 bool fna_forward_supports(int head_dim, int head_dim_v, int dtype, const char** reason) {
   const char* why = nullptr;
   if (dtype != 1 && dtype != 2)
-    why = "the Hopper kernel supports only fp16 and bf16";
+    why = "the Hopper kernel supports only fp16 and bf16 (cutlass-fna runs fp32)";
   else if (head_dim != head_dim_v)
     why = "the Hopper kernel needs head_dim == head_dim_v (the SM80 kernel takes head_dim != head_dim_v)";
   else if (head_dim != 32 && head_dim != 64 && head_dim != 128)

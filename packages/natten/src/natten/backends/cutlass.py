@@ -1,5 +1,8 @@
 """``cutlass-fna`` / ``cutlass-fmha``: fused kernels for SM80 and newer from natten-kernels.
 
+float16 / bfloat16 run on tensor cores (mma.sync); float32 runs on CUDA cores in full fp32
+precision (natten-kernels after 1.2.0), with the same tiles, window math and features.
+
 Fused neighborhood-attention forward (with logsumexp), including query/key slabs of a larger
 grid (``global_shape``, ``q_origin``, ``kv_origin``; natten-kernels ABI >= 1.1), and, with
 natten-kernels ABI >= 1.1, the fused backward (dQ, dK, dV, including the gradient through the
@@ -23,7 +26,10 @@ from .. import _libnatten
 
 SUPPORTS_VARLEN = False
 
-_DTYPES = (torch.float16, torch.bfloat16)
+_DTYPES = (torch.float16, torch.bfloat16)  # the tensor-core kernels (hopper-fna imports this)
+# cutlass-fna also runs float32 (CUDA-core kernels, natten-kernels after 1.2.0; the loaded library is
+# asked through fna_supports, so an older one refuses with its own reason).
+_FNA_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
 _KERNEL_REASONS: Dict[tuple, Optional[str]] = {}
@@ -144,8 +150,8 @@ def can_run_fna(
     reason = _library_reason()
     if reason is not None:
         return reason
-    if query.dtype not in _DTYPES:
-        return f"it supports float16 and bfloat16, got {query.dtype}"
+    if query.dtype not in _FNA_DTYPES:
+        return f"it supports float16, bfloat16 and float32, got {query.dtype}"
     if getattr(spec, "is_partial", False):
         reason = _slabs_reason()
         if reason is not None:
