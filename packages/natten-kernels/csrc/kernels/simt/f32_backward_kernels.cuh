@@ -104,21 +104,9 @@ __device__ void f32_dq_cta(const sm80::FnaBwdParams& p, const sm80::WorkTile& w,
     tile_offsets(sm.v_off, cta.gv, kb, g.kv_log2, kv_limit, tid);
     __syncthreads();
 
-    float s[kRows][kCols] = {}, dp[kRows][kCols] = {};
-    for (int c0 = 0; c0 < p.head_dim; c0 += kChunk) {
-      load_chunk(sm.ops.a, q, sm.q_off, c0, p.head_dim, tid);
-      load_chunk(sm.ops.b, k, sm.k_off, c0, p.head_dim, tid);
-      __syncthreads();
-      gemm_rows_chunk(s, sm.ops.a, sm.ops.b, ty, tx);
-      __syncthreads();
-    }
-    for (int c0 = 0; c0 < p.head_dim_v; c0 += kChunk) {
-      load_chunk(sm.ops.a, d_o, sm.do_off, c0, p.head_dim_v, tid);
-      load_chunk(sm.ops.b, v, sm.v_off, c0, p.head_dim_v, tid);
-      __syncthreads();
-      gemm_rows_chunk(dp, sm.ops.a, sm.ops.b, ty, tx);
-      __syncthreads();
-    }
+    float s[kRows][kCols], dp[kRows][kCols];
+    gemm_rows(s, sm.ops, q, sm.q_off, k, sm.k_off, p.head_dim, tid, ty, tx);
+    gemm_rows(dp, sm.ops, d_o, sm.do_off, v, sm.v_off, p.head_dim_v, tid, ty, tx);
 #pragma unroll
     for (int i = 0; i < kRows; ++i) {
       const int row = kRows * ty + i;
@@ -135,14 +123,7 @@ __device__ void f32_dq_cta(const sm80::FnaBwdParams& p, const sm80::WorkTile& w,
       }
     }
     __syncthreads();
-#pragma unroll
-    for (int ch = 0; ch < kCh; ++ch) {
-      if (ch * kChunk >= p.head_dim) break;
-      load_chunk(sm.ops.b, k, sm.k_off, ch * kChunk, p.head_dim, tid);
-      __syncthreads();
-      gemm_p_chunk(dq[ch], sm.ops.p, sm.ops.b, ty, tx);
-      __syncthreads();
-    }
+    gemm_p<kCh>(dq, sm.ops, k, sm.k_off, p.head_dim, tid, ty, tx);
     sm80::key_tile_advance(g, cta.k, kb);
   }
   store_rows<kCh>(static_cast<float*>(p.dq), sm.dq_off, dq, p.scale, p.head_dim, ty, tx);
@@ -245,21 +226,9 @@ __device__ void f32_dkdv_cta(const sm80::FnaBwdParams& p, const sm80::KvWorkTile
       query_stats(sm.lse2, sm.delta, p, cta.glse, cta.gdelta, sm.q_off, qt.q0, tid);
 
       // Rows: keys of the tile; columns: queries of the visited tile.
-      float s[kRows][kCols] = {}, dp[kRows][kCols] = {};
-      for (int c0 = 0; c0 < p.head_dim; c0 += kChunk) {
-        load_chunk(sm.ops.a, k, sm.k_off, c0, p.head_dim, tid);
-        load_chunk(sm.ops.b, q, sm.q_off, c0, p.head_dim, tid);
-        __syncthreads();
-        gemm_rows_chunk(s, sm.ops.a, sm.ops.b, ty, tx);
-        __syncthreads();
-      }
-      for (int c0 = 0; c0 < p.head_dim_v; c0 += kChunk) {
-        load_chunk(sm.ops.a, v, sm.v_off, c0, p.head_dim_v, tid);
-        load_chunk(sm.ops.b, d_o, sm.do_off, c0, p.head_dim_v, tid);
-        __syncthreads();
-        gemm_rows_chunk(dp, sm.ops.a, sm.ops.b, ty, tx);
-        __syncthreads();
-      }
+      float s[kRows][kCols], dp[kRows][kCols];
+      gemm_rows(s, sm.ops, k, sm.k_off, q, sm.q_off, p.head_dim, tid, ty, tx);
+      gemm_rows(dp, sm.ops, v, sm.v_off, d_o, sm.do_off, p.head_dim_v, tid, ty, tx);
       float ds[kRows][kCols];
 #pragma unroll
       for (int i = 0; i < kRows; ++i) {
@@ -279,27 +248,13 @@ __device__ void f32_dkdv_cta(const sm80::FnaBwdParams& p, const sm80::KvWorkTile
         }
       }
       __syncthreads();
-#pragma unroll
-      for (int ch = 0; ch < kCh; ++ch) {  // dV += P^T dO
-        if (ch * kChunk >= p.head_dim_v) break;
-        load_chunk(sm.ops.b, d_o, sm.do_off, ch * kChunk, p.head_dim_v, tid);
-        __syncthreads();
-        gemm_p_chunk(dv[ch], sm.ops.p, sm.ops.b, ty, tx);
-        __syncthreads();
-      }
+      gemm_p<kCh>(dv, sm.ops, d_o, sm.do_off, p.head_dim_v, tid, ty, tx);  // dV += P^T dO
 #pragma unroll
       for (int i = 0; i < kRows; ++i)
 #pragma unroll
         for (int j = 0; j < kCols; ++j) sm.ops.p[(kRows * ty + i) * kLdP + tx + 16 * j] = ds[i][j];
       __syncthreads();
-#pragma unroll
-      for (int ch = 0; ch < kCh; ++ch) {  // dK += dS^T Q
-        if (ch * kChunk >= p.head_dim) break;
-        load_chunk(sm.ops.b, q, sm.q_off, ch * kChunk, p.head_dim, tid);
-        __syncthreads();
-        gemm_p_chunk(dk[ch], sm.ops.p, sm.ops.b, ty, tx);
-        __syncthreads();
-      }
+      gemm_p<kCh>(dk, sm.ops, q, sm.q_off, p.head_dim, tid, ty, tx);  // dK += dS^T Q
     }
   }
   store_rows<kCh>(static_cast<float*>(p.dk), sm.dk_off, dk, p.scale, p.head_dim, ty, tx);

@@ -73,14 +73,8 @@ __device__ void f32_forward_cta(const sm80::FnaParams& p, const sm80::WorkTile& 
     tile_offsets(sm.v_off, cta.gv, kb, g.kv_log2, kv_limit, tid);
     __syncthreads();
 
-    float s[kRows][kCols] = {};
-    for (int c0 = 0; c0 < p.head_dim; c0 += kChunk) {
-      load_chunk(sm.ops.a, q, sm.q_off, c0, p.head_dim, tid);
-      load_chunk(sm.ops.b, k, sm.k_off, c0, p.head_dim, tid);
-      __syncthreads();
-      gemm_rows_chunk(s, sm.ops.a, sm.ops.b, ty, tx);
-      __syncthreads();
-    }
+    float s[kRows][kCols];
+    gemm_rows(s, sm.ops, q, sm.q_off, k, sm.k_off, p.head_dim, tid, ty, tx);
 
 #pragma unroll
     for (int i = 0; i < kRows; ++i) {
@@ -113,14 +107,7 @@ __device__ void f32_forward_cta(const sm80::FnaParams& p, const sm80::WorkTile& 
     }
     __syncthreads();
 
-#pragma unroll
-    for (int ch = 0; ch < kCh; ++ch) {
-      if (ch * kChunk >= p.head_dim_v) break;
-      load_chunk(sm.ops.b, v, sm.v_off, ch * kChunk, p.head_dim_v, tid);
-      __syncthreads();
-      gemm_p_chunk(o[ch], sm.ops.p, sm.ops.b, ty, tx);
-      __syncthreads();
-    }
+    gemm_p<kCh>(o, sm.ops, v, sm.v_off, p.head_dim_v, tid, ty, tx);
     sm80::key_tile_advance(g, cta.k, kb);
   }
 

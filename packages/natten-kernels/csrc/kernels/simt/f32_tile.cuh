@@ -105,6 +105,41 @@ __device__ __forceinline__ void gemm_p_chunk(float (&acc)[kRows][2], const float
   }
 }
 
+// acc[i][j] = sum over the head dim of A[row 4 ty + i] . B[row tx + 16 j]: both operands are row
+// tables (off: element offsets, -1 = zero row) of [.., dim] tensors, streamed in 64 x 32 chunks.
+// Starts and ends with the CTA in step (the last barrier frees `ops` for the caller).
+__device__ __forceinline__ void gemm_rows(float (&acc)[kRows][kCols], Operands& ops, const float* __restrict__ a,
+                                          const int64_t* a_off, const float* __restrict__ b, const int64_t* b_off,
+                                          int dim, int tid, int ty, int tx) {
+#pragma unroll
+  for (int i = 0; i < kRows; ++i)
+#pragma unroll
+    for (int j = 0; j < kCols; ++j) acc[i][j] = 0.f;
+  for (int c0 = 0; c0 < dim; c0 += kChunk) {
+    load_chunk(ops.a, a, a_off, c0, dim, tid);
+    load_chunk(ops.b, b, b_off, c0, dim, tid);
+    __syncthreads();
+    gemm_rows_chunk(acc, ops.a, ops.b, ty, tx);
+    __syncthreads();
+  }
+}
+
+// acc[ch] += ops.p (64 x 64, the thread's rows) x B[:, chunk ch] for every chunk of the dim, B a
+// row table of a [.., dim] tensor (its rows = the 64 columns of ops.p). ops.p must be published
+// (barrier) before the call; ends with the CTA in step.
+template <int kCh>
+__device__ __forceinline__ void gemm_p(float (&acc)[kCh][kRows][2], Operands& ops, const float* __restrict__ b,
+                                       const int64_t* b_off, int dim, int tid, int ty, int tx) {
+#pragma unroll
+  for (int ch = 0; ch < kCh; ++ch) {
+    if (ch * kChunk >= dim) break;
+    load_chunk(ops.b, b, b_off, ch * kChunk, dim, tid);
+    __syncthreads();
+    gemm_p_chunk(acc[ch], ops.p, ops.b, ty, tx);
+    __syncthreads();
+  }
+}
+
 // Sum / max over the 16 threads sharing a row group (one half warp).
 __device__ __forceinline__ float row_sum16(float x) {
 #pragma unroll
