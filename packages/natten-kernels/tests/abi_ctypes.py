@@ -114,10 +114,14 @@ class FnaBackwardParams(ctypes.Structure):
         ("q_origin", _i64 * 3),
         ("kv_origin", _i64 * 3),
         ("kv_shape", _i64 * 3),
+        # ABI 1.3: KV parallelism of the dK / dV kernel (all 0 = one CTA per key tile)
+        ("kv_splits", _i32 * 3),
+        ("reserved_1_3", _i32),
     ]
 
 
 BWD_SIZE_V1_1 = 744  # NATTEN_FNA_BACKWARD_PARAMS_SIZE_V1_1: the struct of a caller built against ABI 1.1
+BWD_SIZE_V1_2 = 840  # NATTEN_FNA_BACKWARD_PARAMS_SIZE_V1_2: ... against ABI 1.2 (slabs, no kv_splits)
 
 
 class FnaProblem(ctypes.Structure):

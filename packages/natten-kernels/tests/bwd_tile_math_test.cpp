@@ -95,6 +95,7 @@ struct Problem {
   bool causal[3];
   int q0[3], nq[3], k0[3], nk[3];
   int ql[3], kl[3];
+  int splits[3];  // backward_kv_splits (0 = one CTA per key tile); larger than the key tiles = 0
 };
 
 // x, y: GLOBAL token coordinates.
@@ -168,14 +169,41 @@ static void for_each_cell(const Problem& p, const ns::Geometry& geo, const ns::K
 static void replay(const Problem& p) {
   const ns::Geometry geo = make_geometry(p);
   ns::KvGeometry kg{};
-  ns::kv_geometry_finalize(geo, 1, kg);
+  ns::kv_geometry_finalize(geo, 1, kg, p.splits);
   const int NQ = p.nq[0] * p.nq[1] * p.nq[2];
   const int NK = p.nk[0] * p.nk[1] * p.nk[2];
   std::vector<int> visits(size_t(NQ) * NK, 0);
   std::vector<int> owner(size_t(NK), 0);  // key slab token -> number of work tiles holding it as a real row
   const int nk = 1 << (p.kl[0] + p.kl[1] + p.kl[2]);
+  std::vector<ns::KvWorkTile> items;
   for (int64_t idx = 0; idx < kg.num_work; ++idx) {
-    const ns::KvWorkTile w = ns::decode_kv_work(geo, kg, idx);
+    const ns::KvWorkTile split = ns::decode_kv_work(geo, kg, idx);
+    for (int j = 0; j < ns::kv_split_tiles(kg, split); ++j) items.push_back(ns::kv_split_tile(kg, split, j));
+  }
+  // With backward_kv_splits the work items share the key tiles: each (batch, head, group, key tile)
+  // exactly once, every tile index in range.
+  {
+    int64_t full = 1;
+    for (int a = 0; a < 3; ++a) {
+      CHECK(kg.splits[a] >= 1 && kg.splits[a] <= kg.kv_tiles[a], "splits[%d] = %d outside [1, %d]", a, kg.splits[a],
+            kg.kv_tiles[a]);
+      full *= int64_t(kg.groups[a]) * kg.kv_tiles[a];
+    }
+    CHECK(int64_t(items.size()) == full * kg.heads_kv * geo.batch, "split walk covers %lld tiles, expected %lld",
+          (long long)items.size(), (long long)(full * kg.heads_kv * geo.batch));
+    std::vector<int> seen(size_t(full), 0);
+    for (const ns::KvWorkTile& w : items) {
+      int64_t lin = 0;
+      for (int a = 0; a < 3; ++a) {
+        CHECK(w.tile[a] >= 0 && w.tile[a] < kg.kv_tiles[a], "tile[%d] = %d out of range", a, w.tile[a]);
+        lin = (lin * kg.groups[a] + w.group[a]) * kg.kv_tiles[a] + w.tile[a];
+      }
+      ++seen[size_t(lin)];
+    }
+    for (int x : seen) CHECK(x == 1, "a key tile is owned by %d work items", x);
+  }
+  for (size_t idx = 0; idx < items.size(); ++idx) {
+    const ns::KvWorkTile& w = items[idx];
     ns::KeyTile kt;
     if (!ns::make_key_tile(geo, w, kt)) continue;
     for (int a = 0; a < 3; ++a) {  // the key tile's group and shifts describe the same global tokens
@@ -252,7 +280,7 @@ static void replay(const Problem& p) {
 static void numeric_replay(const Problem& p, std::mt19937& rng) {
   const ns::Geometry geo = make_geometry(p);
   ns::KvGeometry kg{};
-  ns::kv_geometry_finalize(geo, 1, kg);
+  ns::kv_geometry_finalize(geo, 1, kg, p.splits);
   const int NQ = p.nq[0] * p.nq[1] * p.nq[2];
   const int NK = p.nk[0] * p.nk[1] * p.nk[2];
   const int D = 3;
@@ -375,7 +403,9 @@ static void numeric_replay(const Problem& p, std::mt19937& rng) {
   // dK / dV: key-parallel walk.
   std::vector<double> dk(NK * D, 0.0), dv(NK * D, 0.0);
   for (int64_t idx = 0; idx < kg.num_work; ++idx) {
-    const ns::KvWorkTile w = ns::decode_kv_work(geo, kg, idx);
+   const ns::KvWorkTile split = ns::decode_kv_work(geo, kg, idx);
+   for (int j = 0; j < ns::kv_split_tiles(kg, split); ++j) {
+    const ns::KvWorkTile w = ns::kv_split_tile(kg, split, j);
     ns::KeyTile ktile;
     if (!ns::make_key_tile(geo, w, ktile)) continue;
     const ns::QueryTilesForKey qs = ns::make_query_tiles_for_key(geo, ktile);
@@ -402,6 +432,7 @@ static void numeric_replay(const Problem& p, std::mt19937& rng) {
                       }
                     });
     }
+   }
   }
   for (auto& x : dk) x *= scale;
   auto cmp = [&](const std::vector<double>& got, const std::vector<double>& ref, const char* name) {
@@ -476,6 +507,12 @@ int main(int argc, char** argv) {
       l[0] = l[1] = l[2] = 0;
       int total = uni(0, 3) == 0 ? uni(0, 6) : 6;
       while (total-- > 0) l[uni(0, p.rank - 1)] += 1;
+    }
+    // backward_kv_splits: default (one CTA per key tile), 1 (one CTA walks every tile of an axis),
+    // or a random count (values past the key tiles fall back to the default).
+    for (int a = 0; a < 3; ++a) {
+      const int mode = uni(0, 3);
+      p.splits[a] = mode == 0 ? 0 : mode == 1 ? 1 : uni(1, 6);
     }
     replay(p);
     if (it % 3 == 0 || (region && it % 3 == 1)) numeric_replay(p, rng);

@@ -66,7 +66,7 @@ def test_archs_from_env_and_cmake_var(build_dir):
     [
         (["-DNATTEN_CUDA_ARCHS=75"], "is below sm_80"),
         (["-DNATTEN_CUDA_ARCHS=sm_80"], "bad CUDA arch 'sm_80'"),
-        (["-DNATTEN_CUDA_ARCHS=80", "-DSKBUILD_PROJECT_VERSION=2.0.0"], "does not match the ABI version 1.2"),
+        (["-DNATTEN_CUDA_ARCHS=80", "-DSKBUILD_PROJECT_VERSION=2.0.0"], "does not match the ABI version 1.3"),
         (["-DNATTEN_CUDA_ARCHS=80", "-DCUTLASS_DIR=/nonexistent/cutlass"], "CUTLASS headers not found"),
     ],
     ids=["arch75", "arch_syntax", "version", "cutlass_dir"],
@@ -80,7 +80,7 @@ def test_configure_errors(build_dir, args, needle):
 def test_dist_name_must_match_toolkit(build_dir):
     other = "natten-kernels-cu128" if _nvcc_tag() != "cu128" else "natten-kernels-cu130"
     rc, out = configure(build_dir, "-DNATTEN_CUDA_ARCHS=80", f"-DSKBUILD_PROJECT_NAME={other}",
-                        "-DSKBUILD_PROJECT_VERSION=1.2.0")
+                        "-DSKBUILD_PROJECT_VERSION=1.3.0")
     assert rc != 0
     flat = " ".join(out.split())
     assert f"must be named 'natten-kernels-{_nvcc_tag()}'" in flat, out[-3000:]

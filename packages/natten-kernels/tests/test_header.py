@@ -107,9 +107,11 @@ def test_test_mirror_matches_c_layout(tmp_path):
     # ABI 1.1 appended its fields right after the 1.0 layout (448 bytes).
     assert layout["natten_fna_forward_params"][1]["global_shape"][0] == 448
     assert layout["natten_fna_problem"][0] == 48
-    assert layout["natten_fna_backward_params"][0] == 840  # NATTEN_FNA_BACKWARD_PARAMS_SIZE_V1_2
+    assert layout["natten_fna_backward_params"][0] == 856  # NATTEN_FNA_BACKWARD_PARAMS_SIZE_V1_3
     # ABI 1.2 appended the backward's slab fields right after its 1.1 layout (744 bytes).
     assert layout["natten_fna_backward_params"][1]["global_shape"][0] == 744
+    # ABI 1.3 appended kv_splits right after the 1.2 layout (840 bytes).
+    assert layout["natten_fna_backward_params"][1]["kv_splits"][0] == 840
     assert layout["natten_tile_config"][0] == 40
 
 

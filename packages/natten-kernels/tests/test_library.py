@@ -56,7 +56,7 @@ def test_loads_with_ctypes_alone(library_path):
 
 def test_abi_version(lib):
     major, minor = _header_abi()
-    assert (major, minor) == (1, 2)
+    assert (major, minor) == (1, 3)
     assert lib.natten_abi_version() == major * 1000 + minor
 
 

@@ -46,8 +46,8 @@ def test_locator_in_source_checkout():
     spec = importlib.util.spec_from_file_location("_nk_src", PKG / "python" / "natten_kernels" / "__init__.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    assert mod.ABI_VERSION == (1, 2)
-    assert mod.__version__.startswith("1.2.")
+    assert mod.ABI_VERSION == (1, 3)
+    assert mod.__version__.startswith("1.3.")
     assert mod.include_dir() is not None
     if not (PKG / "python" / "natten_kernels" / "libnatten_kernels.so").exists():
         with pytest.raises(FileNotFoundError, match="libnatten_kernels.so"):

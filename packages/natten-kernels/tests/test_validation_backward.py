@@ -36,11 +36,11 @@ def no_gpu(lib):
     return True
 
 
-def _set_tile(q, kv):
+def _set_tile(q, kv, **fields):
     def apply(p):
         p.q_tile[: len(q)] = list(q)
         p.kv_tile[: len(kv)] = list(kv)
-        return p
+        return mut(**fields)(p) if fields else p
 
     return apply
 
@@ -105,6 +105,15 @@ INVALID_CASES = [
     ("head_dim_large", mut(head_dim=512), UNSUPPORTED, ["head_dim 512"]),
     ("head_dim_v_large", mut(head_dim_v=264), UNSUPPORTED, ["head_dim_v 264"]),
     ("backend_hopper", mut(backend=A.BACKEND_HOPPER), UNSUPPORTED, ["NATTEN_BACKEND_HOPPER_FNA", "no backward"]),
+    # kv_splits (ABI 1.3): argument checks, then the upper bound (key tiles per axis) once the tiles
+    # are known; the valid problem is 16 x 16 with 64-token tiles (kv_tile (8, 8): 2 key tiles per axis).
+    ("kv_splits_negative", mut(**{"kv_splits[0]": -1, "kv_splits[1]": 1}), INVALID_ARGUMENT, ["kv_splits[0] is -1"]),
+    ("kv_splits_mixed", mut(**{"kv_splits[0]": 2}), INVALID_ARGUMENT, ["kv_splits mixes zero and non-zero", "(2, 0, 0)"]),
+    ("kv_splits_past_rank", mut(**{"kv_splits[0]": 1, "kv_splits[1]": 1, "kv_splits[2]": 2}), INVALID_ARGUMENT,
+     ["kv_splits[2] is 2 but rank is 2"]),
+    ("kv_splits_reserved", mut(reserved_1_3=1), INVALID_ARGUMENT, ["reserved_1_3 is 1"]),
+    ("kv_splits_too_many", _set_tile((8, 8), (8, 8), **{"kv_splits[0]": 3, "kv_splits[1]": 1}), INVALID_ARGUMENT,
+     ["kv_splits[0] is 3, but the dK / dV kernel has 2 key tiles along axis 0 (kv_tile[0] = 8); use 1 to 2"]),
     ("tile_bad_product", _set_tile((8, 4), (8, 8)), UNSUPPORTED, ["q_tile (8, 4) kv_tile (8, 8) is not supported"]),
 ]
 
@@ -146,6 +155,27 @@ def test_workspace_size(lib, kwargs, rows):
     st, n, msg = workspace(lib, A.valid_backward_params(**kwargs))
     assert st == SUCCESS, msg
     assert n == (4 * rows + 255) // 256 * 256
+
+
+@pytest.mark.parametrize(
+    "splits", [(1, 1), (2, 2), (1, 2), (2, 1)], ids=["1x1", "2x2", "1x2", "2x1"]
+)
+def test_backward_kv_splits_valid(lib, no_gpu, splits):
+    # 16 x 16 grid, kv_tile (8, 8): 2 key tiles per axis, so 1 or 2 CTAs per axis are valid.
+    p = _set_tile((8, 8), (8, 8), **{"kv_splits[0]": splits[0], "kv_splits[1]": splits[1]})(A.valid_backward_params())
+    got, msg = call_backward(lib, p)
+    assert got == NO_DEVICE, msg
+    st, n, msg2 = workspace(lib, p)
+    assert st == SUCCESS, msg2
+
+
+def test_backward_accepts_v1_2_struct_without_kv_splits(lib, no_gpu):
+    # A caller built against ABI 1.2 passes struct_size 840: kv_splits is read as all 0 (default).
+    p = A.valid_backward_params()
+    p.kv_splits[0] = 7  # past the caller's struct: must not be read
+    p.struct_size = A.BWD_SIZE_V1_2
+    got, msg = call_backward(lib, p)
+    assert got == NO_DEVICE, msg
 
 
 def test_backward_fp32_valid_reaches_device_check(lib, no_gpu):

@@ -88,7 +88,7 @@ def test_installed_wheel_works_without_torch(wheel, tmp_path):
     proc = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     version, rest = proc.stdout.split(" ", 1)
-    assert re.fullmatch(r"1\.2\.\d+", version) and "(1, 2)" in rest
+    assert re.fullmatch(r"1\.3\.\d+", version) and "(1, 3)" in rest
 
 
 def test_wheel_library_exports_and_is_stripped(wheel, tmp_path):

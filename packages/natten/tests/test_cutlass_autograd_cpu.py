@@ -37,8 +37,9 @@ def _fwd_cpu(query, key, value, kernel_size, stride, dilation, is_causal, scale,
 
 
 def _bwd_cpu(query, key, value, out, lse, d_out, d_lse, kernel_size, stride, dilation, is_causal, scale,
-             q_tile, kv_tile, deterministic, global_shape=(), q_origin=(), kv_origin=()):
+             q_tile, kv_tile, deterministic, global_shape=(), q_origin=(), kv_origin=(), kv_splits=()):
     _SEEN["bwd"] = (list(global_shape), list(q_origin), list(kv_origin))
+    _SEEN["kv_splits"] = list(kv_splits)
     with torch.enable_grad():  # backward runs with grad mode off
         xs = [t.detach().double().requires_grad_(True) for t in (query, key, value)]
         o, l = _oracle(*xs, kernel_size, stride, dilation, is_causal, scale, global_shape, q_origin, kv_origin)
@@ -67,7 +68,8 @@ def test_autograd_function_eager_and_compiled(monkeypatch):
         ks, st, dl, ca = [3, 4], [1, 2], [2, 1], [False, True]
 
         def loss_fn(q, k, v):
-            out, lse = cutlass._FnaFunction.apply(q, k, v, ks, st, dl, ca, 0.3, [], [], [], [], True, [], [], [])
+            out, lse = cutlass._FnaFunction.apply(q, k, v, ks, st, dl, ca, 0.3, [], [], [], [], True, [], [], [],
+                                                  [])
             return (out * w).sum() + (lse * wl).sum()
 
         def grads(fn):
@@ -147,3 +149,40 @@ def test_training_on_slabs_refused_with_an_old_library(monkeypatch):
     k = torch.zeros(1, 9, 9, 2, 8)
     with pytest.raises(NotImplementedError, match="cutlass-fna cannot train here: slabs need ABI >= 1.2"):
         cutlass.fna(q, k, k, spec, 0.3)
+
+
+def test_backward_kv_splits_reach_the_operator(cpu_stand_ins, monkeypatch):
+    """backward_kv_splits travels to natten::fna_backward (eager and compiled); without it,
+    natten.use_kv_parallelism_in_fused_na(False) asks for one CTA per axis ([1] * rank), and the
+    default is [] (one CTA per key tile). A library without kv_splits (ABI < 1.3) refuses an
+    explicit value with a message naming the ABI."""
+    import natten
+
+    monkeypatch.setattr(cutlass, "_backward_reason", lambda: None)
+    monkeypatch.setattr(cutlass, "_kv_splits_supported", lambda: True)
+    spec = WindowSpec((9, 10), (3, 4), (1, 1), (1, 1), (False, False))
+    g = torch.Generator().manual_seed(2)
+    q0, k0, v0 = (torch.randn(1, 9, 10, 2, 8, generator=g) for _ in range(3))
+
+    def run(fn=None, **options):
+        xs = [t.clone().requires_grad_(True) for t in (q0, k0, v0)]
+        f = fn or (lambda q, k, v: cutlass.fna(q, k, v, spec, 0.3, **options)[0].sum())
+        f(*xs).backward()
+        return _SEEN["kv_splits"]
+
+    assert run() == []
+    assert run(backward_kv_splits=(2, 1)) == [2, 1]
+    compiled = torch.compile(lambda q, k, v: cutlass.fna(q, k, v, spec, 0.3, backward_kv_splits=(1, 2))[0].sum(),
+                             fullgraph=True, backend="aot_eager")
+    assert run(compiled) == [1, 2]
+    natten.use_kv_parallelism_in_fused_na(False)
+    try:
+        assert run() == [1, 1]
+        assert run(backward_kv_splits=(2, 2)) == [2, 2]  # an explicit value wins
+    finally:
+        natten.use_kv_parallelism_in_fused_na(True)
+    monkeypatch.setattr(cutlass, "_kv_splits_supported", lambda: False)
+    monkeypatch.setattr(cutlass._libnatten, "abi_version", lambda: (1, 2))
+    with pytest.raises(NotImplementedError, match=r"backward_kv_splits needs natten-kernels ABI >= 1\.3"):
+        run(backward_kv_splits=(2, 1))
+    assert run() == []  # the flag alone never fails on an old library

@@ -49,6 +49,12 @@ def _build_fake_bwd(tmp_path_factory, abi: int):
 
 @pytest.fixture(scope="module")
 def fake_bwd_path(tmp_path_factory):
+    return _build_fake_bwd(tmp_path_factory, 1003)
+
+
+@pytest.fixture(scope="module")
+def fake_bwd_1_2_path(tmp_path_factory):
+    """A stand-in that reports ABI 1.2: slabs, but no kv_splits."""
     return _build_fake_bwd(tmp_path_factory, 1002)
 
 
@@ -85,6 +91,15 @@ def fake_bwd(fake_bwd_path, monkeypatch):
 
 
 @pytest.fixture
+def fake_bwd_1_2(fake_bwd_1_2_path, monkeypatch):
+    raw, fake = _use_fake(fake_bwd_1_2_path, monkeypatch)
+    yield fake
+    raw.natten_fake_set(0, b"")
+    L._BWD_TEMPLATES.clear()
+    L._reset()
+
+
+@pytest.fixture
 def fake_bwd_1_1(fake_bwd_1_1_path, monkeypatch):
     raw, fake = _use_fake(fake_bwd_1_1_path, monkeypatch)
     yield fake
@@ -111,10 +126,12 @@ def test_backward_marshalling(fake_bwd):
     L.fna_backward(q, k, v, out, lse, d_out, d_lse, d_q, d_k, d_v, (3, 4), (2, 1), (1, 2), (True, False), 0.25,
                    q_tile=(8, 8), kv_tile=(4, 16), deterministic=True, workspace=ws)
     p = fake_bwd.params()
-    assert p.struct_size == 840 == ctypes.sizeof(L.FnaBackwardParams)
-    # No slabs: the ABI 1.2 fields stay zero (the whole grid; what a 1.1 library accepts too).
-    for name in ("global_shape", "q_origin", "kv_origin", "kv_shape"):
+    assert p.struct_size == 856 == ctypes.sizeof(L.FnaBackwardParams)
+    # No slabs, no kv_splits: the ABI 1.2 / 1.3 fields stay zero (the whole grid, one CTA per key
+    # tile; what 1.1 and 1.2 libraries accept too).
+    for name in ("global_shape", "q_origin", "kv_origin", "kv_shape", "kv_splits"):
         assert tuple(getattr(p, name)) == (0, 0, 0), name
+    assert p.reserved_1_3 == 0
     assert (p.dtype, p.rank, p.batch, tuple(p.shape)) == (L.DTYPE_FP16, 2, 2, (6, 7, 0))
     assert (p.heads, p.heads_kv, p.head_dim, p.head_dim_v) == (4, 2, 32, 64)
     for name, t in (("q", q), ("k", k), ("v", v), ("out", out), ("lse", lse), ("d_out", d_out), ("d_lse", d_lse),
@@ -191,7 +208,7 @@ def test_backward_marshals_slabs(fake_bwd):
     L.fna_backward(q, k, v, out, lse, d_out, d_lse, d_q, d_k, d_v, 5, 1, 1, False, 0.25, workspace=ws,
                    global_shape=(20, 7), q_origin=(6, 0), kv_origin=(4, 0))
     p = fake_bwd.params()
-    assert p.struct_size == 840
+    assert p.struct_size == 856
     assert tuple(p.shape) == (5, 7, 0)
     assert tuple(p.global_shape) == (20, 7, 0) and tuple(p.q_origin) == (6, 0, 0)
     assert tuple(p.kv_origin) == (4, 0, 0) and tuple(p.kv_shape) == (9, 7, 0)
@@ -221,7 +238,7 @@ def test_abi_1_1_library_refuses_backward_slabs(fake_bwd_1_1):
     g = _grads(wq, wk, wv, wout, wlse)
     L.fna_backward(wq, wk, wv, wout, wlse, *g, 3, 1, 1, False, 0.25, workspace=ws)
     p = fake_bwd_1_1.params()
-    assert p.struct_size == 840 and tuple(p.global_shape) == (0, 0, 0)
+    assert p.struct_size == 856 and tuple(p.global_shape) == (0, 0, 0)
 
     from natten.backends import cutlass
     from natten.window import Region, WindowSpec
@@ -247,3 +264,31 @@ def test_abi_1_1_library_refuses_backward_slabs(fake_bwd_1_1):
         assert cutlass.can_run_fna(Grad(q, False), Grad(k, False), Grad(v, False), spec) is None
         why = cutlass.can_run_fna(Grad(q, True), Grad(k, False), Grad(v, False), spec)
         assert why is not None and "query/key slabs" in why and "ABI >= 1.2" in why
+
+
+def test_backward_kv_splits_marshalling(fake_bwd):
+    """kv_splits (ABI 1.3) reaches natten_fna_backward and the workspace query, per axis."""
+    assert L.supports_kv_splits()
+    q, k, v, out, lse = _tensors()
+    g = _grads(q, k, v, out, lse)
+    ws = FakeCudaTensor(torch.empty(4096, dtype=torch.uint8), 1)
+    L.fna_backward(q, k, v, out, lse, *g, 3, 1, 1, False, 0.25, workspace=ws, kv_splits=(2, 1))
+    p = fake_bwd.params()
+    assert tuple(p.kv_splits) == (2, 1, 0) and p.reserved_1_3 == 0
+    assert L.fna_backward_workspace_size(q, k, v, out, lse, *g, 3, 1, 1, False, 0.25, kv_splits=(1, 3)) == 4096
+    assert tuple(fake_bwd.params().kv_splits) == (1, 3, 0)
+    with pytest.raises(L.NattenInvalidArgumentError, match=r"kv_splits has 3 entries but the problem has rank 2"):
+        L.fna_backward(q, k, v, out, lse, *g, 3, 1, 1, False, 0.25, workspace=ws, kv_splits=(1, 1, 1))
+
+
+def test_abi_1_2_library_refuses_kv_splits(fake_bwd_1_2):
+    """An ABI 1.2 library runs the backward (the 1.3 struct's kv_splits tail is zero) but has no
+    kv_splits: the binding refuses before calling it and names the ABI it needs."""
+    assert L.has_backward() and L.supports_backward_slabs() and not L.supports_kv_splits()
+    q, k, v, out, lse = _tensors()
+    g = _grads(q, k, v, out, lse)
+    ws = FakeCudaTensor(torch.empty(4096, dtype=torch.uint8), 1)
+    with pytest.raises(L.NattenUnsupportedError, match=r"ABI 1\.2\) does not take kv_splits.*ABI >= 1\.3"):
+        L.fna_backward(q, k, v, out, lse, *g, 3, 1, 1, False, 0.25, workspace=ws, kv_splits=(1, 1))
+    L.fna_backward(q, k, v, out, lse, *g, 3, 1, 1, False, 0.25, workspace=ws)
+    assert tuple(fake_bwd_1_2.params().kv_splits) == (0, 0, 0)

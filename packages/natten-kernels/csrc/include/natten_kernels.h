@@ -32,7 +32,7 @@
 #include <string.h>
 
 #define NATTEN_ABI_VERSION_MAJOR 1
-#define NATTEN_ABI_VERSION_MINOR 2
+#define NATTEN_ABI_VERSION_MINOR 3
 #define NATTEN_ABI_VERSION (NATTEN_ABI_VERSION_MAJOR * 1000 + NATTEN_ABI_VERSION_MINOR)
 
 /* Maximum number of spatial (token grid) axes. */
@@ -49,6 +49,8 @@
 #define NATTEN_FNA_BACKWARD_PARAMS_SIZE_V1_1 744
 /* sizeof(natten_fna_backward_params) since v1.2 (query/key slabs of a larger grid appended). */
 #define NATTEN_FNA_BACKWARD_PARAMS_SIZE_V1_2 840
+/* sizeof(natten_fna_backward_params) since v1.3 (kv_splits appended). */
+#define NATTEN_FNA_BACKWARD_PARAMS_SIZE_V1_3 856
 
 #if defined(_WIN32)
 #if defined(NATTEN_KERNELS_BUILDING)
@@ -262,6 +264,14 @@ typedef struct natten_fna_backward_params {
   int64_t q_origin[NATTEN_MAX_RANK];     /* global coordinate of q's (and d_q's) first token; >= 0 */
   int64_t kv_origin[NATTEN_MAX_RANK];    /* global coordinate of k's, v's, d_k's, d_v's first token */
   int64_t kv_shape[NATTEN_MAX_RANK];     /* token grid of k, v, d_k and d_v; all 0 = shape */
+
+  /* ---- ABI 1.3 ---- */
+  int32_t kv_splits[NATTEN_MAX_RANK]; /* KV parallelism of the dK / dV kernel: CTAs per axis sharing
+                                         the key tiles of each (batch, kv head, dilation group);
+                                         all 0 = one CTA per key tile (the default, most parallel);
+                                         else 1 <= kv_splits[a] <= key tiles along axis a (entries
+                                         past rank: 0 or 1). Results do not depend on it. */
+  int32_t reserved_1_3;               /* must be 0 */
 } natten_fna_backward_params;
 
 /* A problem description for the kernel-query API. */

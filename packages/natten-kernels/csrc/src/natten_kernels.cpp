@@ -39,8 +39,10 @@ static_assert(offsetof(natten_fna_forward_params, stream) == 440, "layout");
 static_assert(offsetof(natten_fna_forward_params, q_stride) == 120, "layout");
 static_assert(offsetof(natten_fna_forward_params, kernel_size) == 352, "layout");
 static_assert(natten::kMaxRank == NATTEN_MAX_RANK, "internal and ABI max rank differ");
-static_assert(sizeof(natten_fna_backward_params) == NATTEN_FNA_BACKWARD_PARAMS_SIZE_V1_2,
+static_assert(sizeof(natten_fna_backward_params) == NATTEN_FNA_BACKWARD_PARAMS_SIZE_V1_3,
               "natten_fna_backward_params changed size: that is an ABI change (see docs/abi.md)");
+static_assert(offsetof(natten_fna_backward_params, kv_splits) == NATTEN_FNA_BACKWARD_PARAMS_SIZE_V1_2,
+              "ABI 1.3 fields must follow the 1.2 layout");
 static_assert(offsetof(natten_fna_backward_params, global_shape) == NATTEN_FNA_BACKWARD_PARAMS_SIZE_V1_1,
               "ABI 1.2 fields must follow the 1.1 layout");
 static_assert(offsetof(natten_fna_backward_params, q_stride) == 160, "layout");
@@ -960,6 +962,33 @@ int validate_backward_args(const natten_fna_backward_params* p, bool* tiles_set,
   if (p->deterministic != 0 && p->deterministic != 1) {
     return fail(NATTEN_STATUS_INVALID_ARGUMENT, "deterministic is %d; it must be 0 or 1", p->deterministic);
   }
+  // kv_splits (ABI 1.3): all 0 (default) or every entry of the rank >= 1, entries past rank 0 or 1.
+  // The upper bound (key tiles per axis) needs the tiles: checked in prepare_backward.
+  if (p->reserved_1_3 != 0) {
+    return fail(NATTEN_STATUS_INVALID_ARGUMENT, "reserved_1_3 is %d; it must be 0", p->reserved_1_3);
+  }
+  bool any_split = false, all_split = true;
+  for (int a = 0; a < NATTEN_MAX_RANK; ++a) {
+    const int32_t s = p->kv_splits[a];
+    if (s < 0) {
+      return fail(NATTEN_STATUS_INVALID_ARGUMENT, "kv_splits[%d] is %d; it must be >= 1 (or all 0 = default)", a, s);
+    }
+    if (a >= rank) {
+      if (s > 1) {
+        return fail(NATTEN_STATUS_INVALID_ARGUMENT,
+                    "kv_splits[%d] is %d but rank is %d; entries past the rank must be 0 or 1", a, s, rank);
+      }
+      continue;
+    }
+    any_split = any_split || s != 0;
+    all_split = all_split && s != 0;
+  }
+  if (any_split && !all_split) {
+    return fail(NATTEN_STATUS_INVALID_ARGUMENT,
+                "kv_splits mixes zero and non-zero entries over the rank (%d, %d, %d); give all of them or none "
+                "(all 0 = one CTA per key tile)",
+                p->kv_splits[0], p->kv_splits[1], p->kv_splits[2]);
+  }
   return NATTEN_STATUS_SUCCESS;
 }
 
@@ -988,6 +1017,7 @@ void fill_backward_args(const natten_fna_backward_params* p, const natten_fna_fo
   a->workspace_bytes = static_cast<int64_t>(p->workspace_bytes > uint64_t(INT64_MAX) ? uint64_t(INT64_MAX)
                                                                                       : p->workspace_bytes);
   a->deterministic = p->deterministic != 0;
+  for (int i = 0; i < kMaxRank; ++i) a->kv_splits[i] = i < rank ? p->kv_splits[i] : 0;
 }
 
 // Argument and build-support checks shared by the workspace query and the backward (no CUDA calls).
@@ -1013,6 +1043,22 @@ int prepare_backward(const natten_fna_backward_params* p, FnaBackwardArgs* args,
     for (int i = 0; i < kMaxRank; ++i) {
       args->fwd.q_tile[i] = i < p->rank ? qt[i] : 1;
       args->fwd.kv_tile[i] = i < p->rank ? kt[i] : 1;
+    }
+  }
+  if (args->kv_splits[0] > 0) {  // at most the key tiles per axis of the dK / dV walk
+    int kvt[kMaxRank] = {1, 1, 1};
+    const cudaError_t ke = natten::sm80::fna_backward_kv_tiles(*args, kvt);
+    if (ke != cudaSuccess) {
+      return fail(NATTEN_STATUS_INTERNAL_ERROR, "counting the key tiles of the backward failed: %s (%s)",
+                  cuda_err_string(ke), cuda_err_name(ke));
+    }
+    for (int a = 0; a < p->rank; ++a) {
+      if (args->kv_splits[a] > kvt[a]) {
+        return fail(NATTEN_STATUS_INVALID_ARGUMENT,
+                    "kv_splits[%d] is %d, but the dK / dV kernel has %d key tile%s along axis %d (kv_tile[%d] = %d); "
+                    "use 1 to %d",
+                    a, args->kv_splits[a], kvt[a], kvt[a] == 1 ? "" : "s", a, a, args->fwd.kv_tile[a], kvt[a]);
+      }
     }
   }
   const int64_t ws = natten::sm80::fna_backward_workspace_bytes(*args);

@@ -221,6 +221,9 @@ class FnaBackwardParams(ctypes.Structure):
         ("q_origin", _I64x3),
         ("kv_origin", _I64x3),
         ("kv_shape", _I64x3),
+        # ABI 1.3: KV parallelism of the dK / dV kernel (all zero = one CTA per key tile)
+        ("kv_splits", _I32x3),
+        ("reserved_1_3", _i32),
     ]
 
 
@@ -255,8 +258,11 @@ assert FNA_FORWARD_PARAMS_SIZE == 544, FNA_FORWARD_PARAMS_SIZE  # NATTEN_FNA_FOR
 # struct with a zero tail) runs every call without slabs.
 SLABS_MIN_ABI_MINOR = 1
 FNA_BACKWARD_PARAMS_SIZE = ctypes.sizeof(FnaBackwardParams)
-assert FNA_BACKWARD_PARAMS_SIZE == 840, FNA_BACKWARD_PARAMS_SIZE  # NATTEN_FNA_BACKWARD_PARAMS_SIZE_V1_2
+assert FNA_BACKWARD_PARAMS_SIZE == 856, FNA_BACKWARD_PARAMS_SIZE  # NATTEN_FNA_BACKWARD_PARAMS_SIZE_V1_3
 FNA_BACKWARD_PARAMS_SIZE_V1_1 = 744  # NATTEN_FNA_BACKWARD_PARAMS_SIZE_V1_1 (without the slab fields)
+# kv_splits (ABI 1.3) stays zero unless given, so ABI 1.1 / 1.2 libraries (which accept the larger
+# struct with a zero tail) run every call without it; with it, the minor is checked first.
+KV_SPLITS_MIN_ABI_MINOR = 3
 # Same rule for the backward: its slab fields are zero unless a slab is passed, so an ABI 1.1
 # library (which accepts the larger struct with a zero tail) runs every whole-grid backward.
 BACKWARD_SLABS_MIN_ABI_MINOR = 2
@@ -918,12 +924,25 @@ def _bwd_invalid(message: str) -> NattenInvalidArgumentError:
     return NattenInvalidArgumentError(STATUS_INVALID_ARGUMENT, message, "natten_fna_backward")
 
 
+def supports_kv_splits() -> bool:
+    """Whether the loaded library takes ``kv_splits`` in the backward (ABI >= 1.3)."""
+    return abi_version()[1] >= KV_SPLITS_MIN_ABI_MINOR
+
+
 def _marshal_backward(q, k, v, out, lse, d_out, d_lse, d_q, d_k, d_v, kernel_size, stride, dilation,
                       is_causal, scale, q_tile, kv_tile, backend, deterministic, global_shape=None, q_origin=None,
-                      kv_origin=None):
+                      kv_origin=None, kv_splits=None):
     """(struct bytes without pointers / stream / workspace, device index, workspace bytes)."""
     if lse is None:
         raise _bwd_invalid("lse (the forward's logsumexp) is required by the backward")
+    if kv_splits is not None and not supports_kv_splits():
+        major, minor = abi_version()
+        raise NattenUnsupportedError(
+            STATUS_UNSUPPORTED,
+            f"the loaded natten-kernels (ABI {major}.{minor}) does not take kv_splits (backward_kv_splits); "
+            f"it needs ABI >= {major}.{KV_SPLITS_MIN_ABI_MINOR}: {_install_hint()}",
+            "natten_fna_backward",
+        )
     if global_shape is not None and not supports_backward_slabs():
         major, minor = abi_version()
         raise NattenUnsupportedError(
@@ -968,6 +987,8 @@ def _marshal_backward(q, k, v, out, lse, d_out, d_lse, d_q, d_k, d_v, kernel_siz
     if d_lse is not None:
         p.d_lse_stride[: n - 1] = d_lse.stride()
     p.deterministic = 1 if deterministic else 0
+    if kv_splits is not None:
+        p.kv_splits[:rank] = _per_axis(kv_splits, rank, "kv_splits")
     # Workspace size (validates the struct; fake aligned pointers stand in for the tensors).
     lib = _get()
     probe = FnaBackwardParams.from_buffer_copy(bytes(p))
@@ -988,6 +1009,7 @@ def fna_backward_workspace_size(
     kernel_size: Any, stride: Any, dilation: Any, is_causal: Any, scale: float, q_tile: Any = None,
     kv_tile: Any = None, backend: Optional[str] = None, global_shape: Optional[Sequence[int]] = None,
     q_origin: Optional[Sequence[int]] = None, kv_origin: Optional[Sequence[int]] = None,
+    kv_splits: Optional[Sequence[int]] = None,
 ) -> int:
     """Bytes of device workspace :func:`fna_backward` needs for these tensors (validates them)."""
     _get()
@@ -995,7 +1017,7 @@ def fna_backward_workspace_size(
         _import_torch()
     return _marshal_backward(q, k, v, out, lse, d_out, d_lse, d_q, d_k, d_v, kernel_size, stride, dilation,
                              is_causal, scale, q_tile, kv_tile, backend, False, global_shape, q_origin,
-                             kv_origin)[2]
+                             kv_origin, kv_splits)[2]
 
 
 def fna_backward(
@@ -1022,6 +1044,7 @@ def fna_backward(
     global_shape: Optional[Sequence[int]] = None,
     q_origin: Optional[Sequence[int]] = None,
     kv_origin: Optional[Sequence[int]] = None,
+    kv_splits: Optional[Sequence[int]] = None,
 ) -> None:
     """Fused neighborhood-attention backward into ``d_q``, ``d_k``, ``d_v``.
 
@@ -1036,8 +1059,13 @@ def fna_backward(
     as in :func:`fna_forward`; the gradients are those of the slab's forward w.r.t. its inputs
     (keys of the key slab that no query of the slab attends get d_k = d_v = 0).
 
+    ``kv_splits`` (needs :func:`supports_kv_splits`): KV parallelism of the dK / dV kernel, CTAs
+    per axis sharing the key tiles of each (batch, kv head, dilation group), each between 1 and the
+    key tiles along that axis; None = one CTA per key tile. The gradients do not depend on it.
+
     Raises like :func:`fna_forward` (NattenUnsupportedError for slabs with a library older than
-    ABI 1.2); KernelsUnavailableError if the library predates ABI 1.1.
+    ABI 1.2, or kv_splits with one older than 1.3); KernelsUnavailableError if the library predates
+    ABI 1.1.
     """
     lib = _lib if _lib is not None else _get()
     if not has_backward():
@@ -1057,6 +1085,7 @@ def fna_backward(
             meta(q), meta(k), meta(v), meta(out), meta(lse), meta(d_out), meta(d_lse), meta(d_q), meta(d_k),
             meta(d_v), _key(kernel_size), _key(stride), _key(dilation), _key(is_causal), scale, _key(q_tile),
             _key(kv_tile), backend, bool(deterministic), _key(global_shape), _key(q_origin), _key(kv_origin),
+            _key(kv_splits),
         )
         entry = _BWD_TEMPLATES.get(key)
     except TypeError:
@@ -1064,7 +1093,7 @@ def fna_backward(
     if entry is None:
         entry = _marshal_backward(q, k, v, out, lse, d_out, d_lse, d_q, d_k, d_v, kernel_size, stride, dilation,
                                   is_causal, scale, q_tile, kv_tile, backend, deterministic, global_shape, q_origin,
-                                  kv_origin)
+                                  kv_origin, kv_splits)
         if key is not None:
             if len(_BWD_TEMPLATES) >= _MAX_TEMPLATES:
                 _BWD_TEMPLATES.clear()

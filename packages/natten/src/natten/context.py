@@ -43,9 +43,12 @@ def _require_bool(name: str, mode: object) -> bool:
 def use_kv_parallelism_in_fused_na(mode: bool = True) -> None:
     """Enable or disable KV parallelism in the fused backward (on by default).
 
-    KV parallelism speeds up the backward pass but accumulates dQ with atomics, which is not
-    deterministic. While deterministic algorithms are enabled (here or in PyTorch) the fused
-    backends ignore it and run their deterministic backward instead.
+    In ``cutlass-fna`` the dK / dV kernel runs one CTA per key tile (KV parallelism on). Turned
+    off, one CTA per (batch, kv head, dilation group) walks all of its key tiles, as
+    ``backward_kv_splits=(1,) * rank`` would (natten-kernels >= 1.3). natten's backward computes dQ
+    in its own query-parallel kernel, so neither setting uses atomics or extra memory and the
+    gradients are bit-identical either way; the switch only trades parallelism, and exists for
+    code written for NATTEN. ``backward_kv_splits`` given to a call takes precedence.
     """
     _Context.kv_parallelism = _require_bool("mode", mode)
 

@@ -300,8 +300,12 @@ _NA_DOC = """Neighborhood attention over a {rank}-D token grid.
             handles the additional keys/values (e.g. ``backend``).
         backend (str, optional): ``"cutlass-fna"``, ``"hopper-fna"``, ``"blackwell-fna"``,
             ``"flex-fna"`` or ``"reference"``; None picks the best that can run the problem.
-        q_tile_shape, kv_tile_shape, backward_q_tile_shape, backward_kv_tile_shape, backward_kv_splits (tuple, optional):
+        q_tile_shape, kv_tile_shape, backward_q_tile_shape, backward_kv_tile_shape (tuple, optional):
             tile configuration of the fused kernels.
+        backward_kv_splits (int or tuple, optional): KV parallelism of the ``cutlass-fna`` dK/dV
+            kernel (natten-kernels >= 1.3): CTAs per axis that share its key tiles, each from 1 to
+            the key tiles along that axis (default: one CTA per key tile). Gradients do not depend
+            on it; a value past the key tiles raises when the backward runs.
         backward_use_pt_reduction (bool), run_persistent_kernel (bool), kernel_schedule (str):
             fused-kernel knobs, accepted for NATTEN compatibility.
         torch_compile (bool): require the flex backend to compile FlexAttention (it compiles on

@@ -187,6 +187,43 @@ def test_fna_backward_deterministic_bit_identical():
             assert torch.equal(a, b), "backward is not bit-identical across runs"
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+def test_fna_backward_kv_splits_bit_identical(dtype):
+    """backward_kv_splits (KV parallelism of the dK / dV kernel, ABI >= 1.3) and
+    use_kv_parallelism_in_fused_na(False) give bit-identical gradients to the default (one CTA per
+    key tile); a split count past the key tiles of an axis is a clear error naming the bound."""
+    if not _libnatten.supports_kv_splits():
+        pytest.fail(f"the library under test (ABI {_libnatten.abi_version()}) has no kv_splits")
+    shape, ks, dl, kt = [40, 44], (9, 7), (2, 1), (8, 8)
+    # key tiles per axis of the dK / dV walk: ceil(largest dilation group / key tile)
+    tiles = [-(-(-(-n // d)) // t) for n, d, t in zip(shape, dl, kt)]
+    assert tiles == [3, 6]
+    q, k, v, d_out, d_lse = _inputs(2, shape, 6, 2, 40, 72, dtype, 11)
+
+    def grads(**kw):
+        fn = lambda a, b_, c: natten.na2d(a, b_, c, ks, dilation=dl, is_causal=(True, False),  # noqa: E731
+                                          backend="cutlass-fna", return_lse=True, backward_q_tile_shape=kt,
+                                          backward_kv_tile_shape=kt, **kw)
+        return _grads(fn, q, k, v, d_out, d_lse)[2:]
+
+    ref = grads()
+    runs = [grads(backward_kv_splits=s) for s in ((1, 1), (2, 3), (3, 6), (1, 5))]
+    natten.use_kv_parallelism_in_fused_na(False)
+    try:
+        runs.append(grads())
+    finally:
+        natten.use_kv_parallelism_in_fused_na(True)
+    for r in runs:
+        for name, a, b in zip(("dq", "dk", "dv"), r, ref):
+            assert torch.equal(a, b), f"{name} differs with kv_splits"
+    oracle = _grads(lambda a, b_, c: na_oracle(a, b_, c, ks, (1, 1), dl, (True, False)), q.double(), k.double(),
+                    v.double(), d_out.double(), d_lse.double())[2:]
+    _check_grads(ref, oracle, GPU_TOL[dtype], f"kv_splits reference {dtype}")
+    with pytest.raises(ValueError, match=r"kv_splits\[0\] is 4, but the dK / dV kernel has 3 key tiles along "
+                                         r"axis 0 \(kv_tile\[0\] = 8\); use 1 to 3"):
+        grads(backward_kv_splits=(4, 1))
+
+
 def test_fna_backward_torch_compile_training_step():
     g = torch.Generator(device="cuda").manual_seed(0)
     q0 = torch.randn(2, 19, 23, 4, 64, device="cuda", dtype=torch.float16, generator=g)

@@ -33,6 +33,7 @@ struct FnaBackwardArgs {
   void* workspace;          // >= fna_backward_workspace_bytes(...) bytes, 16-byte aligned
   int64_t workspace_bytes;
   bool deterministic;       // every path of this build is deterministic; kept for future atomics paths
+  int kv_splits[kMaxRank];  // dK / dV CTAs per axis sharing the key tiles (<= 0: one CTA per key tile)
 };
 
 }  // namespace natten

@@ -266,11 +266,15 @@ __global__ void __launch_bounds__(kThreads) f32_dkdv_kernel(const __grid_constan
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   __shared__ DkvSmem sm;
   for (int64_t idx = blockIdx.x; idx < p.kvg.num_work; idx += gridDim.x) {
-    const sm80::KvWorkTile w = sm80::decode_kv_work(p.geo, p.kvg, idx);
-    sm80::KeyTile kt;
-    if (!sm80::make_key_tile(p.geo, w, kt)) continue;
-    f32_dkdv_cta<kCh>(p, w, kt, sm);
-    __syncthreads();
+    const sm80::KvWorkTile split = sm80::decode_kv_work(p.geo, p.kvg, idx);
+    const int n = sm80::kv_split_tiles(p.kvg, split);  // 1 unless backward_kv_splits < key tiles
+    for (int j = 0; j < n; ++j) {
+      const sm80::KvWorkTile w = sm80::kv_split_tile(p.kvg, split, j);
+      sm80::KeyTile kt;
+      if (!sm80::make_key_tile(p.geo, w, kt)) continue;
+      f32_dkdv_cta<kCh>(p, w, kt, sm);
+      __syncthreads();
+    }
   }
 #endif
 }

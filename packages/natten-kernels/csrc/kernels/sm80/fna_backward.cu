@@ -58,6 +58,19 @@ int64_t fna_backward_workspace_bytes(const FnaBackwardArgs& args) {
   return bytes / 256 * 256;
 }
 
+cudaError_t fna_backward_kv_tiles(const FnaBackwardArgs& args, int kv_tiles[3]) {
+  for (int a = 0; a < kRank; ++a) kv_tiles[a] = 1;
+  Geometry g;
+  bool empty = false;
+  const cudaError_t ge = fna_forward_geometry(args.fwd, &g, &empty);
+  if (ge != cudaSuccess) return ge;
+  if (empty) return cudaSuccess;
+  KvGeometry kg;
+  kv_geometry_finalize(g, args.fwd.heads_kv, kg);
+  for (int a = 0; a < kRank; ++a) kv_tiles[a] = kg.kv_tiles[a];
+  return cudaSuccess;
+}
+
 cudaError_t fna_backward(const FnaBackwardArgs& args, int dtype, cudaStream_t stream) {
   const FnaForwardArgs& f = args.fwd;
   if (f.head_dim > INT_MAX || f.head_dim_v > INT_MAX) return cudaErrorNotSupported;
@@ -86,8 +99,8 @@ cudaError_t fna_backward(const FnaBackwardArgs& args, int dtype, cudaStream_t st
     ksum += g.kv_log2[a];
   }
   if (qsum != 6 || ksum != 6) return cudaErrorInvalidValue;  // the compiled 64-token tiles
-  // Key-parallel walk over the key slab's dilation groups and key tiles.
-  kv_geometry_finalize(g, f.heads_kv, p.kvg);
+  // Key-parallel walk over the key slab's dilation groups and key tiles (shared by kv_splits CTAs).
+  kv_geometry_finalize(g, f.heads_kv, p.kvg, args.kv_splits);
 
   p.q = f.q;
   p.k = f.k;

@@ -18,6 +18,11 @@ int64_t fna_backward_workspace_bytes(const natten::FnaBackwardArgs& args);
 // it against the device's opt-in limit: head dim 256 needs ~131 KiB, more than SM 8.6 / 8.9 have).
 int fna_backward_smem_bytes(int head_dim, int head_dim_v);
 
+// Key tiles per axis of the dK / dV kernel's walk for `args` (the upper bound of kv_splits):
+// ceil(tokens of the key slab's largest dilation group / key tile). Tiles as in fna_backward.
+// Returns cudaErrorInvalidValue for a problem the caller should have rejected; all 1 if empty.
+cudaError_t fna_backward_kv_tiles(const natten::FnaBackwardArgs& args, int kv_tiles[3]);
+
 // Runs the backward described by `args` on `stream` (dtype: 1 = fp16, 2 = bf16). Every path is
 // deterministic (no atomics): dQ by a query-parallel kernel, dK / dV by a key-parallel one.
 // Tiles as in fna_forward (args.fwd.q_tile / kv_tile, entries <= 0 = choose).

@@ -485,11 +485,15 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) fna_bwd_dkdv_kernel(const
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   extern __shared__ __align__(128) unsigned char smem[];
   for (int64_t idx = blockIdx.x; idx < p.kvg.num_work; idx += gridDim.x) {
-    const KvWorkTile w = decode_kv_work(p.geo, p.kvg, idx);
-    KeyTile kt;
-    if (!make_key_tile(p.geo, w, kt)) continue;
-    fna_bwd_dkdv_cta<Traits, kDoDk, kDoDv>(p, w, kt, smem);
-    __syncthreads();
+    const KvWorkTile split = decode_kv_work(p.geo, p.kvg, idx);
+    const int n = kv_split_tiles(p.kvg, split);  // 1 unless backward_kv_splits < key tiles
+    for (int j = 0; j < n; ++j) {
+      const KvWorkTile w = kv_split_tile(p.kvg, split, j);
+      KeyTile kt;
+      if (!make_key_tile(p.geo, w, kt)) continue;
+      fna_bwd_dkdv_cta<Traits, kDoDk, kDoDv>(p, w, kt, smem);
+      __syncthreads();
+    }
   }
 #endif
 }

@@ -279,19 +279,25 @@ NATTEN_HD bool key_col_valid(const Geometry& g, const QueryTile& q, const int kb
 
 struct KvGeometry {
   int kv_tiles[kRank];  // key tiles per axis in the key slab's largest (first) dilation group
+  int splits[kRank];    // CTAs per axis sharing those key tiles (1 <= splits <= kv_tiles; = kv_tiles:
+                        // one CTA per key tile, the default)
   int groups[kRank];    // non-empty dilation groups of the key slab: min(dilation, kv_extent)
   int64_t heads_kv;
-  int64_t num_work;     // batch * heads_kv * prod(groups) * prod(kv_tiles)
+  int64_t num_work;     // batch * heads_kv * prod(groups) * prod(splits)
 };
 
-NATTEN_HD void kv_geometry_finalize(const Geometry& g, int64_t heads_kv, KvGeometry& kg) {
+// splits: CTAs per axis (backward_kv_splits); nullptr or entries <= 0 or > kv_tiles mean kv_tiles.
+NATTEN_HD void kv_geometry_finalize(const Geometry& g, int64_t heads_kv, KvGeometry& kg,
+                                    const int* splits = nullptr) {
   int64_t n = g.batch * heads_kv;
   for (int a = 0; a < kRank; ++a) {
     const int ng0 = window::group_extent(g.kv_extent[a], g.dilation[a], 0);
     const int kt = 1 << g.kv_log2[a];
     kg.kv_tiles[a] = (ng0 + kt - 1) / kt;
+    const int s = splits != nullptr ? splits[a] : 0;
+    kg.splits[a] = (s >= 1 && s <= kg.kv_tiles[a]) ? s : kg.kv_tiles[a];
     kg.groups[a] = window::imin(g.dilation[a], g.kv_extent[a]);  // = dilation on the whole grid
-    n *= int64_t(kg.groups[a]) * int64_t(kg.kv_tiles[a]);
+    n *= int64_t(kg.groups[a]) * int64_t(kg.splits[a]);
   }
   kg.heads_kv = heads_kv;
   kg.num_work = n;
@@ -301,16 +307,17 @@ struct KvWorkTile {
   int64_t batch;
   int64_t kv_head;
   int group[kRank];  // dilation group of the key slab (its token x lies in group x mod d)
-  int tile[kRank];
+  int tile[kRank];   // key tile per axis (decode_kv_work: the split's first key tile)
 };
 
-// Linear index -> key-parallel work tile (key tiles fastest, then groups, kv heads, batch).
+// Linear index -> key-parallel work item (splits fastest, then groups, kv heads, batch). The item
+// owns the key tiles tile[a] = split[a] + splits[a] * j[a] (kv_split_tile below).
 NATTEN_HD KvWorkTile decode_kv_work(const Geometry& g, const KvGeometry& kg, int64_t idx) {
   (void)g;
   KvWorkTile w;
   for (int a = kRank - 1; a >= 0; --a) {
-    w.tile[a] = int(idx % kg.kv_tiles[a]);
-    idx /= kg.kv_tiles[a];
+    w.tile[a] = int(idx % kg.splits[a]);
+    idx /= kg.splits[a];
   }
   for (int a = kRank - 1; a >= 0; --a) {
     w.group[a] = int(idx % kg.groups[a]);
@@ -319,6 +326,24 @@ NATTEN_HD KvWorkTile decode_kv_work(const Geometry& g, const KvGeometry& kg, int
   w.kv_head = idx % kg.heads_kv;
   w.batch = idx / kg.heads_kv;
   return w;
+}
+
+// Number of key tiles a work item from decode_kv_work owns (1 with the default splits).
+NATTEN_HD int kv_split_tiles(const KvGeometry& kg, const KvWorkTile& w) {
+  int n = 1;
+  for (int a = 0; a < kRank; ++a) n *= (kg.kv_tiles[a] - w.tile[a] + kg.splits[a] - 1) / kg.splits[a];
+  return n;
+}
+
+// Its j-th key tile (0 <= j < kv_split_tiles; last axis fastest): the work item with tile[] set.
+NATTEN_HD KvWorkTile kv_split_tile(const KvGeometry& kg, const KvWorkTile& w, int j) {
+  KvWorkTile t = w;
+  for (int a = kRank - 1; a >= 0; --a) {
+    const int n = (kg.kv_tiles[a] - w.tile[a] + kg.splits[a] - 1) / kg.splits[a];
+    t.tile[a] = w.tile[a] + kg.splits[a] * (j % n);
+    j /= n;
+  }
+  return t;
 }
 
 struct KeyTile {

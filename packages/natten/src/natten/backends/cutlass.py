@@ -1,7 +1,7 @@
 """``cutlass-fna`` / ``cutlass-fmha``: fused kernels for SM80 and newer from natten-kernels.
 
 float16 / bfloat16 run on tensor cores (mma.sync); float32 runs on CUDA cores in full fp32
-precision (natten-kernels after 1.2.0), with the same tiles, window math and features.
+precision (natten-kernels >= 1.3), with the same tiles, window math and features.
 
 Fused neighborhood-attention forward (with logsumexp), including query/key slabs of a larger
 grid (``global_shape``, ``q_origin``, ``kv_origin``; natten-kernels ABI >= 1.1), and, with
@@ -27,7 +27,7 @@ from .. import _libnatten
 SUPPORTS_VARLEN = False
 
 _DTYPES = (torch.float16, torch.bfloat16)  # the tensor-core kernels (hopper-fna imports this)
-# cutlass-fna also runs float32 (CUDA-core kernels, natten-kernels after 1.2.0; the loaded library is
+# cutlass-fna also runs float32 (CUDA-core kernels, natten-kernels >= 1.3; the loaded library is
 # asked through fna_supports, so an older one refuses with its own reason).
 _FNA_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -109,7 +109,8 @@ class _FnaFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, query, key, value, kernel_size, stride, dilation, is_causal, scale, q_tile, kv_tile,
-                bwd_q_tile, bwd_kv_tile, deterministic, global_shape, q_origin, kv_origin):  # type: ignore[override]
+                bwd_q_tile, bwd_kv_tile, deterministic, global_shape, q_origin, kv_origin,
+                kv_splits):  # type: ignore[override]
         from .. import ops
 
         # global_shape / q_origin / kv_origin: the slab (empty lists = the whole grid).
@@ -122,6 +123,7 @@ class _FnaFunction(torch.autograd.Function):
         ctx.save_for_backward(query, key, value, out, lse)
         ctx.window = (kernel_size, stride, dilation, is_causal, scale, bwd_q_tile, bwd_kv_tile, deterministic)
         ctx.region = region
+        ctx.kv_splits = kv_splits  # [] = one CTA per key tile
         return out, lse
 
     @staticmethod
@@ -132,9 +134,35 @@ class _FnaFunction(torch.autograd.Function):
         kernel_size, stride, dilation, is_causal, scale, q_tile, kv_tile, deterministic = ctx.window
         d_q, d_k, d_v = ops.fna_backward(
             query, key, value, out, lse, d_out, d_lse, kernel_size, stride, dilation, is_causal, scale,
-            q_tile, kv_tile, deterministic, *ctx.region,
+            q_tile, kv_tile, deterministic, *ctx.region, ctx.kv_splits,
         )
-        return d_q, d_k, d_v, None, None, None, None, None, None, None, None, None, None, None, None, None
+        return d_q, d_k, d_v, None, None, None, None, None, None, None, None, None, None, None, None, None, None
+
+
+def _kv_splits(splits: Optional[Tuple[int, ...]], rank: int) -> List[int]:
+    """KV parallelism of the dK / dV kernel for the C ABI: ``backward_kv_splits`` if given (each
+    between 1 and the key tiles along that axis; the library says so otherwise, when the backward
+    runs), else ``[1] * rank`` while :func:`natten.use_kv_parallelism_in_fused_na` is off (with a
+    library that takes it, ABI >= 1.3), else ``[]`` = one CTA per key tile."""
+    if splits is not None:
+        if not _kv_splits_supported():
+            major, minor = _libnatten.abi_version()
+            raise NotImplementedError(
+                f"cutlass-fna: backward_kv_splits needs natten-kernels ABI >= {major}."
+                f"{_libnatten.KV_SPLITS_MIN_ABI_MINOR}; the loaded library is ABI {major}.{minor}: upgrade "
+                f"natten-kernels or leave backward_kv_splits unset"
+            )
+        return list(splits)
+    from ..context import is_kv_parallelism_in_fused_na_enabled
+
+    if not is_kv_parallelism_in_fused_na_enabled() and _kv_splits_supported():
+        return [1] * rank
+    return []
+
+
+@torch.compiler.assume_constant_result
+def _kv_splits_supported() -> bool:
+    return _libnatten.supports_kv_splits()
 
 
 def _needs_grad(*tensors: Tensor) -> bool:
@@ -266,7 +294,9 @@ def fna(
             bwd_tiles = (args[5], args[6])
         else:
             bwd_tiles = (list(bq), list(bkv))
-        return _FnaFunction.apply(query, key, value, *args[:7], *bwd_tiles, _deterministic(), *args[7:])
+        kv_splits = _kv_splits(options.get("backward_kv_splits"), query.dim() - 3)
+        return _FnaFunction.apply(query, key, value, *args[:7], *bwd_tiles, _deterministic(), *args[7:],
+                                  kv_splits)
     if torch.compiler.is_compiling():
         return ops.fna_forward(query, key, value, *args)
     return ops.fna_forward_eager(query, key, value, *args)
@@ -345,7 +375,8 @@ def fmha(
             "cutlass-fmha has no variable-length kernel; natten.attention runs packed sequences "
             "one by one on it"
         )
-    bwd = {k: options[k] for k in ("backward_q_tile_shape", "backward_kv_tile_shape") if options.get(k)}
+    bwd = {k: options[k] for k in ("backward_q_tile_shape", "backward_kv_tile_shape", "backward_kv_splits")
+           if options.get(k)}
     return _fmha_on_fna(fna, query, key, value, is_causal, scale, q_tile_shape, kv_tile_shape, **bwd)
 
 
