@@ -196,7 +196,7 @@ BACKEND_STATUS = {
                     "yes: fused dQ / dK / dV kernels, deterministic (natten-kernels >= 1.1)",
                     "**available**: fused CuTe kernels from `natten-kernels`. `cutlass-fmha` "
                     "(`natten.attention`) runs dense and causal attention on the same kernels "
-                    "(a window covering every key; varlen one sequence per launch)", True),
+                    "(a window covering every key; varlen: one launch per run of equal-length sequences)", True),
     "hopper-fna": ("H100 / H200 (sm_90a; needs a `natten-kernels` >= 1.2 wheel with sm_90a)",
                    "yes: float16 / bfloat16, head dim 32, 64 or 128 (= head_dim_v; at 32 the "
                    "automatic choice keeps `cutlass-fna`, measured faster); dilation where "

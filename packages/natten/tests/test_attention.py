@@ -109,6 +109,8 @@ VARLEN_CASES = [
     ([1, 17, 9, 4], [7, 1, 9, 13], 4, 2, 16, 8, torch.float32),
     ([12], [20], 3, 3, 8, 4, torch.float32),
     ([6, 6, 6, 6, 6], [2, 3, 4, 5, 6], 2, 2, 4, 12, torch.float64),
+    # runs of equal (query, key) lengths: one batched call per run (see the next test)
+    ([5, 5, 5, 3, 3, 5, 5], [7, 7, 7, 3, 3, 7, 6], 2, 1, 8, 8, torch.float64),
 ]
 
 
@@ -144,6 +146,43 @@ def test_attention_varlen(idx, mode):
     tol = TOL[dtype]
     assert_close(out, torch.cat(outs, 1), what="varlen vs per-sequence out", **tol)
     assert_close(lse, torch.cat(lses, 1), what="varlen vs per-sequence lse", **tol)
+
+
+def test_attention_varlen_batches_runs_of_equal_lengths(monkeypatch):
+    """Consecutive sequences with the same (query, key) lengths go to the backend as one batch
+    (a view of the packed tensors), so uniform packs cost one call; results and gradients equal
+    per-sequence calls."""
+    from natten.backends import reference
+
+    sq, skv = [5, 5, 5, 3, 3, 5, 5, 2], [7, 7, 7, 3, 3, 7, 6, 2]
+    calls = []
+    real = reference.fmha
+
+    def counting(q, k, v, *args, **kwargs):
+        calls.append((tuple(q.shape), tuple(k.shape)))
+        return real(q, k, v, *args, **kwargs)
+
+    monkeypatch.setattr(reference, "fmha", counting)
+    gen = torch.Generator().manual_seed(301)
+    q = randn((1, sum(sq), 2, 8), gen).requires_grad_(True)
+    k = randn((1, sum(skv), 1, 8), gen).requires_grad_(True)
+    v = randn((1, sum(skv), 1, 4), gen).requires_grad_(True)
+    out, lse = natten.attention(q, k, v, backend="reference", return_lse=True, is_causal=True,
+                                seqlens_Q=torch.tensor(sq, dtype=torch.int32),
+                                seqlens_KV=torch.tensor(skv, dtype=torch.int32))
+    assert calls == [((3, 5, 2, 8), (3, 7, 1, 8)), ((2, 3, 2, 8), (2, 3, 1, 8)), ((1, 5, 2, 8), (1, 7, 1, 8)),
+                     ((1, 5, 2, 8), (1, 6, 1, 8)), ((1, 2, 2, 8), (1, 2, 1, 8))]
+    w = randn(out.shape, gen)
+    gq, gk, gv = torch.autograd.grad((out * w).sum() + lse.sum(), (q, k, v))
+    outs, lses = [], []
+    for qi, ki, vi in zip(_split(q, sq), _split(k, skv), _split(v, skv)):
+        o, l = real(qi, ki, vi, True, 8 ** -0.5)
+        outs.append(o)
+        lses.append(l)
+    ref_out, ref_lse = torch.cat(outs, 1), torch.cat(lses, 1)
+    rq, rk, rv = torch.autograd.grad((ref_out * w).sum() + ref_lse.sum(), (q, k, v))
+    for a, b, name in ((out, ref_out, "out"), (lse, ref_lse, "lse"), (gq, rq, "dq"), (gk, rk, "dk"), (gv, rv, "dv")):
+        assert_close(a, b, atol=1e-5, rtol=1e-5, what=f"batched runs vs per-sequence {name}")
 
 
 def test_attention_varlen_seqlens_equals_cumulative():

@@ -551,17 +551,35 @@ def attention(
     elif getattr(mod, "SUPPORTS_VARLEN", False):
         out, lse = mod.fmha(q, k, v, causal, scale_f, offsets=offsets, **options)
     else:
+        # One call per run of consecutive sequences with the same (query, key) lengths: the run is
+        # a batch, viewed in place (splitting the token dim needs no copy).
         cq, ck = offsets
-        parts = [
-            mod.fmha(
-                q[:, cq[i] : cq[i + 1]], k[:, ck[i] : ck[i + 1]], v[:, ck[i] : ck[i + 1]],
+        parts = []
+        for first, count, lq, lk in _varlen_runs(cq, ck):
+            q0, k0 = cq[first], ck[first]
+            parts.append(mod.fmha(
+                q[0, q0 : q0 + count * lq].unflatten(0, (count, lq)),
+                k[0, k0 : k0 + count * lk].unflatten(0, (count, lk)),
+                v[0, k0 : k0 + count * lk].unflatten(0, (count, lk)),
                 causal, scale_f, **options,
-            )
-            for i in range(len(cq) - 1)
-        ]
-        out = torch.cat([p[0] for p in parts], dim=1)
-        lse = torch.cat([p[1] for p in parts], dim=1)
+            ))
+        out = torch.cat([p[0].flatten(0, 1) for p in parts], dim=0).unsqueeze(0)
+        lse = torch.cat([p[1].flatten(0, 1) for p in parts], dim=0).unsqueeze(0)
     return (out, lse) if return_lse else out
+
+
+def _varlen_runs(cq: List[int], ck: List[int]) -> List[Tuple[int, int, int, int]]:
+    """Maximal runs of consecutive packed sequences with equal query and key lengths, as
+    ``(first sequence, number of sequences, query length, key length)``."""
+    runs: List[Tuple[int, int, int, int]] = []
+    for i in range(len(cq) - 1):
+        lq, lk = cq[i + 1] - cq[i], ck[i + 1] - ck[i]
+        if runs and runs[-1][2:] == (lq, lk):
+            first, count, _, _ = runs[-1]
+            runs[-1] = (first, count + 1, lq, lk)
+        else:
+            runs.append((i, 1, lq, lk))
+    return runs
 
 
 def merge_attentions(

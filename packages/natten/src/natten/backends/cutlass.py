@@ -373,7 +373,7 @@ def fmha(
     if options.get("offsets") is not None:
         raise NotImplementedError(
             "cutlass-fmha has no variable-length kernel; natten.attention runs packed sequences "
-            "one by one on it"
+            "on it as one batch per run of consecutive sequences with equal lengths"
         )
     bwd = {k: options[k] for k in ("backward_q_tile_shape", "backward_kv_tile_shape", "backward_kv_splits")
            if options.get(k)}
