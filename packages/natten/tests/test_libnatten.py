@@ -468,3 +468,35 @@ def test_config_listing_forward_and_backward(monkeypatch):
     monkeypatch.setattr(cutlass, "_backward_reason", lambda: "needs natten-kernels ABI >= 1.1")
     with pytest.raises(NotImplementedError, match="no fused backward here: needs natten-kernels ABI >= 1.1"):
         natten.get_bwd_configs_for_cutlass_fna(q, k, v)
+
+
+def test_fmha_config_listing(monkeypatch):
+    """get_configs_for_cutlass_fmha asks the library for rank-1 tiles (dense attention is a 1-D
+    problem on the fused kernel) and returns them as (q_tile_size, kv_tile_size) ints; the backward
+    listing keeps the 64-token ones; hopper-fmha asks its own backend; refusals say why."""
+    import natten
+    from natten.backends import cutlass, hopper
+
+    q, k, v, _, _ = _tensors(shape=(42,), device=0)  # [B, N, H, D]
+    seen = []
+
+    def query(dtype, rank, d, dv, **kw):
+        seen.append((rank, d, dv, kw.get("backend")))
+        return [dict(q_tile=(64,), kv_tile=(64,)), dict(q_tile=(128,), kv_tile=(128,))]
+
+    monkeypatch.setattr(cutlass._libnatten, "query_configs", query)
+    monkeypatch.setattr(cutlass, "can_run_fmha", lambda *a, **kw: None)
+    monkeypatch.setattr(cutlass, "_backward_reason", lambda: None)
+    assert natten.get_configs_for_cutlass_fmha(q, k, v) == [(64, 64), (128, 128)]
+    assert seen[-1][:3] == (1, q.shape[-1], v.shape[-1])
+    assert natten.get_bwd_configs_for_cutlass_fmha(q, k, v) == [(64, 64)]
+    monkeypatch.setattr(hopper, "can_run_fmha", lambda *a, **kw: None)
+    assert natten.get_configs_for_cutlass_hopper_fmha(q, k, v) == [(64, 64), (128, 128)]
+    assert seen[-1][3] == "hopper-fna"
+    monkeypatch.setattr(cutlass, "_needs_grad", lambda *t: False)  # the stand-in tensors have no autograd
+    monkeypatch.setattr(cutlass, "can_run_fmha", lambda *a, **kw: "it needs CUDA tensors")
+    with pytest.raises(ValueError, match="cutlass-fmha cannot run these tensors: it needs CUDA tensors"):
+        natten.get_configs_for_cutlass_fmha(q, k, v)
+    monkeypatch.setattr(hopper, "can_run_fmha", lambda *a, **kw: "it runs only on SM 9.0")
+    with pytest.raises(ValueError, match="hopper-fmha cannot run these tensors: it runs only on SM 9.0"):
+        natten.get_configs_for_cutlass_hopper_fmha(q, k, v)

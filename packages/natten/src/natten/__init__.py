@@ -6,8 +6,13 @@ the ``NeighborhoodAttention1D/2D/3D`` modules and the context switches.
 
 from . import backends
 from .backends import get_compatible_backends, get_compatible_fmha_backends
-from .backends.cutlass import get_bwd_configs_for_cutlass_fna, get_configs_for_cutlass_fna
-from .backends.hopper import get_configs_for_cutlass_hopper_fna
+from .backends.cutlass import (
+    get_bwd_configs_for_cutlass_fmha,
+    get_bwd_configs_for_cutlass_fna,
+    get_configs_for_cutlass_fmha,
+    get_configs_for_cutlass_fna,
+)
+from .backends.hopper import get_configs_for_cutlass_hopper_fmha, get_configs_for_cutlass_hopper_fna
 from .context import (
     allow_flex_compile,
     allow_flex_compile_backprop,
@@ -40,8 +45,11 @@ __all__ = [
     "disable_flex_compile_backprop",
     "get_compatible_backends",
     "get_compatible_fmha_backends",
+    "get_bwd_configs_for_cutlass_fmha",
     "get_bwd_configs_for_cutlass_fna",
+    "get_configs_for_cutlass_fmha",
     "get_configs_for_cutlass_fna",
+    "get_configs_for_cutlass_hopper_fmha",
     "get_configs_for_cutlass_hopper_fna",
     "get_memory_usage_preference",
     "is_flex_compile_allowed",

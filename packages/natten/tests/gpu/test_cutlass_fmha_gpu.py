@@ -104,3 +104,33 @@ def test_cutlass_fmha_varlen_and_default():
         ref, _ = attention_oracle(q.double(), k.double(), v.double(), is_causal=causal,
                                   seqlens_Q=lens, seqlens_KV=lens)
         assert_close(out, ref, atol=1e-2, rtol=0, what=f"varlen causal={causal}")
+
+
+def test_cutlass_fmha_varlen_uniform_runs_and_configs():
+    """Runs of equal-length sequences (one batched launch each) in fp16 and fp32, with gradients,
+    and the tile listing of cutlass-fmha: every listed (q_tile_size, kv_tile_size) runs."""
+    g = torch.Generator(device="cuda").manual_seed(2)
+    lens_q, lens_kv = [96, 96, 96, 40, 40, 96], [96, 96, 96, 70, 70, 96]
+    for dtype in (torch.float16, torch.float32):
+        q = _rand((1, sum(lens_q), 4, 64), dtype, g).requires_grad_(True)
+        k = _rand((1, sum(lens_kv), 2, 64), dtype, g).requires_grad_(True)
+        v = _rand((1, sum(lens_kv), 2, 64), dtype, g).requires_grad_(True)
+        out = natten.attention(q, k, v, backend="cutlass-fmha", seqlens_Q=torch.tensor(lens_q),
+                               seqlens_KV=torch.tensor(lens_kv))
+        q64, k64, v64 = (t.detach().double().requires_grad_(True) for t in (q, k, v))
+        ref, _ = attention_oracle(q64, k64, v64, seqlens_Q=lens_q, seqlens_KV=lens_kv)
+        tol = TOL[dtype]
+        assert_close(out, ref, atol=tol, rtol=0, what=f"varlen runs {dtype}")
+        dout = _rand(out.shape, dtype, g)
+        got = torch.autograd.grad(out, (q, k, v), dout)
+        want = torch.autograd.grad(ref, (q64, k64, v64), dout.double())
+        for name, a, w in zip(("dq", "dk", "dv"), got, want):
+            scale = max(1.0, float(w.abs().max()))
+            assert_close(a, w, atol=max(tol, 1e-4) * scale, rtol=0, what=f"varlen runs {dtype} {name}")
+        configs = natten.get_configs_for_cutlass_fmha(q.detach(), k.detach(), v.detach())
+        assert configs and all(isinstance(a, int) and isinstance(b, int) for a, b in configs)
+        for qt, kt in configs:
+            o = natten.attention(q.detach(), k.detach(), v.detach(), backend="cutlass-fmha", q_tile_size=qt,
+                                 kv_tile_size=kt)
+            assert torch.isfinite(o).all()
+        assert natten.get_bwd_configs_for_cutlass_fmha(q, k, v)

@@ -430,3 +430,35 @@ def get_bwd_configs_for_cutlass_fna(
 
 
 _BWD_TILE_TOKENS = 64  # the backward kernels' compiled CTA tile (natten-kernels 1.1)
+
+
+def get_configs_for_cutlass_fmha(query: Tensor, key: Tensor, value: Tensor) -> List[Tuple[int, int]]:
+    """Valid ``(q_tile_size, kv_tile_size)`` of ``cutlass-fmha`` (the ``q_tile_size`` /
+    ``kv_tile_size`` arguments of :func:`natten.attention`) for these ``[batch, seqlen, heads,
+    head_dim]`` tensors here: dense attention runs on the fused NA kernel as a 1-D problem, so
+    these are its 1-D tiles.
+
+    Raises:
+        ValueError: ``cutlass-fmha`` cannot run these tensors here (the message says why).
+    """
+    reason = can_run_fmha(query, key, value)
+    if reason is not None and (not _needs_grad(query, key, value) or _backward_reason() is None):
+        raise ValueError(f"cutlass-fmha cannot run these tensors: {reason}")
+    index = query.device.index if query.device.index is not None else torch.cuda.current_device()
+    configs = _libnatten.query_configs(query.dtype, 1, int(query.shape[-1]), int(value.shape[-1]), device=index)
+    return [(int(c["q_tile"][0]), int(c["kv_tile"][0])) for c in configs]
+
+
+def get_bwd_configs_for_cutlass_fmha(query: Tensor, key: Tensor, value: Tensor) -> List[Tuple[int, int]]:
+    """Valid ``(backward_q_tile_size, backward_kv_tile_size)`` of ``cutlass-fmha``'s fused backward
+    for these tensors here (the forward's 1-D tiles the backward kernels are built for).
+
+    Raises:
+        NotImplementedError: the loaded natten-kernels has no fused backward.
+        ValueError: ``cutlass-fmha`` cannot run these tensors here (the message says why).
+    """
+    reason = _backward_reason()
+    if reason is not None:
+        raise NotImplementedError(f"cutlass-fmha has no fused backward here: {reason}")
+    return [(q, kv) for q, kv in get_configs_for_cutlass_fmha(query, key, value)
+            if q == _BWD_TILE_TOKENS and kv == _BWD_TILE_TOKENS]

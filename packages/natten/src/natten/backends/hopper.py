@@ -299,3 +299,21 @@ def get_configs_for_cutlass_hopper_fna(
         query.dtype, query.dim() - 3, int(query.shape[-1]), int(value.shape[-1]), device=index, backend=_NAME
     )
     return [(c["q_tile"], c["kv_tile"]) for c in configs]
+
+
+def get_configs_for_cutlass_hopper_fmha(query: Tensor, key: Tensor, value: Tensor) -> List[Tuple[int, int]]:
+    """Valid ``(q_tile_size, kv_tile_size)`` of ``hopper-fmha`` (:func:`natten.attention` on the
+    ``hopper-fna`` kernel, a 1-D problem) for these ``[batch, seqlen, heads, head_dim]`` tensors.
+
+    Raises:
+        ValueError: ``hopper-fmha`` cannot run these tensors here (the message says why).
+    """
+    with torch.no_grad():
+        reason = can_run_fmha(query, key, value)
+    if reason is not None:
+        raise ValueError(f"hopper-fmha cannot run these tensors: {reason}")
+    index = query.device.index if query.device.index is not None else torch.cuda.current_device()
+    configs = _libnatten.query_configs(
+        query.dtype, 1, int(query.shape[-1]), int(value.shape[-1]), device=index, backend=_NAME
+    )
+    return [(int(c["q_tile"][0]), int(c["kv_tile"][0])) for c in configs]
