@@ -44,6 +44,11 @@ TINY = ["-i", "8", "8", "-w", "3", "3", "-n", "2", "-d", "16"]
         (["--save-best", "x.json"], ["--save-best", "--optimize"]),
         (["-b", "0"], ["-b/--batch-size", ">= 1"]),
         (["--json", "--csv"], ["--csv", "not allowed with argument --json"]),
+        (["-i", "16", "16", "-w", "5", "5", "--backprop", "--backward-kv-splits", "2"],
+         ["--backward-kv-splits", "expected 2 values", "got 1"]),
+        (["-i", "16", "-w", "5", "--backprop", "--backward-kv-splits", "0"],
+         ["--backward-kv-splits", "values must be positive", "got 0"]),
+        (["-i", "16", "-w", "5", "--backward-kv-splits", "2"], ["--backward-kv-splits", "--backprop"]),
     ],
 )
 def test_argument_errors(cli, args, expected):
@@ -84,7 +89,7 @@ def test_help_mentions_options_and_sim():
                 "--dim", "--dim-value", "-w", "--window-size", "-s", "--stride", "--dilation",
                 "-c", "--causal", "--dtype", "--backprop", "--add-kv", "--backend",
                 "--fmha-backend", "--q-tile", "--kv-tile", "--backward-q-tile",
-                "--backward-kv-tile", "--schedule", "--persistent", "--compile",
+                "--backward-kv-tile", "--backward-kv-splits", "--schedule", "--persistent", "--compile",
                 "--warmup-steps", "--dry-run", "--max-configs", "--optimize", "--save-best",
                 "--baseline", "--json", "--csv", "--output", "sim"]:
         assert opt in text, opt
@@ -113,6 +118,14 @@ def test_profile_json_in_process(cli):
     assert res["kernel_total_us"] == pytest.approx(sum(k["time_us"] for k in res["kernels"]))
     assert res["baseline"]["name"] == "math" and res["baseline"]["runtime_ms"] > 0
     assert res["speedup"] == pytest.approx(res["baseline"]["runtime_ms"] / res["runtime_ms"])
+
+
+def test_profile_records_backward_kv_splits(cli):
+    # The reference backend runs the problem (kv splits are a cutlass-fna knob); the option is
+    # validated, passed to the operation and recorded with the run.
+    rc, out, err = cli(*TINY, *FAST, "--json", "--backprop", "--backward-kv-splits", "1", "2")
+    assert rc == 0, err
+    assert json.loads(out)["options"]["backward_kv_splits"] == [1, 2]
 
 
 def test_profile_csv_parses(cli):

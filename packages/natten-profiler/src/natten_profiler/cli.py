@@ -177,7 +177,7 @@ def _resolve_tile(p: argparse.ArgumentParser, opt: str, values: Optional[Sequenc
                 f"the {rank}-D input), got {len(values)}: {_v(values)}")
     for ax, t in enumerate(values):
         if t < 1:
-            p.error(f"argument {opt}: tile sizes must be positive, got {t} on {_axis(rank, ax)}")
+            p.error(f"argument {opt}: values must be positive, got {t} on {_axis(rank, ax)}")
     return tuple(values)
 
 
@@ -230,6 +230,10 @@ def build_profile_parser() -> argparse.ArgumentParser:
                    help="backward query tile shape; with --backward-kv-tile.")
     g.add_argument("--backward-kv-tile", type=int, nargs="+", default=None, metavar="T",
                    help="backward key/value tile shape; with --backward-q-tile.")
+    g.add_argument("--backward-kv-splits", type=int, nargs="+", default=None, metavar="S",
+                   help="KV parallelism of the cutlass-fna backward: CTAs per axis sharing the key "
+                        "tiles of the dK/dV kernel (1 to the key tiles of that axis; default: one "
+                        "CTA per key tile; natten-kernels >= 1.3).")
     g.add_argument("--schedule", choices=KERNEL_SCHEDULES, default=None,
                    help="kernel schedule (hopper): non(-persistent), coop(erative), pp (ping-pong).")
     g.add_argument("--persistent", action="store_true", help="persistent kernel (blackwell).")
@@ -339,6 +343,9 @@ def parse_profile_args(argv: Sequence[str]):
     kv_tile = _resolve_tile(p, "--kv-tile", a.kv_tile, rank)
     bq_tile = _resolve_tile(p, "--backward-q-tile", a.backward_q_tile, rank)
     bkv_tile = _resolve_tile(p, "--backward-kv-tile", a.backward_kv_tile, rank)
+    kv_splits = _resolve_tile(p, "--backward-kv-splits", a.backward_kv_splits, rank)
+    if kv_splits is not None and not a.backprop:
+        p.error("argument --backward-kv-splits: only meaningful with --backprop (it sets the backward kernel)")
 
     _positive(p, "--threads", a.threads)
     device = _resolve_device(p, a.device)
@@ -353,8 +360,8 @@ def parse_profile_args(argv: Sequence[str]):
                  dtype=dtype, add_kv=a.add_kv, **win)
     opts = RunOptions(
         backprop=a.backprop, fmha_backend=a.fmha_backend, q_tile=q_tile, kv_tile=kv_tile,
-        backward_q_tile=bq_tile, backward_kv_tile=bkv_tile, schedule=a.schedule,
-        persistent=a.persistent, compile=a.compile,
+        backward_q_tile=bq_tile, backward_kv_tile=bkv_tile, backward_kv_splits=kv_splits,
+        schedule=a.schedule, persistent=a.persistent, compile=a.compile,
     )
     _check_backends(p, a, uc, device)
     return p, a, uc, device, opts
@@ -473,7 +480,8 @@ def run_profile(uc, device, backend: Optional[str], opts, a) -> Dict[str, Any]:
     res["backprop"] = opts.backprop
     res["options"] = {
         "q_tile": opts.q_tile, "kv_tile": opts.kv_tile, "backward_q_tile": opts.backward_q_tile,
-        "backward_kv_tile": opts.backward_kv_tile, "schedule": opts.schedule,
+        "backward_kv_tile": opts.backward_kv_tile, "backward_kv_splits": opts.backward_kv_splits,
+        "schedule": opts.schedule,
         "persistent": opts.persistent, "compile": opts.compile, "fmha_backend": opts.fmha_backend,
         "warmup_steps": a.warmup_steps, "reps": a.reps, "profile_steps": a.profile_steps,
     }
@@ -541,7 +549,7 @@ def format_profile_text(res: Dict[str, Any]) -> str:
     out = [_device_line(res), f"Use case: {uc.describe()} | {mode}", f"Backend: {res['backend']}"]
     opts = res["options"]
     extra = []
-    for k in ("q_tile", "kv_tile", "backward_q_tile", "backward_kv_tile"):
+    for k in ("q_tile", "kv_tile", "backward_q_tile", "backward_kv_tile", "backward_kv_splits"):
         if opts.get(k):
             extra.append(f"{k.replace('_', '-')} {'x'.join(map(str, opts[k]))}")
     for k in ("schedule", "fmha_backend"):

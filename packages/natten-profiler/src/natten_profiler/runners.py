@@ -60,6 +60,7 @@ class RunOptions:
     kv_tile: Optional[Tuple[int, ...]] = None
     backward_q_tile: Optional[Tuple[int, ...]] = None
     backward_kv_tile: Optional[Tuple[int, ...]] = None
+    backward_kv_splits: Optional[Tuple[int, ...]] = None
     schedule: Optional[str] = None
     persistent: bool = False
     compile: bool = False
@@ -153,6 +154,7 @@ def build_natten_step(
         "kv_tile_size": prod(opts.kv_tile),
         "backward_q_tile_size": prod(opts.backward_q_tile),
         "backward_kv_tile_size": prod(opts.backward_kv_tile),
+        "backward_kv_splits": prod(opts.backward_kv_splits),
         "torch_compile": opts.compile,
     }
     fmha_kwargs = {k_: v_ for k_, v_ in fmha_kwargs.items() if v_ is not None}
@@ -181,6 +183,7 @@ def build_natten_step(
         kv_tile_shape=opts.kv_tile,
         backward_q_tile_shape=opts.backward_q_tile,
         backward_kv_tile_shape=opts.backward_kv_tile,
+        backward_kv_splits=opts.backward_kv_splits,
         run_persistent_kernel=opts.persistent,
         kernel_schedule=opts.schedule,
         torch_compile=opts.compile,
