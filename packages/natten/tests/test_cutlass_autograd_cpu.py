@@ -175,7 +175,8 @@ def test_backward_kv_splits_reach_the_operator(cpu_stand_ins, monkeypatch):
     compiled = torch.compile(lambda q, k, v: cutlass.fna(q, k, v, spec, 0.3, backward_kv_splits=(1, 2))[0].sum(),
                              fullgraph=True, backend="aot_eager")
     assert run(compiled) == [1, 2]
-    natten.use_kv_parallelism_in_fused_na(False)
+    with pytest.warns(UserWarning, match="slows the backward down"):
+        natten.use_kv_parallelism_in_fused_na(False)
     try:
         assert run() == [1, 1]
         assert run(backward_kv_splits=(2, 2)) == [2, 2]  # an explicit value wins

@@ -6,6 +6,7 @@ They are process-wide (not thread-local) and read by the dispatcher and the fuse
 from __future__ import annotations
 
 import logging
+import warnings
 from enum import Enum
 
 import torch
@@ -51,6 +52,15 @@ def use_kv_parallelism_in_fused_na(mode: bool = True) -> None:
     code written for NATTEN. ``backward_kv_splits`` given to a call takes precedence.
     """
     _Context.kv_parallelism = _require_bool("mode", mode)
+    if not mode:
+        warnings.warn(
+            "natten.use_kv_parallelism_in_fused_na(False): the cutlass-fna dK/dV kernel now runs "
+            "one CTA per (batch, kv head, dilation group) over all of its key tiles, which slows "
+            "the backward down; natten's KV parallelism needs no extra memory or atomics, so "
+            "turning it off saves nothing. Use backward_kv_splits= on a call to cap the "
+            "parallelism per axis instead.",
+            stacklevel=2,
+        )
 
 
 def is_kv_parallelism_in_fused_na_enabled() -> bool:

@@ -552,7 +552,8 @@ def attention(
         out, lse = mod.fmha(q, k, v, causal, scale_f, offsets=offsets, **options)
     else:
         # One call per run of consecutive sequences with the same (query, key) lengths: the run is
-        # a batch, viewed in place (splitting the token dim needs no copy).
+        # a batch, viewed in place (splitting the token dim needs no copy). (Compiled flex-fmha,
+        # which would recompile per batch shape, refuses varlen and never gets here.)
         cq, ck = offsets
         parts = []
         for first, count, lq, lk in _varlen_runs(cq, ck):

@@ -53,6 +53,7 @@ __device__ void f32_forward_cta(const sm80::FnaParams& p, const sm80::WorkTile& 
   tile_offsets(sm.q_off, cta.gq, cta.q.q0, g.q_log2, cta.q.n_q, tid);
   tile_offsets(sm.o_off, cta.go, cta.q.q0, g.q_log2, cta.q.n_q, tid);
   for (int r = tid; r < kTile; r += kThreads) sm80::query_row_window(g, cta.q, r, sm.win.start[r], sm.win.len[r]);
+  __syncthreads();  // the tables above are read by other threads (key loop and epilogue)
 
   float m[kRows], l[kRows];
   float o[kCh][kRows][2];
