@@ -81,31 +81,23 @@ def _use_fake(path, monkeypatch):
     )
 
 
-@pytest.fixture
-def fake_bwd(fake_bwd_path, monkeypatch):
-    raw, fake = _use_fake(fake_bwd_path, monkeypatch)
-    yield fake
-    raw.natten_fake_set(0, b"")
-    L._BWD_TEMPLATES.clear()
-    L._reset()
+def _fake_fixture(path_fixture: str):
+    """A fixture that loads the stand-in library of ``path_fixture`` and unloads it afterwards."""
+
+    @pytest.fixture
+    def fixture(request, monkeypatch):
+        raw, fake = _use_fake(request.getfixturevalue(path_fixture), monkeypatch)
+        yield fake
+        raw.natten_fake_set(0, b"")
+        L._BWD_TEMPLATES.clear()
+        L._reset()
+
+    return fixture
 
 
-@pytest.fixture
-def fake_bwd_1_2(fake_bwd_1_2_path, monkeypatch):
-    raw, fake = _use_fake(fake_bwd_1_2_path, monkeypatch)
-    yield fake
-    raw.natten_fake_set(0, b"")
-    L._BWD_TEMPLATES.clear()
-    L._reset()
-
-
-@pytest.fixture
-def fake_bwd_1_1(fake_bwd_1_1_path, monkeypatch):
-    raw, fake = _use_fake(fake_bwd_1_1_path, monkeypatch)
-    yield fake
-    raw.natten_fake_set(0, b"")
-    L._BWD_TEMPLATES.clear()
-    L._reset()
+fake_bwd = _fake_fixture("fake_bwd_path")
+fake_bwd_1_2 = _fake_fixture("fake_bwd_1_2_path")
+fake_bwd_1_1 = _fake_fixture("fake_bwd_1_1_path")
 
 
 def _grads(q, k, v, out, lse, device=1):

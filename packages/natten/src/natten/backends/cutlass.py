@@ -397,14 +397,27 @@ def _fmha_on_fna(fna_fn: Callable, query: Tensor, key: Tensor, value: Tensor, is
 
 def get_configs_for_cutlass_fna(query: Tensor, key: Tensor, value: Tensor) -> List[Tuple[Tuple[int, ...], Tuple[int, ...]]]:
     """Valid ``(q_tile_shape, kv_tile_shape)`` pairs of ``cutlass-fna`` for these tensors here."""
-    reason = can_run_fna(query, key, value, None)
+    return _listed_configs("cutlass-fna", can_run_fna(query, key, value, None), query, key, value,
+                           query.dim() - 3)
+
+
+def _listed_configs(name: str, reason: Optional[str], query: Tensor, key: Tensor, value: Tensor,
+                    rank: int) -> List[Tuple[Tuple[int, ...], Tuple[int, ...]]]:
+    """The library's tile pairs at ``rank`` for these tensors, or ValueError with ``reason`` (the
+    backend's refusal; a refusal only for lack of a backward does not stop the listing)."""
     if reason is not None and (not _needs_grad(query, key, value) or _backward_reason() is None):
-        raise ValueError(f"cutlass-fna cannot run these tensors: {reason}")
+        raise ValueError(f"{name} cannot run these tensors: {reason}")
     index = query.device.index if query.device.index is not None else torch.cuda.current_device()
-    configs = _libnatten.query_configs(
-        query.dtype, query.dim() - 3, int(query.shape[-1]), int(value.shape[-1]), device=index
-    )
+    configs = _libnatten.query_configs(query.dtype, rank, int(query.shape[-1]), int(value.shape[-1]), device=index)
     return [(c["q_tile"], c["kv_tile"]) for c in configs]
+
+
+def _backward_configs(name: str, configs: list, tokens: Callable) -> list:
+    """The configurations whose query and key tiles hold the backward kernels' tile tokens."""
+    reason = _backward_reason()
+    if reason is not None:
+        raise NotImplementedError(f"{name} has no fused backward here: {reason}")
+    return [(q, kv) for q, kv in configs() if tokens(q) == _BWD_TILE_TOKENS and tokens(kv) == _BWD_TILE_TOKENS]
 
 
 def get_bwd_configs_for_cutlass_fna(
@@ -420,13 +433,7 @@ def get_bwd_configs_for_cutlass_fna(
         NotImplementedError: the loaded natten-kernels has no fused backward.
         ValueError: ``cutlass-fna`` cannot run these tensors here (the message says why).
     """
-    reason = _backward_reason()
-    if reason is not None:
-        raise NotImplementedError(f"cutlass-fna has no fused backward here: {reason}")
-    return [
-        (q, kv) for q, kv in get_configs_for_cutlass_fna(query, key, value)
-        if math.prod(q) == _BWD_TILE_TOKENS and math.prod(kv) == _BWD_TILE_TOKENS
-    ]
+    return _backward_configs("cutlass-fna", lambda: get_configs_for_cutlass_fna(query, key, value), math.prod)
 
 
 _BWD_TILE_TOKENS = 64  # the backward kernels' compiled CTA tile (natten-kernels 1.1)
@@ -441,12 +448,8 @@ def get_configs_for_cutlass_fmha(query: Tensor, key: Tensor, value: Tensor) -> L
     Raises:
         ValueError: ``cutlass-fmha`` cannot run these tensors here (the message says why).
     """
-    reason = can_run_fmha(query, key, value)
-    if reason is not None and (not _needs_grad(query, key, value) or _backward_reason() is None):
-        raise ValueError(f"cutlass-fmha cannot run these tensors: {reason}")
-    index = query.device.index if query.device.index is not None else torch.cuda.current_device()
-    configs = _libnatten.query_configs(query.dtype, 1, int(query.shape[-1]), int(value.shape[-1]), device=index)
-    return [(int(c["q_tile"][0]), int(c["kv_tile"][0])) for c in configs]
+    configs = _listed_configs("cutlass-fmha", can_run_fmha(query, key, value), query, key, value, 1)
+    return [(int(q[0]), int(kv[0])) for q, kv in configs]
 
 
 def get_bwd_configs_for_cutlass_fmha(query: Tensor, key: Tensor, value: Tensor) -> List[Tuple[int, int]]:
@@ -457,8 +460,4 @@ def get_bwd_configs_for_cutlass_fmha(query: Tensor, key: Tensor, value: Tensor) 
         NotImplementedError: the loaded natten-kernels has no fused backward.
         ValueError: ``cutlass-fmha`` cannot run these tensors here (the message says why).
     """
-    reason = _backward_reason()
-    if reason is not None:
-        raise NotImplementedError(f"cutlass-fmha has no fused backward here: {reason}")
-    return [(q, kv) for q, kv in get_configs_for_cutlass_fmha(query, key, value)
-            if q == _BWD_TILE_TOKENS and kv == _BWD_TILE_TOKENS]
+    return _backward_configs("cutlass-fmha", lambda: get_configs_for_cutlass_fmha(query, key, value), int)
