@@ -71,12 +71,20 @@ HOPPER_CASES = [
     ((256,), (65,), (1,), (1,), (True,), 40, 8, 64, torch.bfloat16, "pingpong"),
     # head dim 32: 64-byte swizzle, one head-dim chunk per box
     ((19, 21), (5, 8), (2, 1), (1, 1), (True, False), 2, 1, 32, torch.float16, None),
+    # head dim 256: 64-token key tiles, 2 stages, no intra-warpgroup overlap (both schedules)
+    ((13, 11, 9), (5, 4, 3), (1, 2, 1), (1, 1, 1), (False, True, False), 2, 1, 256, torch.float16, "pingpong"),
+    ((700,), (300,), (1,), (1,), (True,), 2, 1, 256, torch.bfloat16, "cooperative"),
+    # head dims between the kernels and D != Dv (TMA zero-fills past D / Dv; Dv stored columns)
+    ((37, 29), (7, 6), (2, 1), (1, 1), (True, False), 4, 2, (40, 40), torch.float16, None),
+    ((300,), (33,), (1,), (1,), (False,), 2, 1, (32, 128), torch.bfloat16, None),
+    ((24, 18), (5, 4), (1, 2), (1, 1), (False, True), 2, 2, (200, 72), torch.float16, None),
 ]
 if torch.cuda.get_device_capability() == (9, 0):
     for shape, ks, st, dl, ca, h, hkv, d, dt, sched in HOPPER_CASES:
+        d, dv = d if isinstance(d, tuple) else (d, d)
         q = torch.randn(2, *shape, h, d, device="cuda", dtype=dt)
         k = torch.randn(2, *shape, hkv, d, device="cuda", dtype=dt)
-        v = torch.randn(2, *shape, hkv, d, device="cuda", dtype=dt)
+        v = torch.randn(2, *shape, hkv, dv, device="cuda", dtype=dt)
         op = {1: natten.na1d, 2: natten.na2d, 3: natten.na3d}[len(shape)]
         out, lse = op(q, k, v, ks, st, dl, ca, backend="hopper-fna", return_lse=True, kernel_schedule=sched)
         ref, ref_lse = na_oracle(q.double(), k.double(), v.double(), ks, st, dl, ca)
@@ -84,7 +92,8 @@ if torch.cuda.get_device_capability() == (9, 0):
         tol = TOL[dt]
         ok = err <= tol
         bad += not ok
-        print(f"hopper-fna {shape} k={ks} s={st} c={ca} H={h}/{hkv} D={d} {dt} {sched or 'default'}: max err {err:.2e} "
+        print(f"hopper-fna {shape} k={ks} s={st} c={ca} H={h}/{hkv} D={d} Dv={dv} {dt} {sched or 'default'}: max err "
+              f"{err:.2e} "
               f"{'ok' if ok else 'FAIL'}")
 
 # hopper-fmha (natten.attention on the hopper-fna kernel, window = every key): non-causal with

@@ -305,6 +305,42 @@ def test_query_configs_fp32_same_tiles(lib, arch):
     assert tiles(A.FP32) == tiles(A.FP16)
 
 
+@pytest.mark.parametrize("rank", [1, 2, 3])
+@pytest.mark.parametrize("head_dims", [(64, 64), (48, 48), (128, 64), (32, 128), (256, 256), (200, 136), (8, 8)])
+def test_query_configs_hopper_head_dims(lib, built_archs, rank, head_dims):
+    # Since 1.3.1 the Hopper kernel runs every multiple of 8 up to 256, D != Dv included, on the
+    # 32 / 64 / 128 / 256 kernels (TMA zero-fills the rest); key tiles are 64 tokens at 256.
+    d, dv = head_dims
+    pr = A.valid_problem(rank=rank, head_dim=d, head_dim_v=dv, arch=90)
+    pr.backend = A.BACKEND_HOPPER
+    if not any(e.startswith("90a") for e in built_archs):  # the CI build: refused, naming the build
+        count = ctypes.c_int(-1)
+        assert lib.natten_fna_query_configs(ctypes.byref(pr), None, 0, ctypes.byref(count)) == UNSUPPORTED
+        assert "no sm_90a kernel" in A.last_error(lib)
+        return
+    kv_log2 = 6 if max(d, dv) > 128 else 7
+    shapes = {1: 1, 2: 8, 3: 36}[rank]
+    kv_shapes = {1: 1, 2: kv_log2 + 1, 3: (kv_log2 + 1) * (kv_log2 + 2) // 2}[rank]
+    configs = query_all(lib, pr)
+    assert len(configs) == shapes * kv_shapes
+    pairs = {(tuple(c.q_tile[:rank]), tuple(c.kv_tile[:rank])) for c in configs}
+    assert len(pairs) == len(configs)
+    for q, kv in pairs:
+        assert math.prod(q) == 128 and math.prod(kv) == 1 << kv_log2, (q, kv)
+    assert lib.natten_fna_supports(ctypes.byref(pr)) == 0
+
+
+@pytest.mark.parametrize("head_dims", [(264, 264), (64, 264), (60, 64), (64, 4)])
+def test_query_hopper_head_dims_refused(lib, head_dims):
+    d, dv = head_dims
+    pr = A.valid_problem(rank=2, head_dim=d, head_dim_v=dv, arch=90)
+    pr.backend = A.BACKEND_HOPPER
+    count = ctypes.c_int(-1)
+    assert lib.natten_fna_query_configs(ctypes.byref(pr), None, 0, ctypes.byref(count)) == UNSUPPORTED
+    msg = A.last_error(lib)
+    assert f"head_dim {d} / head_dim_v {dv}" in msg and "multiples of 8 in [8, 256]" in msg, msg
+
+
 def test_query_capacity_semantics(lib, arch):
     pr = A.valid_problem(rank=2, arch=arch)
     total = ctypes.c_int()

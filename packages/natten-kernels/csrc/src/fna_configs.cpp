@@ -125,14 +125,15 @@ int hopper_check_problem(int dtype, int rank, int64_t head_dim, int64_t head_dim
   return NATTEN_STATUS_SUCCESS;
 }
 
-int hopper_enumerate_configs(int rank, TileConfig* out, int capacity) {
-  if (rank < 1 || rank > NATTEN_MAX_RANK || capacity < 0) return 0;
-  const int total = sm90::fna_forward_tile_configs(rank, nullptr, nullptr, 0);
+int hopper_enumerate_configs(int rank, int64_t head_dim, int64_t head_dim_v, TileConfig* out, int capacity) {
+  if (rank < 1 || rank > NATTEN_MAX_RANK || capacity < 0 || !fits_int(head_dim) || !fits_int(head_dim_v)) return 0;
+  const int hd = int(head_dim), hdv = int(head_dim_v);
+  const int total = sm90::fna_forward_tile_configs(rank, hd, hdv, nullptr, nullptr, 0);
   if (total <= 0) return 0;
   const int n = total < capacity ? total : capacity;
   if (n == 0) return total;
   std::vector<int> q(3 * size_t(total)), kv(3 * size_t(total));
-  sm90::fna_forward_tile_configs(rank, q.data(), kv.data(), total);
+  sm90::fna_forward_tile_configs(rank, hd, hdv, q.data(), kv.data(), total);
   for (int i = 0; i < n; ++i) {
     TileConfig& c = out[i];
     c.backend = NATTEN_BACKEND_HOPPER_FNA;
@@ -145,10 +146,10 @@ int hopper_enumerate_configs(int rank, TileConfig* out, int capacity) {
   return total;
 }
 
-int hopper_check_tiles(int rank, const int* q_tile, const int* kv_tile) {
-  const int total = hopper_enumerate_configs(rank, nullptr, 0);
+int hopper_check_tiles(int rank, int64_t head_dim, int64_t head_dim_v, const int* q_tile, const int* kv_tile) {
+  const int total = hopper_enumerate_configs(rank, head_dim, head_dim_v, nullptr, 0);
   std::vector<TileConfig> all(total > 0 ? size_t(total) : 1);
-  const int n = total > 0 ? hopper_enumerate_configs(rank, all.data(), total) : 0;
+  const int n = total > 0 ? hopper_enumerate_configs(rank, head_dim, head_dim_v, all.data(), total) : 0;
   for (int i = 0; i < n; ++i) {
     bool eq = true;
     for (int a = 0; a < rank; ++a) eq = eq && all[i].q_tile[a] == q_tile[a] && all[i].kv_tile[a] == kv_tile[a];
@@ -159,9 +160,12 @@ int hopper_check_tiles(int rank, const int* q_tile, const int* kv_tile) {
   format_tile(kb, sizeof(kb), kv_tile, rank);
   return fail(NATTEN_STATUS_UNSUPPORTED,
               "tile configuration q_tile %s kv_tile %s is not supported by NATTEN_BACKEND_HOPPER_FNA for rank %d "
-              "(both must be power-of-two boxes of 128 tokens; %d configurations exist; "
-              "natten_fna_query_configs() lists them; all 0 = let the library choose)",
-              qb, kb, rank, n);
+              "(q_tile must be a power-of-two box of 128 tokens and kv_tile one of %d tokens at head_dim %lld / "
+              "head_dim_v %lld; %d configurations exist; natten_fna_query_configs() lists them; all 0 = let the "
+              "library choose)",
+              qb, kb, rank,
+              fits_int(head_dim) && fits_int(head_dim_v) ? 1 << sm90::kv_tile_log2(int(head_dim), int(head_dim_v)) : 0,
+              (long long)head_dim, (long long)head_dim_v, n);
 }
 
 // --- device images ------------------------------------------------------------------------------

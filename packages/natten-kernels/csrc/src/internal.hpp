@@ -86,8 +86,8 @@ int sm80_check_tiles(int rank, int64_t head_dim, const int* q_tile, const int* k
 // Hopper (sm_90a) backend, NATTEN_BACKEND_HOPPER_FNA: the same three queries. `arch` 0 = not
 // known yet; otherwise it must be 90 and the build must contain the sm_90a kernel.
 int hopper_check_problem(int dtype, int rank, int64_t head_dim, int64_t head_dim_v, int arch);
-int hopper_enumerate_configs(int rank, TileConfig* out, int capacity);
-int hopper_check_tiles(int rank, const int* q_tile, const int* kv_tile);
+int hopper_enumerate_configs(int rank, int64_t head_dim, int64_t head_dim_v, TileConfig* out, int capacity);
+int hopper_check_tiles(int rank, int64_t head_dim, int64_t head_dim_v, const int* q_tile, const int* kv_tile);
 
 // ---- device images compiled into this build ---------------------------------------------------
 

@@ -621,7 +621,7 @@ int launch_hopper(const natten_fna_forward_params* p, const FnaForwardArgs& args
 
 // Tiles of the Hopper kernel into args (the caller's if given, else the chooser's).
 int hopper_tiles(const natten_fna_forward_params* p, bool tiles_set, FnaForwardArgs* args) {
-  if (tiles_set) return hopper_check_tiles(p->rank, p->q_tile, p->kv_tile);
+  if (tiles_set) return hopper_check_tiles(p->rank, p->head_dim, p->head_dim_v, p->q_tile, p->kv_tile);
   int qt[kMaxRank] = {1, 1, 1}, kt[kMaxRank] = {1, 1, 1};
   const cudaError_t te = natten::sm90::fna_forward_default_tiles(*args, qt, kt);
   if (te != cudaSuccess) {
@@ -693,9 +693,10 @@ int forward_impl(const natten_fna_forward_params* user) {
   NATTEN_CHECK(check_arch(ma * 10 + mi));
   NATTEN_CHECK(sm80_check_problem(p->dtype, p->rank, p->head_dim, p->head_dim_v, ma * 10 + mi));
   // AUTO on SM 9.0: the Hopper kernel when it supports the problem (and the caller left the tiles
-  // to the library; explicit tiles are SM80 tiles here), except head dim 32, where the SM80 kernel's
-  // 64-token tiles measured faster (nat-small on an H100: 0.39 vs 0.59 ms, 2026-11-26).
-  if (p->backend == NATTEN_BACKEND_AUTO && !tiles_set && ma * 10 + mi == 90 && p->head_dim != 32 &&
+  // to the library; explicit tiles are SM80 tiles here), except head dims up to 32 (the 32 kernel),
+  // where the SM80 kernel's 64-token tiles measured faster (nat-small on an H100: 0.39 vs 0.59 ms,
+  // 2026-11-26).
+  if (p->backend == NATTEN_BACKEND_AUTO && !tiles_set && ma * 10 + mi == 90 && (p->head_dim > 32 || p->head_dim_v > 32) &&
       natten::sm90::fna_forward_built() &&
       hopper_auto_enabled() && natten::sm90::fna_forward_can_run(args, kernel_dtype_of(p->dtype), nullptr)) {
     FnaForwardArgs hargs = args;
@@ -1221,7 +1222,7 @@ int query_impl(const natten_fna_problem* pr, natten_tile_config* out, int capaci
   NATTEN_CHECK(resolve_problem(pr, &arch));
   std::vector<TileConfig> buf(kMaxConfigs);
   const int n = pr->backend == NATTEN_BACKEND_HOPPER_FNA
-                    ? hopper_enumerate_configs(pr->rank, buf.data(), kMaxConfigs)
+                    ? hopper_enumerate_configs(pr->rank, pr->head_dim, pr->head_dim_v, buf.data(), kMaxConfigs)
                     : sm80_enumerate_configs(pr->rank, pr->head_dim, buf.data(), kMaxConfigs);
   if (n <= 0) {
     return fail(NATTEN_STATUS_UNSUPPORTED, "no tile configuration for rank %d, head_dim %lld, %s", pr->rank,
@@ -1308,7 +1309,7 @@ NATTEN_API int natten_fna_supports(const natten_fna_problem* problem) noexcept {
   NATTEN_CHECK(natten::abi::resolve_problem(problem, &arch));
   natten::abi::TileConfig one;
   const int n = problem->backend == NATTEN_BACKEND_HOPPER_FNA
-                    ? natten::abi::hopper_enumerate_configs(problem->rank, &one, 1)
+                    ? natten::abi::hopper_enumerate_configs(problem->rank, problem->head_dim, problem->head_dim_v, &one, 1)
                     : natten::abi::sm80_enumerate_configs(problem->rank, problem->head_dim, &one, 1);
   if (n <= 0) {
     return natten::abi::fail(NATTEN_STATUS_UNSUPPORTED, "no tile configuration for this problem");

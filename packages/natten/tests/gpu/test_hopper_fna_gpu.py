@@ -47,12 +47,13 @@ SCHEDULES = ["cooperative", "pingpong"]
 
 
 def _check(shape, ks, st, ca, b, h, hkv, d, dtype, q_tile=None, kv_tile=None, seed=0, what="", schedule=None,
-           scale=None, dilation=1):
+           scale=None, dilation=1, dv=None):
     rank = len(shape)
+    dv = d if dv is None else dv
     g = torch.Generator(device="cuda").manual_seed(seed)
     q = torch.randn(b, *shape, h, d, device="cuda", dtype=dtype, generator=g)
     k = torch.randn(b, *shape, hkv, d, device="cuda", dtype=dtype, generator=g)
-    v = torch.randn(b, *shape, hkv, d, device="cuda", dtype=dtype, generator=g)
+    v = torch.randn(b, *shape, hkv, dv, device="cuda", dtype=dtype, generator=g)
     ops.set_poison_outputs(True)
     try:
         out, lse = OPS[rank](q, k, v, ks, st, dilation, ca, backend="hopper-fna", return_lse=True,
@@ -61,7 +62,7 @@ def _check(shape, ks, st, ca, b, h, hkv, d, dtype, q_tile=None, kv_tile=None, se
         ops.set_poison_outputs(False)
     ref_out, ref_lse = na_oracle(q.double(), k.double(), v.double(), ks, st, dilation, ca, scale=scale)
     desc = (f"{what} shape={shape} kernel={ks} stride={st} dilation={dilation} causal={ca} B={b} H={h} "
-            f"Hkv={hkv} D={d} {dtype} "
+            f"Hkv={hkv} D={d} Dv={dv} {dtype} "
             f"tiles={q_tile}/{kv_tile} schedule={schedule} scale={scale}")
     tol = GPU_TOL[dtype]
     assert_close(out, ref_out, atol=tol, rtol=0, what=f"{desc} out")
@@ -82,6 +83,27 @@ FIXED = [
     ((6, 20, 24), (3, 5, 6), (2, 4, 3), (True, True, True), 2, 2, 2, 64),
     ((300,), (33,), (1,), (True,), 2, 2, 1, 32),  # D 32: 64-byte swizzle, one head-dim chunk
     ((13, 11, 9), (5, 4, 3), (1, 2, 1), (False, True, False), 2, 4, 2, 32),
+    # D 256: 64-token key tiles, no intra-warpgroup overlap
+    ((300,), (33,), (1,), (True,), 2, 2, 1, 256),
+    ((1000,), (1000,), (1,), (True,), 1, 1, 1, 256),
+    ((37, 29), (7, 6), (2, 1), (False, True), 1, 2, 2, 256),
+    ((6, 20, 24), (3, 5, 6), (2, 4, 3), (True, True, True), 2, 2, 2, 256),
+    # head dims between the kernels: zero-filled by TMA up to 32 / 64 / 128 / 256
+    ((300,), (33,), (1,), (False,), 2, 2, 1, 8),
+    ((40, 48), (9, 12), (2, 3), (True, False), 2, 4, 2, 40),
+    ((10, 11, 13), (3, 4, 5), (1, 2, 1), (False, True, False), 2, 2, 1, 96),
+    ((517,), (64,), (64,), (False,), 1, 3, 3, 136),
+    ((37, 29), (7, 6), (1, 1), (False, False), 1, 2, 2, 200),
+]
+
+# D != Dv (both zero-filled up to the kernel of the larger): shape, kernel, stride, causal, B, H,
+# Hkv, D, Dv
+UNEQUAL = [
+    ((300,), (33,), (1,), (True,), 2, 2, 1, 128, 64),
+    ((300,), (33,), (1,), (False,), 1, 2, 2, 32, 128),  # Q/K boxes past D: whole chunk zero-filled
+    ((37, 29), (7, 6), (2, 1), (False, True), 2, 4, 2, 64, 256),
+    ((10, 11, 13), (3, 4, 5), (1, 2, 1), (False, True, False), 2, 2, 1, 256, 96),
+    ((40, 48), (9, 12), (2, 3), (True, False), 1, 2, 1, 48, 16),
 ]
 
 
@@ -91,6 +113,17 @@ FIXED = [
 def test_fixed_cases(case, dtype, schedule):
     shape, ks, st, ca, b, h, hkv, d = case
     _check(shape, ks, st, ca, b, h, hkv, d, dtype, seed=1, schedule=schedule)
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("case", UNEQUAL, ids=[f"d{c[7]}-dv{c[8]}-r{len(c[0])}" for c in UNEQUAL])
+def test_unequal_head_dims(case, dtype, schedule):
+    shape, ks, st, ca, b, h, hkv, d, dv = case
+    assert hopper.can_run_fna(torch.empty(1, *shape, h, d, device="cuda", dtype=dtype),
+                              torch.empty(1, *shape, hkv, d, device="cuda", dtype=dtype),
+                              torch.empty(1, *shape, hkv, dv, device="cuda", dtype=dtype), None) is None
+    _check(shape, ks, st, ca, b, h, hkv, d, dtype, seed=3, schedule=schedule, dv=dv)
 
 
 # Short walks (1 and 2 key tiles: the software pipeline's prologue / epilogue only, and the
@@ -186,10 +219,16 @@ def _problem(rng: random.Random):
     ca = [rng.random() < 0.3 for _ in ks]
     hkv = rng.choice([1, 2, 3])
     h = hkv * rng.choice([1, 1, 2, 4])
-    d = rng.choice([32, 64, 128])
+    d = _head_dim(rng)
+    dv = d if rng.random() < 0.7 else _head_dim(rng)
     dtype = rng.choice([torch.float16, torch.bfloat16])
     b = rng.randint(1, 3)
-    return shape, ks, st, ca, b, h, hkv, d, dtype
+    return shape, ks, st, ca, b, h, hkv, d, dv, dtype
+
+
+def _head_dim(rng: random.Random) -> int:
+    """The kernels' head dims, or any multiple of 8 up to 256 (zero-filled up to the next kernel)."""
+    return rng.choice([32, 64, 128, 256, 8 * rng.randint(1, 32)])
 
 
 @pytest.mark.parametrize("schedule", SCHEDULES)
@@ -197,36 +236,43 @@ def test_random_sweep(schedule):
     rng = random.Random(SEED + (0 if schedule == "cooperative" else 1))
     failures = SweepFailures()
     for case in range(NUM_PROBLEMS):
-        shape, ks, st, ca, b, h, hkv, d, dtype = _problem(rng)
+        shape, ks, st, ca, b, h, hkv, d, dv, dtype = _problem(rng)
         tiles = (None, None)
         if rng.random() < 0.3:
             configs = natten.get_configs_for_cutlass_hopper_fna(
                 torch.empty(1, *shape, 1, d, device="cuda", dtype=dtype),
                 torch.empty(1, *shape, 1, d, device="cuda", dtype=dtype),
-                torch.empty(1, *shape, 1, d, device="cuda", dtype=dtype))
+                torch.empty(1, *shape, 1, dv, device="cuda", dtype=dtype))
             tiles = rng.choice(configs)
         with failures.case():
             _check(shape, ks, st, ca, b, h, hkv, d, dtype, tiles[0], tiles[1], seed=rng.randrange(1 << 30),
-                   what=f"case {case} seed {SEED}", schedule=schedule)
+                   what=f"case {case} seed {SEED}", schedule=schedule, dv=dv)
         if failures.full:
             break
     failures.check()
 
 
+@pytest.mark.parametrize("d", [64, 256])
 @pytest.mark.parametrize("rank", [1, 2, 3])
-def test_every_tile_config_runs(rank):
+def test_every_tile_config_runs(rank, d):
     shape = {1: (300,), 2: (37, 29), 3: (11, 9, 13)}[rank]
     ks = {1: (31,), 2: (7, 6), 3: (3, 4, 5)}[rank]
-    q = torch.empty(1, *shape, 1, 64, device="cuda", dtype=torch.float16)
+    q = torch.empty(1, *shape, 1, d, device="cuda", dtype=torch.float16)
     configs = natten.get_configs_for_cutlass_hopper_fna(q, q, q)
-    assert len(configs) == {1: 1, 2: 64, 3: 1296}[rank]
+    # 128-token query boxes; key boxes of 128 tokens, or 64 at head dim 256
+    assert len(configs) == ({1: 1, 2: 64, 3: 1296} if d <= 128 else {1: 1, 2: 56, 3: 1008})[rank]
+    assert all(math.prod(kt) == (128 if d <= 128 else 64) and math.prod(qt) == 128 for qt, kt in configs)
     rng = random.Random(SEED)
-    # rank 3 has 1296 pairs: all query shapes with a random key shape each, plus all equal pairs.
+    # rank 3 has 1296 (1008) pairs: all query shapes with a random key shape each, plus the pairs
+    # with the key box inside the query box.
     if rank == 3:
         shapes = sorted({qt for qt, _ in configs})
-        configs = [(qt, qt) for qt in shapes] + [(qt, rng.choice(shapes)) for qt in shapes]
+        kshapes = sorted({kt for _, kt in configs})
+        inside = [(qt, kt) for qt in shapes for kt in kshapes if all(b <= a for a, b in zip(qt, kt))]
+        configs = [rng.choice([c for c in inside if c[0] == qt]) for qt in shapes] + [
+            (qt, rng.choice(kshapes)) for qt in shapes]
     for qt, kt in configs:
-        _check(shape, ks, (1,) * rank, (False,) * rank, 2, 1, 1, 64, torch.float16, qt, kt, seed=7)
+        _check(shape, ks, (1,) * rank, (False,) * rank, 2, 1, 1, d, torch.float16, qt, kt, seed=7)
 
 
 def test_default_tiles_match_an_explicit_config():
@@ -254,14 +300,18 @@ def test_reasons_and_fallback():
     x15 = x[:, :15]
     assert "multiple of its dilation" in hopper.can_run_fna(
         x15, x15, x15, natten.window.WindowSpec((15, 16), (5, 5), (1, 1), (2, 1), (False, False)))
-    y = torch.randn(1, 16, 16, 2, 96, device="cuda", dtype=torch.float16)
-    assert "cutlass-fna runs" in hopper.can_run_fna(y, y, y, spec)  # names the fallback
+    y = torch.randn(1, 16, 16, 2, 264, device="cuda", dtype=torch.float16)
+    assert "multiples of 8 up to 256" in hopper.can_run_fna(y, y, y, spec)
     v64 = torch.randn(1, 16, 16, 2, 64, device="cuda", dtype=torch.float16)
     q32 = torch.randn(1, 16, 16, 2, 32, device="cuda", dtype=torch.float16)
-    assert "head_dim != head_dim_v" in hopper.can_run_fna(q32, q32, v64, spec)
-    out = natten.na2d(q32, q32, v64, 5)  # automatic selection: cutlass-fna
+    assert hopper.can_run_fna(q32, q32, v64, spec) is None  # D != Dv: the 64 kernel, Q/K zero-filled
     ref, _ = na_oracle(q32.double(), q32.double(), v64.double(), (5, 5))
-    assert_close(out, ref, atol=1e-2, rtol=0, what="D 32 / Dv 64 fallback")
+    for backend in (None, "hopper-fna"):
+        out = natten.na2d(q32, q32, v64, 5, backend=backend)
+        assert_close(out, ref, atol=1e-2, rtol=0, what=f"D 32 / Dv 64 on {backend}")
+    q24 = torch.randn(1, 16, 16, 2, 24, device="cuda", dtype=torch.float16)
+    assert "head dim <= 32" in hopper.auto_reason(q24, q24, q24, spec)
+    assert hopper.auto_reason(q32, q32, v64, spec) is None
     assert hopper.can_run_fna(q32, q32, q32, spec) is None
     assert hopper.can_run_fna(x, x, x, spec) is None
 
@@ -288,14 +338,16 @@ def test_hopper_fmha_random_sweep():
             causal = rng.random() < 0.5
             hkv = rng.choice([1, 2])
             h = hkv * rng.choice([1, 2, 3])
-            d = rng.choice([32, 64, 128])
+            d = _head_dim(rng)
+            dv = d if rng.random() < 0.7 else _head_dim(rng)
             dtype = rng.choice([torch.float16, torch.bfloat16])
             b = rng.randint(1, 3)
             g = torch.Generator(device="cuda").manual_seed(rng.randrange(1 << 30))
             q = torch.randn(b, nq, h, d, device="cuda", dtype=dtype, generator=g)
             k = torch.randn(b, nk, hkv, d, device="cuda", dtype=dtype, generator=g)
-            v = torch.randn(b, nk, hkv, d, device="cuda", dtype=dtype, generator=g)
-            desc = f"case {case} seed {SEED}: nq={nq} nk={nk} causal={causal} B={b} H={h} Hkv={hkv} D={d} {dtype}"
+            v = torch.randn(b, nk, hkv, dv, device="cuda", dtype=dtype, generator=g)
+            desc = (f"case {case} seed {SEED}: nq={nq} nk={nk} causal={causal} B={b} H={h} Hkv={hkv} D={d} Dv={dv} "
+                    f"{dtype}")
             with failures.case():
                 assert hopper.can_run_fmha(q, k, v, causal) is None, desc
                 out, lse = natten.attention(q, k, v, is_causal=causal, backend="hopper-fmha", return_lse=True)
@@ -326,7 +378,11 @@ def test_hopper_fmha_dispatch_and_reasons():
     with pytest.raises(natten.backends.BackendNotSupportedError, match="hopper-fmha has no backward"):
         natten.attention(g, g, g, backend="hopper-fmha")
     d96 = torch.randn(1, 64, 2, 96, device="cuda", dtype=torch.float16)
-    assert "head_dim" in hopper.can_run_fmha(d96, d96, d96)
+    assert hopper.can_run_fmha(d96, d96, d96) is None  # the 128 kernel, zero-filled
+    assert_close(natten.attention(d96, d96, d96, backend="hopper-fmha"),
+                 dense_attention(d96.double(), d96.double(), d96.double())[0], atol=1e-2, rtol=0, what="fmha D 96")
+    d100 = torch.randn(1, 64, 2, 100, device="cuda", dtype=torch.float16)
+    assert "head_dim" in hopper.can_run_fmha(d100, d100, d100)
 
 
 def test_tensors_over_2_31_elements():
@@ -367,7 +423,7 @@ def test_dilation_random_sweep():
         ca = tuple(rng.random() < 0.3 for _ in range(rank))
         hkv = rng.choice([1, 2])
         h = hkv * rng.choice([1, 2])
-        d = rng.choice([32, 64, 128])
+        d = _head_dim(rng)
         dtype = rng.choice([torch.float16, torch.bfloat16])
         with failures.case():
             _check(shape, ks, st, ca, rng.randint(1, 2), h, hkv, d, dtype, seed=rng.randrange(1 << 30),
@@ -392,7 +448,7 @@ def _slab_problem(rng: random.Random):
     qo, qs, ko, kvs = random_slabs(rng, spec)
     hkv = rng.choice([1, 2])
     h = hkv * rng.choice([1, 2])
-    d = rng.choice([32, 64, 128])
+    d = _head_dim(rng)
     dtype = rng.choice([torch.float16, torch.bfloat16])
     return spec, qo, qs, ko, kvs, rng.randint(1, 2), h, hkv, d, dtype
 

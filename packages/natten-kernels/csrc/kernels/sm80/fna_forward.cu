@@ -158,30 +158,38 @@ int tile_shapes(int rank, int out[][kRank], int capacity, int tile_log2 = kTileL
   return count;
 }
 
-void choose_tiles(int rank, const AxisProblem ax[kRank], int ql[kRank], int kl[kRank], int tile_log2 = kTileLog2) {
-  int shapes[kMaxShapes][kRank];
+// Query tiles of 2^tile_log2 tokens, key tiles of 2^kv_log2 (the SM90 kernel at head dim 256: 128
+// and 64).
+void choose_tiles(int rank, const AxisProblem ax[kRank], int ql[kRank], int kl[kRank], int tile_log2, int kv_log2) {
+  int shapes[kMaxShapes][kRank], kshapes[kMaxShapes][kRank];
   const int ns = tile_shapes(rank, shapes, kMaxShapes, tile_log2);
-  for (int a = 0; a < kRank; ++a) ql[a] = kl[a] = shapes[0][a];
-  if (ns == 1) return;  // rank 1: a single shape
+  const int nk = tile_shapes(rank, kshapes, kMaxShapes, kv_log2);
+  for (int a = 0; a < kRank; ++a) {
+    ql[a] = shapes[0][a];
+    kl[a] = kshapes[0][a];
+  }
+  if (ns == 1 && nk == 1) return;  // rank 1: a single shape
   double cost[kRank][kMaxTileLog2 + 1][kMaxTileLog2 + 1];
   for (int a = 0; a < rank; ++a)
     for (int q = 0; q <= tile_log2; ++q)
-      for (int k = 0; k <= tile_log2; ++k) cost[a][q][k] = axis_visits(ax[a], q, k);
+      for (int k = 0; k <= kv_log2; ++k) cost[a][q][k] = axis_visits(ax[a], q, k);
   double best = -1.0;
   bool best_same = false;
   for (int iq = 0; iq < ns; ++iq) {
-    for (int ik = 0; ik < ns; ++ik) {
+    for (int ik = 0; ik < nk; ++ik) {
       double c = 1.0;
-      for (int a = 0; a < rank; ++a) c *= cost[a][shapes[iq][a]][shapes[ik][a]];
-      // Fewest visited pairs; among (near-)ties prefer equal query and key shapes.
-      const bool same = iq == ik;
+      for (int a = 0; a < rank; ++a) c *= cost[a][shapes[iq][a]][kshapes[ik][a]];
+      // Fewest visited pairs; among (near-)ties prefer a key box inside the query box (equal
+      // shapes when the sizes are equal).
+      bool same = true;
+      for (int a = 0; a < kRank; ++a) same = same && kshapes[ik][a] <= shapes[iq][a];
       const bool tie = best >= 0.0 && c <= best * (1.0 + 1e-9) && c >= best * (1.0 - 1e-9);
       if (best < 0.0 || (!tie && c < best) || (tie && same && !best_same)) {
         best = c;
         best_same = same;
         for (int a = 0; a < kRank; ++a) {
           ql[a] = shapes[iq][a];
-          kl[a] = shapes[ik][a];
+          kl[a] = kshapes[ik][a];
         }
       }
     }
@@ -197,6 +205,7 @@ struct TileChoiceEntry {
   bool valid = false;
   int rank = 0;
   int tile_log2 = 0;
+  int kv_log2 = 0;
   unsigned last_use = 0;
   AxisProblem ax[kRank];
   int ql[kRank], kl[kRank];
@@ -209,12 +218,13 @@ struct TileChoiceCache {
 thread_local TileChoiceCache g_tile_cache;
 
 void choose_tiles_cached(int rank, const AxisProblem ax[kRank], int ql[kRank], int kl[kRank],
-                         int tile_log2 = kTileLog2) {
+                         int tile_log2 = kTileLog2, int kv_log2 = -1) {
+  if (kv_log2 < 0) kv_log2 = tile_log2;
   TileChoiceCache& c = g_tile_cache;
   TileChoiceEntry* hit = nullptr;
   TileChoiceEntry* victim = &c.entry[0];
   for (TileChoiceEntry& e : c.entry) {
-    if (e.valid && e.rank == rank && e.tile_log2 == tile_log2) {
+    if (e.valid && e.rank == rank && e.tile_log2 == tile_log2 && e.kv_log2 == kv_log2) {
       bool same = true;
       for (int a = 0; a < kRank && same; ++a) same = e.ax[a] == ax[a];
       if (same) {
@@ -226,10 +236,11 @@ void choose_tiles_cached(int rank, const AxisProblem ax[kRank], int ql[kRank], i
   }
   if (hit == nullptr) {
     hit = victim;
-    choose_tiles(rank, ax, hit->ql, hit->kl, tile_log2);
+    choose_tiles(rank, ax, hit->ql, hit->kl, tile_log2, kv_log2);
     hit->valid = true;
     hit->rank = rank;
     hit->tile_log2 = tile_log2;
+    hit->kv_log2 = kv_log2;
     for (int a = 0; a < kRank; ++a) hit->ax[a] = ax[a];
   }
   hit->last_use = ++c.clock;
@@ -261,17 +272,19 @@ int fna_forward_tile_configs(int rank, int head_dim, int* q_tiles, int* kv_tiles
   return fna_forward_tile_pairs(rank, kTileLog2, q_tiles, kv_tiles, capacity);
 }
 
-int fna_forward_tile_pairs(int rank, int tile_log2, int* q_tiles, int* kv_tiles, int capacity) {
-  if (rank < 1 || rank > kRank || tile_log2 < 0 || tile_log2 > kMaxTileLog2) return 0;
-  int shapes[kMaxShapes][kRank];
+int fna_forward_tile_pairs(int rank, int tile_log2, int* q_tiles, int* kv_tiles, int capacity, int kv_log2) {
+  if (kv_log2 < 0) kv_log2 = tile_log2;
+  if (rank < 1 || rank > kRank || tile_log2 < 0 || tile_log2 > kMaxTileLog2 || kv_log2 > kMaxTileLog2) return 0;
+  int shapes[kMaxShapes][kRank], kshapes[kMaxShapes][kRank];
   const int ns = tile_shapes(rank, shapes, kMaxShapes, tile_log2);
+  const int nk = tile_shapes(rank, kshapes, kMaxShapes, kv_log2);
   int count = 0;
   for (int iq = 0; iq < ns; ++iq) {
-    for (int ik = 0; ik < ns; ++ik) {
+    for (int ik = 0; ik < nk; ++ik) {
       if (count < capacity) {
         for (int a = 0; a < kRank; ++a) {
           if (q_tiles != nullptr) q_tiles[3 * count + a] = 1 << shapes[iq][a];
-          if (kv_tiles != nullptr) kv_tiles[3 * count + a] = 1 << shapes[ik][a];
+          if (kv_tiles != nullptr) kv_tiles[3 * count + a] = 1 << kshapes[ik][a];
         }
       }
       ++count;
@@ -290,18 +303,24 @@ cudaError_t fna_forward_default_tiles(const FnaForwardArgs& args, int q_tile[3],
   return fna_forward_choose_tiles(args, kTileLog2, q_tile, kv_tile);
 }
 
-cudaError_t fna_forward_choose_tiles(const FnaForwardArgs& args, int tile_log2, int q_tile[3], int kv_tile[3]) {
-  if (tile_log2 < 0 || tile_log2 > kMaxTileLog2) return cudaErrorInvalidValue;
+cudaError_t fna_forward_choose_tiles(const FnaForwardArgs& args, int tile_log2, int q_tile[3], int kv_tile[3],
+                                     int kv_log2) {
+  if (kv_log2 < 0) kv_log2 = tile_log2;
+  if (tile_log2 < 0 || tile_log2 > kMaxTileLog2 || kv_log2 > kMaxTileLog2) return cudaErrorInvalidValue;
   AxisProblem ax[kRank];
   bool empty = false;
   if (!normalize_axes(args, ax, &empty)) return cudaErrorInvalidValue;
   int ql[kRank], kl[kRank];
   if (empty) {
-    int shapes[1][kRank] = {};
+    int shapes[1][kRank] = {}, kshapes[1][kRank] = {};
     tile_shapes(args.rank, shapes, 1, tile_log2);
-    for (int a = 0; a < kRank; ++a) ql[a] = kl[a] = shapes[0][a];
+    tile_shapes(args.rank, kshapes, 1, kv_log2);
+    for (int a = 0; a < kRank; ++a) {
+      ql[a] = shapes[0][a];
+      kl[a] = kshapes[0][a];
+    }
   } else {
-    choose_tiles_cached(args.rank, ax, ql, kl, tile_log2);
+    choose_tiles_cached(args.rank, ax, ql, kl, tile_log2, kv_log2);
   }
   for (int a = 0; a < kRank; ++a) {
     q_tile[a] = 1 << ql[a];

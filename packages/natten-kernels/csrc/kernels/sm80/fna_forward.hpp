@@ -34,11 +34,11 @@ bool fna_forward_supports(int head_dim, int head_dim_v, int dtype, const char** 
 int fna_forward_tile_configs(int rank, int head_dim, int* q_tiles /*[n][3]*/, int* kv_tiles /*[n][3]*/,
                              int capacity);
 
-// The same list for boxes of 2^tile_log2 tokens (0..7; the SM90 kernel lists its 128-token boxes
-// through it): every pair of power-of-two boxes over the first `rank` axes, in the chooser's order.
-// Returns 0 for an invalid rank / tile_log2.
+// The same list for query boxes of 2^tile_log2 tokens and key boxes of 2^kv_log2 (0..7; kv_log2 < 0:
+// the same as tile_log2; the SM90 kernel lists its boxes through it): every pair of power-of-two
+// boxes over the first `rank` axes, in the chooser's order. Returns 0 for an invalid rank / log2.
 int fna_forward_tile_pairs(int rank, int tile_log2, int* q_tiles /*[n][3]*/, int* kv_tiles /*[n][3]*/,
-                           int capacity);
+                           int capacity, int kv_log2 = -1);
 
 // The tile pair fna_forward uses when the caller leaves the choice to it: minimizes the number of
 // visited (query, key) pairs (tile-visit bound of PERF-NOTES.md) for this problem's per-axis
@@ -51,9 +51,10 @@ cudaError_t fna_forward_default_tiles(const natten::FnaForwardArgs& args, int q_
 // fused kernels never read outside it). Shared with the SM90 kernel's host checks.
 bool fna_forward_axes_valid(const natten::FnaForwardArgs& args);
 
-// The same chooser for tiles of 2^tile_log2 tokens (0..7; the SM90 kernel uses 7 = 128 tokens).
+// The same chooser for query tiles of 2^tile_log2 tokens and key tiles of 2^kv_log2 (0..7; kv_log2 <
+// 0: the same; the SM90 kernel uses 7 = 128 tokens, and key tiles of 64 at head dim 256).
 cudaError_t fna_forward_choose_tiles(const natten::FnaForwardArgs& args, int tile_log2, int q_tile[3],
-                                     int kv_tile[3]);
+                                     int kv_tile[3], int kv_log2 = -1);
 
 // The query-parallel kernel geometry of `args` (shared by the forward and the backward's dQ and
 // dK / dV kernels): normalized axes (rank < 3 padded), slabs, tiles (the caller's, else

@@ -1,5 +1,5 @@
 // Epilogue of the SM90 forward: O / rowsum, logsumexp (natural log of the scaled scores), and
-// predicated stores straight from the wgmma accumulator (4-byte pairs; rows outside the grid -
+// predicated stores straight from the wgmma accumulator (4-byte pairs, the first Dv columns; rows outside the grid -
 // padding of a partial query tile, or the next batch's rows on the folded axis - are never
 // written). A row with no attended key (impossible for valid NA) gives O = 0, lse = -inf.
 // (Later: stage O through shared memory for 16-byte / TMA stores.)
@@ -49,6 +49,7 @@ __device__ __forceinline__ void epilogue_store(const FnaSm90Params& p, const Wor
     CUTE_UNROLL
     for (int j = 0; j < Traits::kHeadDim / 8; ++j) {
       const int e = 4 * j + 2 * r;
+      if (8 * j >= p.dim_v) break;  // columns past Dv (8-column groups: Dv is a multiple of 8)
       const Element v0 = Element(acc_o(e) * inv[r]);
       const Element v1 = Element(acc_o(e + 1) * inv[r]);
       const uint32_t packed = uint32_t(v0.raw()) | (uint32_t(v1.raw()) << 16);

@@ -35,8 +35,9 @@ bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) ==
 // A stride is usable by TMA if it is a positive multiple of 16 bytes, or the axis has one token.
 bool stride_ok(int64_t stride, int64_t extent) { return extent == 1 || (stride > 0 && (stride & 7) == 0); }
 
-// Tile shape -> log2 per axis (axes >= rank must be 1); false if not a 128-token power-of-two box.
-[[maybe_unused]] bool parse_tile(const int* tile, int rank, int log2s[kRank]) {
+// Tile shape -> log2 per axis (axes >= rank must be 1); false if not a power-of-two box of
+// 2^total tokens.
+[[maybe_unused]] bool parse_tile(const int* tile, int rank, int log2s[kRank], int total_log2) {
   int total = 0;
   for (int a = 0; a < kRank; ++a) {
     if (a >= rank) {
@@ -47,7 +48,7 @@ bool stride_ok(int64_t stride, int64_t extent) { return extent == 1 || (stride >
     if (log2s[a] < 0) return false;
     total += log2s[a];
   }
-  return total == kTileLog2;
+  return total == total_log2;
 }
 
 #if defined(NATTEN_HAS_SM90)
@@ -71,8 +72,10 @@ EncodeTiledFn get_encode_fn() {
 
 // 5-D descriptor of a [B, X, (Y), (Z), heads, D] tensor (element strides sb, sp[3], sh) with a box
 // of (64, 1, tile reversed) (see params.cuh for the coordinate mapping).
+// kernel_dim: the kernel's head dim (kernel_head_dim); the box spans min(kernel_dim, 64) elements of
+// the head dim, and columns past `dim` are zero-filled by TMA.
 cudaError_t encode_tensor(CUtensorMap* map, int dtype, const void* ptr, int rank, int64_t batch,
-                          const int64_t extent[kRank], int64_t heads, int64_t dim, int64_t sb,
+                          const int64_t extent[kRank], int64_t heads, int64_t dim, int kernel_dim, int64_t sb,
                           const int64_t sp[kRank], int64_t sh, const int tile_log2[kRank], const char** detail) {
   EncodeTiledFn encode = get_encode_fn();
   if (encode == nullptr) {
@@ -83,7 +86,7 @@ cudaError_t encode_tensor(CUtensorMap* map, int dtype, const void* ptr, int rank
   cuuint64_t dims[5];
   cuuint64_t strides[4];  // bytes, dims 1..4
   cuuint32_t box[5];
-  const int chunk = dim < 64 ? int(dim) : 64;  // head-dim elements per box (kernel_traits.cuh kChunk)
+  const int chunk = kernel_dim < 64 ? kernel_dim : 64;  // head-dim elements per box (kernel_traits.cuh kChunk)
   dims[0] = cuuint64_t(dim);
   box[0] = cuuint32_t(chunk);
   dims[1] = cuuint64_t(heads);
@@ -135,14 +138,18 @@ bool fna_forward_built() {
 #endif
 }
 
+int kernel_head_dim(int head_dim, int head_dim_v) {
+  const int d = head_dim > head_dim_v ? head_dim : head_dim_v;
+  if (head_dim < 8 || head_dim_v < 8 || head_dim % 8 != 0 || head_dim_v % 8 != 0 || d > 256) return 0;
+  return d <= 32 ? 32 : d <= 64 ? 64 : d <= 128 ? 128 : 256;
+}
+
 bool fna_forward_supports(int head_dim, int head_dim_v, int dtype, const char** reason) {
   const char* why = nullptr;
   if (dtype != 1 && dtype != 2)
     why = "the Hopper kernel supports only fp16 and bf16 (cutlass-fna runs fp32)";
-  else if (head_dim != head_dim_v)
-    why = "the Hopper kernel needs head_dim == head_dim_v (the SM80 kernel takes head_dim != head_dim_v)";
-  else if (head_dim != 32 && head_dim != 64 && head_dim != 128)
-    why = "the Hopper kernel supports head_dim 32, 64 and 128 only (the SM80 kernel takes other multiples of 8)";
+  else if (kernel_head_dim(head_dim, head_dim_v) == 0)
+    why = "the Hopper kernel supports head_dim and head_dim_v that are multiples of 8 in [8, 256]";
   if (reason != nullptr) *reason = why;
   return why == nullptr;
 }
@@ -154,7 +161,7 @@ bool fna_forward_can_run(const FnaForwardArgs& args, int dtype, const char** rea
   };
   if (args.head_dim > INT_MAX || args.head_dim_v > INT_MAX ||
       !fna_forward_supports(int(args.head_dim), int(args.head_dim_v), dtype, &why)) {
-    if (why == nullptr) why = "the Hopper kernel supports head_dim 32, 64 and 128 only";
+    if (why == nullptr) why = "the Hopper kernel supports head dims that are multiples of 8 in [8, 256]";
   }
   if (args.rank < 1 || args.rank > kRank) fail("rank must be 1, 2 or 3");
   if (args.kernel_schedule != kScheduleDefault && args.kernel_schedule != kScheduleCooperative &&
@@ -196,12 +203,20 @@ bool fna_forward_can_run(const FnaForwardArgs& args, int dtype, const char** rea
   return why == nullptr;
 }
 
-int fna_forward_tile_configs(int rank, int* q_tiles, int* kv_tiles, int capacity) {
-  return sm80::fna_forward_tile_pairs(rank, kTileLog2, q_tiles, kv_tiles, capacity);
+int kv_tile_log2(int head_dim, int head_dim_v) {
+  return kernel_head_dim(head_dim, head_dim_v) == 256 ? kTileLog2KV256 : kTileLog2;
+}
+
+int fna_forward_tile_configs(int rank, int head_dim, int head_dim_v, int* q_tiles, int* kv_tiles, int capacity) {
+  if (kernel_head_dim(head_dim, head_dim_v) == 0) return 0;
+  return sm80::fna_forward_tile_pairs(rank, kTileLog2, q_tiles, kv_tiles, capacity,
+                                      kv_tile_log2(head_dim, head_dim_v));
 }
 
 cudaError_t fna_forward_default_tiles(const FnaForwardArgs& args, int q_tile[3], int kv_tile[3]) {
-  return sm80::fna_forward_choose_tiles(args, kTileLog2, q_tile, kv_tile);
+  if (args.head_dim > INT_MAX || args.head_dim_v > INT_MAX) return cudaErrorInvalidValue;
+  return sm80::fna_forward_choose_tiles(args, kTileLog2, q_tile, kv_tile,
+                                        kv_tile_log2(int(args.head_dim), int(args.head_dim_v)));
 }
 
 cudaError_t fna_forward(const FnaForwardArgs& args, int dtype, cudaStream_t stream, const char** detail) {
@@ -221,7 +236,10 @@ cudaError_t fna_forward(const FnaForwardArgs& args, int dtype, cudaStream_t stre
   std::memset(&p, 0, sizeof(p));
   Geometry& g = p.geo;
   int ql[kRank], kl[kRank];
-  if (!parse_tile(args.q_tile, args.rank, ql) || !parse_tile(args.kv_tile, args.rank, kl)) return cudaErrorInvalidValue;
+  const int D = kernel_head_dim(int(args.head_dim), int(args.head_dim_v));
+  if (!parse_tile(args.q_tile, args.rank, ql, kTileLog2) ||
+      !parse_tile(args.kv_tile, args.rank, kl, kv_tile_log2(int(args.head_dim), int(args.head_dim_v))))
+    return cudaErrorInvalidValue;
   for (int a = 0; a < kRank; ++a) {
     const bool on = a < args.rank;
     const int n = on ? int(args.global_extent[a]) : 1;  // the global grid (= extent without slabs)
@@ -265,28 +283,30 @@ cudaError_t fna_forward(const FnaForwardArgs& args, int dtype, cudaStream_t stre
   p.fold_q = args.rank == 3 ? int(args.extent[0]) : 0;
   p.fold_kv = args.rank == 3 ? int(args.kv_extent[0]) : 0;
   p.scale_log2 = float(double(args.scale) * 1.4426950408889634074);
+  p.dim_v = int(args.head_dim_v);
 
   cudaError_t e;
-  e = encode_tensor(&p.tma_q, dtype, args.q, args.rank, args.batch, ext, args.heads, args.head_dim,
+  e = encode_tensor(&p.tma_q, dtype, args.q, args.rank, args.batch, ext, args.heads, args.head_dim, D,
                     args.q_stride_batch, args.q_stride_spatial, args.q_stride_head, ql, detail);
   if (e != cudaSuccess) return e;
-  e = encode_tensor(&p.tma_k, dtype, args.k, args.rank, args.batch, kv_ext, args.heads_kv, args.head_dim,
+  e = encode_tensor(&p.tma_k, dtype, args.k, args.rank, args.batch, kv_ext, args.heads_kv, args.head_dim, D,
                     args.k_stride_batch, args.k_stride_spatial, args.k_stride_head, kl, detail);
   if (e != cudaSuccess) return e;
-  e = encode_tensor(&p.tma_v, dtype, args.v, args.rank, args.batch, kv_ext, args.heads_kv, args.head_dim_v,
+  e = encode_tensor(&p.tma_v, dtype, args.v, args.rank, args.batch, kv_ext, args.heads_kv, args.head_dim_v, D,
                     args.v_stride_batch, args.v_stride_spatial, args.v_stride_head, kl, detail);
   if (e != cudaSuccess) return e;
 
-  const int D = int(args.head_dim);
   const int sched = args.kernel_schedule == kScheduleDefault ? kDefaultSchedule : args.kernel_schedule;
   if (dtype == 1) {
     if (D == 32) return launch_fna_forward<1, 32>(p, sched, stream);
     if (D == 64) return launch_fna_forward<1, 64>(p, sched, stream);
     if (D == 128) return launch_fna_forward<1, 128>(p, sched, stream);
+    if (D == 256) return launch_fna_forward<1, 256>(p, sched, stream);
   } else {
     if (D == 32) return launch_fna_forward<2, 32>(p, sched, stream);
     if (D == 64) return launch_fna_forward<2, 64>(p, sched, stream);
     if (D == 128) return launch_fna_forward<2, 128>(p, sched, stream);
+    if (D == 256) return launch_fna_forward<2, 256>(p, sched, stream);
   }
   return cudaErrorNotSupported;
 #endif

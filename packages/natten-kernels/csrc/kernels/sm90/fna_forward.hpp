@@ -1,5 +1,6 @@
 // SM90 (Hopper, sm_90a) fused neighborhood-attention forward: host API.
-// Warp-specialized TMA + wgmma kernel with 128-token query and key tiles (see README.md).
+// Warp-specialized TMA + wgmma kernel with 128-token query tiles and 128-token key tiles (64 at
+// head dim 256) (see README.md).
 #pragma once
 
 #include <cuda_runtime.h>
@@ -17,12 +18,18 @@ constexpr int kScheduleDefault = 0;
 constexpr int kScheduleCooperative = 1;
 constexpr int kSchedulePingpong = 2;
 constexpr int kDefaultSchedule = kSchedulePingpong;
-constexpr int kTileLog2 = 7;
+constexpr int kTileLog2 = 7;       // query tiles: 128 tokens; key tiles too, except:
+constexpr int kTileLog2KV256 = 6;  // key tiles of 64 tokens at kernel head dim 256
 
 // Was the sm_90a kernel compiled into this build (NATTEN_CUDA_ARCHS contains 90a)?
 bool fna_forward_built();
 
-// Problem-level support (no device, no pointers): dtype 1/2, head_dim == head_dim_v in {32, 64, 128}.
+// The kernel head dim that runs (head_dim, head_dim_v): the smallest of 32, 64, 128, 256 holding
+// both (TMA zero-fills the columns past each tensor's own head dim); 0 if either is not a multiple
+// of 8 in [8, 256].
+int kernel_head_dim(int head_dim, int head_dim_v);
+
+// Problem-level support (no device, no pointers): dtype 1/2, kernel_head_dim(head_dim, head_dim_v) != 0.
 bool fna_forward_supports(int head_dim, int head_dim_v, int dtype, const char** reason);
 
 // Full support check of one call: fna_forward_supports plus rank, dilation 1, no slabs, 16-byte
@@ -31,10 +38,15 @@ bool fna_forward_supports(int head_dim, int head_dim_v, int dtype, const char** 
 // in the TMA descriptor), coordinates within 32 bits. On false, *reason gets a static message.
 bool fna_forward_can_run(const natten::FnaForwardArgs& args, int dtype, const char** reason);
 
-// Supported (query tile, key tile) pairs for a rank: every pair of power-of-two boxes of 128
-// tokens over the first `rank` axes (1 for rank 1, 64 for rank 2, 1296 for rank 3). Same output
+// log2 of the key-tile size for these head dims (kTileLog2, or kTileLog2KV256 at kernel head dim 256).
+int kv_tile_log2(int head_dim, int head_dim_v);
+
+// Supported (query tile, key tile) pairs for a rank and head dims: every pair of a power-of-two box
+// of 128 query tokens and one of 2^kv_tile_log2 key tokens over the first `rank` axes (rank 2:
+// 8 x 8 or 8 x 7 pairs, rank 3: 36 x 36 or 36 x 28). 0 for unsupported head dims. Same output
 // convention as sm80::fna_forward_tile_configs.
-int fna_forward_tile_configs(int rank, int* q_tiles /*[n][3]*/, int* kv_tiles /*[n][3]*/, int capacity);
+int fna_forward_tile_configs(int rank, int head_dim, int head_dim_v, int* q_tiles /*[n][3]*/,
+                             int* kv_tiles /*[n][3]*/, int capacity);
 
 // Default tiles: the SM80 chooser (fewest visited (query, key) pairs) over 128-token boxes.
 cudaError_t fna_forward_default_tiles(const natten::FnaForwardArgs& args, int q_tile[3], int kv_tile[3]);

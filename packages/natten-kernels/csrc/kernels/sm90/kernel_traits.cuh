@@ -1,12 +1,15 @@
-// Compile-time configuration of the SM90 fused NA forward: element type x head dim (D == Dv).
+// Compile-time configuration of the SM90 fused NA forward: element type x kernel head dim (32, 64,
+// 128 or 256). The tensors' own head dims D (q, k) and Dv (v, out) may be any multiples of 8 up to
+// it: the TMA boxes span the kernel head dim and the hardware zero-fills the columns past D or Dv
+// (exact: zero columns add nothing to Q K^T, and the output columns past Dv are never stored).
 //
 // CTA = 3 warpgroups: warpgroup 0 is the producer (one elected thread issues every TMA load),
 // warpgroups 1 and 2 are consumers owning query rows [0, 64) and [64, 128) of the 128-token query
 // tile. S = Q K^T is an SS wgmma (64 x 128 x D per warpgroup), O += P V an RS wgmma (P from
 // registers, 64 x D x 128). Q, K and V tiles are rows of D elements in shared memory, split into
 // head-dim chunks of kChunk = min(D, 64) elements (128 or 64 bytes) with the swizzle of that width,
-// exactly as one TMA box per chunk writes them: chunk c of a 128-row tile is 128 * kChunk elements
-// at offset c * 128 * kChunk, row r of it at r * kChunk elements (16-byte pieces XOR-swizzled by
+// exactly as one TMA box per chunk writes them: chunk c of an R-row tile is R * kChunk elements
+// at offset c * R * kChunk, row r of it at r * kChunk elements (16-byte pieces XOR-swizzled by
 // the row). K is read K-major (B operand of S), V MN-major (B operand of PV: its N = head dim is
 // the contiguous axis), Q K-major (A operand of S). D = 32 uses the 64-byte swizzle atoms.
 #pragma once
@@ -28,23 +31,33 @@ template <class Element_, int kHeadDim_>
 struct FnaSm90Traits {
   using Element = Element_;
   static constexpr int kHeadDim = kHeadDim_;
-  static_assert(kHeadDim == 32 || kHeadDim == 64 || kHeadDim == 128, "head dim 32, 64 or 128");
+  static_assert(kHeadDim == 32 || kHeadDim == 64 || kHeadDim == 128 || kHeadDim == 256,
+                "head dim 32, 64, 128 or 256");
 
   static constexpr int kTileQ = 128;      // query tokens per CTA (2 consumer warpgroups x 64 rows)
-  static constexpr int kTileKV = 128;     // key tokens per key tile
-  static constexpr int kTileLog2 = 7;
+  // Key tokens per key tile: 128, or 64 at head dim 256 (the 64 x 256 fp32 O accumulator takes 128
+  // registers per consumer thread; a 64-key S leaves room without spills).
+  static constexpr int kTileKV = kHeadDim == 256 ? 64 : 128;
+  static constexpr int kTileLog2 = 7;                          // log2 kTileQ
+  static constexpr int kTileLog2KV = kHeadDim == 256 ? 6 : 7;  // log2 kTileKV
   static constexpr int kConsumerWarpgroups = 2;
   static constexpr int kConsumerThreads = 128 * kConsumerWarpgroups;
   static constexpr int kThreads = 128 + kConsumerThreads;  // 384
   static constexpr int kChunk = kHeadDim < 64 ? kHeadDim : 64;  // head-dim elements per TMA box (64 / 128 B)
   static constexpr int kChunks = kHeadDim / kChunk;
   static constexpr int kStages = kHeadDim <= 64 ? 4 : 2;  // K and V ring depth
+  // Intra-warpgroup overlap (S(t) issued with O += P(t-1) V(t-1)) keeps O, S(t) and P(t-1) live:
+  // 128 + 32 + 16 registers per thread at head dim 256 (64-key tiles), which spilled at the 240
+  // budget (ptxas, CUDA 13.0). There the consumer waits for each PV GEMM before issuing the next S
+  // GEMM (mainloop_consumer.cuh); the two warpgroups still alternate on the tensor cores (pingpong).
+  static constexpr bool kOverlap = kHeadDim <= 128;
   static constexpr int kProducerRegs = 24;
   static constexpr int kConsumerRegs = 240;  // 128 * 24 + 256 * 240 <= 64 K registers
 
   static constexpr int kTileBytesQ = kTileQ * kHeadDim * int(sizeof(Element));
   static constexpr int kTileBytesKV = kTileKV * kHeadDim * int(sizeof(Element));
-  static constexpr int kChunkElems = kTileKV * kChunk;  // elements of one TMA box (same for Q)
+  static constexpr int kChunkElemsQ = kTileQ * kChunk;    // elements of one Q TMA box
+  static constexpr int kChunkElemsKV = kTileKV * kChunk;  // elements of one K / V TMA box
 
   using AtomLayoutMNK = cute::Layout<cute::Shape<cute::Int<kConsumerWarpgroups>, cute::_1, cute::_1>>;
   using TiledMmaS = decltype(cute::make_tiled_mma(

@@ -175,7 +175,7 @@ struct MainloopConsumer {
     float corr[2];
     {
       Tensor acc_s = partition_fragment_C(mma_s, scores_shape);
-      static_assert(decltype(size(acc_s))::value == Traits::kTileKV / 2, "64 x 128 accumulator per thread");
+      static_assert(decltype(size(acc_s))::value == Traits::kTileKV / 2, "64 x kTileKV accumulator per thread");
       pipe_k.consumer_wait(st_k);
       turn_begin(wg);
       warpgroup_gemm<true, false>(mma_s, tSrQ, tSrK(_, _, _, st_k.index()), acc_s);
@@ -192,7 +192,7 @@ struct MainloopConsumer {
     }
 
     // ---- sections 1 .. T-1: S(t) overlapped with O += P(t-1) V(t-1)
-    for (int t = 1; t < total; ++t) {
+    for (int t = 1; t < total && Traits::kOverlap; ++t) {
       Tensor acc_s = partition_fragment_C(mma_s, scores_shape);
       pipe_k.consumer_wait(st_k);
       turn_begin(wg);
@@ -216,6 +216,35 @@ struct MainloopConsumer {
       warpgroup_fence_operand(p_regs);  // keep P(t-1) live until here (read by the async wgmma)
       pipe_v.consumer_release(st_v);
       ++st_v;
+      convert_pairs<Element>(acc_s, p_regs);
+      sm80::key_tile_advance(p.geo, ctx.keys, kb);
+    }
+
+    // ---- sections 1 .. T-1 without overlap (head dim 256, Traits::kOverlap false): within the
+    // same turn, O += P(t-1) V(t-1) is issued and waited for (P(t-1) dies), then S(t) is issued.
+    // Same turns as above (one per section), so the ping-pong barrier counts are unchanged.
+    for (int t = 1; t < total && !Traits::kOverlap; ++t) {
+      pipe_k.consumer_wait(st_k);
+      pipe_v.consumer_wait(st_v);
+      turn_begin(wg);
+      CUTE_UNROLL
+      for (int e = 0; e < size(acc_o); ++e) acc_o(e) *= corr[frag_slot(e)];
+      warpgroup_gemm<false, true>(mma_pv, tOrP, tOrV(_, _, _, st_v.index()), acc_o);
+      warpgroup_wait<0>();
+      warpgroup_fence_operand(acc_o);
+      warpgroup_fence_operand(p_regs);
+      pipe_v.consumer_release(st_v);
+      ++st_v;
+      Tensor acc_s = partition_fragment_C(mma_s, scores_shape);
+      warpgroup_gemm<true, false>(mma_s, tSrQ, tSrK(_, _, _, st_k.index()), acc_s);
+      turn_end(wg);
+      warpgroup_wait<0>();
+      warpgroup_fence_operand(acc_s);
+      pipe_k.consumer_release(st_k);
+      ++st_k;
+      if (t == total - 1) ss.q_empty.arrive();  // S(T-1) was the last read of Q
+      if (!sm80::key_tile_full(p.geo, ctx.keys, kb)) mask_tile(p, win, kb, ct, masked, acc_s);
+      sm.update(acc_s, scale_log2, corr);
       convert_pairs<Element>(acc_s, p_regs);
       sm80::key_tile_advance(p.geo, ctx.keys, kb);
     }

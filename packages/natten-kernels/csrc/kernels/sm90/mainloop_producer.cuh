@@ -22,12 +22,14 @@ struct MainloopProducer {
 
   static constexpr uint64_t kCacheHint = uint64_t(cute::TMA::CacheHintSm90::EVICT_NORMAL);
 
-  // Loads the `Traits::kChunks` boxes of one 128-token tile (all head-dim chunks) into `dst`.
+  // Loads the `Traits::kChunks` boxes of one tile (all head-dim chunks, kChunkElems elements each)
+  // into `dst`.
+  template <int kChunkElems>
   __device__ static void load_tile(const CUtensorMap* desc, uint64_t* bar, Element* dst, int head,
                                    const int c[3]) {
     CUTE_UNROLL
     for (int k = 0; k < Traits::kChunks; ++k) {
-      cute::SM90_TMA_LOAD_5D::copy(desc, bar, kCacheHint, dst + k * Traits::kChunkElems, k * Traits::kChunk, head,
+      cute::SM90_TMA_LOAD_5D::copy(desc, bar, kCacheHint, dst + k * kChunkElems, k * Traits::kChunk, head,
                                    c[0], c[1], c[2]);
     }
   }
@@ -45,7 +47,7 @@ struct MainloopProducer {
     // epilogue), so this Q load and the first K / V loads overlap the previous tile's tail.
     if (iter > 0) ss.q_empty.wait(uint32_t((iter - 1) & 1));
     ss.q_full.arrive_and_expect_tx(Traits::kTileBytesQ);
-    load_tile(&p.tma_q, reinterpret_cast<uint64_t*>(&ss.q_full), ss.q.data(), int(ctx.work.head), c);
+    load_tile<Traits::kChunkElemsQ>(&p.tma_q, reinterpret_cast<uint64_t*>(&ss.q_full), ss.q.data(), int(ctx.work.head), c);
 
     // Issue order K0, K1, V0, K2, V1, ..., K(T-1), V(T-2), V(T-1): the consumers wait for K(t)
     // before V(t-1) (their S(t) GEMM is issued before O += P(t-1) V(t-1)), so K(t) must not queue
@@ -60,14 +62,14 @@ struct MainloopProducer {
       if (t < total) {
         tma_token_coords(p, b, kb, p.fold_kv, c);
         pipe_k.producer_acquire(st_k);  // waits for the stage to be free, then expects kTileBytesKV
-        load_tile(&p.tma_k, pipe_k.producer_get_barrier(st_k), ss.k.data() + st_k.index() * kStageElems, kv_head, c);
+        load_tile<Traits::kChunkElemsKV>(&p.tma_k, pipe_k.producer_get_barrier(st_k), ss.k.data() + st_k.index() * kStageElems, kv_head, c);
         ++st_k;
         sm80::key_tile_advance(p.geo, ctx.keys, kb);
       }
       if (t > 0) {
         tma_token_coords(p, b, vb, p.fold_kv, c);
         pipe_v.producer_acquire(st_v);
-        load_tile(&p.tma_v, pipe_v.producer_get_barrier(st_v), ss.v.data() + st_v.index() * kStageElems, kv_head, c);
+        load_tile<Traits::kChunkElemsKV>(&p.tma_v, pipe_v.producer_get_barrier(st_v), ss.v.data() + st_v.index() * kStageElems, kv_head, c);
         ++st_v;
         sm80::key_tile_advance(p.geo, ctx.keys, vb);
       }

@@ -23,9 +23,9 @@ using sm80::Geometry;
 // Tokens past an axis end are zero-filled by TMA (or, on the folded X axis, the next batch's
 // rows): the kernel masks them as keys by coordinate and never stores them as queries.
 struct FnaSm90Params {
-  CUtensorMap tma_q;  // box (64, 1, q tile, reversed axes)
-  CUtensorMap tma_k;  // box (64, 1, kv tile, reversed axes)
-  CUtensorMap tma_v;  // same box as K
+  CUtensorMap tma_q;  // box (chunk, 1, q tile, reversed axes); chunk = min(kernel head dim, 64)
+  CUtensorMap tma_k;  // box (chunk, 1, kv tile, reversed axes)
+  CUtensorMap tma_v;  // same box as K (head-dim columns past D / Dv are zero-filled)
 
   Geometry geo;  // dilation 1; slabs: q / kv tensors hold the query / key slab of the global grid
 
@@ -40,6 +40,7 @@ struct FnaSm90Params {
   int fold_q;        // rank 3: X of the query slab (batch folded into the outermost TMA dim); else 0
   int fold_kv;       // rank 3: X of the key/value slab; else 0
   float scale_log2;  // softmax scale * log2(e)
+  int dim_v;         // the output's head dim Dv (multiple of 8, <= the kernel head dim): columns stored
 };
 
 // TMA coordinates (dims 2..4) of the token box at origin o[] (slab coordinates of the tensor) of

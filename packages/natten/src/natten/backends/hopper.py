@@ -1,10 +1,14 @@
 """``hopper-fna``: the sm_90a fused neighborhood-attention forward of natten-kernels (TMA + wgmma,
-warp-specialized, 128-token query and key tiles). ``hopper-fmha``: dense attention on the same
+warp-specialized, 128-token query tiles; 128-token key tiles, 64 at head dim 256). ``hopper-fmha``:
+dense attention on the same
 kernel, as a 1-D window that covers every key (forward only, as ``hopper-fna``).
 
 Forward only: ``can_run_fna`` refuses inputs that require grad (``cutlass-fna`` trains), so
 automatic selection falls back. Supported: H100 / H200 (compute capability 9.0) with a
-natten-kernels build that contains sm_90a; float16 / bfloat16; head_dim == head_dim_v in {32, 64, 128};
+natten-kernels build that contains sm_90a; float16 / bfloat16; head_dim and head_dim_v any multiples
+of 8 up to 256, equal or not (the kernels exist for 32, 64, 128 and 256; smaller head dims run on
+the next one up, zero-filled inside the kernel by TMA: no copy, exact results; natten-kernels >= 1.3.1,
+older builds take 32, 64 and 128 with head_dim == head_dim_v only);
 rank 1-3; any kernel size, stride, per-axis causal, GQA/MQA; dilation where every dilated axis
 is a multiple of its dilation (the dilation groups are folded into the batch: one permutation copy
 each way, one launch); query/key slabs of a larger grid (``global_shape``, ``q_origin``,
@@ -41,7 +45,7 @@ from .flex import _TileLayout  # the wide-element permutation copies (dilation g
 
 SUPPORTS_VARLEN = False
 
-_HEAD_DIMS = (32, 64, 128)
+_HEAD_DIMS = (32, 64, 128, 256)  # the kernels; other multiples of 8 run on the next one up
 _NAME = "hopper-fna"
 _KERNEL_REASONS: Dict[tuple, Optional[str]] = {}
 
@@ -70,9 +74,9 @@ def can_run_fna(
     if query.dtype not in _DTYPES:
         return f"it supports float16 and bfloat16, got {query.dtype}"
     d, dv = int(query.shape[-1]), int(value.shape[-1])
-    if d != dv or d not in _HEAD_DIMS:
-        return (f"it supports head_dim == head_dim_v in {_HEAD_DIMS}, got head_dim {d}, head_dim_v {dv} "
-                "(cutlass-fna runs any multiple of 8 up to 256, head_dim != head_dim_v included)")
+    if any(x < 8 or x > 256 or x % 8 for x in (d, dv)):
+        return (f"it supports head_dim and head_dim_v that are multiples of 8 up to 256, got head_dim {d}, "
+                f"head_dim_v {dv}")
     reason = _dilation_reason(spec)
     if reason is not None:
         return reason
@@ -85,9 +89,17 @@ def auto_reason(query: Tensor, key: Tensor, value: Tensor, spec: object) -> Opti
     does not). Head dim 32: measured slower than ``cutlass-fna`` on nat-small (H100, 2026-11-26:
     0.59 vs 0.39 ms; 128-token tiles visit far more pairs than 64-token ones on small windows), and
     not measured elsewhere yet; ``backend="hopper-fna"`` still runs it."""
-    if int(query.shape[-1]) == 32:
-        return "head dim 32: cutlass-fna measured faster (nat-small, H100)"
+    if kernel_head_dim(int(query.shape[-1]), int(value.shape[-1])) == 32:
+        return "head dim <= 32: cutlass-fna measured faster (nat-small, H100)"
     return None
+
+
+def kernel_head_dim(head_dim: int, head_dim_v: int) -> int:
+    """The head dim of the kernel that runs ``(head_dim, head_dim_v)``: the smallest of 32, 64,
+    128, 256 that holds both (the columns past each tensor's own head dim are zero-filled by TMA
+    inside the kernel)."""
+    d = max(int(head_dim), int(head_dim_v))
+    return next(k for k in _HEAD_DIMS if d <= k) if d <= _HEAD_DIMS[-1] else 0
 
 
 def can_run_fmha(
@@ -101,8 +113,8 @@ def can_run_fmha(
     """None if ``hopper-fmha`` can run this dense-attention problem here, else the reason.
 
     Dense attention runs on the ``hopper-fna`` kernel as 1-D windows covering every key (see
-    :func:`fmha`); it has the kernel's limits (forward only, fp16/bf16, head_dim == head_dim_v in
-    {32, 64, 128})."""
+    :func:`fmha`); it has the kernel's limits (forward only, fp16/bf16, head dims multiples of 8
+    up to 256)."""
     if query.device.type != "cuda":
         return f"it needs CUDA tensors, got tensors on {query.device}"
     if query.dim() != 4:
@@ -284,7 +296,8 @@ def get_configs_for_cutlass_hopper_fna(
     query: Tensor, key: Tensor, value: Tensor
 ) -> List[Tuple[Tuple[int, ...], Tuple[int, ...]]]:
     """Valid ``(q_tile_shape, kv_tile_shape)`` pairs of ``hopper-fna`` for these tensors here:
-    every pair of power-of-two boxes of 128 tokens over the token axes.
+    every pair of a power-of-two box of 128 query tokens and one of 128 key tokens (64 when the
+    head dims run on the 256 kernel) over the token axes.
 
     Raises:
         ValueError: ``hopper-fna`` cannot run these tensors here (the message says why; inputs
