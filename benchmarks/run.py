@@ -166,7 +166,7 @@ def markdown(results: List[Dict], meta: Dict) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True)
-    # hopper-fna: forward only (SM 9.0, D 64/128, no dilation); other rows report its reason.
+    # hopper-fna: SM 9.0; its fwd+bwd rows run the SM80 backward kernels; other rows report the reason.
     p.add_argument("--backends", nargs="+", default=["cutlass-fna", "hopper-fna"])
     p.add_argument("--dtypes", nargs="+", default=["fp16", "bf16"], choices=sorted(DTYPES))
     p.add_argument("--rows", nargs="+", default=[r.id for r in ROWS])
@@ -193,8 +193,10 @@ def main() -> None:
         for dt in a.dtypes:
             for backend, sched in [(b, s) for b in a.backends
                                    for s in (a.kernel_schedules if b == "hopper-fna" else [None])]:
-                # hopper-fna has no backward yet: its rows time the forward only.
-                for backward in ([False, True] if a.backward and backend != "hopper-fna" else [False]):
+                # hopper-fna trains with its forward and cutlass-fna's backward kernels; hopper-fmha
+                # (the dense rows) is inference only.
+                for backward in ([False, True] if a.backward and not (row.dense and backend == "hopper-fna")
+                                 else [False]):
                     t0 = time.time()
                     r = run_row(row, backend, DTYPES[dt], backward, a.rep_ms, sched)
                     print(json.dumps(r), f"({time.time() - t0:.1f}s)", flush=True)

@@ -98,19 +98,40 @@ def _check_grads(got, ref, tol, desc):
         assert_close(a, b, atol=tol * scale, rtol=0, what=f"{desc} {name} (scale {scale:.3g})")
 
 
-def test_fna_backward_random_sweep():
-    rng = random.Random(SEED)
+BACKENDS = ["cutlass-fna", "hopper-fna"]
+HOPPER = torch.cuda.get_device_capability() == (9, 0)
+
+
+def _backend_or_skip(backend: str) -> None:
+    # hopper-fna trains with its sm_90a forward and the SM80 backward kernels: H100 / H200 only.
+    if backend == "hopper-fna" and not HOPPER:
+        pytest.skip("hopper-fna needs compute capability 9.0 (H100 / H200)")
+
+
+def _for_hopper(shape, dl, dtype):
+    """hopper-fna's limits on a drawn problem: float16 / bfloat16, dilated axes that are multiples of
+    their dilation (the groups are folded into the batch)."""
+    shape = [n - n % d for n, d in zip(shape, dl)]
+    return shape, (dtype if dtype != torch.float32 else torch.float16)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_fna_backward_random_sweep(backend):
+    _backend_or_skip(backend)
+    rng = random.Random(SEED + (0 if backend == "cutlass-fna" else 17))
     ops.set_poison_outputs(True)
     failures = SweepFailures()
     checked = 0
     try:
         for case in range(NUM_PROBLEMS):
             rank, shape, ks, st, dl, ca, b, h, hkv, d, dv, dtype, with_lse = _problem(rng)
+            if backend == "hopper-fna":
+                shape, dtype = _for_hopper(shape, dl, dtype)
             q, k, v, d_out, d_lse = _inputs(b, shape, h, hkv, d, dv, dtype, rng.randrange(1 << 30))
             desc = (f"case {case} seed {SEED}: shape={shape} kernel={ks} stride={st} dilation={dl} "
                     f"causal={ca} B={b} H={h} Hkv={hkv} D={d} Dv={dv} {dtype} lse_grad={with_lse}")
             try:
-                got = _grads(lambda q_, k_, v_: OPS[rank](q_, k_, v_, ks, st, dl, ca, backend="cutlass-fna",
+                got = _grads(lambda q_, k_, v_: OPS[rank](q_, k_, v_, ks, st, dl, ca, backend=backend,
                                                           return_lse=True),
                              q, k, v, d_out, d_lse if with_lse else None)
                 ref = _grads(lambda q_, k_, v_: na_oracle(q_, k_, v_, ks, st, dl, ca),
@@ -128,7 +149,7 @@ def test_fna_backward_random_sweep():
                 break
     finally:
         ops.set_poison_outputs(False)
-    print(f"cutlass-fna backward sweep: {checked} problems checked against the float64 oracle (seed {SEED})")
+    print(f"{backend} backward sweep: {checked} problems checked against the float64 oracle (seed {SEED})")
     failures.check()
     assert checked == NUM_PROBLEMS
 
@@ -269,9 +290,10 @@ def _needs_backward_slabs():
                     pytrace=False)
 
 
-def _region_problem(rng: random.Random):
+def _region_problem(rng: random.Random, dilation: bool = True):
     """A random problem on a global grid, a random (uneven) query slab, and a key slab that is
-    exactly the query slab's key range, wider than it, or the whole axis."""
+    exactly the query slab's key range, wider than it, or the whole axis (dilation 1 everywhere
+    unless `dilation`)."""
     from natten.window import WindowSpec, key_range
 
     rank = rng.choice([1, 2, 2, 3, 3])
@@ -281,6 +303,8 @@ def _region_problem(rng: random.Random):
     if rng.random() < 0.3:  # even kernels
         ks = [k - (k % 2) if k > 2 else k for k in ks]
     dl = [rng.randint(1, max(1, n // k)) if rng.random() < 0.4 else 1 for n, k in zip(shape, ks)]
+    if not dilation:
+        dl = [1] * rank
     st = [rng.randint(1, k) if rng.random() < 0.5 else 1 for k in ks]
     ca = [rng.random() < 0.3 for _ in ks]
     spec = WindowSpec(tuple(shape), tuple(ks), tuple(st), tuple(dl), tuple(ca))
@@ -350,17 +374,23 @@ def _slab_grads(fn, whole, slices, d_out, d_lse, strided):
     return (out, lse, *torch.autograd.grad(outs, xs, grads))
 
 
-def test_fna_backward_region_random_sweep():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_fna_backward_region_random_sweep(backend):
     """Fused backward on query/key slabs against the float64 reference backend on the same region,
-    gradient outputs poisoned with NaN."""
+    gradient outputs poisoned with NaN. hopper-fna: its forward takes slabs with dilation 1 only, so
+    its problems are drawn without dilation."""
     _needs_backward_slabs()
-    rng = random.Random(SEED + 2)
+    _backend_or_skip(backend)
+    rng = random.Random(SEED + (2 if backend == "cutlass-fna" else 19))
     ops.set_poison_outputs(True)
     failures = SweepFailures()
     checked = 0
     try:
         for case in range(NUM_REGION_PROBLEMS):
-            spec, qo, qs, ko, kvs, kv_mode, b, h, hkv, d, dv, dtype, with_lse = _region_problem(rng)
+            spec, qo, qs, ko, kvs, kv_mode, b, h, hkv, d, dv, dtype, with_lse = _region_problem(
+                rng, dilation=backend == "cutlass-fna")
+            if backend == "hopper-fna" and dtype == torch.float32:
+                dtype = torch.float16
             whole, slices, d_out, d_lse = _region_inputs(rng, spec, qo, qs, ko, kvs, b, h, hkv, d, dv, dtype)
             strided = rng.random() < 0.5
             kw = dict(kernel_size=spec.kernel_size, stride=spec.stride, dilation=spec.dilation,
@@ -378,7 +408,7 @@ def test_fna_backward_region_random_sweep():
             if VERBOSE:
                 print(desc, flush=True)
             try:
-                got = _slab_grads(lambda q_, k_, v_: op(q_, k_, v_, backend="cutlass-fna", **kw),
+                got = _slab_grads(lambda q_, k_, v_: op(q_, k_, v_, backend=backend, **kw),
                                   whole, slices, d_out, dl, strided)
                 ref = _slab_grads(lambda q_, k_, v_: op(q_, k_, v_, backend="reference", **kw),
                                   [t.double() for t in whole], slices, d_out.double(),
@@ -399,7 +429,7 @@ def test_fna_backward_region_random_sweep():
                 break
     finally:
         ops.set_poison_outputs(False)
-    print(f"cutlass-fna backward region sweep: {checked} problems checked against the float64 reference "
+    print(f"{backend} backward region sweep: {checked} problems checked against the float64 reference "
           f"backend (seed {SEED})")
     failures.check()
     assert checked == NUM_REGION_PROBLEMS

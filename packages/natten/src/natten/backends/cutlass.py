@@ -105,17 +105,21 @@ def _deterministic() -> bool:
 
 
 class _FnaFunction(torch.autograd.Function):
-    """Fused forward + fused backward of cutlass-fna (differentiable in out and lse)."""
+    """Fused forward + fused backward of cutlass-fna (differentiable in out and lse).
+
+    ``fwd_backend`` / ``fwd_schedule``: the C ABI backend and kernel schedule of the forward (1 =
+    the SM80 kernel; hopper-fna passes 2: its forward on the sm_90a kernel, the backward on the
+    SM80 kernels, which take any forward's out and lse)."""
 
     @staticmethod
     def forward(ctx, query, key, value, kernel_size, stride, dilation, is_causal, scale, q_tile, kv_tile,
                 bwd_q_tile, bwd_kv_tile, deterministic, global_shape, q_origin, kv_origin,
-                kv_splits):  # type: ignore[override]
+                kv_splits, fwd_backend=1, fwd_schedule=0):  # type: ignore[override]
         from .. import ops
 
         # global_shape / q_origin / kv_origin: the slab (empty lists = the whole grid).
         region = (global_shape, q_origin, kv_origin)
-        args = (kernel_size, stride, dilation, is_causal, scale, q_tile, kv_tile, *region)
+        args = (kernel_size, stride, dilation, is_causal, scale, q_tile, kv_tile, *region, fwd_backend, fwd_schedule)
         if torch.compiler.is_compiling():
             out, lse = ops.fna_forward(query, key, value, *args)
         else:
@@ -136,7 +140,7 @@ class _FnaFunction(torch.autograd.Function):
             query, key, value, out, lse, d_out, d_lse, kernel_size, stride, dilation, is_causal, scale,
             q_tile, kv_tile, deterministic, *ctx.region, ctx.kv_splits,
         )
-        return d_q, d_k, d_v, None, None, None, None, None, None, None, None, None, None, None, None, None, None
+        return (d_q, d_k, d_v) + (None,) * 16
 
 
 def _kv_splits(splits: Optional[Tuple[int, ...]], rank: int) -> List[int]:

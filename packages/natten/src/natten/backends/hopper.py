@@ -3,8 +3,12 @@ warp-specialized, 128-token query tiles; 128-token key tiles, 64 at head dim 256
 dense attention on the same
 kernel, as a 1-D window that covers every key (forward only, as ``hopper-fna``).
 
-Forward only: ``can_run_fna`` refuses inputs that require grad (``cutlass-fna`` trains), so
-automatic selection falls back. Supported: H100 / H200 (compute capability 9.0) with a
+Training: the forward runs on the sm_90a kernel and the backward on ``cutlass-fna``'s SM80
+kernels (fused dQ and dK/dV, deterministic; they take any forward's output and logsumexp), through
+the same autograd function; there is no Hopper backward kernel yet. ``backward_q_tile_shape`` /
+``backward_kv_tile_shape`` / ``backward_kv_splits`` are the SM80 backward's (default: the
+library's choice; the forward's 128-token tiles are not SM80 tiles). Needs a natten-kernels that
+trains (ABI >= 1.1; slabs >= 1.2). Supported: H100 / H200 (compute capability 9.0) with a
 natten-kernels build that contains sm_90a; float16 / bfloat16; head_dim and head_dim_v any multiples
 of 8 up to 256, equal or not (the kernels exist for 32, 64, 128 and 256; smaller head dims run on
 the next one up, zero-filled inside the kernel by TMA: no copy, exact results; natten-kernels >= 1.3.1,
@@ -38,8 +42,8 @@ from torch import Tensor
 from .. import _libnatten
 from ..window import WindowSpec
 from .cutlass import (  # shared with the SM80 backend
-    _DTYPES, _fmha_on_fna, _fmha_parts_reason, _library_reason, _needs_grad, _prepared_runner,
-    _region_args,
+    _DTYPES, _backward_reason, _backward_slabs_reason, _deterministic, _fmha_on_fna, _fmha_parts_reason,
+    _FnaFunction, _kv_splits, _library_reason, _needs_grad, _prepared_runner, _region_args,
 )
 from .flex import _TileLayout  # the wide-element permutation copies (dilation groups)
 
@@ -70,7 +74,11 @@ def can_run_fna(
     if reason is not None:
         return reason
     if _needs_grad(query, key, value):
-        return "hopper-fna has no backward yet; cutlass-fna trains"
+        reason = _backward_reason()
+        if reason is None and getattr(spec, "is_partial", False):
+            reason = _backward_slabs_reason()
+        if reason is not None:
+            return f"it trains through cutlass-fna's backward kernels, which cannot run here: {reason}"
     if query.dtype not in _DTYPES:
         return f"it supports float16 and bfloat16, got {query.dtype}"
     d, dv = int(query.shape[-1]), int(value.shape[-1])
@@ -177,9 +185,21 @@ def fna(
     kv_tile_shape: Optional[Tuple[int, ...]] = None,
     **options,
 ) -> Tuple[Tensor, Tensor]:
-    """Fused forward; returns ``(out, lse)``. Forward only (no autograd)."""
+    """Fused forward; returns ``(out, lse)``. Differentiable when the inputs require grad: the
+    backward runs on cutlass-fna's SM80 kernels (see the module docstring)."""
     if _needs_grad(query, key, value):
-        raise NotImplementedError("hopper-fna has no backward yet; cutlass-fna trains")
+        reason = _backward_reason()
+        if reason is None and getattr(spec, "is_partial", False):
+            reason = _backward_slabs_reason()
+        if reason is not None:
+            raise NotImplementedError(f"hopper-fna cannot train here (its backward is cutlass-fna's): {reason}")
+        bq, bkv = options.get("backward_q_tile_shape"), options.get("backward_kv_tile_shape")
+        if (bq is None) != (bkv is None):
+            raise ValueError(
+                "`backward_q_tile_shape` and `backward_kv_tile_shape` must be given together (got "
+                f"{bq} and {bkv}); hopper-fna's backward runs on cutlass-fna: see "
+                "natten.get_bwd_configs_for_cutlass_fna."
+            )
     if (q_tile_shape is None) != (kv_tile_shape is None):
         raise ValueError(
             "`q_tile_shape` and `kv_tile_shape` must be given together for hopper-fna "
@@ -215,6 +235,15 @@ def _fna_kernel(query: Tensor, key: Tensor, value: Tensor, spec, scale: float,
 
     schedule = _libnatten.schedule_id(options.get("kernel_schedule"))
     query, key, value = _foldable(query), _foldable(key), _foldable(value)
+    if _needs_grad(query, key, value):
+        bq, bkv = options.get("backward_q_tile_shape"), options.get("backward_kv_tile_shape")
+        kv_splits = _kv_splits(options.get("backward_kv_splits"), query.dim() - 3)
+        return _FnaFunction.apply(
+            query, key, value, list(spec.kernel_size), list(spec.stride), list(spec.dilation),
+            list(spec.is_causal), float(scale), list(q_tile_shape or ()), list(kv_tile_shape or ()),
+            list(bq or ()), list(bkv or ()), _deterministic(), *_region_args(spec), kv_splits,
+            _libnatten.BACKEND_HOPPER_FNA, schedule,
+        )
     args = (
         list(spec.kernel_size), list(spec.stride), list(spec.dilation), list(spec.is_causal),
         float(scale), list(q_tile_shape or ()), list(kv_tile_shape or ()), *_region_args(spec),
