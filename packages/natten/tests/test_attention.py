@@ -356,6 +356,26 @@ def test_hopper_dilation_reasons():
     assert hopper._dilation_reason(WindowSpec((7,), (3,), (1,), (1,), (False,))) is None
 
 
+def test_hopper_auto_reason_head_dims_and_dilation():
+    """hopper-fna declines the automatic choice where cutlass-fna measured faster: head dims that
+    run on its 32 kernel (max(D, Dv) <= 32) and dilation; nothing else."""
+    from natten.backends import hopper
+    from natten.window import WindowSpec
+
+    spec = WindowSpec((8, 8), (3, 3), (1, 1), (1, 1), (False, False))
+    dil = WindowSpec((8, 8), (3, 3), (1, 1), (2, 1), (False, False))
+
+    def t(d):
+        return torch.empty(1, 8, 8, 1, d)
+
+    assert "head dim <= 32" in hopper.auto_reason(t(24), t(24), t(32), spec)
+    assert hopper.auto_reason(t(24), t(24), t(40), spec) is None  # the 64 kernel
+    assert hopper.auto_reason(t(256), t(256), t(8), spec) is None
+    assert "dilation" in hopper.auto_reason(t(64), t(64), t(64), dil)
+    assert [hopper.kernel_head_dim(d, d) for d in (8, 32, 40, 64, 72, 128, 136, 256, 264)] == [
+        32, 32, 64, 64, 128, 128, 256, 256, 0]
+
+
 def test_automatic_selection_respects_a_backend_declining():
     """A backend that can run a problem but declines automatic selection (its ``auto_reason``,
     e.g. hopper-fna at head dim 32) is passed over by the automatic choice only: naming it still

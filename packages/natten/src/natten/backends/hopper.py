@@ -28,7 +28,7 @@ environment variable ``NATTEN_HOPPER_PERSISTENT=0`` asks for one CTA per work ti
 raises ``ValueError``. Needs natten-kernels ABI >= 1.2.
 
 Automatic selection passes over ``hopper-fna`` where it measured slower than ``cutlass-fna``
-(:func:`auto_reason`: head dim 32).
+(:func:`auto_reason`: head dims up to 32, dilation).
 """
 
 from __future__ import annotations
@@ -96,9 +96,13 @@ def auto_reason(query: Tensor, key: Tensor, value: Tensor, spec: object) -> Opti
     """Why automatic selection passes over ``hopper-fna`` for a problem it can run (None: it
     does not). Head dim 32: measured slower than ``cutlass-fna`` on nat-small (H100, 2026-11-26:
     0.59 vs 0.39 ms; 128-token tiles visit far more pairs than 64-token ones on small windows), and
-    not measured elsewhere yet; ``backend="hopper-fna"`` still runs it."""
+    not measured elsewhere yet. Dilation > 1: measured slower on the suite's dilated row (B 16,
+    64 x 64, 8 heads, D 64, 13 x 13, dilation 2; H100, 2026-11-26: 0.62 vs 0.50 ms forward, the
+    folding copies and 32 x 32 group grids); ``backend="hopper-fna"`` still runs both."""
     if kernel_head_dim(int(query.shape[-1]), int(value.shape[-1])) == 32:
         return "head dim <= 32: cutlass-fna measured faster (nat-small, H100)"
+    if any(int(d) > 1 for d in getattr(spec, "dilation", ()) or ()):
+        return "dilation: cutlass-fna measured faster (the dilated benchmark row, H100)"
     return None
 
 
