@@ -391,6 +391,28 @@ def test_hopper_fmha_dispatch_and_reasons():
     assert "head_dim" in hopper.can_run_fmha(d100, d100, d100)
 
 
+def test_hopper_fmha_varlen_runs():
+    """Variable-length packs on hopper-fmha (inference): natten.attention runs each run of
+    consecutive equal-length sequences as one batched call; mixed lengths, D != Dv, causal."""
+    from oracle import attention_oracle
+
+    g = torch.Generator(device="cuda").manual_seed(4)
+    lens_q, lens_kv = [37, 300, 300, 5, 128, 128, 128], [37, 300, 300, 70, 128, 128, 128]
+    for dtype in (torch.float16, torch.bfloat16):
+        q = torch.randn(1, sum(lens_q), 4, 64, device="cuda", dtype=dtype, generator=g)
+        k = torch.randn(1, sum(lens_kv), 2, 64, device="cuda", dtype=dtype, generator=g)
+        v = torch.randn(1, sum(lens_kv), 2, 96, device="cuda", dtype=dtype, generator=g)
+        assert hopper.can_run_fmha(q, k, v, False, True) is None
+        for causal in (False, True):
+            assert natten.backends.choose_fmha_backend(None, q, k, v, causal, True, False)[0] == "hopper-fmha"
+            out, lse = natten.attention(q, k, v, is_causal=causal, backend="hopper-fmha", return_lse=True,
+                                        seqlens_Q=torch.tensor(lens_q), seqlens_KV=torch.tensor(lens_kv))
+            ref, ref_lse = attention_oracle(q.double(), k.double(), v.double(), is_causal=causal,
+                                            seqlens_Q=lens_q, seqlens_KV=lens_kv)
+            assert_close(out, ref, atol=GPU_TOL[dtype], rtol=0, what=f"varlen {dtype} causal={causal} out")
+            assert_close(lse, ref_lse, atol=GPU_TOL[dtype], rtol=0, what=f"varlen {dtype} causal={causal} lse")
+
+
 def test_tensors_over_2_31_elements():
     """64-bit offsets: q/k/v/out of more than 2^31 elements; rows at both ends checked against
     the float64 window computed on a slice (a 1-D window only sees its neighbours)."""

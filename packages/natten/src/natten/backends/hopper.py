@@ -131,8 +131,8 @@ def can_run_fmha(
         return f"it needs CUDA tensors, got tensors on {query.device}"
     if query.dim() != 4:
         return f"it takes [batch, seqlen, heads, head_dim] tensors, got {query.dim()} dims"
-    if is_varlen:
-        return "it has no variable-length path yet (cutlass-fmha and flex-fmha take packed sequences)"
+    # Variable-length packs: natten.attention calls fmha once per run of consecutive sequences with
+    # equal (query, key) lengths, each run a batch viewed in place (SUPPORTS_VARLEN is False).
     if _needs_grad(query, key, value):
         return "hopper-fmha has no backward yet; cutlass-fmha and flex-fmha train"
     return _fmha_parts_reason(can_run_fna, query, key, value, is_causal, torch_compile)
@@ -311,10 +311,10 @@ def fmha(
     tiles above the diagonal are never visited. Queries run in slices of ``N_kv`` (the ones after
     the first see every key, non-causal); a last, shorter slice (and ``N_q < N_kv``) is a query
     slab of that grid."""
-    if options.get("offsets") is not None:
+    if options.get("offsets") is not None:  # natten.attention splits packs into runs (SUPPORTS_VARLEN)
         raise NotImplementedError(
-            "hopper-fmha has no variable-length path yet; cutlass-fmha and flex-fmha take packed "
-            "sequences"
+            "hopper-fmha takes no packed offsets: natten.attention runs variable-length packs on it as one "
+            "batched call per run of equal-length sequences"
         )
     reason = can_run_fmha(query, key, value, bool(is_causal))
     if reason is not None:
