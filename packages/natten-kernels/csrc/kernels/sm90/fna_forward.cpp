@@ -284,7 +284,6 @@ cudaError_t fna_forward(const FnaForwardArgs& args, int dtype, cudaStream_t stre
   p.fold_kv = args.rank == 3 ? int(args.kv_extent[0]) : 0;
   p.scale_log2 = float(double(args.scale) * 1.4426950408889634074);
   p.dim_v = int(args.head_dim_v);
-  for (int a = 0; a < args.rank; ++a) p.reverse_order |= args.is_causal[a] ? 1 : 0;
 
   cudaError_t e;
   e = encode_tensor(&p.tma_q, dtype, args.q, args.rank, args.batch, ext, args.heads, args.head_dim, D,

@@ -41,7 +41,6 @@ struct FnaSm90Params {
   int fold_kv;       // rank 3: X of the key/value slab; else 0
   float scale_log2;  // softmax scale * log2(e)
   int dim_v;         // the output's head dim Dv (multiple of 8, <= the kernel head dim): columns stored
-  int reverse_order; // 1: work tiles in reverse index order (heaviest first when an axis is causal)
 };
 
 // TMA coordinates (dims 2..4) of the token box at origin o[] (slab coordinates of the tensor) of

@@ -17,14 +17,8 @@ struct WorkContext {
   int64_t kv_head;
 };
 
-// Work tile order: index order, or reversed when p.reverse_order (set by the host when an axis is
-// causal). A causal axis makes later query tiles walk more key tiles (dense causal: 1 .. T), and
-// with the round-robin over CTAs the last, partial round is then made of the heaviest tiles, run by
-// a few CTAs while the rest idle; reversed, the heaviest go first and the last round is the
-// lightest. Both sides derive the same order, so it is only a permutation of the work.
 NATTEN_HD WorkContext make_work_context(const FnaSm90Params& p, int64_t idx) {
   WorkContext c;
-  if (p.reverse_order) idx = p.geo.num_work - 1 - idx;
   c.work = sm80::decode_work(p.geo, idx);
   sm80::make_query_tile(p.geo, c.work, c.qt);  // never empty: one dilation group, q_tiles from extent
   c.keys = sm80::make_key_tiles(p.geo, c.qt);
