@@ -29,17 +29,19 @@ _SEEN = {}
 
 
 def _fwd_cpu(query, key, value, kernel_size, stride, dilation, is_causal, scale, q_tile, kv_tile, global_shape=(),
-             q_origin=(), kv_origin=()):
+             q_origin=(), kv_origin=(), backend=1, kernel_schedule=0):
     _SEEN["fwd"] = (list(global_shape), list(q_origin), list(kv_origin))
+    _SEEN["fwd_backend"] = int(backend)
     out, lse = _oracle(query.double(), key.double(), value.double(), kernel_size, stride, dilation, is_causal, scale,
                        global_shape, q_origin, kv_origin)
     return out.to(query.dtype), lse.float()
 
 
 def _bwd_cpu(query, key, value, out, lse, d_out, d_lse, kernel_size, stride, dilation, is_causal, scale,
-             q_tile, kv_tile, deterministic, global_shape=(), q_origin=(), kv_origin=(), kv_splits=()):
+             q_tile, kv_tile, deterministic, global_shape=(), q_origin=(), kv_origin=(), kv_splits=(), backend=0):
     _SEEN["bwd"] = (list(global_shape), list(q_origin), list(kv_origin))
     _SEEN["kv_splits"] = list(kv_splits)
+    _SEEN["bwd_backend"] = int(backend)
     with torch.enable_grad():  # backward runs with grad mode off
         xs = [t.detach().double().requires_grad_(True) for t in (query, key, value)]
         o, l = _oracle(*xs, kernel_size, stride, dilation, is_causal, scale, global_shape, q_origin, kv_origin)
@@ -84,6 +86,14 @@ def test_autograd_function_eager_and_compiled(monkeypatch):
         for a, b, c in zip(eager, compiled, ref):
             torch.testing.assert_close(a, c, atol=1e-5, rtol=1e-5)
             torch.testing.assert_close(b, c, atol=1e-5, rtol=1e-5)
+        assert _SEEN["bwd_backend"] == 1  # cutlass-fna: the SM80 backward kernels only
+        # hopper-fna's forward (backend 2): the backward lets the library choose (AUTO = 0)
+        xs = [t.clone().requires_grad_(True) for t in (q0, k0, v0)]
+        out, lse = cutlass._FnaFunction.apply(*xs, ks, st, dl, ca, 0.3, [], [], [], [], True, [], [], [], [], 2, 0)
+        ((out * w).sum() + (lse * wl).sum()).backward()
+        assert _SEEN["bwd_backend"] == 0 and _SEEN["fwd_backend"] == 2
+        for a, c in zip([x.grad for x in xs], ref):
+            torch.testing.assert_close(a, c, atol=1e-5, rtol=1e-5)
     finally:
         lib._destroy()
 

@@ -149,11 +149,13 @@ fna_forward_eager = _fna_forward_cuda
 # global_shape / q_origin / kv_origin: the forward's slabs ([] = the whole grid). The gradients have
 # the shapes of their inputs: d_q like query (the query slab's grid), d_k / d_v like key / value
 # (the key slab's grid). kv_splits: KV parallelism of the dK / dV kernel ([] = one CTA per key tile).
+# backend: natten_backend of the C ABI; 0 (AUTO) runs dQ on the Hopper kernel on SM 9.0 where it can
+# (natten-kernels >= 1.3.1; the rest on the SM80 kernels), 1 keeps every kernel on SM80.
 _LIB.define(
     "fna_backward(Tensor query, Tensor key, Tensor value, Tensor out, Tensor lse, Tensor d_out, "
     "Tensor? d_lse, int[] kernel_size, int[] stride, int[] dilation, bool[] is_causal, float scale, "
     "int[] q_tile, int[] kv_tile, bool deterministic, int[] global_shape=[], int[] q_origin=[], "
-    "int[] kv_origin=[], int[] kv_splits=[]) -> (Tensor, Tensor, Tensor)"
+    "int[] kv_origin=[], int[] kv_splits=[], int backend=0) -> (Tensor, Tensor, Tensor)"
 )
 
 
@@ -186,6 +188,7 @@ def _fna_backward_cuda(
     q_origin: Sequence[int] = (),
     kv_origin: Sequence[int] = (),
     kv_splits: Sequence[int] = (),
+    backend: int = 0,
 ) -> Tuple[Tensor, Tensor, Tensor]:
     query, key, value = kernel_ready(query), kernel_ready(key), kernel_ready(value)
     out, d_out = kernel_ready(out), kernel_ready(d_out)
@@ -196,7 +199,7 @@ def _fna_backward_cuda(
         query, key, value, out, lse, d_out, d_lse, d_q, d_k, d_v, kernel_size, stride, dilation,
         is_causal, scale, q_tile=q_tile or None, kv_tile=kv_tile or None, deterministic=deterministic,
         global_shape=global_shape or None, q_origin=q_origin or None, kv_origin=kv_origin or None,
-        kv_splits=list(kv_splits) or None,
+        kv_splits=list(kv_splits) or None, backend=int(backend),
     )
     return d_q, d_k, d_v
 
@@ -225,6 +228,7 @@ def _fna_backward_fake(
     q_origin: Sequence[int] = (),
     kv_origin: Sequence[int] = (),
     kv_splits: Sequence[int] = (),
+    backend: int = 0,
 ) -> Tuple[Tensor, Tensor, Tensor]:
     # Slabs or not: d_q like query, d_k / d_v like key / value (their own token grids).
     return (

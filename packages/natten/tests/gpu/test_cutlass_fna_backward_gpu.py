@@ -50,6 +50,22 @@ OPS = {1: natten.na1d, 2: natten.na2d, 3: natten.na3d}
 GPU_TOL = {torch.float16: 1e-2, torch.bfloat16: 5e-2, torch.float32: 1e-4}  # fp32: CUDA-core kernels
 DIMS = [32, 64, 128, 256, 40, 96, 160]
 
+BACKENDS = ["cutlass-fna", "hopper-fna"]
+HOPPER = torch.cuda.get_device_capability() == (9, 0)
+
+
+def _backend_or_skip(backend: str) -> None:
+    # hopper-fna trains with its sm_90a forward and the SM80 backward kernels: H100 / H200 only.
+    if backend == "hopper-fna" and not HOPPER:
+        pytest.skip("hopper-fna needs compute capability 9.0 (H100 / H200)")
+
+
+def _for_hopper(shape, dl, dtype):
+    """hopper-fna's limits on a drawn problem: float16 / bfloat16, dilated axes that are multiples of
+    their dilation (the groups are folded into the batch)."""
+    shape = [n - n % d for n, d in zip(shape, dl)]
+    return shape, (dtype if dtype != torch.float32 else torch.float16)
+
 
 def _problem(rng: random.Random):
     rank = rng.choice([1, 2, 2, 3, 3])
@@ -96,23 +112,6 @@ def _check_grads(got, ref, tol, desc):
     for name, a, b in zip(("dq", "dk", "dv"), got, ref):
         scale = max(1.0, float(b.abs().max()))
         assert_close(a, b, atol=tol * scale, rtol=0, what=f"{desc} {name} (scale {scale:.3g})")
-
-
-BACKENDS = ["cutlass-fna", "hopper-fna"]
-HOPPER = torch.cuda.get_device_capability() == (9, 0)
-
-
-def _backend_or_skip(backend: str) -> None:
-    # hopper-fna trains with its sm_90a forward and the SM80 backward kernels: H100 / H200 only.
-    if backend == "hopper-fna" and not HOPPER:
-        pytest.skip("hopper-fna needs compute capability 9.0 (H100 / H200)")
-
-
-def _for_hopper(shape, dl, dtype):
-    """hopper-fna's limits on a drawn problem: float16 / bfloat16, dilated axes that are multiples of
-    their dilation (the groups are folded into the batch)."""
-    shape = [n - n % d for n, d in zip(shape, dl)]
-    return shape, (dtype if dtype != torch.float32 else torch.float16)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -191,11 +190,13 @@ def test_fna_backward_strided_views():
     _check_grads(got[2:], ref[2:], 1e-2, "strided views")
 
 
-def test_fna_backward_deterministic_bit_identical():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_fna_backward_deterministic_bit_identical(backend):
     # GQA with many query heads per kv head and large windows: where an atomics-based reduction
-    # would differ between runs.
+    # would differ between runs. hopper-fna: dQ on the SM90 kernel on an H100 / H200.
+    _backend_or_skip(backend)
     q, k, v, d_out, d_lse = _inputs(2, [40, 40], 8, 1, 64, 64, torch.bfloat16, 7)
-    fn = lambda a, b_, c: natten.na2d(a, b_, c, (13, 13), stride=(2, 1), backend="cutlass-fna",  # noqa: E731
+    fn = lambda a, b_, c: natten.na2d(a, b_, c, (13, 13), stride=(2, 1), backend=backend,  # noqa: E731
                                       return_lse=True)
     natten.use_deterministic_algorithms(True)
     try:

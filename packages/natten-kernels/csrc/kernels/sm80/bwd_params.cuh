@@ -46,6 +46,7 @@ struct FnaBwdParams {
   float scale;           // softmax scale
   float scale_log2;      // scale * log2(e)
   int aligned;           // every row of every dtype tensor starts on a 16-byte boundary
+  int skip_dq;           // 1: the dQ kernel is not launched (the SM90 dQ kernel runs it, sm90/bwd_dq.hpp)
 };
 
 // Dynamic shared memory of the backward tile kernels (both use the same plan, fna_backward_kernel.cuh

@@ -11,6 +11,7 @@
 #include "fna_backward_launch.hpp"
 #include "fna_forward.hpp"
 #include "simt/fna_f32.hpp"
+#include "sm90/bwd_dq.hpp"
 #include "tile_scheduler.cuh"
 
 namespace natten {
@@ -71,7 +72,7 @@ cudaError_t fna_backward_kv_tiles(const FnaBackwardArgs& args, int kv_tiles[3]) 
   return cudaSuccess;
 }
 
-cudaError_t fna_backward(const FnaBackwardArgs& args, int dtype, cudaStream_t stream) {
+cudaError_t fna_backward(const FnaBackwardArgs& args, int dtype, cudaStream_t stream, bool hopper_dq) {
   const FnaForwardArgs& f = args.fwd;
   if (f.head_dim > INT_MAX || f.head_dim_v > INT_MAX) return cudaErrorNotSupported;
   const int D = int(f.head_dim), Dv = int(f.head_dim_v);
@@ -160,23 +161,29 @@ cudaError_t fna_backward(const FnaBackwardArgs& args, int dtype, cudaStream_t st
   p.aligned = aligned ? 1 : 0;
 
   if (dtype == 3) return simt::fna_backward_f32(p, stream);  // CUDA cores, same tiles and workspace
+  // dQ on the SM90 kernel (Hopper): this launcher still runs the preprocess (delta, which the SM90
+  // kernel reads) and dK / dV; the SM90 dQ launch follows on the same stream.
+  hopper_dq = hopper_dq && sm90::bwd_dq_can_run(args, dtype);
+  p.skip_dq = hopper_dq ? 1 : 0;
   const int dim = bwd_padded_dim(D > Dv ? D : Dv);
+  cudaError_t e = cudaErrorNotSupported;
   if (dtype == 1) {
     switch (dim) {
-      case 32: return launch_fna_backward<1, 32>(p, stream);
-      case 64: return launch_fna_backward<1, 64>(p, stream);
-      case 128: return launch_fna_backward<1, 128>(p, stream);
-      case 256: return launch_fna_backward<1, 256>(p, stream);
+      case 32: e = launch_fna_backward<1, 32>(p, stream); break;
+      case 64: e = launch_fna_backward<1, 64>(p, stream); break;
+      case 128: e = launch_fna_backward<1, 128>(p, stream); break;
+      case 256: e = launch_fna_backward<1, 256>(p, stream); break;
     }
   } else {
     switch (dim) {
-      case 32: return launch_fna_backward<2, 32>(p, stream);
-      case 64: return launch_fna_backward<2, 64>(p, stream);
-      case 128: return launch_fna_backward<2, 128>(p, stream);
-      case 256: return launch_fna_backward<2, 256>(p, stream);
+      case 32: e = launch_fna_backward<2, 32>(p, stream); break;
+      case 64: e = launch_fna_backward<2, 64>(p, stream); break;
+      case 128: e = launch_fna_backward<2, 128>(p, stream); break;
+      case 256: e = launch_fna_backward<2, 256>(p, stream); break;
     }
   }
-  return cudaErrorNotSupported;
+  if (e != cudaSuccess || !hopper_dq) return e;
+  return sm90::bwd_dq(args, dtype, stream);
 }
 
 }  // namespace sm80

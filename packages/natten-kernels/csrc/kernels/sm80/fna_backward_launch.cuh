@@ -44,7 +44,7 @@ cudaError_t launch_fna_backward(const FnaBwdParams& params, cudaStream_t stream)
     cudaError_t err = launch_bwd_preprocess<Element>(params, stream);
     if (err != cudaSuccess) return err;
   }
-  if (params.geo.num_work > 0) {
+  if (params.geo.num_work > 0 && !params.skip_dq) {
     auto kernel = fna_bwd_dq_kernel<Traits>;
     cudaError_t err = bwd_set_smem(kernel, kSmem);
     if (err != cudaSuccess) return err;

@@ -14,6 +14,7 @@
 
 #include "sm80/fna_forward.hpp"
 #include "sm90/params.cuh"
+#include "sm90/tma_host.hpp"
 #if defined(NATTEN_HAS_SM90)
 #include "sm90/fna_forward_launch.hpp"
 #endif
@@ -21,114 +22,6 @@
 namespace natten {
 namespace sm90 {
 
-namespace {
-
-int log2_exact(int x) {
-  if (x <= 0 || (x & (x - 1)) != 0) return -1;
-  int l = 0;
-  while ((1 << l) < x) ++l;
-  return l;
-}
-
-bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
-
-// A stride is usable by TMA if it is a positive multiple of 16 bytes, or the axis has one token.
-bool stride_ok(int64_t stride, int64_t extent) { return extent == 1 || (stride > 0 && (stride & 7) == 0); }
-
-// Tile shape -> log2 per axis (axes >= rank must be 1); false if not a power-of-two box of
-// 2^total tokens.
-[[maybe_unused]] bool parse_tile(const int* tile, int rank, int log2s[kRank], int total_log2) {
-  int total = 0;
-  for (int a = 0; a < kRank; ++a) {
-    if (a >= rank) {
-      log2s[a] = 0;
-      continue;
-    }
-    log2s[a] = log2_exact(tile[a]);
-    if (log2s[a] < 0) return false;
-    total += log2s[a];
-  }
-  return total == total_log2;
-}
-
-#if defined(NATTEN_HAS_SM90)
-using EncodeTiledFn = CUresult (*)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*, const cuuint64_t*,
-                                   const cuuint64_t*, const cuuint32_t*, const cuuint32_t*, CUtensorMapInterleave,
-                                   CUtensorMapSwizzle, CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
-
-EncodeTiledFn get_encode_fn() {
-  static EncodeTiledFn fn = []() -> EncodeTiledFn {
-    void* ptr = nullptr;
-    cudaDriverEntryPointQueryResult q = cudaDriverEntryPointSymbolNotFound;
-    const cudaError_t e = cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &ptr, 12000, cudaEnableDefault, &q);
-    if (e != cudaSuccess || q != cudaDriverEntryPointSuccess) {
-      (void)cudaGetLastError();
-      return nullptr;
-    }
-    return reinterpret_cast<EncodeTiledFn>(ptr);
-  }();
-  return fn;
-}
-
-// 5-D descriptor of a [B, X, (Y), (Z), heads, D] tensor (element strides sb, sp[3], sh) with a box
-// of (64, 1, tile reversed) (see params.cuh for the coordinate mapping).
-// kernel_dim: the kernel's head dim (kernel_head_dim); the box spans min(kernel_dim, 64) elements of
-// the head dim, and columns past `dim` are zero-filled by TMA.
-cudaError_t encode_tensor(CUtensorMap* map, int dtype, const void* ptr, int rank, int64_t batch,
-                          const int64_t extent[kRank], int64_t heads, int64_t dim, int kernel_dim, int64_t sb,
-                          const int64_t sp[kRank], int64_t sh, const int tile_log2[kRank], const char** detail) {
-  EncodeTiledFn encode = get_encode_fn();
-  if (encode == nullptr) {
-    if (detail) *detail = "cuTensorMapEncodeTiled is not available from the driver (needs a CUDA 12+ driver)";
-    return cudaErrorNotSupported;
-  }
-  const int64_t eb = 2;
-  cuuint64_t dims[5];
-  cuuint64_t strides[4];  // bytes, dims 1..4
-  cuuint32_t box[5];
-  const int chunk = kernel_dim < 64 ? kernel_dim : 64;  // head-dim elements per box (kernel_traits.cuh kChunk)
-  dims[0] = cuuint64_t(dim);
-  box[0] = cuuint32_t(chunk);
-  dims[1] = cuuint64_t(heads);
-  box[1] = 1;
-  int64_t sbytes[5];
-  sbytes[1] = sh * eb;
-  if (rank == 1) {
-    dims[2] = cuuint64_t(extent[0]); box[2] = 1u << tile_log2[0]; sbytes[2] = sp[0] * eb;
-    dims[3] = cuuint64_t(batch);     box[3] = 1;                   sbytes[3] = sb * eb;
-    dims[4] = 1;                     box[4] = 1;                   sbytes[4] = 0;
-  } else if (rank == 2) {
-    dims[2] = cuuint64_t(extent[1]); box[2] = 1u << tile_log2[1]; sbytes[2] = sp[1] * eb;
-    dims[3] = cuuint64_t(extent[0]); box[3] = 1u << tile_log2[0]; sbytes[3] = sp[0] * eb;
-    dims[4] = cuuint64_t(batch);     box[4] = 1;                   sbytes[4] = sb * eb;
-  } else {
-    dims[2] = cuuint64_t(extent[2]);         box[2] = 1u << tile_log2[2]; sbytes[2] = sp[2] * eb;
-    dims[3] = cuuint64_t(extent[1]);         box[3] = 1u << tile_log2[1]; sbytes[3] = sp[1] * eb;
-    dims[4] = cuuint64_t(extent[0] * batch); box[4] = 1u << tile_log2[0]; sbytes[4] = sp[0] * eb;
-  }
-  // Dims of one element have no meaningful stride (torch may report anything): give them the
-  // packed stride of the dim below, which TMA accepts.
-  int64_t packed = dim * eb;
-  for (int i = 1; i < 5; ++i) {
-    if (dims[i] == 1) sbytes[i] = packed;
-    strides[i - 1] = cuuint64_t(sbytes[i]);
-    packed = sbytes[i] * int64_t(dims[i]);
-  }
-  cuuint32_t elem_strides[5] = {1, 1, 1, 1, 1};
-  const CUresult r = encode(map, dtype == 1 ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 5,
-                            const_cast<void*>(ptr), dims, strides, box, elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
-                            chunk == 64 ? CU_TENSOR_MAP_SWIZZLE_128B : CU_TENSOR_MAP_SWIZZLE_64B,
-                            CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-                            CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-  if (r != CUDA_SUCCESS) {
-    if (detail) *detail = "cuTensorMapEncodeTiled rejected a q/k/v tensor (strides or shape outside TMA limits)";
-    return cudaErrorInvalidValue;
-  }
-  return cudaSuccess;
-}
-#endif
-
-}  // namespace
 
 bool fna_forward_built() {
 #if defined(NATTEN_HAS_SM90)
@@ -235,30 +128,16 @@ cudaError_t fna_forward(const FnaForwardArgs& args, int dtype, cudaStream_t stre
   FnaSm90Params p;
   std::memset(&p, 0, sizeof(p));
   Geometry& g = p.geo;
-  int ql[kRank], kl[kRank];
   const int D = kernel_head_dim(int(args.head_dim), int(args.head_dim_v));
+  int ql[kRank], kl[kRank];
   if (!parse_tile(args.q_tile, args.rank, ql, kTileLog2) ||
       !parse_tile(args.kv_tile, args.rank, kl, kv_tile_log2(int(args.head_dim), int(args.head_dim_v))))
     return cudaErrorInvalidValue;
-  for (int a = 0; a < kRank; ++a) {
-    const bool on = a < args.rank;
-    const int n = on ? int(args.global_extent[a]) : 1;  // the global grid (= extent without slabs)
-    g.extent[a] = n;
-    g.q_extent[a] = on ? int(args.extent[a]) : 1;
-    g.kv_extent[a] = on ? int(args.kv_extent[a]) : 1;
-    g.q_origin[a] = on ? int(args.q_origin[a]) : 0;
-    g.kv_origin[a] = on ? int(args.kv_origin[a]) : 0;
-    g.kernel[a] = on ? args.kernel_size[a] : 1;
-    g.stride[a] = on ? args.stride[a] : 1;
-    g.dilation[a] = 1;
-    g.causal[a] = on && args.is_causal[a] ? 1 : 0;
-    g.q_log2[a] = ql[a];
-    g.kv_log2[a] = kl[a];
-    if (g.kernel[a] < 1 || g.kernel[a] > n || g.stride[a] < 1 || g.stride[a] > g.kernel[a]) return cudaErrorInvalidValue;
+  {
+    const cudaError_t ge = build_geometry(args, args.q_tile, kTileLog2, args.kv_tile,
+                                          kv_tile_log2(int(args.head_dim), int(args.head_dim_v)), &g);
+    if (ge != cudaSuccess) return ge;
   }
-  g.batch = args.batch;
-  g.heads = args.heads;
-  sm80::geometry_finalize(g);
   if (g.num_work > INT_MAX) {
     if (detail) *detail = "more than 2^31 - 1 query tiles (batch * heads * tiles) for one launch";
     return cudaErrorNotSupported;

@@ -54,7 +54,8 @@ struct RowWindows {
   int len[2][kRank];  // end - start (inclusive window)
 };
 
-__device__ __forceinline__ void make_row_windows(const FnaSm90Params& p, const WorkContext& ctx, int ct,
+template <class Params>
+__device__ __forceinline__ void make_row_windows(const Params& p, const WorkContext& ctx, int ct,
                                                  RowWindows& w) {
   CUTE_UNROLL
   for (int r = 0; r < 2; ++r) sm80::query_row_window(p.geo, ctx.qt, frag_row(ct, r), w.start[r], w.len[r]);
@@ -67,8 +68,8 @@ __device__ __forceinline__ float mask_value(float scale_log2) { return scale_log
 // to mask_value). Keys outside the key slab (zero fill or the next batch's rows) are never inside
 // a window: windows lie inside the key slab on every axis (the host checks that the key slab holds
 // every key the query slab attends; without slabs, windows end at n - 1).
-template <class TensorS>
-__device__ __forceinline__ void mask_tile(const FnaSm90Params& p, const RowWindows& w, const int kb[kRank], int ct,
+template <class Params, class TensorS>
+__device__ __forceinline__ void mask_tile(const Params& p, const RowWindows& w, const int kb[kRank], int ct,
                                           float masked, TensorS& s) {
   int lo[2][kRank];
   CUTE_UNROLL

@@ -45,7 +45,8 @@ struct FnaSm90Params {
 
 // TMA coordinates (dims 2..4) of the token box at origin o[] (slab coordinates of the tensor) of
 // batch b; fold: that tensor's X (p.fold_q or p.fold_kv).
-NATTEN_HD void tma_token_coords(const FnaSm90Params& p, int64_t b, const int o[kRank], int fold, int c[3]) {
+template <class Params>
+NATTEN_HD void tma_token_coords(const Params& p, int64_t b, const int o[kRank], int fold, int c[3]) {
   if (p.rank == 1) {
     c[0] = o[0];
     c[1] = int(b);

@@ -17,7 +17,8 @@ struct WorkContext {
   int64_t kv_head;
 };
 
-NATTEN_HD WorkContext make_work_context(const FnaSm90Params& p, int64_t idx) {
+template <class Params>  // FnaSm90Params or the backward's DqParams (geo, heads_per_kv)
+NATTEN_HD WorkContext make_work_context(const Params& p, int64_t idx) {
   WorkContext c;
   c.work = sm80::decode_work(p.geo, idx);
   sm80::make_query_tile(p.geo, c.work, c.qt);  // never empty: one dilation group, q_tiles from extent

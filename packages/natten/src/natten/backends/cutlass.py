@@ -108,8 +108,9 @@ class _FnaFunction(torch.autograd.Function):
     """Fused forward + fused backward of cutlass-fna (differentiable in out and lse).
 
     ``fwd_backend`` / ``fwd_schedule``: the C ABI backend and kernel schedule of the forward (1 =
-    the SM80 kernel; hopper-fna passes 2: its forward on the sm_90a kernel, the backward on the
-    SM80 kernels, which take any forward's out and lse)."""
+    the SM80 kernel; hopper-fna passes 2: its forward on the sm_90a kernel, the backward through
+    the library's choice: dQ on the sm_90a kernel where it runs, dK / dV on the SM80 kernels, which
+    take any forward's out and lse)."""
 
     @staticmethod
     def forward(ctx, query, key, value, kernel_size, stride, dilation, is_causal, scale, q_tile, kv_tile,
@@ -128,6 +129,10 @@ class _FnaFunction(torch.autograd.Function):
         ctx.window = (kernel_size, stride, dilation, is_causal, scale, bwd_q_tile, bwd_kv_tile, deterministic)
         ctx.region = region
         ctx.kv_splits = kv_splits  # [] = one CTA per key tile
+        # cutlass-fna trains on the SM80 kernels only; hopper-fna lets the library pick (AUTO: the
+        # SM90 dQ kernel where it runs, natten-kernels >= 1.3.1; older libraries: SM80).
+        ctx.bwd_backend = (_libnatten.BACKEND_CUTLASS_FNA_SM80 if fwd_backend == _libnatten.BACKEND_CUTLASS_FNA_SM80
+                           else _libnatten.BACKEND_AUTO)
         return out, lse
 
     @staticmethod
@@ -138,7 +143,7 @@ class _FnaFunction(torch.autograd.Function):
         kernel_size, stride, dilation, is_causal, scale, q_tile, kv_tile, deterministic = ctx.window
         d_q, d_k, d_v = ops.fna_backward(
             query, key, value, out, lse, d_out, d_lse, kernel_size, stride, dilation, is_causal, scale,
-            q_tile, kv_tile, deterministic, *ctx.region, ctx.kv_splits,
+            q_tile, kv_tile, deterministic, *ctx.region, ctx.kv_splits, ctx.bwd_backend,
         )
         return (d_q, d_k, d_v) + (None,) * 16
 

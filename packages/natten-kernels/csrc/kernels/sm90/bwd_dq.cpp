@@ -1,0 +1,142 @@
+// Host side of the SM90 backward dQ kernel: support check, geometry (128-token query tiles,
+// 64-token key tiles, chosen by the shared tile chooser), TMA descriptors of q, dO, k, v, the
+// parameter block and the (dtype, head dim) dispatch. Compiled in every build; the launchers
+// exist only when NATTEN_HAS_SM90 is set.
+#include "sm90/bwd_dq.hpp"
+
+#include <climits>
+#include <cstdint>
+#include <cstring>
+
+#include "sm80/fna_forward.hpp"
+#include "sm90/bwd_dq_params.cuh"
+#include "sm90/fna_forward.hpp"
+#include "sm90/tma_host.hpp"
+
+namespace natten {
+namespace sm90 {
+
+namespace {
+constexpr int kDqTileLog2 = 7;    // query tiles (bwd_dq_traits.cuh kTileQ)
+constexpr int kDqTileLog2KV = 6;  // key tiles (kTileKV)
+}  // namespace
+
+bool bwd_dq_built() {
+#if defined(NATTEN_HAS_SM90)
+  return true;
+#else
+  return false;
+#endif
+}
+
+bool bwd_dq_can_run(const FnaBackwardArgs& args, int dtype, const char** reason) {
+  const FnaForwardArgs& f = args.fwd;
+  const char* why = nullptr;
+  auto fail = [&](const char* w) {
+    if (why == nullptr) why = w;
+  };
+  if (!bwd_dq_built()) fail("this build has no sm_90a kernel");
+  if (dtype != 1 && dtype != 2) fail("the Hopper dQ kernel takes fp16 / bf16");
+  if (f.head_dim > INT_MAX || f.head_dim_v > INT_MAX) fail("head dims out of range");
+  if (why == nullptr) {
+    const int kd = kernel_head_dim(int(f.head_dim), int(f.head_dim_v));
+    if (kd != 64 && kd != 128) fail("the Hopper dQ kernel runs max(head_dim, head_dim_v) in (32, 128]");
+  }
+  if (why == nullptr && !fna_forward_can_run(f, dtype, &why) && why == nullptr) fail("unsupported problem");
+  if (why == nullptr) {
+    if (!aligned16(args.d_out) || !aligned16(args.d_q)) fail("d_out and d_q must be 16-byte aligned");
+    bool ok = stride_ok(args.do_stride_batch, f.batch) && stride_ok(args.do_stride_head, f.heads) &&
+              stride_ok(args.dq_stride_batch, f.batch) && stride_ok(args.dq_stride_head, f.heads);
+    for (int a = 0; a < f.rank; ++a)
+      ok = ok && stride_ok(args.do_stride_spatial[a], f.extent[a]) && stride_ok(args.dq_stride_spatial[a], f.extent[a]);
+    if (!ok) fail("d_out / d_q strides must be positive multiples of 16 bytes");
+    if (f.rank == 3 && f.batch > 1 && args.do_stride_batch != f.extent[0] * args.do_stride_spatial[0])
+      fail("rank 3 with batch > 1 needs d_out batch stride == X * x stride");
+  }
+  if (reason != nullptr) *reason = why;
+  return why == nullptr;
+}
+
+cudaError_t bwd_dq(const FnaBackwardArgs& args, int dtype, cudaStream_t stream) {
+  if (!bwd_dq_can_run(args, dtype, nullptr)) return cudaErrorNotSupported;
+#if !defined(NATTEN_HAS_SM90)
+  (void)stream;
+  return cudaErrorNotSupported;
+#else
+  const FnaForwardArgs& f = args.fwd;
+  for (int a = 0; a < f.rank; ++a)
+    if (f.extent[a] == 0) return cudaSuccess;
+  if (f.batch == 0 || f.heads == 0) return cudaSuccess;
+  if (f.heads_kv <= 0 || f.heads % f.heads_kv != 0) return cudaErrorInvalidValue;
+  if (args.workspace == nullptr) return cudaErrorInvalidValue;
+
+  DqParams p;
+  std::memset(&p, 0, sizeof(p));
+  int qt[3], kt[3];
+  cudaError_t e = sm80::fna_forward_choose_tiles(f, kDqTileLog2, qt, kt, kDqTileLog2KV);
+  if (e != cudaSuccess) return e;
+  e = build_geometry(f, qt, kDqTileLog2, kt, kDqTileLog2KV, &p.geo);
+  if (e != cudaSuccess) return e;
+  const sm80::Geometry& g = p.geo;
+  if (g.num_work > INT_MAX) return cudaErrorNotSupported;
+
+  p.dq = args.d_q;
+  p.lse = f.lse;
+  p.delta = static_cast<const float*>(args.workspace);
+  p.dq_batch = args.dq_stride_batch;
+  p.dq_head = args.dq_stride_head;
+  p.lse_batch = f.lse_stride_batch;
+  p.lse_head = f.lse_stride_head;
+  int64_t ext[kRank], kv_ext[kRank];
+  for (int a = 0; a < kRank; ++a) {
+    const bool on = a < f.rank;
+    p.dq_spatial[a] = on ? args.dq_stride_spatial[a] : 0;
+    p.lse_spatial[a] = on ? f.lse_stride_spatial[a] : 0;
+    ext[a] = on ? f.extent[a] : 1;
+    kv_ext[a] = on ? f.kv_extent[a] : 1;
+  }
+  // delta: compact [B, H, X, Y, Z] over the query slab (sm80/fna_backward.cu writes it so)
+  {
+    int64_t inner = 1;
+    for (int a = kRank - 1; a >= 0; --a) {
+      p.delta_spatial[a] = inner;
+      inner *= g.q_extent[a];
+    }
+    p.delta_head = inner;
+    p.delta_batch = inner * f.heads;
+  }
+  p.heads_per_kv = int(f.heads / f.heads_kv);
+  p.rank = f.rank;
+  p.fold_q = f.rank == 3 ? int(f.extent[0]) : 0;
+  p.fold_kv = f.rank == 3 ? int(f.kv_extent[0]) : 0;
+  p.dim = int(f.head_dim);
+  p.scale = f.scale;
+  p.scale_log2 = float(double(f.scale) * 1.4426950408889634074);
+
+  const int D = kernel_head_dim(int(f.head_dim), int(f.head_dim_v));
+  int ql[kRank], kl[kRank];
+  for (int a = 0; a < kRank; ++a) {
+    ql[a] = g.q_log2[a];
+    kl[a] = g.kv_log2[a];
+  }
+  const char* detail = nullptr;
+  e = encode_tensor(&p.tma_q, dtype, f.q, f.rank, f.batch, ext, f.heads, f.head_dim, D, f.q_stride_batch,
+                    f.q_stride_spatial, f.q_stride_head, ql, &detail);
+  if (e != cudaSuccess) return e;
+  e = encode_tensor(&p.tma_do, dtype, args.d_out, f.rank, f.batch, ext, f.heads, f.head_dim_v, D,
+                    args.do_stride_batch, args.do_stride_spatial, args.do_stride_head, ql, &detail);
+  if (e != cudaSuccess) return e;
+  e = encode_tensor(&p.tma_k, dtype, f.k, f.rank, f.batch, kv_ext, f.heads_kv, f.head_dim, D, f.k_stride_batch,
+                    f.k_stride_spatial, f.k_stride_head, kl, &detail);
+  if (e != cudaSuccess) return e;
+  e = encode_tensor(&p.tma_v, dtype, f.v, f.rank, f.batch, kv_ext, f.heads_kv, f.head_dim_v, D, f.v_stride_batch,
+                    f.v_stride_spatial, f.v_stride_head, kl, &detail);
+  if (e != cudaSuccess) return e;
+
+  if (dtype == 1) return D == 64 ? launch_bwd_dq<1, 64>(p, stream) : launch_bwd_dq<1, 128>(p, stream);
+  return D == 64 ? launch_bwd_dq<2, 64>(p, stream) : launch_bwd_dq<2, 128>(p, stream);
+#endif
+}
+
+}  // namespace sm90
+}  // namespace natten

@@ -1,0 +1,8 @@
+// Instantiation: backward dQ, bf16, head dim 64 (sm_90a only).
+#include "sm90/bwd_dq_launch.cuh"
+
+namespace natten {
+namespace sm90 {
+template cudaError_t launch_bwd_dq<2, 64>(const DqParams&, cudaStream_t);
+}  // namespace sm90
+}  // namespace natten

@@ -1,0 +1,108 @@
+// The SM90 backward dQ kernel: warp-specialized like the forward (1 producer warpgroup issuing TMA,
+// 2 consumer warpgroups running wgmma), persistent (each CTA walks the work tiles blockIdx.x,
+// blockIdx.x + gridDim.x, ...; the Q/dO buffer and the K/V ring carry over between them), and its
+// epilogue: dQ = scale * acc stored from registers (4-byte pairs, the first D columns, rows inside
+// the query slab only). Deterministic: each dQ row is written once, no atomics.
+#pragma once
+
+#include <cute/arch/cluster_sm90.hpp>
+#include <cute/arch/copy_sm90_desc.hpp>
+#include <cutlass/arch/reg_reconfig.h>
+
+#include "sm90/bwd_dq_mainloop.cuh"
+
+namespace natten {
+namespace sm90 {
+
+template <class Traits, class TensorDq>
+__device__ __forceinline__ void dq_epilogue_store(const DqParams& p, const WorkContext& ctx, int ct,
+                                                  TensorDq& acc_dq) {
+  using Element = typename Traits::Element;
+  Element* out = static_cast<Element*>(p.dq);
+  CUTE_UNROLL
+  for (int r = 0; r < 2; ++r) {
+    int c[kRank];
+    sm80::tile_coord(frag_row(ct, r), p.geo.q_log2, c);
+    bool valid = true;
+    int64_t off = ctx.work.batch * p.dq_batch + ctx.work.head * p.dq_head;
+    CUTE_UNROLL
+    for (int a = 0; a < kRank; ++a) {
+      const int x = ctx.qt.q0[a] + c[a];
+      valid = valid && x < ctx.qt.n_q[a];
+      off += int64_t(x) * p.dq_spatial[a];
+    }
+    if (!valid) continue;
+    Element* row = out + off;
+    CUTE_UNROLL
+    for (int j = 0; j < Traits::kHeadDim / 8; ++j) {
+      if (8 * j >= p.dim) break;  // columns past D (8-column groups: D is a multiple of 8)
+      const int e = 4 * j + 2 * r;
+      const Element v0 = Element(acc_dq(e) * p.scale);
+      const Element v1 = Element(acc_dq(e + 1) * p.scale);
+      const uint32_t packed = uint32_t(v0.raw()) | (uint32_t(v1.raw()) << 16);
+      *reinterpret_cast<uint32_t*>(row + frag_col(ct, e)) = packed;
+    }
+  }
+}
+
+template <class Traits>
+__global__ void __launch_bounds__(Traits::kThreads, 1) fna_sm90_bwd_dq_kernel(const __grid_constant__ DqParams p) {
+#if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ >= 900) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  using SharedStorage = typename Traits::SharedStorage;
+  using Pipeline = typename Traits::Pipeline;
+  using PipelineState = typename Traits::PipelineState;
+  extern __shared__ char smem_raw[];
+  const uintptr_t base = (reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023);
+  SharedStorage& ss = *reinterpret_cast<SharedStorage*>(base);
+
+  const int warp = cutlass::canonical_warp_idx_sync();
+  const bool producer = warp / 4 == 0;
+  if (warp == 0 && cute::elect_one_sync()) {
+    cute::prefetch_tma_descriptor(reinterpret_cast<const cute::TmaDescriptor*>(&p.tma_q));
+    cute::prefetch_tma_descriptor(reinterpret_cast<const cute::TmaDescriptor*>(&p.tma_do));
+    cute::prefetch_tma_descriptor(reinterpret_cast<const cute::TmaDescriptor*>(&p.tma_k));
+    cute::prefetch_tma_descriptor(reinterpret_cast<const cute::TmaDescriptor*>(&p.tma_v));
+  }
+  typename Pipeline::Params pp;
+  pp.transaction_bytes = 2 * Traits::kTileBytesKV;  // K and V of one key tile
+  pp.role = producer ? Pipeline::ThreadCategory::Producer : Pipeline::ThreadCategory::Consumer;
+  pp.is_leader = threadIdx.x == 0;
+  pp.num_consumers = Traits::kConsumerThreads;
+  Pipeline pipe(ss.pipe_kv, pp, cute::Shape<cute::_1, cute::_1, cute::_1>{});
+  if (threadIdx.x == 0) {
+    ss.q_full.init(1);
+    ss.q_empty.init(Traits::kConsumerThreads);
+  }
+  cutlass::arch::fence_barrier_init();
+  __syncthreads();
+
+  const int64_t num_work = p.geo.num_work;
+  if (producer) {
+    cutlass::arch::warpgroup_reg_dealloc<Traits::kProducerRegs>();
+    if (threadIdx.x == 0) {
+      PipelineState st = cutlass::make_producer_start_state<Pipeline>();
+      int iter = 0;
+      for (int64_t idx = blockIdx.x; idx < num_work; idx += gridDim.x, ++iter) {
+        const WorkContext ctx = make_work_context(p, idx);
+        DqProducer<Traits>::run(p, ctx, ss, pipe, st, iter);
+      }
+    }
+  } else {
+    cutlass::arch::warpgroup_reg_alloc<Traits::kConsumerRegs>();
+    const int ct = int(threadIdx.x) - 128;
+    typename Traits::TiledMmaDq mma_dq;
+    PipelineState st;
+    int iter = 0;
+    for (int64_t idx = blockIdx.x; idx < num_work; idx += gridDim.x, ++iter) {
+      const WorkContext ctx = make_work_context(p, idx);
+      cute::Tensor acc_dq = cute::partition_fragment_C(
+          mma_dq, cute::Shape<cute::Int<Traits::kTileQ>, cute::Int<Traits::kHeadDim>>{});
+      DqConsumer<Traits>::run(p, ctx, ss, pipe, ct, acc_dq, st, iter);
+      dq_epilogue_store<Traits>(p, ctx, ct, acc_dq);
+    }
+  }
+#endif
+}
+
+}  // namespace sm90
+}  // namespace natten

@@ -1,0 +1,42 @@
+// Host helpers shared by the SM90 launchers (forward, backward dQ): TMA descriptor encoding
+// (cuTensorMapEncodeTiled through the runtime's driver entry point: the library never links
+// libcuda), tile parsing, TMA alignment rules and the dilation-1 geometry of a problem.
+#pragma once
+
+#include <cuda.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "natten/fna_args.hpp"
+#include "sm80/tile_scheduler.cuh"
+
+namespace natten {
+namespace sm90 {
+
+using sm80::Geometry;
+using sm80::kRank;
+
+int log2_exact(int x);
+bool aligned16(const void* p);
+// A stride is usable by TMA if it is a positive multiple of 16 bytes, or the axis has one token.
+bool stride_ok(int64_t stride, int64_t extent);
+// Tile shape -> log2 per axis (axes >= rank must be 1); false if not a power-of-two box of
+// 2^total_log2 tokens.
+bool parse_tile(const int* tile, int rank, int log2s[kRank], int total_log2);
+
+// 5-D descriptor of a [B, X, (Y), (Z), heads, dim] tensor (element strides sb, sp[3], sh; dtype 1
+// fp16 / 2 bf16) with a box of (min(kernel_dim, 64), 1, tile reversed) (coordinates: params.cuh);
+// head-dim columns past `dim` up to the kernel's are zero-filled by TMA.
+cudaError_t encode_tensor(CUtensorMap* map, int dtype, const void* ptr, int rank, int64_t batch,
+                          const int64_t extent[kRank], int64_t heads, int64_t dim, int kernel_dim, int64_t sb,
+                          const int64_t sp[kRank], int64_t sh, const int tile_log2[kRank], const char** detail);
+
+// The dilation-1 geometry of `args` (slabs included) with the given query / key tiles (power-of-two
+// boxes of 2^q_log2_total / 2^kv_log2_total tokens), finalized (work count). cudaErrorInvalidValue
+// for a bad tile or window.
+cudaError_t build_geometry(const FnaForwardArgs& args, const int* q_tile, int q_log2_total, const int* kv_tile,
+                           int kv_log2_total, Geometry* out);
+
+}  // namespace sm90
+}  // namespace natten
