@@ -3,12 +3,13 @@ warp-specialized, 128-token query tiles; 128-token key tiles, 64 at head dim 256
 dense attention on the same
 kernel, as a 1-D window that covers every key (forward only, as ``hopper-fna``).
 
-Training: the forward runs on the sm_90a kernel and the backward on ``cutlass-fna``'s SM80
-kernels (fused dQ and dK/dV, deterministic; they take any forward's output and logsumexp), through
-the same autograd function; there is no Hopper backward kernel yet. ``backward_q_tile_shape`` /
-``backward_kv_tile_shape`` / ``backward_kv_splits`` are the SM80 backward's (default: the
-library's choice; the forward's 128-token tiles are not SM80 tiles). Needs a natten-kernels that
-trains (ABI >= 1.1; slabs >= 1.2). Supported: H100 / H200 (compute capability 9.0) with a
+Training: the forward runs on the sm_90a kernel, through ``cutlass-fna``'s autograd function; the
+backward asks natten-kernels to choose (``NATTEN_BACKEND_AUTO``): with natten-kernels >= 1.3.1 on
+SM 9.0, dQ runs on the sm_90a dQ kernel (TMA + wgmma) and dK/dV on the SM80 kernel; older libraries
+run it all on SM80 (deterministic either way; the backward takes any forward's output and
+logsumexp). ``backward_q_tile_shape`` / ``backward_kv_tile_shape`` / ``backward_kv_splits`` are
+the SM80 backward's (default: the library's choice; the forward's 128-token tiles are not SM80
+tiles). Needs a natten-kernels that trains (ABI >= 1.1; slabs >= 1.2). Supported: H100 / H200 (compute capability 9.0) with a
 natten-kernels build that contains sm_90a; float16 / bfloat16; head_dim and head_dim_v any multiples
 of 8 up to 256, equal or not (the kernels exist for 32, 64, 128 and 256; smaller head dims run on
 the next one up, zero-filled inside the kernel by TMA: no copy, exact results; natten-kernels >= 1.3.1,
