@@ -1132,11 +1132,11 @@ int backward_impl(const natten_fna_backward_params* user) {
     return cuda_fail(e, "cudaSetDevice");
   }
   const int kernel_dtype = kernel_dtype_of(p->dtype);
-  // AUTO on SM 9.0: dQ on the Hopper kernel where it runs (sm90/bwd_dq.hpp); dK / dV, and every
-  // other case, on the SM80 kernels. NATTEN_DISABLE_HOPPER keeps all of it on SM80.
-  const bool hopper_dq = p->backend == NATTEN_BACKEND_AUTO && ma * 10 + mi == 90 && hopper_auto_enabled() &&
-                         natten::sm90::bwd_dq_can_run(args, kernel_dtype);
-  e = natten::sm80::fna_backward(args, kernel_dtype, static_cast<cudaStream_t>(p->stream), hopper_dq);
+  // AUTO on SM 9.0: dQ and dK / dV on the Hopper kernels where they run (sm90/bwd_dq.hpp); the
+  // preprocess, and every other case, on the SM80 kernels. NATTEN_DISABLE_HOPPER keeps all of it on
+  // SM80.
+  const bool hopper = p->backend == NATTEN_BACKEND_AUTO && ma * 10 + mi == 90 && hopper_auto_enabled();
+  e = natten::sm80::fna_backward(args, kernel_dtype, static_cast<cudaStream_t>(p->stream), hopper);
   if (e != cudaSuccess) {
     (void)cudaGetLastError();
     return fail(NATTEN_STATUS_CUDA_ERROR,

@@ -47,6 +47,7 @@ struct FnaBwdParams {
   float scale_log2;      // scale * log2(e)
   int aligned;           // every row of every dtype tensor starts on a 16-byte boundary
   int skip_dq;           // 1: the dQ kernel is not launched (the SM90 dQ kernel runs it, sm90/bwd_dq.hpp)
+  int skip_dkdv;         // 1: the dK / dV kernel is not launched (the SM90 dK / dV kernel runs it)
 };
 
 // Dynamic shared memory of the backward tile kernels (both use the same plan, fna_backward_kernel.cuh

@@ -72,7 +72,7 @@ cudaError_t fna_backward_kv_tiles(const FnaBackwardArgs& args, int kv_tiles[3]) 
   return cudaSuccess;
 }
 
-cudaError_t fna_backward(const FnaBackwardArgs& args, int dtype, cudaStream_t stream, bool hopper_dq) {
+cudaError_t fna_backward(const FnaBackwardArgs& args, int dtype, cudaStream_t stream, bool hopper) {
   const FnaForwardArgs& f = args.fwd;
   if (f.head_dim > INT_MAX || f.head_dim_v > INT_MAX) return cudaErrorNotSupported;
   const int D = int(f.head_dim), Dv = int(f.head_dim_v);
@@ -161,10 +161,13 @@ cudaError_t fna_backward(const FnaBackwardArgs& args, int dtype, cudaStream_t st
   p.aligned = aligned ? 1 : 0;
 
   if (dtype == 3) return simt::fna_backward_f32(p, stream);  // CUDA cores, same tiles and workspace
-  // dQ on the SM90 kernel (Hopper): this launcher still runs the preprocess (delta, which the SM90
-  // kernel reads) and dK / dV; the SM90 dQ launch follows on the same stream.
-  hopper_dq = hopper_dq && sm90::bwd_dq_can_run(args, dtype);
+  // dQ and dK / dV on the SM90 kernels (Hopper) where each can run: this launcher still runs the
+  // preprocess (delta, which the SM90 kernels read) and whatever they do not; the SM90 launches
+  // follow on the same stream.
+  const bool hopper_dq = hopper && sm90::bwd_dq_can_run(args, dtype);
+  const bool hopper_dkdv = hopper && sm90::bwd_dkdv_can_run(args, dtype);
   p.skip_dq = hopper_dq ? 1 : 0;
+  p.skip_dkdv = hopper_dkdv ? 1 : 0;
   const int dim = bwd_padded_dim(D > Dv ? D : Dv);
   cudaError_t e = cudaErrorNotSupported;
   if (dtype == 1) {
@@ -182,8 +185,9 @@ cudaError_t fna_backward(const FnaBackwardArgs& args, int dtype, cudaStream_t st
       case 256: e = launch_fna_backward<2, 256>(p, stream); break;
     }
   }
-  if (e != cudaSuccess || !hopper_dq) return e;
-  return sm90::bwd_dq(args, dtype, stream);
+  if (e == cudaSuccess && hopper_dq) e = sm90::bwd_dq(args, dtype, stream);
+  if (e == cudaSuccess && hopper_dkdv) e = sm90::bwd_dkdv(args, dtype, stream);
+  return e;
 }
 
 }  // namespace sm80

@@ -28,10 +28,10 @@ cudaError_t fna_backward_kv_tiles(const natten::FnaBackwardArgs& args, int kv_ti
 // Tiles as in fna_forward (args.fwd.q_tile / kv_tile, entries <= 0 = choose).
 // Returns cudaSuccess, cudaErrorNotSupported, cudaErrorInvalidValue (problem, tiles or workspace
 // the caller should have rejected), or a launch error.
-// hopper_dq: run dQ on the SM90 kernel (sm90/bwd_dq.hpp) when it can run the problem (the caller
-// checked the device is SM 9.0); the preprocess and dK / dV stay here.
+// hopper: run dQ and dK / dV on the SM90 kernels (sm90/bwd_dq.hpp) where each can run the problem
+// (the caller checked the device is SM 9.0); the preprocess and the rest stay here.
 cudaError_t fna_backward(const natten::FnaBackwardArgs& args, int dtype, cudaStream_t stream,
-                         bool hopper_dq = false);
+                         bool hopper = false);
 
 }  // namespace sm80
 }  // namespace natten

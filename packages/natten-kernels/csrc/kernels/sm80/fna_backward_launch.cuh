@@ -52,7 +52,7 @@ cudaError_t launch_fna_backward(const FnaBwdParams& params, cudaStream_t stream)
     err = cudaGetLastError();
     if (err != cudaSuccess) return err;
   }
-  if (params.kvg.num_work > 0) {
+  if (params.kvg.num_work > 0 && !params.skip_dkdv) {
     if constexpr (BwdSplit<kDim>::value) {
       auto kv = fna_bwd_dkdv_kernel<Traits, false, true>;
       cudaError_t err = bwd_set_smem(kv, kSmem);

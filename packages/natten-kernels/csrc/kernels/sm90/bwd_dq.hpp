@@ -1,6 +1,7 @@
-// SM90 (sm_90a) backward dQ kernel: host API. The SM80 backward (sm80/fna_backward.cu) runs its
-// preprocess (delta) and dK / dV kernel and hands dQ to this kernel when the caller asks for it
-// (natten_kernels.cpp: NATTEN_BACKEND_AUTO on SM 9.0) and bwd_dq_can_run holds.
+// SM90 (sm_90a) backward kernels, dQ and dK / dV: host API. The SM80 backward
+// (sm80/fna_backward.cu) runs its preprocess (delta) and hands dQ and dK / dV to these kernels when
+// the caller asks for it (natten_kernels.cpp: NATTEN_BACKEND_AUTO on SM 9.0) and the can_run checks
+// hold (each kernel separately; the other stays on SM80).
 #pragma once
 
 #include <cuda_runtime.h>
@@ -11,6 +12,7 @@ namespace natten {
 namespace sm90 {
 
 struct DqParams;
+struct DkdvParams;
 
 // Was the sm_90a dQ kernel compiled into this build?
 bool bwd_dq_built();
@@ -27,9 +29,19 @@ bool bwd_dq_can_run(const FnaBackwardArgs& args, int dtype, const char** reason 
 // when bwd_dq_can_run is false or the build has no sm_90a kernel.
 cudaError_t bwd_dq(const FnaBackwardArgs& args, int dtype, cudaStream_t stream);
 
+// The dK / dV kernel: bwd_dq_can_run's conditions, d_k / d_v 16-byte aligned with strides that are
+// multiples of 8 elements, and the default key parallelism (kv_splits unset: one CTA per key tile).
+bool bwd_dkdv_can_run(const FnaBackwardArgs& args, int dtype, const char** reason = nullptr);
+
+// Launches dK / dV (overwrites d_k, d_v; keys no query attends get 0) on `stream`; delta must
+// already be in args.workspace.
+cudaError_t bwd_dkdv(const FnaBackwardArgs& args, int dtype, cudaStream_t stream);
+
 #if defined(NATTEN_HAS_SM90)
 template <int kDtype, int kHeadDim>
 cudaError_t launch_bwd_dq(const DqParams& params, cudaStream_t stream);
+template <int kDtype, int kHeadDim>
+cudaError_t launch_bwd_dkdv(const DkdvParams& params, cudaStream_t stream);
 #endif
 
 }  // namespace sm90

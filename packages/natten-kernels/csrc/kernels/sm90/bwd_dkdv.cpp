@@ -1,0 +1,129 @@
+// Host side of the SM90 backward dK / dV kernel: support check, geometry (64-token query tiles,
+// 128-token key tiles, chosen by the shared tile chooser; the SM80 key-parallel walk), TMA
+// descriptors of q, dO, k, v, the parameter block and the (dtype, head dim) dispatch. Compiled in
+// every build; the launchers exist only when NATTEN_HAS_SM90 is set.
+#include <climits>
+#include <cstdint>
+#include <cstring>
+
+#include "sm80/fna_forward.hpp"
+#include "sm90/bwd_dkdv_params.cuh"
+#include "sm90/bwd_dq.hpp"
+#include "sm90/fna_forward.hpp"
+#include "sm90/tma_host.hpp"
+
+namespace natten {
+namespace sm90 {
+
+namespace {
+constexpr int kKvQTileLog2 = 6;  // query tiles (bwd_dkdv_traits.cuh kTileQ)
+constexpr int kKvTileLog2 = 7;   // key tiles (kTileKV)
+}  // namespace
+
+bool bwd_dkdv_can_run(const FnaBackwardArgs& args, int dtype, const char** reason) {
+  const char* why = nullptr;
+  if (!bwd_dq_can_run(args, dtype, &why)) {
+    if (reason != nullptr) *reason = why;
+    return false;
+  }
+  const FnaForwardArgs& f = args.fwd;
+  if (!aligned16(args.d_k) || !aligned16(args.d_v)) why = "d_k and d_v must be 16-byte aligned";
+  bool ok = stride_ok(args.dk_stride_batch, f.batch) && stride_ok(args.dk_stride_head, f.heads_kv) &&
+            stride_ok(args.dv_stride_batch, f.batch) && stride_ok(args.dv_stride_head, f.heads_kv);
+  for (int a = 0; a < f.rank; ++a)
+    ok = ok && stride_ok(args.dk_stride_spatial[a], f.kv_extent[a]) && stride_ok(args.dv_stride_spatial[a], f.kv_extent[a]);
+  if (!ok && why == nullptr) why = "d_k / d_v strides must be positive multiples of 16 bytes";
+  for (int a = 0; a < kRank && why == nullptr; ++a)
+    if (args.kv_splits[a] > 0) why = "kv_splits asks for the SM80 dK / dV kernel's key parallelism";
+  if (reason != nullptr) *reason = why;
+  return why == nullptr;
+}
+
+cudaError_t bwd_dkdv(const FnaBackwardArgs& args, int dtype, cudaStream_t stream) {
+  if (!bwd_dkdv_can_run(args, dtype, nullptr)) return cudaErrorNotSupported;
+#if !defined(NATTEN_HAS_SM90)
+  (void)stream;
+  return cudaErrorNotSupported;
+#else
+  const FnaForwardArgs& f = args.fwd;
+  for (int a = 0; a < f.rank; ++a)
+    if (f.extent[a] == 0 || f.kv_extent[a] == 0) return cudaSuccess;
+  if (f.batch == 0 || f.heads == 0) return cudaSuccess;
+  if (f.heads_kv <= 0 || f.heads % f.heads_kv != 0) return cudaErrorInvalidValue;
+  if (args.workspace == nullptr) return cudaErrorInvalidValue;
+
+  DkdvParams p;
+  std::memset(&p, 0, sizeof(p));
+  int qt[3], kt[3];
+  cudaError_t e = sm80::fna_forward_choose_tiles(f, kKvQTileLog2, qt, kt, kKvTileLog2);
+  if (e != cudaSuccess) return e;
+  e = build_geometry(f, qt, kKvQTileLog2, kt, kKvTileLog2, &p.geo);
+  if (e != cudaSuccess) return e;
+  const sm80::Geometry& g = p.geo;
+  sm80::kv_geometry_finalize(g, f.heads_kv, p.kvg);
+  if (p.kvg.num_work > INT_MAX) return cudaErrorNotSupported;
+
+  p.dk = args.d_k;
+  p.dv = args.d_v;
+  p.lse = f.lse;
+  p.delta = static_cast<const float*>(args.workspace);
+  p.dk_batch = args.dk_stride_batch;
+  p.dk_head = args.dk_stride_head;
+  p.dv_batch = args.dv_stride_batch;
+  p.dv_head = args.dv_stride_head;
+  p.lse_batch = f.lse_stride_batch;
+  p.lse_head = f.lse_stride_head;
+  int64_t ext[kRank], kv_ext[kRank];
+  for (int a = 0; a < kRank; ++a) {
+    const bool on = a < f.rank;
+    p.dk_spatial[a] = on ? args.dk_stride_spatial[a] : 0;
+    p.dv_spatial[a] = on ? args.dv_stride_spatial[a] : 0;
+    p.lse_spatial[a] = on ? f.lse_stride_spatial[a] : 0;
+    ext[a] = on ? f.extent[a] : 1;
+    kv_ext[a] = on ? f.kv_extent[a] : 1;
+  }
+  {  // delta: compact [B, H, X, Y, Z] over the query slab (sm80/fna_backward.cu writes it so)
+    int64_t inner = 1;
+    for (int a = kRank - 1; a >= 0; --a) {
+      p.delta_spatial[a] = inner;
+      inner *= g.q_extent[a];
+    }
+    p.delta_head = inner;
+    p.delta_batch = inner * f.heads;
+  }
+  p.heads_per_kv = int(f.heads / f.heads_kv);
+  p.rank = f.rank;
+  p.fold_q = f.rank == 3 ? int(f.extent[0]) : 0;
+  p.fold_kv = f.rank == 3 ? int(f.kv_extent[0]) : 0;
+  p.dim = int(f.head_dim);
+  p.dim_v = int(f.head_dim_v);
+  p.scale = f.scale;
+  p.scale_log2 = float(double(f.scale) * 1.4426950408889634074);
+
+  const int D = kernel_head_dim(int(f.head_dim), int(f.head_dim_v));
+  int ql[kRank], kl[kRank];
+  for (int a = 0; a < kRank; ++a) {
+    ql[a] = g.q_log2[a];
+    kl[a] = g.kv_log2[a];
+  }
+  const char* detail = nullptr;
+  e = encode_tensor(&p.tma_q, dtype, f.q, f.rank, f.batch, ext, f.heads, f.head_dim, D, f.q_stride_batch,
+                    f.q_stride_spatial, f.q_stride_head, ql, &detail);
+  if (e != cudaSuccess) return e;
+  e = encode_tensor(&p.tma_do, dtype, args.d_out, f.rank, f.batch, ext, f.heads, f.head_dim_v, D,
+                    args.do_stride_batch, args.do_stride_spatial, args.do_stride_head, ql, &detail);
+  if (e != cudaSuccess) return e;
+  e = encode_tensor(&p.tma_k, dtype, f.k, f.rank, f.batch, kv_ext, f.heads_kv, f.head_dim, D, f.k_stride_batch,
+                    f.k_stride_spatial, f.k_stride_head, kl, &detail);
+  if (e != cudaSuccess) return e;
+  e = encode_tensor(&p.tma_v, dtype, f.v, f.rank, f.batch, kv_ext, f.heads_kv, f.head_dim_v, D, f.v_stride_batch,
+                    f.v_stride_spatial, f.v_stride_head, kl, &detail);
+  if (e != cudaSuccess) return e;
+
+  if (dtype == 1) return D == 64 ? launch_bwd_dkdv<1, 64>(p, stream) : launch_bwd_dkdv<1, 128>(p, stream);
+  return D == 64 ? launch_bwd_dkdv<2, 64>(p, stream) : launch_bwd_dkdv<2, 128>(p, stream);
+#endif
+}
+
+}  // namespace sm90
+}  // namespace natten

@@ -1,0 +1,112 @@
+// The SM90 backward dK / dV kernel: warp-specialized (1 producer warpgroup issuing TMA, 2 consumer
+// warpgroups running wgmma), persistent over the key-parallel work tiles (blockIdx.x, blockIdx.x +
+// gridDim.x, ...), and its epilogue: dK = scale * acc and dV stored from registers (4-byte pairs,
+// the first D / Dv columns, keys inside the key slab only). GQA: a work tile visits the query tiles
+// of every query head of its kv head, so dK / dV are reduced over the group in registers. No
+// atomics: each dK / dV row is written once (deterministic).
+#pragma once
+
+#include <cute/arch/cluster_sm90.hpp>
+#include <cute/arch/copy_sm90_desc.hpp>
+#include <cutlass/arch/reg_reconfig.h>
+
+#include "sm90/bwd_dkdv_mainloop.cuh"
+
+namespace natten {
+namespace sm90 {
+
+template <class Traits, class TensorAcc>
+__device__ __forceinline__ void dkdv_store(const KvWorkContext& ctx, int ct, const TensorAcc& acc, void* ptr,
+                                           int64_t sb, int64_t sh, const int64_t* sp, int dim, float scale,
+                                           const int geo_kv_log2[kRank]) {
+  using Element = typename Traits::Element;
+  Element* out = static_cast<Element*>(ptr);
+  CUTE_UNROLL
+  for (int r = 0; r < 2; ++r) {
+    int c[kRank];
+    sm80::tile_coord(frag_row(ct, r), geo_kv_log2, c);
+    bool valid = true;
+    int64_t off = ctx.w.batch * sb + ctx.w.kv_head * sh;
+    CUTE_UNROLL
+    for (int a = 0; a < kRank; ++a) {
+      const int x = ctx.kt.k0[a] + c[a];
+      valid = valid && x < ctx.kt.n_kv[a];
+      off += int64_t(x) * sp[a];
+    }
+    if (!valid) continue;
+    Element* row = out + off;
+    CUTE_UNROLL
+    for (int j = 0; j < Traits::kHeadDim / 8; ++j) {
+      if (8 * j >= dim) break;
+      const int e = 4 * j + 2 * r;
+      const Element v0 = Element(acc(e) * scale);
+      const Element v1 = Element(acc(e + 1) * scale);
+      const uint32_t packed = uint32_t(v0.raw()) | (uint32_t(v1.raw()) << 16);
+      *reinterpret_cast<uint32_t*>(row + frag_col(ct, e)) = packed;
+    }
+  }
+}
+
+template <class Traits>
+__global__ void __launch_bounds__(Traits::kThreads, 1) fna_sm90_bwd_dkdv_kernel(const __grid_constant__ DkdvParams p) {
+#if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ >= 900) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  using SharedStorage = typename Traits::SharedStorage;
+  using Pipeline = typename Traits::Pipeline;
+  using PipelineState = typename Traits::PipelineState;
+  extern __shared__ char smem_raw[];
+  const uintptr_t base = (reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023);
+  SharedStorage& ss = *reinterpret_cast<SharedStorage*>(base);
+
+  const int warp = cutlass::canonical_warp_idx_sync();
+  const bool producer = warp / 4 == 0;
+  if (warp == 0 && cute::elect_one_sync()) {
+    cute::prefetch_tma_descriptor(reinterpret_cast<const cute::TmaDescriptor*>(&p.tma_q));
+    cute::prefetch_tma_descriptor(reinterpret_cast<const cute::TmaDescriptor*>(&p.tma_do));
+    cute::prefetch_tma_descriptor(reinterpret_cast<const cute::TmaDescriptor*>(&p.tma_k));
+    cute::prefetch_tma_descriptor(reinterpret_cast<const cute::TmaDescriptor*>(&p.tma_v));
+  }
+  typename Pipeline::Params pp;
+  pp.transaction_bytes = 2 * Traits::kTileBytesQ;  // Q and dO of one visit
+  pp.role = producer ? Pipeline::ThreadCategory::Producer : Pipeline::ThreadCategory::Consumer;
+  pp.is_leader = threadIdx.x == 0;
+  pp.num_consumers = Traits::kConsumerThreads;
+  Pipeline pipe(ss.pipe_q, pp, cute::Shape<cute::_1, cute::_1, cute::_1>{});
+  if (threadIdx.x == 0) {
+    ss.kv_full.init(1);
+    ss.kv_empty.init(Traits::kConsumerThreads);
+  }
+  cutlass::arch::fence_barrier_init();
+  __syncthreads();
+
+  const int64_t num_work = p.kvg.num_work;
+  if (producer) {
+    cutlass::arch::warpgroup_reg_dealloc<Traits::kProducerRegs>();
+    if (threadIdx.x == 0) {
+      PipelineState st = cutlass::make_producer_start_state<Pipeline>();
+      int iter = 0;
+      for (int64_t idx = blockIdx.x; idx < num_work; idx += gridDim.x, ++iter) {
+        const KvWorkContext ctx = make_kv_work_context(p, idx);
+        DkdvProducer<Traits>::run(p, ctx, ss, pipe, st, iter);
+      }
+    }
+  } else {
+    cutlass::arch::warpgroup_reg_alloc<Traits::kConsumerRegs>();
+    const int ct = int(threadIdx.x) - 128;
+    typename Traits::TiledMmaAcc mma_acc;
+    PipelineState st;
+    int iter = 0, vis = 0;
+    for (int64_t idx = blockIdx.x; idx < num_work; idx += gridDim.x, ++iter) {
+      const KvWorkContext ctx = make_kv_work_context(p, idx);
+      auto acc_shape = cute::Shape<cute::Int<Traits::kTileKV>, cute::Int<Traits::kHeadDim>>{};
+      cute::Tensor acc_dk = cute::partition_fragment_C(mma_acc, acc_shape);
+      cute::Tensor acc_dv = cute::partition_fragment_C(mma_acc, acc_shape);
+      DkdvConsumer<Traits>::run(p, ctx, ss, pipe, ct, acc_dk, acc_dv, st, iter, vis);
+      dkdv_store<Traits>(ctx, ct, acc_dk, p.dk, p.dk_batch, p.dk_head, p.dk_spatial, p.dim, p.scale, p.geo.kv_log2);
+      dkdv_store<Traits>(ctx, ct, acc_dv, p.dv, p.dv_batch, p.dv_head, p.dv_spatial, p.dim_v, 1.f, p.geo.kv_log2);
+    }
+  }
+#endif
+}
+
+}  // namespace sm90
+}  // namespace natten

@@ -1,0 +1,44 @@
+// Kernel parameter block of the SM90 backward dK / dV kernel (bwd_dkdv_kernel.cuh), built on the
+// host by bwd_dkdv.cpp from the SM80 backward's arguments (the preprocess there writes delta).
+#pragma once
+
+#include <cstdint>
+
+#include <cuda.h>  // CUtensorMap (type only)
+
+#include "sm80/tile_scheduler.cuh"
+
+namespace natten {
+namespace sm90 {
+
+struct DkdvParams {
+  CUtensorMap tma_q;   // box (chunk, 1, q tile reversed): Q, columns past D zero-filled
+  CUtensorMap tma_do;  // same box over dO (columns past Dv zero-filled)
+  CUtensorMap tma_k;   // box (chunk, 1, kv tile reversed): K
+  CUtensorMap tma_v;   // same box over V
+
+  sm80::Geometry geo;     // dilation 1; 64-token query tiles, 128-token key tiles; slabs as the forward
+  sm80::KvGeometry kvg;   // key-parallel walk: one work tile per (batch, kv head, key tile)
+
+  void* dk;
+  void* dv;
+  const float* lse;    // the forward's logsumexp (natural log)
+  const float* delta;  // rowsum(dO * O) - dLSE (the SM80 preprocess), compact over the query slab
+  // element strides (dim stride 1); axes >= rank have stride 0
+  int64_t dk_batch, dk_head, dk_spatial[sm80::kRank];
+  int64_t dv_batch, dv_head, dv_spatial[sm80::kRank];
+  int64_t lse_batch, lse_head, lse_spatial[sm80::kRank];
+  int64_t delta_batch, delta_head, delta_spatial[sm80::kRank];
+
+  int heads_per_kv;  // H / H_kv
+  int rank;          // 1..3 (TMA coordinate mapping, params.cuh)
+  int fold_q;        // rank 3: X of the query slab; else 0
+  int fold_kv;       // rank 3: X of the key slab; else 0
+  int dim;           // D of k / dK: columns stored
+  int dim_v;         // Dv of v / dV: columns stored
+  float scale;       // softmax scale (dK = scale * dS^T Q)
+  float scale_log2;  // scale * log2(e)
+};
+
+}  // namespace sm90
+}  // namespace natten
