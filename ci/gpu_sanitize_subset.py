@@ -236,33 +236,10 @@ if natten._libnatten.has_backward() and natten._libnatten.supports_kv_splits():
         ok = all(torch.equal(a, b) for a, b in zip(*results))
         bad += not ok
         print(f"backward kv_splits (1, 2) {dt}: bit-identical to the default {'ok' if ok else 'FAIL'}")
-# hopper-fna training (H100 / H200): its forward, and the backward with dQ on the SM90 kernel (max(D,
-# Dv) 64 or 128; natten-kernels >= 1.3.1) and dK / dV on the SM80 kernels; rank 3 with batch 2 (the
-# folded X axis), partial tiles, GQA, D != Dv, a causal 1-D case with several key tiles per query tile.
-HOPPER_BWD_CASES = [  # shape, kernel, stride, causal, H, Hkv, D, Dv, dtype
-    ((13, 11, 9), (5, 4, 3), (1, 2, 1), (False, True, False), 2, 1, 64, 64, torch.float16),
-    ((300,), (130,), (1,), (True,), 4, 2, 128, 96, torch.bfloat16),
-    ((37, 29), (7, 6), (2, 1), (True, False), 2, 2, 40, 128, torch.float16),
-]
-if torch.cuda.get_device_capability() == (9, 0) and natten._libnatten.has_backward():
-    for shape, ks, st, ca, h, hkv, d, dv, dt in HOPPER_BWD_CASES:
-        g = [torch.randn(2, *shape, h, d, device="cuda", dtype=dt),
-             torch.randn(2, *shape, hkv, d, device="cuda", dtype=dt),
-             torch.randn(2, *shape, hkv, dv, device="cuda", dtype=dt)]
-        d_out = (torch.randn(2, *shape, h, dv, device="cuda") / dv**0.5).to(dt)
-        d_lse = torch.randn(2, *shape, h, device="cuda")
-        op = {1: natten.na1d, 2: natten.na2d, 3: natten.na3d}[len(shape)]
-        results = []
-        for fn, cast in ((lambda a, b_, c: op(a, b_, c, ks, st, 1, ca, backend="hopper-fna", return_lse=True),
-                          lambda t: t),
-                         (lambda a, b_, c: na_oracle(a, b_, c, ks, st, 1, ca), lambda t: t.double())):
-            xs = [cast(t).detach().requires_grad_(True) for t in g]
-            out, lse = fn(*xs)
-            results.append(torch.autograd.grad((out, lse), xs, (cast(d_out), cast(d_lse))))
-        errs = [(a.double() - b_).abs().max().item() / max(1.0, b_.abs().max().item()) for a, b_ in zip(*results)]
-        ok = max(errs) <= TOL[dt] and all(torch.isfinite(a).all() for a in results[0])
-        bad += not ok
-        print(f"hopper-fna backward {shape} k={ks} s={st} c={ca} H={h}/{hkv} D={d}/{dv} {dt}: scaled max err "
-              f"dq/dk/dv {errs[0]:.2e}/{errs[1]:.2e}/{errs[2]:.2e} {'ok' if ok else 'FAIL'}")
+# hopper-fna training (its forward and the SM90 backward kernels): ci/gpu_sanitize_hopper_bwd.py,
+# also runnable alone (racecheck of the whole subset takes minutes).
+import gpu_sanitize_hopper_bwd  # noqa: E402
+
+bad += gpu_sanitize_hopper_bwd.run(TOL)
 torch.cuda.synchronize()
 sys.exit(1 if bad else 0)

@@ -5,9 +5,9 @@
 // kv_full barrier (after kv_empty from the 2nd work tile on), then Q and dO of every visit (query
 // head of the group x query tile the key tile is visited by) into a ring stage.
 // Consumers (64 keys per warpgroup, cooperative), per visit: threads 0..63 write the visit's column
-// table (each query's window in key slab coordinates, lse, delta; padding queries: lse = +inf so
-// P = 0) into the slot of the visit's parity, a named barrier publishes it (and, two visits later,
-// guarantees every reader is done with the slot); then
+// table (lse, delta of each query; padding queries: lse = +inf so P = 0) into the slot of the
+// visit's parity, a named barrier publishes it (and, two visits later, guarantees every reader is
+// done with the slot); then
 //   wait stage -> S^T = K Q^T, dP^T = V dO^T -> wait -> (last visit: arrive kv_empty)
 //   -> mask S^T on pairs not fully inside the windows -> P^T, dS^T -> dV += P^T dO, dK += dS^T Q
 //   -> wait -> release the stage.
@@ -42,6 +42,32 @@ __device__ __forceinline__ KvWorkContext make_kv_work_context(const DkdvParams& 
   c.qs = sm80::make_query_tiles_for_key(p.geo, c.kt);
   c.visits = nonempty ? p.heads_per_kv * c.qs.total : 0;
   return c;
+}
+
+// The queries attending this thread's two keys (row slots), per axis an interval in query slab
+// coordinates (window starts and ends grow with the query, so the queries whose window holds key k
+// are [first ending at or after k, last starting at or before k]: window::key_run_query_range).
+// Computed once per work tile; the mask then needs no per-column window table.
+struct KeyQueryRanges {
+  int lo[2][kRank];
+  int hi[2][kRank];
+};
+
+__device__ __forceinline__ void make_key_query_ranges(const DkdvParams& p, const KvWorkContext& c, int ct,
+                                                      KeyQueryRanges& kr) {
+  CUTE_UNROLL
+  for (int r = 0; r < 2; ++r) {
+    int kc[kRank];
+    sm80::tile_coord(frag_row(ct, r), p.geo.kv_log2, kc);
+    CUTE_UNROLL
+    for (int a = 0; a < kRank; ++a) {
+      const int k = c.kt.k0[a] + kc[a] + c.kt.kv_shift[a];  // global group coordinate
+      int lo, hi;
+      window::key_run_query_range(k, k, c.kt.axis[a], lo, hi);
+      kr.lo[r][a] = lo - c.kt.q_shift[a];
+      kr.hi[r][a] = hi - c.kt.q_shift[a];
+    }
+  }
 }
 
 // Query tile and query head of visit v.
@@ -100,9 +126,8 @@ struct DkdvConsumer {
   __device__ static void write_table(const DkdvParams& p, const KvWorkContext& ctx, const sm80::QueryTile& q,
                                      int64_t head, int ct, typename Traits::ColTable& tab) {
     if (ct >= Traits::kTileQ) return;
-    int qc[kRank], ws[kRank], wl[kRank];
+    int qc[kRank];
     sm80::tile_coord(ct, p.geo.q_log2, qc);
-    sm80::query_col_window(p.geo, q, ct, ws, wl);  // key slab coordinates
     bool ok = true;
     int64_t off_l = ctx.w.batch * p.lse_batch + head * p.lse_head;
     int64_t off_d = ctx.w.batch * p.delta_batch + head * p.delta_head;
@@ -111,7 +136,6 @@ struct DkdvConsumer {
       ok = ok && x < ctx.kt.n_q[a];
       off_l += int64_t(x) * p.lse_spatial[a];
       off_d += int64_t(x) * p.delta_spatial[a];
-      tab.win[ct * kRank + a] = make_int2(ws[a], wl[a]);
     }
     tab.lse2[ct] = ok ? p.lse[off_l] * 1.4426950408889634074f : INFINITY;  // padding query: P = 0
     tab.delta[ct] = ok ? p.delta[off_d] : 0.f;
@@ -143,14 +167,8 @@ struct DkdvConsumer {
 
     clear(acc_dk);
     clear(acc_dv);
-    // Key coordinates (key slab) of this thread's two row slots.
-    int key[2][kRank];
-    CUTE_UNROLL
-    for (int r = 0; r < 2; ++r) {
-      sm80::tile_coord(frag_row(ct, r), p.geo.kv_log2, key[r]);
-      CUTE_UNROLL
-      for (int a = 0; a < kRank; ++a) key[r][a] += ctx.kt.k0[a];
-    }
+    KeyQueryRanges kr;
+    make_key_query_ranges(p, ctx, ct, kr);
 
     ss.kv_full.wait(uint32_t(iter & 1));
     if (ctx.visits <= 0) {  // keys no query attends: dK = dV = 0
@@ -187,12 +205,14 @@ struct DkdvConsumer {
       if (!full) {
         CUTE_UNROLL
         for (int e = 0; e < size(acc_s); ++e) {
-          const int col = frag_col(ct, e), r = frag_slot(e);
+          const int r = frag_slot(e);
+          int qc[kRank];
+          sm80::tile_coord(frag_col(ct, e), p.geo.q_log2, qc);
           bool ok = true;
           CUTE_UNROLL
           for (int a = 0; a < kRank; ++a) {
-            const int2 w = tab.win[col * kRank + a];
-            ok = ok && unsigned(key[r][a] - w.x) <= unsigned(w.y);
+            const int x = q.q0[a] + qc[a];
+            ok = ok && x >= kr.lo[r][a] && x <= kr.hi[r][a];
           }
           if (!ok) acc_s(e) = masked;
         }

@@ -72,10 +72,9 @@ struct DkdvTraits {
   using Pipeline = cutlass::PipelineTmaAsync<kStages>;
   using PipelineState = cutlass::PipelineState<kStages>;
 
-  // Per-visit column tables (double-buffered by visit parity): window of each query in key slab
-  // coordinates (start, end - start per axis), lse (log2 units) and delta.
+  // Per-visit column tables (double-buffered by visit parity): lse (log2 units) and delta of each
+  // query of the visited tile.
   struct ColTable {
-    int2 win[kTileQ * sm80::kRank];
     float lse2[kTileQ];
     float delta[kTileQ];
   };
