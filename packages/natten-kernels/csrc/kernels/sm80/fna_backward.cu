@@ -165,12 +165,7 @@ cudaError_t fna_backward(const FnaBackwardArgs& args, int dtype, cudaStream_t st
   // preprocess (delta, which the SM90 kernels read) and whatever they do not; the SM90 launches
   // follow on the same stream.
   const bool hopper_dq = hopper && sm90::bwd_dq_can_run(args, dtype);
-  int tq[kRank], tk[kRank];  // the SM80 backward's tiles (for the SM90 dK / dV cost estimate)
-  for (int a = 0; a < kRank; ++a) {
-    tq[a] = 1 << g.q_log2[a];
-    tk[a] = 1 << g.kv_log2[a];
-  }
-  const bool hopper_dkdv = hopper && sm90::bwd_dkdv_can_run(args, dtype) && sm90::bwd_dkdv_preferred(args, tq, tk);
+  const bool hopper_dkdv = hopper && sm90::bwd_dkdv_can_run(args, dtype);
   p.skip_dq = hopper_dq ? 1 : 0;
   p.skip_dkdv = hopper_dkdv ? 1 : 0;
   const int dim = bwd_padded_dim(D > Dv ? D : Dv);

@@ -329,22 +329,6 @@ cudaError_t fna_forward_choose_tiles(const FnaForwardArgs& args, int tile_log2, 
   return cudaSuccess;
 }
 
-double fna_forward_tile_work(const FnaForwardArgs& args, const int q_tile[3], const int kv_tile[3]) {
-  AxisProblem ax[kRank];
-  bool empty = false;
-  if (!normalize_axes(args, ax, &empty)) return -1.0;
-  if (empty) return 0.0;
-  double work = 1.0;
-  for (int a = 0; a < args.rank; ++a) {
-    int ql = 0, kl = 0;
-    while ((1 << ql) < q_tile[a]) ++ql;
-    while ((1 << kl) < kv_tile[a]) ++kl;
-    if ((1 << ql) != q_tile[a] || (1 << kl) != kv_tile[a] || ql > kMaxTileLog2 || kl > kMaxTileLog2) return -1.0;
-    work *= axis_visits(ax[a], ql, kl);
-  }
-  return work;
-}
-
 cudaError_t fna_forward_geometry(const FnaForwardArgs& args, Geometry* geo, bool* empty) {
   AxisProblem ax[kRank];
   bool none = false;

@@ -51,11 +51,6 @@ cudaError_t fna_forward_default_tiles(const natten::FnaForwardArgs& args, int q_
 // fused kernels never read outside it). Shared with the SM90 kernel's host checks.
 bool fna_forward_axes_valid(const natten::FnaForwardArgs& args);
 
-// (Query, key) pairs a kernel computes with these tiles (power-of-two boxes; padding included; per
-// batch and head, summed over dilation groups): the tile-visit cost the chooser minimizes. -1 for an
-// invalid problem or tile.
-double fna_forward_tile_work(const natten::FnaForwardArgs& args, const int q_tile[3], const int kv_tile[3]);
-
 // The same chooser for query tiles of 2^tile_log2 tokens and key tiles of 2^kv_log2 (0..7; kv_log2 <
 // 0: the same; the SM90 kernel uses 7 = 128 tokens, and key tiles of 64 at head dim 256).
 cudaError_t fna_forward_choose_tiles(const natten::FnaForwardArgs& args, int tile_log2, int q_tile[3],

@@ -39,14 +39,6 @@ bool bwd_dkdv_can_run(const FnaBackwardArgs& args, int dtype, const char** reaso
   return why == nullptr;
 }
 
-bool bwd_dkdv_preferred(const FnaBackwardArgs& args, const int sm80_q_tile[3], const int sm80_kv_tile[3]) {
-  int qt[3], kt[3];
-  if (sm80::fna_forward_choose_tiles(args.fwd, kKvQTileLog2, qt, kt, kKvTileLog2) != cudaSuccess) return false;
-  const double w90 = sm80::fna_forward_tile_work(args.fwd, qt, kt);
-  const double w80 = sm80::fna_forward_tile_work(args.fwd, sm80_q_tile, sm80_kv_tile);
-  return w90 >= 0.0 && w80 > 0.0 && w90 <= kDkdvWorkRatio * w80;
-}
-
 cudaError_t bwd_dkdv(const FnaBackwardArgs& args, int dtype, cudaStream_t stream) {
   if (!bwd_dkdv_can_run(args, dtype, nullptr)) return cudaErrorNotSupported;
 #if !defined(NATTEN_HAS_SM90)

@@ -33,14 +33,6 @@ cudaError_t bwd_dq(const FnaBackwardArgs& args, int dtype, cudaStream_t stream);
 // multiples of 8 elements, and the default key parallelism (kv_splits unset: one CTA per key tile).
 bool bwd_dkdv_can_run(const FnaBackwardArgs& args, int dtype, const char** reason = nullptr);
 
-// Whether the SM90 dK / dV kernel is expected to beat the SM80 one on this problem: its 128-token
-// key tiles compute more padded (query, key) pairs than the SM80 kernel's 64-token tiles on some
-// windows (hunyuan's 18 x 24 x 24 on an H100: 1.4x slower), so it is taken when the pairs it
-// computes (tile_work at its tiles) are at most kDkdvWorkRatio times the SM80 kernel's at
-// (q_tile, kv_tile), the SM80 backward's tiles.
-constexpr double kDkdvWorkRatio = 2.0;
-bool bwd_dkdv_preferred(const FnaBackwardArgs& args, const int sm80_q_tile[3], const int sm80_kv_tile[3]);
-
 // Launches dK / dV (overwrites d_k, d_v; keys no query attends get 0) on `stream`; delta must
 // already be in args.workspace.
 cudaError_t bwd_dkdv(const FnaBackwardArgs& args, int dtype, cudaStream_t stream);
