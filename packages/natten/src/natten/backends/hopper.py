@@ -5,8 +5,8 @@ kernel, as a 1-D window that covers every key (forward only, as ``hopper-fna``).
 
 Training: the forward runs on the sm_90a kernel, through ``cutlass-fna``'s autograd function; the
 backward asks natten-kernels to choose (``NATTEN_BACKEND_AUTO``): with natten-kernels >= 1.3.1 on
-SM 9.0, dQ runs on the sm_90a dQ kernel (TMA + wgmma) and dK/dV on the SM80 kernel; older libraries
-run it all on SM80 (deterministic either way; the backward takes any forward's output and
+SM 9.0, dQ and dK/dV run on the sm_90a backward kernels (TMA + wgmma; head dims up to 128; a
+``backward_kv_splits`` keeps dK/dV on SM80); older libraries run it all on SM80 (deterministic either way; the backward takes any forward's output and
 logsumexp). ``backward_q_tile_shape`` / ``backward_kv_tile_shape`` / ``backward_kv_splits`` are
 the SM80 backward's (default: the library's choice; the forward's 128-token tiles are not SM80
 tiles). Needs a natten-kernels that trains (ABI >= 1.1; slabs >= 1.2). Supported: H100 / H200 (compute capability 9.0) with a
