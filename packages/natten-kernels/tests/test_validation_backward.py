@@ -104,7 +104,8 @@ INVALID_CASES = [
     ("fp32_head_dim_large", mut(dtype=A.FP32, head_dim=512), UNSUPPORTED, ["head_dim 512", "(fp32)"]),
     ("head_dim_large", mut(head_dim=512), UNSUPPORTED, ["head_dim 512"]),
     ("head_dim_v_large", mut(head_dim_v=264), UNSUPPORTED, ["head_dim_v 264"]),
-    ("backend_hopper", mut(backend=A.BACKEND_HOPPER), UNSUPPORTED, ["NATTEN_BACKEND_HOPPER_FNA", "no backward"]),
+    ("backend_hopper", mut(backend=A.BACKEND_HOPPER), UNSUPPORTED,
+     ["NATTEN_BACKEND_HOPPER_FNA is not a backward backend", "NATTEN_BACKEND_AUTO"]),
     # kv_splits (ABI 1.3): argument checks, then the upper bound (key tiles per axis) once the tiles
     # are known; the valid problem is 16 x 16 with 64-token tiles (kv_tile (8, 8): 2 key tiles per axis).
     ("kv_splits_negative", mut(**{"kv_splits[0]": -1, "kv_splits[1]": 1}), INVALID_ARGUMENT, ["kv_splits[0] is -1"]),

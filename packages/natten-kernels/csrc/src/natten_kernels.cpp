@@ -509,12 +509,13 @@ int check_backend_supported(int backend) {
   return NATTEN_STATUS_SUCCESS;
 }
 
-// The backward has no Hopper kernel yet.
+// The Hopper backward kernels are reached through NATTEN_BACKEND_AUTO (sm80/fna_backward.cu).
 int check_backward_backend_supported(int backend) {
   if (backend == NATTEN_BACKEND_HOPPER_FNA) {
     return fail(NATTEN_STATUS_UNSUPPORTED,
-                "NATTEN_BACKEND_HOPPER_FNA has no backward yet; use NATTEN_BACKEND_CUTLASS_FNA_SM80 or "
-                "NATTEN_BACKEND_AUTO (the SM80 backward runs on Hopper too)");
+                "NATTEN_BACKEND_HOPPER_FNA is not a backward backend; use NATTEN_BACKEND_AUTO (on SM 9.0 it runs dQ "
+                "and dK / dV on the SM90 kernels where they can, the rest on SM80) or "
+                "NATTEN_BACKEND_CUTLASS_FNA_SM80 (all on SM80)");
   }
   return check_backend_supported(backend);
 }

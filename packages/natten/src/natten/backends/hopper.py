@@ -1,7 +1,7 @@
 """``hopper-fna``: the sm_90a fused neighborhood-attention forward of natten-kernels (TMA + wgmma,
-warp-specialized, 128-token query tiles; 128-token key tiles, 64 at head dim 256). ``hopper-fmha``:
-dense attention on the same
-kernel, as a 1-D window that covers every key (forward only, as ``hopper-fna``).
+warp-specialized, 128-token query tiles; 128-token key tiles, 64 at head dim 256), trained through
+the SM90 backward kernels (below). ``hopper-fmha``: dense attention on the same forward kernel, as a
+1-D window that covers every key (inference only).
 
 Training: the forward runs on the sm_90a kernel, through ``cutlass-fna``'s autograd function; the
 backward asks natten-kernels to choose (``NATTEN_BACKEND_AUTO``): with natten-kernels >= 1.3.1 on
