@@ -93,6 +93,16 @@ def _backward_slabs_reason() -> Optional[str]:
     )
 
 
+def _training_reason(spec: object) -> Optional[str]:
+    """Why the loaded library cannot run the fused backward of this problem (None: it can): no
+    backward at all, or none for slabs of a larger grid. Shared by cutlass-fna and hopper-fna (whose
+    backward is the library's)."""
+    reason = _backward_reason()
+    if reason is None and getattr(spec, "is_partial", False):
+        reason = _backward_slabs_reason()
+    return reason
+
+
 def _deterministic() -> bool:
     """Whether the backward must be bit-identical across runs (natten's or PyTorch's flag). Every
     backward kernel of natten-kernels 1.1 is deterministic, so this only reaches the C ABI's
@@ -194,13 +204,9 @@ def can_run_fna(
         if reason is not None:
             return reason
     if _needs_grad(query, key, value):
-        reason = _backward_reason()
+        reason = _training_reason(spec)
         if reason is not None:
             return reason
-        if getattr(spec, "is_partial", False):
-            reason = _backward_slabs_reason()
-            if reason is not None:
-                return reason
     index = query.device.index if query.device.index is not None else torch.cuda.current_device()
     return _kernel_reason(
         query.dtype, query.dim() - 3, int(query.shape[-1]), int(value.shape[-1]), index
@@ -286,13 +292,9 @@ def fna(
         float(scale), list(q_tile_shape or ()), list(kv_tile_shape or ()), *_region_args(spec),
     )
     if _needs_grad(query, key, value):
-        reason = _backward_reason()
+        reason = _training_reason(spec)
         if reason is not None:
             raise NotImplementedError(f"cutlass-fna cannot train here: {reason}")
-        if getattr(spec, "is_partial", False):
-            reason = _backward_slabs_reason()
-            if reason is not None:
-                raise NotImplementedError(f"cutlass-fna cannot train here: {reason}")
         bq, bkv = options.get("backward_q_tile_shape"), options.get("backward_kv_tile_shape")
         if (bq is None) != (bkv is None):
             raise ValueError(

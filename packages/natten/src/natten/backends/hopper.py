@@ -43,8 +43,8 @@ from torch import Tensor
 from .. import _libnatten
 from ..window import WindowSpec
 from .cutlass import (  # shared with the SM80 backend
-    _DTYPES, _backward_reason, _backward_slabs_reason, _deterministic, _fmha_on_fna, _fmha_parts_reason,
-    _FnaFunction, _kv_splits, _library_reason, _needs_grad, _prepared_runner, _region_args,
+    _DTYPES, _deterministic, _fmha_on_fna, _fmha_parts_reason, _FnaFunction, _kv_splits, _library_reason,
+    _needs_grad, _prepared_runner, _region_args, _training_reason,
 )
 from .flex import _TileLayout  # the wide-element permutation copies (dilation groups)
 
@@ -75,9 +75,7 @@ def can_run_fna(
     if reason is not None:
         return reason
     if _needs_grad(query, key, value):
-        reason = _backward_reason()
-        if reason is None and getattr(spec, "is_partial", False):
-            reason = _backward_slabs_reason()
+        reason = _training_reason(spec)
         if reason is not None:
             return f"it trains through cutlass-fna's backward kernels, which cannot run here: {reason}"
     if query.dtype not in _DTYPES:
@@ -191,13 +189,12 @@ def fna(
     **options,
 ) -> Tuple[Tensor, Tensor]:
     """Fused forward; returns ``(out, lse)``. Differentiable when the inputs require grad: the
-    backward runs on cutlass-fna's SM80 kernels (see the module docstring)."""
+    backward is natten-kernels' choice (the SM90 dQ and dK/dV kernels where they run; see the
+    module docstring)."""
     if _needs_grad(query, key, value):
-        reason = _backward_reason()
-        if reason is None and getattr(spec, "is_partial", False):
-            reason = _backward_slabs_reason()
+        reason = _training_reason(spec)
         if reason is not None:
-            raise NotImplementedError(f"hopper-fna cannot train here (its backward is cutlass-fna's): {reason}")
+            raise NotImplementedError(f"hopper-fna cannot train here (its backward is natten-kernels' fused one): {reason}")
         bq, bkv = options.get("backward_q_tile_shape"), options.get("backward_kv_tile_shape")
         if (bq is None) != (bkv is None):
             raise ValueError(
