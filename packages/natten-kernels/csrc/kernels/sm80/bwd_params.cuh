@@ -50,6 +50,21 @@ struct FnaBwdParams {
   int skip_dkdv;         // 1: the dK / dV kernel is not launched (the SM90 dK / dV kernel runs it)
 };
 
+// Strides of the delta workspace: compact [B, H, X, Y, Z] floats over the query slab's token grid
+// (g.q_extent); returns the number of rows (B * H * X * Y * Z). Shared by the SM80 preprocess and
+// every backward kernel that reads delta (the SM90 dQ and dK / dV kernels too).
+inline int64_t bwd_delta_strides(const Geometry& g, int64_t batch, int64_t heads, int64_t& s_batch, int64_t& s_head,
+                                 int64_t s_spatial[kRank]) {
+  int64_t inner = 1;
+  for (int a = kRank - 1; a >= 0; --a) {
+    s_spatial[a] = inner;
+    inner *= g.q_extent[a];
+  }
+  s_head = inner;
+  s_batch = inner * heads;
+  return inner * heads * batch;
+}
+
 // Dynamic shared memory of the backward tile kernels (both use the same plan, fna_backward_kernel.cuh
 // BwdSmem, which static_asserts this formula): four 64 x padded_dim tiles of 2-byte elements, the
 // per-row window table (64 x 3 int2), 3 mask patterns, lse and delta (64 floats each), and a

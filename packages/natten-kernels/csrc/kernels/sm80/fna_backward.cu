@@ -132,17 +132,7 @@ cudaError_t fna_backward(const FnaBackwardArgs& args, int dtype, cudaStream_t st
   if (args.d_lse != nullptr)
     set(p.dlse_batch, p.dlse_head, p.dlse_spatial, args.dlse_stride_batch, args.dlse_stride_head,
         args.dlse_stride_spatial);
-  // delta: compact [B, H, X, Y, Z] over the query slab's token grid
-  {
-    int64_t inner = 1;
-    for (int a = kRank - 1; a >= 0; --a) {
-      p.delta_spatial[a] = inner;
-      inner *= g.q_extent[a];
-    }
-    p.delta_head = inner;
-    p.delta_batch = inner * f.heads;
-    p.num_rows = inner * f.heads * f.batch;
-  }
+  p.num_rows = bwd_delta_strides(g, f.batch, f.heads, p.delta_batch, p.delta_head, p.delta_spatial);
   p.heads_per_kv = f.heads / f.heads_kv;
   p.head_dim = D;
   p.head_dim_v = Dv;

@@ -23,27 +23,10 @@ __device__ __forceinline__ void dkdv_store(const KvWorkContext& ctx, int ct, con
   Element* out = static_cast<Element*>(ptr);
   CUTE_UNROLL
   for (int r = 0; r < 2; ++r) {
-    int c[kRank];
-    sm80::tile_coord(frag_row(ct, r), geo_kv_log2, c);
-    bool valid = true;
-    int64_t off = ctx.w.batch * sb + ctx.w.kv_head * sh;
-    CUTE_UNROLL
-    for (int a = 0; a < kRank; ++a) {
-      const int x = ctx.kt.k0[a] + c[a];
-      valid = valid && x < ctx.kt.n_kv[a];
-      off += int64_t(x) * sp[a];
-    }
-    if (!valid) continue;
-    Element* row = out + off;
-    CUTE_UNROLL
-    for (int j = 0; j < Traits::kHeadDim / 8; ++j) {
-      if (8 * j >= dim) break;
-      const int e = 4 * j + 2 * r;
-      const Element v0 = Element(acc(e) * scale);
-      const Element v1 = Element(acc(e + 1) * scale);
-      const uint32_t packed = uint32_t(v0.raw()) | (uint32_t(v1.raw()) << 16);
-      *reinterpret_cast<uint32_t*>(row + frag_col(ct, e)) = packed;
-    }
+    int x[kRank];
+    if (!tile_row_coords(frag_row(ct, r), geo_kv_log2, ctx.kt.k0, ctx.kt.n_kv, x)) continue;
+    store_row_pairs<Element, Traits::kHeadDim>(acc, r, ct, out + token_offset(ctx.w.batch * sb + ctx.w.kv_head * sh, x, sp),
+                                               dim, scale);
   }
 }
 

@@ -2,6 +2,7 @@
 // 64-token key tiles, chosen by the shared tile chooser), TMA descriptors of q, dO, k, v, the
 // parameter block and the (dtype, head dim) dispatch. Compiled in every build; the launchers
 // exist only when NATTEN_HAS_SM90 is set.
+#include "sm80/bwd_params.cuh"
 #include "sm90/bwd_dq.hpp"
 
 #include <climits>
@@ -87,24 +88,12 @@ cudaError_t bwd_dq(const FnaBackwardArgs& args, int dtype, cudaStream_t stream) 
   p.dq_head = args.dq_stride_head;
   p.lse_batch = f.lse_stride_batch;
   p.lse_head = f.lse_stride_head;
-  int64_t ext[kRank], kv_ext[kRank];
   for (int a = 0; a < kRank; ++a) {
     const bool on = a < f.rank;
     p.dq_spatial[a] = on ? args.dq_stride_spatial[a] : 0;
     p.lse_spatial[a] = on ? f.lse_stride_spatial[a] : 0;
-    ext[a] = on ? f.extent[a] : 1;
-    kv_ext[a] = on ? f.kv_extent[a] : 1;
   }
-  // delta: compact [B, H, X, Y, Z] over the query slab (sm80/fna_backward.cu writes it so)
-  {
-    int64_t inner = 1;
-    for (int a = kRank - 1; a >= 0; --a) {
-      p.delta_spatial[a] = inner;
-      inner *= g.q_extent[a];
-    }
-    p.delta_head = inner;
-    p.delta_batch = inner * f.heads;
-  }
+  sm80::bwd_delta_strides(g, f.batch, f.heads, p.delta_batch, p.delta_head, p.delta_spatial);
   p.heads_per_kv = int(f.heads / f.heads_kv);
   p.rank = f.rank;
   p.fold_q = f.rank == 3 ? int(f.extent[0]) : 0;
@@ -119,18 +108,7 @@ cudaError_t bwd_dq(const FnaBackwardArgs& args, int dtype, cudaStream_t stream) 
     ql[a] = g.q_log2[a];
     kl[a] = g.kv_log2[a];
   }
-  const char* detail = nullptr;
-  e = encode_tensor(&p.tma_q, dtype, f.q, f.rank, f.batch, ext, f.heads, f.head_dim, D, f.q_stride_batch,
-                    f.q_stride_spatial, f.q_stride_head, ql, &detail);
-  if (e != cudaSuccess) return e;
-  e = encode_tensor(&p.tma_do, dtype, args.d_out, f.rank, f.batch, ext, f.heads, f.head_dim_v, D,
-                    args.do_stride_batch, args.do_stride_spatial, args.do_stride_head, ql, &detail);
-  if (e != cudaSuccess) return e;
-  e = encode_tensor(&p.tma_k, dtype, f.k, f.rank, f.batch, kv_ext, f.heads_kv, f.head_dim, D, f.k_stride_batch,
-                    f.k_stride_spatial, f.k_stride_head, kl, &detail);
-  if (e != cudaSuccess) return e;
-  e = encode_tensor(&p.tma_v, dtype, f.v, f.rank, f.batch, kv_ext, f.heads_kv, f.head_dim_v, D, f.v_stride_batch,
-                    f.v_stride_spatial, f.v_stride_head, kl, &detail);
+  e = encode_backward_inputs(args, dtype, D, ql, kl, &p.tma_q, &p.tma_do, &p.tma_k, &p.tma_v);
   if (e != cudaSuccess) return e;
 
   if (dtype == 1) return D == 64 ? launch_bwd_dq<1, 64>(p, stream) : launch_bwd_dq<1, 128>(p, stream);

@@ -21,27 +21,10 @@ __device__ __forceinline__ void dq_epilogue_store(const DqParams& p, const WorkC
   Element* out = static_cast<Element*>(p.dq);
   CUTE_UNROLL
   for (int r = 0; r < 2; ++r) {
-    int c[kRank];
-    sm80::tile_coord(frag_row(ct, r), p.geo.q_log2, c);
-    bool valid = true;
-    int64_t off = ctx.work.batch * p.dq_batch + ctx.work.head * p.dq_head;
-    CUTE_UNROLL
-    for (int a = 0; a < kRank; ++a) {
-      const int x = ctx.qt.q0[a] + c[a];
-      valid = valid && x < ctx.qt.n_q[a];
-      off += int64_t(x) * p.dq_spatial[a];
-    }
-    if (!valid) continue;
-    Element* row = out + off;
-    CUTE_UNROLL
-    for (int j = 0; j < Traits::kHeadDim / 8; ++j) {
-      if (8 * j >= p.dim) break;  // columns past D (8-column groups: D is a multiple of 8)
-      const int e = 4 * j + 2 * r;
-      const Element v0 = Element(acc_dq(e) * p.scale);
-      const Element v1 = Element(acc_dq(e + 1) * p.scale);
-      const uint32_t packed = uint32_t(v0.raw()) | (uint32_t(v1.raw()) << 16);
-      *reinterpret_cast<uint32_t*>(row + frag_col(ct, e)) = packed;
-    }
+    int x[kRank];
+    if (!tile_row_coords(frag_row(ct, r), p.geo.q_log2, ctx.qt.q0, ctx.qt.n_q, x)) continue;
+    const int64_t off = token_offset(ctx.work.batch * p.dq_batch + ctx.work.head * p.dq_head, x, p.dq_spatial);
+    store_row_pairs<Element, Traits::kHeadDim>(acc_dq, r, ct, out + off, p.dim, p.scale);  // columns < D
   }
 }
 

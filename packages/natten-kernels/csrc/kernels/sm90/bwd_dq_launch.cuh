@@ -2,8 +2,6 @@
 // instantiation units bwd_dq_{fp16,bf16}_hdim{64,128}.cu).
 #pragma once
 
-#include <atomic>
-
 #include <cuda_runtime.h>
 
 #include "sm90/bwd_dq.hpp"
@@ -15,22 +13,9 @@ namespace sm90 {
 
 template <int kDtype, int kHeadDim>
 cudaError_t launch_bwd_dq(const DqParams& params, cudaStream_t stream) {
-  if (params.geo.num_work <= 0) return cudaSuccess;
-  if (params.geo.num_work > 2147483647) return cudaErrorInvalidValue;
   using Traits = DqTraits<typename DtypeElement<kDtype>::type, kHeadDim>;
-  auto kernel = fna_sm90_bwd_dq_kernel<Traits>;
-  constexpr int kSmem = Traits::kSmemBytes;
-  static std::atomic<bool> done[64];
-  int dev = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess) dev = -1;
-  if (dev < 0 || dev >= 64 || !done[dev].load(std::memory_order_acquire)) {
-    const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
-    if (err != cudaSuccess) return err;
-    if (dev >= 0 && dev < 64) done[dev].store(true, std::memory_order_release);
-  }
-  const unsigned grid = unsigned(persistent_grid(params.geo.num_work, dev));
-  kernel<<<grid, Traits::kThreads, kSmem, stream>>>(params);
-  return cudaGetLastError();
+  return launch_persistent<fna_sm90_bwd_dq_kernel<Traits>, Traits::kSmemBytes, Traits::kThreads>(
+      params, params.geo.num_work, stream);
 }
 
 }  // namespace sm90

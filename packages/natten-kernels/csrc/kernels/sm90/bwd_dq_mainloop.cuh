@@ -68,20 +68,12 @@ __device__ __forceinline__ void load_row_stats(const DqParams& p, const WorkCont
                                                float delta[2]) {
   CUTE_UNROLL
   for (int r = 0; r < 2; ++r) {
-    int c[kRank];
-    sm80::tile_coord(frag_row(ct, r), p.geo.q_log2, c);
-    bool valid = true;
-    int64_t off_l = ctx.work.batch * p.lse_batch + ctx.work.head * p.lse_head;
-    int64_t off_d = ctx.work.batch * p.delta_batch + ctx.work.head * p.delta_head;
-    CUTE_UNROLL
-    for (int a = 0; a < kRank; ++a) {
-      const int x = ctx.qt.q0[a] + c[a];
-      valid = valid && x < ctx.qt.n_q[a];
-      off_l += int64_t(x) * p.lse_spatial[a];
-      off_d += int64_t(x) * p.delta_spatial[a];
-    }
-    lse2[r] = valid ? p.lse[off_l] * 1.4426950408889634074f : 0.f;
-    delta[r] = valid ? p.delta[off_d] : 0.f;
+    int x[kRank];
+    const bool valid = tile_row_coords(frag_row(ct, r), p.geo.q_log2, ctx.qt.q0, ctx.qt.n_q, x);
+    const int64_t b = ctx.work.batch, h = ctx.work.head;
+    lse2[r] = valid ? p.lse[token_offset(b * p.lse_batch + h * p.lse_head, x, p.lse_spatial)] * 1.4426950408889634074f
+                    : 0.f;
+    delta[r] = valid ? p.delta[token_offset(b * p.delta_batch + h * p.delta_head, x, p.delta_spatial)] : 0.f;
   }
 }
 

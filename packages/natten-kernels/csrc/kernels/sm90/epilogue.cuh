@@ -31,31 +31,12 @@ __device__ __forceinline__ void epilogue_store(const FnaSm90Params& p, const Wor
   Element* out = static_cast<Element*>(p.o);
   CUTE_UNROLL
   for (int r = 0; r < 2; ++r) {
-    const int row = frag_row(ct, r);
-    int c[kRank];
-    sm80::tile_coord(row, p.geo.q_log2, c);
-    bool valid = true;
-    int64_t off_o = ctx.work.batch * p.o_batch + ctx.work.head * p.o_head;
-    int64_t off_l = ctx.work.batch * p.lse_batch + ctx.work.head * p.lse_head;
-    CUTE_UNROLL
-    for (int a = 0; a < kRank; ++a) {
-      const int x = ctx.qt.q0[a] + c[a];
-      valid = valid && x < ctx.qt.n_q[a];
-      off_o += int64_t(x) * p.o_spatial[a];
-      off_l += int64_t(x) * p.lse_spatial[a];
-    }
-    if (!valid) continue;
-    Element* orow = out + off_o;
-    CUTE_UNROLL
-    for (int j = 0; j < Traits::kHeadDim / 8; ++j) {
-      const int e = 4 * j + 2 * r;
-      if (8 * j >= p.dim_v) break;  // columns past Dv (8-column groups: Dv is a multiple of 8)
-      const Element v0 = Element(acc_o(e) * inv[r]);
-      const Element v1 = Element(acc_o(e + 1) * inv[r]);
-      const uint32_t packed = uint32_t(v0.raw()) | (uint32_t(v1.raw()) << 16);
-      *reinterpret_cast<uint32_t*>(orow + frag_col(ct, e)) = packed;
-    }
-    if (p.lse != nullptr && (ct & 3) == 0) p.lse[off_l] = lse[r];
+    int x[kRank];
+    if (!tile_row_coords(frag_row(ct, r), p.geo.q_log2, ctx.qt.q0, ctx.qt.n_q, x)) continue;
+    const int64_t off_o = token_offset(ctx.work.batch * p.o_batch + ctx.work.head * p.o_head, x, p.o_spatial);
+    store_row_pairs<Element, Traits::kHeadDim>(acc_o, r, ct, out + off_o, p.dim_v, inv[r]);  // columns < Dv
+    if (p.lse != nullptr && (ct & 3) == 0)
+      p.lse[token_offset(ctx.work.batch * p.lse_batch + ctx.work.head * p.lse_head, x, p.lse_spatial)] = lse[r];
   }
 }
 

@@ -53,24 +53,31 @@ inline int64_t persistent_grid(int64_t num_work, int dev) {
   return num_work < n ? num_work : n;
 }
 
-template <int kDtype, int kHeadDim, bool kPingpong>
-cudaError_t launch_fna_forward_schedule(const FnaSm90Params& params, cudaStream_t stream) {
-  using Traits = FnaSm90Traits<typename DtypeElement<kDtype>::type, kHeadDim>;
-  auto kernel = fna_sm90_forward_kernel<Traits, kPingpong>;
-  constexpr int kSmem = Traits::kSmemBytes;
-  // Set the dynamic shared memory limit once per (kernel, device) instead of every call (a
-  // driver round trip on the per-call path); devices past 64 always set it.
+// Launches a persistent SM90 kernel (forward, backward dQ or dK / dV) over num_work work tiles with
+// kSmem bytes of dynamic shared memory. The shared memory limit is set once per (kernel, device)
+// instead of every call (a driver round trip on the per-call path); devices past 64 always set it.
+template <auto Kernel, int kSmem, int kThreads, class Params>
+cudaError_t launch_persistent(const Params& params, int64_t num_work, cudaStream_t stream) {
+  if (num_work <= 0) return cudaSuccess;
+  if (num_work > 2147483647) return cudaErrorInvalidValue;  // hosts check this first
   static std::atomic<bool> done[64];
   int dev = 0;
   if (cudaGetDevice(&dev) != cudaSuccess) dev = -1;
   if (dev < 0 || dev >= 64 || !done[dev].load(std::memory_order_acquire)) {
-    const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
+    const cudaError_t err = cudaFuncSetAttribute(Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
     if (err != cudaSuccess) return err;
     if (dev >= 0 && dev < 64) done[dev].store(true, std::memory_order_release);
   }
-  const unsigned grid = unsigned(persistent_grid(params.geo.num_work, dev));
-  kernel<<<grid, Traits::kThreads, kSmem, stream>>>(params);
+  const unsigned grid = unsigned(persistent_grid(num_work, dev));
+  Kernel<<<grid, kThreads, kSmem, stream>>>(params);
   return cudaGetLastError();
+}
+
+template <int kDtype, int kHeadDim, bool kPingpong>
+cudaError_t launch_fna_forward_schedule(const FnaSm90Params& params, cudaStream_t stream) {
+  using Traits = FnaSm90Traits<typename DtypeElement<kDtype>::type, kHeadDim>;
+  return launch_persistent<fna_sm90_forward_kernel<Traits, kPingpong>, Traits::kSmemBytes, Traits::kThreads>(
+      params, params.geo.num_work, stream);
 }
 
 template <int kDtype, int kHeadDim>

@@ -46,6 +46,43 @@ __device__ __forceinline__ int frag_col(int ct, int e) {
 
 __device__ __forceinline__ int frag_slot(int e) { return (e >> 1) & 1; }
 
+// Token coordinates of tile row `row` (row-major over a box of 2^log2[a] tokens per axis) at
+// origin[], and whether they lie inside bound[] (the slab's extent) on every axis.
+__device__ __forceinline__ bool tile_row_coords(int row, const int log2[3], const int origin[3], const int bound[3],
+                                                int x[3]) {
+  x[2] = row & ((1 << log2[2]) - 1);
+  x[1] = (row >> log2[2]) & ((1 << log2[1]) - 1);
+  x[0] = row >> (log2[1] + log2[2]);
+  bool valid = true;
+  CUTE_UNROLL
+  for (int a = 0; a < 3; ++a) {
+    x[a] += origin[a];
+    valid = valid && x[a] < bound[a];
+  }
+  return valid;
+}
+
+// Element offset base + sum x[a] * stride[a].
+__device__ __forceinline__ int64_t token_offset(int64_t base, const int x[3], const int64_t stride[3]) {
+  return base + int64_t(x[0]) * stride[0] + int64_t(x[1]) * stride[1] + int64_t(x[2]) * stride[2];
+}
+
+// Stores the first `dim` columns (a multiple of 8) of row slot r of a 64 x kCols accumulator,
+// times `scale`, at `row` as 4-byte pairs of Element (column pairs never straddle the cut).
+template <class Element, int kCols, class TensorAcc>
+__device__ __forceinline__ void store_row_pairs(const TensorAcc& acc, int r, int ct, Element* row, int dim,
+                                                float scale) {
+  CUTE_UNROLL
+  for (int j = 0; j < kCols / 8; ++j) {
+    if (8 * j >= dim) break;
+    const int e = 4 * j + 2 * r;
+    const Element v0 = Element(acc(e) * scale);
+    const Element v1 = Element(acc(e + 1) * scale);
+    const uint32_t packed = uint32_t(v0.raw()) | (uint32_t(v1.raw()) << 16);
+    *reinterpret_cast<uint32_t*>(row + frag_col(ct, e)) = packed;
+  }
+}
+
 // The 64 x N float accumulator viewed as the A operand (register-sourced, K = N) of the next
 // wgmma: ((2, 2, N/8), 1, 1) -> ((2, 2, 2), 1, N/16). A's value (v0, v1, v2) of k-block kb is the
 // accumulator's (i0 = v0, i1 = v1, j = 2 * kb + v2): same rows, columns 16 * kb + 8 * v2 + ...

@@ -114,6 +114,30 @@ cudaError_t encode_tensor(CUtensorMap* map, int dtype, const void* ptr, int rank
 }
 
 
+cudaError_t encode_backward_inputs(const FnaBackwardArgs& args, int dtype, int kernel_dim, const int q_log2[kRank],
+                                   const int kv_log2[kRank], CUtensorMap* q, CUtensorMap* d_o, CUtensorMap* k,
+                                   CUtensorMap* v) {
+  const FnaForwardArgs& f = args.fwd;
+  int64_t ext[kRank], kv_ext[kRank];
+  for (int a = 0; a < kRank; ++a) {
+    ext[a] = a < f.rank ? f.extent[a] : 1;
+    kv_ext[a] = a < f.rank ? f.kv_extent[a] : 1;
+  }
+  const char* detail = nullptr;
+  cudaError_t e = encode_tensor(q, dtype, f.q, f.rank, f.batch, ext, f.heads, f.head_dim, kernel_dim,
+                                f.q_stride_batch, f.q_stride_spatial, f.q_stride_head, q_log2, &detail);
+  if (e == cudaSuccess)
+    e = encode_tensor(d_o, dtype, args.d_out, f.rank, f.batch, ext, f.heads, f.head_dim_v, kernel_dim,
+                      args.do_stride_batch, args.do_stride_spatial, args.do_stride_head, q_log2, &detail);
+  if (e == cudaSuccess)
+    e = encode_tensor(k, dtype, f.k, f.rank, f.batch, kv_ext, f.heads_kv, f.head_dim, kernel_dim, f.k_stride_batch,
+                      f.k_stride_spatial, f.k_stride_head, kv_log2, &detail);
+  if (e == cudaSuccess)
+    e = encode_tensor(v, dtype, f.v, f.rank, f.batch, kv_ext, f.heads_kv, f.head_dim_v, kernel_dim, f.v_stride_batch,
+                      f.v_stride_spatial, f.v_stride_head, kv_log2, &detail);
+  return e;
+}
+
 cudaError_t build_geometry(const FnaForwardArgs& args, const int* q_tile, int q_log2_total, const int* kv_tile,
                            int kv_log2_total, Geometry* out) {
   Geometry& g = *out;

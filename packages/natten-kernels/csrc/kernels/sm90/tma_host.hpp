@@ -9,6 +9,7 @@
 #include <cstdint>
 
 #include "natten/fna_args.hpp"
+#include "natten/fna_backward_args.hpp"
 #include "sm80/tile_scheduler.cuh"
 
 namespace natten {
@@ -31,6 +32,13 @@ bool parse_tile(const int* tile, int rank, int log2s[kRank], int total_log2);
 cudaError_t encode_tensor(CUtensorMap* map, int dtype, const void* ptr, int rank, int64_t batch,
                           const int64_t extent[kRank], int64_t heads, int64_t dim, int kernel_dim, int64_t sb,
                           const int64_t sp[kRank], int64_t sh, const int tile_log2[kRank], const char** detail);
+
+// The four descriptors of the SM90 backward kernels: q and d_out over the query slab (boxes of the
+// query tile q_log2, heads H; head dims D and Dv), k and v over the key slab (boxes of kv_log2,
+// heads H_kv), all with the kernel head dim's boxes.
+cudaError_t encode_backward_inputs(const FnaBackwardArgs& args, int dtype, int kernel_dim, const int q_log2[kRank],
+                                   const int kv_log2[kRank], CUtensorMap* q, CUtensorMap* d_o, CUtensorMap* k,
+                                   CUtensorMap* v);
 
 // The dilation-1 geometry of `args` (slabs included) with the given query / key tiles (power-of-two
 // boxes of 2^q_log2_total / 2^kv_log2_total tokens), finalized (work count). cudaErrorInvalidValue
