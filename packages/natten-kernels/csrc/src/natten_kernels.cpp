@@ -1025,7 +1025,10 @@ void fill_backward_args(const natten_fna_backward_params* p, const natten_fna_fo
 
 // Argument and build-support checks shared by the workspace query and the backward (no CUDA calls).
 // p: params read by read_backward_params.
-int prepare_backward(const natten_fna_backward_params* p, FnaBackwardArgs* args, int64_t* ws_bytes) {
+// *ws_bytes: the workspace the backward needs; *ws_full (optional): what it can use (the SM90 dK / dV
+// kernel's tables on top), what natten_fna_backward_workspace_size reports.
+int prepare_backward(const natten_fna_backward_params* p, FnaBackwardArgs* args, int64_t* ws_bytes,
+                     int64_t* ws_full = nullptr) {
   bool tiles_set = false;
   natten_fna_forward_params f;
   FnaRegion region;
@@ -1065,12 +1068,19 @@ int prepare_backward(const natten_fna_backward_params* p, FnaBackwardArgs* args,
     }
   }
   const int64_t ws = natten::sm80::fna_backward_workspace_bytes(*args);
-  if (ws < 0) {
+  // AUTO may run the SM90 dK / dV kernel (decided at launch, on the device), which wants room for
+  // its visit tables after delta; without that room the dK / dV stays on the SM80 kernel.
+  const int64_t ws90 =
+      p->backend == NATTEN_BACKEND_AUTO ? natten::sm90::bwd_dkdv_workspace_bytes(*args, kernel_dtype_of(p->dtype)) : 0;
+  int64_t full = 0;
+  if (ws < 0 || ws90 < 0 || __builtin_add_overflow(ws, ws90, &full)) {
     return fail(NATTEN_STATUS_INVALID_ARGUMENT,
-                "the workspace size (4 bytes per batch x token x head) overflows int64 for batch %lld, heads %lld",
+                "the workspace size (4 bytes per batch x token x head, and 8 per padded token x head for the SM90 "
+                "dK / dV kernel) overflows int64 for batch %lld, heads %lld",
                 (long long)p->batch, (long long)p->heads);
   }
   *ws_bytes = ws;
+  if (ws_full != nullptr) *ws_full = full;
   return NATTEN_STATUS_SUCCESS;
 }
 
@@ -1081,9 +1091,9 @@ int backward_workspace_impl(const natten_fna_backward_params* user, uint64_t* by
   NATTEN_CHECK(read_backward_params(user, &params));
   const natten_fna_backward_params* p = &params;
   FnaBackwardArgs args;
-  int64_t ws = 0;
-  NATTEN_CHECK(prepare_backward(p, &args, &ws));
-  *bytes = static_cast<uint64_t>(ws);
+  int64_t ws = 0, full = 0;
+  NATTEN_CHECK(prepare_backward(p, &args, &ws, &full));
+  *bytes = static_cast<uint64_t>(full);
   return NATTEN_STATUS_SUCCESS;
 }
 

@@ -1,11 +1,13 @@
 // Host side of the SM90 backward dK / dV kernel: support check, geometry (64-token query tiles,
-// 128-token key tiles, chosen by the shared tile chooser; the SM80 key-parallel walk), TMA
+// 128-token key tiles, chosen by the shared tile chooser; the SM80 key-parallel walk), its
+// workspace (the visit tables after the SM80 preprocess's delta), TMA
 // descriptors of q, dO, k, v, the parameter block and the (dtype, head dim) dispatch. Compiled in
 // every build; the launchers exist only when NATTEN_HAS_SM90 is set.
 #include <climits>
 #include <cstdint>
 #include <cstring>
 
+#include "sm80/fna_backward.hpp"
 #include "sm80/fna_forward.hpp"
 #include "sm90/bwd_dkdv_params.cuh"
 #include "sm80/bwd_params.cuh"
@@ -40,6 +42,51 @@ bool bwd_dkdv_can_run(const FnaBackwardArgs& args, int dtype, const char** reaso
   return why == nullptr;
 }
 
+namespace {
+// The dK / dV kernel's geometry (64-token query tiles, 128-token key tiles from the shared chooser).
+cudaError_t dkdv_geometry(const FnaForwardArgs& f, sm80::Geometry* g) {
+  int qt[3], kt[3];
+  const cudaError_t e = sm80::fna_forward_choose_tiles(f, kKvQTileLog2, qt, kt, kKvTileLog2);
+  if (e != cudaSuccess) return e;
+  return build_geometry(f, qt, kKvQTileLog2, kt, kKvTileLog2, g);
+}
+
+// Bytes of one visit table (floats per (batch, head, query tile, token)), rounded to 256; -1 on
+// overflow.
+int64_t table_bytes(const sm80::Geometry& g, int64_t* tiles_total) {
+  int64_t n = 1;
+  for (int a = 0; a < kRank; ++a)
+    if (__builtin_mul_overflow(n, int64_t(g.q_tiles[a]), &n)) return -1;
+  *tiles_total = n;
+  int64_t bytes = 0;
+  if (__builtin_mul_overflow(n, g.batch, &bytes) || __builtin_mul_overflow(bytes, g.heads, &bytes) ||
+      __builtin_mul_overflow(bytes, int64_t(64 * 4), &bytes))
+    return -1;
+  return bytes;  // a multiple of 256
+}
+
+bool empty_problem(const FnaForwardArgs& f) {
+  for (int a = 0; a < f.rank; ++a)
+    if (f.extent[a] == 0 || f.kv_extent[a] == 0) return true;
+  return f.batch == 0 || f.heads == 0;
+}
+}  // namespace
+
+int64_t bwd_dkdv_workspace_bytes(const FnaBackwardArgs& args, int dtype) {
+#if !defined(NATTEN_HAS_SM90)
+  (void)args;
+  (void)dtype;
+  return 0;
+#else
+  if (!bwd_dkdv_can_run(args, dtype, nullptr) || empty_problem(args.fwd)) return 0;
+  sm80::Geometry g;
+  if (dkdv_geometry(args.fwd, &g) != cudaSuccess) return 0;  // the launch reports it
+  int64_t tiles = 0;
+  const int64_t one = table_bytes(g, &tiles);
+  return one < 0 || one > INT64_MAX / 2 ? -1 : 2 * one;
+#endif
+}
+
 cudaError_t bwd_dkdv(const FnaBackwardArgs& args, int dtype, cudaStream_t stream) {
   if (!bwd_dkdv_can_run(args, dtype, nullptr)) return cudaErrorNotSupported;
 #if !defined(NATTEN_HAS_SM90)
@@ -47,22 +94,26 @@ cudaError_t bwd_dkdv(const FnaBackwardArgs& args, int dtype, cudaStream_t stream
   return cudaErrorNotSupported;
 #else
   const FnaForwardArgs& f = args.fwd;
-  for (int a = 0; a < f.rank; ++a)
-    if (f.extent[a] == 0 || f.kv_extent[a] == 0) return cudaSuccess;
-  if (f.batch == 0 || f.heads == 0) return cudaSuccess;
+  if (empty_problem(f)) return cudaSuccess;
   if (f.heads_kv <= 0 || f.heads % f.heads_kv != 0) return cudaErrorInvalidValue;
   if (args.workspace == nullptr) return cudaErrorInvalidValue;
 
   DkdvParams p;
   std::memset(&p, 0, sizeof(p));
-  int qt[3], kt[3];
-  cudaError_t e = sm80::fna_forward_choose_tiles(f, kKvQTileLog2, qt, kt, kKvTileLog2);
-  if (e != cudaSuccess) return e;
-  e = build_geometry(f, qt, kKvQTileLog2, kt, kKvTileLog2, &p.geo);
+  cudaError_t e = dkdv_geometry(f, &p.geo);
   if (e != cudaSuccess) return e;
   const sm80::Geometry& g = p.geo;
   sm80::kv_geometry_finalize(g, f.heads_kv, p.kvg);
   if (p.kvg.num_work > INT_MAX) return cudaErrorNotSupported;
+
+  // Workspace: delta (the SM80 preprocess), then the two visit tables.
+  const int64_t delta_bytes = sm80::fna_backward_workspace_bytes(args);
+  const int64_t one_table = table_bytes(g, &p.q_tiles_total);
+  if (delta_bytes < 0 || one_table < 0 || args.workspace_bytes - delta_bytes < 2 * one_table)
+    return cudaErrorInvalidValue;
+  char* tables = static_cast<char*>(args.workspace) + delta_bytes;
+  p.tab_lse2 = reinterpret_cast<float*>(tables);
+  p.tab_delta = reinterpret_cast<float*>(tables + one_table);
 
   p.dk = args.d_k;
   p.dv = args.d_v;
@@ -99,6 +150,8 @@ cudaError_t bwd_dkdv(const FnaBackwardArgs& args, int dtype, cudaStream_t stream
   e = encode_backward_inputs(args, dtype, D, ql, kl, &p.tma_q, &p.tma_do, &p.tma_k, &p.tma_v);
   if (e != cudaSuccess) return e;
 
+  e = launch_bwd_dkdv_tables(p, stream);
+  if (e != cudaSuccess) return e;
   if (dtype == 1) return D == 64 ? launch_bwd_dkdv<1, 64>(p, stream) : launch_bwd_dkdv<1, 128>(p, stream);
   return D == 64 ? launch_bwd_dkdv<2, 64>(p, stream) : launch_bwd_dkdv<2, 128>(p, stream);
 #endif

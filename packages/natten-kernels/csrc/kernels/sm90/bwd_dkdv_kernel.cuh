@@ -49,9 +49,9 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) fna_sm90_bwd_dkdv_kernel(
     cute::prefetch_tma_descriptor(reinterpret_cast<const cute::TmaDescriptor*>(&p.tma_v));
   }
   typename Pipeline::Params pp;
-  pp.transaction_bytes = 2 * Traits::kTileBytesQ;  // Q and dO of one visit
+  pp.transaction_bytes = 2 * Traits::kTileBytesQ + Traits::kTableBytes;  // Q, dO and the table of one visit
   pp.role = producer ? Pipeline::ThreadCategory::Producer : Pipeline::ThreadCategory::Consumer;
-  pp.is_leader = threadIdx.x == 0;
+  pp.is_leader = false;  // the producer arrives itself, after storing the visit's tile origin
   pp.num_consumers = Traits::kConsumerThreads;
   Pipeline pipe(ss.pipe_q, pp, cute::Shape<cute::_1, cute::_1, cute::_1>{});
   if (threadIdx.x == 0) {
@@ -77,13 +77,13 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) fna_sm90_bwd_dkdv_kernel(
     const int ct = int(threadIdx.x) - 128;
     typename Traits::TiledMmaAcc mma_acc;
     PipelineState st;
-    int iter = 0, vis = 0;
+    int iter = 0;
     for (int64_t idx = blockIdx.x; idx < num_work; idx += gridDim.x, ++iter) {
       const KvWorkContext ctx = make_kv_work_context(p, idx);
       auto acc_shape = cute::Shape<cute::Int<Traits::kTileKV>, cute::Int<Traits::kHeadDim>>{};
       cute::Tensor acc_dk = cute::partition_fragment_C(mma_acc, acc_shape);
       cute::Tensor acc_dv = cute::partition_fragment_C(mma_acc, acc_shape);
-      DkdvConsumer<Traits>::run(p, ctx, ss, pipe, ct, acc_dk, acc_dv, st, iter, vis);
+      DkdvConsumer<Traits>::run(p, ctx, ss, pipe, ct, acc_dk, acc_dv, st, iter);
       dkdv_store<Traits>(ctx, ct, acc_dk, p.dk, p.dk_batch, p.dk_head, p.dk_spatial, p.dim, p.scale, p.geo.kv_log2);
       dkdv_store<Traits>(ctx, ct, acc_dv, p.dv, p.dv_batch, p.dv_head, p.dv_spatial, p.dim_v, 1.f, p.geo.kv_log2);
     }

@@ -1,16 +1,17 @@
 // Producer and consumers of the SM90 backward dK / dV kernel (bwd_dkdv_traits.cuh has the GEMM
 // plan) and its work decomposition (the SM80 key-parallel walk: sm80/tile_scheduler.cuh).
 //
-// Producer (one thread): per work tile (batch, kv head, 128-token key tile), K and V once on the
-// kv_full barrier (after kv_empty from the 2nd work tile on), then Q and dO of every visit (query
-// head of the group x query tile the key tile is visited by) into a ring stage.
-// Consumers (64 keys per warpgroup, cooperative), per visit: threads 0..63 write the visit's column
-// table (lse, delta of each query; padding queries: lse = +inf so P = 0) into the slot of the
-// visit's parity, a named barrier publishes it (and, two visits later, guarantees every reader is
-// done with the slot); then
-//   wait stage -> S^T = K Q^T, dP^T = V dO^T -> wait -> (last visit: arrive kv_empty)
-//   -> mask S^T on pairs not fully inside the windows -> P^T, dS^T -> dV += P^T dO, dK += dS^T Q
-//   -> wait -> release the stage.
+// Producer (thread 0): per work tile (batch, kv head, 128-token key tile), K and V once on the
+// kv_full barrier (after kv_empty from the 2nd work tile on), then per visit (query head of the
+// group x query tile the key tile is visited by) into a ring stage: the tile origin, Q and dO (TMA)
+// and the visit's lse / delta table rows (two 256-byte bulk copies from the tables that
+// fna_sm90_bwd_dkdv_tables_kernel wrote), all on the stage's full barrier. The consumers thus get
+// every per-visit input from shared memory, with no global loads or window math per visit.
+// Consumers (64 keys per warpgroup; the two warpgroups never wait for each other, so one's softmax
+// runs under the other's GEMMs), per visit:
+//   wait stage + table -> S^T = K Q^T, dP^T = V dO^T -> wait -> (last visit: arrive kv_empty)
+//   -> mask S^T unless the thread's two keys see every query of the tile -> P^T, dS^T -> dV += P^T dO, dK += dS^T Q -> wait
+//   -> release the stage (Q, dO and the table).
 #pragma once
 
 #include <cmath>
@@ -50,7 +51,7 @@ __device__ __forceinline__ KvWorkContext make_kv_work_context(const DkdvParams& 
 // Computed once per work tile; the mask then needs no per-column window table.
 struct KeyQueryRanges {
   int lo[2][kRank];
-  int hi[2][kRank];
+  int len[2][kRank];  // hi - lo (inclusive); an empty range is lo = 2^29, len = 0 (mask_columns)
 };
 
 __device__ __forceinline__ void make_key_query_ranges(const DkdvParams& p, const KvWorkContext& c, int ct,
@@ -64,8 +65,9 @@ __device__ __forceinline__ void make_key_query_ranges(const DkdvParams& p, const
       const int k = c.kt.k0[a] + kc[a] + c.kt.kv_shift[a];  // global group coordinate
       int lo, hi;
       window::key_run_query_range(k, k, c.kt.axis[a], lo, hi);
-      kr.lo[r][a] = lo - c.kt.q_shift[a];
-      kr.hi[r][a] = hi - c.kt.q_shift[a];
+      const bool empty = hi < lo;
+      kr.lo[r][a] = empty ? (1 << 29) : lo - c.kt.q_shift[a];
+      kr.len[r][a] = empty ? 0 : hi - lo;
     }
   }
 }
@@ -87,6 +89,9 @@ struct DkdvProducer {
   using PipelineState = typename Traits::PipelineState;
   using Loader = MainloopProducer<Traits>;
 
+  // One thread. The pipeline's producer is not its leader (kernel), so producer_acquire only waits
+  // for the stage to be free; the tile origin is stored before the arrive (whose release publishes
+  // it), then the copies follow.
   __device__ static void run(const DkdvParams& p, const KvWorkContext& ctx, SharedStorage& ss, Pipeline& pipe,
                              PipelineState& st, int iter) {
     const int64_t b = ctx.w.batch;
@@ -98,18 +103,44 @@ struct DkdvProducer {
     Loader::template load_tile<Traits::kChunkElemsKV>(&p.tma_k, kvbar, ss.k.data(), int(ctx.w.kv_head), c);
     Loader::template load_tile<Traits::kChunkElemsKV>(&p.tma_v, kvbar, ss.v.data(), int(ctx.w.kv_head), c);
     constexpr int kStageElems = Traits::kTileQ * Traits::kHeadDim;
+    // The visits as an odometer (query tile index on the last axis fastest, then the other axes,
+    // then the query head of the group), so that no division runs per visit.
+    int tile[kRank];
+    CUTE_UNROLL
+    for (int a = 0; a < kRank; ++a) tile[a] = ctx.qs.first[a];
+    int head = int(ctx.w.kv_head) * p.heads_per_kv;
     for (int v = 0; v < ctx.visits; ++v) {
-      sm80::QueryTile q;
-      int64_t head;
-      visit_query_tile(p, ctx, v, q, head);
-      tma_token_coords(p, b, q.q0, p.fold_q, c);
-      pipe.producer_acquire(st);  // expects Q + dO bytes
+      int q0[kRank];
+      int64_t t = 0;  // the tile's index in the visit tables
+      CUTE_UNROLL
+      for (int a = 0; a < kRank; ++a) {
+        q0[a] = tile[a] << p.geo.q_log2[a];
+        t = t * p.geo.q_tiles[a] + tile[a];
+      }
+      tma_token_coords(p, b, q0, p.fold_q, c);
+      const int stage = st.index();
+      pipe.producer_acquire(st);  // waits for the stage (Q, dO, table) to be free
+      typename Traits::VisitTable& tab = ss.tables[stage];
+      CUTE_UNROLL
+      for (int a = 0; a < kRank; ++a) tab.q0[a] = q0[a];
       uint64_t* bar = pipe.producer_get_barrier(st);
-      Loader::template load_tile<Traits::kChunkElemsQ>(&p.tma_q, bar, ss.q.data() + st.index() * kStageElems,
-                                                       int(head), c);
-      Loader::template load_tile<Traits::kChunkElemsQ>(&p.tma_do, bar, ss.d_o.data() + st.index() * kStageElems,
-                                                       int(head), c);
+      cutlass::arch::ClusterTransactionBarrier::arrive_and_expect_tx(bar, 2 * Traits::kTileBytesQ +
+                                                                              Traits::kTableBytes);
+      Loader::template load_tile<Traits::kChunkElemsQ>(&p.tma_q, bar, ss.q.data() + stage * kStageElems, head, c);
+      Loader::template load_tile<Traits::kChunkElemsQ>(&p.tma_do, bar, ss.d_o.data() + stage * kStageElems, head, c);
+      const int64_t row = ((b * p.geo.heads + head) * p.q_tiles_total + t) * Traits::kTileQ;
+      cute::SM90_BULK_COPY_G2S::copy(p.tab_lse2 + row, bar, tab.lse2, Traits::kTableBytes / 2);
+      cute::SM90_BULK_COPY_G2S::copy(p.tab_delta + row, bar, tab.delta, Traits::kTableBytes / 2);
       ++st;
+      bool carry = true;
+      CUTE_UNROLL
+      for (int a = kRank - 1; a >= 0; --a) {
+        if (carry) {
+          carry = ++tile[a] == ctx.qs.first[a] + ctx.qs.count[a];
+          if (carry) tile[a] = ctx.qs.first[a];
+        }
+      }
+      if (carry) ++head;
     }
   }
 };
@@ -120,32 +151,11 @@ struct DkdvConsumer {
   using SharedStorage = typename Traits::SharedStorage;
   using Pipeline = typename Traits::Pipeline;
   using PipelineState = typename Traits::PipelineState;
-  static constexpr uint32_t kTableBarrier = 2;  // named barrier id (ids 0 / 1 are the forward's turns)
 
-  // Fills the column table of visit (q, head) in slot `slot` (threads ct < kTileQ).
-  __device__ static void write_table(const DkdvParams& p, const KvWorkContext& ctx, const sm80::QueryTile& q,
-                                     int64_t head, int ct, typename Traits::ColTable& tab) {
-    if (ct >= Traits::kTileQ) return;
-    int qc[kRank];
-    sm80::tile_coord(ct, p.geo.q_log2, qc);
-    bool ok = true;
-    int64_t off_l = ctx.w.batch * p.lse_batch + head * p.lse_head;
-    int64_t off_d = ctx.w.batch * p.delta_batch + head * p.delta_head;
-    for (int a = 0; a < kRank; ++a) {
-      const int x = q.q0[a] + qc[a];
-      ok = ok && x < ctx.kt.n_q[a];
-      off_l += int64_t(x) * p.lse_spatial[a];
-      off_d += int64_t(x) * p.delta_spatial[a];
-    }
-    tab.lse2[ct] = ok ? p.lse[off_l] * 1.4426950408889634074f : INFINITY;  // padding query: P = 0
-    tab.delta[ct] = ok ? p.delta[off_d] : 0.f;
-  }
-
-  // Accumulates the un-scaled dK and dV of the work tile (cleared here). `vis` counts this
-  // thread's visits over the CTA's work tiles (table slot parity).
+  // Accumulates the un-scaled dK and dV of the work tile (cleared here).
   template <class TensorK, class TensorV>
   __device__ static void run(const DkdvParams& p, const KvWorkContext& ctx, SharedStorage& ss, Pipeline& pipe,
-                             int ct, TensorK& acc_dk, TensorV& acc_dv, PipelineState& st, int iter, int& vis) {
+                             int ct, TensorK& acc_dk, TensorV& acc_dv, PipelineState& st, int iter) {
     using namespace cute;
     typename Traits::TiledMmaS mma_s;
     typename Traits::TiledMmaAcc mma_acc;
@@ -183,39 +193,29 @@ struct DkdvConsumer {
     Tensor tP = make_tensor(p_regs.data(), acc_as_a_layout<Traits::kTileQ>());
     Tensor tdS = make_tensor(ds_regs.data(), acc_as_a_layout<Traits::kTileQ>());
 
-    for (int v = 0; v < ctx.visits; ++v, ++vis) {
-      sm80::QueryTile q;
-      int64_t head;
-      visit_query_tile(p, ctx, v, q, head);
-      const bool full = sm80::pair_full(p.geo, q, ctx.kt.k0);
-      typename Traits::ColTable& tab = ss.cols[vis & 1];
-      write_table(p, ctx, q, head, ct, tab);
-      cutlass::arch::NamedBarrier::sync(Traits::kConsumerThreads, kTableBarrier);
-
+    for (int v = 0; v < ctx.visits; ++v) {
       Tensor acc_s = partition_fragment_C(mma_s, scores_shape);
       Tensor acc_dp = partition_fragment_C(mma_s, scores_shape);
-      pipe.consumer_wait(st);
+      pipe.consumer_wait(st);  // Q, dO and the table
       const int stage = st.index();
       warpgroup_gemm<true, false>(mma_s, tSrK, tSrQ(_, _, _, stage), acc_s);
       warpgroup_gemm<true, false>(mma_s, tSrV, tSrdO(_, _, _, stage), acc_dp);
+      const typename Traits::VisitTable& tab = ss.tables[stage];
       warpgroup_wait<0>();
       warpgroup_fence_operand(acc_s);
       warpgroup_fence_operand(acc_dp);
       if (v == ctx.visits - 1) ss.kv_empty.arrive();  // the last reads of K and V
-      if (!full) {
+      {  // mask unless every column of the tile lies in both of this thread's keys' query ranges
+        int lo[2][kRank];
+        bool full = true;
         CUTE_UNROLL
-        for (int e = 0; e < size(acc_s); ++e) {
-          const int r = frag_slot(e);
-          int qc[kRank];
-          sm80::tile_coord(frag_col(ct, e), p.geo.q_log2, qc);
-          bool ok = true;
+        for (int r = 0; r < 2; ++r)
           CUTE_UNROLL
           for (int a = 0; a < kRank; ++a) {
-            const int x = q.q0[a] + qc[a];
-            ok = ok && x >= kr.lo[r][a] && x <= kr.hi[r][a];
+            lo[r][a] = kr.lo[r][a] - tab.q0[a];
+            full = full && lo[r][a] <= 0 && lo[r][a] + kr.len[r][a] >= (1 << p.geo.q_log2[a]) - 1;
           }
-          if (!ok) acc_s(e) = masked;
-        }
+        if (!full) mask_columns(p.geo.q_log2, lo, kr.len, ct, masked, acc_s);
       }
       CUTE_UNROLL
       for (int e = 0; e < size(acc_s); ++e) {
@@ -233,7 +233,7 @@ struct DkdvConsumer {
       warpgroup_fence_operand(acc_dk);
       warpgroup_fence_operand(p_regs);
       warpgroup_fence_operand(ds_regs);
-      pipe.consumer_release(st);
+      pipe.consumer_release(st);  // Q, dO and the table of this stage
       ++st;
     }
   }

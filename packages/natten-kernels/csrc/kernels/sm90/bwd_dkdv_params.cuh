@@ -24,6 +24,13 @@ struct DkdvParams {
   void* dv;
   const float* lse;    // the forward's logsumexp (natural log)
   const float* delta;  // rowsum(dO * O) - dLSE (the SM80 preprocess), compact over the query slab
+  // Visit tables (workspace, written by fna_sm90_bwd_dkdv_tables_kernel from lse and delta): per
+  // (batch, head, query tile of the 64-token tiling, row-major over q_tiles[]) 64 floats each, the
+  // tile's tokens in tile order (geo.q_tiles per axis); lse in log2 units (+inf for padding
+  // tokens, so P = 0), delta (0). One 256-byte bulk copy per table and visit.
+  float* tab_lse2;
+  float* tab_delta;
+  int64_t q_tiles_total;  // prod(geo.q_tiles)
   // element strides (dim stride 1); axes >= rank have stride 0
   int64_t dk_batch, dk_head, dk_spatial[sm80::kRank];
   int64_t dv_batch, dv_head, dv_spatial[sm80::kRank];

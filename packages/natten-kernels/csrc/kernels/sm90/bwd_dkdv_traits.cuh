@@ -8,7 +8,8 @@
 //   P^T  = exp(scale S^T - lse[col]),  dS^T = P^T (dP^T - delta[col])   (registers)
 //   dV  += P^T dO    RS wgmma 64 x D x 64     dK  += dS^T Q   RS wgmma 64 x D x 64
 // (dO and Q as the B operands of the RS GEMMs are viewed MN-major over the bytes TMA wrote.)
-// K and V are loaded once per work tile, Q and dO per visit into a ring stage.
+// K and V are loaded once per work tile, Q and dO per visit into a ring stage, with the visit's
+// VisitTable (lse / delta of its queries, bulk-copied; its origin) in the same stage.
 #pragma once
 
 #include <cute/tensor.hpp>
@@ -72,19 +73,23 @@ struct DkdvTraits {
   using Pipeline = cutlass::PipelineTmaAsync<kStages>;
   using PipelineState = cutlass::PipelineState<kStages>;
 
-  // Per-visit column tables (double-buffered by visit parity): lse (log2 units) and delta of each
-  // query of the visited tile.
-  struct ColTable {
+  // What each visit brings into its ring stage besides Q and dO (bulk copies from the visit tables
+  // and the producer's store, all on the stage's full barrier): lse (log2 units; +inf for a padding
+  // query, so P = 0) and delta of each query of the visited tile, and the tile's origin (query slab
+  // coordinates).
+  struct alignas(16) VisitTable {
     float lse2[kTileQ];
     float delta[kTileQ];
+    int q0[4];
   };
+  static constexpr int kTableBytes = 2 * kTileQ * int(sizeof(float));  // bulk-copied per visit
 
   struct SharedStorage {
     alignas(1024) cute::array_aligned<Element, cute::cosize_v<SmemLayoutKV>> k;
     alignas(1024) cute::array_aligned<Element, cute::cosize_v<SmemLayoutKV>> v;
     alignas(1024) cute::array_aligned<Element, cute::cosize_v<SmemLayoutQ>> q;
     alignas(1024) cute::array_aligned<Element, cute::cosize_v<SmemLayoutQ>> d_o;
-    ColTable cols[2];
+    VisitTable tables[kStages];
     typename Pipeline::SharedStorage pipe_q;
     cutlass::arch::ClusterTransactionBarrier kv_full;  // K and V of the current work tile landed
     cutlass::arch::ClusterBarrier kv_empty;            // consumers done reading them

@@ -33,8 +33,15 @@ cudaError_t bwd_dq(const FnaBackwardArgs& args, int dtype, cudaStream_t stream);
 // multiples of 8 elements, and the default key parallelism (kv_splits unset: one CTA per key tile).
 bool bwd_dkdv_can_run(const FnaBackwardArgs& args, int dtype, const char** reason = nullptr);
 
-// Launches dK / dV (overwrites d_k, d_v; keys no query attends get 0) on `stream`; delta must
-// already be in args.workspace.
+// Workspace bytes the dK / dV kernel needs after the SM80 backward's (sm80::fna_backward_workspace_bytes:
+// delta): its visit tables, 2 x 4 bytes per (batch, head, query token of its 64-token query tiles,
+// padding included). 0 when bwd_dkdv_can_run is false or the build has no sm_90a kernel; -1 on
+// overflow. natten_fna_backward_workspace_size adds it (no device query: it may go unused).
+int64_t bwd_dkdv_workspace_bytes(const FnaBackwardArgs& args, int dtype);
+
+// Launches dK / dV (overwrites d_k, d_v; keys no query attends get 0) on `stream`: first the visit
+// tables (from lse and delta, which must already be in args.workspace), then the kernel.
+// cudaErrorInvalidValue when args.workspace_bytes is below the sum of both workspace sizes.
 cudaError_t bwd_dkdv(const FnaBackwardArgs& args, int dtype, cudaStream_t stream);
 
 #if defined(NATTEN_HAS_SM90)
@@ -42,6 +49,7 @@ template <int kDtype, int kHeadDim>
 cudaError_t launch_bwd_dq(const DqParams& params, cudaStream_t stream);
 template <int kDtype, int kHeadDim>
 cudaError_t launch_bwd_dkdv(const DkdvParams& params, cudaStream_t stream);
+cudaError_t launch_bwd_dkdv_tables(const DkdvParams& params, cudaStream_t stream);
 #endif
 
 }  // namespace sm90
