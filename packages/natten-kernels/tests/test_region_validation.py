@@ -20,7 +20,7 @@ import pytest
 import abi_ctypes as A
 from abi_ctypes import INVALID_ARGUMENT, NO_DEVICE, UNSUPPORTED
 from test_validation import call_forward, mut, no_gpu  # noqa: F401  (fixture)
-from test_validation_backward import call_backward, workspace
+from test_validation_backward import assert_workspace, call_backward, workspace
 
 
 def slab_params(rank=2, glob=(32, 20), q_origin=(8, 0), q_shape=(8, 20), kv_origin=(4, 0), kv_shape=(16, 20),
@@ -302,14 +302,14 @@ def test_backward_valid_slabs_reach_device_check(lib, no_gpu, change):  # noqa: 
     assert got == NO_DEVICE, msg
 
 
-def test_backward_workspace_covers_the_query_slab(lib):
+def test_backward_workspace_covers_the_query_slab(lib, built_archs):
     """One float per (batch, head, query slab token), not per global token."""
     st, nbytes, msg = workspace(lib, slab_backward_params())
     assert st == 0, msg
-    assert nbytes == (4 * 2 * 4 * 8 * 20 + 255) // 256 * 256
+    assert_workspace(built_archs, nbytes, 2 * 4 * 8 * 20, dict(batch=2, heads=4))
 
 
-def test_abi_1_1_backward_caller_ignores_the_new_fields(lib, no_gpu):  # noqa: F811
+def test_abi_1_1_backward_caller_ignores_the_new_fields(lib, no_gpu, built_archs):  # noqa: F811
     # A 1.1 caller's struct ends at byte 744; whatever follows it in memory is not its data.
     p = A.valid_backward_params()
     p.global_shape[:] = [99, -1, 7]
@@ -319,7 +319,8 @@ def test_abi_1_1_backward_caller_ignores_the_new_fields(lib, no_gpu):  # noqa: F
     got, msg = call_backward(lib, p)
     assert got == NO_DEVICE, msg
     st, nbytes, msg = workspace(lib, p)
-    assert st == 0 and nbytes == (4 * 2 * 4 * 16 * 16 + 255) // 256 * 256, msg
+    assert st == 0, msg
+    assert_workspace(built_archs, nbytes, 2 * 4 * 16 * 16, dict(batch=2, heads=4))
     p.struct_size = ctypes.sizeof(A.FnaBackwardParams)
     got, msg = call_backward(lib, p)
     assert got == INVALID_ARGUMENT and "global_shape[1] is -1" in msg, msg

@@ -152,24 +152,18 @@ def test_backward_null_params(lib):
     ],
     ids=["rank2", "rank1", "rank3"],
 )
-def test_workspace_size(lib, kwargs, rows):
+def test_workspace_size(lib, built_archs, kwargs, rows):
     st, n, msg = workspace(lib, A.valid_backward_params(**kwargs))
     assert st == SUCCESS, msg
-    assert_workspace(lib, n, rows, kwargs)
+    assert_workspace(built_archs, n, rows, kwargs)
 
 
-def _has_sm90(lib) -> bool:
-    from conftest import built_archs
-
-    return any(a.startswith("90a") for a in built_archs(lib))
-
-
-def assert_workspace(lib, n, rows, kwargs):
+def assert_workspace(archs, n, rows, kwargs):
     """delta (4 bytes per batch x token x head, rounded to 256), plus, in a build with the sm_90a
     kernels (AUTO may run the SM90 dK / dV kernel on such fp16 problems), its two visit tables: 4
     bytes per batch x head x token of its 64-token query tiles (padding included) each."""
     delta = (4 * rows + 255) // 256 * 256
-    if not _has_sm90(lib):
+    if not any(a.startswith("90a") for a in archs):
         assert n == delta
         return
     bh = kwargs.get("batch", 2) * kwargs.get("heads", 4)
