@@ -83,7 +83,7 @@ int64_t bwd_dkdv_workspace_bytes(const FnaBackwardArgs& args, int dtype) {
   if (dkdv_geometry(args.fwd, &g) != cudaSuccess) return 0;  // the launch reports it
   int64_t tiles = 0;
   const int64_t one = table_bytes(g, &tiles);
-  return one < 0 || one > INT64_MAX / 2 ? -1 : 2 * one;
+  return one < 0 || one > INT64_MAX / 2 - 256 ? -1 : 2 * one + 256;  // + the work counter
 #endif
 }
 
@@ -109,11 +109,12 @@ cudaError_t bwd_dkdv(const FnaBackwardArgs& args, int dtype, cudaStream_t stream
   // Workspace: delta (the SM80 preprocess), then the two visit tables.
   const int64_t delta_bytes = sm80::fna_backward_workspace_bytes(args);
   const int64_t one_table = table_bytes(g, &p.q_tiles_total);
-  if (delta_bytes < 0 || one_table < 0 || args.workspace_bytes - delta_bytes < 2 * one_table)
+  if (delta_bytes < 0 || one_table < 0 || args.workspace_bytes - delta_bytes < 2 * one_table + 256)
     return cudaErrorInvalidValue;
   char* tables = static_cast<char*>(args.workspace) + delta_bytes;
   p.tab_lse2 = reinterpret_cast<float*>(tables);
   p.tab_delta = reinterpret_cast<float*>(tables + one_table);
+  p.work_counter = reinterpret_cast<unsigned*>(tables + 2 * one_table);
 
   p.dk = args.d_k;
   p.dv = args.d_v;

@@ -61,15 +61,27 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) fna_sm90_bwd_dkdv_kernel(
   cutlass::arch::fence_barrier_init();
   __syncthreads();
 
+  // Work tiles: the first is blockIdx.x; each next one comes from a global counter (dynamic:
+  // gridDim.x + atomicAdd; the tables kernel zeroed it), so a CTA whose tiles had fewer visits
+  // takes more of them. The producer thread fetches each index one work tile early and stores it
+  // into ss.work[(iter + 1) & 1] before arriving on tile iter's kv_full, which publishes it; the
+  // consumers read it after that tile (the slot is rewritten two tiles later, after their kv_empty
+  // arrive of the tile in between), so they know each tile's index before waiting for its K / V.
   const int64_t num_work = p.kvg.num_work;
   if (producer) {
     cutlass::arch::warpgroup_reg_dealloc<Traits::kProducerRegs>();
     if (threadIdx.x == 0) {
       PipelineState st = cutlass::make_producer_start_state<Pipeline>();
-      int iter = 0;
-      for (int64_t idx = blockIdx.x; idx < num_work; idx += gridDim.x, ++iter) {
-        const KvWorkContext ctx = make_kv_work_context(p, idx);
-        DkdvProducer<Traits>::run(p, ctx, ss, pipe, st, iter);
+      volatile int64_t* work = ss.work;
+      int64_t idx = blockIdx.x;
+      // fetched one tile early, so the atomic's latency hides under the wait for kv_empty
+      int64_t pending = int64_t(gridDim.x) + atomicAdd(p.work_counter, 1u);
+      for (int iter = 0; idx < num_work; ++iter) {
+        if (iter > 0) ss.kv_empty.wait(uint32_t((iter - 1) & 1));
+        work[(iter + 1) & 1] = pending;
+        DkdvProducer<Traits>::run(p, make_kv_work_context(p, idx), ss, pipe, st);
+        idx = work[(iter + 1) & 1];
+        pending = int64_t(gridDim.x) + atomicAdd(p.work_counter, 1u);
       }
     }
   } else {
@@ -77,8 +89,9 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) fna_sm90_bwd_dkdv_kernel(
     const int ct = int(threadIdx.x) - 128;
     typename Traits::TiledMmaAcc mma_acc;
     PipelineState st;
-    int iter = 0;
-    for (int64_t idx = blockIdx.x; idx < num_work; idx += gridDim.x, ++iter) {
+    volatile int64_t* work = ss.work;
+    int64_t idx = blockIdx.x;
+    for (int iter = 0; idx < num_work; ++iter) {
       const KvWorkContext ctx = make_kv_work_context(p, idx);
       auto acc_shape = cute::Shape<cute::Int<Traits::kTileKV>, cute::Int<Traits::kHeadDim>>{};
       cute::Tensor acc_dk = cute::partition_fragment_C(mma_acc, acc_shape);
@@ -86,6 +99,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) fna_sm90_bwd_dkdv_kernel(
       DkdvConsumer<Traits>::run(p, ctx, ss, pipe, ct, acc_dk, acc_dv, st, iter);
       dkdv_store<Traits>(ctx, ct, acc_dk, p.dk, p.dk_batch, p.dk_head, p.dk_spatial, p.dim, p.scale, p.geo.kv_log2);
       dkdv_store<Traits>(ctx, ct, acc_dv, p.dv, p.dv_batch, p.dv_head, p.dv_spatial, p.dim_v, 1.f, p.geo.kv_log2);
+      idx = work[(iter + 1) & 1];
     }
   }
 #endif

@@ -92,31 +92,35 @@ struct DkdvProducer {
   // One thread. The pipeline's producer is not its leader (kernel), so producer_acquire only waits
   // for the stage to be free; the tile origin is stored before the arrive (whose release publishes
   // it), then the copies follow.
+  // The caller has waited for kv_empty (the previous work tile's K / V are no longer read) and
+  // stored the next work index into ss.work; kv_full's arrive here publishes it.
   __device__ static void run(const DkdvParams& p, const KvWorkContext& ctx, SharedStorage& ss, Pipeline& pipe,
-                             PipelineState& st, int iter) {
-    const int64_t b = ctx.w.batch;
+                             PipelineState& st) {
+    const int b = int(ctx.w.batch);
     int c[3];
     tma_token_coords(p, b, ctx.kt.k0, p.fold_kv, c);
-    if (iter > 0) ss.kv_empty.wait(uint32_t((iter - 1) & 1));
     ss.kv_full.arrive_and_expect_tx(2 * Traits::kTileBytesKV);
     uint64_t* kvbar = reinterpret_cast<uint64_t*>(&ss.kv_full);
     Loader::template load_tile<Traits::kChunkElemsKV>(&p.tma_k, kvbar, ss.k.data(), int(ctx.w.kv_head), c);
     Loader::template load_tile<Traits::kChunkElemsKV>(&p.tma_v, kvbar, ss.v.data(), int(ctx.w.kv_head), c);
     constexpr int kStageElems = Traits::kTileQ * Traits::kHeadDim;
     // The visits as an odometer (query tile index on the last axis fastest, then the other axes,
-    // then the query head of the group), so that no division runs per visit.
+    // then the query head of the group), so that no division runs per visit. The walk's bounds stay
+    // in shared memory (this thread runs with 24 registers).
+    volatile int* first = ss.walk_first;
+    volatile int* end = ss.walk_end;
     int tile[kRank];
     CUTE_UNROLL
-    for (int a = 0; a < kRank; ++a) tile[a] = ctx.qs.first[a];
+    for (int a = 0; a < kRank; ++a) {
+      tile[a] = ctx.qs.first[a];
+      first[a] = ctx.qs.first[a];
+      end[a] = ctx.qs.first[a] + ctx.qs.count[a];
+    }
     int head = int(ctx.w.kv_head) * p.heads_per_kv;
-    for (int v = 0; v < ctx.visits; ++v) {
+    for (int left = ctx.visits; left > 0; --left) {
       int q0[kRank];
-      int64_t t = 0;  // the tile's index in the visit tables
       CUTE_UNROLL
-      for (int a = 0; a < kRank; ++a) {
-        q0[a] = tile[a] << p.geo.q_log2[a];
-        t = t * p.geo.q_tiles[a] + tile[a];
-      }
+      for (int a = 0; a < kRank; ++a) q0[a] = tile[a] << p.geo.q_log2[a];
       tma_token_coords(p, b, q0, p.fold_q, c);
       const int stage = st.index();
       pipe.producer_acquire(st);  // waits for the stage (Q, dO, table) to be free
@@ -128,7 +132,10 @@ struct DkdvProducer {
                                                                               Traits::kTableBytes);
       Loader::template load_tile<Traits::kChunkElemsQ>(&p.tma_q, bar, ss.q.data() + stage * kStageElems, head, c);
       Loader::template load_tile<Traits::kChunkElemsQ>(&p.tma_do, bar, ss.d_o.data() + stage * kStageElems, head, c);
-      const int64_t row = ((b * p.geo.heads + head) * p.q_tiles_total + t) * Traits::kTileQ;
+      int64_t row = int64_t(b) * p.geo.heads + head;  // -> the tile's row of the visit tables
+      CUTE_UNROLL
+      for (int a = 0; a < kRank; ++a) row = row * p.geo.q_tiles[a] + tile[a];
+      row *= Traits::kTileQ;
       cute::SM90_BULK_COPY_G2S::copy(p.tab_lse2 + row, bar, tab.lse2, Traits::kTableBytes / 2);
       cute::SM90_BULK_COPY_G2S::copy(p.tab_delta + row, bar, tab.delta, Traits::kTableBytes / 2);
       ++st;
@@ -136,8 +143,8 @@ struct DkdvProducer {
       CUTE_UNROLL
       for (int a = kRank - 1; a >= 0; --a) {
         if (carry) {
-          carry = ++tile[a] == ctx.qs.first[a] + ctx.qs.count[a];
-          if (carry) tile[a] = ctx.qs.first[a];
+          carry = ++tile[a] == end[a];
+          if (carry) tile[a] = first[a];
         }
       }
       if (carry) ++head;
@@ -152,7 +159,8 @@ struct DkdvConsumer {
   using Pipeline = typename Traits::Pipeline;
   using PipelineState = typename Traits::PipelineState;
 
-  // Accumulates the un-scaled dK and dV of the work tile (cleared here).
+  // Accumulates the un-scaled dK and dV of the work tile (cleared here); `iter` counts the CTA's
+  // work tiles (kv_full parity).
   template <class TensorK, class TensorV>
   __device__ static void run(const DkdvParams& p, const KvWorkContext& ctx, SharedStorage& ss, Pipeline& pipe,
                              int ct, TensorK& acc_dk, TensorV& acc_dv, PipelineState& st, int iter) {

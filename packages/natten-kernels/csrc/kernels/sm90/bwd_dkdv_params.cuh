@@ -31,6 +31,9 @@ struct DkdvParams {
   float* tab_lse2;
   float* tab_delta;
   int64_t q_tiles_total;  // prod(geo.q_tiles)
+  // Work counter of the dynamic tile schedule (workspace after the tables; zeroed by the tables
+  // kernel): a CTA's next work tile is gridDim.x + atomicAdd(work_counter, 1).
+  unsigned* work_counter;
   // element strides (dim stride 1); axes >= rank have stride 0
   int64_t dk_batch, dk_head, dk_spatial[sm80::kRank];
   int64_t dv_batch, dv_head, dv_spatial[sm80::kRank];

@@ -3,6 +3,7 @@
 // query tile of the dK / dV kernel's tiling), so that each visit of a query tile brings its 64
 // values with one 256-byte bulk copy per table instead of 64 scattered loads in the consumers.
 // Padding tokens of partial tiles get lse = +inf (P = 0) and delta = 0. One thread per entry.
+// It also zeroes the dK / dV kernel's work counter (DkdvParams::work_counter).
 #include <cmath>
 #include <cstdint>
 
@@ -16,6 +17,7 @@ namespace sm90 {
 
 __global__ void __launch_bounds__(256) fna_sm90_bwd_dkdv_tables_kernel(const __grid_constant__ DkdvParams p,
                                                                        int64_t entries) {
+  if (blockIdx.x == 0 && threadIdx.x == 0) *p.work_counter = 0u;
   const int64_t step = int64_t(gridDim.x) * blockDim.x;
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < entries; i += step) {
     const int col = int(i & 63);

@@ -93,6 +93,8 @@ struct DkdvTraits {
     typename Pipeline::SharedStorage pipe_q;
     cutlass::arch::ClusterTransactionBarrier kv_full;  // K and V of the current work tile landed
     cutlass::arch::ClusterBarrier kv_empty;            // consumers done reading them
+    int64_t work[2];  // next work tile indices by work-tile parity (>= num_work: none), published by kv_full
+    int walk_first[3], walk_end[3];  // the producer's visit walk bounds (DkdvProducer)
   };
   static constexpr int kSmemBytes = int(sizeof(SharedStorage)) + 1024;
   static_assert(kSmemBytes <= 227 * 1024, "shared memory budget");
