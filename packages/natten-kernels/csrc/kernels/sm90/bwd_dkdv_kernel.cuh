@@ -37,8 +37,10 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) fna_sm90_bwd_dkdv_kernel(
   using Pipeline = typename Traits::Pipeline;
   using PipelineState = typename Traits::PipelineState;
   extern __shared__ char smem_raw[];
-  const uintptr_t base = (reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023);
-  SharedStorage& ss = *reinterpret_cast<SharedStorage*>(base);
+  // 1024-byte aligned, derived from smem_raw so that the compiler keeps the shared address space
+  // (LDS for the visit tables instead of generic loads)
+  const uint32_t misalign = uint32_t(__cvta_generic_to_shared(smem_raw)) & 1023u;
+  SharedStorage& ss = *reinterpret_cast<SharedStorage*>(smem_raw + ((1024u - misalign) & 1023u));
 
   const int warp = cutlass::canonical_warp_idx_sync();
   const bool producer = warp / 4 == 0;

@@ -72,6 +72,24 @@ __device__ __forceinline__ void make_key_query_ranges(const DkdvParams& p, const
   }
 }
 
+// The columns of the 64-token query tile (bit c: column c, tile offsets row-major over 2^q_log2[a]
+// per axis) whose offsets lie in [lo[a], lo[a] + len[a]] on every axis. Per axis the set is one
+// run of bits per period of 2^(col_shift + q_log2) columns, repeated over the word by a multiply.
+__device__ __forceinline__ uint64_t allowed_columns(const DkdvParams& p, const int lo[kRank], const int len[kRank]) {
+  uint64_t w = ~uint64_t(0);
+  CUTE_UNROLL
+  for (int a = 0; a < kRank; ++a) {
+    const int top = (1 << p.geo.q_log2[a]) - 1;
+    const int l = lo[a] < 0 ? 0 : lo[a];
+    const int h = lo[a] + len[a] > top ? top : lo[a] + len[a];
+    const int lc = l > top ? top : l, hc = h < lc ? lc : h;  // shift amounts in range when empty
+    const int s = p.col_shift[a];
+    const uint64_t run = (uint64_t(2) << (((hc + 1) << s) - 1)) - (uint64_t(1) << (lc << s));
+    w &= l <= h ? run * p.col_rep[a] : uint64_t(0);
+  }
+  return w;
+}
+
 // Query tile and query head of visit v.
 __device__ __forceinline__ void visit_query_tile(const DkdvParams& p, const KvWorkContext& c, int v,
                                                  sm80::QueryTile& q, int64_t& head) {
@@ -213,17 +231,25 @@ struct DkdvConsumer {
       warpgroup_fence_operand(acc_s);
       warpgroup_fence_operand(acc_dp);
       if (v == ctx.visits - 1) ss.kv_empty.arrive();  // the last reads of K and V
-      {  // mask unless every column of the tile lies in both of this thread's keys' query ranges
-        int lo[2][kRank];
-        bool full = true;
+      {  // mask unless both of this thread's keys see every column (query) of the tile
+        uint64_t w[2];
         CUTE_UNROLL
-        for (int r = 0; r < 2; ++r)
+        for (int r = 0; r < 2; ++r) {
+          int lo[kRank];
           CUTE_UNROLL
-          for (int a = 0; a < kRank; ++a) {
-            lo[r][a] = kr.lo[r][a] - tab.q0[a];
-            full = full && lo[r][a] <= 0 && lo[r][a] + kr.len[r][a] >= (1 << p.geo.q_log2[a]) - 1;
+          for (int a = 0; a < kRank; ++a) lo[a] = kr.lo[r][a] - tab.q0[a];
+          w[r] = allowed_columns(p, lo, kr.len[r]);
+        }
+        if ((w[0] & w[1]) != ~uint64_t(0)) {
+          const int q2 = 2 * (ct & 3);  // the thread's columns are 8 j + q2 + i
+          w[0] >>= q2;
+          w[1] >>= q2;
+          CUTE_UNROLL
+          for (int e = 0; e < size(acc_s); ++e) {
+            const int bit = 8 * (e >> 2) + (e & 1);  // frag_col(ct, e) - q2
+            if (((w[frag_slot(e)] >> bit) & 1) == 0) acc_s(e) = masked;
           }
-        if (!full) mask_columns(p.geo.q_log2, lo, kr.len, ct, masked, acc_s);
+        }
       }
       CUTE_UNROLL
       for (int e = 0; e < size(acc_s); ++e) {

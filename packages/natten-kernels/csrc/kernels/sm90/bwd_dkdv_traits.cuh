@@ -40,7 +40,7 @@ struct DkdvTraits {
   static constexpr int kThreads = 128 + kConsumerThreads;
   static constexpr int kChunk = 64;
   static constexpr int kChunks = kHeadDim / kChunk;
-  static constexpr int kStages = 2;  // Q / dO ring (one visit per stage)
+  static constexpr int kStages = 2;  // Q / dO ring (one visit per stage); 4 measured no faster (H100)
   static constexpr int kProducerRegs = 24;
   static constexpr int kConsumerRegs = 240;
 
