@@ -22,6 +22,7 @@ import pytest
 PKG = Path(__file__).resolve().parents[1]
 INCLUDE = PKG / "csrc" / "include"
 SM80 = PKG / "csrc" / "kernels" / "sm80"
+KERNELS = PKG / "csrc" / "kernels"
 TESTS = PKG / "tests"
 
 
@@ -53,6 +54,21 @@ def test_window_math(tmp_path: Path) -> None:
     )
     assert build.returncode == 0, build.stdout + build.stderr
     run = _run([str(exe)], timeout=600)
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
+    assert "OK" in run.stdout
+
+
+def test_column_words(tmp_path: Path) -> None:
+    """The SM90 backward kernels' 64-column mask words (sm90/column_words.cuh) against brute force
+    for every 64-token tile shape and random intervals (tests/column_words_test.cpp)."""
+    cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
+    if cxx is None:
+        pytest.skip("no C++ compiler")
+    exe = tmp_path / "column_words_test"
+    build = _run([cxx, "-std=c++17", "-O2", "-Wall", "-Wextra", "-x", "c++", f"-I{INCLUDE}", f"-I{KERNELS}",
+                  str(TESTS / "column_words_test.cpp"), "-o", str(exe)], timeout=300)
+    assert build.returncode == 0, build.stdout + build.stderr
+    run = _run([str(exe)], timeout=300)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
     assert "OK" in run.stdout
 

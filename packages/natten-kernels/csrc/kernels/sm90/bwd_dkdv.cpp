@@ -133,15 +133,7 @@ cudaError_t bwd_dkdv(const FnaBackwardArgs& args, int dtype, cudaStream_t stream
     p.lse_spatial[a] = on ? f.lse_stride_spatial[a] : 0;
   }
   sm80::bwd_delta_strides(g, f.batch, f.heads, p.delta_batch, p.delta_head, p.delta_spatial);
-  for (int a = 0; a < kRank; ++a) {
-    int s = 0;
-    for (int b = a + 1; b < kRank; ++b) s += g.q_log2[b];
-    const int period = 1 << (s + g.q_log2[a]);  // 1 .. 64
-    uint64_t rep = 0;
-    for (int k = 0; k < 64; k += period) rep |= uint64_t(1) << k;
-    p.col_shift[a] = s;
-    p.col_rep[a] = rep;
-  }
+  p.qcols = column_words(g.q_log2);
   p.heads_per_kv = int(f.heads / f.heads_kv);
   p.rank = f.rank;
   p.fold_q = f.rank == 3 ? int(f.extent[0]) : 0;

@@ -21,6 +21,7 @@
 
 #include "sm90/bwd_dkdv_params.cuh"
 #include "sm90/bwd_dkdv_traits.cuh"
+#include "sm90/column_words.cuh"
 #include "sm90/fragment.cuh"
 #include "sm90/mainloop_consumer.cuh"  // mask_value, convert_pairs
 #include "sm90/mainloop_producer.cuh"  // load_tile
@@ -51,7 +52,7 @@ __device__ __forceinline__ KvWorkContext make_kv_work_context(const DkdvParams& 
 // Computed once per work tile; the mask then needs no per-column window table.
 struct KeyQueryRanges {
   int lo[2][kRank];
-  int len[2][kRank];  // hi - lo (inclusive); an empty range is lo = 2^29, len = 0 (mask_columns)
+  int len[2][kRank];  // hi - lo (inclusive); an empty range is lo = 2^29, len = 0 (allowed_columns)
 };
 
 __device__ __forceinline__ void make_key_query_ranges(const DkdvParams& p, const KvWorkContext& c, int ct,
@@ -70,24 +71,6 @@ __device__ __forceinline__ void make_key_query_ranges(const DkdvParams& p, const
       kr.len[r][a] = empty ? 0 : hi - lo;
     }
   }
-}
-
-// The columns of the 64-token query tile (bit c: column c, tile offsets row-major over 2^q_log2[a]
-// per axis) whose offsets lie in [lo[a], lo[a] + len[a]] on every axis. Per axis the set is one
-// run of bits per period of 2^(col_shift + q_log2) columns, repeated over the word by a multiply.
-__device__ __forceinline__ uint64_t allowed_columns(const DkdvParams& p, const int lo[kRank], const int len[kRank]) {
-  uint64_t w = ~uint64_t(0);
-  CUTE_UNROLL
-  for (int a = 0; a < kRank; ++a) {
-    const int top = (1 << p.geo.q_log2[a]) - 1;
-    const int l = lo[a] < 0 ? 0 : lo[a];
-    const int h = lo[a] + len[a] > top ? top : lo[a] + len[a];
-    const int lc = l > top ? top : l, hc = h < lc ? lc : h;  // shift amounts in range when empty
-    const int s = p.col_shift[a];
-    const uint64_t run = (uint64_t(2) << (((hc + 1) << s) - 1)) - (uint64_t(1) << (lc << s));
-    w &= l <= h ? run * p.col_rep[a] : uint64_t(0);
-  }
-  return w;
 }
 
 // Query tile and query head of visit v.
@@ -238,18 +221,9 @@ struct DkdvConsumer {
           int lo[kRank];
           CUTE_UNROLL
           for (int a = 0; a < kRank; ++a) lo[a] = kr.lo[r][a] - tab.q0[a];
-          w[r] = allowed_columns(p, lo, kr.len[r]);
+          w[r] = allowed_columns(p.qcols, lo, kr.len[r]);
         }
-        if ((w[0] & w[1]) != ~uint64_t(0)) {
-          const int q2 = 2 * (ct & 3);  // the thread's columns are 8 j + q2 + i
-          w[0] >>= q2;
-          w[1] >>= q2;
-          CUTE_UNROLL
-          for (int e = 0; e < size(acc_s); ++e) {
-            const int bit = 8 * (e >> 2) + (e & 1);  // frag_col(ct, e) - q2
-            if (((w[frag_slot(e)] >> bit) & 1) == 0) acc_s(e) = masked;
-          }
-        }
+        if ((w[0] & w[1]) != ~uint64_t(0)) mask_by_words(w[0], w[1], ct, masked, acc_s);
       }
       CUTE_UNROLL
       for (int e = 0; e < size(acc_s); ++e) {

@@ -7,6 +7,7 @@
 #include <cuda.h>  // CUtensorMap (type only)
 
 #include "sm80/tile_scheduler.cuh"
+#include "sm90/column_words.cuh"
 
 namespace natten {
 namespace sm90 {
@@ -40,11 +41,7 @@ struct DkdvParams {
   int64_t lse_batch, lse_head, lse_spatial[sm80::kRank];
   int64_t delta_batch, delta_head, delta_spatial[sm80::kRank];
 
-  // Column sets of the 64-token query tile (bwd_dkdv_mainloop.cuh, allowed_columns): bit offset of
-  // each axis's coordinate in the column index (row-major over 2^q_log2[a]) and the multiplier that
-  // repeats one period of 2^(col_shift[a] + q_log2[a]) bits over 64.
-  int col_shift[sm80::kRank];
-  uint64_t col_rep[sm80::kRank];
+  ColumnWords qcols;  // the 64-token query tile's column words (column_words.cuh)
   int heads_per_kv;  // H / H_kv
   int rank;          // 1..3 (TMA coordinate mapping, params.cuh)
   int fold_q;        // rank 3: X of the query slab; else 0

@@ -94,6 +94,7 @@ cudaError_t bwd_dq(const FnaBackwardArgs& args, int dtype, cudaStream_t stream) 
     p.lse_spatial[a] = on ? f.lse_stride_spatial[a] : 0;
   }
   sm80::bwd_delta_strides(g, f.batch, f.heads, p.delta_batch, p.delta_head, p.delta_spatial);
+  p.kcols = column_words(g.kv_log2);
   p.heads_per_kv = int(f.heads / f.heads_kv);
   p.rank = f.rank;
   p.fold_q = f.rank == 3 ? int(f.extent[0]) : 0;

@@ -5,7 +5,7 @@
 // stage. Consumers (64 query rows per warpgroup, cooperative: the warpgroups run independently),
 // per key tile:
 //   wait stage -> issue S = Q K^T and dP = dO V^T -> wait -> (last tile: arrive q_empty)
-//   -> mask S on partial tiles -> P = 2^(S * scale_log2 - lse * log2 e) -> dS = P (dP - delta)
+//   -> mask S on partial tiles (column words) -> P = 2^(S * scale_log2 - lse * log2 e) -> dS = P (dP - delta)
 //   -> issue dQ += dS K -> wait -> release the stage.
 // Rows past the query slab (tile padding, or the next batch's rows on the folded X axis) compute
 // with lse = delta = 0 and are never stored (their dQ rows depend only on themselves).
@@ -18,7 +18,8 @@
 #include "sm90/bwd_dq_params.cuh"
 #include "sm90/bwd_dq_traits.cuh"
 #include "sm90/fragment.cuh"
-#include "sm90/mainloop_consumer.cuh"  // RowWindows, mask_tile, convert_pairs
+#include "sm90/column_words.cuh"
+#include "sm90/mainloop_consumer.cuh"  // RowWindows, convert_pairs
 #include "sm90/mainloop_producer.cuh"  // load_tile
 #include "sm90/params.cuh"
 #include "sm90/tile_scheduler.cuh"
@@ -137,7 +138,17 @@ struct DqConsumer {
       warpgroup_fence_operand(acc_s);
       warpgroup_fence_operand(acc_dp);
       if (t == total - 1) ss.q_empty.arrive();  // the last reads of Q and dO
-      if (!sm80::key_tile_full(p.geo, ctx.keys, kb)) mask_tile(p, win, kb, ct, masked, acc_s);
+      if (!sm80::key_tile_full(p.geo, ctx.keys, kb)) {
+        uint64_t w[2];
+        CUTE_UNROLL
+        for (int r = 0; r < 2; ++r) {
+          int lo[kRank];
+          CUTE_UNROLL
+          for (int a = 0; a < kRank; ++a) lo[a] = win.start[r][a] - kb[a];
+          w[r] = allowed_columns(p.kcols, lo, win.len[r]);
+        }
+        mask_by_words(w[0], w[1], ct, masked, acc_s);
+      }
       CUTE_UNROLL
       for (int e = 0; e < size(acc_s); ++e) {
         const int r = frag_slot(e);

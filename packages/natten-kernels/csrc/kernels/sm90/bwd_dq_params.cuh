@@ -7,6 +7,7 @@
 #include <cuda.h>  // CUtensorMap (type only)
 
 #include "sm80/tile_scheduler.cuh"
+#include "sm90/column_words.cuh"
 
 namespace natten {
 namespace sm90 {
@@ -27,6 +28,7 @@ struct DqParams {
   int64_t lse_batch, lse_head, lse_spatial[sm80::kRank];
   int64_t delta_batch, delta_head, delta_spatial[sm80::kRank];
 
+  ColumnWords kcols;  // the 64-token key tile's column words (column_words.cuh)
   int heads_per_kv;  // H / H_kv
   int rank;          // 1..3 (TMA coordinate mapping, params.cuh)
   int fold_q;        // rank 3: X of the query slab; else 0
