@@ -215,15 +215,15 @@ struct DkdvConsumer {
       warpgroup_fence_operand(acc_dp);
       if (v == ctx.visits - 1) ss.kv_empty.arrive();  // the last reads of K and V
       {  // mask unless both of this thread's keys see every column (query) of the tile
-        uint64_t w[2];
+        uint64_t w[1][2];
         CUTE_UNROLL
         for (int r = 0; r < 2; ++r) {
           int lo[kRank];
           CUTE_UNROLL
           for (int a = 0; a < kRank; ++a) lo[a] = kr.lo[r][a] - tab.q0[a];
-          w[r] = allowed_columns(p.qcols, lo, kr.len[r]);
+          w[0][r] = allowed_columns(p.qcols, lo, kr.len[r]);
         }
-        if ((w[0] & w[1]) != ~uint64_t(0)) mask_by_words(w[0], w[1], ct, masked, acc_s);
+        if ((w[0][0] & w[0][1]) != ~uint64_t(0)) mask_by_words<1>(w, ct, masked, acc_s);
       }
       CUTE_UNROLL
       for (int e = 0; e < size(acc_s); ++e) {

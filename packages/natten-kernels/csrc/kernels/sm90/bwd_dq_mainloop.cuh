@@ -139,15 +139,15 @@ struct DqConsumer {
       warpgroup_fence_operand(acc_dp);
       if (t == total - 1) ss.q_empty.arrive();  // the last reads of Q and dO
       if (!sm80::key_tile_full(p.geo, ctx.keys, kb)) {
-        uint64_t w[2];
+        uint64_t w[1][2];
         CUTE_UNROLL
         for (int r = 0; r < 2; ++r) {
           int lo[kRank];
           CUTE_UNROLL
           for (int a = 0; a < kRank; ++a) lo[a] = win.start[r][a] - kb[a];
-          w[r] = allowed_columns(p.kcols, lo, win.len[r]);
+          w[0][r] = allowed_columns(p.kcols, lo, win.len[r]);
         }
-        mask_by_words(w[0], w[1], ct, masked, acc_s);
+        mask_by_words<1>(w, ct, masked, acc_s);
       }
       CUTE_UNROLL
       for (int e = 0; e < size(acc_s); ++e) {

@@ -60,16 +60,24 @@ NATTEN_HD uint64_t allowed_columns(const ColumnWords& cw, const int lo[sm80::kRa
 }
 
 #if defined(__CUDACC__)
-// s(e) = masked for the scores of a 64 x 64 accumulator whose column is not in its row slot's word
-// (frag_col(ct, e) = 8 j + 2 (ct % 4) + i: one shift per word, then a compile-time bit per score).
-template <class TensorS>
-__device__ __forceinline__ void mask_by_words(uint64_t w0, uint64_t w1, int ct, float masked, TensorS& s) {
+// s(e) = masked for the scores of a 64 x (64 kHalves) accumulator whose column is not in its row
+// slot's word: w[h][r] holds columns [64 h, 64 h + 64) of row slot r. frag_col(ct, e) = 8 j + 2 (ct %
+// 4) + i, so one shift per word, then a compile-time bit per score (R2P + select).
+template <int kHalves, class TensorS>
+__device__ __forceinline__ void mask_by_words(const uint64_t (&w)[kHalves][2], int ct, float masked, TensorS& s) {
+  static_assert(int(cute::size(TensorS{})) == 32 * kHalves, "64 x (64 kHalves) accumulator");
   const int q2 = 2 * (ct & 3);
-  const uint64_t w[2] = {w0 >> q2, w1 >> q2};
+  uint64_t ws[kHalves][2];
 #pragma unroll
-  for (int e = 0; e < int(cute::size(s)); ++e) {
-    const int bit = 8 * (e >> 2) + (e & 1);  // frag_col(ct, e) - q2
-    if (((w[(e >> 1) & 1] >> bit) & 1) == 0) s(e) = masked;  // row slot (e >> 1) & 1
+  for (int h = 0; h < kHalves; ++h) {
+    ws[h][0] = w[h][0] >> q2;
+    ws[h][1] = w[h][1] >> q2;
+  }
+#pragma unroll
+  for (int e = 0; e < 32 * kHalves; ++e) {
+    const int j = e >> 2;                       // column group of 8
+    const int bit = 8 * (j & 7) + (e & 1);      // frag_col(ct, e) - q2 - 64 * half
+    if (((ws[j >> 3][(e >> 1) & 1] >> bit) & 1) == 0) s(e) = masked;  // row slot (e >> 1) & 1
   }
 }
 #endif
