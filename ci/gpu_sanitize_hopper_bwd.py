@@ -25,6 +25,19 @@ CASES = [  # shape, kernel, stride, causal, H, Hkv, D, Dv, dtype
 ]
 
 
+def grad_errors(run_op, oracle, g, d_out, d_lse):
+    """Scaled max errors of dq / dk / dv from run_op(q, k, v) -> (out, lse) against autograd on
+    oracle (in float64) for the upstream gradients (d_out, d_lse), and whether run_op's gradients
+    are finite."""
+    results = []
+    for fn, cast in ((run_op, lambda t: t), (oracle, lambda t: t.double())):
+        xs = [cast(t).detach().requires_grad_(True) for t in g]
+        out, lse = fn(*xs)
+        results.append(torch.autograd.grad((out, lse), xs, (cast(d_out), cast(d_lse))))
+    errs = [(a.double() - b).abs().max().item() / max(1.0, b.abs().max().item()) for a, b in zip(*results)]
+    return errs, all(bool(torch.isfinite(a).all()) for a in results[0])
+
+
 def run(tol) -> int:
     """Runs the cases (H100 / H200 with a natten-kernels that trains); returns the number of failures."""
     bad = 0
@@ -38,15 +51,9 @@ def run(tol) -> int:
         d_out = (torch.randn(2, *shape, h, dv, device="cuda") / dv**0.5).to(dt)
         d_lse = torch.randn(2, *shape, h, device="cuda")
         op = {1: natten.na1d, 2: natten.na2d, 3: natten.na3d}[len(shape)]
-        results = []
-        for fn, cast in ((lambda a, b_, c: op(a, b_, c, ks, st, 1, ca, backend="hopper-fna", return_lse=True),
-                          lambda t: t),
-                         (lambda a, b_, c: na_oracle(a, b_, c, ks, st, 1, ca), lambda t: t.double())):
-            xs = [cast(t).detach().requires_grad_(True) for t in g]
-            out, lse = fn(*xs)
-            results.append(torch.autograd.grad((out, lse), xs, (cast(d_out), cast(d_lse))))
-        errs = [(a.double() - b_).abs().max().item() / max(1.0, b_.abs().max().item()) for a, b_ in zip(*results)]
-        ok = max(errs) <= tol[dt] and all(torch.isfinite(a).all() for a in results[0])
+        errs, finite = grad_errors(lambda a, b_, c: op(a, b_, c, ks, st, 1, ca, backend="hopper-fna", return_lse=True),
+                                   lambda a, b_, c: na_oracle(a, b_, c, ks, st, 1, ca), g, d_out, d_lse)
+        ok = max(errs) <= tol[dt] and finite
         bad += not ok
         print(f"hopper-fna backward {shape} k={ks} s={st} c={ca} H={h}/{hkv} D={d}/{dv} {dt}: scaled max err "
               f"dq/dk/dv {errs[0]:.2e}/{errs[1]:.2e}/{errs[2]:.2e} {'ok' if ok else 'FAIL'}")

@@ -21,6 +21,9 @@ from natten import ops  # noqa: E402
 from natten.window import WindowSpec, key_range  # noqa: E402
 from oracle import na_oracle, na_region_oracle  # noqa: E402
 
+import gpu_sanitize_hopper_bwd  # noqa: E402  (also the shared gradient check)
+from gpu_sanitize_hopper_bwd import grad_errors  # noqa: E402
+
 CASES = [
     # shape, kernel, stride, dilation, causal, H, Hkv, D, dtype
     ((37,), (6,), (1,), (1,), (False,), 2, 1, 64, torch.float16),
@@ -161,18 +164,10 @@ if natten._libnatten.has_backward():
         d_out = (torch.randn(2, *shape, h, d, device="cuda") / d**0.5).to(dt)
         d_lse = torch.randn(2, *shape, h, device="cuda")
         op = {1: natten.na1d, 2: natten.na2d, 3: natten.na3d}[len(shape)]
-        results = []
-        for fn, cast in ((lambda a, b_, c: op(a, b_, c, ks, st, dl, ca, backend="cutlass-fna", return_lse=True),
-                          lambda t: t),
-                         (lambda a, b_, c: na_oracle(a, b_, c, ks, st, dl, ca), lambda t: t.double())):
-            xs = [cast(t).detach().requires_grad_(True) for t in g]
-            out, lse = fn(*xs)
-            results.append(torch.autograd.grad((out, lse), xs, (cast(d_out), cast(d_lse))))
-        tol = TOL[dt]
-        errs = []
-        for a, b_ in zip(*results):
-            errs.append((a.double() - b_).abs().max().item() / max(1.0, b_.abs().max().item()))
-        ok = max(errs) <= tol and all(torch.isfinite(a).all() for a in results[0])
+        errs, finite = grad_errors(
+            lambda a, b_, c: op(a, b_, c, ks, st, dl, ca, backend="cutlass-fna", return_lse=True),
+            lambda a, b_, c: na_oracle(a, b_, c, ks, st, dl, ca), g, d_out, d_lse)
+        ok = max(errs) <= TOL[dt] and finite
         bad += not ok
         print(f"backward {shape} k={ks} s={st} d={dl} c={ca} H={h}/{hkv} D={d} {dt}: "
               f"scaled max err dq/dk/dv {errs[0]:.2e}/{errs[1]:.2e}/{errs[2]:.2e} {'ok' if ok else 'FAIL'}")
@@ -205,17 +200,10 @@ if natten._libnatten.has_backward() and natten._libnatten.supports_backward_slab
         d_lse = torch.randn(2, *qs, h, device="cuda")
         op = {1: natten.na1d, 2: natten.na2d, 3: natten.na3d}[len(glob)]
         region = dict(global_shape=glob, q_origin=qo, kv_origin=ko)
-        results = []
-        for fn, cast in ((lambda a, b_, c: op(a, b_, c, ks, st, dl, ca, backend="cutlass-fna", return_lse=True,
-                                              **region), lambda t: t),
-                         (lambda a, b_, c: na_region_oracle(a, b_, c, glob, qo, ko, ks, st, dl, ca),
-                          lambda t: t.double())):
-            xs = [cast(t).detach().requires_grad_(True) for t in g]
-            out, lse = fn(*xs)
-            results.append(torch.autograd.grad((out, lse), xs, (cast(d_out), cast(d_lse))))
-        tol = TOL[dt]
-        errs = [(a.double() - b_).abs().max().item() / max(1.0, b_.abs().max().item()) for a, b_ in zip(*results)]
-        ok = max(errs) <= tol and all(torch.isfinite(a).all() for a in results[0])
+        errs, finite = grad_errors(
+            lambda a, b_, c: op(a, b_, c, ks, st, dl, ca, backend="cutlass-fna", return_lse=True, **region),
+            lambda a, b_, c: na_region_oracle(a, b_, c, glob, qo, ko, ks, st, dl, ca), g, d_out, d_lse)
+        ok = max(errs) <= TOL[dt] and finite
         bad += not ok
         print(f"backward slab {glob} q {qo}+{qs} kv {ko}+{kvs} k={ks} s={st} d={dl} c={ca} H={h}/{hkv} D={d}/{dv} "
               f"{dt}: scaled max err dq/dk/dv {errs[0]:.2e}/{errs[1]:.2e}/{errs[2]:.2e} {'ok' if ok else 'FAIL'}")
@@ -238,8 +226,6 @@ if natten._libnatten.has_backward() and natten._libnatten.supports_kv_splits():
         print(f"backward kv_splits (1, 2) {dt}: bit-identical to the default {'ok' if ok else 'FAIL'}")
 # hopper-fna training (its forward and the SM90 backward kernels): ci/gpu_sanitize_hopper_bwd.py,
 # also runnable alone (racecheck of the whole subset takes minutes).
-import gpu_sanitize_hopper_bwd  # noqa: E402
-
 bad += gpu_sanitize_hopper_bwd.run(TOL)
 torch.cuda.synchronize()
 sys.exit(1 if bad else 0)

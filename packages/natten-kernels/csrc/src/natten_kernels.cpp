@@ -1070,8 +1070,10 @@ int prepare_backward(const natten_fna_backward_params* p, FnaBackwardArgs* args,
   const int64_t ws = natten::sm80::fna_backward_workspace_bytes(*args);
   // AUTO may run the SM90 dK / dV kernel (decided at launch, on the device), which wants room for
   // its visit tables after delta; without that room the dK / dV stays on the SM80 kernel.
-  const int64_t ws90 =
-      p->backend == NATTEN_BACKEND_AUTO ? natten::sm90::bwd_dkdv_workspace_bytes(*args, kernel_dtype_of(p->dtype)) : 0;
+  // (Only the size query needs it: the backward itself requires just delta's part.)
+  const int64_t ws90 = ws_full != nullptr && p->backend == NATTEN_BACKEND_AUTO
+                           ? natten::sm90::bwd_dkdv_workspace_bytes(*args, kernel_dtype_of(p->dtype))
+                           : 0;
   int64_t full = 0;
   if (ws < 0 || ws90 < 0 || __builtin_add_overflow(ws, ws90, &full)) {
     return fail(NATTEN_STATUS_INVALID_ARGUMENT,

@@ -73,16 +73,6 @@ __device__ __forceinline__ void make_key_query_ranges(const DkdvParams& p, const
   }
 }
 
-// Query tile and query head of visit v.
-__device__ __forceinline__ void visit_query_tile(const DkdvParams& p, const KvWorkContext& c, int v,
-                                                 sm80::QueryTile& q, int64_t& head) {
-  const int t = v % c.qs.total;
-  head = c.w.kv_head * p.heads_per_kv + v / c.qs.total;
-  int tile[kRank];
-  sm80::query_tile_of_visit(c.qs, t, tile);
-  sm80::query_tile_at(p.geo, c.kt, tile, q);
-}
-
 template <class Traits>
 struct DkdvProducer {
   using SharedStorage = typename Traits::SharedStorage;

@@ -64,25 +64,6 @@ __device__ __forceinline__ void make_row_windows(const Params& p, const WorkCont
 // Value written into masked raw scores so that s * scale_log2 = -inf.
 __device__ __forceinline__ float mask_value(float scale_log2) { return scale_log2 > 0.f ? -INFINITY : INFINITY; }
 
-// Sets s(e) = masked where the column's tile offsets (columns row-major over a box of 2^col_log2[a]
-// tokens per axis) leave [lo[r][a], lo[r][a] + len[r][a]] on some axis, r the value's row slot.
-// One unsigned compare per axis (offsets below lo wrap to large values).
-template <class TensorS>
-__device__ __forceinline__ void mask_columns(const int col_log2[kRank], const int lo[2][kRank],
-                                             const int len[2][kRank], int ct, float masked, TensorS& s) {
-  const int l2 = col_log2[2], l1 = col_log2[1];
-  const int m2 = (1 << l2) - 1, m1 = (1 << l1) - 1, sh0 = l1 + l2;
-  CUTE_UNROLL
-  for (int e = 0; e < cute::size(s); ++e) {
-    const int col = frag_col(ct, e), r = frag_slot(e);
-    const int o0 = col >> sh0, o1 = (col >> l2) & m1, o2 = col & m2;
-    const bool ok = unsigned(o0 - lo[r][0]) <= unsigned(len[r][0]) &&
-                    unsigned(o1 - lo[r][1]) <= unsigned(len[r][1]) &&
-                    unsigned(o2 - lo[r][2]) <= unsigned(len[r][2]);
-    if (!ok) s(e) = masked;
-  }
-}
-
 // Masks the raw scores of keys outside the row windows in a partial key tile at kb[] (sets them
 // to mask_value). Keys outside the key slab (zero fill or the next batch's rows) are never inside
 // a window: windows lie inside the key slab on every axis (the host checks that the key slab holds
@@ -95,7 +76,17 @@ __device__ __forceinline__ void mask_tile(const Params& p, const RowWindows& w, 
   for (int r = 0; r < 2; ++r)
     CUTE_UNROLL
     for (int a = 0; a < kRank; ++a) lo[r][a] = w.start[r][a] - kb[a];
-  mask_columns(p.geo.kv_log2, lo, w.len, ct, masked, s);
+  const int l2 = p.geo.kv_log2[2], l1 = p.geo.kv_log2[1];
+  const int m2 = (1 << l2) - 1, m1 = (1 << l1) - 1, sh0 = l1 + l2;
+  CUTE_UNROLL
+  for (int e = 0; e < cute::size(s); ++e) {
+    const int col = frag_col(ct, e), r = frag_slot(e);
+    const int o0 = col >> sh0, o1 = (col >> l2) & m1, o2 = col & m2;
+    const bool ok = unsigned(o0 - lo[r][0]) <= unsigned(w.len[r][0]) &&
+                    unsigned(o1 - lo[r][1]) <= unsigned(w.len[r][1]) &&
+                    unsigned(o2 - lo[r][2]) <= unsigned(w.len[r][2]);
+    if (!ok) s(e) = masked;
+  }
 }
 
 // fp32 accumulator -> packed fp16 / bf16 pairs (one cvt.rn.{f16,bf16}x2.f32 per pair).
