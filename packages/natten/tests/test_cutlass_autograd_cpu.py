@@ -54,9 +54,10 @@ def _bwd_cpu(query, key, value, out, lse, d_out, d_lse, kernel_size, stride, dil
 
 
 def test_autograd_function_eager_and_compiled(monkeypatch):
-    # Eager calls skip the dispatcher (ops.fna_forward_eager is the CUDA implementation itself);
-    # route them through it so the CPU stand-in runs.
+    # Eager calls skip the dispatcher (ops.fna_forward_eager / fna_backward_eager are the CUDA
+    # implementations themselves); route them through it so the CPU stand-ins run.
     monkeypatch.setattr(ops, "fna_forward_eager", ops.fna_forward)
+    monkeypatch.setattr(ops, "fna_backward_eager", ops.fna_backward)
     lib = torch.library.Library("natten", "IMPL")
     lib.impl("fna_forward", _fwd_cpu, "CPU")
     lib.impl("fna_backward", _bwd_cpu, "CPU")
@@ -101,6 +102,7 @@ def test_autograd_function_eager_and_compiled(monkeypatch):
 @pytest.fixture
 def cpu_stand_ins(monkeypatch):
     monkeypatch.setattr(ops, "fna_forward_eager", ops.fna_forward)
+    monkeypatch.setattr(ops, "fna_backward_eager", ops.fna_backward)
     lib = torch.library.Library("natten", "IMPL")
     lib.impl("fna_forward", _fwd_cpu, "CPU")
     lib.impl("fna_backward", _bwd_cpu, "CPU")
@@ -197,3 +199,79 @@ def test_backward_kv_splits_reach_the_operator(cpu_stand_ins, monkeypatch):
     with pytest.raises(NotImplementedError, match=r"backward_kv_splits needs natten-kernels ABI >= 1\.3"):
         run(backward_kv_splits=(2, 1))
     assert run() == []  # the flag alone never fails on an old library
+
+
+class _CpuPreparedForward:
+    """Stand-in of _libnatten.PreparedFnaForward (CPU, float64 oracle): records what it was
+    prepared with and how often it launched."""
+
+    made: list = []
+
+    def __init__(self, q, k, v, out, lse, kernel_size, stride, dilation, is_causal, scale, q_tile=None,
+                 kv_tile=None, backend=None, global_shape=None, q_origin=None, kv_origin=None,
+                 kernel_schedule=None):
+        self.window = (list(kernel_size), list(stride), list(dilation), list(is_causal), scale)
+        self.backend, self.schedule, self.tiles = backend, kernel_schedule, (q_tile, kv_tile)
+        self.launches = 0
+        _CpuPreparedForward.made.append(self)
+
+    def launch(self, q, k, v, out, lse):
+        self.launches += 1
+        o, l = _fwd_cpu(q, k, v, *self.window, [], [])
+        out.copy_(o)
+        lse.copy_(l)
+
+
+@pytest.mark.parametrize("backend", ["cutlass-fna", "hopper-fna"])
+def test_prepared_training_path(cpu_stand_ins, monkeypatch, backend):
+    """Repeated training calls through natten's plan cache take the prepared path (the forward
+    launches through one marshalled struct, the backward gets its arguments ready-made): gradients
+    (through out and lse) equal autograd through the float64 oracle on every call, the backward
+    reaches the operator with the backend's backward choice (cutlass-fna: SM80 = 1; hopper-fna:
+    the library's = 0, its backward tiles the library's unless given), and misaligned or poisoned
+    calls fall back to the unprepared path."""
+    from natten.backends import hopper
+    from natten import functional
+
+    monkeypatch.setattr(cutlass, "_backward_reason", lambda: None)
+    monkeypatch.setattr(cutlass._libnatten, "PreparedFnaForward", _CpuPreparedForward)
+    _CpuPreparedForward.made.clear()
+    mod = cutlass if backend == "cutlass-fna" else hopper
+    spec = WindowSpec((9, 10), (3, 4), (1, 2), (1, 1), (False, True))
+    g = torch.Generator().manual_seed(3)
+    q0 = torch.randn(2, 9, 10, 4, 8, generator=g)
+    k0 = torch.randn(2, 9, 10, 2, 8, generator=g)
+    v0 = torch.randn(2, 9, 10, 2, 4, generator=g)  # D_v != D (16-byte rows: kernel-ready)
+    w = torch.randn(2, 9, 10, 4, 4, generator=g)
+    wl = torch.randn(2, 9, 10, 4, generator=g)
+    xs = [t.clone().requires_grad_(True) for t in (q0, k0, v0)]
+    run = mod.prepare_fna(*xs, spec, 0.3, kernel_schedule=None)
+    assert isinstance(run, cutlass._PreparedTraining)
+    ref_xs = [t.clone().requires_grad_(True) for t in (q0, k0, v0)]
+    o, l = na_oracle(*ref_xs, (3, 4), (1, 2), (1, 1), (False, True), scale=0.3)
+    ((o * w).sum() + (l * wl).sum()).backward()
+    for call in range(2):
+        for x in xs:
+            x.grad = None
+        _SEEN.clear()
+        out, lse = run(*xs)
+        ((out * w).sum() + (lse * wl).sum()).backward()
+        for x, r in zip(xs, ref_xs):
+            torch.testing.assert_close(x.grad, r.grad, atol=1e-5, rtol=1e-5)
+        assert _SEEN["bwd_backend"] == (1 if backend == "cutlass-fna" else 0)
+    assert len(_CpuPreparedForward.made) == 1 and _CpuPreparedForward.made[0].launches == 2
+    assert _CpuPreparedForward.made[0].backend == (1 if backend == "cutlass-fna" else 2)
+    # poisoned outputs (tests) take the unprepared path: no prepared launch
+    monkeypatch.setattr(ops, "_POISON_OUTPUTS", True)
+    out, _ = run(*xs)
+    out.sum().backward()
+    assert _CpuPreparedForward.made[0].launches == 2
+    monkeypatch.setattr(ops, "_POISON_OUTPUTS", False)
+    # inputs that do not require grad are not this runner's (the plan key has the grad mode)
+    assert not isinstance(mod.prepare_fna(q0, k0, v0, spec, 0.3), cutlass._PreparedTraining)
+    # mismatched backward tiles: the unprepared path, which raises the clear error
+    bad = mod.prepare_fna(*xs, spec, 0.3, backward_q_tile_shape=(8, 8))
+    assert not isinstance(bad, cutlass._PreparedTraining)
+    with pytest.raises(ValueError, match="backward_kv_tile_shape"):
+        bad(*xs)
+    del functional

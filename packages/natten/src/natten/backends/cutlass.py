@@ -139,10 +139,7 @@ class _FnaFunction(torch.autograd.Function):
         ctx.window = (kernel_size, stride, dilation, is_causal, scale, bwd_q_tile, bwd_kv_tile, deterministic)
         ctx.region = region
         ctx.kv_splits = kv_splits  # [] = one CTA per key tile
-        # cutlass-fna trains on the SM80 kernels only; hopper-fna lets the library pick (AUTO: the
-        # SM90 dQ kernel where it runs, natten-kernels >= 1.3.1; older libraries: SM80).
-        ctx.bwd_backend = (_libnatten.BACKEND_CUTLASS_FNA_SM80 if fwd_backend == _libnatten.BACKEND_CUTLASS_FNA_SM80
-                           else _libnatten.BACKEND_AUTO)
+        ctx.bwd_backend = _bwd_backend(fwd_backend)
         return out, lse
 
     @staticmethod
@@ -151,11 +148,129 @@ class _FnaFunction(torch.autograd.Function):
 
         query, key, value, out, lse = ctx.saved_tensors
         kernel_size, stride, dilation, is_causal, scale, q_tile, kv_tile, deterministic = ctx.window
-        d_q, d_k, d_v = ops.fna_backward(
+        # Eager: the implementation itself (the dispatcher round trip costs ~25-50 us per call);
+        # compiled graphs trace the registered operator.
+        bwd = ops.fna_backward if torch.compiler.is_compiling() else ops.fna_backward_eager
+        d_q, d_k, d_v = bwd(
             query, key, value, out, lse, d_out, d_lse, kernel_size, stride, dilation, is_causal, scale,
             q_tile, kv_tile, deterministic, *ctx.region, ctx.kv_splits, ctx.bwd_backend,
         )
         return (d_q, d_k, d_v) + (None,) * 16
+
+
+def _bwd_backend(fwd_backend: int) -> int:
+    """The C ABI backend of the backward after a forward on ``fwd_backend``: cutlass-fna trains on
+    the SM80 kernels only; hopper-fna lets the library pick (AUTO: the SM90 kernels where they run,
+    natten-kernels >= 1.3.1; older libraries: SM80)."""
+    if fwd_backend == _libnatten.BACKEND_CUTLASS_FNA_SM80:
+        return _libnatten.BACKEND_CUTLASS_FNA_SM80
+    return _libnatten.BACKEND_AUTO
+
+
+class _PreparedTraining:
+    """The training path of one call plan (eager calls only; natten's plan cache guarantees the
+    shapes, strides, dtypes and device it was prepared with): the forward launches through a
+    marshalled struct (:class:`natten._libnatten.PreparedFnaForward`), and the backward gets its
+    arguments ready-made, through :class:`_PreparedFnaFunction` (an autograd.Function of three
+    tensors and this plan). It computes exactly what :class:`_FnaFunction` does; only the per-call
+    host work differs (the 1-D rows of the benchmark suite are host-bound: ~0.5 ms of host time per
+    forward + backward call against ~0.35 ms of kernels)."""
+
+    __slots__ = ("_launch", "_out_shape", "_lse_shape", "_dtype", "_device", "_bwd_window", "_bwd_tail",
+                 "_slow")
+
+    def __init__(self, query: Tensor, key: Tensor, value: Tensor, spec, scale: float,
+                 fwd_tiles: Tuple[List[int], List[int]], bwd_tiles: Tuple[List[int], List[int]],
+                 kv_splits: List[int], fwd_backend: int, schedule: Optional[str], slow: Callable) -> None:
+        from .. import ops
+
+        out, lse = ops.new_outputs(query, value)
+        global_shape, q_origin, kv_origin = _region_args(spec)
+        prepared = _libnatten.PreparedFnaForward(
+            query, key, value, out, lse, list(spec.kernel_size), list(spec.stride), list(spec.dilation),
+            list(spec.is_causal), float(scale), q_tile=fwd_tiles[0] or None, kv_tile=fwd_tiles[1] or None,
+            global_shape=global_shape or None, q_origin=q_origin or None, kv_origin=kv_origin or None,
+            backend=fwd_backend, kernel_schedule=schedule,
+        )
+        self._launch = prepared.launch
+        self._out_shape, self._lse_shape = list(out.shape), list(lse.shape)
+        self._dtype, self._device = out.dtype, out.device
+        # natten::fna_backward's arguments after (query ... d_lse) and before / after `deterministic`
+        self._bwd_window = (list(spec.kernel_size), list(spec.stride), list(spec.dilation), list(spec.is_causal),
+                            float(scale), list(bwd_tiles[0]), list(bwd_tiles[1]))
+        self._bwd_tail = (global_shape, q_origin, kv_origin, list(kv_splits), _bwd_backend(fwd_backend))
+        self._slow = slow
+
+    def __call__(self, q: Tensor, k: Tensor, v: Tensor) -> Tuple[Tensor, Tensor]:
+        from .. import ops
+
+        if q.data_ptr() % 16 or k.data_ptr() % 16 or v.data_ptr() % 16 or ops._POISON_OUTPUTS:
+            return self._slow(q, k, v)
+        return _PreparedFnaFunction.apply(q, k, v, self)
+
+    def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tuple[Tensor, Tensor]:
+        out = torch.empty(self._out_shape, dtype=self._dtype, device=self._device)
+        lse = torch.empty(self._lse_shape, dtype=torch.float32, device=self._device)
+        self._launch(q, k, v, out, lse)
+        return out, lse
+
+    def backward(self, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, d_out: Tensor,
+                 d_lse: Optional[Tensor], deterministic: bool) -> Tuple[Tensor, Tensor, Tensor]:
+        from .. import ops
+
+        return ops.fna_backward_eager(q, k, v, out, lse, d_out, d_lse, *self._bwd_window, deterministic,
+                                      *self._bwd_tail)
+
+
+class _PreparedFnaFunction(torch.autograd.Function):
+    """:class:`_FnaFunction` for a prepared plan (eager only): the same forward and backward
+    kernels with four arguments instead of nineteen."""
+
+    @staticmethod
+    def forward(ctx, query, key, value, plan):  # type: ignore[override]
+        out, lse = plan.forward(query, key, value)
+        ctx.save_for_backward(query, key, value, out, lse)
+        ctx.plan = plan
+        ctx.deterministic = _deterministic()
+        return out, lse
+
+    @staticmethod
+    def backward(ctx, d_out, d_lse):  # type: ignore[override]
+        query, key, value, out, lse = ctx.saved_tensors
+        d_q, d_k, d_v = ctx.plan.backward(query, key, value, out, lse, d_out, d_lse, ctx.deterministic)
+        return d_q, d_k, d_v, None
+
+
+def _prepare_training(query: Tensor, key: Tensor, value: Tensor, spec, scale: float,
+                      q_tile_shape: Optional[Tuple[int, ...]], kv_tile_shape: Optional[Tuple[int, ...]],
+                      options: Dict, fwd_backend: int, slow: Callable) -> Callable:
+    """The plan runner of a call whose inputs require grad: a :class:`_PreparedTraining` where it
+    applies, else ``slow`` (which raises the errors of an invalid request, or takes the copies a
+    layout needs)."""
+    from .. import ops
+
+    if torch.compiler.is_compiling() or _training_reason(spec) is not None:
+        return slow
+    if (q_tile_shape is None) != (kv_tile_shape is None):
+        return slow
+    bq, bkv = options.get("backward_q_tile_shape"), options.get("backward_kv_tile_shape")
+    if (bq is None) != (bkv is None):
+        return slow
+    if not all(ops.is_kernel_ready(t) for t in (query, key, value)):
+        return slow
+    try:
+        kv_splits = _kv_splits(options.get("backward_kv_splits"), query.dim() - 3)
+    except NotImplementedError:
+        return slow
+    fwd_tiles = (list(q_tile_shape or ()), list(kv_tile_shape or ()))
+    sm80 = fwd_backend == _libnatten.BACKEND_CUTLASS_FNA_SM80
+    if bq is not None:
+        bwd_tiles = (list(bq), list(bkv))
+    else:  # cutlass-fna: the forward's tiles; hopper-fna's 128-token tiles are no SM80 tiles: the library's
+        bwd_tiles = fwd_tiles if sm80 else ([], [])
+    schedule = None if sm80 else options.get("kernel_schedule")
+    return _PreparedTraining(query, key, value, spec, scale, fwd_tiles, bwd_tiles, kv_splits, fwd_backend,
+                             schedule, slow)
 
 
 def _kv_splits(splits: Optional[Tuple[int, ...]], rank: int) -> List[int]:
@@ -318,13 +433,18 @@ def prepare_fna(query: Tensor, key: Tensor, value: Tensor, spec, scale: float,
                 kv_tile_shape: Optional[Tuple[int, ...]] = None, **options) -> Callable:
     """A fast launcher for repeated calls with tensors of these shapes, strides, dtypes and
     device (natten's call-plan cache guarantees that): marshals once, then each call only
-    allocates the outputs and launches."""
+    allocates the outputs and launches; inputs that require grad get :class:`_PreparedTraining`
+    (the same kernels with less host work per call)."""
     from .. import ops
 
-    if _needs_grad(query, key, value) or not (
-        ops.is_kernel_ready(query) and ops.is_kernel_ready(key) and ops.is_kernel_ready(value)
-    ):
-        return lambda q, k, v: fna(q, k, v, spec, scale, q_tile_shape, kv_tile_shape, **options)
+    def slow(q: Tensor, k: Tensor, v: Tensor) -> Tuple[Tensor, Tensor]:
+        return fna(q, k, v, spec, scale, q_tile_shape, kv_tile_shape, **options)
+
+    if _needs_grad(query, key, value):
+        return _prepare_training(query, key, value, spec, scale, q_tile_shape, kv_tile_shape, options,
+                                 _libnatten.BACKEND_CUTLASS_FNA_SM80, slow)
+    if not (ops.is_kernel_ready(query) and ops.is_kernel_ready(key) and ops.is_kernel_ready(value)):
+        return slow
     out, lse = ops.new_outputs(query, value)  # the query slab's grid
     global_shape, q_origin, kv_origin = _region_args(spec)
     prepared = _libnatten.PreparedFnaForward(

@@ -44,7 +44,7 @@ from .. import _libnatten
 from ..window import WindowSpec
 from .cutlass import (  # shared with the SM80 backend
     _DTYPES, _deterministic, _fmha_on_fna, _fmha_parts_reason, _FnaFunction, _kv_splits, _library_reason,
-    _needs_grad, _prepared_runner, _region_args, _training_reason,
+    _needs_grad, _prepare_training, _prepared_runner, _region_args, _training_reason,
 )
 from .flex import _TileLayout  # the wide-element permutation copies (dilation groups)
 
@@ -262,8 +262,11 @@ def prepare_fna(query: Tensor, key: Tensor, value: Tensor, spec, scale: float,
     """A fast launcher for repeated calls with tensors of these shapes, strides, dtypes and
     device (natten's call-plan cache guarantees that): validated and marshalled once
     (:class:`natten._libnatten.PreparedFnaForward`, backend 2), then each call only allocates the
-    outputs and launches. Falls back to :func:`fna` per call where the prepared path does not
-    apply (inputs needing grad or a copy, dilation, poisoned outputs in tests, misaligned pointers)."""
+    outputs and launches. Inputs that require grad get the prepared training path
+    (``cutlass._PreparedTraining``: the same kernels, the forward through a marshalled struct and
+    the backward's arguments ready-made). Falls back to :func:`fna` per call where the prepared
+    path does not apply (inputs needing a copy, dilation, poisoned outputs in tests, misaligned
+    pointers)."""
     from .. import ops
 
     schedule = options.get("kernel_schedule")
@@ -272,6 +275,13 @@ def prepare_fna(query: Tensor, key: Tensor, value: Tensor, spec, scale: float,
     def slow(q: Tensor, k: Tensor, v: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
         return fna(q, k, v, spec, scale, q_tile_shape, kv_tile_shape, **options)
 
+    if (
+        _needs_grad(query, key, value)
+        and all(int(x) == 1 for x in spec.dilation)
+        and all(_foldable(t) is t for t in (query, key, value))
+    ):
+        return _prepare_training(query, key, value, spec, scale, q_tile_shape, kv_tile_shape, options,
+                                 _libnatten.BACKEND_HOPPER_FNA, slow)
     if (
         _needs_grad(query, key, value)
         or any(int(x) != 1 for x in spec.dilation)
