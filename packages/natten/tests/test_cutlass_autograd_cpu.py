@@ -228,8 +228,8 @@ def test_prepared_training_path(cpu_stand_ins, monkeypatch, backend):
     launches through one marshalled struct, the backward gets its arguments ready-made): gradients
     (through out and lse) equal autograd through the float64 oracle on every call, the backward
     reaches the operator with the backend's backward choice (cutlass-fna: SM80 = 1; hopper-fna:
-    the library's = 0, its backward tiles the library's unless given), and misaligned or poisoned
-    calls fall back to the unprepared path."""
+    the library's = 0), poisoned outputs (tests) go through the prepared launch, and misaligned
+    views fall back to the unprepared path."""
     from natten.backends import hopper
     from natten import functional
 
@@ -261,12 +261,20 @@ def test_prepared_training_path(cpu_stand_ins, monkeypatch, backend):
         assert _SEEN["bwd_backend"] == (1 if backend == "cutlass-fna" else 0)
     assert len(_CpuPreparedForward.made) == 1 and _CpuPreparedForward.made[0].launches == 2
     assert _CpuPreparedForward.made[0].backend == (1 if backend == "cutlass-fna" else 2)
-    # poisoned outputs (tests) take the unprepared path: no prepared launch
+    # poisoned outputs (tests): the prepared launch writes into NaN-filled tensors
     monkeypatch.setattr(ops, "_POISON_OUTPUTS", True)
+    for x in xs:
+        x.grad = None
     out, _ = run(*xs)
     out.sum().backward()
-    assert _CpuPreparedForward.made[0].launches == 2
+    assert _CpuPreparedForward.made[0].launches == 3 and not out.isnan().any()
     monkeypatch.setattr(ops, "_POISON_OUTPUTS", False)
+    # a misaligned view takes the unprepared path (no prepared launch)
+    flat = [torch.zeros(t.numel() + 1).narrow(0, 1, t.numel()).view(t.shape).copy_(t).requires_grad_(True)
+            for t in (q0, k0, v0)]
+    out, _ = run(*flat)
+    out.sum().backward()
+    assert _CpuPreparedForward.made[0].launches == 3 and flat[0].grad is not None
     # inputs that do not require grad are not this runner's (the plan key has the grad mode)
     assert not isinstance(mod.prepare_fna(q0, k0, v0, spec, 0.3), cutlass._PreparedTraining)
     # mismatched backward tiles: the unprepared path, which raises the clear error

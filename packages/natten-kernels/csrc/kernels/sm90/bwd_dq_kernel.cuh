@@ -1,6 +1,6 @@
 // The SM90 backward dQ kernel: warp-specialized like the forward (1 producer warpgroup issuing TMA,
-// 2 consumer warpgroups running wgmma), persistent (each CTA walks the work tiles blockIdx.x,
-// blockIdx.x + gridDim.x, ...; the Q/dO buffer and the K/V ring carry over between them), and its
+// 2 consumer warpgroups running wgmma), persistent (each CTA walks its work tiles in
+// the rotated round-robin of tile_scheduler.cuh; the Q/dO buffer and the K/V ring carry over between them), and its
 // epilogue: dQ = scale * acc stored from registers (4-byte pairs, the first D columns, rows inside
 // the query slab only). Deterministic: each dQ row is written once, no atomics.
 #pragma once
@@ -65,9 +65,12 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) fna_sm90_bwd_dq_kernel(co
     if (threadIdx.x == 0) {
       PipelineState st = cutlass::make_producer_start_state<Pipeline>();
       int iter = 0;
-      for (int64_t idx = blockIdx.x; idx < num_work; idx += gridDim.x, ++iter) {
+      for (RotatedWork rw(blockIdx.x, gridDim.x); rw.more(num_work); rw.next()) {
+        const int64_t idx = rw.index();
+        if (idx >= num_work) continue;  // the last step has fewer tiles than CTAs
         const WorkContext ctx = make_work_context(p, idx);
         DqProducer<Traits>::run(p, ctx, ss, pipe, st, iter);
+        ++iter;
       }
     }
   } else {
@@ -76,12 +79,15 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) fna_sm90_bwd_dq_kernel(co
     typename Traits::TiledMmaDq mma_dq;
     PipelineState st;
     int iter = 0;
-    for (int64_t idx = blockIdx.x; idx < num_work; idx += gridDim.x, ++iter) {
+    for (RotatedWork rw(blockIdx.x, gridDim.x); rw.more(num_work); rw.next()) {
+      const int64_t idx = rw.index();
+      if (idx >= num_work) continue;  // the last step has fewer tiles than CTAs
       const WorkContext ctx = make_work_context(p, idx);
       cute::Tensor acc_dq = cute::partition_fragment_C(
           mma_dq, cute::Shape<cute::Int<Traits::kTileQ>, cute::Int<Traits::kHeadDim>>{});
       DqConsumer<Traits>::run(p, ctx, ss, pipe, ct, acc_dq, st, iter);
       dq_epilogue_store<Traits>(p, ctx, ct, acc_dq);
+      ++iter;
     }
   }
 #endif

@@ -1,6 +1,6 @@
 // The SM90 fused neighborhood-attention forward kernel: warp-specialized (1 producer warpgroup
 // issuing TMA, 2 consumer warpgroups running wgmma + online softmax). Each CTA walks the work tiles
-// blockIdx.x, blockIdx.x + gridDim.x, ... (tile_scheduler.cuh): with one CTA per work tile that is
+// of the rotated round-robin (RotatedWork, tile_scheduler.cuh): with one CTA per work tile that is
 // the classic grid, with one CTA per SM (persistent) the K/V ring and the next tile's Q load run
 // ahead while the consumers finish a tile (last PV GEMM, epilogue), which a new CTA could not do
 // (one CTA fits an SM). kPingpong: the consumer schedule (mainloop_consumer.cuh).
@@ -60,9 +60,12 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) fna_sm90_forward_kernel(c
       PipelineState st_k = cutlass::make_producer_start_state<Pipeline>();
       PipelineState st_v = cutlass::make_producer_start_state<Pipeline>();
       int iter = 0;
-      for (int64_t idx = blockIdx.x; idx < num_work; idx += gridDim.x, ++iter) {
+      for (RotatedWork rw(blockIdx.x, gridDim.x); rw.more(num_work); rw.next()) {
+        const int64_t idx = rw.index();
+        if (idx >= num_work) continue;  // the last step has fewer tiles than CTAs
         const WorkContext ctx = make_work_context(p, idx);
         MainloopProducer<Traits>::run(p, ctx, ss, pipe_k, pipe_v, st_k, st_v, iter);
+        ++iter;
       }
     }
   } else {
@@ -71,13 +74,16 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) fna_sm90_forward_kernel(c
     typename Traits::TiledMmaPV mma_pv;
     PipelineState st_k, st_v;  // consumer start states: stage 0, phase 0
     int iter = 0;
-    for (int64_t idx = blockIdx.x; idx < num_work; idx += gridDim.x, ++iter) {
+    for (RotatedWork rw(blockIdx.x, gridDim.x); rw.more(num_work); rw.next()) {
+      const int64_t idx = rw.index();
+      if (idx >= num_work) continue;  // the last step has fewer tiles than CTAs
       const WorkContext ctx = make_work_context(p, idx);
       cute::Tensor acc_o = cute::partition_fragment_C(
           mma_pv, cute::Shape<cute::Int<Traits::kTileQ>, cute::Int<Traits::kHeadDim>>{});
       OnlineSoftmax sm;
       MainloopConsumer<Traits, kPingpong>::run(p, ctx, ss, pipe_k, pipe_v, ct, sm, acc_o, st_k, st_v, iter);
       epilogue_store<Traits>(p, ctx, ct, sm, acc_o);
+      ++iter;
     }
   }
 #endif

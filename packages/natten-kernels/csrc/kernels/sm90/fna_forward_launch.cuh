@@ -26,7 +26,7 @@ struct DtypeElement<2> {
   using type = cutlass::bfloat16_t;
 };
 
-// Grid size: one CTA per SM, each walking work tiles blockIdx.x, blockIdx.x + gridDim.x, ...
+// Grid size: one CTA per SM, each walking its work tiles (RotatedWork, tile_scheduler.cuh)
 // (persistent), or one CTA per work tile when NATTEN_HOPPER_PERSISTENT=0 (read once) or the
 // SM count is unknown. The same kernel runs either way. NATTEN_HOPPER_PERSISTENT=N > 0 caps the
 // grid at N CTAs instead (tests: many work tiles per CTA on small problems).

@@ -204,13 +204,18 @@ class _PreparedTraining:
     def __call__(self, q: Tensor, k: Tensor, v: Tensor) -> Tuple[Tensor, Tensor]:
         from .. import ops
 
-        if q.data_ptr() % 16 or k.data_ptr() % 16 or v.data_ptr() % 16 or ops._POISON_OUTPUTS:
+        if q.data_ptr() % 16 or k.data_ptr() % 16 or v.data_ptr() % 16:
             return self._slow(q, k, v)
         return _PreparedFnaFunction.apply(q, k, v, self)
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tuple[Tensor, Tensor]:
-        out = torch.empty(self._out_shape, dtype=self._dtype, device=self._device)
-        lse = torch.empty(self._lse_shape, dtype=torch.float32, device=self._device)
+        from .. import ops
+
+        if ops._POISON_OUTPUTS:  # tests: NaN-filled, so unwritten elements show
+            out, lse = ops.new_outputs(q, v)
+        else:
+            out = torch.empty(self._out_shape, dtype=self._dtype, device=self._device)
+            lse = torch.empty(self._lse_shape, dtype=torch.float32, device=self._device)
         self._launch(q, k, v, out, lse)
         return out, lse
 
