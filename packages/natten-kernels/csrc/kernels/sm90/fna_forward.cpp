@@ -163,6 +163,22 @@ cudaError_t fna_forward(const FnaForwardArgs& args, int dtype, cudaStream_t stre
   p.fold_kv = args.rank == 3 ? int(args.kv_extent[0]) : 0;
   p.scale_log2 = float(double(args.scale) * 1.4426950408889634074);
   p.dim_v = int(args.head_dim_v);
+  {  // column words of one 64-token half of the key tile (params.cuh)
+    int half[kRank], total = 0;
+    for (int a = 0; a < kRank; ++a) {
+      half[a] = g.kv_log2[a];
+      total += half[a];
+      p.kcols_off[a] = 0;
+    }
+    for (int a = 0; a < kRank && total == 7; ++a) {
+      if (half[a] > 0) {
+        --half[a];
+        p.kcols_off[a] = 1 << half[a];
+        break;
+      }
+    }
+    p.kcols = column_words(half);
+  }
 
   cudaError_t e;
   e = encode_tensor(&p.tma_q, dtype, args.q, args.rank, args.batch, ext, args.heads, args.head_dim, D,

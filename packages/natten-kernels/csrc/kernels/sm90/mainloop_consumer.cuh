@@ -65,28 +65,26 @@ __device__ __forceinline__ void make_row_windows(const Params& p, const WorkCont
 __device__ __forceinline__ float mask_value(float scale_log2) { return scale_log2 > 0.f ? -INFINITY : INFINITY; }
 
 // Masks the raw scores of keys outside the row windows in a partial key tile at kb[] (sets them
-// to mask_value). Keys outside the key slab (zero fill or the next batch's rows) are never inside
-// a window: windows lie inside the key slab on every axis (the host checks that the key slab holds
-// every key the query slab attends; without slabs, windows end at n - 1).
-template <class Params, class TensorS>
-__device__ __forceinline__ void mask_tile(const Params& p, const RowWindows& w, const int kb[kRank], int ct,
+// to mask_value), from 64-bit column words: per row slot and 64-key half of the tile, the allowed
+// keys are one run of bits per axis (column_words.cuh), so each score costs a bit test and a select.
+// Keys outside the key slab (zero fill or the next batch's rows) are never inside a window: windows
+// lie inside the key slab on every axis (the host checks that the key slab holds every key the
+// query slab attends; without slabs, windows end at n - 1).
+template <int kHalves, class TensorS>
+__device__ __forceinline__ void mask_tile(const FnaSm90Params& p, const RowWindows& w, const int kb[kRank], int ct,
                                           float masked, TensorS& s) {
-  int lo[2][kRank];
+  uint64_t words[kHalves][2];
   CUTE_UNROLL
-  for (int r = 0; r < 2; ++r)
+  for (int r = 0; r < 2; ++r) {
     CUTE_UNROLL
-    for (int a = 0; a < kRank; ++a) lo[r][a] = w.start[r][a] - kb[a];
-  const int l2 = p.geo.kv_log2[2], l1 = p.geo.kv_log2[1];
-  const int m2 = (1 << l2) - 1, m1 = (1 << l1) - 1, sh0 = l1 + l2;
-  CUTE_UNROLL
-  for (int e = 0; e < cute::size(s); ++e) {
-    const int col = frag_col(ct, e), r = frag_slot(e);
-    const int o0 = col >> sh0, o1 = (col >> l2) & m1, o2 = col & m2;
-    const bool ok = unsigned(o0 - lo[r][0]) <= unsigned(w.len[r][0]) &&
-                    unsigned(o1 - lo[r][1]) <= unsigned(w.len[r][1]) &&
-                    unsigned(o2 - lo[r][2]) <= unsigned(w.len[r][2]);
-    if (!ok) s(e) = masked;
+    for (int h = 0; h < kHalves; ++h) {
+      int lo[kRank];
+      CUTE_UNROLL
+      for (int a = 0; a < kRank; ++a) lo[a] = w.start[r][a] - kb[a] - (h ? p.kcols_off[a] : 0);
+      words[h][r] = allowed_columns(p.kcols, lo, w.len[r]);
+    }
   }
+  mask_by_words<kHalves>(words, ct, masked, s);
 }
 
 // fp32 accumulator -> packed fp16 / bf16 pairs (one cvt.rn.{f16,bf16}x2.f32 per pair).
@@ -186,7 +184,7 @@ struct MainloopConsumer {
       pipe_k.consumer_release(st_k);
       ++st_k;
       if (total == 1) ss.q_empty.arrive();  // S0 was the last read of Q
-      if (!sm80::key_tile_full(p.geo, ctx.keys, kb)) mask_tile(p, win, kb, ct, masked, acc_s);
+      if (!sm80::key_tile_full(p.geo, ctx.keys, kb)) mask_tile<Traits::kTileKV / 64>(p, win, kb, ct, masked, acc_s);
       sm.update(acc_s, scale_log2, corr);  // corr = 0 (O is 0 anyway)
       convert_pairs<Element>(acc_s, p_regs);
       sm80::key_tile_advance(p.geo, ctx.keys, kb);
@@ -209,7 +207,7 @@ struct MainloopConsumer {
       pipe_k.consumer_release(st_k);
       ++st_k;
       if (t == total - 1) ss.q_empty.arrive();  // S(T-1) was the last read of Q
-      if (!sm80::key_tile_full(p.geo, ctx.keys, kb)) mask_tile(p, win, kb, ct, masked, acc_s);
+      if (!sm80::key_tile_full(p.geo, ctx.keys, kb)) mask_tile<Traits::kTileKV / 64>(p, win, kb, ct, masked, acc_s);
       sm.update(acc_s, scale_log2, corr);
 
       warpgroup_wait<0>();  // O += P(t-1) V(t-1) done: P registers and V stage free
@@ -244,7 +242,7 @@ struct MainloopConsumer {
       pipe_k.consumer_release(st_k);
       ++st_k;
       if (t == total - 1) ss.q_empty.arrive();  // S(T-1) was the last read of Q
-      if (!sm80::key_tile_full(p.geo, ctx.keys, kb)) mask_tile(p, win, kb, ct, masked, acc_s);
+      if (!sm80::key_tile_full(p.geo, ctx.keys, kb)) mask_tile<Traits::kTileKV / 64>(p, win, kb, ct, masked, acc_s);
       sm.update(acc_s, scale_log2, corr);
       convert_pairs<Element>(acc_s, p_regs);
       sm80::key_tile_advance(p.geo, ctx.keys, kb);

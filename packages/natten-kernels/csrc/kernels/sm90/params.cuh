@@ -8,6 +8,7 @@
 #include <cuda.h>  // CUtensorMap (type only; the library never links libcuda)
 
 #include "sm80/tile_scheduler.cuh"  // shared work decomposition / window / key-tile walk
+#include "sm90/column_words.cuh"
 
 namespace natten {
 namespace sm90 {
@@ -41,6 +42,11 @@ struct FnaSm90Params {
   int fold_kv;       // rank 3: X of the key/value slab; else 0
   float scale_log2;  // softmax scale * log2(e)
   int dim_v;         // the output's head dim Dv (multiple of 8, <= the kernel head dim): columns stored
+  // Partial key tiles are masked from 64-bit column words (column_words.cuh): kcols describes a
+  // 64-token half of the key tile (a 128-token tile halved on its outermost tiled axis; at head dim
+  // 256 the 64-token tile itself), kcols_off[a] the second half's offset on axis a (0 elsewhere).
+  ColumnWords kcols;
+  int kcols_off[kRank];
 };
 
 // TMA coordinates (dims 2..4) of the token box at origin o[] (slab coordinates of the tensor) of
