@@ -677,7 +677,7 @@ int forward_impl(const natten_fna_forward_params* user) {
     NATTEN_CHECK(sm80_check_tiles(p->rank, p->head_dim, p->q_tile, p->kv_tile));
   } else {
     int qt[kMaxRank] = {1, 1, 1}, kt[kMaxRank] = {1, 1, 1};
-    const cudaError_t te = natten::sm80::fna_forward_default_tiles(args, qt, kt);
+    const cudaError_t te = natten::sm80::fna_forward_auto_tiles(args, kernel_dtype_of(p->dtype), qt, kt);
     if (te != cudaSuccess) {
       return fail(NATTEN_STATUS_INTERNAL_ERROR, "choosing a tile configuration failed: %s (%s)", cuda_err_string(te),
                   cuda_err_name(te));

@@ -6,6 +6,7 @@
 #include <climits>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 
 #include "fna_forward_launch.hpp"
@@ -35,8 +36,9 @@ int log2_exact(int x) {  // -1 if x is not a power of two >= 1
   return l;
 }
 
-// Tile shape given by the caller: 1 = valid (log2s written), 0 = "choose for me", -1 = invalid.
-int parse_tile(const int* tile, int rank, int log2s[kRank]) {
+// Tile shape given by the caller: 1 = valid (log2s written), 0 = "choose for me", -1 = invalid
+// (not a box of 2^total tokens).
+int parse_tile(const int* tile, int rank, int log2s[kRank], int expected_total = kTileLog2) {
   for (int a = 0; a < rank; ++a)
     if (tile[a] <= 0) return 0;
   int total = 0;
@@ -49,7 +51,7 @@ int parse_tile(const int* tile, int rank, int log2s[kRank]) {
     if (log2s[a] < 0) return -1;
     total += log2s[a];
   }
-  return total == kTileLog2 ? 1 : -1;
+  return total == expected_total ? 1 : -1;
 }
 
 // Normalized per-axis problem (padded to 3 axes). Returns false if the problem is invalid.
@@ -329,7 +331,7 @@ cudaError_t fna_forward_choose_tiles(const FnaForwardArgs& args, int tile_log2, 
   return cudaSuccess;
 }
 
-cudaError_t fna_forward_geometry(const FnaForwardArgs& args, Geometry* geo, bool* empty) {
+cudaError_t fna_forward_geometry(const FnaForwardArgs& args, Geometry* geo, bool* empty, int q_log2_total) {
   AxisProblem ax[kRank];
   bool none = false;
   if (!normalize_axes(args, ax, &none)) return cudaErrorInvalidValue;
@@ -341,12 +343,12 @@ cudaError_t fna_forward_geometry(const FnaForwardArgs& args, Geometry* geo, bool
   Geometry& g = *geo;
   std::memset(&g, 0, sizeof(g));
   int ql[kRank], kl[kRank];
-  const int pq = parse_tile(args.q_tile, args.rank, ql);
+  const int pq = parse_tile(args.q_tile, args.rank, ql, q_log2_total);
   const int pk = parse_tile(args.kv_tile, args.rank, kl);
   if (pq < 0 || pk < 0) return cudaErrorInvalidValue;
   if (pq == 0 || pk == 0) {
     int aql[kRank], akl[kRank];
-    choose_tiles_cached(args.rank, ax, aql, akl);
+    choose_tiles_cached(args.rank, ax, aql, akl, q_log2_total, kTileLog2);
     for (int a = 0; a < kRank; ++a) {
       if (pq == 0) ql[a] = aql[a];
       if (pk == 0) kl[a] = akl[a];
@@ -371,6 +373,50 @@ cudaError_t fna_forward_geometry(const FnaForwardArgs& args, Geometry* geo, bool
   return cudaSuccess;
 }
 
+namespace {
+// 128-token query tiles (8 warps; K / V tiles of 64 tokens) at head dim 128, fp16 / bf16, when the
+// caller gives no tiles: each K / V tile brought into shared memory then serves twice the queries
+// (half the load traffic per FLOP). Taken when the chooser's 128 x 64 tiling visits at most 5% more
+// (query, key) pairs than its 64 x 64 one (block-sparse windows: the same). NATTEN_SM80_Q128=0 / 1
+// turns it off / on wherever it applies (read per call; for measurements and tests).
+bool use_q128(const FnaForwardArgs& args, int dtype, int dim) {
+  if ((dtype != 1 && dtype != 2) || dim != 128) return false;
+  const char* env = std::getenv("NATTEN_SM80_Q128");
+  if (env != nullptr && env[0] == '0') return false;
+  if (env != nullptr && env[0] == '1') return true;
+  AxisProblem ax[kRank];
+  bool none = false;
+  if (!normalize_axes(args, ax, &none) || none) return false;
+  int q6[kRank], k6[kRank], q7[kRank], k7[kRank];
+  choose_tiles_cached(args.rank, ax, q6, k6, kTileLog2, kTileLog2);
+  choose_tiles_cached(args.rank, ax, q7, k7, kTileLog2 + 1, kTileLog2);
+  double c6 = 1.0, c7 = 1.0;
+  for (int a = 0; a < args.rank; ++a) {
+    c6 *= axis_visits(ax[a], q6[a], k6[a]);
+    c7 *= axis_visits(ax[a], q7[a], k7[a]);
+  }
+  return c7 <= 1.05 * c6;
+}
+
+// Sum of the log2 tile extents of a given tile (0 if not given or not powers of two).
+int tile_log2_total(const int* tile, int rank) {
+  int total = 0;
+  for (int a = 0; a < rank; ++a) {
+    const int l = log2_exact(tile[a]);
+    if (l < 0) return 0;
+    total += l;
+  }
+  return total;
+}
+}  // namespace
+
+cudaError_t fna_forward_auto_tiles(const FnaForwardArgs& args, int dtype, int q_tile[3], int kv_tile[3]) {
+  if (args.head_dim > INT_MAX || args.head_dim_v > INT_MAX) return cudaErrorNotSupported;
+  const int D = int(args.head_dim), Dv = int(args.head_dim_v);
+  if (use_q128(args, dtype, padded_dim(D > Dv ? D : Dv))) return fna_forward_choose_tiles(args, kTileLog2 + 1, q_tile, kv_tile, kTileLog2);
+  return fna_forward_choose_tiles(args, kTileLog2, q_tile, kv_tile);
+}
+
 cudaError_t fna_forward(const FnaForwardArgs& args, int dtype, cudaStream_t stream) {
   if (args.head_dim > INT_MAX || args.head_dim_v > INT_MAX) return cudaErrorNotSupported;
   const int D = int(args.head_dim), Dv = int(args.head_dim_v);
@@ -379,7 +425,10 @@ cudaError_t fna_forward(const FnaForwardArgs& args, int dtype, cudaStream_t stre
   FnaParams p;
   std::memset(&p, 0, sizeof(p));
   bool empty = false;
-  const cudaError_t ge = fna_forward_geometry(args, &p.geo, &empty);
+  // 128-token query tiles (from fna_forward_auto_tiles) at head dim 128, fp16 / bf16 only.
+  const bool q128 = (dtype == 1 || dtype == 2) && padded_dim(D > Dv ? D : Dv) == 128 &&
+                    tile_log2_total(args.q_tile, args.rank) == kTileLog2 + 1;
+  const cudaError_t ge = fna_forward_geometry(args, &p.geo, &empty, q128 ? kTileLog2 + 1 : kTileLog2);
   if (ge != cudaSuccess) return ge;
   if (empty) return cudaSuccess;
   if (args.q == nullptr || args.k == nullptr || args.v == nullptr || args.out == nullptr)
@@ -427,14 +476,14 @@ cudaError_t fna_forward(const FnaForwardArgs& args, int dtype, cudaStream_t stre
     switch (dim) {
       case 32: return launch_fna_forward<1, 32>(p, stream);
       case 64: return launch_fna_forward<1, 64>(p, stream);
-      case 128: return launch_fna_forward<1, 128>(p, stream);
+      case 128: return q128 ? launch_fna_forward<1, 128, 128, 64>(p, stream) : launch_fna_forward<1, 128>(p, stream);
       case 256: return launch_fna_forward<1, 256>(p, stream);
     }
   } else {
     switch (dim) {
       case 32: return launch_fna_forward<2, 32>(p, stream);
       case 64: return launch_fna_forward<2, 64>(p, stream);
-      case 128: return launch_fna_forward<2, 128>(p, stream);
+      case 128: return q128 ? launch_fna_forward<2, 128, 128, 64>(p, stream) : launch_fna_forward<2, 128>(p, stream);
       case 256: return launch_fna_forward<2, 256>(p, stream);
     }
   }

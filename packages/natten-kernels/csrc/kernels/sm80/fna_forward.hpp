@@ -61,7 +61,11 @@ cudaError_t fna_forward_choose_tiles(const natten::FnaForwardArgs& args, int til
 // fna_forward_default_tiles'), work count. *empty: nothing to compute (zero batch, heads or query
 // extent; *geo untouched). cudaErrorInvalidValue for an invalid problem or tile shape, or a key
 // slab that does not hold every key the query slab attends.
-cudaError_t fna_forward_geometry(const natten::FnaForwardArgs& args, Geometry* geo, bool* empty);
+// The forward's tiles when the caller gives none: fna_forward_default_tiles, or at head dim 128
+// (fp16 / bf16) 128-token query tiles with 64-token key tiles where they visit at most 5% more pairs
+// (fna_forward.cu, use_q128). dtype: 1 fp16, 2 bf16, 3 fp32.
+cudaError_t fna_forward_auto_tiles(const natten::FnaForwardArgs& args, int dtype, int q_tile[3], int kv_tile[3]);
+cudaError_t fna_forward_geometry(const natten::FnaForwardArgs& args, Geometry* geo, bool* empty, int q_log2_total = 6);
 
 }  // namespace sm80
 }  // namespace natten

@@ -9,8 +9,9 @@
 namespace natten {
 namespace sm80 {
 
-// kDtype: 1 = fp16, 2 = bf16. kDim: padded head dim (32, 64, 128, 256) >= max(D, Dv).
-template <int kDtype, int kDim>
+// kDtype: 1 = fp16, 2 = bf16. kDim: padded head dim (32, 64, 128, 256) >= max(D, Dv). kTileQ /
+// kTileKV: query / key tile tokens (64 / 64; at head dim 128 also 128 / 64, see fna_forward.cu).
+template <int kDtype, int kDim, int kTileQ = 64, int kTileKV = 64>
 cudaError_t launch_fna_forward(const FnaParams& params, cudaStream_t stream);
 
 }  // namespace sm80
