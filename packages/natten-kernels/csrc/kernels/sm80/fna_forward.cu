@@ -161,8 +161,8 @@ int tile_shapes(int rank, int out[][kRank], int capacity, int tile_log2 = kTileL
 }
 
 // Query tiles of 2^tile_log2 tokens, key tiles of 2^kv_log2 (the SM90 kernel at head dim 256: 128
-// and 64).
-void choose_tiles(int rank, const AxisProblem ax[kRank], int ql[kRank], int kl[kRank], int tile_log2, int kv_log2) {
+// and 64). Returns the visited (query, key) pairs of the chosen tiling.
+double choose_tiles(int rank, const AxisProblem ax[kRank], int ql[kRank], int kl[kRank], int tile_log2, int kv_log2) {
   int shapes[kMaxShapes][kRank], kshapes[kMaxShapes][kRank];
   const int ns = tile_shapes(rank, shapes, kMaxShapes, tile_log2);
   const int nk = tile_shapes(rank, kshapes, kMaxShapes, kv_log2);
@@ -170,7 +170,11 @@ void choose_tiles(int rank, const AxisProblem ax[kRank], int ql[kRank], int kl[k
     ql[a] = shapes[0][a];
     kl[a] = kshapes[0][a];
   }
-  if (ns == 1 && nk == 1) return;  // rank 1: a single shape
+  if (ns == 1 && nk == 1) {  // rank 1: a single shape
+    double c = 1.0;
+    for (int a = 0; a < rank; ++a) c *= axis_visits(ax[a], ql[a], kl[a]);
+    return c;
+  }
   double cost[kRank][kMaxTileLog2 + 1][kMaxTileLog2 + 1];
   for (int a = 0; a < rank; ++a)
     for (int q = 0; q <= tile_log2; ++q)
@@ -196,6 +200,7 @@ void choose_tiles(int rank, const AxisProblem ax[kRank], int ql[kRank], int kl[k
       }
     }
   }
+  return best;
 }
 
 // Small cache of recent automatic choices, per thread: the search costs O(extent) per axis for each
@@ -211,6 +216,7 @@ struct TileChoiceEntry {
   unsigned last_use = 0;
   AxisProblem ax[kRank];
   int ql[kRank], kl[kRank];
+  double visits;  // visited (query, key) pairs of the chosen tiling
 };
 constexpr int kTileCacheEntries = 16;
 struct TileChoiceCache {
@@ -219,8 +225,9 @@ struct TileChoiceCache {
 };
 thread_local TileChoiceCache g_tile_cache;
 
-void choose_tiles_cached(int rank, const AxisProblem ax[kRank], int ql[kRank], int kl[kRank],
-                         int tile_log2 = kTileLog2, int kv_log2 = -1) {
+// Returns the visited (query, key) pairs of the chosen tiling.
+double choose_tiles_cached(int rank, const AxisProblem ax[kRank], int ql[kRank], int kl[kRank],
+                           int tile_log2 = kTileLog2, int kv_log2 = -1) {
   if (kv_log2 < 0) kv_log2 = tile_log2;
   TileChoiceCache& c = g_tile_cache;
   TileChoiceEntry* hit = nullptr;
@@ -238,7 +245,7 @@ void choose_tiles_cached(int rank, const AxisProblem ax[kRank], int ql[kRank], i
   }
   if (hit == nullptr) {
     hit = victim;
-    choose_tiles(rank, ax, hit->ql, hit->kl, tile_log2, kv_log2);
+    hit->visits = choose_tiles(rank, ax, hit->ql, hit->kl, tile_log2, kv_log2);
     hit->valid = true;
     hit->rank = rank;
     hit->tile_log2 = tile_log2;
@@ -250,6 +257,7 @@ void choose_tiles_cached(int rank, const AxisProblem ax[kRank], int ql[kRank], i
     ql[a] = hit->ql[a];
     kl[a] = hit->kl[a];
   }
+  return hit->visits;
 }
 
 bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
@@ -387,14 +395,10 @@ bool use_q128(const FnaForwardArgs& args, int dtype, int dim) {
   AxisProblem ax[kRank];
   bool none = false;
   if (!normalize_axes(args, ax, &none) || none) return false;
-  int q6[kRank], k6[kRank], q7[kRank], k7[kRank];
-  choose_tiles_cached(args.rank, ax, q6, k6, kTileLog2, kTileLog2);
-  choose_tiles_cached(args.rank, ax, q7, k7, kTileLog2 + 1, kTileLog2);
-  double c6 = 1.0, c7 = 1.0;
-  for (int a = 0; a < args.rank; ++a) {
-    c6 *= axis_visits(ax[a], q6[a], k6[a]);
-    c7 *= axis_visits(ax[a], q7[a], k7[a]);
-  }
+  // Both costs come from the per-thread choice cache, so a repeated call does no O(extent) work.
+  int ql[kRank], kl[kRank];
+  const double c6 = choose_tiles_cached(args.rank, ax, ql, kl, kTileLog2, kTileLog2);
+  const double c7 = choose_tiles_cached(args.rank, ax, ql, kl, kTileLog2 + 1, kTileLog2);
   return c7 <= 1.05 * c6;
 }
 
@@ -426,8 +430,8 @@ cudaError_t fna_forward(const FnaForwardArgs& args, int dtype, cudaStream_t stre
   std::memset(&p, 0, sizeof(p));
   bool empty = false;
   // 128-token query tiles (from fna_forward_auto_tiles) at head dim 128, fp16 / bf16 only.
-  const bool q128 = (dtype == 1 || dtype == 2) && padded_dim(D > Dv ? D : Dv) == 128 &&
-                    tile_log2_total(args.q_tile, args.rank) == kTileLog2 + 1;
+  const int dim = padded_dim(D > Dv ? D : Dv);
+  const bool q128 = (dtype == 1 || dtype == 2) && dim == 128 && tile_log2_total(args.q_tile, args.rank) == kTileLog2 + 1;
   const cudaError_t ge = fna_forward_geometry(args, &p.geo, &empty, q128 ? kTileLog2 + 1 : kTileLog2);
   if (ge != cudaSuccess) return ge;
   if (empty) return cudaSuccess;
@@ -471,7 +475,6 @@ cudaError_t fna_forward(const FnaForwardArgs& args, int dtype, cudaStream_t stre
   p.aligned = aligned ? 1 : 0;
 
   if (dtype == 3) return simt::fna_forward_f32(p, stream);  // CUDA cores, same tiles
-  const int dim = padded_dim(D > Dv ? D : Dv);
   if (dtype == 1) {
     switch (dim) {
       case 32: return launch_fna_forward<1, 32>(p, stream);
