@@ -69,7 +69,9 @@ HOPPER_CASES = [
     # dilation: groups folded into the batch (24 / 2, 18 / 3)
     ((24, 18), (5, 4), (1, 2), (2, 3), (False, True), 2, 1, 64, torch.float16, None),
     # persistent CTAs (one per SM, 132 on an H100): 2 x 40 heads x 2 query tiles = 160 work tiles,
-    # so some CTAs run two, reusing the Q buffer and carrying the K/V rings (causal: uneven walks)
+    # so some CTAs run two, reusing the Q buffer and carrying the K/V rings (causal: uneven walks;
+    # since natten-kernels 1.3.4 causal problems with more work tiles than SMs take the dynamic work
+    # order: a global counter, next index published through shared memory)
     ((256,), (65,), (1,), (1,), (True,), 40, 8, 64, torch.float16, "cooperative"),
     ((256,), (65,), (1,), (1,), (True,), 40, 8, 64, torch.bfloat16, "pingpong"),
     # head dim 32: 64-byte swizzle, one head-dim chunk per box

@@ -67,9 +67,6 @@ struct TileConfig {
   int kv_tile[NATTEN_MAX_RANK];  // entries past rank are 1
 };
 
-// Upper bound of configs any (problem, backend) can have; enumerations write at most this many.
-constexpr int kMaxConfigs = 2048;  // Hopper rank 3: 36 x 36 = 1296 pairs
-
 // Is the problem (ignoring the device) one the SM80 kernel handles? Returns NATTEN_STATUS_SUCCESS
 // or a failing status with the reason already stored via fail(). `arch` is 10*major+minor, or 0
 // when not known yet.

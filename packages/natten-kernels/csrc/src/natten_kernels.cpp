@@ -1238,10 +1238,15 @@ int query_impl(const natten_fna_problem* pr, natten_tile_config* out, int capaci
   }
   int arch = 0;
   NATTEN_CHECK(resolve_problem(pr, &arch));
-  std::vector<TileConfig> buf(kMaxConfigs);
-  const int n = pr->backend == NATTEN_BACKEND_HOPPER_FNA
-                    ? hopper_enumerate_configs(pr->rank, pr->head_dim, pr->head_dim_v, buf.data(), kMaxConfigs)
-                    : sm80_enumerate_configs(pr->rank, pr->head_dim, buf.data(), kMaxConfigs);
+  auto enumerate = [&](TileConfig* dst, int cap) {
+    return pr->backend == NATTEN_BACKEND_HOPPER_FNA ? hopper_enumerate_configs(pr->rank, pr->head_dim, pr->head_dim_v, dst, cap)
+                                                    : sm80_enumerate_configs(pr->rank, pr->head_dim, dst, cap);
+  };
+  // Sized by the count itself (no fixed upper bound on a backend's list), so every entry copied out
+  // below was written by the enumeration.
+  const int total = enumerate(nullptr, 0);
+  std::vector<TileConfig> buf(total > 0 ? size_t(total) : 1);
+  const int n = total > 0 ? enumerate(buf.data(), total) : 0;
   if (n <= 0) {
     return fail(NATTEN_STATUS_UNSUPPORTED, "no tile configuration for rank %d, head_dim %lld, %s", pr->rank,
                 (long long)pr->head_dim, dtype_name(pr->dtype));

@@ -178,6 +178,7 @@ cases = [  # shape, kernel, stride, causal, B, H, Hkv, D, schedule
     ((512,), (64,), (64,), (False,), 1, 2, 1, 128, "pingpong"),  # one key tile per work tile
     ((300,), (130,), (1,), (True,), 2, 2, 2, 128, "cooperative"),
     ((20, 24), (5, 7), (1, 2), (True, False), 2, 3, 1, 64, "pingpong"),
+    ((300,), (130,), (1,), (True,), 1, 3, 1, 64, "pingpong"),  # odd batch * heads: no head pairs
 ]
 for shape, ks, st, ca, b, h, hkv, d, sched in cases:
     for dt, tol in ((torch.float16, 1e-2), (torch.bfloat16, 5e-2)):
@@ -193,15 +194,61 @@ print("ok")
 """
 
 
-def test_one_persistent_cta_runs_every_work_tile():
+@pytest.mark.parametrize("order", ["static", "dynamic"])
+def test_one_persistent_cta_runs_every_work_tile(order):
     """NATTEN_HOPPER_PERSISTENT=1 (read once per process, so in a subprocess): a single CTA walks
     every work tile of the problem - the Q handshake and the K/V ring positions carry across many
-    work tiles, both schedules, uneven (causal) walks. A hang fails by the timeout."""
-    env = dict(os.environ, NATTEN_HOPPER_PERSISTENT="1")
+    work tiles, both schedules, uneven (causal) walks, with the static work order and the dynamic
+    one (NATTEN_HOPPER_SCHEDULE: work counter, index published through shared memory). A hang
+    fails by the timeout."""
+    env = dict(os.environ, NATTEN_HOPPER_PERSISTENT="1", NATTEN_HOPPER_SCHEDULE=order)
     tests_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     r = subprocess.run([sys.executable, "-c", _ONE_CTA_SCRIPT, tests_dir], env=env, capture_output=True,
                        text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), (r.returncode, r.stdout[-2000:], r.stderr[-4000:])
+
+
+DYNAMIC_CASES = [  # shape, kernel, stride, causal, B, H, Hkv, D: more work tiles than SMs (132 on an H100)
+    ((2000,), (300,), (1,), (True,), 2, 8, 2, 128),           # 2 x 8 x 16 = 256 work tiles, causal
+    ((2000,), (129,), (7,), (False,), 2, 8, 8, 64),           # non-causal, stride
+    ((40, 48), (9, 11), (1, 2), (True, False), 2, 8, 4, 128),  # causal x: reversed query-tile order
+    ((12, 16, 20), (5, 7, 6), (1, 1, 2), (False, True, True), 2, 6, 3, 64),
+    ((1500,), (1500,), (1,), (True,), 3, 8, 1, 256),         # dense causal, head dim 256
+    ((700,), (200,), (1,), (True,), 1, 5, 5, 64),            # odd batch * heads (no head pairs), 30 tiles
+]
+
+
+@pytest.mark.parametrize("sched", SCHEDULES)
+@pytest.mark.parametrize("case", range(len(DYNAMIC_CASES)))
+def test_dynamic_work_order_is_exact(monkeypatch, case, sched):
+    """The forward's dynamic work order (natten-kernels >= 1.3.4: tiles from a zeroed global counter,
+    query tiles of causal axes in descending order, two (batch, head) pairs interleaved when their
+    count is even; automatic on causal problems with more work
+    tiles than SMs, NATTEN_HOPPER_SCHEDULE=static / dynamic read per call) computes every tile
+    exactly as the static order does: the outputs are bit-identical, and match float64."""
+    shape, ks, st, ca, b, h, hkv, d = DYNAMIC_CASES[case]
+    g = torch.Generator(device="cuda").manual_seed(case)
+    q = torch.randn(b, *shape, h, d, device="cuda", dtype=torch.float16, generator=g)
+    k = torch.randn(b, *shape, hkv, d, device="cuda", dtype=torch.float16, generator=g)
+    v = torch.randn(b, *shape, hkv, d, device="cuda", dtype=torch.float16, generator=g)
+    outs = {}
+    for order in ("static", "dynamic", None):
+        if order is None:
+            monkeypatch.delenv("NATTEN_HOPPER_SCHEDULE", raising=False)
+        else:
+            monkeypatch.setenv("NATTEN_HOPPER_SCHEDULE", order)
+        ops.set_poison_outputs(True)
+        try:
+            outs[order] = OPS[len(shape)](q, k, v, ks, st, 1, ca, backend="hopper-fna", return_lse=True,
+                                          kernel_schedule=sched)
+        finally:
+            ops.set_poison_outputs(False)
+    ref_out, ref_lse = na_oracle(q.double(), k.double(), v.double(), ks, st, 1, ca)
+    assert_close(outs["dynamic"][0], ref_out, atol=1e-2, rtol=0, what=f"dynamic case {case} out")
+    assert_close(outs["dynamic"][1], ref_lse, atol=1e-2, rtol=0, what=f"dynamic case {case} lse")
+    for order in ("dynamic", None):
+        assert torch.equal(outs[order][0], outs["static"][0]), f"case {case} {order}: out differs from static"
+        assert torch.equal(outs[order][1], outs["static"][1]), f"case {case} {order}: lse differs from static"
 
 
 def test_unknown_schedule_is_refused():

@@ -1,6 +1,7 @@
 // The SM90 fused neighborhood-attention forward kernel: warp-specialized (1 producer warpgroup
 // issuing TMA, 2 consumer warpgroups running wgmma + online softmax). Each CTA walks the work tiles
-// of the rotated round-robin (RotatedWork, tile_scheduler.cuh): with one CTA per work tile that is
+// of the rotated round-robin (RotatedWork, tile_scheduler.cuh) or, with a work counter, takes them
+// dynamically (below): with one CTA per work tile that is
 // the classic grid, with one CTA per SM (persistent) the K/V ring and the next tile's Q load run
 // ahead while the consumers finish a tile (last PV GEMM, epilogue), which a new CTA could not do
 // (one CTA fits an SM). kPingpong: the consumer schedule (mainloop_consumer.cuh).
@@ -19,7 +20,11 @@
 namespace natten {
 namespace sm90 {
 
-template <class Traits, bool kPingpong>
+// kDynamic: the dynamic work order (p.work_counter must be set) instead of RotatedWork. A separate
+// instantiation: the producer thread's dynamic loop does not fit its 24 registers (ptxas, CUDA 13.0:
+// 72-80 bytes of stack, 128-156 bytes of spills, all in that one thread, which mostly waits on
+// barriers), and the static kernel keeps none of it.
+template <class Traits, bool kPingpong, bool kDynamic>
 __global__ void __launch_bounds__(Traits::kThreads, 1) fna_sm90_forward_kernel(const __grid_constant__ FnaSm90Params p) {
 #if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ >= 900) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using SharedStorage = typename Traits::SharedStorage;
@@ -54,18 +59,34 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) fna_sm90_forward_kernel(c
 
   using PipelineState = typename Traits::PipelineState;
   const int64_t num_work = p.geo.num_work;
+  // Work order. Static: RotatedWork; producer and consumers derive the same sequence. Dynamic: a
+  // CTA's first tile is blockIdx.x, each next one gridDim.x + atomicAdd(p.work_counter, 1), taken by
+  // the producer thread before it issues the current tile's loads and published with that tile's
+  // q_full (mainloop_producer.cuh), so the consumers know the next tile as they finish this one and a
+  // CTA whose tiles had shorter key walks takes more of them. Either way a CTA stops at its first
+  // index >= num_work (RotatedWork's indices only grow past it).
+  const int reverse = kDynamic ? p.reverse_axes : 0;
   if (producer) {
     cutlass::arch::warpgroup_reg_dealloc<Traits::kProducerRegs>();
     if (threadIdx.x == 0) {
       PipelineState st_k = cutlass::make_producer_start_state<Pipeline>();
       PipelineState st_v = cutlass::make_producer_start_state<Pipeline>();
-      int iter = 0;
-      for (RotatedWork rw(blockIdx.x, gridDim.x); rw.more(num_work); rw.next()) {
-        const int64_t idx = rw.index();
-        if (idx >= num_work) continue;  // the last step has fewer tiles than CTAs
-        const WorkContext ctx = make_work_context(p, idx);
-        MainloopProducer<Traits>::run(p, ctx, ss, pipe_k, pipe_v, st_k, st_v, iter);
-        ++iter;
+      if constexpr (!kDynamic) {
+        int iter = 0;
+        for (RotatedWork rw(blockIdx.x, gridDim.x); rw.more(num_work); rw.next()) {
+          const int64_t idx = rw.index();
+          if (idx >= num_work) continue;  // the last step has fewer tiles than CTAs
+          MainloopProducer<Traits>::run(p, make_work_context(p, idx), ss, pipe_k, pipe_v, st_k, st_v, iter);
+          ++iter;
+        }
+      } else {
+        int64_t idx = blockIdx.x;
+        for (int iter = 0; idx < num_work; ++iter) {
+          const int64_t next = int64_t(gridDim.x) + atomicAdd(p.work_counter, 1u);
+          MainloopProducer<Traits>::template run<true>(p, make_work_context(p, idx, reverse), ss, pipe_k, pipe_v,
+                                                       st_k, st_v, iter, next);
+          idx = next;
+        }
       }
     }
   } else {
@@ -73,17 +94,21 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) fna_sm90_forward_kernel(c
     const int ct = int(threadIdx.x) - 128;
     typename Traits::TiledMmaPV mma_pv;
     PipelineState st_k, st_v;  // consumer start states: stage 0, phase 0
-    int iter = 0;
-    for (RotatedWork rw(blockIdx.x, gridDim.x); rw.more(num_work); rw.next()) {
-      const int64_t idx = rw.index();
-      if (idx >= num_work) continue;  // the last step has fewer tiles than CTAs
-      const WorkContext ctx = make_work_context(p, idx);
+    RotatedWork rw(blockIdx.x, gridDim.x);
+    int64_t idx = blockIdx.x;
+    for (int iter = 0; idx < num_work; ++iter) {
+      const WorkContext ctx = make_work_context(p, idx, reverse);
       cute::Tensor acc_o = cute::partition_fragment_C(
           mma_pv, cute::Shape<cute::Int<Traits::kTileQ>, cute::Int<Traits::kHeadDim>>{});
       OnlineSoftmax sm;
       MainloopConsumer<Traits, kPingpong>::run(p, ctx, ss, pipe_k, pipe_v, ct, sm, acc_o, st_k, st_v, iter);
       epilogue_store<Traits>(p, ctx, ct, sm, acc_o);
-      ++iter;
+      if constexpr (kDynamic) {
+        idx = reinterpret_cast<const volatile int64_t*>(ss.work)[(iter + 1) & 1];  // published with this tile's q_full
+      } else {
+        rw.next();
+        idx = rw.index();
+      }
     }
   }
 #endif

@@ -76,7 +76,10 @@ cudaError_t launch_persistent(const Params& params, int64_t num_work, cudaStream
 template <int kDtype, int kHeadDim, bool kPingpong>
 cudaError_t launch_fna_forward_schedule(const FnaSm90Params& params, cudaStream_t stream) {
   using Traits = FnaSm90Traits<typename DtypeElement<kDtype>::type, kHeadDim>;
-  return launch_persistent<fna_sm90_forward_kernel<Traits, kPingpong>, Traits::kSmemBytes, Traits::kThreads>(
+  if (params.work_counter != nullptr)  // the dynamic work order (fna_forward_kernel.cuh)
+    return launch_persistent<fna_sm90_forward_kernel<Traits, kPingpong, true>, Traits::kSmemBytes, Traits::kThreads>(
+        params, params.geo.num_work, stream);
+  return launch_persistent<fna_sm90_forward_kernel<Traits, kPingpong, false>, Traits::kSmemBytes, Traits::kThreads>(
       params, params.geo.num_work, stream);
 }
 

@@ -97,6 +97,9 @@ struct FnaSm90Traits {
     typename Pipeline::SharedStorage pipe_v;
     cutlass::arch::ClusterTransactionBarrier q_full;  // Q of the current work tile landed
     cutlass::arch::ClusterBarrier q_empty;            // consumers done reading it (persistent loop)
+    // Dynamic work order (fna_forward_kernel.cuh): work[(i + 1) & 1] = the CTA's work index after
+    // its tile i, published with tile i's q_full.
+    int64_t work[2];
   };
   // + 1 KiB: the kernel aligns the dynamic shared memory base up to 1024 bytes itself.
   static constexpr int kSmemBytes = int(sizeof(SharedStorage)) + 1024;

@@ -36,8 +36,15 @@ struct MainloopProducer {
 
   // Called by exactly one thread, once per work tile of the CTA. st_k / st_v carry the ring
   // positions from one work tile to the next; `iter` counts the CTA's work tiles (0, 1, ...).
+  // kPublish (the dynamic work order): next_idx, the CTA's next work index, is stored to
+  // ss.work[(iter + 1) & 1] before the Q barrier's arrive, whose release publishes it to the
+  // consumers; they read it after this tile. The slot was last read at the end of tile iter - 2,
+  // before the consumers' q_empty arrive of tile iter - 1, which the q_empty wait before the store
+  // covers.
+  template <bool kPublish = false>
   __device__ static void run(const FnaSm90Params& p, const WorkContext& ctx, SharedStorage& ss, Pipeline& pipe_k,
-                             Pipeline& pipe_v, PipelineState& st_k, PipelineState& st_v, int iter) {
+                             Pipeline& pipe_v, PipelineState& st_k, PipelineState& st_v, int iter,
+                             int64_t next_idx = 0) {
     const int64_t b = ctx.work.batch;
     int o[kRank], c[3];
     query_tile_origin(ctx, o);
@@ -46,6 +53,7 @@ struct MainloopProducer {
     // (they arrive after their last S GEMM completed, before that tile's last PV GEMM and its
     // epilogue), so this Q load and the first K / V loads overlap the previous tile's tail.
     if (iter > 0) ss.q_empty.wait(uint32_t((iter - 1) & 1));
+    if constexpr (kPublish) reinterpret_cast<volatile int64_t*>(ss.work)[(iter + 1) & 1] = next_idx;
     ss.q_full.arrive_and_expect_tx(Traits::kTileBytesQ);
     load_tile<Traits::kChunkElemsQ>(&p.tma_q, reinterpret_cast<uint64_t*>(&ss.q_full), ss.q.data(), int(ctx.work.head), c);
 

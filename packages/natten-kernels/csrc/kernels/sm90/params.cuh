@@ -47,6 +47,12 @@ struct FnaSm90Params {
   // 256 the 64-token tile itself), kcols_off[a] the second half's offset on axis a (0 elsewhere).
   ColumnWords kcols;
   int kcols_off[kRank];
+  // Schedule (fna_forward_kernel.cuh). work_counter null: static (RotatedWork). Else dynamic: a
+  // CTA's first work tile is blockIdx.x, each next one gridDim.x + atomicAdd(work_counter, 1) (the
+  // host zeroes the counter on the stream before the launch); reverse_axes (bits, dynamic only):
+  // axes whose query tiles run in descending order (causal axes: longest key walks first).
+  unsigned* work_counter;
+  int reverse_axes;
 };
 
 // TMA coordinates (dims 2..4) of the token box at origin o[] (slab coordinates of the tensor) of
