@@ -220,6 +220,9 @@ def main() -> None:
                     print(json.dumps(r), f"({time.time() - t0:.1f}s)", flush=True)
                     results.append(r)
                     torch.cuda.empty_cache()
+                    # after every measurement, so a run cut short keeps what it measured
+                    with open(os.path.join(a.out, "results.json"), "w") as f:
+                        json.dump({"meta": meta, "results": results}, f, indent=1)
     with open(os.path.join(a.out, "results.json"), "w") as f:
         json.dump({"meta": meta, "results": results}, f, indent=1)
     md = markdown(results, meta)

@@ -95,6 +95,9 @@ def _cutlass_include() -> Path | None:
     env = os.environ.get("CUTLASS_INCLUDE_DIR")
     if env:
         candidates.append(Path(env))
+    root_env = os.environ.get("CUTLASS_DIR")  # the CUTLASS source root the build uses (the nox session sets it)
+    if root_env:
+        candidates.append(Path(root_env) / "include")
     root = PKG
     for _ in range(4):  # monorepo .deps/cutlass (pip --target install of nvidia-cutlass)
         candidates.append(root / ".deps" / "cutlass" / "cutlass_library" / "source" / "include")
