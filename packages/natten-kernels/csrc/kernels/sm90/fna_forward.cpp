@@ -171,8 +171,9 @@ bool use_dynamic_schedule(const FnaForwardArgs& args, const Geometry& g) {
   if (mode >= 0) return mode == 1;
   bool causal = false;
   for (int a = 0; a < args.rank; ++a) causal = causal || (args.is_causal[a] && g.q_tiles[a] > 1);
+  if (!causal) return false;  // no device query on the common path
   const int sms = sm_count();
-  return causal && sms > 0 && g.num_work > int64_t(sms);
+  return sms > 0 && g.num_work > int64_t(sms);
 }
 }  // namespace
 #endif
