@@ -26,9 +26,7 @@ from typing import Callable, Dict, List, Tuple
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import run as suite  # noqa: E402  (benchmarks/run.py: the rows and cuDNN timing)
-
-import natten  # noqa: E402
+import run as suite  # noqa: E402  (benchmarks/run.py: the rows, their problems and cuDNN timing)
 
 
 def parse_variant(items: List[str]) -> Tuple[str, Dict[str, str]]:
@@ -93,17 +91,7 @@ def main() -> None:
     for rid in a.rows:
         row = rows[rid]
         for dt in a.dtypes:
-            dtype = suite.DTYPES[dt]
-            g = torch.Generator(device="cuda").manual_seed(0)
-            q = torch.randn(row.batch, *row.shape, row.heads, row.dim, device="cuda", dtype=dtype, generator=g)
-            k = torch.randn(row.batch, *row.shape, row.heads_kv, row.dim, device="cuda", dtype=dtype, generator=g)
-            v = torch.randn_like(k)
-            if row.dense:
-                op, kw = natten.attention, dict(is_causal=row.causal[0], backend=a.backend.replace("-fna", "-fmha"))
-            else:
-                op = suite.OPS[len(row.shape)]
-                kw = dict(kernel_size=row.window, stride=row.stride, dilation=row.dilation, is_causal=row.causal,
-                          backend=a.backend)
+            q, k, v, op, kw = suite.row_problem(row, a.backend, suite.DTYPES[dt])
             if a.backward:
                 for t in (q, k, v):
                     t.requires_grad_(True)

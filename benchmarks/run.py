@@ -107,12 +107,12 @@ def cudnn_time(q, k, v, backward: bool, reps_ms: int, causal: bool = False) -> f
     return bench(fwd_bwd, reps_ms)
 
 
-def run_row(row: Row, backend: str, dtype: torch.dtype, backward: bool, reps_ms: int,
-            kernel_schedule: Optional[str] = None, rounds: int = 1) -> Dict:
-    dev = "cuda"
-    g = torch.Generator(device=dev).manual_seed(0)
-    q = torch.randn(row.batch, *row.shape, row.heads, row.dim, device=dev, dtype=dtype, generator=g)
-    k = torch.randn(row.batch, *row.shape, row.heads_kv, row.dim, device=dev, dtype=dtype, generator=g)
+def row_problem(row: Row, backend: str, dtype: torch.dtype, kernel_schedule: Optional[str] = None,
+                device: str = "cuda"):
+    """The row's q, k, v (seed 0) and the natten call that runs it: (q, k, v, op, kwargs)."""
+    g = torch.Generator(device=device).manual_seed(0)
+    q = torch.randn(row.batch, *row.shape, row.heads, row.dim, device=device, dtype=dtype, generator=g)
+    k = torch.randn(row.batch, *row.shape, row.heads_kv, row.dim, device=device, dtype=dtype, generator=g)
     v = torch.randn_like(k)
     op = OPS[len(row.shape)]
     kw = dict(kernel_size=row.window, stride=row.stride, dilation=row.dilation,
@@ -122,6 +122,12 @@ def run_row(row: Row, backend: str, dtype: torch.dtype, backward: bool, reps_ms:
     if row.dense:  # natten.attention on the matching *-fmha backend
         op = natten.attention
         kw = dict(is_causal=row.causal[0], backend=backend.replace("-fna", "-fmha"))
+    return q, k, v, op, kw
+
+
+def run_row(row: Row, backend: str, dtype: torch.dtype, backward: bool, reps_ms: int,
+            kernel_schedule: Optional[str] = None, rounds: int = 1) -> Dict:
+    q, k, v, op, kw = row_problem(row, backend, dtype, kernel_schedule)
     result: Dict = {"id": row.id, "backend": backend + (f" ({kernel_schedule})" if kernel_schedule else ""),
                     "dtype": str(dtype).split(".")[-1],
                     "pass": "fwd+bwd" if backward else "fwd"}

@@ -7,7 +7,6 @@
 #include <cuda.h>
 #include <cuda_runtime.h>
 
-#include <atomic>
 #include <climits>
 #include <cmath>
 #include <cstdint>
@@ -142,38 +141,24 @@ int schedule_env() {
   return -1;
 }
 
-int sm_count() {
-  static std::atomic<int> sms[64];
-  int dev = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64) {
-    (void)cudaGetLastError();
-    return 0;
-  }
-  int n = sms[dev].load(std::memory_order_relaxed);
-  if (n <= 0) {
-    if (cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess || n <= 0) {
-      (void)cudaGetLastError();
-      return 0;
-    }
-    sms[dev].store(n, std::memory_order_relaxed);
-  }
-  return n;
-}
-
-// Dynamic schedule when a CTA runs several work tiles (the grid is one CTA per SM) and the key walks
-// differ systematically: some axis is causal with more than one query tile (later tiles walk more
-// keys: a model of the static round-robin's assignment puts its makespan ~18% above the balanced
-// one on dense causal attention). NATTEN_HOPPER_PERSISTENT=0 (one CTA per work tile) keeps it static.
+// Dynamic schedule when a CTA runs several work tiles (fewer CTAs than work tiles: persistent_grid)
+// and the key walks differ systematically: some axis is causal with more than one query tile (later
+// tiles walk more keys: a model of the static round-robin's assignment puts its makespan ~18% above
+// the balanced one on dense causal attention). NATTEN_HOPPER_PERSISTENT=0 (one CTA per work tile)
+// keeps it static, whatever NATTEN_HOPPER_SCHEDULE says.
 bool use_dynamic_schedule(const FnaForwardArgs& args, const Geometry& g) {
-  const char* pe = std::getenv("NATTEN_HOPPER_PERSISTENT");
-  if (pe != nullptr && pe[0] == '0' && pe[1] == '\0') return false;
+  if (!persistent_enabled()) return false;
   const int mode = schedule_env();
   if (mode >= 0) return mode == 1;
   bool causal = false;
   for (int a = 0; a < args.rank; ++a) causal = causal || (args.is_causal[a] && g.q_tiles[a] > 1);
   if (!causal) return false;  // no device query on the common path
-  const int sms = sm_count();
-  return sms > 0 && g.num_work > int64_t(sms);
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return false;
+  }
+  return persistent_grid(g.num_work, dev) < g.num_work;
 }
 }  // namespace
 #endif

@@ -11,6 +11,7 @@
 #include "sm90/fna_forward_kernel.cuh"
 #include "sm90/fna_forward_launch.hpp"
 #include "sm90/kernel_traits.cuh"
+#include "sm90/tma_host.hpp"
 
 namespace natten {
 namespace sm90 {
@@ -26,32 +27,7 @@ struct DtypeElement<2> {
   using type = cutlass::bfloat16_t;
 };
 
-// Grid size: one CTA per SM, each walking its work tiles (RotatedWork, tile_scheduler.cuh)
-// (persistent), or one CTA per work tile when NATTEN_HOPPER_PERSISTENT=0 (read once) or the
-// SM count is unknown. The same kernel runs either way. NATTEN_HOPPER_PERSISTENT=N > 0 caps the
-// grid at N CTAs instead (tests: many work tiles per CTA on small problems).
-inline int64_t persistent_grid(int64_t num_work, int dev) {
-  static const long mode = [] {  // -1: one CTA per SM, 0: off, N > 0: at most N CTAs
-    const char* e = std::getenv("NATTEN_HOPPER_PERSISTENT");
-    if (e == nullptr || *e == '\0') return -1L;
-    char* end = nullptr;
-    const long v = std::strtol(e, &end, 10);
-    return (end != nullptr && *end == '\0' && v >= 0) ? v : -1L;
-  }();
-  if (mode == 0) return num_work;
-  if (mode > 0) return num_work < mode ? num_work : int64_t(mode);
-  static std::atomic<int> sms[64];
-  if (dev < 0 || dev >= 64) return num_work;
-  int n = sms[dev].load(std::memory_order_relaxed);
-  if (n <= 0) {
-    if (cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess || n <= 0) {
-      (void)cudaGetLastError();
-      return num_work;
-    }
-    sms[dev].store(n, std::memory_order_relaxed);
-  }
-  return num_work < n ? num_work : n;
-}
+// persistent_grid (grid size of the persistent kernels): tma_host.hpp.
 
 // Launches a persistent SM90 kernel (forward, backward dQ or dK / dV) over num_work work tiles with
 // kSmem bytes of dynamic shared memory. The shared memory limit is set once per (kernel, device)

@@ -2,6 +2,8 @@
 // build (the descriptors need the driver at run time, found through the runtime).
 #include "sm90/tma_host.hpp"
 
+#include <atomic>
+#include <cstdlib>
 #include <cstring>
 
 namespace natten {
@@ -165,6 +167,39 @@ cudaError_t build_geometry(const FnaForwardArgs& args, const int* q_tile, int q_
   g.heads = args.heads;
   sm80::geometry_finalize(g);
   return cudaSuccess;
+}
+
+namespace {
+// NATTEN_HOPPER_PERSISTENT, read once per process: -1 one CTA per SM, 0 off, N > 0 at most N CTAs.
+long persistent_mode() {
+  static const long mode = [] {
+    const char* e = std::getenv("NATTEN_HOPPER_PERSISTENT");
+    if (e == nullptr || *e == '\0') return -1L;
+    char* end = nullptr;
+    const long v = std::strtol(e, &end, 10);
+    return (end != nullptr && *end == '\0' && v >= 0) ? v : -1L;
+  }();
+  return mode;
+}
+}  // namespace
+
+bool persistent_enabled() { return persistent_mode() != 0; }
+
+int64_t persistent_grid(int64_t num_work, int dev) {
+  const long mode = persistent_mode();
+  if (mode == 0) return num_work;
+  if (mode > 0) return num_work < mode ? num_work : int64_t(mode);
+  static std::atomic<int> sms[64];
+  if (dev < 0 || dev >= 64) return num_work;
+  int n = sms[dev].load(std::memory_order_relaxed);
+  if (n <= 0) {
+    if (cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess || n <= 0) {
+      (void)cudaGetLastError();
+      return num_work;
+    }
+    sms[dev].store(n, std::memory_order_relaxed);
+  }
+  return num_work < n ? num_work : n;
 }
 
 }  // namespace sm90

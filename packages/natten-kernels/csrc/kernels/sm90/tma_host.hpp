@@ -1,4 +1,4 @@
-// Host helpers shared by the SM90 launchers (forward, backward dQ): TMA descriptor encoding
+// Host helpers shared by the SM90 launchers (forward, backward dQ and dK / dV): TMA descriptor encoding
 // (cuTensorMapEncodeTiled through the runtime's driver entry point: the library never links
 // libcuda), tile parsing, TMA alignment rules and the dilation-1 geometry of a problem.
 #pragma once
@@ -45,6 +45,15 @@ cudaError_t encode_backward_inputs(const FnaBackwardArgs& args, int dtype, int k
 // for a bad tile or window.
 cudaError_t build_geometry(const FnaForwardArgs& args, const int* q_tile, int q_log2_total, const int* kv_tile,
                            int kv_log2_total, Geometry* out);
+
+// Grid size of the persistent SM90 kernels (forward, backward dQ and dK / dV): one CTA per SM,
+// each walking its work tiles, or one CTA per work tile when NATTEN_HOPPER_PERSISTENT=0 (read once
+// per process) or the SM count of device `dev` is unknown; NATTEN_HOPPER_PERSISTENT=N > 0 caps the
+// grid at N CTAs instead (tests: many work tiles per CTA on small problems). Never more than
+// num_work. The SM count is cached per device.
+int64_t persistent_grid(int64_t num_work, int dev);
+// False when NATTEN_HOPPER_PERSISTENT=0 (one CTA per work tile).
+bool persistent_enabled();
 
 }  // namespace sm90
 }  // namespace natten
