@@ -42,6 +42,8 @@ def _bwd_cpu(query, key, value, out, lse, d_out, d_lse, kernel_size, stride, dil
     _SEEN["bwd"] = (list(global_shape), list(q_origin), list(kv_origin))
     _SEEN["kv_splits"] = list(kv_splits)
     _SEEN["bwd_backend"] = int(backend)
+    _SEEN["d_lse"] = d_lse
+    _SEEN["d_out"] = d_out
     with torch.enable_grad():  # backward runs with grad mode off
         xs = [t.detach().double().requires_grad_(True) for t in (query, key, value)]
         o, l = _oracle(*xs, kernel_size, stride, dilation, is_causal, scale, global_shape, q_origin, kv_origin)
@@ -283,3 +285,40 @@ def test_prepared_training_path(cpu_stand_ins, monkeypatch, backend):
     with pytest.raises(ValueError, match="backward_kv_tile_shape"):
         bad(*xs)
     del functional
+
+
+@pytest.mark.parametrize("prepared", [False, True])
+def test_unused_output_gradients_are_not_materialized(cpu_stand_ins, monkeypatch, prepared):
+    """Eager training calls do not zero-fill the gradient of an output the loss does not use: with
+    only ``out`` in the loss the backward operator gets ``d_lse=None`` (no zeros tensor, no fill
+    kernel, nothing for the kernel to read); with only ``lse`` it gets a zero ``d_out``. Gradients
+    equal autograd through the float64 oracle either way, on the plain autograd.Function and the
+    prepared path."""
+    monkeypatch.setattr(cutlass, "_backward_reason", lambda: None)
+    monkeypatch.setattr(cutlass._libnatten, "PreparedFnaForward", _CpuPreparedForward)
+    spec = WindowSpec((7, 6), (3, 2), (1, 1), (1, 1), (True, False))
+    g = torch.Generator().manual_seed(11)
+    q0, k0, v0 = (torch.randn(1, 7, 6, 2, 8, generator=g) for _ in range(3))
+    w = torch.randn(1, 7, 6, 2, 8, generator=g)
+    wl = torch.randn(1, 7, 6, 2, generator=g)
+    for use_out, use_lse in ((True, False), (False, True)):
+        xs = [t.clone().requires_grad_(True) for t in (q0, k0, v0)]
+        if prepared:
+            run = cutlass.prepare_fna(*xs, spec, 0.5)
+            assert isinstance(run, cutlass._PreparedTraining)
+            out, lse = run(*xs)
+        else:
+            out, lse = cutlass._FnaFunction.apply(*xs, [3, 2], [1, 1], [1, 1], [True, False], 0.5, [], [], [], [],
+                                                  False, [], [], [], [])
+        _SEEN.clear()
+        loss = (out * w).sum() if use_out else (lse * wl).sum()
+        loss.backward()
+        assert (_SEEN["d_lse"] is None) == use_out
+        if not use_out:
+            assert _SEEN["d_out"].shape == out.shape and not _SEEN["d_out"].any()
+        ref_xs = [t.clone().requires_grad_(True) for t in (q0, k0, v0)]
+        o, l = na_oracle(*ref_xs, (3, 2), (1, 1), (1, 1), (True, False), scale=0.5)
+        ((o * w).sum() if use_out else (l * wl).sum()).backward()
+        for x, r in zip(xs, ref_xs):  # lse does not depend on v: the oracle's grad is None, ours zeros
+            want = r.grad if r.grad is not None else torch.zeros_like(r)
+            torch.testing.assert_close(x.grad, want, atol=1e-5, rtol=1e-5)

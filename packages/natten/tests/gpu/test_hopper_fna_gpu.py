@@ -427,9 +427,8 @@ def test_hopper_fmha_dispatch_and_reasons():
     ref, _ = dense_attention(short.double(), q.double(), q.double())
     assert_close(out, ref, atol=1e-2, rtol=0, what="N_q < N_kv")
     g = q.detach().clone().requires_grad_(True)
-    assert "no backward" in hopper.can_run_fmha(g, g, g)
-    with pytest.raises(natten.backends.BackendNotSupportedError, match="hopper-fmha has no backward"):
-        natten.attention(g, g, g, backend="hopper-fmha")
+    assert hopper.can_run_fmha(g, g, g) is None  # trains (the SM90 backward kernels)
+    assert natten.backends.choose_fmha_backend(None, g, g, g, True, False, False)[0] == "hopper-fmha"
     d96 = torch.randn(1, 64, 2, 96, device="cuda", dtype=torch.float16)
     assert hopper.can_run_fmha(d96, d96, d96) is None  # the 128 kernel, zero-filled
     assert_close(natten.attention(d96, d96, d96, backend="hopper-fmha"),
@@ -438,9 +437,68 @@ def test_hopper_fmha_dispatch_and_reasons():
     assert "head_dim" in hopper.can_run_fmha(d100, d100, d100)
 
 
+def test_hopper_fmha_training_sweep():
+    """hopper-fmha trains: fresh random dense / causal problems (N_q = m * N_kv and query slabs, GQA,
+    D != Dv, head dims up to 256, batch > 1), outputs and gradients poisoned (NaN) before each
+    launch; out, lse and dQ / dK / dV (through a loss on out, and on lse for a third of the cases)
+    against float64 autograd of dense attention."""
+    rng = random.Random(SEED + 11)
+    failures, checked = SweepFailures(), 0
+    ops.set_poison_outputs(True)
+    try:
+        for case in range(max(10, NUM_FMHA // 3)):
+            nk = rng.choice([rng.randint(2, 300), rng.randint(300, 2000)])
+            nq = nk * rng.choice([1, 1, 2]) if rng.random() < 0.7 else rng.randint(1, 2 * nk)
+            causal = rng.random() < 0.5
+            hkv = rng.choice([1, 2])
+            h = hkv * rng.choice([1, 2, 3])
+            d = _head_dim(rng)
+            dv = d if rng.random() < 0.7 else _head_dim(rng)
+            dtype = rng.choice([torch.float16, torch.bfloat16])
+            b = rng.randint(1, 2)
+            with_lse = rng.random() < 0.33
+            g = torch.Generator(device="cuda").manual_seed(rng.randrange(1 << 30))
+            q = torch.randn(b, nq, h, d, device="cuda", dtype=dtype, generator=g)
+            k = torch.randn(b, nk, hkv, d, device="cuda", dtype=dtype, generator=g)
+            v = torch.randn(b, nk, hkv, dv, device="cuda", dtype=dtype, generator=g)
+            dout = torch.randn(b, nq, h, dv, device="cuda", dtype=dtype, generator=g)
+            dlse = torch.randn(b, nq, h, device="cuda", dtype=torch.float32, generator=g)
+            desc = (f"case {case} seed {SEED}: nq={nq} nk={nk} causal={causal} B={b} H={h} Hkv={hkv} D={d} Dv={dv} "
+                    f"{dtype} lse-loss={with_lse}")
+            with failures.case():
+                leaves = [t.clone().requires_grad_(True) for t in (q, k, v)]
+                assert hopper.can_run_fmha(*leaves, causal) is None, desc
+                out, lse = natten.attention(*leaves, is_causal=causal, backend="hopper-fmha", return_lse=True)
+                x64 = [t.double().requires_grad_(True) for t in (q, k, v)]
+                mask = None
+                if causal:
+                    mask = torch.arange(nk, device="cuda")[None, :] <= torch.arange(nq, device="cuda")[:, None]
+                ref, ref_lse = dense_attention(*x64, mask=mask)
+                assert_close(out, ref, atol=GPU_TOL[dtype], rtol=0, what=f"{desc} out")
+                assert_close(lse, ref_lse, atol=GPU_TOL[dtype], rtol=0, what=f"{desc} lse")
+                outs, grads = [out], [dout]
+                ref_outs, ref_grads = [ref], [dout.double()]
+                if with_lse:
+                    outs.append(lse)
+                    grads.append(dlse)
+                    ref_outs.append(ref_lse)
+                    ref_grads.append(dlse.double())
+                got = torch.autograd.grad(outs, leaves, grads)
+                want = torch.autograd.grad(ref_outs, x64, ref_grads)
+                for name, a, w in zip(("dq", "dk", "dv"), got, want):
+                    assert_close(a, w, atol=1e-2 * max(1.0, float(w.abs().max())), rtol=0, what=f"{desc} {name}")
+                checked += 1
+            if failures.full:
+                break
+    finally:
+        ops.set_poison_outputs(False)
+    print(f"hopper-fmha training sweep seed {SEED}: {checked} problems checked")
+    failures.check()
+
+
 def test_hopper_fmha_varlen_runs():
-    """Variable-length packs on hopper-fmha (inference): natten.attention runs each run of
-    consecutive equal-length sequences as one batched call; mixed lengths, D != Dv, causal."""
+    """Variable-length packs on hopper-fmha: natten.attention runs each run of consecutive
+    equal-length sequences as one batched call; mixed lengths, D != Dv, causal; gradients."""
     from oracle import attention_oracle
 
     g = torch.Generator(device="cuda").manual_seed(4)
@@ -458,6 +516,17 @@ def test_hopper_fmha_varlen_runs():
                                             seqlens_Q=lens_q, seqlens_KV=lens_kv)
             assert_close(out, ref, atol=GPU_TOL[dtype], rtol=0, what=f"varlen {dtype} causal={causal} out")
             assert_close(lse, ref_lse, atol=GPU_TOL[dtype], rtol=0, what=f"varlen {dtype} causal={causal} lse")
+        # training: one differentiable call per run, gradients summed by autograd over the runs
+        leaves = [t.clone().requires_grad_(True) for t in (q, k, v)]
+        out = natten.attention(*leaves, is_causal=True, backend="hopper-fmha",
+                               seqlens_Q=torch.tensor(lens_q), seqlens_KV=torch.tensor(lens_kv))
+        x64 = [t.double().requires_grad_(True) for t in (q, k, v)]
+        ref, _ = attention_oracle(*x64, is_causal=True, seqlens_Q=lens_q, seqlens_KV=lens_kv)
+        dout = torch.randn(out.shape, device="cuda", dtype=dtype, generator=g)
+        got = torch.autograd.grad(out, leaves, dout)
+        want = torch.autograd.grad(ref, x64, dout.double())
+        for name, a, w in zip(("dq", "dk", "dv"), got, want):
+            assert_close(a, w, atol=1e-2 * max(1.0, float(w.abs().max())), rtol=0, what=f"varlen {dtype} {name}")
 
 
 def test_tensors_over_2_31_elements():

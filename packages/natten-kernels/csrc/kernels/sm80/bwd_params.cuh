@@ -48,6 +48,7 @@ struct FnaBwdParams {
   int aligned;           // every row of every dtype tensor starts on a 16-byte boundary
   int skip_dq;           // 1: the dQ kernel is not launched (the SM90 dQ kernel runs it, sm90/bwd_dq.hpp)
   int skip_dkdv;         // 1: the dK / dV kernel is not launched (the SM90 dK / dV kernel runs it)
+  int vec_rows;          // 1: out and d_out rows start on 16-byte boundaries (the preprocess's vector loads)
 };
 
 // Strides of the delta workspace: compact [B, H, X, Y, Z] floats over the query slab's token grid

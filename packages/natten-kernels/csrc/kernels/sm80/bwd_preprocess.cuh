@@ -15,6 +15,34 @@ namespace sm80 {
 
 constexpr float kLog2e = 1.4426950408889634074f;
 
+// Offsets of preprocess row `row` (rows ordered batch, query-slab token, head: consecutive rows are
+// consecutive heads, so a contiguous [B, *grid, H, D] out / d_out is read front to back).
+struct PreprocessRow {
+  int64_t o, d_o, d_lse, delta;
+};
+
+__device__ __forceinline__ PreprocessRow preprocess_row(const FnaBwdParams& p, int64_t row) {
+  int64_t r = row;
+  const int64_t h = r % p.geo.heads;
+  r /= p.geo.heads;
+  int c[kRank];
+  for (int a = kRank - 1; a >= 0; --a) {
+    c[a] = int(r % p.geo.q_extent[a]);  // token grid of the query slab (= extent on the whole grid)
+    r /= p.geo.q_extent[a];
+  }
+  const int64_t b = r;
+  PreprocessRow o{b * p.o_batch + h * p.o_head, b * p.do_batch + h * p.do_head, b * p.dlse_batch + h * p.dlse_head,
+                  b * p.delta_batch + h * p.delta_head};
+  for (int a = 0; a < kRank; ++a) {
+    o.o += int64_t(c[a]) * p.o_spatial[a];
+    o.d_o += int64_t(c[a]) * p.do_spatial[a];
+    o.d_lse += int64_t(c[a]) * p.dlse_spatial[a];
+    o.delta += int64_t(c[a]) * p.delta_spatial[a];
+  }
+  return o;
+}
+
+// Any element type and layout: one warp per row, one element per lane and step.
 template <class Element>
 __global__ void __launch_bounds__(256) fna_bwd_preprocess_kernel(const __grid_constant__ FnaBwdParams p) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
@@ -23,41 +51,70 @@ __global__ void __launch_bounds__(256) fna_bwd_preprocess_kernel(const __grid_co
   Element const* o = static_cast<Element const*>(p.o);
   Element const* d_o = static_cast<Element const*>(p.d_o);
   for (int64_t row = int64_t(blockIdx.x) * warps + threadIdx.x / 32; row < p.num_rows; row += int64_t(gridDim.x) * warps) {
-    int64_t r = row;
-    const int64_t h = r % p.geo.heads;
-    r /= p.geo.heads;
-    int c[kRank];
-    for (int a = kRank - 1; a >= 0; --a) {
-      c[a] = int(r % p.geo.q_extent[a]);  // token grid of the query slab (= extent on the whole grid)
-      r /= p.geo.q_extent[a];
-    }
-    const int64_t b = r;
-    int64_t off_o = b * p.o_batch + h * p.o_head;
-    int64_t off_do = b * p.do_batch + h * p.do_head;
-    int64_t off_dl = b * p.dlse_batch + h * p.dlse_head;
-    int64_t off_delta = b * p.delta_batch + h * p.delta_head;
-    for (int a = 0; a < kRank; ++a) {
-      off_o += int64_t(c[a]) * p.o_spatial[a];
-      off_do += int64_t(c[a]) * p.do_spatial[a];
-      off_dl += int64_t(c[a]) * p.dlse_spatial[a];
-      off_delta += int64_t(c[a]) * p.delta_spatial[a];
-    }
+    const PreprocessRow off = preprocess_row(p, row);
     float acc = 0.f;
-    for (int d = lane; d < p.head_dim_v; d += 32) acc += float(o[off_o + d]) * float(d_o[off_do + d]);
+    for (int d = lane; d < p.head_dim_v; d += 32) acc += float(o[off.o + d]) * float(d_o[off.d_o + d]);
     #pragma unroll
     for (int s = 16; s >= 1; s >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, s);
-    if (lane == 0) p.delta[off_delta] = acc - (p.d_lse != nullptr ? p.d_lse[off_dl] : 0.f);
+    if (lane == 0) p.delta[off.delta] = acc - (p.d_lse != nullptr ? p.d_lse[off.d_lse] : 0.f);
   }
 #endif
 }
 
-// Launches the preprocess (8 rows per 256-thread block, grid-striding past 2^20 blocks).
+// 2-byte elements with every out / d_out row on a 16-byte boundary (FnaBwdParams::vec_rows): a
+// group of 8 lanes per row, 8 elements (16 bytes) per lane and step, 4 rows per warp. The scalar
+// kernel above ran the 1-D suite rows' 32768 x 128 preprocess in ~16 us (2-byte loads, one row per
+// warp); this one issues an eighth of the load instructions.
+template <class Element>
+__global__ void __launch_bounds__(256) fna_bwd_preprocess_vec_kernel(const __grid_constant__ FnaBwdParams p) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  static_assert(sizeof(Element) == 2, "16-byte loads of 8 elements");
+  const int lane = threadIdx.x & 31;
+  const int sub = lane & 7;  // lane within the row's group
+  Element const* o = static_cast<Element const*>(p.o);
+  Element const* d_o = static_cast<Element const*>(p.d_o);
+  const int64_t warp = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
+  const int64_t warps = int64_t(gridDim.x) * blockDim.x / 32;
+  // Warp-uniform loop (every lane reaches the shuffles); groups past the last row load nothing.
+  for (int64_t row0 = warp * 4; row0 < p.num_rows; row0 += warps * 4) {
+    const int64_t row = row0 + lane / 8;
+    const bool valid = row < p.num_rows;
+    float acc = 0.f;
+    PreprocessRow off{0, 0, 0, 0};
+    if (valid) {
+      off = preprocess_row(p, row);
+      for (int d = sub * 8; d < p.head_dim_v; d += 64) {
+        const uint4 a = *reinterpret_cast<const uint4*>(o + off.o + d);
+        const uint4 b = *reinterpret_cast<const uint4*>(d_o + off.d_o + d);
+        const Element* ea = reinterpret_cast<const Element*>(&a);
+        const Element* eb = reinterpret_cast<const Element*>(&b);
+        #pragma unroll
+        for (int i = 0; i < 8; ++i) acc += float(ea[i]) * float(eb[i]);
+      }
+    }
+    #pragma unroll
+    for (int s = 4; s >= 1; s >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, s);
+    if (valid && sub == 0) p.delta[off.delta] = acc - (p.d_lse != nullptr ? p.d_lse[off.d_lse] : 0.f);
+  }
+#endif
+}
+
+// Launches the preprocess: the vector kernel where it applies (32 rows per 256-thread block), else
+// the scalar one (8 rows per block); grid-striding past 2^20 blocks.
 template <class Element>
 cudaError_t launch_bwd_preprocess(const FnaBwdParams& params, cudaStream_t stream) {
   if (params.num_rows <= 0) return cudaSuccess;
+  constexpr int64_t kMaxBlocks = 65536 * 16;
+  if constexpr (sizeof(Element) == 2) {
+    if (params.vec_rows) {
+      const int64_t blocks = (params.num_rows + 31) / 32;
+      fna_bwd_preprocess_vec_kernel<Element>
+          <<<unsigned(blocks < kMaxBlocks ? blocks : kMaxBlocks), 256, 0, stream>>>(params);
+      return cudaGetLastError();
+    }
+  }
   const int64_t blocks = (params.num_rows + 7) / 8;
-  const unsigned grid = unsigned(blocks < 65536 * 16 ? blocks : 65536 * 16);
-  fna_bwd_preprocess_kernel<Element><<<grid, 256, 0, stream>>>(params);
+  fna_bwd_preprocess_kernel<Element><<<unsigned(blocks < kMaxBlocks ? blocks : kMaxBlocks), 256, 0, stream>>>(params);
   return cudaGetLastError();
 }
 

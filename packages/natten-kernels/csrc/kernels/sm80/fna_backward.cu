@@ -149,6 +149,10 @@ cudaError_t fna_backward(const FnaBackwardArgs& args, int dtype, cudaStream_t st
               bwd_stride_ok(p.v_spatial[a]) && bwd_stride_ok(p.do_spatial[a]) && bwd_stride_ok(p.dq_spatial[a]) &&
               bwd_stride_ok(p.dk_spatial[a]) && bwd_stride_ok(p.dv_spatial[a]);
   p.aligned = aligned ? 1 : 0;
+  bool vec_rows = bwd_aligned16(p.o) && bwd_aligned16(p.d_o) && bwd_stride_ok(p.o_batch) && bwd_stride_ok(p.o_head) &&
+                  bwd_stride_ok(p.do_batch) && bwd_stride_ok(p.do_head);
+  for (int a = 0; a < kRank; ++a) vec_rows = vec_rows && bwd_stride_ok(p.o_spatial[a]) && bwd_stride_ok(p.do_spatial[a]);
+  p.vec_rows = vec_rows ? 1 : 0;  // head_dim_v is a multiple of 8 (checked by fna_forward_supports)
 
   if (dtype == 3) return simt::fna_backward_f32(p, stream);  // CUDA cores, same tiles and workspace
   // dQ and dK / dV on the SM90 kernels (Hopper) where each can run: this launcher still runs the

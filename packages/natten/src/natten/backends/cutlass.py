@@ -136,6 +136,8 @@ class _FnaFunction(torch.autograd.Function):
         else:
             out, lse = ops.fna_forward_eager(query, key, value, *args)
         ctx.save_for_backward(query, key, value, out, lse)
+        if not torch.compiler.is_compiling():  # eager: an unused output's gradient stays None (no zeros)
+            ctx.set_materialize_grads(False)
         ctx.window = (kernel_size, stride, dilation, is_causal, scale, bwd_q_tile, bwd_kv_tile, deterministic)
         ctx.region = region
         ctx.kv_splits = kv_splits  # [] = one CTA per key tile
@@ -147,6 +149,7 @@ class _FnaFunction(torch.autograd.Function):
         from .. import ops
 
         query, key, value, out, lse = ctx.saved_tensors
+        d_out = _grad_out(d_out, out)
         kernel_size, stride, dilation, is_causal, scale, q_tile, kv_tile, deterministic = ctx.window
         # Eager: the implementation itself (the dispatcher round trip costs ~25-50 us per call);
         # compiled graphs trace the registered operator.
@@ -156,6 +159,15 @@ class _FnaFunction(torch.autograd.Function):
             q_tile, kv_tile, deterministic, *ctx.region, ctx.kv_splits, ctx.bwd_backend,
         )
         return (d_q, d_k, d_v) + (None,) * 16
+
+
+def _grad_out(d_out: Optional[Tensor], out: Tensor) -> Tensor:
+    """The backward's ``d_out`` when autograd does not materialize unused outputs' gradients
+    (``ctx.set_materialize_grads(False)``): zeros where only the logsumexp was used (the kernels
+    take ``d_lse`` as None when only the output was: no zero-filled tensor, no read of it)."""
+    if d_out is None:
+        return torch.zeros_like(out)
+    return d_out
 
 
 def _bwd_backend(fwd_backend: int) -> int:
@@ -230,6 +242,7 @@ class _PreparedFnaFunction(torch.autograd.Function):
     def forward(ctx, query, key, value, plan):  # type: ignore[override]
         out, lse = plan.forward(query, key, value)
         ctx.save_for_backward(query, key, value, out, lse)
+        ctx.set_materialize_grads(False)  # eager only: d_lse stays None when lse is unused
         ctx.plan = plan
         ctx.deterministic = _deterministic()
         return out, lse
@@ -237,6 +250,7 @@ class _PreparedFnaFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, d_out, d_lse):  # type: ignore[override]
         query, key, value, out, lse = ctx.saved_tensors
+        d_out = _grad_out(d_out, out)
         d_q, d_k, d_v = ctx.plan.backward(query, key, value, out, lse, d_out, d_lse, ctx.deterministic)
         return d_q, d_k, d_v, None
 

@@ -1,7 +1,7 @@
 """``hopper-fna``: the sm_90a fused neighborhood-attention forward of natten-kernels (TMA + wgmma,
 warp-specialized, 128-token query tiles; 128-token key tiles, 64 at head dim 256), trained through
 the SM90 backward kernels (below). ``hopper-fmha``: dense attention on the same forward kernel, as a
-1-D window that covers every key (inference only).
+1-D window that covers every key (training as ``hopper-fna``).
 
 Training: the forward runs on the sm_90a kernel, through ``cutlass-fna``'s autograd function; the
 backward asks natten-kernels to choose (``NATTEN_BACKEND_AUTO``): with natten-kernels >= 1.3.1 on
@@ -124,16 +124,16 @@ def can_run_fmha(
     """None if ``hopper-fmha`` can run this dense-attention problem here, else the reason.
 
     Dense attention runs on the ``hopper-fna`` kernel as 1-D windows covering every key (see
-    :func:`fmha`); it has the kernel's limits (forward only, fp16/bf16, head dims multiples of 8
-    up to 256)."""
+    :func:`fmha`); it has the kernel's limits (fp16/bf16, head dims multiples of 8 up to 256) and
+    trains as ``hopper-fna`` does (the backward natten-kernels chooses; query slabs, i.e. a number
+    of queries that is not a multiple of the keys, need a backward that takes slabs)."""
     if query.device.type != "cuda":
         return f"it needs CUDA tensors, got tensors on {query.device}"
     if query.dim() != 4:
         return f"it takes [batch, seqlen, heads, head_dim] tensors, got {query.dim()} dims"
     # Variable-length packs: natten.attention calls fmha once per run of consecutive sequences with
     # equal (query, key) lengths, each run a batch viewed in place (SUPPORTS_VARLEN is False).
-    if _needs_grad(query, key, value):
-        return "hopper-fmha has no backward yet; cutlass-fmha and flex-fmha train"
+    # Inputs that require grad train as hopper-fna does (can_run_fna checks its backward per part).
     return _fmha_parts_reason(can_run_fna, query, key, value, is_causal, torch_compile)
 
 
@@ -312,7 +312,9 @@ def fmha(
     **options,
 ) -> Tuple[Tensor, Tensor]:
     """Dense (optionally causal, top-left aligned) attention on ``[B, N, H, D]`` tensors on the
-    ``hopper-fna`` kernel; returns ``(out, lse)``. Forward only.
+    ``hopper-fna`` kernel; returns ``(out, lse)``. Differentiable when the inputs require grad
+    (:func:`fna`'s training path: the SM90 backward kernels where they run; the ``backward_*``
+    options as there).
 
     A window of ``N_kv`` tokens on a grid of ``N_kv`` keys covers every key, so every key tile is
     "full" (no mask) except the last partial one; causal is the causal window of that size, whose
@@ -329,7 +331,8 @@ def fmha(
         if _needs_grad(query, key, value):
             raise NotImplementedError(f"hopper-fmha cannot run this problem: {reason}")
         raise ValueError(f"hopper-fmha cannot run this problem: {reason}")
-    fwd = {k: options[k] for k in ("kernel_schedule",) if options.get(k) is not None}
+    passed = ("kernel_schedule", "backward_q_tile_shape", "backward_kv_tile_shape", "backward_kv_splits")
+    fwd = {k: options[k] for k in passed if options.get(k) is not None}
     return _fmha_on_fna(fna, query, key, value, is_causal, scale, q_tile_shape, kv_tile_shape, **fwd)
 
 
