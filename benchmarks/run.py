@@ -126,11 +126,15 @@ def row_problem(row: Row, backend: str, dtype: torch.dtype, kernel_schedule: Opt
 
 
 def run_row(row: Row, backend: str, dtype: torch.dtype, backward: bool, reps_ms: int,
-            kernel_schedule: Optional[str] = None, rounds: int = 1) -> Dict:
+            kernel_schedule: Optional[str] = None, rounds: int = 1, caller_thread: bool = False) -> Dict:
+    """Times one row. ``caller_thread``: run both sides' backward with autograd's multithreading
+    off (``torch.autograd.set_multithreading_enabled(False)``: the engine runs CUDA nodes on the
+    calling thread instead of handing each ``.backward()`` to its device thread); a supplementary
+    measurement, labelled in the results, never the headline one."""
     q, k, v, op, kw = row_problem(row, backend, dtype, kernel_schedule)
     result: Dict = {"id": row.id, "backend": backend + (f" ({kernel_schedule})" if kernel_schedule else ""),
                     "dtype": str(dtype).split(".")[-1],
-                    "pass": "fwd+bwd" if backward else "fwd"}
+                    "pass": ("fwd+bwd" + (" (caller thread)" if caller_thread else "")) if backward else "fwd"}
     if backward:
         for t in (q, k, v):
             t.requires_grad_(True)
@@ -149,10 +153,12 @@ def run_row(row: Row, backend: str, dtype: torch.dtype, backward: bool, reps_ms:
     # timed right after the other's heavy run (the card's clocks follow its power draw); each side's
     # time is the median over rounds.
     times: Dict[str, List[float]] = {"ours": [], "dense": []}
+    engine = torch.autograd.set_multithreading_enabled(not (backward and caller_thread))
     try:
-        for r in range(max(1, rounds)):
-            for side in (("ours", "dense") if r % 2 == 0 else ("dense", "ours")):
-                times[side].append(ours() if side == "ours" else dense())
+        with engine:
+            for r in range(max(1, rounds)):
+                for side in (("ours", "dense") if r % 2 == 0 else ("dense", "ours")):
+                    times[side].append(ours() if side == "ours" else dense())
     except (NotImplementedError, ValueError, RuntimeError) as e:
         result["error"] = f"{type(e).__name__}: {str(e)[:300]}"
         return result
@@ -193,6 +199,9 @@ def main() -> None:
     p.add_argument("--dtypes", nargs="+", default=["fp16", "bf16"], choices=sorted(DTYPES))
     p.add_argument("--rows", nargs="+", default=[r.id for r in ROWS])
     p.add_argument("--backward", action="store_true", help="also time forward+backward")
+    p.add_argument("--caller-thread", action="store_true",
+                   help="with --backward, also time forward+backward with autograd's multithreading off (the "
+                        "backward on the calling thread, no hand-off to the engine's device thread; both sides)")
     p.add_argument("--kernel-schedules", nargs="+", default=[None],
                    help="kernel_schedule values to time (hopper-fna: cooperative, pingpong)")
     p.add_argument("--rep-ms", type=int, default=200)
@@ -219,9 +228,11 @@ def main() -> None:
                                    for s in (a.kernel_schedules if b == "hopper-fna" else [None])]:
                 # hopper-fna (and hopper-fmha, the dense rows) train with the Hopper forward and the
                 # backward natten-kernels chooses (the SM90 dQ and dK / dV kernels where they run).
-                for backward in ([False, True] if a.backward else [False]):
+                passes = [(False, False)] + ([(True, False)] if a.backward else []) + \
+                    ([(True, True)] if a.backward and a.caller_thread else [])
+                for backward, caller in passes:
                     t0 = time.time()
-                    r = run_row(row, backend, DTYPES[dt], backward, a.rep_ms, sched, a.rounds)
+                    r = run_row(row, backend, DTYPES[dt], backward, a.rep_ms, sched, a.rounds, caller)
                     print(json.dumps(r), f"({time.time() - t0:.1f}s)", flush=True)
                     results.append(r)
                     torch.cuda.empty_cache()
