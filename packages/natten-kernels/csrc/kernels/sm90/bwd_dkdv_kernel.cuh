@@ -1,6 +1,6 @@
 // The SM90 backward dK / dV kernel: warp-specialized (1 producer warpgroup issuing TMA, 2 consumer
 // warpgroups running wgmma), persistent over the key-parallel work tiles (blockIdx.x, blockIdx.x +
-// gridDim.x, ...), and its epilogue: dK = scale * acc and dV stored from registers (4-byte pairs,
+// gridDim.x, ...), and its epilogue: dK = scale * acc and dV stored from registers (16-byte vectors, store_row_vec16;
 // the first D / Dv columns, keys inside the key slab only). GQA: a work tile visits the query tiles
 // of every query head of its kv head, so dK / dV are reduced over the group in registers. No
 // atomics: each dK / dV row is written once (deterministic).
@@ -24,9 +24,9 @@ __device__ __forceinline__ void dkdv_store(const KvWorkContext& ctx, int ct, con
   CUTE_UNROLL
   for (int r = 0; r < 2; ++r) {
     int x[kRank];
-    if (!tile_row_coords(frag_row(ct, r), geo_kv_log2, ctx.kt.k0, ctx.kt.n_kv, x)) continue;
-    store_row_pairs<Element, Traits::kHeadDim>(acc, r, ct, out + token_offset(ctx.w.batch * sb + ctx.w.kv_head * sh, x, sp),
-                                               dim, scale);
+    const bool valid = tile_row_coords(frag_row(ct, r), geo_kv_log2, ctx.kt.k0, ctx.kt.n_kv, x);
+    store_row_vec16<Element, Traits::kHeadDim>(
+        acc, r, ct, out + token_offset(ctx.w.batch * sb + ctx.w.kv_head * sh, x, sp), dim, scale, valid);
   }
 }
 

@@ -1,7 +1,7 @@
 // The SM90 backward dQ kernel: warp-specialized like the forward (1 producer warpgroup issuing TMA,
 // 2 consumer warpgroups running wgmma), persistent (each CTA walks its work tiles in
 // the rotated round-robin of tile_scheduler.cuh; the Q/dO buffer and the K/V ring carry over between them), and its
-// epilogue: dQ = scale * acc stored from registers (4-byte pairs, the first D columns, rows inside
+// epilogue: dQ = scale * acc stored from registers (16-byte vectors, store_row_vec16; the first D columns, rows inside
 // the query slab only). Deterministic: each dQ row is written once, no atomics.
 #pragma once
 
@@ -22,9 +22,9 @@ __device__ __forceinline__ void dq_epilogue_store(const DqParams& p, const WorkC
   CUTE_UNROLL
   for (int r = 0; r < 2; ++r) {
     int x[kRank];
-    if (!tile_row_coords(frag_row(ct, r), p.geo.q_log2, ctx.qt.q0, ctx.qt.n_q, x)) continue;
+    const bool valid = tile_row_coords(frag_row(ct, r), p.geo.q_log2, ctx.qt.q0, ctx.qt.n_q, x);
     const int64_t off = token_offset(ctx.work.batch * p.dq_batch + ctx.work.head * p.dq_head, x, p.dq_spatial);
-    store_row_pairs<Element, Traits::kHeadDim>(acc_dq, r, ct, out + off, p.dim, p.scale);  // columns < D
+    store_row_vec16<Element, Traits::kHeadDim>(acc_dq, r, ct, out + off, p.dim, p.scale, valid);  // columns < D
   }
 }
 

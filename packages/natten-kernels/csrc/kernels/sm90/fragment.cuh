@@ -68,18 +68,55 @@ __device__ __forceinline__ int64_t token_offset(int64_t base, const int x[3], co
 }
 
 // Stores the first `dim` columns (a multiple of 8) of row slot r of a 64 x kCols accumulator,
-// times `scale`, at `row` as 4-byte pairs of Element (column pairs never straddle the cut).
+// times `scale`, at `row` (16-byte aligned: every SM90 output row is, the hosts check it) in
+// 16-byte vectors, where `valid` (the same for the four lanes of a quad, which share the row).
+// In the accumulator the four lanes of a quad hold the four 4-byte column pairs of each 8-column
+// group; a 4 x 4 transpose inside the quad (two butterfly shuffle stages, over blocks of four
+// groups) gives lane q the whole of group 4 m + q, so one warp store writes 8 rows x 64 contiguous
+// bytes instead of 8 rows x 16 (a quarter of the store instructions, whole 32-byte sectors).
+// Every lane of the warp must call it (shuffles), valid or not.
 template <class Element, int kCols, class TensorAcc>
-__device__ __forceinline__ void store_row_pairs(const TensorAcc& acc, int r, int ct, Element* row, int dim,
-                                                float scale) {
+__device__ __forceinline__ void store_row_vec16(const TensorAcc& acc, int r, int ct, Element* row, int dim,
+                                                float scale, bool valid) {
+  static_assert(kCols % 32 == 0, "blocks of four 8-column groups");
+  const int q = ct & 3;
+  const bool hi1 = (q & 1) != 0, hi2 = (q & 2) != 0;
   CUTE_UNROLL
-  for (int j = 0; j < kCols / 8; ++j) {
-    if (8 * j >= dim) break;
-    const int e = 4 * j + 2 * r;
-    const Element v0 = Element(acc(e) * scale);
-    const Element v1 = Element(acc(e + 1) * scale);
-    const uint32_t packed = uint32_t(v0.raw()) | (uint32_t(v1.raw()) << 16);
-    *reinterpret_cast<uint32_t*>(row + frag_col(ct, e)) = packed;
+  for (int m = 0; m < kCols / 32; ++m) {
+    uint32_t v[4];  // v[k]: this lane's pair of group 4 m + k
+    CUTE_UNROLL
+    for (int k = 0; k < 4; ++k) {
+      const int e = 4 * (4 * m + k) + 2 * r;
+      const Element v0 = Element(acc(e) * scale);
+      const Element v1 = Element(acc(e + 1) * scale);
+      v[k] = uint32_t(v0.raw()) | (uint32_t(v1.raw()) << 16);
+    }
+    // Stage 1 (lanes q, q ^ 2): swap the off-diagonal 2 x 2 blocks.
+    uint32_t s0 = hi2 ? v[0] : v[2], s1 = hi2 ? v[1] : v[3];
+    s0 = __shfl_xor_sync(0xffffffffu, s0, 2);
+    s1 = __shfl_xor_sync(0xffffffffu, s1, 2);
+    if (hi2) {
+      v[0] = s0;
+      v[1] = s1;
+    } else {
+      v[2] = s0;
+      v[3] = s1;
+    }
+    // Stage 2 (lanes q, q ^ 1): swap the off-diagonal elements of each 2 x 2 block. Now v[k] is
+    // lane k's pair of group 4 m + q: columns 8 (4 m + q) + 2 k, + 1.
+    s0 = hi1 ? v[0] : v[1];
+    s1 = hi1 ? v[2] : v[3];
+    s0 = __shfl_xor_sync(0xffffffffu, s0, 1);
+    s1 = __shfl_xor_sync(0xffffffffu, s1, 1);
+    if (hi1) {
+      v[0] = s0;
+      v[2] = s1;
+    } else {
+      v[1] = s0;
+      v[3] = s1;
+    }
+    const int col = 8 * (4 * m + q);
+    if (valid && col < dim) *reinterpret_cast<uint4*>(row + col) = make_uint4(v[0], v[1], v[2], v[3]);
   }
 }
 
