@@ -38,6 +38,14 @@ def assert_close(got: torch.Tensor, ref: torch.Tensor, atol: float, rtol: float,
         )
 
 
+def assert_grads_close(got, ref, tol: float, what: str = "") -> None:
+    """dQ, dK, dV against the reference's: absolute tolerance ``tol`` times the reference's largest
+    magnitude (at least 1), per gradient."""
+    for name, a, b in zip(("dq", "dk", "dv"), got, ref):
+        scale = max(1.0, float(b.abs().max()))
+        assert_close(a, b, atol=tol * scale, rtol=0, what=f"{what} {name} (scale {scale:.3g})")
+
+
 def assert_lse_close(lse: torch.Tensor, ref: torch.Tensor, in_dtype: torch.dtype, what="lse"):
     assert lse.shape == ref.shape, f"{what}: shape {tuple(lse.shape)} != {tuple(ref.shape)}"
     if in_dtype in (torch.float32, torch.float16, torch.bfloat16):

@@ -21,7 +21,7 @@ import random
 import pytest
 import torch
 
-from helpers import SweepFailures, assert_close
+from helpers import SweepFailures, assert_close, assert_grads_close
 from oracle import na_oracle
 
 pytestmark = pytest.mark.gpu
@@ -108,12 +108,6 @@ def _grads(fn, q, k, v, d_out, d_lse):
     return out, lse, dq, dk, dv
 
 
-def _check_grads(got, ref, tol, desc):
-    for name, a, b in zip(("dq", "dk", "dv"), got, ref):
-        scale = max(1.0, float(b.abs().max()))
-        assert_close(a, b, atol=tol * scale, rtol=0, what=f"{desc} {name} (scale {scale:.3g})")
-
-
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_fna_backward_random_sweep(backend):
     _backend_or_skip(backend)
@@ -138,7 +132,7 @@ def test_fna_backward_random_sweep(backend):
                              d_lse.double() if with_lse else None)
                 tol = GPU_TOL[dtype]
                 assert_close(got[0], ref[0], atol=tol, rtol=0, what=f"{desc} out")
-                _check_grads(got[2:], ref[2:], tol, desc)
+                assert_grads_close(got[2:], ref[2:], tol, desc)
                 checked += 1
             except (NotImplementedError, BackendNotSupportedError) as e:
                 failures.add(f"{desc}: unexpectedly unsupported: {e}")
@@ -175,7 +169,7 @@ def test_fna_backward_fixed(rank, shape, ks, st, dl, ca, h, hkv, d, dv, dtype):
         ops.set_poison_outputs(False)
     ref = _grads(lambda q_, k_, v_: na_oracle(q_, k_, v_, ks, st, dl, ca),
                  q.double(), k.double(), v.double(), d_out.double(), d_lse.double())
-    _check_grads(got[2:], ref[2:], GPU_TOL[dtype], f"{rank}d {shape}")
+    assert_grads_close(got[2:], ref[2:], GPU_TOL[dtype], f"{rank}d {shape}")
 
 
 def test_fna_backward_strided_views():
@@ -187,7 +181,7 @@ def test_fna_backward_strided_views():
                  q, k, v, d_out, None)
     ref = _grads(lambda a, b_, c: na_oracle(a, b_, c, (7, 9)), q.double(), k.double(), v.double(),
                  d_out.double(), None)
-    _check_grads(got[2:], ref[2:], 1e-2, "strided views")
+    assert_grads_close(got[2:], ref[2:], 1e-2, "strided views")
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -240,7 +234,7 @@ def test_fna_backward_kv_splits_bit_identical(dtype):
             assert torch.equal(a, b), f"{name} differs with kv_splits"
     oracle = _grads(lambda a, b_, c: na_oracle(a, b_, c, ks, (1, 1), dl, (True, False)), q.double(), k.double(),
                     v.double(), d_out.double(), d_lse.double())[2:]
-    _check_grads(ref, oracle, GPU_TOL[dtype], f"kv_splits reference {dtype}")
+    assert_grads_close(ref, oracle, GPU_TOL[dtype], f"kv_splits reference {dtype}")
     with pytest.raises(ValueError, match=r"kv_splits\[0\] is 4, but the dK / dV kernel has 3 key tiles along "
                                          r"axis 0 \(kv_tile\[0\] = 8\); use 1 to 3"):
         grads(backward_kv_splits=(4, 1))
@@ -272,7 +266,7 @@ def test_fna_backward_torch_compile_training_step():
     torch.testing.assert_close(compiled[0], eager[0], atol=1e-2, rtol=1e-3)  # reduction order may differ
     ref = _grads(lambda a, b_, c: na_oracle(a, b_, c, (5, 8), (1, 2), (2, 1), (False, True)),
                  q0.double(), k0.double(), v0.double(), w.double(), wl.double())
-    _check_grads(eager[1:], ref[2:], 1e-2, "compiled training step")
+    assert_grads_close(eager[1:], ref[2:], 1e-2, "compiled training step")
 
 
 def test_cutlass_fna_accepts_training_inputs():
@@ -420,7 +414,7 @@ def test_fna_backward_region_random_sweep(backend):
                 for name, t in zip(("dq", "dk", "dv"), got[2:]):
                     assert bool(torch.isfinite(t).all()), f"{desc} {name}: non-finite (unwritten?) elements"
                 assert tuple(got[2].shape) == (b, *qs, h, d) and tuple(got[3].shape) == (b, *kvs, hkv, d)
-                _check_grads(got[2:], ref[2:], tol, desc)
+                assert_grads_close(got[2:], ref[2:], tol, desc)
                 checked += 1
             except (NotImplementedError, BackendNotSupportedError) as e:
                 failures.add(f"{desc}: unexpectedly unsupported: {e}")

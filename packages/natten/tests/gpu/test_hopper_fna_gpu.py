@@ -15,7 +15,8 @@ import sys
 import pytest
 import torch
 
-from helpers import SweepFailures, assert_close, check_window_rows_1d, qkv_over_2_31_elements, random_slabs
+from helpers import (SweepFailures, assert_close, assert_grads_close, check_window_rows_1d, qkv_over_2_31_elements,
+                     random_slabs)
 from oracle import dense_attention, na_oracle, na_region_oracle
 
 pytestmark = pytest.mark.gpu
@@ -377,6 +378,22 @@ def test_noncontiguous_rank3_batch_is_copied_for_folding():
     assert_close(out, ref, atol=1e-2, rtol=0, what="strided rank 3")
 
 
+def _random_dense_problem(rng: random.Random, max_keys: int, q_multiples, max_batch: int):
+    """A random hopper-fmha problem ``(nq, nk, causal, h, hkv, d, dv, dtype, b)``: N_kv up to
+    ``max_keys``; N_q a multiple of N_kv (from ``q_multiples``) or, three times in ten, any length up
+    to ``max(q_multiples)`` N_kv (query slabs); GQA / MQA; head dims as ``_head_dim``, D != Dv three
+    times in ten; batch up to ``max_batch``."""
+    nk = rng.choice([rng.randint(2, 300), rng.randint(300, max_keys)])
+    nq = nk * rng.choice(q_multiples) if rng.random() < 0.7 else rng.randint(1, max(q_multiples) * nk)
+    causal = rng.random() < 0.5
+    hkv = rng.choice([1, 2])
+    h = hkv * rng.choice([1, 2, 3])
+    d = _head_dim(rng)
+    dv = d if rng.random() < 0.7 else _head_dim(rng)
+    dtype = rng.choice([torch.float16, torch.bfloat16])
+    return nq, nk, causal, h, hkv, d, dv, dtype, rng.randint(1, max_batch)
+
+
 def test_hopper_fmha_random_sweep():
     """natten.attention on hopper-fmha (the hopper-fna kernel with a window covering every key):
     dense and causal (top-left), N_q = m * N_kv and any other N_q (query slabs), GQA/MQA, batch > 1, extents that are not
@@ -386,15 +403,7 @@ def test_hopper_fmha_random_sweep():
     ops.set_poison_outputs(True)
     try:
         for case in range(NUM_FMHA):
-            nk = rng.choice([rng.randint(2, 300), rng.randint(300, 3000)])
-            nq = nk * rng.choice([1, 1, 1, 2, 3]) if rng.random() < 0.7 else rng.randint(1, 3 * nk)
-            causal = rng.random() < 0.5
-            hkv = rng.choice([1, 2])
-            h = hkv * rng.choice([1, 2, 3])
-            d = _head_dim(rng)
-            dv = d if rng.random() < 0.7 else _head_dim(rng)
-            dtype = rng.choice([torch.float16, torch.bfloat16])
-            b = rng.randint(1, 3)
+            nq, nk, causal, h, hkv, d, dv, dtype, b = _random_dense_problem(rng, 3000, [1, 1, 1, 2, 3], 3)
             g = torch.Generator(device="cuda").manual_seed(rng.randrange(1 << 30))
             q = torch.randn(b, nq, h, d, device="cuda", dtype=dtype, generator=g)
             k = torch.randn(b, nk, hkv, d, device="cuda", dtype=dtype, generator=g)
@@ -447,15 +456,7 @@ def test_hopper_fmha_training_sweep():
     ops.set_poison_outputs(True)
     try:
         for case in range(max(10, NUM_FMHA // 3)):
-            nk = rng.choice([rng.randint(2, 300), rng.randint(300, 2000)])
-            nq = nk * rng.choice([1, 1, 2]) if rng.random() < 0.7 else rng.randint(1, 2 * nk)
-            causal = rng.random() < 0.5
-            hkv = rng.choice([1, 2])
-            h = hkv * rng.choice([1, 2, 3])
-            d = _head_dim(rng)
-            dv = d if rng.random() < 0.7 else _head_dim(rng)
-            dtype = rng.choice([torch.float16, torch.bfloat16])
-            b = rng.randint(1, 2)
+            nq, nk, causal, h, hkv, d, dv, dtype, b = _random_dense_problem(rng, 2000, [1, 1, 2], 2)
             with_lse = rng.random() < 0.33
             g = torch.Generator(device="cuda").manual_seed(rng.randrange(1 << 30))
             q = torch.randn(b, nq, h, d, device="cuda", dtype=dtype, generator=g)
@@ -485,8 +486,7 @@ def test_hopper_fmha_training_sweep():
                     ref_grads.append(dlse.double())
                 got = torch.autograd.grad(outs, leaves, grads)
                 want = torch.autograd.grad(ref_outs, x64, ref_grads)
-                for name, a, w in zip(("dq", "dk", "dv"), got, want):
-                    assert_close(a, w, atol=1e-2 * max(1.0, float(w.abs().max())), rtol=0, what=f"{desc} {name}")
+                assert_grads_close(got, want, 1e-2, desc)
                 checked += 1
             if failures.full:
                 break
@@ -525,8 +525,7 @@ def test_hopper_fmha_varlen_runs():
         dout = torch.randn(out.shape, device="cuda", dtype=dtype, generator=g)
         got = torch.autograd.grad(out, leaves, dout)
         want = torch.autograd.grad(ref, x64, dout.double())
-        for name, a, w in zip(("dq", "dk", "dv"), got, want):
-            assert_close(a, w, atol=1e-2 * max(1.0, float(w.abs().max())), rtol=0, what=f"varlen {dtype} {name}")
+        assert_grads_close(got, want, 1e-2, f"varlen {dtype}")
 
 
 def test_tensors_over_2_31_elements():

@@ -270,6 +270,5 @@ cudaError_t fna_forward(const FnaForwardArgs& args, int dtype, cudaStream_t stre
 #endif
 }
 
-
 }  // namespace sm90
 }  // namespace natten

@@ -67,6 +67,23 @@ __device__ __forceinline__ int64_t token_offset(int64_t base, const int x[3], co
   return base + int64_t(x[0]) * stride[0] + int64_t(x[1]) * stride[1] + int64_t(x[2]) * stride[2];
 }
 
+// One butterfly stage of a 4 x 4 transpose inside a quad: the lane pair (q, q ^ mask) swaps two
+// values, the "low" pair (lo0, lo1) of the lane with the bit set (`high`) against the "high" pair
+// (hi0, hi1) of its partner.
+__device__ __forceinline__ void quad_exchange(uint32_t& lo0, uint32_t& lo1, uint32_t& hi0, uint32_t& hi1, int mask,
+                                              bool high) {
+  uint32_t s0 = high ? lo0 : hi0, s1 = high ? lo1 : hi1;
+  s0 = __shfl_xor_sync(0xffffffffu, s0, mask);
+  s1 = __shfl_xor_sync(0xffffffffu, s1, mask);
+  if (high) {
+    lo0 = s0;
+    lo1 = s1;
+  } else {
+    hi0 = s0;
+    hi1 = s1;
+  }
+}
+
 // Stores the first `dim` columns (a multiple of 8) of row slot r of a 64 x kCols accumulator,
 // times `scale`, at `row` (16-byte aligned: every SM90 output row is, the hosts check it) in
 // 16-byte vectors, where `valid` (the same for the four lanes of a quad, which share the row).
@@ -92,29 +109,10 @@ __device__ __forceinline__ void store_row_vec16(const TensorAcc& acc, int r, int
       v[k] = uint32_t(v0.raw()) | (uint32_t(v1.raw()) << 16);
     }
     // Stage 1 (lanes q, q ^ 2): swap the off-diagonal 2 x 2 blocks.
-    uint32_t s0 = hi2 ? v[0] : v[2], s1 = hi2 ? v[1] : v[3];
-    s0 = __shfl_xor_sync(0xffffffffu, s0, 2);
-    s1 = __shfl_xor_sync(0xffffffffu, s1, 2);
-    if (hi2) {
-      v[0] = s0;
-      v[1] = s1;
-    } else {
-      v[2] = s0;
-      v[3] = s1;
-    }
+    quad_exchange(v[0], v[1], v[2], v[3], 2, hi2);
     // Stage 2 (lanes q, q ^ 1): swap the off-diagonal elements of each 2 x 2 block. Now v[k] is
     // lane k's pair of group 4 m + q: columns 8 (4 m + q) + 2 k, + 1.
-    s0 = hi1 ? v[0] : v[1];
-    s1 = hi1 ? v[2] : v[3];
-    s0 = __shfl_xor_sync(0xffffffffu, s0, 1);
-    s1 = __shfl_xor_sync(0xffffffffu, s1, 1);
-    if (hi1) {
-      v[0] = s0;
-      v[2] = s1;
-    } else {
-      v[1] = s0;
-      v[3] = s1;
-    }
+    quad_exchange(v[0], v[2], v[1], v[3], 1, hi1);
     const int col = 8 * (4 * m + q);
     if (valid && col < dim) *reinterpret_cast<uint4*>(row + col) = make_uint4(v[0], v[1], v[2], v[3]);
   }
