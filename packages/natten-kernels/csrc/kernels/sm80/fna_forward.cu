@@ -382,11 +382,15 @@ cudaError_t fna_forward_geometry(const FnaForwardArgs& args, Geometry* geo, bool
 }
 
 namespace {
-// 128-token query tiles (8 warps; K / V tiles of 64 tokens) at head dim 128, fp16 / bf16, when the
-// caller gives no tiles: each K / V tile brought into shared memory then serves twice the queries
-// (half the load traffic per FLOP). Taken when the chooser's 128 x 64 tiling visits at most 5% more
-// (query, key) pairs than its 64 x 64 one (block-sparse windows: the same). NATTEN_SM80_Q128=0 / 1
-// turns it off / on wherever it applies (read per call; for measurements and tests).
+// 128-token query tiles on 4 warps (32 rows per warp; K / V tiles of 64 tokens) at head dim 128,
+// fp16 / bf16, when the caller gives no tiles. Each K / V fragment a warp reads from shared memory
+// feeds two MMAs, and each K / V tile serves twice the queries. H100, 2026-11-27, same process vs
+// the 64 x 64 kernel: 1.36-1.42x on the block-sparse rows and dense attention, 1.16-1.29x on
+// flux-4k / hunyuan / gqa / causal-video. At head dims 32 and 64 the same tiling measured slower
+// (nat-small -13%, dilated -7.5%), so it is not built there. Taken when the chooser's 128 x 64 tiling
+// visits at most kQ128MaxExtra times the (query, key) pairs of its 64 x 64 one.
+// NATTEN_SM80_Q128=0 / 1 turns it off / on wherever it applies (read per call; for measurements).
+constexpr double kQ128MaxExtra = 1.25;
 bool use_q128(const FnaForwardArgs& args, int dtype, int dim) {
   if ((dtype != 1 && dtype != 2) || dim != 128) return false;
   const char* env = std::getenv("NATTEN_SM80_Q128");
@@ -399,7 +403,7 @@ bool use_q128(const FnaForwardArgs& args, int dtype, int dim) {
   int ql[kRank], kl[kRank];
   const double c6 = choose_tiles_cached(args.rank, ax, ql, kl, kTileLog2, kTileLog2);
   const double c7 = choose_tiles_cached(args.rank, ax, ql, kl, kTileLog2 + 1, kTileLog2);
-  return c7 <= 1.05 * c6;
+  return c7 <= kQ128MaxExtra * c6;
 }
 
 // Sum of the log2 tile extents of a given tile (0 if not given or not powers of two).
@@ -479,14 +483,14 @@ cudaError_t fna_forward(const FnaForwardArgs& args, int dtype, cudaStream_t stre
     switch (dim) {
       case 32: return launch_fna_forward<1, 32>(p, stream);
       case 64: return launch_fna_forward<1, 64>(p, stream);
-      case 128: return q128 ? launch_fna_forward<1, 128, 128, 64>(p, stream) : launch_fna_forward<1, 128>(p, stream);
+      case 128: return q128 ? launch_fna_forward<1, 128, 128, 64, 4>(p, stream) : launch_fna_forward<1, 128>(p, stream);
       case 256: return launch_fna_forward<1, 256>(p, stream);
     }
   } else {
     switch (dim) {
       case 32: return launch_fna_forward<2, 32>(p, stream);
       case 64: return launch_fna_forward<2, 64>(p, stream);
-      case 128: return q128 ? launch_fna_forward<2, 128, 128, 64>(p, stream) : launch_fna_forward<2, 128>(p, stream);
+      case 128: return q128 ? launch_fna_forward<2, 128, 128, 64, 4>(p, stream) : launch_fna_forward<2, 128>(p, stream);
       case 256: return launch_fna_forward<2, 256>(p, stream);
     }
   }

@@ -24,9 +24,9 @@ struct DtypeElement<2> {
   using type = cutlass::bfloat16_t;
 };
 
-template <int kDtype, int kDim, int kTileQ, int kTileKV>
+template <int kDtype, int kDim, int kTileQ, int kTileKV, int kWarps>
 cudaError_t launch_fna_forward(const FnaParams& params, cudaStream_t stream) {
-  using Traits = FnaForwardTraits<typename DtypeElement<kDtype>::type, kDim, kTileQ, kTileKV>;
+  using Traits = FnaForwardTraits<typename DtypeElement<kDtype>::type, kDim, kTileQ, kTileKV, kWarps>;
   if (params.geo.num_work <= 0) return cudaSuccess;
   auto kernel = fna_forward_kernel<Traits>;
   constexpr int kSmem = Traits::kSmemBytes;

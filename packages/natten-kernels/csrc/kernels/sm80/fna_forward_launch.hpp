@@ -11,7 +11,8 @@ namespace sm80 {
 
 // kDtype: 1 = fp16, 2 = bf16. kDim: padded head dim (32, 64, 128, 256) >= max(D, Dv). kTileQ /
 // kTileKV: query / key tile tokens (64 / 64; at head dim 128 also 128 / 64, see fna_forward.cu).
-template <int kDtype, int kDim, int kTileQ = 64, int kTileKV = 64>
+// kWarps: warps per CTA (16 query rows each by default; 32 rows each when kWarps = kTileQ / 32).
+template <int kDtype, int kDim, int kTileQ = 64, int kTileKV = 64, int kWarps = kTileQ / 16>
 cudaError_t launch_fna_forward(const FnaParams& params, cudaStream_t stream);
 
 }  // namespace sm80

@@ -38,20 +38,29 @@ struct SmemAtom<32> {
       cute::Layout<cute::Shape<cute::_8, cute::_32>, cute::Stride<cute::_32, cute::_1>>{}));
 };
 
-template <class Element_, int kDimPadded_, int kTileQ_ = 64, int kTileKV_ = 64>
+// kWarps_: warps per CTA, stacked along the query rows. The default gives each warp 16 rows; with
+// kWarps_ = kTileQ_ / 32 each warp owns 32 rows (two MMA row blocks), so every K / V fragment it
+// reads from shared memory feeds two MMAs (FlashAttention-2's 128 x 64 tile on 4 warps).
+template <class Element_, int kDimPadded_, int kTileQ_ = 64, int kTileKV_ = 64, int kWarps_ = kTileQ_ / 16>
 struct FnaForwardTraits {
   using Element = Element_;
   static constexpr int kDim = kDimPadded_;   // head dim of Q/K and of V, padded (32/64/128/256)
   static constexpr int kTileQ = kTileQ_;     // query tokens per CTA
   static constexpr int kTileKV = kTileKV_;   // key tokens per key tile
-  static constexpr int kWarps = kTileQ / 16;
+  static constexpr int kWarps = kWarps_;
+  static_assert(kWarps * 16 == kTileQ || kWarps * 32 == kTileQ, "16 or 32 query rows per warp");
   static constexpr int kThreads = kWarps * 32;
-  // CTAs per SM the register budget is sized for (__launch_bounds__): head dim 32 stays <= 128
-  // registers (4 CTAs / SM), 64 <= 168 (3 CTAs), 128 / 256 take what they need (<= 255).
+  // CTAs per SM the register budget is sized for (__launch_bounds__). 16 rows per warp: head dim 32
+  // stays <= 128 registers (4 CTAs / SM), 64 <= 168 (3 CTAs), 128 / 256 take what they need (<= 255).
+  // 32 rows per warp (kWarps_ = kTileQ_ / 32, built at head dim 128 only) also takes up to 255
+  // registers: 2 CTAs of 4 warps per SM.
   static constexpr int kMinBlocksPerSm = kDimPadded_ <= 32 ? 4 : (kDimPadded_ <= 64 ? 3 : 1);
   // O += P V: prefetch the V fragment of the next k-slice while the current one multiplies. At
   // head dim 256 one slice is 64 registers next to 128 of O, so there ptxas schedules it alone.
-  static constexpr bool kPrefetchV = kDimPadded_ <= 128;
+  // With 32 rows per warp (O: 128 registers at head dim 128) both prefetches are off.
+  static constexpr bool kPrefetchV = kDimPadded_ <= 128 && kWarps_ * 16 == kTileQ_;
+  // S = Q K^T: load the Q / K fragments of the next k-slice while the current one multiplies.
+  static constexpr bool kPrefetchQK = kWarps_ * 16 == kTileQ_;
   static constexpr int kTileQLog2 = kTileQ == 128 ? 7 : (kTileQ == 64 ? 6 : (kTileQ == 32 ? 5 : -1));
   static constexpr int kTileKVLog2 = kTileKV == 128 ? 7 : (kTileKV == 64 ? 6 : (kTileKV == 32 ? 5 : -1));
 
@@ -73,7 +82,7 @@ struct FnaForwardTraits {
   static_assert(kTileQ % kRowsPerPass == 0 && kTileKV % kRowsPerPass == 0, "");
 
   using MmaAtom = typename MmaAtomFor<Element>::type;
-  // kWarps warps stacked along M (16 rows each); N tile 16 so that ldmatrix.x4 feeds B.
+  // kWarps warps stacked along M (16 rows per MMA row block); N tile 16 so that ldmatrix.x4 feeds B.
   using TiledMma = cute::TiledMMA<cute::MMA_Atom<MmaAtom>,
                                   cute::Layout<cute::Shape<cute::Int<kWarps>, cute::_1, cute::_1>>,
                                   cute::Tile<cute::Int<16 * kWarps>, cute::_16, cute::_16>>;

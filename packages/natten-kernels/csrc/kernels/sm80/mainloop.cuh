@@ -136,15 +136,24 @@ struct CollectiveMainloop {
       // S = Q K^T
       Tensor acc_s = partition_fragment_C(tiled_mma, Shape<Int<kTileQ>, Int<kTileKV>>{});
       clear(acc_s);
-      copy(copy_q, tSsQ(_, _, _0{}), tSrQ_view(_, _, _0{}));
-      copy(copy_k, tSsK(_, _, _0{}), tSrK_view(_, _, _0{}));
-      CUTE_UNROLL
-      for (int kk = 0; kk < size<2>(tSrQ); ++kk) {
-        if (kk + 1 < size<2>(tSrQ)) {
-          copy(copy_q, tSsQ(_, _, kk + 1), tSrQ_view(_, _, kk + 1));
-          copy(copy_k, tSsK(_, _, kk + 1), tSrK_view(_, _, kk + 1));
+      if constexpr (Traits::kPrefetchQK) {
+        copy(copy_q, tSsQ(_, _, _0{}), tSrQ_view(_, _, _0{}));
+        copy(copy_k, tSsK(_, _, _0{}), tSrK_view(_, _, _0{}));
+        CUTE_UNROLL
+        for (int kk = 0; kk < size<2>(tSrQ); ++kk) {
+          if (kk + 1 < size<2>(tSrQ)) {
+            copy(copy_q, tSsQ(_, _, kk + 1), tSrQ_view(_, _, kk + 1));
+            copy(copy_k, tSsK(_, _, kk + 1), tSrK_view(_, _, kk + 1));
+          }
+          cute::gemm(tiled_mma, tSrQ(_, _, kk), tSrK(_, _, kk), acc_s);
         }
-        cute::gemm(tiled_mma, tSrQ(_, _, kk), tSrK(_, _, kk), acc_s);
+      } else {
+        CUTE_UNROLL
+        for (int kk = 0; kk < size<2>(tSrQ); ++kk) {
+          copy(copy_q, tSsQ(_, _, kk), tSrQ_view(_, _, kk));
+          copy(copy_k, tSsK(_, _, kk), tSrK_view(_, _, kk));
+          cute::gemm(tiled_mma, tSrQ(_, _, kk), tSrK(_, _, kk), acc_s);
+        }
       }
 
       // Scores in log2 units; mask where the key tile cuts a window border.

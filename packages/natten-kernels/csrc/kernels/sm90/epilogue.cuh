@@ -19,27 +19,55 @@
 namespace natten {
 namespace sm90 {
 
-template <class Traits, class TensorO>
-__device__ __forceinline__ void epilogue_store(const FnaSm90Params& p, const WorkContext& ctx, int ct,
-                                               OnlineSoftmax& sm, TensorO& acc_o) {
-  using Element = typename Traits::Element;
+// A work tile's output as the epilogue needs it once its key walk is done: where its rows go and
+// the row statistics (1 / rowsum, lse). With the deferred epilogue (FnaSm90Params::defer_epilogue)
+// the consumer keeps it, with O in the accumulator registers, until the next tile's first S GEMM
+// has been issued, and stores then, while that GEMM runs: the stores' latency no longer sits
+// between this warpgroup's last PV GEMM and its next turn on the tensor cores (the ping-pong
+// partner would wait for it).
+struct PendingStore {
+  bool valid;
+  int64_t batch, head;
+  int q0[kRank], n_q[kRank];
   float inv[2], lse[2];
+};
+
+__device__ __forceinline__ void epilogue_finalize(const WorkContext& ctx, OnlineSoftmax& sm, PendingStore& ps) {
   CUTE_UNROLL
   for (int r = 0; r < 2; ++r) {
     const float l = quad_sum(sm.row_sum[r]);
-    inv[r] = l > 0.f ? 1.f / l : 0.f;
-    lse[r] = l > 0.f ? (sm.row_max[r] + __log2f(l)) * 0.69314718055994530942f : -INFINITY;
+    ps.inv[r] = l > 0.f ? 1.f / l : 0.f;
+    ps.lse[r] = l > 0.f ? (sm.row_max[r] + __log2f(l)) * 0.69314718055994530942f : -INFINITY;
   }
+  ps.batch = ctx.work.batch;
+  ps.head = ctx.work.head;
+  CUTE_UNROLL
+  for (int a = 0; a < kRank; ++a) {
+    ps.q0[a] = ctx.qt.q0[a];
+    ps.n_q[a] = ctx.qt.n_q[a];
+  }
+  ps.valid = true;
+}
+
+// Stores the pending tile's O (acc_o, un-normalized) and lse; no-op unless ps.valid. Every
+// consumer thread calls it (the stores shuffle within quads).
+template <class Traits, class TensorO>
+__device__ __forceinline__ void epilogue_store_pending(const FnaSm90Params& p, int ct, PendingStore& ps,
+                                                       const TensorO& acc_o) {
+  using Element = typename Traits::Element;
+  // No early return: a branch around the accumulator reads, placed while a wgmma is in flight,
+  // makes ptxas serialize every wgmma of the kernel (C7518). ps.valid predicates the stores.
   Element* out = static_cast<Element*>(p.o);
   CUTE_UNROLL
   for (int r = 0; r < 2; ++r) {
     int x[kRank];
-    const bool valid = tile_row_coords(frag_row(ct, r), p.geo.q_log2, ctx.qt.q0, ctx.qt.n_q, x);
-    const int64_t off_o = token_offset(ctx.work.batch * p.o_batch + ctx.work.head * p.o_head, x, p.o_spatial);
-    store_row_vec16<Element, Traits::kHeadDim>(acc_o, r, ct, out + off_o, p.dim_v, inv[r], valid);  // columns < Dv
+    const bool valid = tile_row_coords(frag_row(ct, r), p.geo.q_log2, ps.q0, ps.n_q, x) && ps.valid;
+    const int64_t off_o = token_offset(ps.batch * p.o_batch + ps.head * p.o_head, x, p.o_spatial);
+    store_row_vec16<Element, Traits::kHeadDim>(acc_o, r, ct, out + off_o, p.dim_v, ps.inv[r], valid);  // columns < Dv
     if (valid && p.lse != nullptr && (ct & 3) == 0)
-      p.lse[token_offset(ctx.work.batch * p.lse_batch + ctx.work.head * p.lse_head, x, p.lse_spatial)] = lse[r];
+      p.lse[token_offset(ps.batch * p.lse_batch + ps.head * p.lse_head, x, p.lse_spatial)] = ps.lse[r];
   }
+  ps.valid = false;
 }
 
 }  // namespace sm90

@@ -131,6 +131,13 @@ cudaError_t launch_dispatch(const FnaSm90Params& p, int dtype, int D, int kernel
   return cudaErrorNotSupported;
 }
 
+// NATTEN_HOPPER_EPILOGUE (read per call): "deferred" (the default) stores each work tile's O while
+// the next tile's first S GEMM runs (epilogue.cuh), "immediate" right after its key walk.
+bool defer_epilogue() {
+  const char* e = std::getenv("NATTEN_HOPPER_EPILOGUE");
+  return !(e != nullptr && std::strcmp(e, "immediate") == 0);
+}
+
 // NATTEN_HOPPER_SCHEDULE (read per call): "static" / "dynamic" force the persistent forward's work
 // order (params.cuh); anything else: the automatic rule of use_dynamic_schedule.
 int schedule_env() {
@@ -259,6 +266,7 @@ cudaError_t fna_forward(const FnaForwardArgs& args, int dtype, cudaStream_t stre
   }
   p.work_counter = counter;
   p.reverse_axes = 0;
+  p.defer_epilogue = defer_epilogue() ? 1 : 0;
   for (int a = 0; a < args.rank && counter != nullptr; ++a)
     if (args.is_causal[a]) p.reverse_axes |= 1 << a;
   const cudaError_t le = launch_dispatch(p, dtype, D, args.kernel_schedule, stream);

@@ -53,6 +53,9 @@ struct FnaSm90Params {
   // axes whose query tiles run in descending order (causal axes: longest key walks first).
   unsigned* work_counter;
   int reverse_axes;
+  // 1: each work tile's O is stored while the next tile's first S GEMM runs (epilogue.cuh,
+  // PendingStore); 0: right after the tile. Host: NATTEN_HOPPER_EPILOGUE (fna_forward.cpp).
+  int defer_epilogue;
 };
 
 // TMA coordinates (dims 2..4) of the token box at origin o[] (slab coordinates of the tensor) of
