@@ -33,6 +33,14 @@ if has build && [ -z "${NATTEN_KERNELS_LIBRARY:-}" ]; then
     && cmake --build build/gpu -j"$(nproc)" >> "$OUT/build.log" 2>&1
   rc=$?
   tail -5 "$OUT/build.log"
+  # ptxas reports these as "info", not warnings, so -Werror would not catch them: C7518 = every
+  # wgmma of a kernel serialized, C7517 = a wait for a wgmma inserted by the compiler. Either is a
+  # silent slowdown of a Hopper kernel (NOTES, 2026-11-27); none is expected in this tree.
+  if [ $rc -eq 0 ] && grep -qE "C751[78]" "$OUT/build.log"; then
+    grep -E "C751[78]" "$OUT/build.log" | head -5
+    echo "build: ptxas serialized or waited on wgmma (C7517/C7518) -- see above"
+    rc=1
+  fi
   summary+=("build: rc=$rc in $(( $(date +%s) - t0 ))s")
   if [ $rc -ne 0 ]; then tail -60 "$OUT/build.log"; echo "${summary[@]}"; exit 1; fi
   export NATTEN_KERNELS_LIBRARY=$(find "$ROOT/build/gpu" -name 'libnatten_kernels*.so' | head -1)

@@ -84,30 +84,37 @@ __device__ __forceinline__ void quad_exchange(uint32_t& lo0, uint32_t& lo1, uint
   }
 }
 
-// Stores the first `dim` columns (a multiple of 8) of row slot r of a 64 x kCols accumulator,
-// times `scale`, at `row` (16-byte aligned: every SM90 output row is, the hosts check it) in
-// 16-byte vectors, where `valid` (the same for the four lanes of a quad, which share the row).
-// In the accumulator the four lanes of a quad hold the four 4-byte column pairs of each 8-column
-// group; a 4 x 4 transpose inside the quad (two butterfly shuffle stages, over blocks of four
-// groups) gives lane q the whole of group 4 m + q, so one warp store writes 8 rows x 64 contiguous
-// bytes instead of 8 rows x 16 (a quarter of the store instructions, whole 32-byte sectors).
-// Every lane of the warp must call it (shuffles), valid or not.
+// Packs row slot r of a 64 x kCols accumulator, times `scale`, into 2-element words: packed[g] holds
+// this lane's column pair of 8-column group g (columns 8 g + 2 (ct & 3), + 1), as the accumulator
+// lays them out. The input of store_row_packed_vec16.
 template <class Element, int kCols, class TensorAcc>
-__device__ __forceinline__ void store_row_vec16(const TensorAcc& acc, int r, int ct, Element* row, int dim,
-                                                float scale, bool valid) {
+__device__ __forceinline__ void pack_row(const TensorAcc& acc, int r, float scale, uint32_t (&packed)[kCols / 8]) {
+  CUTE_UNROLL
+  for (int g = 0; g < kCols / 8; ++g) {
+    const int e = 4 * g + 2 * r;
+    const Element v0 = Element(acc(e) * scale);
+    const Element v1 = Element(acc(e + 1) * scale);
+    packed[g] = uint32_t(v0.raw()) | (uint32_t(v1.raw()) << 16);
+  }
+}
+
+// Stores the first `dim` columns (a multiple of 8) of one row, packed by pack_row, at `row`
+// (16-byte aligned: every SM90 output row is, the hosts check it) in 16-byte vectors, where `valid`
+// (the same for the four lanes of a quad, which share the row). In the accumulator the four lanes
+// of a quad hold the four 4-byte column pairs of each 8-column group; a 4 x 4 transpose inside the
+// quad (two butterfly shuffle stages, over blocks of four groups) gives lane q the whole of group
+// 4 m + q, so one warp store writes 8 rows x 64 contiguous bytes instead of 8 rows x 16 (a quarter
+// of the store instructions, whole 32-byte sectors). Every lane of the warp must call it
+// (shuffles), valid or not.
+template <class Element, int kCols>
+__device__ __forceinline__ void store_row_packed_vec16(const uint32_t (&packed)[kCols / 8], int ct, Element* row,
+                                                       int dim, bool valid) {
   static_assert(kCols % 32 == 0, "blocks of four 8-column groups");
   const int q = ct & 3;
   const bool hi1 = (q & 1) != 0, hi2 = (q & 2) != 0;
   CUTE_UNROLL
   for (int m = 0; m < kCols / 32; ++m) {
-    uint32_t v[4];  // v[k]: this lane's pair of group 4 m + k
-    CUTE_UNROLL
-    for (int k = 0; k < 4; ++k) {
-      const int e = 4 * (4 * m + k) + 2 * r;
-      const Element v0 = Element(acc(e) * scale);
-      const Element v1 = Element(acc(e + 1) * scale);
-      v[k] = uint32_t(v0.raw()) | (uint32_t(v1.raw()) << 16);
-    }
+    uint32_t v[4] = {packed[4 * m], packed[4 * m + 1], packed[4 * m + 2], packed[4 * m + 3]};
     // Stage 1 (lanes q, q ^ 2): swap the off-diagonal 2 x 2 blocks.
     quad_exchange(v[0], v[1], v[2], v[3], 2, hi2);
     // Stage 2 (lanes q, q ^ 1): swap the off-diagonal elements of each 2 x 2 block. Now v[k] is
@@ -116,6 +123,16 @@ __device__ __forceinline__ void store_row_vec16(const TensorAcc& acc, int r, int
     const int col = 8 * (4 * m + q);
     if (valid && col < dim) *reinterpret_cast<uint4*>(row + col) = make_uint4(v[0], v[1], v[2], v[3]);
   }
+}
+
+// Stores the first `dim` columns of row slot r of a 64 x kCols accumulator, times `scale`, at
+// `row`: pack_row, then store_row_packed_vec16 (same conditions).
+template <class Element, int kCols, class TensorAcc>
+__device__ __forceinline__ void store_row_vec16(const TensorAcc& acc, int r, int ct, Element* row, int dim,
+                                                float scale, bool valid) {
+  uint32_t packed[kCols / 8];
+  pack_row<Element, kCols>(acc, r, scale, packed);
+  store_row_packed_vec16<Element, kCols>(packed, ct, row, dim, valid);
 }
 
 // The 64 x N float accumulator viewed as the A operand (register-sourced, K = N) of the next

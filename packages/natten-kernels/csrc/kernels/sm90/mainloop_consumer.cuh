@@ -105,7 +105,9 @@ __device__ __forceinline__ void convert_pairs(const TensorS& s, TensorP& p) {
   }
 }
 
-template <class Traits, bool kPingpong>
+// kDefer: the deferred epilogue is compiled in (the previous work tile's O stored during this
+// tile's first S GEMM); off in the dynamic-schedule kernels, where it cost registers (spills).
+template <class Traits, bool kPingpong, bool kDefer>
 struct MainloopConsumer {
   using Element = typename Traits::Element;
   using SharedStorage = typename Traits::SharedStorage;
@@ -124,13 +126,13 @@ struct MainloopConsumer {
   // ct: consumer thread index 0..255. Leaves the un-normalized O in acc_o and the row statistics
   // in sm. Called once per work tile of the CTA: st_k / st_v carry the ring positions across work
   // tiles, `iter` counts them (the phase of the Q barriers). Every thread arrives on q_empty once
-  // per work tile, as soon as its last S GEMM (the last read of Q) has completed. `pending`: the
-  // previous work tile's output, still in acc_o (deferred epilogue; not valid otherwise), stored
-  // once this tile's first S GEMM has been issued, before acc_o is cleared.
+  // per work tile, as soon as its last S GEMM (the last read of Q) has completed. `pending` (kDefer):
+  // the previous work tile's output, packed (deferred epilogue; not valid otherwise), stored once
+  // this tile's first S GEMM has been issued.
   template <class TensorO>
   __device__ static void run(const FnaSm90Params& p, const WorkContext& ctx, SharedStorage& ss, Pipeline& pipe_k,
                              Pipeline& pipe_v, int ct, OnlineSoftmax& sm, TensorO& acc_o, PipelineState& st_k,
-                             PipelineState& st_v, int iter, PendingStore& pending) {
+                             PipelineState& st_v, int iter, PendingStore<Traits::kHeadDim>& pending) {
     using namespace cute;
     typename Traits::TiledMmaS mma_s;
     typename Traits::TiledMmaPV mma_pv;
@@ -148,12 +150,12 @@ struct MainloopConsumer {
     RowWindows win;
     make_row_windows(p, ctx, ct, win);
     sm.init();
+    clear(acc_o);
 
     const int total = ctx.keys.total;  // same for both warpgroups (and the producer)
     const uint32_t q_phase = uint32_t(iter & 1);
     if (total <= 0) {  // never for valid NA (every query attends a key); keeps the Q handshake
-      epilogue_store_pending<Traits>(p, ct, pending, acc_o);
-      clear(acc_o);
+      if constexpr (kDefer) epilogue_store_pending<Traits>(p, ct, pending);
       ss.q_full.wait(q_phase);
       ss.q_empty.arrive();
       return;
@@ -183,9 +185,8 @@ struct MainloopConsumer {
       turn_begin(wg);
       warpgroup_gemm<true, false>(mma_s, tSrQ, tSrK(_, _, _, st_k.index()), acc_s);
       turn_end(wg);
-      // The previous tile's O (deferred epilogue) leaves while S0 runs; then O starts at 0.
-      epilogue_store_pending<Traits>(p, ct, pending, acc_o);
-      clear(acc_o);
+      // The previous tile's O (deferred epilogue, packed: no accumulator registers) leaves while S0 runs.
+      if constexpr (kDefer) epilogue_store_pending<Traits>(p, ct, pending);
       warpgroup_wait<0>();
       warpgroup_fence_operand(acc_s);
       pipe_k.consumer_release(st_k);

@@ -54,7 +54,8 @@ struct FnaSm90Params {
   unsigned* work_counter;
   int reverse_axes;
   // 1: each work tile's O is stored while the next tile's first S GEMM runs (epilogue.cuh,
-  // PendingStore); 0: right after the tile. Host: NATTEN_HOPPER_EPILOGUE (fna_forward.cpp).
+  // PendingStore; static-order kernels only); 0: right after the tile. Host: NATTEN_HOPPER_EPILOGUE
+  // (fna_forward.cpp).
   int defer_epilogue;
 };
 
