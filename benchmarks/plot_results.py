@@ -12,6 +12,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 import sys
 from typing import Dict, List, Tuple
 
@@ -22,12 +23,25 @@ TARGETS = {"1d-32k": 10, "1d-32k-s256": 14, "flux-4k": 7, "flux-4k-gna": 10, "hu
            "hunyuan-gna": 10.5}
 
 
+def _by_recency(paths: List[str]) -> List[Tuple[str, Dict]]:
+    """The result files oldest first (measurement date, then natten-kernels version, then name), so
+    that for each backend / dtype / use case the newest measurement is the one plotted."""
+    def key(item: Tuple[str, Dict]) -> Tuple[str, Tuple[int, ...], str]:
+        path, data = item
+        meta = data.get("meta", {}) if isinstance(data, dict) else {}
+        m = re.search(r"natten-kernels (\d+)\.(\d+)\.(\d+)", str(meta.get("kernels", "")))
+        return (str(meta.get("date", "")), tuple(int(g) for g in m.groups()) if m else (), os.path.basename(path))
+    items = []
+    for path in paths:
+        with open(path) as f:
+            items.append((path, json.load(f)))
+    return sorted(items, key=key)
+
+
 def load() -> Tuple[Dict[str, Dict[str, float]], List[str]]:
     series: Dict[str, Dict[str, float]] = {}
     cards = set()
-    for path in sorted(glob.glob(os.path.join(HERE, "results", "*.json"))):
-        with open(path) as f:
-            data = json.load(f)
+    for path, data in _by_recency(glob.glob(os.path.join(HERE, "results", "*.json"))):
         if not (data.get("results") or data.get("rows")):
             continue  # not a speedup table (e.g. distributed.json)
         meta = data.get("meta", {})
