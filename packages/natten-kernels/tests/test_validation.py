@@ -306,6 +306,48 @@ def test_query_configs_fp32_same_tiles(lib, arch):
 
 
 @pytest.mark.parametrize("rank", [1, 2, 3])
+@pytest.mark.parametrize(
+    "dtype, head_dims, q128",
+    [(A.FP16, (128, 128), True), (A.BF16, (96, 128), True), (A.FP16, (128, 72), True), (A.FP32, (128, 128), False),
+     (A.FP16, (64, 64), False), (A.BF16, (136, 128), False), (A.FP16, (32, 32), False)],
+)
+def test_query_configs_sm80_q128(lib, no_gpu, arch, rank, dtype, head_dims, q128):
+    # natten-kernels >= 1.3.6: fp16 / bf16 at padded head dim 128 also list 128-token query boxes
+    # with 64-token key boxes (after the 64-token pairs); the forward accepts them, the backward not.
+    pr = A.valid_problem(dtype=dtype, rank=rank, head_dim=head_dims[0], head_dim_v=head_dims[1], arch=arch)
+    tokens = lambda t: math.prod(t[:rank])  # noqa: E731
+    configs = [(tuple(c.q_tile[:rank]), tuple(c.kv_tile[:rank])) for c in query_all(lib, pr)]
+    base = [(q, kv) for q, kv in configs if tokens(q) == 64 and tokens(kv) == 64]
+    big = [(q, kv) for q, kv in configs if tokens(q) == 128]
+    assert configs[: len(base)] == base and len(base) == {1: 1, 2: 49, 3: 784}[rank]
+    assert len(configs) == len(base) + len(big)
+    if not q128:
+        assert big == []
+        return
+    assert len(big) == {1: 1, 2: 56, 3: 1008}[rank] and all(tokens(kv) == 64 for _, kv in big)
+    assert len(set(big)) == len(big)
+    shape = {1: (300,), 2: (24, 20), 3: (8, 9, 10)}[rank]
+    for q, kv in big[:: max(1, len(big) // 10)]:
+        p = A.valid_params(rank=rank, shape=shape, dtype=dtype, head_dim=head_dims[0], head_dim_v=head_dims[1], kernel=3)
+        p.q_tile[:rank], p.kv_tile[:rank] = list(q), list(kv)
+        got, msg = call_forward(lib, p)
+        assert got == NO_DEVICE, (q, kv, msg)
+        b = A.valid_backward_params(rank=rank, shape=shape, dtype=dtype, head_dim=head_dims[0],
+                                    head_dim_v=head_dims[1], kernel=3)
+        b.q_tile[:rank], b.kv_tile[:rank] = list(q), list(kv)
+        assert lib.natten_fna_backward(ctypes.byref(b)) == UNSUPPORTED
+        assert "is not supported by the SM80 kernel" in A.last_error(lib)
+
+
+def test_forward_rejects_q128_tiles_where_not_listed(lib, no_gpu):
+    for dtype, d in ((A.FP32, 128), (A.FP16, 64)):
+        p = A.valid_params(rank=2, shape=(24, 20), dtype=dtype, head_dim=d, head_dim_v=d, kernel=3)
+        p.q_tile[:2], p.kv_tile[:2] = [16, 8], [8, 8]
+        got, msg = call_forward(lib, p)
+        assert got == UNSUPPORTED and "q_tile (16, 8) kv_tile (8, 8) is not supported" in msg, msg
+
+
+@pytest.mark.parametrize("rank", [1, 2, 3])
 @pytest.mark.parametrize("head_dims", [(64, 64), (48, 48), (128, 64), (32, 128), (256, 256), (200, 136), (8, 8)])
 def test_query_configs_hopper_head_dims(lib, built_archs, rank, head_dims):
     # Since 1.3.1 the Hopper kernel runs every multiple of 8 up to 256, D != Dv included, on the

@@ -40,6 +40,7 @@ def _fwd_cpu(query, key, value, kernel_size, stride, dilation, is_causal, scale,
 def _bwd_cpu(query, key, value, out, lse, d_out, d_lse, kernel_size, stride, dilation, is_causal, scale,
              q_tile, kv_tile, deterministic, global_shape=(), q_origin=(), kv_origin=(), kv_splits=(), backend=0):
     _SEEN["bwd"] = (list(global_shape), list(q_origin), list(kv_origin))
+    _SEEN["bwd_tiles"] = (list(q_tile), list(kv_tile))
     _SEEN["kv_splits"] = list(kv_splits)
     _SEEN["bwd_backend"] = int(backend)
     _SEEN["d_lse"] = d_lse
@@ -201,6 +202,30 @@ def test_backward_kv_splits_reach_the_operator(cpu_stand_ins, monkeypatch):
     with pytest.raises(NotImplementedError, match=r"backward_kv_splits needs natten-kernels ABI >= 1\.3"):
         run(backward_kv_splits=(2, 1))
     assert run() == []  # the flag alone never fails on an old library
+
+
+def test_backward_tiles_default_to_the_forward_tiles_only_when_64_tokens(cpu_stand_ins, monkeypatch):
+    """Without backward tiles the backward gets the forward's tiles when they are 64-token boxes
+    (the backward's compiled tile); the forward's 128-token query tiles (natten-kernels >= 1.3.6)
+    leave the choice to the library ([]), since the backward would refuse them."""
+    monkeypatch.setattr(cutlass, "_backward_reason", lambda: None)
+    spec = WindowSpec((16, 12), (5, 3), (1, 1), (1, 1), (False, False))
+    g = torch.Generator().manual_seed(4)
+    q0, k0, v0 = (torch.randn(1, 16, 12, 2, 8, generator=g) for _ in range(3))
+
+    def run(**options):
+        xs = [t.clone().requires_grad_(True) for t in (q0, k0, v0)]
+        cutlass.fna(*xs, spec, 0.3, **options)[0].sum().backward()
+        return _SEEN["bwd_tiles"]
+
+    assert run(q_tile_shape=(8, 8), kv_tile_shape=(16, 4)) == ([8, 8], [16, 4])
+    assert run(q_tile_shape=(16, 8), kv_tile_shape=(8, 8)) == ([], [])
+    assert run() == ([], [])
+    assert run(q_tile_shape=(16, 8), kv_tile_shape=(8, 8), backward_q_tile_shape=(4, 16),
+               backward_kv_tile_shape=(8, 8)) == ([4, 16], [8, 8])
+    assert cutlass._backward_tiles_from_forward([16, 8], [8, 8]) == ([], [])
+    assert cutlass._backward_tiles_from_forward([64], [64]) == ([64], [64])
+    assert cutlass._backward_tiles_from_forward([], []) == ([], [])
 
 
 class _CpuPreparedForward:

@@ -69,10 +69,34 @@ int sm80_enumerate_configs(int rank, int64_t head_dim, TileConfig* out, int capa
   return total;
 }
 
-int sm80_check_tiles(int rank, int64_t head_dim, const int* q_tile, const int* kv_tile) {
-  const int total = sm80_enumerate_configs(rank, head_dim, nullptr, 0);
-  std::vector<TileConfig> all(total > 0 ? size_t(total) : 1);
-  const int n = total > 0 ? sm80_enumerate_configs(rank, head_dim, all.data(), total) : 0;
+int sm80_enumerate_forward_configs(int rank, int64_t head_dim, int64_t head_dim_v, int dtype, TileConfig* out,
+                                   int capacity) {
+  const int n64 = sm80_enumerate_configs(rank, head_dim, out, capacity);
+  if (n64 <= 0 || !fits_int(head_dim) || !fits_int(head_dim_v)) return n64;
+  const int kd = dtype == NATTEN_DTYPE_FP16 ? 1 : dtype == NATTEN_DTYPE_BF16 ? 2 : 3;
+  const int n128 = sm80::fna_forward_q128_tile_configs(rank, int(head_dim), int(head_dim_v), kd, nullptr, nullptr, 0);
+  if (n128 <= 0) return n64;
+  const int room = capacity > n64 ? capacity - n64 : 0;
+  const int n = n128 < room ? n128 : room;
+  if (n > 0) {
+    std::vector<int> q(3 * size_t(n128)), kv(3 * size_t(n128));
+    sm80::fna_forward_q128_tile_configs(rank, int(head_dim), int(head_dim_v), kd, q.data(), kv.data(), n128);
+    for (int i = 0; i < n; ++i) {
+      TileConfig& c = out[n64 + i];
+      c.backend = NATTEN_BACKEND_CUTLASS_FNA_SM80;
+      c.rank = rank;
+      for (int a = 0; a < NATTEN_MAX_RANK; ++a) {
+        c.q_tile[a] = a < rank ? q[3 * size_t(i) + a] : 1;
+        c.kv_tile[a] = a < rank ? kv[3 * size_t(i) + a] : 1;
+      }
+    }
+  }
+  return n64 + n128;
+}
+
+namespace {
+int check_tiles_in(const std::vector<TileConfig>& all, int n, int rank, int64_t head_dim, const int* q_tile,
+                   const int* kv_tile, const char* which) {
   for (int i = 0; i < n; ++i) {
     bool eq = true;
     for (int a = 0; a < rank; ++a) eq = eq && all[i].q_tile[a] == q_tile[a] && all[i].kv_tile[a] == kv_tile[a];
@@ -88,10 +112,26 @@ int sm80_check_tiles(int rank, int64_t head_dim, const int* q_tile, const int* k
     std::snprintf(ex, sizeof(ex), "q_tile %s kv_tile %s", eq, ek);
   }
   return fail(NATTEN_STATUS_UNSUPPORTED,
-              "tile configuration q_tile %s kv_tile %s is not supported by the SM80 kernel for rank %d, head_dim "
+              "tile configuration q_tile %s kv_tile %s is not supported by the SM80 %s for rank %d, head_dim "
               "%lld (%d configurations exist, e.g. %s; natten_fna_query_configs() lists them; all 0 = let the "
               "library choose)",
-              qb, kb, rank, (long long)head_dim, n, ex);
+              qb, kb, which, rank, (long long)head_dim, n, ex);
+}
+}  // namespace
+
+int sm80_check_tiles(int rank, int64_t head_dim, const int* q_tile, const int* kv_tile) {
+  const int total = sm80_enumerate_configs(rank, head_dim, nullptr, 0);
+  std::vector<TileConfig> all(total > 0 ? size_t(total) : 1);
+  const int n = total > 0 ? sm80_enumerate_configs(rank, head_dim, all.data(), total) : 0;
+  return check_tiles_in(all, n, rank, head_dim, q_tile, kv_tile, "kernel");
+}
+
+int sm80_check_forward_tiles(int rank, int64_t head_dim, int64_t head_dim_v, int dtype, const int* q_tile,
+                             const int* kv_tile) {
+  const int total = sm80_enumerate_forward_configs(rank, head_dim, head_dim_v, dtype, nullptr, 0);
+  std::vector<TileConfig> all(total > 0 ? size_t(total) : 1);
+  const int n = total > 0 ? sm80_enumerate_forward_configs(rank, head_dim, head_dim_v, dtype, all.data(), total) : 0;
+  return check_tiles_in(all, n, rank, head_dim, q_tile, kv_tile, "kernel");
 }
 
 // --- Hopper (sm_90a) -----------------------------------------------------------------------------

@@ -76,9 +76,17 @@ int sm80_check_problem(int dtype, int rank, int64_t head_dim, int64_t head_dim_v
 // most `capacity` entries (out may be null when capacity == 0) and returns the total number.
 int sm80_enumerate_configs(int rank, int64_t head_dim, TileConfig* out, int capacity);
 
+// The forward's list (natten-kernels >= 1.3.6): sm80_enumerate_configs' 64-token tiles, then, for
+// fp16 / bf16 at padded head dim 128, the 128-token query tiles with 64-token key tiles. dtype:
+// natten_dtype.
+int sm80_enumerate_forward_configs(int rank, int64_t head_dim, int64_t head_dim_v, int dtype, TileConfig* out,
+                                   int capacity);
+
 // SUCCESS if (q_tile, kv_tile) (first `rank` entries) is a supported pair, else UNSUPPORTED with
-// a message.
+// a message. The 64-token list (the backward's); sm80_check_forward_tiles: the forward's list.
 int sm80_check_tiles(int rank, int64_t head_dim, const int* q_tile, const int* kv_tile);
+int sm80_check_forward_tiles(int rank, int64_t head_dim, int64_t head_dim_v, int dtype, const int* q_tile,
+                             const int* kv_tile);
 
 // Hopper (sm_90a) backend, NATTEN_BACKEND_HOPPER_FNA: the same three queries. `arch` 0 = not
 // known yet; otherwise it must be 90 and the build must contain the sm_90a kernel.

@@ -674,7 +674,7 @@ int forward_impl(const natten_fna_forward_params* user) {
   FnaForwardArgs args;
   fill_args(p, region, &args);
   if (tiles_set) {
-    NATTEN_CHECK(sm80_check_tiles(p->rank, p->head_dim, p->q_tile, p->kv_tile));
+    NATTEN_CHECK(sm80_check_forward_tiles(p->rank, p->head_dim, p->head_dim_v, p->dtype, p->q_tile, p->kv_tile));
   } else {
     int qt[kMaxRank] = {1, 1, 1}, kt[kMaxRank] = {1, 1, 1};
     const cudaError_t te = natten::sm80::fna_forward_auto_tiles(args, kernel_dtype_of(p->dtype), qt, kt);
@@ -1240,7 +1240,7 @@ int query_impl(const natten_fna_problem* pr, natten_tile_config* out, int capaci
   NATTEN_CHECK(resolve_problem(pr, &arch));
   auto enumerate = [&](TileConfig* dst, int cap) {
     return pr->backend == NATTEN_BACKEND_HOPPER_FNA ? hopper_enumerate_configs(pr->rank, pr->head_dim, pr->head_dim_v, dst, cap)
-                                                    : sm80_enumerate_configs(pr->rank, pr->head_dim, dst, cap);
+                                                    : sm80_enumerate_forward_configs(pr->rank, pr->head_dim, pr->head_dim_v, pr->dtype, dst, cap);
   };
   // Sized by the count itself (no fixed upper bound on a backend's list), so every entry copied out
   // below was written by the enumeration.

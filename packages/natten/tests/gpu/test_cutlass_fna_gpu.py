@@ -10,7 +10,8 @@ import random
 import pytest
 import torch
 
-from helpers import SweepFailures, assert_close, check_window_rows_1d, qkv_over_2_31_elements, random_slabs
+from helpers import (SweepFailures, assert_close, assert_grads_close, check_window_rows_1d, qkv_over_2_31_elements,
+                     random_slabs)
 from oracle import na_oracle, na_region_oracle
 
 pytestmark = pytest.mark.gpu
@@ -82,6 +83,56 @@ def test_fna_forward_random_sweep():
     print(f"cutlass-fna sweep: {checked} problems checked against the float64 oracle (seed {SEED})")
     failures.check()
     assert checked >= 0.8 * NUM_PROBLEMS, f"only {checked} of {NUM_PROBLEMS} problems ran"
+
+
+def test_fna_forward_explicit_128_token_query_tiles():
+    # natten-kernels >= 1.3.6 lists the forward's 128-token query tiles (64-token key tiles) at head
+    # dim 128 in fp16 / bf16: every listed one of a sample of problems against the float64 oracle
+    # (poisoned outputs), then training with one of them (the backward falls back to the library's
+    # 64-token tiles) against float64 autograd.
+    rng = random.Random(SEED)
+    ops.set_poison_outputs(True)
+    checked = 0
+    try:
+        for rank, shape, ks, st, dl, ca, d, dv in [((1000,), (95,), (1,), (1,), (True,), 128, 128),
+                                                   ((23, 37), (9, 13), (2, 3), (1, 2), (False, True), 96, 128),
+                                                   ((6, 11, 13), (3, 5, 4), (1, 1, 2), (2, 1, 1), (False, False, True),
+                                                    128, 72)]:
+            dtype = rng.choice([torch.float16, torch.bfloat16])
+            g = torch.Generator(device="cuda").manual_seed(rng.randrange(1 << 30))
+            q = torch.randn(1, *shape, 2, d, device="cuda", dtype=dtype, generator=g)
+            k = torch.randn(1, *shape, 1, d, device="cuda", dtype=dtype, generator=g)
+            v = torch.randn(1, *shape, 1, dv, device="cuda", dtype=dtype, generator=g)
+            configs = natten.get_configs_for_cutlass_fna(q, k, v)
+            big = [c for c in configs if _prod(c[0]) == 128]
+            assert big and all(_prod(kv) == 64 for _, kv in big), (shape, len(configs))
+            ref_out, ref_lse = na_oracle(q.double(), k.double(), v.double(), ks, st, dl, ca)
+            for qt, kt in rng.sample(big, min(6, len(big))):
+                out, lse = OPS[rank](q, k, v, ks, st, dl, ca, backend="cutlass-fna", q_tile_shape=qt,
+                                     kv_tile_shape=kt, return_lse=True)
+                what = f"seed {SEED} shape {shape} D {d}/{dv} {dtype} tiles {qt} {kt}"
+                assert_close(out, ref_out, atol=GPU_TOL[dtype], rtol=0, what=f"{what} out")
+                assert_close(lse, ref_lse, atol=GPU_TOL[dtype], rtol=0, what=f"{what} lse")
+                checked += 1
+            qt, kt = big[0]
+            xs = [t.clone().requires_grad_(True) for t in (q, k, v)]
+            out = OPS[rank](*xs, ks, st, dl, ca, backend="cutlass-fna", q_tile_shape=qt, kv_tile_shape=kt)
+            d_out = torch.randn_like(out)
+            grads = torch.autograd.grad(out, xs, d_out)
+            rs = [t.detach().double().requires_grad_(True) for t in (q, k, v)]
+            ref, _ = na_oracle(*rs, ks, st, dl, ca)
+            ref_grads = torch.autograd.grad(ref, rs, d_out.double())
+            assert_grads_close(grads, ref_grads, GPU_TOL[dtype], f"seed {SEED} shape {shape} training on tiles {qt} {kt}")
+    finally:
+        ops.set_poison_outputs(False)
+    print(f"cutlass-fna explicit 128-token query tiles: {checked} (problem, tiles) checked (seed {SEED})")
+
+
+def _prod(t) -> int:
+    n = 1
+    for x in t:
+        n *= x
+    return n
 
 
 def test_fna_forward_noncontiguous_and_large_offsets():

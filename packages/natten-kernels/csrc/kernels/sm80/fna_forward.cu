@@ -282,6 +282,15 @@ int fna_forward_tile_configs(int rank, int head_dim, int* q_tiles, int* kv_tiles
   return fna_forward_tile_pairs(rank, kTileLog2, q_tiles, kv_tiles, capacity);
 }
 
+int fna_forward_q128_tile_configs(int rank, int head_dim, int head_dim_v, int dtype, int* q_tiles, int* kv_tiles,
+                                  int capacity) {
+  if (dtype != 1 && dtype != 2) return 0;
+  if (head_dim < 8 || head_dim > 256 || head_dim % 8 != 0 || head_dim_v < 8 || head_dim_v > 256 || head_dim_v % 8 != 0)
+    return 0;
+  if (padded_dim(head_dim > head_dim_v ? head_dim : head_dim_v) != 128) return 0;
+  return fna_forward_tile_pairs(rank, kTileLog2 + 1, q_tiles, kv_tiles, capacity, kTileLog2);
+}
+
 int fna_forward_tile_pairs(int rank, int tile_log2, int* q_tiles, int* kv_tiles, int capacity, int kv_log2) {
   if (kv_log2 < 0) kv_log2 = tile_log2;
   if (rank < 1 || rank > kRank || tile_log2 < 0 || tile_log2 > kMaxTileLog2 || kv_log2 > kMaxTileLog2) return 0;

@@ -34,6 +34,12 @@ bool fna_forward_supports(int head_dim, int head_dim_v, int dtype, const char** 
 int fna_forward_tile_configs(int rank, int head_dim, int* q_tiles /*[n][3]*/, int* kv_tiles /*[n][3]*/,
                              int capacity);
 
+// The forward's 128-token query tiles with 64-token key tiles (4 warps of 32 rows; fna_forward.cu),
+// listed like fna_forward_tile_configs, for dtype 1 (fp16) / 2 (bf16) where the padded max(D, Dv) is
+// 128; 0 configs otherwise (fp32, other head dims). The backward keeps 64-token tiles.
+int fna_forward_q128_tile_configs(int rank, int head_dim, int head_dim_v, int dtype, int* q_tiles /*[n][3]*/,
+                                  int* kv_tiles /*[n][3]*/, int capacity);
+
 // The same list for query boxes of 2^tile_log2 tokens and key boxes of 2^kv_log2 (0..7; kv_log2 < 0:
 // the same as tile_log2; the SM90 kernel lists its boxes through it): every pair of power-of-two
 // boxes over the first `rank` axes, in the chooser's order. Returns 0 for an invalid rank / log2.
@@ -62,8 +68,8 @@ cudaError_t fna_forward_choose_tiles(const natten::FnaForwardArgs& args, int til
 // extent; *geo untouched). cudaErrorInvalidValue for an invalid problem or tile shape, or a key
 // slab that does not hold every key the query slab attends.
 // The forward's tiles when the caller gives none: fna_forward_default_tiles, or at head dim 128
-// (fp16 / bf16) 128-token query tiles with 64-token key tiles where they visit at most 5% more pairs
-// (fna_forward.cu, use_q128). dtype: 1 fp16, 2 bf16, 3 fp32.
+// (fp16 / bf16) 128-token query tiles with 64-token key tiles where they visit at most 1.25x the
+// pairs (fna_forward.cu, use_q128). dtype: 1 fp16, 2 bf16, 3 fp32.
 cudaError_t fna_forward_auto_tiles(const natten::FnaForwardArgs& args, int dtype, int q_tile[3], int kv_tile[3]);
 cudaError_t fna_forward_geometry(const natten::FnaForwardArgs& args, Geometry* geo, bool* empty, int q_log2_total = 6);
 

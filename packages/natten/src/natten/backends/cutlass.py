@@ -280,8 +280,9 @@ def _prepare_training(query: Tensor, key: Tensor, value: Tensor, spec, scale: fl
     sm80 = fwd_backend == _libnatten.BACKEND_CUTLASS_FNA_SM80
     if bq is not None:
         bwd_tiles = (list(bq), list(bkv))
-    else:  # cutlass-fna: the forward's tiles; hopper-fna's 128-token tiles are no SM80 tiles: the library's
+    else:  # cutlass-fna: the forward's tiles where they are backward tiles (64 tokens), else the library's
         bwd_tiles = fwd_tiles if sm80 else ([], [])
+        bwd_tiles = _backward_tiles_from_forward(*bwd_tiles)
     schedule = None if sm80 else options.get("kernel_schedule")
     return _PreparedTraining(query, key, value, spec, scale, fwd_tiles, bwd_tiles, kv_splits, fwd_backend,
                              schedule, slow)
@@ -430,8 +431,8 @@ def fna(
                 "`backward_q_tile_shape` and `backward_kv_tile_shape` must be given together for "
                 f"cutlass-fna (got {bq} and {bkv})."
             )
-        if bq is None:  # the forward's tiles (or the library's choice)
-            bwd_tiles = (args[5], args[6])
+        if bq is None:  # the forward's tiles where they are backward tiles, else the library's choice
+            bwd_tiles = _backward_tiles_from_forward(args[5], args[6])
         else:
             bwd_tiles = (list(bq), list(bkv))
         kv_splits = _kv_splits(options.get("backward_kv_splits"), query.dim() - 3)
@@ -541,7 +542,12 @@ def _fmha_on_fna(fna_fn: Callable, query: Tensor, key: Tensor, value: Tensor, is
 
 
 def get_configs_for_cutlass_fna(query: Tensor, key: Tensor, value: Tensor) -> List[Tuple[Tuple[int, ...], Tuple[int, ...]]]:
-    """Valid ``(q_tile_shape, kv_tile_shape)`` pairs of ``cutlass-fna`` for these tensors here."""
+    """Valid ``(q_tile_shape, kv_tile_shape)`` pairs of ``cutlass-fna`` for these tensors here: boxes of
+    64 query and 64 key tokens, and with natten-kernels >= 1.3.6 at head dim 128 (the larger of
+    ``head_dim`` and ``head_dim_v``, rounded up to 32 / 64 / 128 / 256) in fp16 / bf16 also 128-token
+    query boxes with 64-token key boxes. The backward keeps 64-token tiles: after a forward on
+    128-token query tiles it runs the library's choice unless ``backward_q_tile_shape`` /
+    ``backward_kv_tile_shape`` are given."""
     return _listed_configs("cutlass-fna", can_run_fna(query, key, value, None), query, key, value,
                            query.dim() - 3)
 
@@ -582,6 +588,15 @@ def get_bwd_configs_for_cutlass_fna(
 
 
 _BWD_TILE_TOKENS = 64  # the backward kernels' compiled CTA tile (natten-kernels 1.1)
+
+
+def _backward_tiles_from_forward(q_tile: List[int], kv_tile: List[int]) -> Tuple[List[int], List[int]]:
+    """The backward's default tiles for a forward run with ``(q_tile, kv_tile)``: the same shapes
+    when both are 64-token boxes (the backward's compiled tile), else ``([], [])`` (the library
+    chooses; e.g. the forward's 128-token query tiles of natten-kernels >= 1.3.6)."""
+    if q_tile and kv_tile and math.prod(q_tile) == _BWD_TILE_TOKENS and math.prod(kv_tile) == _BWD_TILE_TOKENS:
+        return list(q_tile), list(kv_tile)
+    return [], []
 
 
 def get_configs_for_cutlass_fmha(query: Tensor, key: Tensor, value: Tensor) -> List[Tuple[int, int]]:
