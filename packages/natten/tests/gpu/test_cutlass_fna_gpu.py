@@ -94,10 +94,11 @@ def test_fna_forward_explicit_128_token_query_tiles():
     ops.set_poison_outputs(True)
     checked = 0
     try:
-        for rank, shape, ks, st, dl, ca, d, dv in [((1000,), (95,), (1,), (1,), (True,), 128, 128),
-                                                   ((23, 37), (9, 13), (2, 3), (1, 2), (False, True), 96, 128),
-                                                   ((6, 11, 13), (3, 5, 4), (1, 1, 2), (2, 1, 1), (False, False, True),
-                                                    128, 72)]:
+        for shape, ks, st, dl, ca, d, dv in [((1000,), (95,), (1,), (1,), (True,), 128, 128),
+                                             ((23, 37), (9, 13), (2, 3), (1, 2), (False, True), 96, 128),
+                                             ((6, 11, 13), (3, 5, 4), (1, 1, 2), (2, 1, 1), (False, False, True),
+                                              128, 72)]:
+            rank = len(shape)
             dtype = rng.choice([torch.float16, torch.bfloat16])
             g = torch.Generator(device="cuda").manual_seed(rng.randrange(1 << 30))
             q = torch.randn(1, *shape, 2, d, device="cuda", dtype=dtype, generator=g)
