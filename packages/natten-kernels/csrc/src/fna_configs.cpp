@@ -49,14 +49,10 @@ int sm80_check_problem(int dtype, int rank, int64_t head_dim, int64_t head_dim_v
   return NATTEN_STATUS_SUCCESS;
 }
 
-int sm80_enumerate_configs(int rank, int64_t head_dim, TileConfig* out, int capacity) {
-  if (rank < 1 || rank > NATTEN_MAX_RANK || !fits_int(head_dim) || capacity < 0) return 0;
-  const int total = sm80::fna_forward_tile_configs(rank, int(head_dim), nullptr, nullptr, 0);
-  if (total <= 0) return 0;
-  const int n = total < capacity ? total : capacity;
-  if (n == 0) return total;
-  std::vector<int> q(3 * size_t(total)), kv(3 * size_t(total));
-  sm80::fna_forward_tile_configs(rank, int(head_dim), q.data(), kv.data(), total);
+namespace {
+// The first n (q_tile, kv_tile) pairs of q / kv (3 ints each, as the sm80 listings write them) as
+// SM80 configurations of `rank` axes (entries past rank are 1).
+void fill_sm80_configs(TileConfig* out, const std::vector<int>& q, const std::vector<int>& kv, int n, int rank) {
   for (int i = 0; i < n; ++i) {
     TileConfig& c = out[i];
     c.backend = NATTEN_BACKEND_CUTLASS_FNA_SM80;
@@ -66,6 +62,18 @@ int sm80_enumerate_configs(int rank, int64_t head_dim, TileConfig* out, int capa
       c.kv_tile[a] = a < rank ? kv[3 * size_t(i) + a] : 1;
     }
   }
+}
+}  // namespace
+
+int sm80_enumerate_configs(int rank, int64_t head_dim, TileConfig* out, int capacity) {
+  if (rank < 1 || rank > NATTEN_MAX_RANK || !fits_int(head_dim) || capacity < 0) return 0;
+  const int total = sm80::fna_forward_tile_configs(rank, int(head_dim), nullptr, nullptr, 0);
+  if (total <= 0) return 0;
+  const int n = total < capacity ? total : capacity;
+  if (n == 0) return total;
+  std::vector<int> q(3 * size_t(total)), kv(3 * size_t(total));
+  sm80::fna_forward_tile_configs(rank, int(head_dim), q.data(), kv.data(), total);
+  fill_sm80_configs(out, q, kv, n, rank);
   return total;
 }
 
@@ -81,22 +89,14 @@ int sm80_enumerate_forward_configs(int rank, int64_t head_dim, int64_t head_dim_
   if (n > 0) {
     std::vector<int> q(3 * size_t(n128)), kv(3 * size_t(n128));
     sm80::fna_forward_q128_tile_configs(rank, int(head_dim), int(head_dim_v), kd, q.data(), kv.data(), n128);
-    for (int i = 0; i < n; ++i) {
-      TileConfig& c = out[n64 + i];
-      c.backend = NATTEN_BACKEND_CUTLASS_FNA_SM80;
-      c.rank = rank;
-      for (int a = 0; a < NATTEN_MAX_RANK; ++a) {
-        c.q_tile[a] = a < rank ? q[3 * size_t(i) + a] : 1;
-        c.kv_tile[a] = a < rank ? kv[3 * size_t(i) + a] : 1;
-      }
-    }
+    fill_sm80_configs(out + n64, q, kv, n, rank);
   }
   return n64 + n128;
 }
 
 namespace {
 int check_tiles_in(const std::vector<TileConfig>& all, int n, int rank, int64_t head_dim, const int* q_tile,
-                   const int* kv_tile, const char* which) {
+                   const int* kv_tile) {
   for (int i = 0; i < n; ++i) {
     bool eq = true;
     for (int a = 0; a < rank; ++a) eq = eq && all[i].q_tile[a] == q_tile[a] && all[i].kv_tile[a] == kv_tile[a];
@@ -112,10 +112,10 @@ int check_tiles_in(const std::vector<TileConfig>& all, int n, int rank, int64_t 
     std::snprintf(ex, sizeof(ex), "q_tile %s kv_tile %s", eq, ek);
   }
   return fail(NATTEN_STATUS_UNSUPPORTED,
-              "tile configuration q_tile %s kv_tile %s is not supported by the SM80 %s for rank %d, head_dim "
+              "tile configuration q_tile %s kv_tile %s is not supported by the SM80 kernel for rank %d, head_dim "
               "%lld (%d configurations exist, e.g. %s; natten_fna_query_configs() lists them; all 0 = let the "
               "library choose)",
-              qb, kb, which, rank, (long long)head_dim, n, ex);
+              qb, kb, rank, (long long)head_dim, n, ex);
 }
 }  // namespace
 
@@ -123,7 +123,7 @@ int sm80_check_tiles(int rank, int64_t head_dim, const int* q_tile, const int* k
   const int total = sm80_enumerate_configs(rank, head_dim, nullptr, 0);
   std::vector<TileConfig> all(total > 0 ? size_t(total) : 1);
   const int n = total > 0 ? sm80_enumerate_configs(rank, head_dim, all.data(), total) : 0;
-  return check_tiles_in(all, n, rank, head_dim, q_tile, kv_tile, "kernel");
+  return check_tiles_in(all, n, rank, head_dim, q_tile, kv_tile);
 }
 
 int sm80_check_forward_tiles(int rank, int64_t head_dim, int64_t head_dim_v, int dtype, const int* q_tile,
@@ -131,7 +131,7 @@ int sm80_check_forward_tiles(int rank, int64_t head_dim, int64_t head_dim_v, int
   const int total = sm80_enumerate_forward_configs(rank, head_dim, head_dim_v, dtype, nullptr, 0);
   std::vector<TileConfig> all(total > 0 ? size_t(total) : 1);
   const int n = total > 0 ? sm80_enumerate_forward_configs(rank, head_dim, head_dim_v, dtype, all.data(), total) : 0;
-  return check_tiles_in(all, n, rank, head_dim, q_tile, kv_tile, "kernel");
+  return check_tiles_in(all, n, rank, head_dim, q_tile, kv_tile);
 }
 
 // --- Hopper (sm_90a) -----------------------------------------------------------------------------

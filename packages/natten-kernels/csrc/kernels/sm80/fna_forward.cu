@@ -29,6 +29,9 @@ int padded_dim(int d) {
   return -1;
 }
 
+// The 128-token query tile kernels (4 warps of 32 rows) exist for fp16 / bf16 at padded head dim 128.
+bool q128_built(int dtype, int dim) { return (dtype == 1 || dtype == 2) && dim == 128; }
+
 int log2_exact(int x) {  // -1 if x is not a power of two >= 1
   if (x <= 0 || (x & (x - 1)) != 0) return -1;
   int l = 0;
@@ -284,10 +287,9 @@ int fna_forward_tile_configs(int rank, int head_dim, int* q_tiles, int* kv_tiles
 
 int fna_forward_q128_tile_configs(int rank, int head_dim, int head_dim_v, int dtype, int* q_tiles, int* kv_tiles,
                                   int capacity) {
-  if (dtype != 1 && dtype != 2) return 0;
-  if (head_dim < 8 || head_dim > 256 || head_dim % 8 != 0 || head_dim_v < 8 || head_dim_v > 256 || head_dim_v % 8 != 0)
+  if (!fna_forward_supports(head_dim, head_dim_v, dtype, nullptr) ||
+      !q128_built(dtype, padded_dim(head_dim > head_dim_v ? head_dim : head_dim_v)))
     return 0;
-  if (padded_dim(head_dim > head_dim_v ? head_dim : head_dim_v) != 128) return 0;
   return fna_forward_tile_pairs(rank, kTileLog2 + 1, q_tiles, kv_tiles, capacity, kTileLog2);
 }
 
@@ -401,7 +403,7 @@ namespace {
 // NATTEN_SM80_Q128=0 / 1 turns it off / on wherever it applies (read per call; for measurements).
 constexpr double kQ128MaxExtra = 1.25;
 bool use_q128(const FnaForwardArgs& args, int dtype, int dim) {
-  if ((dtype != 1 && dtype != 2) || dim != 128) return false;
+  if (!q128_built(dtype, dim)) return false;
   const char* env = std::getenv("NATTEN_SM80_Q128");
   if (env != nullptr && env[0] == '0') return false;
   if (env != nullptr && env[0] == '1') return true;
@@ -444,7 +446,7 @@ cudaError_t fna_forward(const FnaForwardArgs& args, int dtype, cudaStream_t stre
   bool empty = false;
   // 128-token query tiles (from fna_forward_auto_tiles) at head dim 128, fp16 / bf16 only.
   const int dim = padded_dim(D > Dv ? D : Dv);
-  const bool q128 = (dtype == 1 || dtype == 2) && dim == 128 && tile_log2_total(args.q_tile, args.rank) == kTileLog2 + 1;
+  const bool q128 = q128_built(dtype, dim) && tile_log2_total(args.q_tile, args.rank) == kTileLog2 + 1;
   const cudaError_t ge = fna_forward_geometry(args, &p.geo, &empty, q128 ? kTileLog2 + 1 : kTileLog2);
   if (ge != cudaSuccess) return ge;
   if (empty) return cudaSuccess;

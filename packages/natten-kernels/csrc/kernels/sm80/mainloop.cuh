@@ -136,24 +136,19 @@ struct CollectiveMainloop {
       // S = Q K^T
       Tensor acc_s = partition_fragment_C(tiled_mma, Shape<Int<kTileQ>, Int<kTileKV>>{});
       clear(acc_s);
-      if constexpr (Traits::kPrefetchQK) {
+      // k-slice kk's fragments are loaded one slice ahead (kPrefetchQK) or just before its MMA.
+      constexpr int kPrefetchQK = Traits::kPrefetchQK ? 1 : 0;
+      if constexpr (kPrefetchQK) {
         copy(copy_q, tSsQ(_, _, _0{}), tSrQ_view(_, _, _0{}));
         copy(copy_k, tSsK(_, _, _0{}), tSrK_view(_, _, _0{}));
-        CUTE_UNROLL
-        for (int kk = 0; kk < size<2>(tSrQ); ++kk) {
-          if (kk + 1 < size<2>(tSrQ)) {
-            copy(copy_q, tSsQ(_, _, kk + 1), tSrQ_view(_, _, kk + 1));
-            copy(copy_k, tSsK(_, _, kk + 1), tSrK_view(_, _, kk + 1));
-          }
-          cute::gemm(tiled_mma, tSrQ(_, _, kk), tSrK(_, _, kk), acc_s);
+      }
+      CUTE_UNROLL
+      for (int kk = 0; kk < size<2>(tSrQ); ++kk) {
+        if (kk + kPrefetchQK < size<2>(tSrQ)) {
+          copy(copy_q, tSsQ(_, _, kk + kPrefetchQK), tSrQ_view(_, _, kk + kPrefetchQK));
+          copy(copy_k, tSsK(_, _, kk + kPrefetchQK), tSrK_view(_, _, kk + kPrefetchQK));
         }
-      } else {
-        CUTE_UNROLL
-        for (int kk = 0; kk < size<2>(tSrQ); ++kk) {
-          copy(copy_q, tSsQ(_, _, kk), tSrQ_view(_, _, kk));
-          copy(copy_k, tSsK(_, _, kk), tSrK_view(_, _, kk));
-          cute::gemm(tiled_mma, tSrQ(_, _, kk), tSrK(_, _, kk), acc_s);
-        }
+        cute::gemm(tiled_mma, tSrQ(_, _, kk), tSrK(_, _, kk), acc_s);
       }
 
       // Scores in log2 units; mask where the key tile cuts a window border.
@@ -217,19 +212,12 @@ struct CollectiveMainloop {
       cp_async_fence();
 
       // O += P V
-      if constexpr (Traits::kPrefetchV) {
-        copy(copy_v, tOsVt(_, _, _0{}), tOrVt_view(_, _, _0{}));
-        CUTE_UNROLL
-        for (int kk = 0; kk < size<2>(tOrP); ++kk) {
-          if (kk + 1 < size<2>(tOrP)) copy(copy_v, tOsVt(_, _, kk + 1), tOrVt_view(_, _, kk + 1));
-          cute::gemm(tiled_mma, tOrP(_, _, kk), tOrVt(_, _, kk), acc_o);
-        }
-      } else {
-        CUTE_UNROLL
-        for (int kk = 0; kk < size<2>(tOrP); ++kk) {
-          copy(copy_v, tOsVt(_, _, kk), tOrVt_view(_, _, kk));
-          cute::gemm(tiled_mma, tOrP(_, _, kk), tOrVt(_, _, kk), acc_o);
-        }
+      constexpr int kPrefetchV = Traits::kPrefetchV ? 1 : 0;  // as for Q / K above
+      if constexpr (kPrefetchV) copy(copy_v, tOsVt(_, _, _0{}), tOrVt_view(_, _, _0{}));
+      CUTE_UNROLL
+      for (int kk = 0; kk < size<2>(tOrP); ++kk) {
+        if (kk + kPrefetchV < size<2>(tOrP)) copy(copy_v, tOsVt(_, _, kk + kPrefetchV), tOrVt_view(_, _, kk + kPrefetchV));
+        cute::gemm(tiled_mma, tOrP(_, _, kk), tOrVt(_, _, kk), acc_o);
       }
     }
     cp_async_wait<0>();

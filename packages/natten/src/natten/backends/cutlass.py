@@ -281,8 +281,7 @@ def _prepare_training(query: Tensor, key: Tensor, value: Tensor, spec, scale: fl
     if bq is not None:
         bwd_tiles = (list(bq), list(bkv))
     else:  # cutlass-fna: the forward's tiles where they are backward tiles (64 tokens), else the library's
-        bwd_tiles = fwd_tiles if sm80 else ([], [])
-        bwd_tiles = _backward_tiles_from_forward(*bwd_tiles)
+        bwd_tiles = _backward_tiles_from_forward(*fwd_tiles) if sm80 else ([], [])
     schedule = None if sm80 else options.get("kernel_schedule")
     return _PreparedTraining(query, key, value, spec, scale, fwd_tiles, bwd_tiles, kv_splits, fwd_backend,
                              schedule, slow)
