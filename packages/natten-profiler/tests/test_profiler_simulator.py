@@ -290,3 +290,31 @@ def test_invalid_problems_raise():
         simulator.simulate((8, 8), 3, 1, 1, False, (4, 4, 4), (4, 4))
     with pytest.raises(ValueError, match="q_tile"):
         simulator.simulate((8,), 3, 1, 1, False, (0,), (4,))
+
+
+def test_library_configs_ranked_by_tile_bound():
+    """natten_fna_query_configs lists tile pairs in a fixed enumeration order (it has no token
+    shape to rank by); the profiler puts natten's own choice first and the pairs by simulated tile
+    bound after it, so --max-configs N times the N best-rated pairs, not the first N enumerated."""
+    from natten_profiler.configs import Config, rank_library_configs
+    from natten_profiler.problem import UseCase
+
+    uc = UseCase((48, 40), (13, 9), (1, 1), (1, 1), (False, False), 1, 2, 2, 64, 64, "fp16")
+    shapes = [(1, 64), (2, 32), (4, 16), (8, 8), (16, 4), (32, 2), (64, 1)]
+    enumerated = [Config("cutlass-fna", q, kv) for q in shapes for kv in shapes]  # the library's order
+    ranked = rank_library_configs(uc, "cutlass-fna", enumerated)
+    assert ranked[0].q_tile_shape is None and ranked[0].kv_tile_shape is None  # natten's own choice
+    rest = ranked[1:]
+    assert sorted((c.q_tile_shape, c.kv_tile_shape) for c in rest) == sorted(
+        (c.q_tile_shape, c.kv_tile_shape) for c in enumerated)
+    bounds = [c.tile_bound for c in rest]
+    assert all(b is not None and b > 0 for b in bounds)
+    assert bounds == sorted(bounds, reverse=True)
+    # every pair's bound is the simulator's own for that pair
+    for c in rest[:5]:
+        r = simulator.simulate(uc.input_size, uc.window_size, uc.stride, uc.dilation, uc.causal,
+                               c.q_tile_shape, c.kv_tile_shape)
+        assert c.tile_bound == pytest.approx(r.tile_bound, rel=1e-12)
+    # the enumeration's first pair (the whole query tile on the last axis) is not the best rated
+    assert (rest[0].q_tile_shape, rest[0].kv_tile_shape) != ((1, 64), (1, 64))
+    assert rest[0].tile_bound > enumerated[0].tile_bound

@@ -323,7 +323,10 @@ NATTEN_API int natten_device_info(int device, int* cc_major, int* cc_minor) NATT
  * natten_last_error(). */
 NATTEN_API int natten_fna_supports(const natten_fna_problem* problem) NATTEN_NOEXCEPT;
 
-/* Tile configurations this build supports for `problem`, best first. Writes up to `capacity`
+/* Tile configurations this build supports for `problem`, in a fixed enumeration order (the list
+ * depends on backend, rank, head dims and dtype only: natten_fna_problem has no token shape, so
+ * it cannot be ranked for a problem; natten-profiler ranks it by simulated tile bound, and the
+ * forward's automatic choice, all tiles 0, is not necessarily its first entry). Writes up to `capacity`
  * entries to `out` (which may be NULL when capacity == 0) and the total number available to
  * *count (like snprintf: call with capacity 0 to size the array). Returns SUCCESS when at least
  * one configuration exists; UNSUPPORTED with *count = 0 and a reason otherwise. */

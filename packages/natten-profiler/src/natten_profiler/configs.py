@@ -98,6 +98,23 @@ def flex_configs(uc: UseCase, products: Sequence[int] = (64, 128)) -> List[Confi
     return [Config("flex-fna", r.q_tile, r.kv_tile, tile_bound=r.tile_bound) for r in ranked]
 
 
+def rank_library_configs(uc: UseCase, backend: str, configs: Sequence[Config]) -> List[Config]:
+    """natten's own choice first (what a user gets without tile options), then the library's tile
+    pairs by simulated tile bound, highest first (fewest visited pairs; ties keep the library's
+    order, pairs the simulator cannot rate go last). The library lists its pairs per (rank, head
+    dim, dtype), not per problem (``natten_fna_query_configs`` has no shape to rank them by), so
+    without this ``--max-configs N`` would time the first N of an enumeration order: on a rank-3
+    problem with 128-token tiles, N of 1296 pairs that mostly put the whole query tile on one axis."""
+    for c in configs:
+        if c.tile_bound is None and c.q_tile_shape and c.kv_tile_shape:
+            c.tile_bound = _tile_bound(uc, c.q_tile_shape, c.kv_tile_shape)
+    order = sorted(
+        range(len(configs)),
+        key=lambda i: (configs[i].tile_bound is None, -(configs[i].tile_bound or 0.0), i),
+    )
+    return [Config(backend)] + [configs[i] for i in order]
+
+
 # ---------------------------------------------------------------------------------------------
 # The kernel library's query API
 # ---------------------------------------------------------------------------------------------
@@ -198,8 +215,6 @@ def list_backend_configs(
                     note=f"tile list unavailable ({why}); the kernel library picks the tiles",
                 ))
             else:
-                for c in cfgs:
-                    if c.q_tile_shape and c.kv_tile_shape:
-                        c.tile_bound = _tile_bound(uc, c.q_tile_shape, c.kv_tile_shape)
-                out.append(BackendConfigs(name, True, None, cfgs, "natten._libnatten"))
+                out.append(BackendConfigs(name, True, None, rank_library_configs(uc, name, cfgs),
+                                          "natten default, then natten._libnatten's by tile bound"))
     return out
