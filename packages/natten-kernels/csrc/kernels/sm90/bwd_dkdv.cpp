@@ -42,6 +42,7 @@ bool bwd_dkdv_can_run(const FnaBackwardArgs& args, int dtype, const char** reaso
   return why == nullptr;
 }
 
+#if defined(NATTEN_HAS_SM90)  // helpers of the launch path (builds without sm_90a report no support)
 namespace {
 // The dK / dV kernel's geometry (64-token query tiles, 128-token key tiles from the shared chooser).
 cudaError_t dkdv_geometry(const FnaForwardArgs& f, sm80::Geometry* g) {
@@ -71,6 +72,7 @@ bool empty_problem(const FnaForwardArgs& f) {
   return f.batch == 0 || f.heads == 0;
 }
 }  // namespace
+#endif
 
 int64_t bwd_dkdv_workspace_bytes(const FnaBackwardArgs& args, int dtype) {
 #if !defined(NATTEN_HAS_SM90)
