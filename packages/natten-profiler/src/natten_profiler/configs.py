@@ -106,13 +106,11 @@ def rank_library_configs(uc: UseCase, backend: str, configs: Sequence[Config]) -
     without this ``--max-configs N`` would time the first N of an enumeration order: on a rank-3
     problem with 128-token tiles, N of 1296 pairs that mostly put the whole query tile on one axis."""
     for c in configs:
-        if c.tile_bound is None and c.q_tile_shape and c.kv_tile_shape:
+        if c.q_tile_shape and c.kv_tile_shape:
             c.tile_bound = _tile_bound(uc, c.q_tile_shape, c.kv_tile_shape)
-    order = sorted(
-        range(len(configs)),
-        key=lambda i: (configs[i].tile_bound is None, -(configs[i].tile_bound or 0.0), i),
-    )
-    return [Config(backend)] + [configs[i] for i in order]
+    # sorted() is stable: equal bounds keep the library's order
+    ranked = sorted(configs, key=lambda c: (c.tile_bound is None, -(c.tile_bound or 0.0)))
+    return [Config(backend)] + ranked
 
 
 # ---------------------------------------------------------------------------------------------
