@@ -139,3 +139,18 @@ def test_sm80_layouts(tmp_path: Path) -> None:
     run = _run([str(exe)], timeout=300)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
     assert "OK" in run.stdout
+
+
+def test_small_window_plan(tmp_path: Path) -> None:
+    """The SM80 small-window forward kernel's plan bounds, walk and row masks against brute force
+    (tests/small_window_test.cpp)."""
+    cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
+    if cxx is None:
+        pytest.skip("no C++ compiler")
+    exe = tmp_path / "small_window_test"
+    build = _run([cxx, "-std=c++17", "-O2", "-Wall", "-Wextra", "-x", "c++", f"-I{INCLUDE}", f"-I{SM80}",
+                  str(TESTS / "small_window_test.cpp"), "-o", str(exe)], timeout=300)
+    assert build.returncode == 0, build.stdout + build.stderr
+    run = _run([str(exe)], timeout=300)
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
+    assert "OK" in run.stdout

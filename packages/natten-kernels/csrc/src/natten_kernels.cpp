@@ -686,6 +686,7 @@ int forward_impl(const natten_fna_forward_params* user) {
       args.q_tile[i] = i < p->rank ? qt[i] : 1;
       args.kv_tile[i] = i < p->rank ? kt[i] : 1;
     }
+    args.tiles_auto = true;
   }
   // 3. Device.
   int dev = 0;

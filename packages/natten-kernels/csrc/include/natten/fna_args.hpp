@@ -55,6 +55,11 @@ struct FnaForwardArgs {
   int kv_tile[kMaxRank];        // key tile shape in tokens (product = CTA key tile)
 
   int kernel_schedule;          // Hopper consumer schedule (sm90/fna_forward.hpp); 0 = default
+
+  // The caller left the tiles to the library (q_tile / kv_tile hold the automatic choice): the SM80
+  // forward may then run its small-window kernel instead (sm80/small_window.hpp). The host fills
+  // these blocks after a memset to zero (false).
+  bool tiles_auto;
 };
 
 }  // namespace natten

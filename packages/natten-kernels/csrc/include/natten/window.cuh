@@ -34,6 +34,7 @@ NATTEN_HD int imax(int a, int b) { return a > b ? a : b; }
 // Number of tokens of dilation group g (0 <= g < d) on an axis of n tokens: ceil((n - g) / d).
 // Returns 0 when the group is empty (g >= n).
 NATTEN_HD int group_extent(int n, int d, int g) {
+  if (d == 1) return n > g ? n - g : 0;  // no division for the common undilated axis
   return n > g ? (n - g + d - 1) / d : 0;
 }
 
@@ -60,7 +61,7 @@ NATTEN_HD Axis make_axis(int n_g, int K, int s, bool causal) {
 
 // Inclusive window [start, end] of (group-local) query i, 0 <= i < a.n.
 NATTEN_HD void window(int i, const Axis& a, int& start, int& end) {
-  const int group_first = a.s * (i / a.s);
+  const int group_first = a.s == 1 ? i : a.s * (i / a.s);  // no division for stride 1
   if (a.causal) {
     // SEMANTICS 4: leader = last query of the stride group (clamped); shared start; stop at self.
     const int leader = imin(group_first + a.s - 1, a.n - 1);

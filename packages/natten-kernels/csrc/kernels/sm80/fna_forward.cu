@@ -12,6 +12,7 @@
 #include "fna_forward_launch.hpp"
 #include "params.cuh"
 #include "simt/fna_f32.hpp"
+#include "small_window.hpp"
 #include "tile_scheduler.cuh"
 
 namespace natten {
@@ -490,6 +491,8 @@ cudaError_t fna_forward(const FnaForwardArgs& args, int dtype, cudaStream_t stre
   p.aligned = aligned ? 1 : 0;
 
   if (dtype == 3) return simt::fna_forward_f32(p, stream);  // CUDA cores, same tiles
+  cudaError_t small_result = cudaSuccess;
+  if (small_window_forward(args, dtype, p, stream, &small_result)) return small_result;
   if (dtype == 1) {
     switch (dim) {
       case 32: return launch_fna_forward<1, 32>(p, stream);

@@ -71,6 +71,31 @@ struct WorkTile {
 // then dilation groups, then heads, then batch.
 NATTEN_HD WorkTile decode_work(const Geometry& g, int64_t idx) {
   WorkTile w;
+  if (g.num_work <= int64_t(0xffffffffu)) {
+    // The same decode in 32-bit arithmetic, skipping extents of 1 (a 64-bit division costs several
+    // times a 32-bit one; small-tile kernels decode once per few hundred MMAs).
+    uint32_t i = uint32_t(idx);
+    for (int a = kRank - 1; a >= 0; --a) {
+      const uint32_t n = uint32_t(g.q_tiles[a]);
+      w.tile[a] = 0;
+      if (n != 1u) {
+        w.tile[a] = int(i % n);
+        i /= n;
+      }
+    }
+    for (int a = kRank - 1; a >= 0; --a) {
+      const uint32_t n = uint32_t(g.groups[a]);
+      w.group[a] = 0;
+      if (n != 1u) {
+        w.group[a] = int(i % n);
+        i /= n;
+      }
+    }
+    const uint32_t h = uint32_t(g.heads);
+    w.head = int64_t(i % h);
+    w.batch = int64_t(i / h);
+    return w;
+  }
   for (int a = kRank - 1; a >= 0; --a) {
     w.tile[a] = int(idx % g.q_tiles[a]);
     idx /= g.q_tiles[a];
@@ -111,8 +136,9 @@ NATTEN_HD bool make_query_tile(const Geometry& g, const WorkTile& w, QueryTile& 
   for (int a = 0; a < kRank; ++a) {
     const int d = g.dilation[a];
     const int first = g.q_origin[a] + w.group[a];  // global token of the slab group's first token
-    const int gg = first % d;                      // global dilation group
-    const int kg = (gg + d - g.kv_origin[a] % d) % d;
+    // (d == 1: the same values without the divisions, which dominate this function's cost)
+    const int gg = d == 1 ? 0 : first % d;         // global dilation group
+    const int kg = d == 1 ? 0 : (gg + d - g.kv_origin[a] % d) % d;
     const int ng = window::group_extent(g.extent[a], d, gg);
     const int nq = window::group_extent(g.q_extent[a], d, w.group[a]);
     q.axis[a] = window::make_axis(ng, g.kernel[a], g.stride[a], g.causal[a] != 0);
@@ -121,8 +147,8 @@ NATTEN_HD bool make_query_tile(const Geometry& g, const WorkTile& w, QueryTile& 
     q.n_q[a] = nq;
     q.n_kv[a] = window::group_extent(g.kv_extent[a], d, kg);
     q.kv_group[a] = kg;
-    q.q_shift[a] = first / d;
-    q.kv_shift[a] = (g.kv_origin[a] + kg) / d;
+    q.q_shift[a] = d == 1 ? first : first / d;
+    q.kv_shift[a] = d == 1 ? g.kv_origin[a] : (g.kv_origin[a] + kg) / d;
     nonempty = nonempty && (q.q0[a] < nq);
   }
   return nonempty;

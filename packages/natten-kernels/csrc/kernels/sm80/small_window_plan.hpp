@@ -1,0 +1,224 @@
+// Plan and mask math of the SM80 small-window forward kernel (small_window_kernel.cuh).
+//
+// The tiled forward (fna_forward_kernel.cuh) computes 64-token query tiles against 64-token key
+// tiles. With small windows (e.g. 7x7 on a 56x56 grid, classification-style NA) most of that work
+// is masked: an 8x8 query tile sees a 14x14 key box, covered by 4-9 key tiles of 64, so ~10% of the
+// computed scores are attended. The small-window kernel instead gives each warp a *patch* of 16
+// queries (one m16 MMA row block, a box such as 4x4) and computes it against exactly the key box of
+// that patch (the union of its windows, e.g. 10x10 = 100 keys, padded to 112), gathering the key
+// rows from a shared-memory *halo* (the union of the windows of the CTA's query *region*, e.g. 8x16
+// queries -> a 14x22 key halo, loaded once per CTA). ldmatrix takes one row address per lane, so
+// the gather costs nothing over a contiguous load.
+//
+// Everything here is plain integer C++ (host and device), so the CPU test
+// (tests/small_window_test.cpp) checks the plan bounds and the row masks against brute force.
+#pragma once
+
+#include <cstdint>
+
+#include "natten/window.cuh"
+#include "tile_scheduler.cuh"
+
+namespace natten {
+namespace sm80 {
+
+constexpr int kSwPatchLog2 = 4;     // 16 queries per warp patch
+constexpr int kSwMaxKeys = 128;     // largest key box of a patch (S: 64 fp32 registers per thread)
+constexpr int kSwWarps = 4;         // warps per CTA (128 threads)
+
+// ---- runs of queries on one axis ----------------------------------------------------------------
+//
+// Per axis, the query slab's dilation groups are cut into runs of 2^l queries (the last run of a
+// group may be shorter). For each run, the union of its windows is the key range
+// [window_start(first), window_end(last)] (monotone windows). `visit_runs` calls f(ks, ke, len) for
+// every run of every group of axis a (len: real queries of the run; ks, ke global group-local).
+template <class F>
+inline void sw_visit_runs(const Geometry& g, int a, int l, F&& f) {
+  const int d = g.dilation[a];
+  const int groups = window::imin(d, g.q_extent[a]);
+  for (int gl = 0; gl < groups; ++gl) {
+    const int first = g.q_origin[a] + gl;
+    const int gg = first % d;
+    const int ng = window::group_extent(g.extent[a], d, gg);
+    const int nq = window::group_extent(g.q_extent[a], d, gl);
+    const int shift = first / d;
+    const window::Axis ax = window::make_axis(ng, g.kernel[a], g.stride[a], g.causal[a] != 0);
+    for (int q0 = 0; q0 < nq; q0 += (1 << l)) {
+      const int q1 = window::imin(q0 + (1 << l) - 1, nq - 1);
+      int ks, ke;
+      window::tile_key_range(q0 + shift, q1 + shift, ax, ks, ke);
+      f(ks, ke, q1 - q0 + 1);
+    }
+  }
+}
+
+struct SwRunStats {
+  int max_ext = 0;      // largest key range of a run
+  double sum_ext = 0;   // sum of the key ranges of all runs
+  double runs = 0;      // number of runs
+};
+
+inline SwRunStats sw_run_stats(const Geometry& g, int a, int l) {
+  SwRunStats s;
+  sw_visit_runs(g, a, l, [&](int ks, int ke, int) {
+    const int ext = ke - ks + 1;
+    s.max_ext = window::imax(s.max_ext, ext);
+    s.sum_ext += ext;
+    s.runs += 1;
+  });
+  return s;
+}
+
+struct SwPlan {
+  int region_log2[kRank] = {0, 0, 0};  // CTA query box (2^6 or 2^7 tokens)
+  int patch_log2[kRank] = {0, 0, 0};   // warp patch (2^4 tokens), inside the region box per axis
+  int halo_rows = 0;                   // bound on the key rows of any region's halo (product of per-axis maxima)
+  int max_keys = 0;                    // bound on the keys of any patch box
+  double pairs = 0;                    // estimated (query, key) pairs computed (16 x padded patch boxes)
+  double cost = 0;                     // halo rows loaded + 1.5 x padded patch keys (relative units)
+};
+
+// All compositions of `total` into the first `rank` axes (axes >= rank get 0), in a fixed order.
+inline int sw_compositions(int rank, int total, int out[][kRank], int capacity) {
+  int n = 0;
+  for (int a0 = 0; a0 <= total; ++a0)
+    for (int a1 = 0; a1 <= total - a0; ++a1) {
+      const int a2 = total - a0 - a1;
+      const int l[kRank] = {a0, a1, a2};
+      bool ok = true;
+      for (int a = 0; a < kRank; ++a) ok = ok && (a < rank || l[a] == 0);
+      if (!ok) continue;
+      if (n < capacity)
+        for (int a = 0; a < kRank; ++a) out[n][a] = l[a];
+      ++n;
+    }
+  return n;
+}
+
+// Chooses the patch and region boxes of the small-window kernel for the problem in g (its extents,
+// slabs, kernel, stride, dilation, causal; its tile fields are ignored) and a smem budget in bytes
+// per CTA with `row_bytes` per K / V / Q row. Returns false when no patch box fits kSwMaxKeys keys
+// or no region fits the budget. Cost model (relative): each halo row loaded costs as much as one
+// key column of a 16-query patch (both ~ (D + Dv) / 32 cycles per SM on the H100: 64 B/clk of
+// loads vs ~1 K FLOP/clk of mma.sync), and a patch key column costs 1.5 of those (the exp2).
+inline bool sw_make_plan(const Geometry& g, int rank, int row_bytes, int smem_budget, SwPlan* plan) {
+  int patches[16][kRank], regions[40][kRank];
+  const int np = sw_compositions(rank, kSwPatchLog2, patches, 16);
+  bool found = false;
+  SwPlan best;
+  for (int ip = 0; ip < np; ++ip) {
+    double pmax = 1, psum = 1, pruns = 1;
+    for (int a = 0; a < kRank; ++a) {
+      const SwRunStats s = sw_run_stats(g, a, patches[ip][a]);
+      pmax *= s.max_ext;
+      psum *= s.sum_ext;
+      pruns *= s.runs;
+    }
+    if (pmax > kSwMaxKeys) continue;
+    const double padded_keys = psum + 7.5 * pruns;  // each patch box rounded up to 16 keys (mean)
+    for (int total = 7; total >= 6; --total) {
+      const int nr = sw_compositions(rank, total, regions, 40);
+      for (int ir = 0; ir < nr; ++ir) {
+        bool inside = true;
+        for (int a = 0; a < kRank; ++a) inside = inside && regions[ir][a] >= patches[ip][a];
+        if (!inside) continue;
+        double hmax = 1, hsum = 1;
+        for (int a = 0; a < kRank; ++a) {
+          const SwRunStats s = sw_run_stats(g, a, regions[ir][a]);
+          hmax *= s.max_ext;
+          hsum *= s.sum_ext;
+        }
+        const double smem = (double(1 << total) + 2.0 * (hmax + 2)) * row_bytes;
+        if (smem > smem_budget) continue;
+        const double cost = hsum + 1.5 * padded_keys;
+        if (!found || cost < best.cost * (1.0 - 1e-9)) {
+          found = true;
+          for (int a = 0; a < kRank; ++a) {
+            best.region_log2[a] = regions[ir][a];
+            best.patch_log2[a] = patches[ip][a];
+          }
+          best.halo_rows = int(hmax);
+          best.max_keys = int(pmax);
+          best.pairs = 16.0 * padded_keys;
+          best.cost = cost;
+        }
+      }
+    }
+  }
+  if (found) *plan = best;
+  return found;
+}
+
+// ---- row masks over a patch's key box -------------------------------------------------------------
+//
+// Keys of a patch box of extents e[] (e0 * e1 * e2 <= 128) are numbered n = (x0 * e1 + x1) * e2 + x2.
+// A query's window inside the box is [lo_a, hi_a] per axis (box-local, non-empty: the box is the
+// union of the patch's windows); its mask has bit n set iff lo_a <= x_a <= hi_a on every axis. Built
+// as a run of bits on the last axis, replicated by doubling along the others (a few 128-bit shifts
+// instead of one run per (x0, x1) pair).
+struct Bits128 {
+  uint64_t w[2];
+};
+
+NATTEN_HD Bits128 b128_or(Bits128 a, Bits128 b) { return Bits128{{a.w[0] | b.w[0], a.w[1] | b.w[1]}}; }
+
+// x << s for 0 <= s < 128.
+NATTEN_HD Bits128 b128_shl(Bits128 x, int s) {
+  Bits128 r;
+  if (s >= 64) {
+    r.w[1] = x.w[0] << (s - 64);
+    r.w[0] = 0;
+  } else if (s == 0) {
+    r = x;
+  } else {
+    r.w[1] = (x.w[1] << s) | (x.w[0] >> (64 - s));
+    r.w[0] = x.w[0] << s;
+  }
+  return r;
+}
+
+// x >> s for 0 <= s < 64.
+NATTEN_HD Bits128 b128_shr(Bits128 x, int s) {
+  if (s == 0) return x;
+  Bits128 r;
+  r.w[0] = (x.w[0] >> s) | (x.w[1] << (64 - s));
+  r.w[1] = x.w[1] >> s;
+  return r;
+}
+
+// Bits [lo, hi] (0 <= lo <= hi < 128).
+NATTEN_HD Bits128 b128_run(int lo, int hi) {
+  auto below = [](int n) -> Bits128 {  // bits [0, n), 0 <= n <= 128
+    Bits128 r;
+    r.w[0] = n >= 64 ? ~uint64_t(0) : ((uint64_t(1) << n) - 1);
+    r.w[1] = n >= 128 ? ~uint64_t(0) : (n <= 64 ? uint64_t(0) : ((uint64_t(1) << (n - 64)) - 1));
+    return r;
+  };
+  const Bits128 a = below(hi + 1), b = below(lo);
+  return Bits128{{a.w[0] & ~b.w[0], a.w[1] & ~b.w[1]}};
+}
+
+// The union of x << (k * stride) for k = 0 .. count - 1 (count * stride <= 128).
+NATTEN_HD Bits128 b128_replicate(Bits128 x, int count, int stride) {
+  int have = 1;
+  while (have < count) {
+    const int add = window::imin(have, count - have);
+    x = b128_or(x, b128_shl(x, add * stride));
+    have += add;
+  }
+  return x;
+}
+
+NATTEN_HD Bits128 sw_row_mask(const int lo[kRank], const int hi[kRank], const int e[kRank]) {
+  Bits128 m = b128_run(lo[2], hi[2]);
+  int stride = e[2];
+  for (int a = 1; a >= 0; --a) {
+    m = b128_replicate(m, hi[a] - lo[a] + 1, stride);
+    if (lo[a] > 0) m = b128_shl(m, lo[a] * stride);
+    stride *= e[a];
+  }
+  return m;
+}
+
+}  // namespace sm80
+}  // namespace natten
