@@ -52,7 +52,7 @@ static void test_masks(std::mt19937& rng) {
       lo[a] = int(rng() % e[a]);
       hi[a] = lo[a] + int(rng() % (e[a] - lo[a]));
     }
-    const ns::Bits128 m = ns::sw_row_mask(lo, hi, e);
+    const ns::Bits128 m = ns::sw_row_mask(lo, hi, e, ns::sw_combs(e));
     const int shift = 2 * int(rng() % 4);
     const ns::Bits128 ms = ns::b128_shr(m, shift);
     for (int n = 0; n < 128; ++n) {

@@ -17,6 +17,11 @@ namespace {
 // Shared-memory budget per CTA: Q region + K and V halos. 64 KiB keeps 3 CTAs per SM on the H100
 // (227 KiB) and 2 on the A100 (163 KiB) at the budget's limit; nat-small (56x56, 7x7, D 32) needs ~47 KiB.
 constexpr int kSwSmemBudget = 64 * 1024;
+// Taken automatically where its estimated (query, key) pairs are at most this share of the tiled
+// kernel's. H100, 2026-11-27, per-kernel, B 64 x 56x56 x 4 heads, D 32: 3x3 (ratio 0.23) 262 vs
+// 378 us, 5x5 (0.35) 269 vs 304, 7x7 (0.42) 294 vs 385; B 16 x 64x64 x 8 heads, D 64, 7x7 (0.42)
+// 309 vs 369 (benchmarks/NOTES.md).
+constexpr double kSwMaxPairsRatio = 0.45;
 
 // Plan cache (the plan walks every query run of each axis: O(extent) per candidate box).
 struct SwCacheEntry {
@@ -26,6 +31,7 @@ struct SwCacheEntry {
   int rank = 0, row_bytes = 0;
   bool ok = false;
   SwPlan plan;
+  double tiled_pairs = 0;  // the tiled kernel's visited pairs with the automatic tiles
 };
 constexpr int kSwCacheEntries = 8;
 struct SwCache {
@@ -58,8 +64,18 @@ const SwCacheEntry& cached_plan(const Geometry& g, int rank, int row_bytes) {
   e.row_bytes = row_bytes;
   std::memcpy(e.key, key, sizeof(key));
   e.ok = sw_make_plan(g, rank, row_bytes, kSwSmemBudget, &e.plan);
+  e.tiled_pairs = 1.0;
+  for (int a = 0; a < kRank; ++a) e.tiled_pairs *= sw_tiled_axis_pairs(g, a, g.q_log2[a], g.kv_log2[a]);
   e.last_use = ++c.clock;
   return e;
+}
+
+// The kernel addresses q / k / v / out inside one (batch, head, dilation group) slice with 32-bit
+// offsets from the slice's 64-bit base: every offset must fit.
+bool slice_offsets_fit(const int extent[kRank], const int64_t spatial[kRank], int dim) {
+  int64_t span = dim;
+  for (int a = 0; a < kRank; ++a) span += int64_t(extent[a] > 0 ? extent[a] - 1 : 0) * (spatial[a] < 0 ? -spatial[a] : spatial[a]);
+  return span <= int64_t(INT_MAX);
 }
 
 template <class Element, int kDim>
@@ -80,19 +96,25 @@ cudaError_t launch(const SwParams& sp, int smem, cudaStream_t stream) {
 bool small_window_forward(const FnaForwardArgs& args, int dtype, const FnaParams& base, cudaStream_t stream,
                           cudaError_t* result) {
   if (!args.tiles_auto || (dtype != 1 && dtype != 2) || base.aligned == 0) return false;
-  // Opt-in (measured 2026-11-27 on the H100: 5-19% faster than the tiled kernel on some
-  // small-window problems, 4-8% slower on others; benchmarks/NOTES.md).
   const char* env = std::getenv("NATTEN_SM80_SMALL");
-  if (env == nullptr || env[0] != '1') return false;
+  if (env != nullptr && env[0] == '0') return false;
+  const bool force = env != nullptr && env[0] == '1';
   const int dmax = base.head_dim > base.head_dim_v ? base.head_dim : base.head_dim_v;
   const int dim = dmax <= 32 ? 32 : (dmax <= 64 ? 64 : 0);
   if (dim == 0) return false;
+  const Geometry& g = base.geo;
+  if (!slice_offsets_fit(g.q_extent, base.q_spatial, base.head_dim) ||
+      !slice_offsets_fit(g.q_extent, base.o_spatial, base.head_dim_v) ||
+      !slice_offsets_fit(g.kv_extent, base.k_spatial, base.head_dim) ||
+      !slice_offsets_fit(g.kv_extent, base.v_spatial, base.head_dim_v))
+    return false;
   int window_keys = 1;
   for (int a = 0; a < kRank; ++a) window_keys *= base.geo.kernel[a];
   if (window_keys > kSwMaxKeys) return false;  // a patch box holds at least one whole window
 
   const SwCacheEntry& c = cached_plan(base.geo, args.rank, dim * 2);
   if (!c.ok || base.geo.num_work <= 0) return false;
+  if (!force && c.plan.pairs > kSwMaxPairsRatio * c.tiled_pairs) return false;
 
   SwParams sp;
   std::memset(&sp, 0, sizeof(sp));

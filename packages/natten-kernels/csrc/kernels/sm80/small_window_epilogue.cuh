@@ -62,7 +62,7 @@ __device__ __forceinline__ void sw_patch_epilogue(const SwParams& sp, const Quer
       const uint32_t addr = sq + sw_swizzle(uint32_t(sw_region_row(g, sp.patch_log2, pt, r)) * kRowBytes + uint32_t(ch) * 16u);
       uint32_t v0, v1, v2, v3;
       asm volatile("ld.shared.v4.b32 {%0, %1, %2, %3}, [%4];\n" : "=r"(v0), "=r"(v1), "=r"(v2), "=r"(v3) : "r"(addr));
-      Element* dst = out + to.offset(q) + ch * 8;
+      Element* dst = out + to.base + (q[0] * int(to.step[0]) + q[1] * int(to.step[1]) + q[2] * int(to.step[2]) + ch * 8);
       asm volatile("st.global.v4.b32 [%0], {%1, %2, %3, %4};\n" ::"l"(dst), "r"(v0), "r"(v1), "r"(v2), "r"(v3)
                    : "memory");
     }

@@ -18,8 +18,10 @@ __device__ __forceinline__ void sw_cp_async16(uint32_t smem, const void* gmem, i
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem), "l"(gmem), "r"(src_bytes));
 }
 
+// Registers for 3 CTAs per SM at head dim 32 (168; the shared memory of nat-small's regions allows
+// 4, but a 4-CTA build spilled 260 bytes and measured no faster) and 2 at head dim 64.
 template <class Element, int kDim>
-__global__ void __launch_bounds__(kSwWarps * 32) sw_forward_kernel(const __grid_constant__ SwParams sp) {
+__global__ void __launch_bounds__(kSwWarps * 32, kDim <= 32 ? 3 : 2) sw_forward_kernel(const __grid_constant__ SwParams sp) {
   extern __shared__ __align__(1024) uint8_t sw_smem[];
   constexpr int kRowBytes = kDim * 2;
   constexpr int kChunks = kDim / 8;
@@ -56,8 +58,13 @@ __global__ void __launch_bounds__(kSwWarps * 32) sw_forward_kernel(const __grid_
 
     __syncthreads();  // the previous work tile's shared memory is no longer read
 
-    // K / V halo rows.
+    // K / V halo rows. Offsets inside a (batch, head, group) slice fit 32 bits (checked on the host),
+    // so only the slice base is 64-bit.
     {
+      const Element* kb = kptr + tk.base;
+      const Element* vb = vptr + tv.base;
+      const int k0 = int(tk.step[0]), k1 = int(tk.step[1]), k2 = int(tk.step[2]);
+      const int v0 = int(tv.step[0]), v1 = int(tv.step[1]), v2 = int(tv.step[2]);
       const int rows = he[0] * he[1] * he[2];
       const uint32_t e12 = uint32_t(he[1] * he[2]);
       const uint32_t m12 = sw_div_magic(e12), m2 = sw_div_magic(uint32_t(he[2]));
@@ -66,24 +73,28 @@ __global__ void __launch_bounds__(kSwWarps * 32) sw_forward_kernel(const __grid_
         const uint32_t x0 = sw_div(uint32_t(row), m12, e12);
         const uint32_t rem = uint32_t(row) - x0 * e12;
         const uint32_t x1 = sw_div(rem, m2, uint32_t(he[2]));
-        const int c[kRank] = {hs[0] + int(x0), hs[1] + int(x1), hs[2] + int(rem - x1 * uint32_t(he[2]))};
+        const int c0 = hs[0] + int(x0), c1 = hs[1] + int(x1), c2 = hs[2] + int(rem - x1 * uint32_t(he[2]));
         const uint32_t off = sw_swizzle(uint32_t(row * kRowBytes + ch * 16));
-        sw_cp_async16(sk + off, kptr + tk.offset(c) + ch * 8, ch * 8 < p.head_dim ? 16 : 0);
-        sw_cp_async16(sv + off, vptr + tv.offset(c) + ch * 8, ch * 8 < p.head_dim_v ? 16 : 0);
+        sw_cp_async16(sk + off, kb + (c0 * k0 + c1 * k1 + c2 * k2 + ch * 8), ch * 8 < p.head_dim ? 16 : 0);
+        sw_cp_async16(sv + off, vb + (c0 * v0 + c1 * v1 + c2 * v2 + ch * 8), ch * 8 < p.head_dim_v ? 16 : 0);
       }
     }
     // Q rows of the region (padding queries: zeros).
-    for (int i = tid; i < region_rows * kChunks; i += kThreads) {
-      const int row = i / kChunks, ch = i % kChunks;
-      int c[kRank];
-      sw_box_coord(row, g.q_log2, c);
-      bool real = ch * 8 < p.head_dim;
-      for (int a = 0; a < kRank; ++a) {
-        c[a] += qt.q0[a];
-        real = real && c[a] < qt.n_q[a];
+    {
+      const Element* qb = qptr + tq.base;
+      const int s0 = int(tq.step[0]), s1 = int(tq.step[1]), s2 = int(tq.step[2]);
+      for (int i = tid; i < region_rows * kChunks; i += kThreads) {
+        const int row = i / kChunks, ch = i % kChunks;
+        int c[kRank];
+        sw_box_coord(row, g.q_log2, c);
+        bool real = ch * 8 < p.head_dim;
+        for (int a = 0; a < kRank; ++a) {
+          c[a] += qt.q0[a];
+          real = real && c[a] < qt.n_q[a];
+        }
+        const Element* src = real ? qb + (c[0] * s0 + c[1] * s1 + c[2] * s2 + ch * 8) : qb;
+        sw_cp_async16(sq + sw_swizzle(uint32_t(row * kRowBytes + ch * 16)), src, real ? 16 : 0);
       }
-      const Element* src = real ? qptr + tq.offset(c) + ch * 8 : qptr;
-      sw_cp_async16(sq + sw_swizzle(uint32_t(row * kRowBytes + ch * 16)), src, real ? 16 : 0);
     }
     asm volatile("cp.async.commit_group;\n" ::);
     asm volatile("cp.async.wait_group 0;\n" ::: "memory");

@@ -108,27 +108,59 @@ __device__ __forceinline__ void sw_patch_mainloop(const SwParams& sp, const Quer
   // Halo row (byte offset) of key nb * 8 + lane % 8, for every n-block; keys past the box read row 0.
   uint32_t krow[kNB];
   {
-    const uint32_t e12 = uint32_t(pt.e[1] * pt.e[2]);
-    const uint32_t m12 = sw_div_magic(e12), m2 = sw_div_magic(uint32_t(pt.e[2]));
     int base[kRank];
     for (int a = 0; a < kRank; ++a) base[a] = pt.ks[a] - qt.kv_shift[a] - hs[a];
-    CUTE_UNROLL
-    for (int nb = 0; nb < kNB; ++nb) {
-      const uint32_t n = uint32_t(nb * 8 + (lane & 7));
-      uint32_t row = 0;
-      if (n < uint32_t(pt.nkeys)) {
+    const uint32_t e1 = uint32_t(pt.e[1]), e2 = uint32_t(pt.e[2]);
+    const uint32_t origin = (uint32_t(base[0]) * uint32_t(he[1]) + uint32_t(base[1])) * uint32_t(he[2]) + uint32_t(base[2]);
+    if (e2 == 1u) {  // ranks 1 and 2: n = x0 * e1 + x1, one division
+      const uint32_t m1 = sw_div_magic(e1), hrow = uint32_t(he[1]) * uint32_t(he[2]);
+      CUTE_UNROLL
+      for (int nb = 0; nb < kNB; ++nb) {
+        const uint32_t n = uint32_t(nb * 8 + (lane & 7));
+        const uint32_t x0 = sw_div(n, m1, e1);
+        const uint32_t row = origin + x0 * hrow + (n - x0 * e1) * uint32_t(he[2]);
+        krow[nb] = n < uint32_t(pt.nkeys) ? row * kRowBytes : 0u;
+      }
+    } else {
+      const uint32_t e12 = e1 * e2;
+      const uint32_t m12 = sw_div_magic(e12), m2 = sw_div_magic(e2);
+      CUTE_UNROLL
+      for (int nb = 0; nb < kNB; ++nb) {
+        const uint32_t n = uint32_t(nb * 8 + (lane & 7));
         const uint32_t x0 = sw_div(n, m12, e12);
         const uint32_t rem = n - x0 * e12;
-        const uint32_t x1 = sw_div(rem, m2, uint32_t(pt.e[2]));
-        const uint32_t x2 = rem - x1 * uint32_t(pt.e[2]);
-        row = (uint32_t(base[0] + int(x0)) * uint32_t(he[1]) + uint32_t(base[1] + int(x1))) * uint32_t(he[2]) +
-              uint32_t(base[2] + int(x2));
+        const uint32_t x1 = sw_div(rem, m2, e2);
+        const uint32_t row = origin + (x0 * uint32_t(he[1]) + x1) * uint32_t(he[2]) + (rem - x1 * e2);
+        krow[nb] = n < uint32_t(pt.nkeys) ? row * kRowBytes : 0u;
       }
-      krow[nb] = row * kRowBytes;
     }
   }
   const int nkb16 = (pt.nkeys + 15) >> 4;  // k-blocks of 16 keys for O = P V
   const int nb_used = 2 * nkb16;
+
+  // Row masks of the thread's two rows, shifted so that score (nb, j) of this thread is bit nb * 8 + j.
+  uint32_t mw[2][4];
+  {
+    const SwCombs combs = sw_combs(pt.e);
+    CUTE_UNROLL
+    for (int slot = 0; slot < 2; ++slot) {
+      int c[kRank];
+      sw_box_coord((lane >> 2) + 8 * slot, sp.patch_log2, c);
+      int lo[kRank], hi[kRank];
+      for (int a = 0; a < kRank; ++a) {
+        const int q = window::imin(pt.q0[a] + c[a], qt.n_q[a] - 1) + qt.q_shift[a];  // padding rows: last real query
+        int ws, we;
+        window::window(q, qt.axis[a], ws, we);
+        lo[a] = ws - pt.ks[a];
+        hi[a] = we - pt.ks[a];
+      }
+      const Bits128 m = b128_shr(sw_row_mask(lo, hi, pt.e, combs), 2 * (lane & 3));
+      mw[slot][0] = uint32_t(m.w[0]);
+      mw[slot][1] = uint32_t(m.w[0] >> 32);
+      mw[slot][2] = uint32_t(m.w[1]);
+      mw[slot][3] = uint32_t(m.w[1] >> 32);
+    }
+  }
 
   // Q fragments (A operand, m16 x kDim).
   uint32_t qa[kDim / 16][4];
@@ -157,55 +189,45 @@ __device__ __forceinline__ void sw_patch_mainloop(const SwParams& sp, const Quer
     }
   }
 
-  // Row masks of the thread's two rows, shifted so that score (nb, j) of this thread is bit nb * 8 + j.
-  uint32_t mw[2][4];
-  CUTE_UNROLL
-  for (int slot = 0; slot < 2; ++slot) {
-    int c[kRank];
-    sw_box_coord((lane >> 2) + 8 * slot, sp.patch_log2, c);
-    int lo[kRank], hi[kRank];
-    for (int a = 0; a < kRank; ++a) {
-      const int q = window::imin(pt.q0[a] + c[a], qt.n_q[a] - 1) + qt.q_shift[a];  // padding rows: last real query
-      int ws, we;
-      window::window(q, qt.axis[a], ws, we);
-      lo[a] = ws - pt.ks[a];
-      hi[a] = we - pt.ks[a];
-    }
-    const Bits128 m = b128_shr(sw_row_mask(lo, hi, pt.e), 2 * (lane & 3));
-    mw[slot][0] = uint32_t(m.w[0]);
-    mw[slot][1] = uint32_t(m.w[0] >> 32);
-    mw[slot][2] = uint32_t(m.w[1]);
-    mw[slot][3] = uint32_t(m.w[1] >> 32);
-  }
-
-  // Scale (log2 domain), mask, row maxima.
+  // Mask, row maxima, p = 2^(s * scale_log2 - max): for a positive scale the maximum of the raw
+  // scores scales to the maximum of the scaled ones, so the scale folds into one FFMA per score;
+  // for a negative scale the scores are scaled first (its maximum comes from the smallest score).
   const float scale_log2 = sp.base.scale_log2;
+  const bool positive = scale_log2 > 0.f;
   float mx[2] = {-INFINITY, -INFINITY};
-  CUTE_UNROLL
-  for (int nb = 0; nb < kNB; ++nb) {
+  auto mask_and_max = [&](float pre) {
     CUTE_UNROLL
-    for (int e = 0; e < 4; ++e) {
-      const int bit = nb * 8 + (e & 1);
-      const bool on = (mw[e >> 1][bit >> 5] >> (bit & 31)) & 1u;
-      const float v = on ? s[nb][e] * scale_log2 : -INFINITY;
-      s[nb][e] = v;
-      mx[e >> 1] = fmaxf(mx[e >> 1], v);
+    for (int nb = 0; nb < kNB; ++nb) {
+      CUTE_UNROLL
+      for (int e = 0; e < 4; ++e) {
+        const int bit = nb * 8 + (e & 1);
+        const bool on = (mw[e >> 1][bit >> 5] >> (bit & 31)) & 1u;
+        const float v = on ? s[nb][e] * pre : -INFINITY;
+        s[nb][e] = v;
+        mx[e >> 1] = fmaxf(mx[e >> 1], v);
+      }
     }
-  }
+  };
+  if (positive)
+    mask_and_max(1.f);  // folded away: no multiply per score
+  else
+    mask_and_max(scale_log2);
   CUTE_UNROLL
   for (int slot = 0; slot < 2; ++slot) {
     mx[slot] = fmaxf(mx[slot], __shfl_xor_sync(0xffffffffu, mx[slot], 1));
     mx[slot] = fmaxf(mx[slot], __shfl_xor_sync(0xffffffffu, mx[slot], 2));
+    if (positive) mx[slot] *= scale_log2;
   }
   // Every real query attends at least one key of its box, so mx is finite on real rows; a padding
   // row has the window of the last real query.
+  const float mul = positive ? scale_log2 : 1.f;
   float sum[2] = {0.f, 0.f};
   CUTE_UNROLL
   for (int nb = 0; nb < kNB; ++nb) {
     if (nb < nb_used) {
       CUTE_UNROLL
       for (int e = 0; e < 4; ++e) {
-        const float p = sw_exp2(s[nb][e] - mx[e >> 1]);
+        const float p = sw_exp2(fmaf(s[nb][e], mul, -mx[e >> 1]));
         s[nb][e] = p;
         sum[e >> 1] += p;
       }

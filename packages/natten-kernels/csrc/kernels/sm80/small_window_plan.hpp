@@ -69,6 +69,15 @@ inline SwRunStats sw_run_stats(const Geometry& g, int a, int l) {
   return s;
 }
 
+// (query, key) pairs the tiled kernel visits on axis a with query tiles of 2^ql and key tiles of
+// 2^kl tokens (as fna_forward.cu's group_visits: whole tiles, padding included).
+inline double sw_tiled_axis_pairs(const Geometry& g, int a, int ql, int kl) {
+  double v = 0;
+  const int kt = 1 << kl;
+  sw_visit_runs(g, a, ql, [&](int ks, int ke, int) { v += double(1 << ql) * double(((ke - ks + kt) >> kl) * kt); });
+  return v;
+}
+
 struct SwPlan {
   int region_log2[kRank] = {0, 0, 0};  // CTA query box (2^6 or 2^7 tokens)
   int patch_log2[kRank] = {0, 0, 0};   // warp patch (2^4 tokens), inside the region box per axis
@@ -153,14 +162,34 @@ inline bool sw_make_plan(const Geometry& g, int rank, int row_bytes, int smem_bu
 //
 // Keys of a patch box of extents e[] (e0 * e1 * e2 <= 128) are numbered n = (x0 * e1 + x1) * e2 + x2.
 // A query's window inside the box is [lo_a, hi_a] per axis (box-local, non-empty: the box is the
-// union of the patch's windows); its mask has bit n set iff lo_a <= x_a <= hi_a on every axis. Built
-// as a run of bits on the last axis, replicated by doubling along the others (a few 128-bit shifts
-// instead of one run per (x0, x1) pair).
+// union of the patch's windows); its mask has bit n set iff lo_a <= x_a <= hi_a on every axis.
+// Built as a product of three bit sets: a run of bits [lo2, hi2] (the last axis), the bits
+// x1 * e2 for x1 in [lo1, hi1] and the bits x0 * e1 * e2 for x0 in [lo0, hi0]. Their pairwise sums of
+// positions are all distinct and below 128, so the integer product has no carries and equals the set
+// of all sums, i.e. exactly the window's keys. The "combs" (bits x * stride for every x < e_a) are
+// per patch; a row costs three runs, two ANDs and at most two 128-bit multiplies.
 struct Bits128 {
   uint64_t w[2];
 };
 
 NATTEN_HD Bits128 b128_or(Bits128 a, Bits128 b) { return Bits128{{a.w[0] | b.w[0], a.w[1] | b.w[1]}}; }
+NATTEN_HD Bits128 b128_and(Bits128 a, Bits128 b) { return Bits128{{a.w[0] & b.w[0], a.w[1] & b.w[1]}}; }
+
+NATTEN_HD uint64_t mulhi_u64(uint64_t a, uint64_t b) {
+#if defined(__CUDA_ARCH__)
+  return __umul64hi(a, b);
+#else
+  return uint64_t((static_cast<unsigned __int128>(a) * b) >> 64);
+#endif
+}
+
+// a * b mod 2^128.
+NATTEN_HD Bits128 b128_mul(Bits128 a, Bits128 b) {
+  Bits128 r;
+  r.w[0] = a.w[0] * b.w[0];
+  r.w[1] = mulhi_u64(a.w[0], b.w[0]) + a.w[0] * b.w[1] + a.w[1] * b.w[0];
+  return r;
+}
 
 // x << s for 0 <= s < 128.
 NATTEN_HD Bits128 b128_shl(Bits128 x, int s) {
@@ -209,14 +238,24 @@ NATTEN_HD Bits128 b128_replicate(Bits128 x, int count, int stride) {
   return x;
 }
 
-NATTEN_HD Bits128 sw_row_mask(const int lo[kRank], const int hi[kRank], const int e[kRank]) {
-  Bits128 m = b128_run(lo[2], hi[2]);
-  int stride = e[2];
-  for (int a = 1; a >= 0; --a) {
-    m = b128_replicate(m, hi[a] - lo[a] + 1, stride);
-    if (lo[a] > 0) m = b128_shl(m, lo[a] * stride);
-    stride *= e[a];
-  }
+// Per patch: bits x * e2 (x < e1) and x * e1 * e2 (x < e0).
+struct SwCombs {
+  Bits128 c1, c0;
+};
+
+NATTEN_HD SwCombs sw_combs(const int e[kRank]) {
+  SwCombs c;
+  const Bits128 one{{1, 0}};
+  c.c1 = e[2] == 1 ? b128_run(0, e[1] - 1) : b128_replicate(one, e[1], e[2]);
+  c.c0 = e[0] == 1 ? one : b128_replicate(one, e[0], e[1] * e[2]);
+  return c;
+}
+
+NATTEN_HD Bits128 sw_row_mask(const int lo[kRank], const int hi[kRank], const int e[kRank], const SwCombs& c) {
+  const int s1 = e[2], s0 = e[1] * e[2];
+  Bits128 m = b128_and(c.c1, b128_run(lo[1] * s1, hi[1] * s1));
+  if (e[2] != 1) m = b128_mul(b128_run(lo[2], hi[2]), m);
+  if (e[0] != 1) m = b128_mul(m, b128_and(c.c0, b128_run(lo[0] * s0, hi[0] * s0)));
   return m;
 }
 
