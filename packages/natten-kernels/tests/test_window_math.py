@@ -30,64 +30,34 @@ def _run(cmd: list[str], timeout: int) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
 
 
-def test_window_math(tmp_path: Path) -> None:
+def _cpp_check(tmp_path: Path, source: str, include: Path, run_timeout: int) -> None:
+    """Compiles tests/<source> with g++ (-I the public headers and `include`), runs it and checks
+    that it exits 0 and prints OK."""
     cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
     if cxx is None:
         pytest.skip("no C++ compiler")
-    exe = tmp_path / "window_math_test"
-    build = _run(
-        [
-            cxx,
-            "-std=c++17",
-            "-O2",
-            "-Wall",
-            "-Wextra",
-            "-x",
-            "c++",
-            f"-I{INCLUDE}",
-            f"-I{SM80}",
-            str(TESTS / "window_math_test.cpp"),
-            "-o",
-            str(exe),
-        ],
-        timeout=300,
-    )
+    exe = tmp_path / Path(source).stem
+    build = _run([cxx, "-std=c++17", "-O2", "-Wall", "-Wextra", "-x", "c++", f"-I{INCLUDE}", f"-I{include}",
+                  str(TESTS / source), "-o", str(exe)], timeout=300)
     assert build.returncode == 0, build.stdout + build.stderr
-    run = _run([str(exe)], timeout=600)
+    run = _run([str(exe)], timeout=run_timeout)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
     assert "OK" in run.stdout
+
+
+def test_window_math(tmp_path: Path) -> None:
+    _cpp_check(tmp_path, "window_math_test.cpp", SM80, run_timeout=600)
 
 
 def test_column_words(tmp_path: Path) -> None:
     """The SM90 backward kernels' 64-column mask words (sm90/column_words.cuh) against brute force
     for every 64-token tile shape and random intervals (tests/column_words_test.cpp)."""
-    cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
-    if cxx is None:
-        pytest.skip("no C++ compiler")
-    exe = tmp_path / "column_words_test"
-    build = _run([cxx, "-std=c++17", "-O2", "-Wall", "-Wextra", "-x", "c++", f"-I{INCLUDE}", f"-I{KERNELS}",
-                  str(TESTS / "column_words_test.cpp"), "-o", str(exe)], timeout=300)
-    assert build.returncode == 0, build.stdout + build.stderr
-    run = _run([str(exe)], timeout=300)
-    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
-    assert "OK" in run.stdout
+    _cpp_check(tmp_path, "column_words_test.cpp", KERNELS, run_timeout=300)
 
 
 def test_backward_tile_math(tmp_path: Path) -> None:
     """Inverse (key -> query) ranges and the key-parallel tile walk of the fused backward."""
-    cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
-    if cxx is None:
-        pytest.skip("no C++ compiler")
-    exe = tmp_path / "bwd_tile_math_test"
-    build = _run(
-        [cxx, "-std=c++17", "-O2", "-Wall", "-Wextra", "-x", "c++", f"-I{INCLUDE}", f"-I{SM80}",
-         str(TESTS / "bwd_tile_math_test.cpp"), "-o", str(exe)],
-        timeout=300,
-    )
-    assert build.returncode == 0, build.stdout + build.stderr
-    run = _run([str(exe)], timeout=600)
-    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
-    assert "OK" in run.stdout
+    _cpp_check(tmp_path, "bwd_tile_math_test.cpp", SM80, run_timeout=600)
 
 
 def _cutlass_include() -> Path | None:
@@ -144,13 +114,4 @@ def test_sm80_layouts(tmp_path: Path) -> None:
 def test_small_window_plan(tmp_path: Path) -> None:
     """The SM80 small-window forward kernel's plan bounds, walk and row masks against brute force
     (tests/small_window_test.cpp)."""
-    cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
-    if cxx is None:
-        pytest.skip("no C++ compiler")
-    exe = tmp_path / "small_window_test"
-    build = _run([cxx, "-std=c++17", "-O2", "-Wall", "-Wextra", "-x", "c++", f"-I{INCLUDE}", f"-I{SM80}",
-                  str(TESTS / "small_window_test.cpp"), "-o", str(exe)], timeout=300)
-    assert build.returncode == 0, build.stdout + build.stderr
-    run = _run([str(exe)], timeout=300)
-    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
-    assert "OK" in run.stdout
+    _cpp_check(tmp_path, "small_window_test.cpp", SM80, run_timeout=300)

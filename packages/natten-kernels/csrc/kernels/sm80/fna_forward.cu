@@ -146,22 +146,8 @@ double axis_visits(const AxisProblem& ax, int ql, int kl) {
 constexpr int kMaxTileLog2 = 7;  // 128-token tiles (the SM90 kernel) share this chooser
 constexpr int kMaxShapes = 36;   // compositions of 7 into 3 parts
 
-// All compositions of tile_log2 into `rank` non-negative parts (axes >= rank get 0).
 int tile_shapes(int rank, int out[][kRank], int capacity, int tile_log2 = kTileLog2) {
-  int count = 0;
-  for (int a0 = 0; a0 <= tile_log2; ++a0) {
-    for (int a1 = 0; a1 <= tile_log2 - a0; ++a1) {
-      const int a2 = tile_log2 - a0 - a1;
-      const int l[kRank] = {a0, a1, a2};
-      bool ok = true;
-      for (int a = 0; a < kRank; ++a) ok = ok && (a < rank || l[a] == 0);
-      if (!ok) continue;
-      if (count < capacity)
-        for (int a = 0; a < kRank; ++a) out[count][a] = l[a];
-      ++count;
-    }
-  }
-  return count;
+  return log2_box_shapes(rank, tile_log2, out, capacity);
 }
 
 // Query tiles of 2^tile_log2 tokens, key tiles of 2^kv_log2 (the SM90 kernel at head dim 256: 128
@@ -429,6 +415,14 @@ int tile_log2_total(const int* tile, int rank) {
   return total;
 }
 }  // namespace
+
+double fna_forward_default_pairs(const FnaForwardArgs& args) {
+  AxisProblem ax[kRank];
+  bool none = false;
+  if (!normalize_axes(args, ax, &none) || none) return 0.0;
+  int ql[kRank], kl[kRank];
+  return choose_tiles_cached(args.rank, ax, ql, kl);
+}
 
 cudaError_t fna_forward_auto_tiles(const FnaForwardArgs& args, int dtype, int q_tile[3], int kv_tile[3]) {
   if (args.head_dim > INT_MAX || args.head_dim_v > INT_MAX) return cudaErrorNotSupported;

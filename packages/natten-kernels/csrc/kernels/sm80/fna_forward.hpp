@@ -57,6 +57,10 @@ cudaError_t fna_forward_default_tiles(const natten::FnaForwardArgs& args, int q_
 // fused kernels never read outside it). Shared with the SM90 kernel's host checks.
 bool fna_forward_axes_valid(const natten::FnaForwardArgs& args);
 
+// The (query, key) pairs the tiled forward visits with fna_forward_default_tiles' tiles (the
+// chooser's own count, from its per-thread cache); 0 for an invalid or empty problem.
+double fna_forward_default_pairs(const natten::FnaForwardArgs& args);
+
 // The same chooser for query tiles of 2^tile_log2 tokens and key tiles of 2^kv_log2 (0..7; kv_log2 <
 // 0: the same; the SM90 kernel uses 7 = 128 tokens, and key tiles of 64 at head dim 256).
 cudaError_t fna_forward_choose_tiles(const natten::FnaForwardArgs& args, int tile_log2, int q_tile[3],

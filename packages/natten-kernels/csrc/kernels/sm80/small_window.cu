@@ -7,6 +7,7 @@
 
 #include <cutlass/numeric_types.h>
 
+#include "fna_forward.hpp"
 #include "small_window_kernel.cuh"
 
 namespace natten {
@@ -31,7 +32,6 @@ struct SwCacheEntry {
   int rank = 0, row_bytes = 0;
   bool ok = false;
   SwPlan plan;
-  double tiled_pairs = 0;  // the tiled kernel's visited pairs with the automatic tiles
 };
 constexpr int kSwCacheEntries = 8;
 struct SwCache {
@@ -64,8 +64,6 @@ const SwCacheEntry& cached_plan(const Geometry& g, int rank, int row_bytes) {
   e.row_bytes = row_bytes;
   std::memcpy(e.key, key, sizeof(key));
   e.ok = sw_make_plan(g, rank, row_bytes, kSwSmemBudget, &e.plan);
-  e.tiled_pairs = 1.0;
-  for (int a = 0; a < kRank; ++a) e.tiled_pairs *= sw_tiled_axis_pairs(g, a, g.q_log2[a], g.kv_log2[a]);
   e.last_use = ++c.clock;
   return e;
 }
@@ -114,7 +112,8 @@ bool small_window_forward(const FnaForwardArgs& args, int dtype, const FnaParams
 
   const SwCacheEntry& c = cached_plan(base.geo, args.rank, dim * 2);
   if (!c.ok || base.geo.num_work <= 0) return false;
-  if (!force && c.plan.pairs > kSwMaxPairsRatio * c.tiled_pairs) return false;
+  // The tiled kernel's visited pairs with the automatic tiles (64 x 64 at these head dims).
+  if (!force && c.plan.pairs > kSwMaxPairsRatio * fna_forward_default_pairs(args)) return false;
 
   SwParams sp;
   std::memset(&sp, 0, sizeof(sp));

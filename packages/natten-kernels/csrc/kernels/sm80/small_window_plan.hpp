@@ -69,15 +69,6 @@ inline SwRunStats sw_run_stats(const Geometry& g, int a, int l) {
   return s;
 }
 
-// (query, key) pairs the tiled kernel visits on axis a with query tiles of 2^ql and key tiles of
-// 2^kl tokens (as fna_forward.cu's group_visits: whole tiles, padding included).
-inline double sw_tiled_axis_pairs(const Geometry& g, int a, int ql, int kl) {
-  double v = 0;
-  const int kt = 1 << kl;
-  sw_visit_runs(g, a, ql, [&](int ks, int ke, int) { v += double(1 << ql) * double(((ke - ks + kt) >> kl) * kt); });
-  return v;
-}
-
 struct SwPlan {
   int region_log2[kRank] = {0, 0, 0};  // CTA query box (2^6 or 2^7 tokens)
   int patch_log2[kRank] = {0, 0, 0};   // warp patch (2^4 tokens), inside the region box per axis
@@ -87,23 +78,6 @@ struct SwPlan {
   double cost = 0;                     // halo rows loaded + 1.5 x padded patch keys (relative units)
 };
 
-// All compositions of `total` into the first `rank` axes (axes >= rank get 0), in a fixed order.
-inline int sw_compositions(int rank, int total, int out[][kRank], int capacity) {
-  int n = 0;
-  for (int a0 = 0; a0 <= total; ++a0)
-    for (int a1 = 0; a1 <= total - a0; ++a1) {
-      const int a2 = total - a0 - a1;
-      const int l[kRank] = {a0, a1, a2};
-      bool ok = true;
-      for (int a = 0; a < kRank; ++a) ok = ok && (a < rank || l[a] == 0);
-      if (!ok) continue;
-      if (n < capacity)
-        for (int a = 0; a < kRank; ++a) out[n][a] = l[a];
-      ++n;
-    }
-  return n;
-}
-
 // Chooses the patch and region boxes of the small-window kernel for the problem in g (its extents,
 // slabs, kernel, stride, dilation, causal; its tile fields are ignored) and a smem budget in bytes
 // per CTA with `row_bytes` per K / V / Q row. Returns false when no patch box fits kSwMaxKeys keys
@@ -111,14 +85,18 @@ inline int sw_compositions(int rank, int total, int out[][kRank], int capacity) 
 // key column of a 16-query patch (both ~ (D + Dv) / 32 cycles per SM on the H100: 64 B/clk of
 // loads vs ~1 K FLOP/clk of mma.sync), and a patch key column costs 1.5 of those (the exp2).
 inline bool sw_make_plan(const Geometry& g, int rank, int row_bytes, int smem_budget, SwPlan* plan) {
+  constexpr int kMaxLog2 = 7;  // regions of up to 2^7 tokens
+  SwRunStats stats[kRank][kMaxLog2 + 1];  // per axis and run size, computed once (O(extent) each)
+  for (int a = 0; a < kRank; ++a)
+    for (int l = 0; l <= (a < rank ? kMaxLog2 : 0); ++l) stats[a][l] = sw_run_stats(g, a, l);
   int patches[16][kRank], regions[40][kRank];
-  const int np = sw_compositions(rank, kSwPatchLog2, patches, 16);
+  const int np = log2_box_shapes(rank, kSwPatchLog2, patches, 16);
   bool found = false;
   SwPlan best;
   for (int ip = 0; ip < np; ++ip) {
     double pmax = 1, psum = 1, pruns = 1;
     for (int a = 0; a < kRank; ++a) {
-      const SwRunStats s = sw_run_stats(g, a, patches[ip][a]);
+      const SwRunStats& s = stats[a][patches[ip][a]];
       pmax *= s.max_ext;
       psum *= s.sum_ext;
       pruns *= s.runs;
@@ -126,14 +104,14 @@ inline bool sw_make_plan(const Geometry& g, int rank, int row_bytes, int smem_bu
     if (pmax > kSwMaxKeys) continue;
     const double padded_keys = psum + 7.5 * pruns;  // each patch box rounded up to 16 keys (mean)
     for (int total = 7; total >= 6; --total) {
-      const int nr = sw_compositions(rank, total, regions, 40);
+      const int nr = log2_box_shapes(rank, total, regions, 40);
       for (int ir = 0; ir < nr; ++ir) {
         bool inside = true;
         for (int a = 0; a < kRank; ++a) inside = inside && regions[ir][a] >= patches[ip][a];
         if (!inside) continue;
         double hmax = 1, hsum = 1;
         for (int a = 0; a < kRank; ++a) {
-          const SwRunStats s = sw_run_stats(g, a, regions[ir][a]);
+          const SwRunStats& s = stats[a][regions[ir][a]];
           hmax *= s.max_ext;
           hsum *= s.sum_ext;
         }

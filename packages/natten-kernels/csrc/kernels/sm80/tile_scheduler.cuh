@@ -109,6 +109,25 @@ NATTEN_HD WorkTile decode_work(const Geometry& g, int64_t idx) {
   return w;
 }
 
+// Box shapes of 2^total tokens over the first `rank` axes: every composition of `total` into per-axis
+// log2 extents (axes >= rank get 0), first axis outermost (the tile choosers' and listings' order).
+// Writes at most `capacity`; returns the total count.
+NATTEN_HD int log2_box_shapes(int rank, int total, int out[][kRank], int capacity) {
+  int count = 0;
+  for (int a0 = 0; a0 <= total; ++a0) {
+    for (int a1 = 0; a1 <= total - a0; ++a1) {
+      const int l[kRank] = {a0, a1, total - a0 - a1};
+      bool ok = true;
+      for (int a = 0; a < kRank; ++a) ok = ok && (a < rank || l[a] == 0);
+      if (!ok) continue;
+      if (count < capacity)
+        for (int a = 0; a < kRank; ++a) out[count][a] = l[a];
+      ++count;
+    }
+  }
+  return count;
+}
+
 // Row / column index inside a tile box -> per-axis offsets (last axis fastest).
 NATTEN_HD void tile_coord(int idx, const int log2[kRank], int c[kRank]) {
   c[2] = idx & ((1 << log2[2]) - 1);
