@@ -13,7 +13,15 @@
 //    patches inside them) finds every attended key of every real query inside its patch's key box,
 //    the box inside the region's halo and the halo inside the key slab, halo rows within the
 //    plan's bound, patch boxes within kSwMaxKeys, and every query of the slab in exactly one patch.
+//    The kernel's division-free geometry (sw_decode_work, sw_make_tile) equals decode_work /
+//    make_query_tile on every work tile of these problems.
+// 4. Division-free math: fast_div against exact division (random and edge divisors / numerators),
+//    sw_div_small with the correctly rounded reciprocal and with reciprocals 2 ulp off either way,
+//    window_fast against window on random axes (every query), the ballot-form comb bits against
+//    sw_combs, and b128_words_shr against b128_shr.
 #include <algorithm>
+#include <cmath>
+#include <cstdint>
 #include <cstdio>
 #include <random>
 #include <vector>
@@ -164,10 +172,32 @@ static void test_stats_and_plans(std::mt19937& rng) {
     long long q_total = 1;
     for (int a = 0; a < 3; ++a) q_total *= g.q_extent[a];
     std::vector<int> owner(size_t(q_total), 0);
+    const ns::SwDivs dv = ns::sw_make_divs(g);
     for (int64_t work = 0; work < g.num_work; ++work) {
       const ns::WorkTile w = ns::decode_work(g, work);
       ns::QueryTile qt;
-      if (!ns::make_query_tile(g, w, qt)) continue;
+      const bool nonempty = ns::make_query_tile(g, w, qt);
+      {
+        const ns::WorkTile fw = ns::sw_decode_work(g, dv, int(work));
+        bool same = fw.batch == w.batch && fw.head == w.head;
+        for (int a = 0; a < 3; ++a) same = same && fw.tile[a] == w.tile[a] && fw.group[a] == w.group[a];
+        CHECK(same, "sw_decode_work it=%d work=%lld", it, (long long)work);
+        ns::SwTile ft;
+        const bool fne = ns::sw_make_tile(g, dv, w, ft);
+        CHECK(fne == nonempty, "sw_make_tile nonempty it=%d", it);
+        if (fne && nonempty) {
+          for (int a = 0; a < 3; ++a) {
+            const nw::Axis& x = qt.axis[a];
+            const nw::FastAxis& f = ft.axis[a];
+            CHECK(f.n == x.n && f.K == x.K && f.s == x.s && f.causal == x.causal && ft.q0[a] == qt.q0[a] &&
+                      ft.q_last[a] == qt.q_last[a] && ft.n_q[a] == qt.n_q[a] && ft.n_kv[a] == qt.n_kv[a] &&
+                      ft.kv_group[a] == qt.kv_group[a] && ft.q_shift[a] == qt.q_shift[a] &&
+                      ft.kv_shift[a] == qt.kv_shift[a],
+                  "sw_make_tile it=%d axis %d", it, a);
+          }
+        }
+      }
+      if (!nonempty) continue;
       int hs[3], he[3], rows = 1;
       for (int a = 0; a < 3; ++a) {
         int ks, ke;
@@ -231,9 +261,77 @@ static void test_stats_and_plans(std::mt19937& rng) {
   CHECK(plans > 300, "too few problems with a plan: %ld", plans);
 }
 
+static void test_fast_math(std::mt19937& rng) {
+  // fast_div: exact for 0 <= n < 2^31, 1 <= d < 2^31.
+  std::vector<int> ds = {1, 2, 3, 5, 7, 8, 9, 31, 32, 33, 56, 127, 128, 129, 1000, 65535, 65536, 65537, 1 << 30,
+                         (1 << 30) + 1, 2147483646, 2147483647};
+  for (int i = 0; i < 2000; ++i) ds.push_back(1 + int(rng() % 2147483647u));
+  for (int i = 0; i < 2000; ++i) ds.push_back(1 + int(rng() % 300));
+  for (const int d : ds) {
+    const nw::FastDiv f = nw::make_fast_div(d);
+    std::vector<int> ns_ = {0, 1, d - 1, d, 2147483647, 2147483646};
+    if (d < 1073741823) ns_.push_back(d + 1), ns_.push_back(2 * d - 1), ns_.push_back(2 * d);
+    for (int i = 0; i < 200; ++i) ns_.push_back(int(rng() % 2147483648u));
+    for (int i = 0; i < 200; ++i) ns_.push_back(int(rng() % 5000));
+    const int q_top = 2147483647 / d;  // numerators around the largest multiple
+    ns_.push_back(int(int64_t(q_top) * d));
+    if (int64_t(q_top) * d > 0) ns_.push_back(int(int64_t(q_top) * d - 1));
+    for (const int n : ns_) CHECK(nw::fast_div(n, f) == n / d, "fast_div %d / %d = %d", n, d, nw::fast_div(n, f));
+  }
+  // sw_div_small: 0 <= n < 2^20, 1 <= e < 2^20, reciprocal within 2 ulp.
+  for (int i = 0; i < 400000; ++i) {
+    const int e = 1 + int(rng() % (i % 2 ? 200 : (1 << 20) - 1));
+    int n = int(rng() % (1 << 20));
+    if (i % 3 == 0) n = (n / e) * e + (i % 6 == 0 ? 0 : e - 1);  // at and just below multiples
+    if (n >= (1 << 20)) n = (1 << 20) - 1;
+    const float r = 1.0f / float(e);
+    const float rs[5] = {r, std::nextafter(r, 0.f), std::nextafter(std::nextafter(r, 0.f), 0.f),
+                         std::nextafter(r, 1.f), std::nextafter(std::nextafter(r, 1.f), 1.f)};
+    for (const float inv : rs) CHECK(ns::sw_div_small(n, inv) == n / e, "div_small %d / %d", n, e);
+  }
+  // window_fast == window.
+  for (int it = 0; it < 20000; ++it) {
+    const int n = 1 + int(rng() % 300);
+    const int K = 1 + int(rng() % n);
+    const int s = 1 + int(rng() % K);
+    const bool causal = rng() % 2;
+    const nw::Axis a = nw::make_axis(n, K, s, causal);
+    const nw::FastAxis f = nw::make_fast_axis(n, K, s, causal, nw::make_fast_div(s));
+    for (int i = 0; i < n; ++i) {
+      int ws, we, fs, fe;
+      nw::window(i, a, ws, we);
+      nw::window_fast(i, f, fs, fe);
+      CHECK(ws == fs && we == fe, "window_fast n=%d K=%d s=%d causal=%d i=%d", n, K, s, int(causal), i);
+    }
+  }
+  // ballot-form combs == sw_combs; word shifts == b128_shr.
+  for (int it = 0; it < 20000; ++it) {
+    int e[3];
+    do {
+      for (int a = 0; a < 3; ++a) e[a] = 1 + int(rng() % (a == 2 ? 128 : 16));
+    } while (e[0] * e[1] * e[2] > 128);
+    const ns::SwCombs want = ns::sw_combs(e);
+    const int s1 = e[2], s0 = e[1] * e[2];
+    const float inv1 = 1.0f / float(s1), inv0 = 1.0f / float(s0);
+    for (int p = 0; p < 128; ++p) {
+      CHECK(ns::sw_comb_bit(p, e[1], s1, inv1) == bit(want.c1, p), "comb c1 e=(%d,%d,%d) p=%d", e[0], e[1], e[2], p);
+      CHECK(ns::sw_comb_bit(p, e[0], s0, inv0) == bit(want.c0, p), "comb c0 e=(%d,%d,%d) p=%d", e[0], e[1], e[2], p);
+    }
+    const ns::Bits128 x{{(uint64_t(rng()) << 32) | rng(), (uint64_t(rng()) << 32) | rng()}};
+    const int sh = 2 * int(rng() % 4);
+    uint32_t words[4];
+    ns::b128_words_shr(x, sh, words);
+    const ns::Bits128 y = ns::b128_shr(x, sh);
+    CHECK(words[0] == uint32_t(y.w[0]) && words[1] == uint32_t(y.w[0] >> 32) && words[2] == uint32_t(y.w[1]) &&
+              words[3] == uint32_t(y.w[1] >> 32),
+          "words_shr %d", sh);
+  }
+}
+
 int main() {
   std::mt19937 rng(12345);
   test_masks(rng);
+  test_fast_math(rng);
   test_stats_and_plans(rng);
   std::printf("%ld checks, %ld failures\n", g_checks, g_failures);
   if (g_failures == 0) std::printf("OK\n");

@@ -19,6 +19,8 @@
 // Everything here is plain integer C++ usable from host code (g++) and device code (nvcc).
 #pragma once
 
+#include <cstdint>
+
 #if defined(__CUDACC__)
 #define NATTEN_HD __host__ __device__ __forceinline__
 #else
@@ -102,6 +104,46 @@ NATTEN_HD bool attends(int i, int j, const Axis& a) {
   int s, e;
   window(i, a, s, e);
   return j >= s && j <= e;
+}
+
+// ---- the same rule without divisions or branches (kernels with short per-tile work) --------------
+//
+// n / d for 0 <= n < 2^31 and 1 <= d < 2^31 as one 32 x 32 -> 64-bit multiply and a shift
+// (Granlund & Montgomery, "Division by invariant integers using multiplication", theorem 4.2 with
+// N = 31: l = ceil(log2 d), m = ceil(2^(31 + l) / d) satisfies 2^(31+l) <= m d <= 2^(31+l) + 2^l,
+// and m < 2^32). Built once on the host, used per work tile on the device.
+struct FastDiv {
+  uint32_t mul;
+  uint32_t shift;
+};
+
+inline FastDiv make_fast_div(int d) {
+  int l = 0;
+  while ((uint32_t(1) << l) < uint32_t(d)) ++l;
+  const uint64_t m = ((uint64_t(1) << (31 + l)) + uint64_t(d) - 1) / uint64_t(d);
+  return FastDiv{uint32_t(m), uint32_t(31 + l)};
+}
+
+NATTEN_HD int fast_div(int n, const FastDiv& f) { return int((uint64_t(uint32_t(n)) * f.mul) >> f.shift); }
+
+// An Axis with its stride's FastDiv and the kernel's left / right extents.
+struct FastAxis {
+  int n, K, s, causal, L, R;
+  FastDiv sdiv;
+};
+
+NATTEN_HD FastAxis make_fast_axis(int n_g, int K, int s, bool causal, const FastDiv& sdiv) {
+  return FastAxis{n_g, K, s, causal ? 1 : 0, left_extent(K), right_extent(K), sdiv};
+}
+
+// window() for a FastAxis: both branches computed and selected (a few integer operations each), so
+// the code is straight-line; equal to window() for every 0 <= i < a.n (tests/small_window_test.cpp).
+NATTEN_HD void window_fast(int i, const FastAxis& a, int& start, int& end) {
+  const int group_first = a.s * fast_div(i, a.sdiv);
+  const int causal_start = imax(imin(group_first + a.s - 1, a.n - 1) - a.K + 1, 0);
+  const int c = imax(a.L, imin(imin(group_first + (a.s >> 1), a.n - 1), a.n - 1 - a.R));
+  start = a.causal ? causal_start : c - a.L;
+  end = a.causal ? i : c + a.R;
 }
 
 // Key range (inclusive) covering the windows of every query of the run [q0, q_last]

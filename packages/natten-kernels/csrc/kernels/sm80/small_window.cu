@@ -111,7 +111,9 @@ bool small_window_forward(const FnaForwardArgs& args, int dtype, const FnaParams
   if (window_keys > kSwMaxKeys) return false;  // a patch box holds at least one whole window
 
   const SwCacheEntry& c = cached_plan(base.geo, args.rank, dim * 2);
-  if (!c.ok || base.geo.num_work <= 0) return false;
+  if (!c.ok || base.geo.num_work <= 0 || base.heads_per_kv < 1 || base.geo.heads >= int64_t(INT_MAX) ||
+      base.geo.batch >= int64_t(INT_MAX))
+    return false;
   // The tiled kernel's visited pairs with the automatic tiles (64 x 64 at these head dims).
   if (!force && c.plan.pairs > kSwMaxPairsRatio * fna_forward_default_pairs(args)) return false;
 
@@ -124,6 +126,20 @@ bool small_window_forward(const FnaForwardArgs& args, int dtype, const FnaParams
     sp.patch_log2[a] = c.plan.patch_log2[a];
   }
   geometry_finalize(sp.base.geo);
+  if (sp.base.geo.num_work >= int64_t(INT_MAX)) return false;  // 32-bit work decode (sw_decode_work)
+  sp.divs = sw_make_divs(sp.base.geo);
+  sp.heads_per_kv = window::make_fast_div(int(base.heads_per_kv));
+  for (int a = 0; a < kRank; ++a) {
+    const int64_t d = base.geo.dilation[a];
+    const int64_t steps[4] = {d * base.q_spatial[a], d * base.k_spatial[a], d * base.v_spatial[a], d * base.o_spatial[a]};
+    for (const int64_t s : steps)
+      if (s > int64_t(INT_MAX) || s < -int64_t(INT_MAX)) return false;
+    sp.q_step[a] = int(steps[0]);
+    sp.k_step[a] = int(steps[1]);
+    sp.v_step[a] = int(steps[2]);
+    sp.o_step[a] = int(steps[3]);
+    sp.lse_step[a] = d * base.lse_spatial[a];
+  }
   const int row_bytes = dim * 2;
   sp.kv_bytes = ((c.plan.halo_rows * row_bytes + 127) / 128) * 128;
   int region_rows = 1;

@@ -14,8 +14,8 @@ namespace natten {
 namespace sm80 {
 
 template <class Element, int kDim>
-__device__ __forceinline__ void sw_patch_epilogue(const SwParams& sp, const QueryTile& qt, const SwPatch& pt,
-                                                  const GroupTensor& to, const GroupTensor& tl, uint32_t sq,
+__device__ __forceinline__ void sw_patch_epilogue(const SwParams& sp, const SwTile& qt, const SwPatch& pt,
+                                                  Element* ob, float* lb, uint32_t sq,
                                                   int lane, float (&o)[kDim / 8][4], const float (&row_max)[2],
                                                   const float (&row_sum)[2]) {
   constexpr int kRowBytes = kDim * 2;
@@ -46,7 +46,6 @@ __device__ __forceinline__ void sw_patch_epilogue(const SwParams& sp, const Quer
   __syncwarp();
 
   // Shared memory -> global, 16-byte vectors.
-  Element* out = static_cast<Element*>(p.o);
   CUTE_UNROLL
   for (int i = lane; i < 16 * kChunks; i += 32) {
     const int r = i / kChunks, ch = i % kChunks;
@@ -62,13 +61,13 @@ __device__ __forceinline__ void sw_patch_epilogue(const SwParams& sp, const Quer
       const uint32_t addr = sq + sw_swizzle(uint32_t(sw_region_row(g, sp.patch_log2, pt, r)) * kRowBytes + uint32_t(ch) * 16u);
       uint32_t v0, v1, v2, v3;
       asm volatile("ld.shared.v4.b32 {%0, %1, %2, %3}, [%4];\n" : "=r"(v0), "=r"(v1), "=r"(v2), "=r"(v3) : "r"(addr));
-      Element* dst = out + to.base + (q[0] * int(to.step[0]) + q[1] * int(to.step[1]) + q[2] * int(to.step[2]) + ch * 8);
+      Element* dst = ob + (q[0] * sp.o_step[0] + q[1] * sp.o_step[1] + q[2] * sp.o_step[2] + ch * 8);
       asm volatile("st.global.v4.b32 [%0], {%1, %2, %3, %4};\n" ::"l"(dst), "r"(v0), "r"(v1), "r"(v2), "r"(v3)
                    : "memory");
     }
   }
 
-  if (p.lse != nullptr && (lane & 3) == 0) {
+  if (lb != nullptr && (lane & 3) == 0) {
     CUTE_UNROLL
     for (int slot = 0; slot < 2; ++slot) {
       int c[kRank];
@@ -79,7 +78,7 @@ __device__ __forceinline__ void sw_patch_epilogue(const SwParams& sp, const Quer
         q[a] = pt.q0[a] + c[a];
         real = real && q[a] < qt.n_q[a];
       }
-      if (real) p.lse[tl.offset(q)] = lse[slot];
+      if (real) lb[q[0] * sp.lse_step[0] + q[1] * sp.lse_step[1] + q[2] * sp.lse_step[2]] = lse[slot];
     }
   }
   // The next patch of this warp reuses no shared memory of this one (each patch owns its rows).

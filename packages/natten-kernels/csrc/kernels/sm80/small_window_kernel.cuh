@@ -26,73 +26,85 @@ __global__ void __launch_bounds__(kSwWarps * 32, kDim <= 32 ? 3 : 2) sw_forward_
   constexpr int kRowBytes = kDim * 2;
   constexpr int kChunks = kDim / 8;
   constexpr int kThreads = kSwWarps * 32;
+  constexpr int kRowStep = kThreads / kChunks;  // rows between a thread's loads (32 or 16)
+  static_assert((kRowStep * kRowBytes) % 1024 == 0, "a thread's row step keeps its swizzle phase");
   const FnaParams& p = sp.base;
   const Geometry& g = p.geo;
   const int tid = int(threadIdx.x), lane = tid & 31, warp = tid >> 5;
-  const int region_log2 = g.q_log2[0] + g.q_log2[1] + g.q_log2[2];
-  const int region_rows = 1 << region_log2;
+  const int region_rows = 1 << (g.q_log2[0] + g.q_log2[1] + g.q_log2[2]);
   const uint32_t sq = uint32_t(__cvta_generic_to_shared(sw_smem));
   const uint32_t sk = sq + uint32_t(region_rows * kRowBytes);
   const uint32_t sv = sk + uint32_t(sp.kv_bytes);
-  const Element* kptr = static_cast<const Element*>(p.k);
-  const Element* vptr = static_cast<const Element*>(p.v);
-  const Element* qptr = static_cast<const Element*>(p.q);
+  const int ch = tid & (kChunks - 1);  // the 16-byte chunk this thread loads (Q, K and V rows)
+  const int row0 = tid / kChunks;      // its first row; then every kRowStep rows
 
-  for (int64_t work = blockIdx.x; work < g.num_work; work += gridDim.x) {
-    const WorkTile w = decode_work(g, work);
-    QueryTile qt;
-    if (!make_query_tile(g, w, qt)) continue;  // uniform over the CTA
+  for (int work = int(blockIdx.x); work < int(g.num_work); work += int(gridDim.x)) {
+    const WorkTile w = sw_decode_work(g, sp.divs, work);
+    SwTile qt;
+    if (!sw_make_tile(g, sp.divs, w, qt)) continue;  // uniform over the CTA
 
     // Halo: the key range of the whole region per axis (key slab group coordinates).
     int hs[kRank], he[kRank];
     for (int a = 0; a < kRank; ++a) {
       int ks, ke;
-      window::tile_key_range(qt.q0[a] + qt.q_shift[a], qt.q_last[a] + qt.q_shift[a], qt.axis[a], ks, ke);
+      sw_key_range(qt, a, qt.q0[a], qt.q_last[a], ks, ke);
       hs[a] = ks - qt.kv_shift[a];
       he[a] = ke - ks + 1;
     }
-    const int64_t kv_head = w.head / p.heads_per_kv;
-    const GroupTensor tq = make_group_tensor(w.batch, w.head, p.q_batch, p.q_head, p.q_spatial, w.group, g.dilation);
-    const GroupTensor tk = make_group_tensor(w.batch, kv_head, p.k_batch, p.k_head, p.k_spatial, qt.kv_group, g.dilation);
-    const GroupTensor tv = make_group_tensor(w.batch, kv_head, p.v_batch, p.v_head, p.v_spatial, qt.kv_group, g.dilation);
+    const int64_t kv_head = window::fast_div(int(w.head), sp.heads_per_kv);
 
     __syncthreads();  // the previous work tile's shared memory is no longer read
 
-    // K / V halo rows. Offsets inside a (batch, head, group) slice fit 32 bits (checked on the host),
-    // so only the slice base is 64-bit.
+    // K / V halo rows: row r of the halo box (last axis fastest) -> shared row r. Each thread walks
+    // rows row0, row0 + kRowStep, ... with its box coordinates advanced by the step's mixed-radix
+    // digits (each digit below its radix, so one carry per axis at most).
     {
-      const Element* kb = kptr + tk.base;
-      const Element* vb = vptr + tv.base;
-      const int k0 = int(tk.step[0]), k1 = int(tk.step[1]), k2 = int(tk.step[2]);
-      const int v0 = int(tv.step[0]), v1 = int(tv.step[1]), v2 = int(tv.step[2]);
+      const Element* kb = static_cast<const Element*>(p.k) +
+                          sw_slice_base(w.batch, kv_head, p.k_batch, p.k_head, p.k_spatial, qt.kv_group) + ch * 8;
+      const Element* vb = static_cast<const Element*>(p.v) +
+                          sw_slice_base(w.batch, kv_head, p.v_batch, p.v_head, p.v_spatial, qt.kv_group) + ch * 8;
+      kb += hs[0] * sp.k_step[0] + hs[1] * sp.k_step[1] + hs[2] * sp.k_step[2];
+      vb += hs[0] * sp.v_step[0] + hs[1] * sp.v_step[1] + hs[2] * sp.v_step[2];
       const int rows = he[0] * he[1] * he[2];
-      const uint32_t e12 = uint32_t(he[1] * he[2]);
-      const uint32_t m12 = sw_div_magic(e12), m2 = sw_div_magic(uint32_t(he[2]));
-      for (int i = tid; i < rows * kChunks; i += kThreads) {
-        const int row = i / kChunks, ch = i % kChunks;
-        const uint32_t x0 = sw_div(uint32_t(row), m12, e12);
-        const uint32_t rem = uint32_t(row) - x0 * e12;
-        const uint32_t x1 = sw_div(rem, m2, uint32_t(he[2]));
-        const int c0 = hs[0] + int(x0), c1 = hs[1] + int(x1), c2 = hs[2] + int(rem - x1 * uint32_t(he[2]));
-        const uint32_t off = sw_swizzle(uint32_t(row * kRowBytes + ch * 16));
-        sw_cp_async16(sk + off, kb + (c0 * k0 + c1 * k1 + c2 * k2 + ch * 8), ch * 8 < p.head_dim ? 16 : 0);
-        sw_cp_async16(sv + off, vb + (c0 * v0 + c1 * v1 + c2 * v2 + ch * 8), ch * 8 < p.head_dim_v ? 16 : 0);
+      const int e12 = he[1] * he[2];
+      const float inv12 = sw_rcp(e12), inv2 = sw_rcp(he[2]);
+      int x0 = sw_div_small(row0, inv12), x1, x2;
+      x1 = row0 - x0 * e12;
+      x2 = x1;
+      x1 = sw_div_small(x2, inv2);
+      x2 -= x1 * he[2];
+      const int d0 = sw_div_small(kRowStep, inv12);
+      int d1 = kRowStep - d0 * e12;
+      const int d2r = d1;
+      d1 = sw_div_small(d2r, inv2);
+      const int d2 = d2r - d1 * he[2];
+      const int kbytes = ch * 8 < p.head_dim ? 16 : 0, vbytes = ch * 8 < p.head_dim_v ? 16 : 0;
+      uint32_t soff = sw_swizzle(uint32_t(row0 * kRowBytes + ch * 16));
+      for (int row = row0; row < rows; row += kRowStep) {
+        sw_cp_async16(sk + soff, kb + (x0 * sp.k_step[0] + x1 * sp.k_step[1] + x2 * sp.k_step[2]), kbytes);
+        sw_cp_async16(sv + soff, vb + (x0 * sp.v_step[0] + x1 * sp.v_step[1] + x2 * sp.v_step[2]), vbytes);
+        soff += uint32_t(kRowStep * kRowBytes);
+        x2 += d2;
+        const int c2 = x2 >= he[2] ? 1 : 0;
+        x2 -= c2 ? he[2] : 0;
+        x1 += d1 + c2;
+        const int c1 = x1 >= he[1] ? 1 : 0;
+        x1 -= c1 ? he[1] : 0;
+        x0 += d0 + c1;
       }
     }
     // Q rows of the region (padding queries: zeros).
     {
-      const Element* qb = qptr + tq.base;
-      const int s0 = int(tq.step[0]), s1 = int(tq.step[1]), s2 = int(tq.step[2]);
-      for (int i = tid; i < region_rows * kChunks; i += kThreads) {
-        const int row = i / kChunks, ch = i % kChunks;
-        int c[kRank];
-        sw_box_coord(row, g.q_log2, c);
-        bool real = ch * 8 < p.head_dim;
-        for (int a = 0; a < kRank; ++a) {
-          c[a] += qt.q0[a];
-          real = real && c[a] < qt.n_q[a];
-        }
-        const Element* src = real ? qb + (c[0] * s0 + c[1] * s1 + c[2] * s2 + ch * 8) : qb;
+      const Element* qb = static_cast<const Element*>(p.q) +
+                          sw_slice_base(w.batch, w.head, p.q_batch, p.q_head, p.q_spatial, w.group);
+      const int l2 = g.q_log2[2], l12 = g.q_log2[1] + g.q_log2[2];
+      const bool real_ch = ch * 8 < p.head_dim;
+      for (int row = row0; row < region_rows; row += kRowStep) {
+        const int c0 = qt.q0[0] + (row >> l12);
+        const int c1 = qt.q0[1] + ((row >> l2) & ((1 << g.q_log2[1]) - 1));
+        const int c2 = qt.q0[2] + (row & ((1 << l2) - 1));
+        const bool real = real_ch && c0 < qt.n_q[0] && c1 < qt.n_q[1] && c2 < qt.n_q[2];
+        const Element* src = real ? qb + (c0 * sp.q_step[0] + c1 * sp.q_step[1] + c2 * sp.q_step[2] + ch * 8) : qb;
         sw_cp_async16(sq + sw_swizzle(uint32_t(row * kRowBytes + ch * 16)), src, real ? 16 : 0);
       }
     }
@@ -100,8 +112,11 @@ __global__ void __launch_bounds__(kSwWarps * 32, kDim <= 32 ? 3 : 2) sw_forward_
     asm volatile("cp.async.wait_group 0;\n" ::: "memory");
     __syncthreads();
 
-    const GroupTensor to = make_group_tensor(w.batch, w.head, p.o_batch, p.o_head, p.o_spatial, w.group, g.dilation);
-    const GroupTensor tl = make_group_tensor(w.batch, w.head, p.lse_batch, p.lse_head, p.lse_spatial, w.group, g.dilation);
+    Element* const ob = static_cast<Element*>(p.o) +
+                        sw_slice_base(w.batch, w.head, p.o_batch, p.o_head, p.o_spatial, w.group);
+    float* const lb = p.lse == nullptr ? nullptr
+                                       : p.lse + sw_slice_base(w.batch, w.head, p.lse_batch, p.lse_head,
+                                                               p.lse_spatial, w.group);
     const int patches = region_rows >> kSwPatchLog2;
     for (int pi = warp; pi < patches; pi += kSwWarps) {
       SwPatch pt;
@@ -118,7 +133,7 @@ __global__ void __launch_bounds__(kSwWarps * 32, kDim <= 32 ? 3 : 2) sw_forward_
         any = any && pt.q0[a] < qt.n_q[a];
         const int q_last = window::imin(pt.q0[a] + (1 << sp.patch_log2[a]) - 1, qt.n_q[a] - 1);
         int ks, ke;
-        window::tile_key_range(pt.q0[a] + qt.q_shift[a], q_last + qt.q_shift[a], qt.axis[a], ks, ke);
+        sw_key_range(qt, a, pt.q0[a], q_last, ks, ke);
         pt.ks[a] = ks;
         pt.e[a] = ke - ks + 1;
         pt.nkeys *= pt.e[a];
@@ -126,7 +141,7 @@ __global__ void __launch_bounds__(kSwWarps * 32, kDim <= 32 ? 3 : 2) sw_forward_
       if (!any) continue;  // a patch of padding queries only (uniform over the warp)
       float o[kDim / 8][4], row_max[2], row_sum[2];
       sw_patch_mainloop<Element, kDim>(sp, qt, pt, hs, he, sq, sk, sv, lane, o, row_max, row_sum);
-      sw_patch_epilogue<Element, kDim>(sp, qt, pt, to, tl, sq, lane, o, row_max, row_sum);
+      sw_patch_epilogue<Element, kDim>(sp, qt, pt, ob, lb, sq, lane, o, row_max, row_sum);
     }
   }
 }

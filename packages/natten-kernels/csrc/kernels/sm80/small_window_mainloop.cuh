@@ -97,7 +97,7 @@ __device__ __forceinline__ int sw_region_row(const Geometry& g, const int patch_
 // sq / sk / sv: shared-memory addresses of the Q region, K halo and V halo; hs / he: halo start
 // (key slab group coordinates) and extents.
 template <class Element, int kDim>
-__device__ __forceinline__ void sw_patch_mainloop(const SwParams& sp, const QueryTile& qt, const SwPatch& pt,
+__device__ __forceinline__ void sw_patch_mainloop(const SwParams& sp, const SwTile& qt, const SwPatch& pt,
                                                   const int hs[kRank], const int he[kRank], uint32_t sq, uint32_t sk,
                                                   uint32_t sv, int lane, float (&o)[kDim / 8][4], float (&row_max)[2],
                                                   float (&row_sum)[2]) {
@@ -106,42 +106,56 @@ __device__ __forceinline__ void sw_patch_mainloop(const SwParams& sp, const Quer
   const Geometry& g = sp.base.geo;
 
   // Halo row (byte offset) of key nb * 8 + lane % 8, for every n-block; keys past the box read row 0.
+  // The key's box coordinates (x0, x1, x2) advance by the mixed-radix digits of 8 per n-block.
   uint32_t krow[kNB];
   {
-    int base[kRank];
-    for (int a = 0; a < kRank; ++a) base[a] = pt.ks[a] - qt.kv_shift[a] - hs[a];
-    const uint32_t e1 = uint32_t(pt.e[1]), e2 = uint32_t(pt.e[2]);
-    const uint32_t origin = (uint32_t(base[0]) * uint32_t(he[1]) + uint32_t(base[1])) * uint32_t(he[2]) + uint32_t(base[2]);
-    if (e2 == 1u) {  // ranks 1 and 2: n = x0 * e1 + x1, one division
-      const uint32_t m1 = sw_div_magic(e1), hrow = uint32_t(he[1]) * uint32_t(he[2]);
-      CUTE_UNROLL
-      for (int nb = 0; nb < kNB; ++nb) {
-        const uint32_t n = uint32_t(nb * 8 + (lane & 7));
-        const uint32_t x0 = sw_div(n, m1, e1);
-        const uint32_t row = origin + x0 * hrow + (n - x0 * e1) * uint32_t(he[2]);
-        krow[nb] = n < uint32_t(pt.nkeys) ? row * kRowBytes : 0u;
-      }
-    } else {
-      const uint32_t e12 = e1 * e2;
-      const uint32_t m12 = sw_div_magic(e12), m2 = sw_div_magic(e2);
-      CUTE_UNROLL
-      for (int nb = 0; nb < kNB; ++nb) {
-        const uint32_t n = uint32_t(nb * 8 + (lane & 7));
-        const uint32_t x0 = sw_div(n, m12, e12);
-        const uint32_t rem = n - x0 * e12;
-        const uint32_t x1 = sw_div(rem, m2, e2);
-        const uint32_t row = origin + (x0 * uint32_t(he[1]) + x1) * uint32_t(he[2]) + (rem - x1 * e2);
-        krow[nb] = n < uint32_t(pt.nkeys) ? row * kRowBytes : 0u;
-      }
+    const int e1 = pt.e[1], e2 = pt.e[2], e12 = e1 * e2;
+    const float inv12 = sw_rcp(e12), inv2 = sw_rcp(e2);
+    const int origin = ((pt.ks[0] - qt.kv_shift[0] - hs[0]) * he[1] + (pt.ks[1] - qt.kv_shift[1] - hs[1])) * he[2] +
+                       (pt.ks[2] - qt.kv_shift[2] - hs[2]);
+    const int n0 = lane & 7;
+    int x0 = sw_div_small(n0, inv12);
+    int x2 = n0 - x0 * e12;
+    int x1 = sw_div_small(x2, inv2);
+    x2 -= x1 * e2;
+    const int d0 = sw_div_small(8, inv12);
+    int d2 = 8 - d0 * e12;
+    const int d1 = sw_div_small(d2, inv2);
+    d2 -= d1 * e2;
+    CUTE_UNROLL
+    for (int nb = 0; nb < kNB; ++nb) {
+      const int row = origin + (x0 * he[1] + x1) * he[2] + x2;
+      krow[nb] = nb * 8 + n0 < pt.nkeys ? uint32_t(row * kRowBytes) : 0u;
+      x2 += d2;
+      const int c2 = x2 >= e2 ? 1 : 0;
+      x2 -= c2 ? e2 : 0;
+      x1 += d1 + c2;
+      const int c1 = x1 >= e1 ? 1 : 0;
+      x1 -= c1 ? e1 : 0;
+      x0 += d0 + c1;
     }
   }
   const int nkb16 = (pt.nkeys + 15) >> 4;  // k-blocks of 16 keys for O = P V
   const int nb_used = 2 * nkb16;
 
   // Row masks of the thread's two rows, shifted so that score (nb, j) of this thread is bit nb * 8 + j.
+  // The combs (bits x * e2 for x < e1, x * e1 * e2 for x < e0) by one ballot per 32 bits: lane L
+  // decides positions 32 k + L.
   uint32_t mw[2][4];
   {
-    const SwCombs combs = sw_combs(pt.e);
+    SwCombs combs;
+    {
+      const int s1 = pt.e[2], s0 = pt.e[1] * pt.e[2];
+      const float inv1 = sw_rcp(s1), inv0 = sw_rcp(s0);
+      uint32_t c1w[4], c0w[4];
+      CUTE_UNROLL
+      for (int k = 0; k < 4; ++k) {
+        c1w[k] = __ballot_sync(0xffffffffu, sw_comb_bit(32 * k + lane, pt.e[1], s1, inv1));
+        c0w[k] = __ballot_sync(0xffffffffu, sw_comb_bit(32 * k + lane, pt.e[0], s0, inv0));
+      }
+      combs.c1 = Bits128{{uint64_t(c1w[0]) | (uint64_t(c1w[1]) << 32), uint64_t(c1w[2]) | (uint64_t(c1w[3]) << 32)}};
+      combs.c0 = Bits128{{uint64_t(c0w[0]) | (uint64_t(c0w[1]) << 32), uint64_t(c0w[2]) | (uint64_t(c0w[3]) << 32)}};
+    }
     CUTE_UNROLL
     for (int slot = 0; slot < 2; ++slot) {
       int c[kRank];
@@ -150,15 +164,11 @@ __device__ __forceinline__ void sw_patch_mainloop(const SwParams& sp, const Quer
       for (int a = 0; a < kRank; ++a) {
         const int q = window::imin(pt.q0[a] + c[a], qt.n_q[a] - 1) + qt.q_shift[a];  // padding rows: last real query
         int ws, we;
-        window::window(q, qt.axis[a], ws, we);
+        window::window_fast(q, qt.axis[a], ws, we);
         lo[a] = ws - pt.ks[a];
         hi[a] = we - pt.ks[a];
       }
-      const Bits128 m = b128_shr(sw_row_mask(lo, hi, pt.e, combs), 2 * (lane & 3));
-      mw[slot][0] = uint32_t(m.w[0]);
-      mw[slot][1] = uint32_t(m.w[0] >> 32);
-      mw[slot][2] = uint32_t(m.w[1]);
-      mw[slot][3] = uint32_t(m.w[1] >> 32);
+      b128_words_shr(sw_row_mask(lo, hi, pt.e, combs), 2 * (lane & 3), mw[slot]);
     }
   }
 
@@ -223,14 +233,12 @@ __device__ __forceinline__ void sw_patch_mainloop(const SwParams& sp, const Quer
   const float mul = positive ? scale_log2 : 1.f;
   float sum[2] = {0.f, 0.f};
   CUTE_UNROLL
-  for (int nb = 0; nb < kNB; ++nb) {
-    if (nb < nb_used) {
-      CUTE_UNROLL
-      for (int e = 0; e < 4; ++e) {
-        const float p = sw_exp2(fmaf(s[nb][e], mul, -mx[e >> 1]));
-        s[nb][e] = p;
-        sum[e >> 1] += p;
-      }
+  for (int nb = 0; nb < kNB; ++nb) {  // every block (masked scores give 0): straight-line code
+    CUTE_UNROLL
+    for (int e = 0; e < 4; ++e) {
+      const float p = sw_exp2(fmaf(s[nb][e], mul, -mx[e >> 1]));
+      s[nb][e] = p;
+      sum[e >> 1] += p;
     }
   }
   CUTE_UNROLL

@@ -136,6 +136,110 @@ inline bool sw_make_plan(const Geometry& g, int rank, int row_bytes, int smem_bu
   return found;
 }
 
+// ---- per-work-tile geometry without divisions or branches -----------------------------------------
+//
+// The kernel's per-CTA prologue (work decode, query tile, halo box) and per-patch geometry run once
+// per few thousand instructions of MMA / softmax work, but as written for the tiled kernels
+// (decode_work, make_query_tile, window) they are chains of 32-bit divisions and uniform branches,
+// each branch target a fresh instruction fetch: on nat-small they took ~20% of the kernel's warp time
+// (H100 source counters, benchmarks/NOTES.md). These are the same values from FastDivs built on
+// the host and straight-line code; the CPU test compares them with decode_work / make_query_tile /
+// window on random geometries.
+struct SwDivs {
+  window::FastDiv tiles[kRank];   // by q_tiles[a]
+  window::FastDiv groups[kRank];  // by groups[a]
+  window::FastDiv heads;          // by heads
+  window::FastDiv dil[kRank];     // by dilation[a]
+  window::FastDiv stride[kRank];  // by stride[a]
+  int kvo_mod_d[kRank];           // kv_origin[a] mod dilation[a]
+};
+
+inline SwDivs sw_make_divs(const Geometry& g) {
+  SwDivs d;
+  for (int a = 0; a < kRank; ++a) {
+    d.tiles[a] = window::make_fast_div(g.q_tiles[a]);
+    d.groups[a] = window::make_fast_div(g.groups[a]);
+    d.dil[a] = window::make_fast_div(g.dilation[a]);
+    d.stride[a] = window::make_fast_div(g.stride[a]);
+    d.kvo_mod_d[a] = g.kv_origin[a] % g.dilation[a];
+  }
+  d.heads = window::make_fast_div(int(g.heads));
+  return d;
+}
+
+// decode_work for 0 <= idx < 2^31 (the host takes this kernel only when num_work < 2^31).
+NATTEN_HD WorkTile sw_decode_work(const Geometry& g, const SwDivs& dv, int idx) {
+  WorkTile w;
+  int i = idx;
+  for (int a = kRank - 1; a >= 0; --a) {
+    const int q = window::fast_div(i, dv.tiles[a]);
+    w.tile[a] = i - q * g.q_tiles[a];
+    i = q;
+  }
+  for (int a = kRank - 1; a >= 0; --a) {
+    const int q = window::fast_div(i, dv.groups[a]);
+    w.group[a] = i - q * g.groups[a];
+    i = q;
+  }
+  const int q = window::fast_div(i, dv.heads);
+  w.head = i - q * int(g.heads);
+  w.batch = q;
+  return w;
+}
+
+NATTEN_HD int sw_group_extent(int n, int d, int g, const window::FastDiv& dd) {
+  return n > g ? window::fast_div(n - g + d - 1, dd) : 0;
+}
+
+// QueryTile with FastAxis windows.
+struct SwTile {
+  window::FastAxis axis[kRank];
+  int q0[kRank], q_last[kRank], n_q[kRank], n_kv[kRank], kv_group[kRank], q_shift[kRank], kv_shift[kRank];
+};
+
+// make_query_tile's values (the same fields, same meaning).
+NATTEN_HD bool sw_make_tile(const Geometry& g, const SwDivs& dv, const WorkTile& w, SwTile& t) {
+  bool nonempty = true;
+  for (int a = 0; a < kRank; ++a) {
+    const int d = g.dilation[a];
+    const int first = g.q_origin[a] + w.group[a];
+    const int q_shift = window::fast_div(first, dv.dil[a]);
+    const int gg = first - q_shift * d;
+    int kg = gg - dv.kvo_mod_d[a];
+    kg += kg < 0 ? d : 0;
+    t.axis[a] = window::make_fast_axis(sw_group_extent(g.extent[a], d, gg, dv.dil[a]), g.kernel[a], g.stride[a],
+                                       g.causal[a] != 0, dv.stride[a]);
+    const int nq = sw_group_extent(g.q_extent[a], d, w.group[a], dv.dil[a]);
+    t.q0[a] = w.tile[a] << g.q_log2[a];
+    t.q_last[a] = window::imin(t.q0[a] + (1 << g.q_log2[a]) - 1, nq - 1);
+    t.n_q[a] = nq;
+    t.n_kv[a] = sw_group_extent(g.kv_extent[a], d, kg, dv.dil[a]);
+    t.kv_group[a] = kg;
+    t.q_shift[a] = q_shift;
+    t.kv_shift[a] = window::fast_div(g.kv_origin[a] + kg, dv.dil[a]);
+    nonempty = nonempty && t.q0[a] < nq;
+  }
+  return nonempty;
+}
+
+// Key range (inclusive, global group coordinates) of the query run [q0, q_last] (slab coordinates).
+NATTEN_HD void sw_key_range(const SwTile& t, int a, int q0, int q_last, int& ks, int& ke) {
+  int s, e;
+  window::window_fast(q0 + t.q_shift[a], t.axis[a], ks, e);
+  window::window_fast(q_last + t.q_shift[a], t.axis[a], s, ke);
+}
+
+// n / e for 0 <= n < 2^20 and 1 <= e < 2^20 from inv_e = 1 / e within 2 ulp (the hardware
+// reciprocal): (n + 0.5) / e lies at least 0.5 / e from an integer and the float product is within
+// 2^-22 relative of it (< 0.25 / e absolute), so truncation gives the exact quotient.
+NATTEN_HD int sw_div_small(int n, float inv_e) { return int((float(n) + 0.5f) * inv_e); }
+
+// Bit p of comb(count, s) = {x * s : 0 <= x < count} (0 <= p < 128, count * s <= 128), as each lane
+// computes it for its positions p = 32 k + lane before a ballot.
+NATTEN_HD bool sw_comb_bit(int p, int count, int s, float inv_s) {
+  return p < count * s && sw_div_small(p, inv_s) * s == p;
+}
+
 // ---- row masks over a patch's key box -------------------------------------------------------------
 //
 // Keys of a patch box of extents e[] (e0 * e1 * e2 <= 128) are numbered n = (x0 * e1 + x1) * e2 + x2.
@@ -191,6 +295,18 @@ NATTEN_HD Bits128 b128_shr(Bits128 x, int s) {
   r.w[0] = (x.w[0] >> s) | (x.w[1] << (64 - s));
   r.w[1] = x.w[1] >> s;
   return r;
+}
+
+// 32-bit words of x >> s for 0 <= s < 32 (the lane's view of a row mask).
+NATTEN_HD void b128_words_shr(const Bits128& x, int s, uint32_t out[4]) {
+  const uint32_t w[5] = {uint32_t(x.w[0]), uint32_t(x.w[0] >> 32), uint32_t(x.w[1]), uint32_t(x.w[1] >> 32), 0u};
+  for (int k = 0; k < 4; ++k) {
+#if defined(__CUDA_ARCH__)
+    out[k] = __funnelshift_r(w[k], w[k + 1], s);
+#else
+    out[k] = s == 0 ? w[k] : ((w[k] >> s) | (w[k + 1] << (32 - s)));
+#endif
+  }
 }
 
 // Bits [lo, hi] (0 <= lo <= hi < 128).
