@@ -141,13 +141,7 @@ bool small_window_forward(const FnaForwardArgs& args, int dtype, const FnaParams
     sp.lse_step[a] = d * base.lse_spatial[a];
   }
   const int row_bytes = dim * 2;
-  // Padded halo pitches (bank-conflict-free key gathers for interior patches) at head dim 32 only
-  // (benchmarks/NOTES.md, ninth session).
-  const SwPitches pitches = sw_halo_pitches(c.plan, row_bytes, row_bytes == 64 ? kSwSmemBudget : 0);
-  sp.padded = pitches.pitch1 != c.plan.halo_max[1] || pitches.pitch2 != c.plan.halo_max[2];
-  sp.pitch1 = pitches.pitch1;
-  sp.pitch2 = pitches.pitch2;
-  sp.kv_bytes = ((pitches.rows * row_bytes + 127) / 128) * 128;
+  sp.kv_bytes = ((c.plan.halo_rows * row_bytes + 127) / 128) * 128;
   int region_rows = 1;
   for (int a = 0; a < kRank; ++a) region_rows <<= c.plan.region_log2[a];
   const int smem = region_rows * row_bytes + 2 * sp.kv_bytes;

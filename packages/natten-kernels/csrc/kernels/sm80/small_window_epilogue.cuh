@@ -39,7 +39,7 @@ __device__ __forceinline__ void sw_patch_epilogue(const SwParams& sp, const SwTi
     CUTE_UNROLL
     for (int j = 0; j < kChunks; ++j) {
       const uint32_t v = sw_pack<Element>(o[j][2 * slot] * inv[slot], o[j][2 * slot + 1] * inv[slot]);
-      const uint32_t addr = sq + sw_swizzle<kRowBytes>(rowb + uint32_t(j) * 16u) + uint32_t(lane & 3) * 4u;
+      const uint32_t addr = sq + sw_swizzle(rowb + uint32_t(j) * 16u) + uint32_t(lane & 3) * 4u;
       asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(addr), "r"(v));
     }
   }
@@ -58,7 +58,7 @@ __device__ __forceinline__ void sw_patch_epilogue(const SwParams& sp, const SwTi
       real = real && q[a] < qt.n_q[a];
     }
     if (real) {
-      const uint32_t addr = sq + sw_swizzle<kRowBytes>(uint32_t(sw_region_row(g, sp.patch_log2, pt, r)) * kRowBytes + uint32_t(ch) * 16u);
+      const uint32_t addr = sq + sw_swizzle(uint32_t(sw_region_row(g, sp.patch_log2, pt, r)) * kRowBytes + uint32_t(ch) * 16u);
       uint32_t v0, v1, v2, v3;
       asm volatile("ld.shared.v4.b32 {%0, %1, %2, %3}, [%4];\n" : "=r"(v0), "=r"(v1), "=r"(v2), "=r"(v3) : "r"(addr));
       Element* dst = ob + (q[0] * sp.o_step[0] + q[1] * sp.o_step[1] + q[2] * sp.o_step[2] + ch * 8);

@@ -27,6 +27,7 @@ __global__ void __launch_bounds__(kSwWarps * 32, kDim <= 32 ? 3 : 2) sw_forward_
   constexpr int kChunks = kDim / 8;
   constexpr int kThreads = kSwWarps * 32;
   constexpr int kRowStep = kThreads / kChunks;  // rows between a thread's loads (32 or 16)
+  static_assert((kRowStep * kRowBytes) % 1024 == 0, "a thread's row step keeps its swizzle phase");
   const FnaParams& p = sp.base;
   const Geometry& g = p.geo;
   const int tid = int(threadIdx.x), lane = tid & 31, warp = tid >> 5;
@@ -51,8 +52,6 @@ __global__ void __launch_bounds__(kSwWarps * 32, kDim <= 32 ? 3 : 2) sw_forward_
       he[a] = ke - ks + 1;
     }
     const int64_t kv_head = window::fast_div(int(w.head), sp.heads_per_kv);
-    // Halo row pitches: padded ones from the host (sw_halo_pitches), else the CTA's own extents.
-    const int p1 = sp.padded ? sp.pitch1 : he[1], p2 = sp.padded ? sp.pitch2 : he[2];
 
     __syncthreads();  // the previous work tile's shared memory is no longer read
 
@@ -80,7 +79,11 @@ __global__ void __launch_bounds__(kSwWarps * 32, kDim <= 32 ? 3 : 2) sw_forward_
       d1 = sw_div_small(d2r, inv2);
       const int d2 = d2r - d1 * he[2];
       const int kbytes = ch * 8 < p.head_dim ? 16 : 0, vbytes = ch * 8 < p.head_dim_v ? 16 : 0;
-      auto advance = [&]() {
+      uint32_t soff = sw_swizzle(uint32_t(row0 * kRowBytes + ch * 16));
+      for (int row = row0; row < rows; row += kRowStep) {
+        sw_cp_async16(sk + soff, kb + (x0 * sp.k_step[0] + x1 * sp.k_step[1] + x2 * sp.k_step[2]), kbytes);
+        sw_cp_async16(sv + soff, vb + (x0 * sp.v_step[0] + x1 * sp.v_step[1] + x2 * sp.v_step[2]), vbytes);
+        soff += uint32_t(kRowStep * kRowBytes);
         x2 += d2;
         const int c2 = x2 >= he[2] ? 1 : 0;
         x2 -= c2 ? he[2] : 0;
@@ -88,23 +91,6 @@ __global__ void __launch_bounds__(kSwWarps * 32, kDim <= 32 ? 3 : 2) sw_forward_
         const int c1 = x1 >= he[1] ? 1 : 0;
         x1 -= c1 ? he[1] : 0;
         x0 += d0 + c1;
-      };
-      if (sp.padded) {  // padded pitches: the shared row from the coordinates
-        for (int row = row0; row < rows; row += kRowStep) {
-          const uint32_t soff = sw_swizzle<kRowBytes>(uint32_t(((x0 * p1 + x1) * p2 + x2) * kRowBytes + ch * 16));
-          sw_cp_async16(sk + soff, kb + (x0 * sp.k_step[0] + x1 * sp.k_step[1] + x2 * sp.k_step[2]), kbytes);
-          sw_cp_async16(sv + soff, vb + (x0 * sp.v_step[0] + x1 * sp.v_step[1] + x2 * sp.v_step[2]), vbytes);
-          advance();
-        }
-      } else {  // compact: shared row = loop row, whose swizzle phase a step of 16 or 32 rows keeps
-        static_assert((kRowStep * kRowBytes) % 512 == 0, "a thread's row step keeps its swizzle phase");
-        uint32_t soff = sw_swizzle<kRowBytes>(uint32_t(row0 * kRowBytes + ch * 16));
-        for (int row = row0; row < rows; row += kRowStep) {
-          sw_cp_async16(sk + soff, kb + (x0 * sp.k_step[0] + x1 * sp.k_step[1] + x2 * sp.k_step[2]), kbytes);
-          sw_cp_async16(sv + soff, vb + (x0 * sp.v_step[0] + x1 * sp.v_step[1] + x2 * sp.v_step[2]), vbytes);
-          soff += uint32_t(kRowStep * kRowBytes);
-          advance();
-        }
       }
     }
     // Q rows of the region (padding queries: zeros).
@@ -119,7 +105,7 @@ __global__ void __launch_bounds__(kSwWarps * 32, kDim <= 32 ? 3 : 2) sw_forward_
         const int c2 = qt.q0[2] + (row & ((1 << l2) - 1));
         const bool real = real_ch && c0 < qt.n_q[0] && c1 < qt.n_q[1] && c2 < qt.n_q[2];
         const Element* src = real ? qb + (c0 * sp.q_step[0] + c1 * sp.q_step[1] + c2 * sp.q_step[2] + ch * 8) : qb;
-        sw_cp_async16(sq + sw_swizzle<kRowBytes>(uint32_t(row * kRowBytes + ch * 16)), src, real ? 16 : 0);
+        sw_cp_async16(sq + sw_swizzle(uint32_t(row * kRowBytes + ch * 16)), src, real ? 16 : 0);
       }
     }
     asm volatile("cp.async.commit_group;\n" ::);
@@ -154,7 +140,7 @@ __global__ void __launch_bounds__(kSwWarps * 32, kDim <= 32 ? 3 : 2) sw_forward_
       }
       if (!any) continue;  // a patch of padding queries only (uniform over the warp)
       float o[kDim / 8][4], row_max[2], row_sum[2];
-      sw_patch_mainloop<Element, kDim>(sp, qt, pt, hs, p1, p2, sq, sk, sv, lane, o, row_max, row_sum);
+      sw_patch_mainloop<Element, kDim>(sp, qt, pt, hs, he, sq, sk, sv, lane, o, row_max, row_sum);
       sw_patch_epilogue<Element, kDim>(sp, qt, pt, ob, lb, sq, lane, o, row_max, row_sum);
     }
   }

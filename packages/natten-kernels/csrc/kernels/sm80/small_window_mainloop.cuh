@@ -94,11 +94,11 @@ __device__ __forceinline__ int sw_region_row(const Geometry& g, const int patch_
 
 // Computes the un-normalized O of the patch (o), the row maxima (log2 domain, scaled) and row sums
 // (quad-reduced) of the thread's two rows (lane / 4 and lane / 4 + 8).
-// sq / sk / sv: shared-memory addresses of the Q region, K halo and V halo; hs: halo start (key slab
-// group coordinates); p1 / p2: the halo's row pitches.
+// sq / sk / sv: shared-memory addresses of the Q region, K halo and V halo; hs / he: halo start
+// (key slab group coordinates) and extents.
 template <class Element, int kDim>
 __device__ __forceinline__ void sw_patch_mainloop(const SwParams& sp, const SwTile& qt, const SwPatch& pt,
-                                                  const int hs[kRank], int p1, int p2, uint32_t sq, uint32_t sk,
+                                                  const int hs[kRank], const int he[kRank], uint32_t sq, uint32_t sk,
                                                   uint32_t sv, int lane, float (&o)[kDim / 8][4], float (&row_max)[2],
                                                   float (&row_sum)[2]) {
   constexpr int kRowBytes = kDim * 2;
@@ -111,7 +111,7 @@ __device__ __forceinline__ void sw_patch_mainloop(const SwParams& sp, const SwTi
   {
     const int e1 = pt.e[1], e2 = pt.e[2], e12 = e1 * e2;
     const float inv12 = sw_rcp(e12), inv2 = sw_rcp(e2);
-    const int origin = ((pt.ks[0] - qt.kv_shift[0] - hs[0]) * p1 + (pt.ks[1] - qt.kv_shift[1] - hs[1])) * p2 +
+    const int origin = ((pt.ks[0] - qt.kv_shift[0] - hs[0]) * he[1] + (pt.ks[1] - qt.kv_shift[1] - hs[1])) * he[2] +
                        (pt.ks[2] - qt.kv_shift[2] - hs[2]);
     const int n0 = lane & 7;
     int x0 = sw_div_small(n0, inv12);
@@ -124,7 +124,7 @@ __device__ __forceinline__ void sw_patch_mainloop(const SwParams& sp, const SwTi
     d2 -= d1 * e2;
     CUTE_UNROLL
     for (int nb = 0; nb < kNB; ++nb) {
-      const int row = origin + (x0 * p1 + x1) * p2 + x2;
+      const int row = origin + (x0 * he[1] + x1) * he[2] + x2;
       krow[nb] = nb * 8 + n0 < pt.nkeys ? uint32_t(row * kRowBytes) : 0u;
       x2 += d2;
       const int c2 = x2 >= e2 ? 1 : 0;
@@ -179,7 +179,7 @@ __device__ __forceinline__ void sw_patch_mainloop(const SwParams& sp, const SwTi
     const uint32_t rowb = uint32_t(sw_region_row(g, sp.patch_log2, pt, r)) * kRowBytes;
     CUTE_UNROLL
     for (int kb = 0; kb < kDim / 16; ++kb)
-      sw_ldsm_x4(sq + sw_swizzle<kRowBytes>(rowb + uint32_t(2 * kb + (lane >> 4)) * 16u), qa[kb][0], qa[kb][1], qa[kb][2],
+      sw_ldsm_x4(sq + sw_swizzle(rowb + uint32_t(2 * kb + (lane >> 4)) * 16u), qa[kb][0], qa[kb][1], qa[kb][2],
                  qa[kb][3]);
     const uint32_t flip = sp.base.scale_log2 < 0.f ? 0x80008000u : 0u;  // negative scale: S = (-Q) K^T
     CUTE_UNROLL
@@ -196,7 +196,7 @@ __device__ __forceinline__ void sw_patch_mainloop(const SwParams& sp, const SwTi
       CUTE_UNROLL
       for (int i = 0; i < kDim / 32; ++i) {
         uint32_t b0, b1, b2, b3;
-        sw_ldsm_x4(sk + sw_swizzle<kRowBytes>(krow[nb] + uint32_t(4 * i + (lane >> 3)) * 16u), b0, b1, b2, b3);
+        sw_ldsm_x4(sk + sw_swizzle(krow[nb] + uint32_t(4 * i + (lane >> 3)) * 16u), b0, b1, b2, b3);
         sw_mma<Element>(s[nb], qa[2 * i], b0, b1);
         sw_mma<Element>(s[nb], qa[2 * i + 1], b2, b3);
       }
@@ -262,7 +262,7 @@ __device__ __forceinline__ void sw_patch_mainloop(const SwParams& sp, const SwTi
       CUTE_UNROLL
       for (int dn = 0; dn < kDim / 16; ++dn) {
         uint32_t b0, b1, b2, b3;
-        sw_ldsm_x4_t(sv + sw_swizzle<kRowBytes>(vrow + uint32_t(2 * dn + (lane >> 4)) * 16u), b0, b1, b2, b3);
+        sw_ldsm_x4_t(sv + sw_swizzle(vrow + uint32_t(2 * dn + (lane >> 4)) * 16u), b0, b1, b2, b3);
         sw_mma<Element>(o[2 * dn], a, b0, b1);
         sw_mma<Element>(o[2 * dn + 1], a, b2, b3);
       }

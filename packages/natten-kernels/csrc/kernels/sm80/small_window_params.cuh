@@ -16,8 +16,6 @@ struct SwParams {
   window::FastDiv heads_per_kv; // query heads per K / V head (GQA)
   int patch_log2[kRank];        // warp patch box (16 queries)
   int kv_bytes;                 // bytes of the K (and of the V) halo array in shared memory
-  int padded;                   // 1: halo rows at (x0 * pitch1 + x1) * pitch2 + x2 (sw_halo_pitches);
-  int pitch1, pitch2;           // 0: at the compact index of the CTA's own halo box
   // Element steps of one dilation group per axis (dilation * spatial stride; a slice's offsets fit
   // 32 bits, checked on the host).
   int q_step[kRank], k_step[kRank], v_step[kRank], o_step[kRank];
@@ -39,16 +37,10 @@ __device__ __forceinline__ float sw_rcp(int e) {
 }
 
 // Shared memory: Q region rows, then the K halo, then the V halo; rows of kDim 16-bit elements
-// stored in 16-byte chunks, swizzled inside each 128-byte line so that 8 rows of distinct residues
-// mod 8, read at one chunk by an ldmatrix phase, hit 8 different bank groups: rows of 128 bytes
-// (one per line) XOR the chunk with row mod 8; rows of 64 bytes (two per line, chunks 0-3 and 4-7)
-// XOR it with (row / 2) mod 4. Halo rows of a patch's keys n .. n + 7 are congruent to them mod 8
-// (sw_halo_pitches), so the key gathers are conflict-free for interior patches.
-template <int kRowBytes>
-__device__ __forceinline__ uint32_t sw_swizzle(uint32_t byte) {
-  static_assert(kRowBytes == 64 || kRowBytes == 128, "rows of 32 or 64 16-bit elements");
-  return byte ^ (((byte >> 7) & (kRowBytes == 64 ? 3u : 7u)) << 4);
-}
+// stored in 16-byte chunks, swizzled inside each 128-byte line (chunk ^= line mod 8) so that 8
+// consecutive rows read by one ldmatrix phase hit 8 different bank groups (rows of 64 bytes: 2 per
+// line; of 128 bytes: 1 per line).
+__device__ __forceinline__ uint32_t sw_swizzle(uint32_t byte) { return byte ^ (((byte >> 7) & 7u) << 4); }
 
 // Exact n / e for 0 <= n, 1 <= e with n * e < 2^32, from m = sw_div_magic(e) (one multiply-high).
 __device__ __forceinline__ uint32_t sw_div_magic(uint32_t e) { return 0xffffffffu / e + 1u; }

@@ -76,8 +76,6 @@ struct SwPlan {
   int max_keys = 0;                    // bound on the keys of any patch box
   double pairs = 0;                    // estimated (query, key) pairs computed (16 x padded patch boxes)
   double cost = 0;                     // halo rows loaded + 1.5 x padded patch keys (relative units)
-  int halo_max[kRank] = {1, 1, 1};     // largest halo extent per axis
-  int patch_max[kRank] = {1, 1, 1};    // largest patch key-box extent per axis (the interior one)
 };
 
 // Chooses the patch and region boxes of the small-window kernel for the problem in g (its extents,
@@ -127,10 +125,6 @@ inline bool sw_make_plan(const Geometry& g, int rank, int row_bytes, int smem_bu
             best.patch_log2[a] = patches[ip][a];
           }
           best.halo_rows = int(hmax);
-          for (int a = 0; a < kRank; ++a) {
-            best.halo_max[a] = stats[a][regions[ir][a]].max_ext;
-            best.patch_max[a] = stats[a][patches[ip][a]].max_ext;
-          }
           best.max_keys = int(pmax);
           best.pairs = 16.0 * padded_keys;
           best.cost = cost;
@@ -140,49 +134,6 @@ inline bool sw_make_plan(const Geometry& g, int rank, int row_bytes, int smem_bu
   }
   if (found) *plan = best;
   return found;
-}
-
-// ---- halo row pitches ----------------------------------------------------------------------------
-//
-// Halo row of box coordinates (x0, x1, x2): (x0 * pitch1 + x1) * pitch2 + x2, pitches >= the halo
-// extents. An ldmatrix phase reads 8 key rows of a patch box at one 16-byte chunk; the shared-memory
-// swizzle (sw_swizzle) gives rows distinct in their residue mod 8 distinct bank groups, and the
-// 8 keys n, ..., n + 7 of a box of extents e sit at halo rows congruent to n, ..., n + 7 mod 8 when
-// pitch2 = e2 and pitch1 * pitch2 = e1 * e2 (mod 8). The pitches are padded to that for the interior
-// box (patch_max) where the congruence is solvable within +7 per axis and the padded halo fits
-// `smem_budget` (bytes per CTA, Q region included); otherwise they stay the halo extents.
-struct SwPitches {
-  int pitch1 = 1, pitch2 = 1;
-  int rows = 0;  // bound on the halo rows in shared memory (halo_max[0] * pitch1 * pitch2)
-};
-
-inline SwPitches sw_halo_pitches(const SwPlan& plan, int row_bytes, int smem_budget) {
-  SwPitches p;
-  p.pitch1 = plan.halo_max[1];
-  p.pitch2 = plan.halo_max[2];
-  p.rows = plan.halo_max[0] * p.pitch1 * p.pitch2;
-  const int e1 = plan.patch_max[1], e2 = plan.patch_max[2];
-  int q2 = p.pitch2;
-  if (plan.halo_max[2] > 1)
-    while ((q2 - e2) % 8 != 0) ++q2;
-  int q1 = p.pitch1;
-  bool ok = false;
-  for (int t = 0; t < 8 && !ok; ++t)
-    if (((q1 + t) * q2 - e1 * e2) % 8 == 0) {
-      q1 += t;
-      ok = true;
-    }
-  if (plan.halo_max[1] == 1 && plan.halo_max[2] == 1) return p;  // one line: rows are consecutive
-  if (!ok) return p;
-  const int rows = plan.halo_max[0] * q1 * q2;
-  int region_rows = 1;
-  for (int a = 0; a < kRank; ++a) region_rows <<= plan.region_log2[a];
-  const int kv_bytes = ((rows * row_bytes + 127) / 128) * 128;
-  if (region_rows * row_bytes + 2 * kv_bytes > smem_budget) return p;
-  p.pitch1 = q1;
-  p.pitch2 = q2;
-  p.rows = rows;
-  return p;
 }
 
 // ---- per-work-tile geometry without divisions or branches -----------------------------------------
