@@ -62,11 +62,14 @@ def test_fna_forward_random_sweep():
             q = torch.randn(b, *shape, h, d, device="cuda", dtype=dtype, generator=g)
             k = torch.randn(b, *shape, hkv, d, device="cuda", dtype=dtype, generator=g)
             v = torch.randn(b, *shape, hkv, d, device="cuda", dtype=dtype, generator=g)
+            # Mostly the default scale; sometimes another positive or a negative one (the kernels fold
+            # the scale into the exponent and a negative sign into Q).
+            scale = rng.choice([None] * 6 + [0.29, -d ** -0.5, -0.9])
             desc = (f"case {case} seed {SEED}: shape={shape} kernel={ks} stride={st} dilation={dl} "
-                    f"causal={ca} B={b} H={h} Hkv={hkv} D={d} {dtype}")
+                    f"causal={ca} B={b} H={h} Hkv={hkv} D={d} {dtype} scale={scale}")
             try:
-                out, lse = OPS[rank](q, k, v, ks, st, dl, ca, backend="cutlass-fna", return_lse=True)
-                ref_out, ref_lse = na_oracle(q.double(), k.double(), v.double(), ks, st, dl, ca)
+                out, lse = OPS[rank](q, k, v, ks, st, dl, ca, scale=scale, backend="cutlass-fna", return_lse=True)
+                ref_out, ref_lse = na_oracle(q.double(), k.double(), v.double(), ks, st, dl, ca, scale=scale)
                 tol = GPU_TOL[dtype]
                 assert_close(out, ref_out, atol=tol, rtol=0, what=f"{desc} out")
                 assert_close(lse, ref_lse, atol=tol, rtol=0, what=f"{desc} lse")

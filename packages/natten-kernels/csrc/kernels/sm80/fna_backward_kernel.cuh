@@ -136,6 +136,7 @@ struct BwdQCta {
   QueryTile q;  // q.n_q / q.n_kv: token bounds of the query / key slab groups (loads, stores)
   KeyTiles k;
   GroupTensor gq, gk, gv, gdo, gdq, glse, gdelta;
+  int64_t pass_k[kMaxKvPasses], pass_v[kMaxKvPasses];  // load_tile_box_fast tables of the K / V loads
 };
 
 template <class Traits>
@@ -171,6 +172,10 @@ CUTE_DEVICE void fna_bwd_dq_cta(FnaBwdParams const& p, WorkTile const& w, QueryT
     c.glse = make_group_tensor(w.batch, w.head, p.lse_batch, p.lse_head, p.lse_spatial, w.group, geo.dilation);
     c.gdelta =
         make_group_tensor(w.batch, w.head, p.delta_batch, p.delta_head, p.delta_spatial, w.group, geo.dilation);
+    if constexpr (kTile / Traits::kRowsPerPass >= 8 && kTile / Traits::kRowsPerPass <= kMaxKvPasses) {
+      fill_pass_table(c.pass_k, kTile / Traits::kRowsPerPass, Traits::kRowsPerPass, geo.kv_log2, c.gk.step);
+      fill_pass_table(c.pass_v, kTile / Traits::kRowsPerPass, Traits::kRowsPerPass, geo.kv_log2, c.gv.step);
+    }
   }
   __syncthreads();
   BwdQCta const& cta = *cta_smem;
@@ -217,10 +222,10 @@ CUTE_DEVICE void fna_bwd_dq_cta(FnaBwdParams const& p, WorkTile const& w, QueryT
   for (int a = 0; a < kRank; ++a) kb[a] = cta.k.start[a];
 
   for (int t = 0; t < cta.k.total; ++t) {
-    load_tile_box<Traits, kTile>(smem_k, typename Traits::SmemLayoutKV{}, static_cast<Element const*>(p.k), cta.gk,
-                                 kb, geo.kv_log2, cta.q.n_kv, p.head_dim, aligned, tid);
-    load_tile_box<Traits, kTile>(smem_v, typename Traits::SmemLayoutKV{}, static_cast<Element const*>(p.v), cta.gv,
-                                 kb, geo.kv_log2, cta.q.n_kv, p.head_dim_v, aligned, tid);
+    load_tile_box_fast<Traits, kTile>(smem_k, typename Traits::SmemLayoutKV{}, static_cast<Element const*>(p.k),
+                                      cta.gk, cta.pass_k, kb, geo.kv_log2, cta.q.n_kv, p.head_dim, aligned, tid);
+    load_tile_box_fast<Traits, kTile>(smem_v, typename Traits::SmemLayoutKV{}, static_cast<Element const*>(p.v),
+                                      cta.gv, cta.pass_v, kb, geo.kv_log2, cta.q.n_kv, p.head_dim_v, aligned, tid);
     cp_async_fence();
     const bool full = key_tile_full(geo, cta.k, kb);
     cp_async_wait<0>();
@@ -310,6 +315,7 @@ struct BwdKvCta {
   QueryTile q;
   int full;
   GroupTensor gq, gdo, glse, gdelta;
+  int64_t pass_q[kMaxKvPasses], pass_do[kMaxKvPasses];  // load_tile_box_fast tables (same for every head)
 };
 
 template <class Traits, bool kDoDk, bool kDoDv>
@@ -341,6 +347,15 @@ CUTE_DEVICE void fna_bwd_dkdv_cta(FnaBwdParams const& p, KvWorkTile const& w, Ke
     c.gv = make_group_tensor(w.batch, w.kv_head, p.v_batch, p.v_head, p.v_spatial, w.group, geo.dilation);
     c.gdk = make_group_tensor(w.batch, w.kv_head, p.dk_batch, p.dk_head, p.dk_spatial, w.group, geo.dilation);
     c.gdv = make_group_tensor(w.batch, w.kv_head, p.dv_batch, p.dv_head, p.dv_spatial, w.group, geo.dilation);
+    if constexpr (kTile / Traits::kRowsPerPass >= 8 && kTile / Traits::kRowsPerPass <= kMaxKvPasses) {
+      int64_t sq[kRank], sdo[kRank];
+      for (int a = 0; a < kRank; ++a) {
+        sq[a] = int64_t(geo.dilation[a]) * p.q_spatial[a];
+        sdo[a] = int64_t(geo.dilation[a]) * p.do_spatial[a];
+      }
+      fill_pass_table(c.pass_q, kTile / Traits::kRowsPerPass, Traits::kRowsPerPass, geo.q_log2, sq);
+      fill_pass_table(c.pass_do, kTile / Traits::kRowsPerPass, Traits::kRowsPerPass, geo.q_log2, sdo);
+    }
   }
   __syncthreads();
   BwdKvCta& cta = *cta_smem;
@@ -390,10 +405,11 @@ CUTE_DEVICE void fna_bwd_dkdv_cta(FnaBwdParams const& p, KvWorkTile const& w, Ke
         cta.gdelta = make_group_tensor(w.batch, head, p.delta_batch, p.delta_head, p.delta_spatial, qg, geo.dilation);
       }
       __syncthreads();
-      load_tile_box<Traits, kTile>(smem_q, typename Traits::SmemLayoutQ{}, static_cast<Element const*>(p.q), cta.gq,
-                                   cta.q.q0, geo.q_log2, cta.k.n_q, p.head_dim, aligned, tid);
-      load_tile_box<Traits, kTile>(smem_do, typename Traits::SmemLayoutQ{}, static_cast<Element const*>(p.d_o),
-                                   cta.gdo, cta.q.q0, geo.q_log2, cta.k.n_q, p.head_dim_v, aligned, tid);
+      load_tile_box_fast<Traits, kTile>(smem_q, typename Traits::SmemLayoutQ{}, static_cast<Element const*>(p.q),
+                                        cta.gq, cta.pass_q, cta.q.q0, geo.q_log2, cta.k.n_q, p.head_dim, aligned, tid);
+      load_tile_box_fast<Traits, kTile>(smem_do, typename Traits::SmemLayoutQ{}, static_cast<Element const*>(p.d_o),
+                                        cta.gdo, cta.pass_do, cta.q.q0, geo.q_log2, cta.k.n_q, p.head_dim_v, aligned,
+                                        tid);
       cp_async_fence();
       for (int c = tid; c < kTile; c += Traits::kThreads) {
         int qc[kRank], ws[kRank], wl[kRank];

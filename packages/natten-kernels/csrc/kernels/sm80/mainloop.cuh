@@ -6,8 +6,8 @@
 //
 //   wait K[t]; barrier; issue cp.async V[t]
 //   S = Q K[t]^T                       (ldmatrix + mma.sync, fp32 accumulators)
-//   scale to log2 units; mask  (only if the key tile cuts a window border)
-//   online softmax: running row max / row sum, rescale O, P = exp2(S - max)
+//   mask  (only if the key tile cuts a window border)
+//   online softmax on raw scores: running row max / row sum, rescale O, P = exp2(S * scale - max)
 //   wait V[t]; barrier; issue cp.async K[t+1]
 //   O += P V[t]                        (P straight from registers)
 #pragma once
@@ -24,12 +24,18 @@ namespace sm80 {
 
 // What the mainloop and epilogue need to know about their CTA. Built once by one thread and kept
 // in shared memory (read where used), so that none of it occupies registers across the key loop.
+constexpr int kMaxKvPasses = 8;  // key tiles of <= 64 rows, >= 8 rows per copy pass
+
 struct CtaTile {
   QueryTile q;  // q.n_q / q.n_kv: token bounds of the query / key slab groups (loads, stores)
   KeyTiles k;
   GroupTensor gq, gk, gv, go;
   int64_t lse_base;  // element offset of (batch, head, group origin) in lse
   int64_t lse_step[kRank];
+  // Element offset of key-tile row p * kRowsPerPass from row 0 in K and in V: the same for every
+  // thread and key tile (tile_coord of a multiple of the pass height), so load_tile_box_inside
+  // adds one table entry per pass instead of decoding and addressing each row.
+  int64_t pass_k[kMaxKvPasses], pass_v[kMaxKvPasses];
 };
 
 template <class Traits>
@@ -112,7 +118,13 @@ struct CollectiveMainloop {
       row_sum[i] = 0.f;
     }
 
-    const float scale_log2 = p.scale_log2;
+    // The scale folds into the exponent: maxima are taken on raw scores and p = 2^(s * mul - max * mul)
+    // (one FFMA per score instead of a multiply and a subtract) with mul = |scale * log2(e)|; a
+    // negative scale was folded into Q's sign bits in shared memory (exp(c s) = exp(|c| (-s)), exact),
+    // once per query tile. The C ABI refuses a zero scale; the 1e-30 floor keeps masked scores at
+    // weight 0 (not -inf * 0 = NaN) should one arrive.
+    const float mul = fmaxf(fabsf(p.scale_log2), 1e-30f);
+    const bool negate_q = p.scale_log2 < 0.f;
     int kb[kRank];
     CUTE_UNROLL
     for (int a = 0; a < kRank; ++a) kb[a] = cta.k.start[a];
@@ -124,13 +136,32 @@ struct CollectiveMainloop {
                                    aligned, tid);
     cp_async_fence();
 
+    // K / V tile loads after the first barrier (the pass tables are written before it).
+    auto load_kv = [&](Element* smem_x, Element const* x_ptr, GroupTensor const& gx, int64_t const* pass_x,
+                       int dim) {
+      load_tile_box_fast<Traits, kTileKV>(smem_x, layout_kv, x_ptr, gx, pass_x, kb, geo.kv_log2, n_kv, dim, aligned,
+                                          tid);
+    };
+
     for (int t = 0; t < cta.k.total; ++t) {
       const bool full = key_tile_full(geo, cta.k, kb);
 
       cp_async_wait<0>();
       __syncthreads();  // K[t] visible; every warp is done with V[t-1]
-      load_tile_box<Traits, kTileKV>(smem_v, layout_kv, v_ptr, cta.gv, kb, geo.kv_log2, n_kv, p.head_dim_v,
-                                     aligned, tid);
+      if (negate_q && t == 0) {  // uniform; Q is complete after the first wait
+        constexpr int kChunks = kTileQ * kDim * int(sizeof(Element)) / 16;
+        uint4* q16 = reinterpret_cast<uint4*>(smem_q);
+        for (int i = tid; i < kChunks; i += Traits::kThreads) {
+          uint4 x = q16[i];
+          x.x ^= 0x80008000u;
+          x.y ^= 0x80008000u;
+          x.z ^= 0x80008000u;
+          x.w ^= 0x80008000u;
+          q16[i] = x;
+        }
+        __syncthreads();
+      }
+      load_kv(smem_v, v_ptr, cta.gv, cta.pass_v, p.head_dim_v);
       cp_async_fence();
 
       // S = Q K^T
@@ -151,10 +182,8 @@ struct CollectiveMainloop {
         cute::gemm(tiled_mma, tSrQ(_, _, kk), tSrK(_, _, kk), acc_s);
       }
 
-      // Scores in log2 units; mask where the key tile cuts a window border.
+      // Raw scores (the scale is applied in the exponent); mask where the key tile cuts a window border.
       Tensor s_rc = make_tensor(acc_s.data(), acc_rowcol(acc_s.layout()));
-      CUTE_UNROLL
-      for (int i = 0; i < size(acc_s); ++i) acc_s(i) *= scale_log2;
       if (!full) {
         // One 64-bit word per row: bit c = key column c attended (AND over axes).
         const uint64_t rep[kRank] = {rep_smem[0], rep_smem[1], rep_smem[2]};
@@ -181,17 +210,17 @@ struct CollectiveMainloop {
       // Online softmax.
       CUTE_UNROLL
       for (int mi = 0; mi < size<0>(s_rc); ++mi) {
-        float mx = row_max[mi];
+        float mx_raw = -INFINITY;
         CUTE_UNROLL
-        for (int ni = 0; ni < size<1>(s_rc); ++ni) mx = fmaxf(mx, s_rc(mi, ni));
-        mx = quad_max(mx);
+        for (int ni = 0; ni < size<1>(s_rc); ++ni) mx_raw = fmaxf(mx_raw, s_rc(mi, ni));
+        const float mx = fmaxf(row_max[mi], quad_max(mx_raw) * mul);  // log2 units, scaled
         const float m_use = mx == -INFINITY ? 0.f : mx;  // row without keys so far: P = 0
         const float corr = fast_exp2(row_max[mi] - m_use);
         row_max[mi] = mx;
         float sum = 0.f;
         CUTE_UNROLL
         for (int ni = 0; ni < size<1>(s_rc); ++ni) {
-          const float e = fast_exp2(s_rc(mi, ni) - m_use);
+          const float e = fast_exp2(fmaf(s_rc(mi, ni), mul, -m_use));
           s_rc(mi, ni) = e;
           sum += e;
         }
@@ -206,8 +235,7 @@ struct CollectiveMainloop {
       __syncthreads();  // V[t] visible; every warp is done with K[t]
       if (t + 1 < cta.k.total) {
         key_tile_advance(geo, cta.k, kb);
-        load_tile_box<Traits, kTileKV>(smem_k, layout_kv, k_ptr, cta.gk, kb, geo.kv_log2, n_kv, p.head_dim,
-                                       aligned, tid);
+        load_kv(smem_k, k_ptr, cta.gk, cta.pass_k, p.head_dim);
       }
       cp_async_fence();
 

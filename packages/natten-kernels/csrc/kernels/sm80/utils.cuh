@@ -125,6 +125,51 @@ CUTE_DEVICE void load_tile_box_impl(Element* smem, SmemLayout const& layout, Ele
   }
 }
 
+// load_tile_box (aligned path) for a box whose rows all lie inside the group: row p * kRowsPerPass
+// + r0 of the box sits `pass_off[p]` elements after row r0 (tile_coord of r0 < kRowsPerPass and of
+// the multiple of kRowsPerPass occupy disjoint bits, so their coordinates add), so each pass costs
+// one table read and one add instead of a row decode, three bound checks and a 64-bit address.
+template <class Traits, int kRows, class Element, class SmemLayout>
+CUTE_DEVICE void load_tile_box_inside(Element* smem, SmemLayout const& layout, Element const* gmem,
+                                      GroupTensor const& gt, int64_t const* pass_off, const int org[kRank],
+                                      const int lg[kRank], int dim, int tid) {
+  constexpr int kTpr = Traits::kThreadsPerRow;
+  constexpr int kCpt = Traits::kChunksPerThread;
+  constexpr int kRpp = Traits::kRowsPerPass;
+  const int r0 = tid / kTpr;
+  const int col0 = (tid % kTpr) * 8;
+  int c[kRank];
+  tile_coord(r0, lg, c);
+  int64_t off = gt.base;
+  CUTE_UNROLL
+  for (int a = 0; a < kRank; ++a) off += int64_t(org[a] + c[a]) * gt.step[a];
+  Element const* src0 = gmem + off + col0;
+  Element* dst0 = smem + layout(r0, col0);
+  CUTE_UNROLL
+  for (int pass = 0; pass < kRows / kRpp; ++pass) {
+    Element const* src_row = src0 + pass_off[pass];
+    CUTE_UNROLL
+    for (int j = 0; j < kCpt; ++j) {
+      const bool ok = col0 + j * kTpr * 8 < dim;
+      Element* dst = dst0 + layout(pass * kRpp, j * kTpr * 8);
+      Element const* src = ok ? src_row + j * kTpr * 8 : gmem;
+      cute::SM80_CP_ASYNC_CACHEGLOBAL_ZFILL<cute::uint128_t>::copy(
+          *reinterpret_cast<cute::uint128_t const*>(src), *reinterpret_cast<cute::uint128_t*>(dst), ok);
+    }
+  }
+}
+
+// Pass table of load_tile_box_inside: out[p] = element offset of tile row p * rows_per_pass from
+// row 0 for per-axis element steps `step` (p < passes).
+CUTE_DEVICE void fill_pass_table(int64_t* out, int passes, int rows_per_pass, const int lg[kRank],
+                                 const int64_t step[kRank]) {
+  for (int p = 0; p < passes; ++p) {
+    int dc[kRank];
+    tile_coord(p * rows_per_pass, lg, dc);
+    out[p] = int64_t(dc[0]) * step[0] + int64_t(dc[1]) * step[1] + int64_t(dc[2]) * step[2];
+  }
+}
+
 struct Int3 {
   int v[kRank];
 };
@@ -152,6 +197,25 @@ CUTE_DEVICE void load_tile_box(Element* smem, SmemLayout const& layout, Element 
     }
     load_tile_box_unaligned<Traits, kRows, Element, SmemLayout>(smem, gmem, gt, o, l, e, dim, tid);
   }
+}
+
+// load_tile_box that takes the pass-table path when the tile has >= 8 copy passes (head dims 128 /
+// 256; at 2-4 passes the per-call setup outweighs the saving) and every row of the box is inside the
+// group. `pass_off` must have been written before the last barrier.
+template <class Traits, int kRows, class Element, class SmemLayout>
+CUTE_DEVICE void load_tile_box_fast(Element* smem, SmemLayout const& layout, Element const* gmem, GroupTensor const& gt,
+                                    int64_t const* pass_off, const int org[kRank], const int lg[kRank],
+                                    const int n[kRank], int dim, bool aligned, int tid) {
+  if constexpr (kRows / Traits::kRowsPerPass >= 8) {
+    bool inside = aligned;
+    CUTE_UNROLL
+    for (int a = 0; a < kRank; ++a) inside = inside && org[a] >= 0 && org[a] + (1 << lg[a]) <= n[a];
+    if (inside) {
+      load_tile_box_inside<Traits, kRows>(smem, layout, gmem, gt, pass_off, org, lg, dim, tid);
+      return;
+    }
+  }
+  load_tile_box<Traits, kRows>(smem, layout, gmem, gt, org, lg, n, dim, aligned, tid);
 }
 
 // Store a tile box from swizzled smem to global memory; rows outside the group and columns
