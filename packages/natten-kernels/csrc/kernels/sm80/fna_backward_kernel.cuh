@@ -173,8 +173,10 @@ CUTE_DEVICE void fna_bwd_dq_cta(FnaBwdParams const& p, WorkTile const& w, QueryT
     c.gdelta =
         make_group_tensor(w.batch, w.head, p.delta_batch, p.delta_head, p.delta_spatial, w.group, geo.dilation);
     if constexpr (kTile / Traits::kRowsPerPass >= 8 && kTile / Traits::kRowsPerPass <= kMaxKvPasses) {
-      fill_pass_table(c.pass_k, kTile / Traits::kRowsPerPass, Traits::kRowsPerPass, geo.kv_log2, c.gk.step);
-      fill_pass_table(c.pass_v, kTile / Traits::kRowsPerPass, Traits::kRowsPerPass, geo.kv_log2, c.gv.step);
+      fill_pass_table(c.pass_k, kTile / Traits::kRowsPerPass, Traits::kRowsPerPass,
+                      geo.kv_log2, c.gk.step, int(sizeof(Element)));
+      fill_pass_table(c.pass_v, kTile / Traits::kRowsPerPass, Traits::kRowsPerPass,
+                      geo.kv_log2, c.gv.step, int(sizeof(Element)));
     }
   }
   __syncthreads();
@@ -353,8 +355,10 @@ CUTE_DEVICE void fna_bwd_dkdv_cta(FnaBwdParams const& p, KvWorkTile const& w, Ke
         sq[a] = int64_t(geo.dilation[a]) * p.q_spatial[a];
         sdo[a] = int64_t(geo.dilation[a]) * p.do_spatial[a];
       }
-      fill_pass_table(c.pass_q, kTile / Traits::kRowsPerPass, Traits::kRowsPerPass, geo.q_log2, sq);
-      fill_pass_table(c.pass_do, kTile / Traits::kRowsPerPass, Traits::kRowsPerPass, geo.q_log2, sdo);
+      fill_pass_table(c.pass_q, kTile / Traits::kRowsPerPass, Traits::kRowsPerPass,
+                      geo.q_log2, sq, int(sizeof(Element)));
+      fill_pass_table(c.pass_do, kTile / Traits::kRowsPerPass, Traits::kRowsPerPass,
+                      geo.q_log2, sdo, int(sizeof(Element)));
     }
   }
   __syncthreads();

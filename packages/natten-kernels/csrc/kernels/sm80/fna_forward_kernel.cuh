@@ -48,8 +48,10 @@ CUTE_DEVICE void fna_forward_cta(FnaParams const& p, WorkTile const& w, QueryTil
     constexpr int kPasses = Traits::kTileKV / Traits::kRowsPerPass;
     static_assert(kPasses <= kMaxKvPasses || kPasses < 8, "pass table");
     if constexpr (kPasses >= 8 && kPasses <= kMaxKvPasses) {  // the only tiles load_tile_box_fast tables
-      fill_pass_table(cta_smem->pass_k, kPasses, Traits::kRowsPerPass, p.geo.kv_log2, cta.gk.step);
-      fill_pass_table(cta_smem->pass_v, kPasses, Traits::kRowsPerPass, p.geo.kv_log2, cta.gv.step);
+      fill_pass_table(cta_smem->pass_k, kPasses, Traits::kRowsPerPass,
+                      p.geo.kv_log2, cta.gk.step, int(sizeof(Element)));
+      fill_pass_table(cta_smem->pass_v, kPasses, Traits::kRowsPerPass,
+                      p.geo.kv_log2, cta.gv.step, int(sizeof(Element)));
     }
   }
 

@@ -32,7 +32,7 @@ struct CtaTile {
   GroupTensor gq, gk, gv, go;
   int64_t lse_base;  // element offset of (batch, head, group origin) in lse
   int64_t lse_step[kRank];
-  // Element offset of key-tile row p * kRowsPerPass from row 0 in K and in V: the same for every
+  // Byte offset of key-tile row p * kRowsPerPass from row 0 in K and in V: the same for every
   // thread and key tile (tile_coord of a multiple of the pass height), so load_tile_box_inside
   // adds one table entry per pass instead of decoding and addressing each row.
   int64_t pass_k[kMaxKvPasses], pass_v[kMaxKvPasses];

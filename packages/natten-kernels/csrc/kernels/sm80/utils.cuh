@@ -126,9 +126,10 @@ CUTE_DEVICE void load_tile_box_impl(Element* smem, SmemLayout const& layout, Ele
 }
 
 // load_tile_box (aligned path) for a box whose rows all lie inside the group: row p * kRowsPerPass
-// + r0 of the box sits `pass_off[p]` elements after row r0 (tile_coord of r0 < kRowsPerPass and of
-// the multiple of kRowsPerPass occupy disjoint bits, so their coordinates add), so each pass costs
-// one table read and one add instead of a row decode, three bound checks and a 64-bit address.
+// + r0 of the box sits `pass_off[p]` bytes after row r0 (tile_coord of r0 < kRowsPerPass and of the
+// multiple of kRowsPerPass occupy disjoint bits, so their coordinates add), so each pass costs one
+// table read and a 64-bit add instead of a row decode, three bound checks and a scaled address.
+// Padding columns (>= dim) copy 0 bytes from a column inside the row (no select per pass).
 template <class Traits, int kRows, class Element, class SmemLayout>
 CUTE_DEVICE void load_tile_box_inside(Element* smem, SmemLayout const& layout, Element const* gmem,
                                       GroupTensor const& gt, int64_t const* pass_off, const int org[kRank],
@@ -143,30 +144,35 @@ CUTE_DEVICE void load_tile_box_inside(Element* smem, SmemLayout const& layout, E
   int64_t off = gt.base;
   CUTE_UNROLL
   for (int a = 0; a < kRank; ++a) off += int64_t(org[a] + c[a]) * gt.step[a];
-  Element const* src0 = gmem + off + col0;
-  Element* dst0 = smem + layout(r0, col0);
+  const uint32_t sdst0 = cute::cast_smem_ptr_to_uint(smem + layout(r0, col0));
+  char const* src_chunk[kCpt];
+  int bytes[kCpt];
+  CUTE_UNROLL
+  for (int j = 0; j < kCpt; ++j) {
+    const int col = col0 + j * kTpr * 8;
+    bytes[j] = col < dim ? 16 : 0;
+    src_chunk[j] = reinterpret_cast<char const*>(gmem + off + (col < dim ? col : dim - 8));
+  }
   CUTE_UNROLL
   for (int pass = 0; pass < kRows / kRpp; ++pass) {
-    Element const* src_row = src0 + pass_off[pass];
+    const int64_t po = pass_off[pass];
     CUTE_UNROLL
     for (int j = 0; j < kCpt; ++j) {
-      const bool ok = col0 + j * kTpr * 8 < dim;
-      Element* dst = dst0 + layout(pass * kRpp, j * kTpr * 8);
-      Element const* src = ok ? src_row + j * kTpr * 8 : gmem;
-      cute::SM80_CP_ASYNC_CACHEGLOBAL_ZFILL<cute::uint128_t>::copy(
-          *reinterpret_cast<cute::uint128_t const*>(src), *reinterpret_cast<cute::uint128_t*>(dst), ok);
+      const uint32_t dst = sdst0 + uint32_t(layout(pass * kRpp, j * kTpr * 8) * int(sizeof(Element)));
+      asm volatile("cp.async.cg.shared.global.L2::128B [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src_chunk[j] + po),
+                   "r"(bytes[j]));
     }
   }
 }
 
-// Pass table of load_tile_box_inside: out[p] = element offset of tile row p * rows_per_pass from
-// row 0 for per-axis element steps `step` (p < passes).
+// Pass table of load_tile_box_inside: out[p] = byte offset of tile row p * rows_per_pass from row 0
+// for per-axis element steps `step` and elements of `elem_bytes` bytes (p < passes).
 CUTE_DEVICE void fill_pass_table(int64_t* out, int passes, int rows_per_pass, const int lg[kRank],
-                                 const int64_t step[kRank]) {
+                                 const int64_t step[kRank], int elem_bytes) {
   for (int p = 0; p < passes; ++p) {
     int dc[kRank];
     tile_coord(p * rows_per_pass, lg, dc);
-    out[p] = int64_t(dc[0]) * step[0] + int64_t(dc[1]) * step[1] + int64_t(dc[2]) * step[2];
+    out[p] = (int64_t(dc[0]) * step[0] + int64_t(dc[1]) * step[1] + int64_t(dc[2]) * step[2]) * elem_bytes;
   }
 }
 
