@@ -34,21 +34,7 @@
 namespace nw = natten::window;
 namespace ns = natten::sm80;
 
-static long g_failures = 0;
-static long g_checks = 0;
-
-#define CHECK(cond, ...)                                               \
-  do {                                                                 \
-    ++g_checks;                                                        \
-    if (!(cond)) {                                                     \
-      if (g_failures < 30) {                                           \
-        std::printf("FAIL %s:%d: %s | ", __FILE__, __LINE__, #cond);   \
-        std::printf(__VA_ARGS__);                                      \
-        std::printf("\n");                                             \
-      }                                                                \
-      ++g_failures;                                                    \
-    }                                                                  \
-  } while (0)
+#include "cpu_check.hpp"
 
 static bool brute_attends(int i, int j, int n, int K, int s, int d, bool causal) {
   const int g = i % d;

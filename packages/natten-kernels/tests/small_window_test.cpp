@@ -33,19 +33,7 @@
 namespace nw = natten::window;
 namespace ns = natten::sm80;
 
-static long g_failures = 0, g_checks = 0;
-#define CHECK(cond, ...)                                                 \
-  do {                                                                   \
-    ++g_checks;                                                          \
-    if (!(cond)) {                                                       \
-      if (g_failures < 30) {                                             \
-        std::printf("FAIL %s:%d: %s | ", __FILE__, __LINE__, #cond);    \
-        std::printf(__VA_ARGS__);                                        \
-        std::printf("\n");                                               \
-      }                                                                  \
-      ++g_failures;                                                      \
-    }                                                                    \
-  } while (0)
+#include "cpu_check.hpp"
 
 static bool bit(const ns::Bits128& m, int n) { return (m.w[n >> 6] >> (n & 63)) & 1u; }
 
