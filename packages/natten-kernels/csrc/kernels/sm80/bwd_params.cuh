@@ -49,6 +49,8 @@ struct FnaBwdParams {
   int skip_dq;           // 1: the dQ kernel is not launched (the SM90 dQ kernel runs it, sm90/bwd_dq.hpp)
   int skip_dkdv;         // 1: the dK / dV kernel is not launched (the SM90 dK / dV kernel runs it)
   int vec_rows;          // 1: out and d_out rows start on 16-byte boundaries (the preprocess's vector loads)
+  int dq_stages;         // 1 / 2: K / V buffers of the dQ kernel (launcher: by occupancy per device)
+  int kv_stages;         // 1 / 2: Q / dO buffers of the dK / dV kernel (launcher: by occupancy per device)
 };
 
 // Strides of the delta workspace: compact [B, H, X, Y, Z] floats over the query slab's token grid
@@ -67,11 +69,13 @@ inline int64_t bwd_delta_strides(const Geometry& g, int64_t batch, int64_t heads
 }
 
 // Dynamic shared memory of the backward tile kernels (both use the same plan, fna_backward_kernel.cuh
-// BwdSmem, which static_asserts this formula): four 64 x padded_dim tiles of 2-byte elements, the
-// per-row window table (64 x 3 int2), 3 mask patterns, lse and delta (64 floats each), and a
-// 1024-byte CTA descriptor.
-constexpr int bwd_smem_bytes(int padded_dim) {
-  return 4 * 64 * padded_dim * 2 + 64 * kRank * 8 + kRank * 8 + 2 * 64 * 4 + 1024;
+// BwdSmem, which static_asserts this formula) with `stages` buffers of the streamed tiles (1: one,
+// 2: double-buffered, chosen per device by the launcher): four 64 x padded_dim tiles of 2-byte
+// elements plus two more per extra stage (the dQ kernel's K / V, the dK / dV kernel's Q / dO), the
+// per-row window table (64 x 3 int2), lse and delta (64 floats each) per stage, 3 mask patterns, and
+// a 1024-byte CTA descriptor. bwd_smem_bytes(d, 1) is the minimum the host checks against the device.
+constexpr int bwd_smem_bytes(int padded_dim, int stages = 1) {
+  return (2 + 2 * stages) * 64 * padded_dim * 2 + stages * (64 * kRank * 8 + 2 * 64 * 4) + kRank * 8 + 1024;
 }
 
 }  // namespace sm80

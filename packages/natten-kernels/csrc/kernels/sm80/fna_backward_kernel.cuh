@@ -115,18 +115,58 @@ CUTE_DEVICE void bwd_acc_to_smem(TensorAcc& acc, float mul, typename Traits::Ele
   for (int i = 0; i < size(r); ++i) ts(i) = r(i);
 }
 
-// Shared-memory plan of both tile kernels: four 64 x kDim tiles, then tables and the descriptor.
+// Shared-memory plan of both tile kernels: the four 64 x kDim tiles of stage 0 (dQ: Q, dO, K, V;
+// dK / dV: K, V, Q, dO), then two more per extra stage (the streamed pair: dQ's K / V, dK / dV's
+// Q / dO), then per stage the column / row tables (windows, lse, delta), the mask patterns and the
+// CTA descriptor. `stages` is a runtime value (FnaBwdParams::dq_stages / kv_stages).
 template <class Traits>
 struct BwdSmem {
   static_assert(Traits::kTileQ == Traits::kTileKV, "the backward uses square 64 x 64 score tiles");
   static constexpr int kTile = Traits::kTileQ;
   static constexpr int kTileElems = kTile * Traits::kDim;
-  static constexpr int kTablesBytes = kTile * kRank * int(sizeof(int2)) + kRank * int(sizeof(uint64_t)) +
-                                      2 * kTile * int(sizeof(float));
+  static constexpr int kTileBytes = kTileElems * int(sizeof(typename Traits::Element));
+  static constexpr int kStageTableBytes = kTile * kRank * int(sizeof(int2)) + 2 * kTile * int(sizeof(float));
   static constexpr int kCtaBytes = 1024;
-  static constexpr int kBytes = 4 * kTileElems * int(sizeof(typename Traits::Element)) + kTablesBytes + kCtaBytes;
-  static_assert(kBytes == bwd_smem_bytes(Traits::kDim), "keep bwd_smem_bytes (host checks) in sync");
+  static constexpr int bytes(int stages) {
+    return (2 + 2 * stages) * kTileBytes + stages * kStageTableBytes + kRank * int(sizeof(uint64_t)) + kCtaBytes;
+  }
+  static_assert(bytes(1) == bwd_smem_bytes(Traits::kDim, 1) && bytes(2) == bwd_smem_bytes(Traits::kDim, 2),
+                "keep bwd_smem_bytes (host checks) in sync");
+
+  // Carve-up of `smem` for `stages` stages.
+  struct Plan {
+    typename Traits::Element* tile[6];  // [0..3]: stage 0; [4], [5]: the streamed pair of stage 1
+    int2* win[2];                       // per stage: kTile x kRank (start, len)
+    float* lse[2];
+    float* delta[2];
+    uint64_t* rep;
+    unsigned char* cta;
+  };
+  static CUTE_DEVICE Plan plan(unsigned char* smem, int stages) {
+    using Element = typename Traits::Element;
+    Plan pl;
+    Element* t = reinterpret_cast<Element*>(smem);
+    for (int i = 0; i < 4; ++i) pl.tile[i] = t + i * kTileElems;
+    pl.tile[4] = stages > 1 ? t + 4 * kTileElems : pl.tile[2];
+    pl.tile[5] = stages > 1 ? t + 5 * kTileElems : pl.tile[3];
+    unsigned char* tab = smem + (2 + 2 * stages) * kTileBytes;
+    for (int st = 0; st < 2; ++st) {
+      unsigned char* b = tab + (st < stages ? st : 0) * kStageTableBytes;
+      pl.win[st] = reinterpret_cast<int2*>(b);
+      pl.lse[st] = reinterpret_cast<float*>(b + kTile * kRank * int(sizeof(int2)));
+      pl.delta[st] = pl.lse[st] + kTile;
+    }
+    pl.rep = reinterpret_cast<uint64_t*>(tab + stages * kStageTableBytes);
+    pl.cta = reinterpret_cast<unsigned char*>(pl.rep + kRank);
+    return pl;
+  }
 };
+
+// 4-byte asynchronous copy global -> shared (lse / delta columns of the dK / dV kernel's next visit).
+CUTE_DEVICE void cp_async_f32(float* smem, float const* gmem) {
+  const uint32_t dst = cute::cast_smem_ptr_to_uint(smem);
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(dst), "l"(gmem));
+}
 
 // ---------------------------------------------------------------------------------------------
 // 2. dQ (query-parallel)
@@ -147,17 +187,20 @@ CUTE_DEVICE void fna_bwd_dq_cta(FnaBwdParams const& p, WorkTile const& w, QueryT
   constexpr int kTile = Smem::kTile;
   const int tid = threadIdx.x;
   Geometry const& geo = p.geo;
+  const int stages = p.dq_stages;  // 2: K / V of key tile t + 1 load while tile t computes
 
-  Element* smem_q = reinterpret_cast<Element*>(smem);
-  Element* smem_do = smem_q + Smem::kTileElems;
-  Element* smem_k = smem_do + Smem::kTileElems;
-  Element* smem_v = smem_k + Smem::kTileElems;
-  int2* row_win = reinterpret_cast<int2*>(smem_v + Smem::kTileElems);
-  uint64_t* rep_smem = reinterpret_cast<uint64_t*>(row_win + kTile * kRank);
-  float* lse_s = reinterpret_cast<float*>(rep_smem + kRank);
-  float* delta_s = lse_s + kTile;
+  const typename Smem::Plan pl = Smem::plan(smem, stages);
+  Element* smem_q = pl.tile[0];
+  Element* smem_do = pl.tile[1];
+  // stage buffers: 0 -> tile[2] / tile[3], 1 -> tile[4] / tile[5] (selects, not arrays: no local memory)
+  auto smem_k = [&](int buf) { return buf ? pl.tile[4] : pl.tile[2]; };
+  auto smem_v = [&](int buf) { return buf ? pl.tile[5] : pl.tile[3]; };
+  int2* row_win = pl.win[0];
+  uint64_t* rep_smem = pl.rep;
+  float* lse_s = pl.lse[0];
+  float* delta_s = pl.delta[0];
   static_assert(sizeof(BwdQCta) <= Smem::kCtaBytes, "");
-  BwdQCta* cta_smem = reinterpret_cast<BwdQCta*>(delta_s + kTile);
+  BwdQCta* cta_smem = reinterpret_cast<BwdQCta*>(pl.cta);
 
   if (tid == 0) {
     BwdQCta& c = *cta_smem;
@@ -182,12 +225,22 @@ CUTE_DEVICE void fna_bwd_dq_cta(FnaBwdParams const& p, WorkTile const& w, QueryT
   __syncthreads();
   BwdQCta const& cta = *cta_smem;
   const bool aligned = p.aligned != 0;
+  auto load_kv = [&](int buf, const int kb[kRank]) {
+    load_tile_box_fast<Traits, kTile>(smem_k(buf), typename Traits::SmemLayoutKV{}, static_cast<Element const*>(p.k),
+                                      cta.gk, cta.pass_k, kb, geo.kv_log2, cta.q.n_kv, p.head_dim, aligned, tid);
+    load_tile_box_fast<Traits, kTile>(smem_v(buf), typename Traits::SmemLayoutKV{}, static_cast<Element const*>(p.v),
+                                      cta.gv, cta.pass_v, kb, geo.kv_log2, cta.q.n_kv, p.head_dim_v, aligned, tid);
+  };
 
-  // Q and dO of the tile (async), per-row windows, lse (log2 units) and delta of every row.
+  // Q and dO of the tile and K / V of the first key tile (async), per-row windows, lse (log2 units)
+  // and delta of every row.
+  int kb[kRank];
+  for (int a = 0; a < kRank; ++a) kb[a] = cta.k.start[a];
   load_tile_box<Traits, kTile>(smem_q, typename Traits::SmemLayoutQ{}, static_cast<Element const*>(p.q), cta.gq,
                                cta.q.q0, geo.q_log2, cta.q.n_q, p.head_dim, aligned, tid);
   load_tile_box<Traits, kTile>(smem_do, typename Traits::SmemLayoutQ{}, static_cast<Element const*>(p.d_o), cta.gdo,
                                cta.q.q0, geo.q_log2, cta.q.n_q, p.head_dim_v, aligned, tid);
+  if (cta.k.total > 0) load_kv(0, kb);
   cp_async_fence();
   CollectiveMainloop<Traits>::fill_mask_tables(geo, cta.q, row_win, rep_smem, tid);
   for (int r = tid; r < kTile; r += Traits::kThreads) {
@@ -206,9 +259,6 @@ CUTE_DEVICE void fna_bwd_dq_cta(FnaBwdParams const& p, WorkTile const& w, QueryT
   auto thr_mma = tiled_mma.get_thread_slice(tid);
   Tensor sQ = make_tensor(make_smem_ptr(smem_q), typename Traits::SmemLayoutQ{});
   Tensor sdO = make_tensor(make_smem_ptr(smem_do), typename Traits::SmemLayoutQ{});
-  Tensor sK = make_tensor(make_smem_ptr(smem_k), typename Traits::SmemLayoutKV{});
-  Tensor sV = make_tensor(make_smem_ptr(smem_v), typename Traits::SmemLayoutKV{});
-  Tensor sKt = make_tensor(make_smem_ptr(smem_k), typename Traits::SmemLayoutVt{});
 
   Tensor cS = make_identity_tensor(Shape<Int<kTile>, Int<kTile>>{});
   Tensor tScS = thr_mma.partition_C(cS);
@@ -220,19 +270,20 @@ CUTE_DEVICE void fna_bwd_dq_cta(FnaBwdParams const& p, WorkTile const& w, QueryT
   const float scale_log2 = p.scale_log2;
   // Masked scores: infinite with the sign that scale_log2 turns into -inf (scales may be negative).
   const float masked = scale_log2 > 0.f ? -INFINITY : INFINITY;
-  int kb[kRank];
-  for (int a = 0; a < kRank; ++a) kb[a] = cta.k.start[a];
 
   for (int t = 0; t < cta.k.total; ++t) {
-    load_tile_box_fast<Traits, kTile>(smem_k, typename Traits::SmemLayoutKV{}, static_cast<Element const*>(p.k),
-                                      cta.gk, cta.pass_k, kb, geo.kv_log2, cta.q.n_kv, p.head_dim, aligned, tid);
-    load_tile_box_fast<Traits, kTile>(smem_v, typename Traits::SmemLayoutKV{}, static_cast<Element const*>(p.v),
-                                      cta.gv, cta.pass_v, kb, geo.kv_log2, cta.q.n_kv, p.head_dim_v, aligned, tid);
-    cp_async_fence();
+    const int buf = stages > 1 ? (t & 1) : 0;
     const bool full = key_tile_full(geo, cta.k, kb);
+    int kn[kRank] = {kb[0], kb[1], kb[2]};
+    if (t + 1 < cta.k.total) key_tile_advance(geo, cta.k, kn);
     cp_async_wait<0>();
-    __syncthreads();  // K, V (and at t = 0: Q, dO, tables) visible
+    __syncthreads();  // K, V of tile t (and at t = 0: Q, dO, tables) visible; every warp is done with tile t - 1
+    if (stages > 1 && t + 1 < cta.k.total) load_kv(buf ^ 1, kn);  // lands while tile t computes
+    cp_async_fence();
 
+    Tensor sK = make_tensor(make_smem_ptr(smem_k(buf)), typename Traits::SmemLayoutKV{});
+    Tensor sV = make_tensor(make_smem_ptr(smem_v(buf)), typename Traits::SmemLayoutKV{});
+    Tensor sKt = make_tensor(make_smem_ptr(smem_k(buf)), typename Traits::SmemLayoutVt{});
     Tensor acc_s = partition_fragment_C(tiled_mma, Shape<Int<kTile>, Int<kTile>>{});
     clear(acc_s);
     bwd_gemm_ss<Traits>(acc_s, sQ, sK, tid);
@@ -280,8 +331,12 @@ CUTE_DEVICE void fna_bwd_dq_cta(FnaBwdParams const& p, WorkTile const& w, QueryT
     Tensor tdS = make_tensor(rdS.data(), acc_as_a_operand(rdS.layout()));
     // dQ += dS K
     bwd_gemm_rs<Traits>(acc_dq, tdS, sKt, tid);
-    __syncthreads();  // every warp is done with K, V before the next tile overwrites them
-    if (t + 1 < cta.k.total) key_tile_advance(geo, cta.k, kb);
+    if (stages == 1 && t + 1 < cta.k.total) {
+      __syncthreads();  // every warp is done with K, V before the next tile overwrites them
+      load_kv(0, kn);
+      cp_async_fence();
+    }
+    for (int a = 0; a < kRank; ++a) kb[a] = kn[a];
   }
   cp_async_wait<0>();
   __syncthreads();
@@ -313,13 +368,30 @@ struct BwdKvCta {
   KeyTile k;  // k.n_kv / k.n_q: token bounds of the key / query slab groups (loads, stores)
   QueryTilesForKey qs;
   GroupTensor gk, gv, gdk, gdv;
-  // current visit (query head, query tile), refilled by thread 0
-  QueryTile q;
-  int full;
-  GroupTensor gq, gdo, glse, gdelta;
+  GroupTensor gq, gdo, glse, gdelta;  // query-side tensors of the group's first query head (hh = 0)
+  // Visit tiles (relative to qs.first) whose pair with the key tile needs no mask, per axis:
+  // full_lo[a] <= j <= full_hi[a] (an interval: window starts and ends are monotone in the query).
+  int full_lo[kRank], full_hi[kRank];
   int64_t pass_q[kMaxKvPasses], pass_do[kMaxKvPasses];  // load_tile_box_fast tables (same for every head)
 };
 
+// Per-axis halves of pair_full for visit tile j on axis a (query slab tile index qs.first[a] + j):
+// A: every query's window starts at or before the key tile; B: every query's window ends at or
+// after its last key. A holds on a prefix of the tiles, B on a suffix.
+CUTE_DEVICE void bwd_kv_full_axis(Geometry const& geo, BwdKvCta const& c, int a, int j, bool& A, bool& B) {
+  const int q0 = (c.qs.first[a] + j) << geo.q_log2[a];
+  const int q_last = window::imin(q0 + (1 << geo.q_log2[a]) - 1, c.k.n_q[a] - 1);
+  const int k0 = c.k.k0[a] + c.k.kv_shift[a];
+  A = window::window_start(q_last + c.k.q_shift[a], c.k.axis[a]) <= k0;
+  B = window::window_end(q0 + c.k.q_shift[a], c.k.axis[a]) >= k0 + (1 << geo.kv_log2[a]) - 1;
+}
+
+// dK / dV of one key tile. Visits (query head hh of the kv head's group, query tile) are walked
+// by every thread with its own cursor (mixed-radix digits over qs.count, last axis fastest, then
+// the head); whether a visit needs the mask is an interval test per axis. With kv_stages = 2 the
+// Q / dO tiles and the column tables (windows; lse and delta by cp.async) of visit vi + 1 load into
+// the other buffer while visit vi computes (one barrier per visit); with 1 stage: compute, barrier,
+// load, wait, barrier (the shared-memory budget of two CTAs per SM on A100 at head dim 128).
 template <class Traits, bool kDoDk, bool kDoDv>
 CUTE_DEVICE void fna_bwd_dkdv_cta(FnaBwdParams const& p, KvWorkTile const& w, KeyTile const& kt,
                                   unsigned char* smem) {
@@ -329,17 +401,18 @@ CUTE_DEVICE void fna_bwd_dkdv_cta(FnaBwdParams const& p, KvWorkTile const& w, Ke
   constexpr int kTile = Smem::kTile;
   const int tid = threadIdx.x;
   Geometry const& geo = p.geo;
+  const int stages = p.kv_stages;
 
-  Element* smem_k = reinterpret_cast<Element*>(smem);
-  Element* smem_v = smem_k + Smem::kTileElems;
-  Element* smem_q = smem_v + Smem::kTileElems;
-  Element* smem_do = smem_q + Smem::kTileElems;
-  int2* q_win = reinterpret_cast<int2*>(smem_do + Smem::kTileElems);
-  uint64_t* unused_rep = reinterpret_cast<uint64_t*>(q_win + kTile * kRank);
-  float* lse_s = reinterpret_cast<float*>(unused_rep + kRank);
-  float* delta_s = lse_s + kTile;
+  const typename Smem::Plan pl = Smem::plan(smem, stages);
+  Element* smem_k = pl.tile[0];
+  Element* smem_v = pl.tile[1];
+  auto smem_q = [&](int buf) { return buf ? pl.tile[4] : pl.tile[2]; };
+  auto smem_do = [&](int buf) { return buf ? pl.tile[5] : pl.tile[3]; };
+  auto win_of = [&](int buf) { return buf ? pl.win[1] : pl.win[0]; };
+  auto lse_of = [&](int buf) { return buf ? pl.lse[1] : pl.lse[0]; };
+  auto delta_of = [&](int buf) { return buf ? pl.delta[1] : pl.delta[0]; };
   static_assert(sizeof(BwdKvCta) <= Smem::kCtaBytes, "");
-  BwdKvCta* cta_smem = reinterpret_cast<BwdKvCta*>(delta_s + kTile);
+  BwdKvCta* cta_smem = reinterpret_cast<BwdKvCta*>(pl.cta);
 
   if (tid == 0) {
     BwdKvCta& c = *cta_smem;
@@ -349,36 +422,113 @@ CUTE_DEVICE void fna_bwd_dkdv_cta(FnaBwdParams const& p, KvWorkTile const& w, Ke
     c.gv = make_group_tensor(w.batch, w.kv_head, p.v_batch, p.v_head, p.v_spatial, w.group, geo.dilation);
     c.gdk = make_group_tensor(w.batch, w.kv_head, p.dk_batch, p.dk_head, p.dk_spatial, w.group, geo.dilation);
     c.gdv = make_group_tensor(w.batch, w.kv_head, p.dv_batch, p.dv_head, p.dv_spatial, w.group, geo.dilation);
+    const int64_t head0 = w.kv_head * p.heads_per_kv;
+    int const* qg = c.k.q_group;  // the query slab's group (= w.group on the whole grid)
+    c.gq = make_group_tensor(w.batch, head0, p.q_batch, p.q_head, p.q_spatial, qg, geo.dilation);
+    c.gdo = make_group_tensor(w.batch, head0, p.do_batch, p.do_head, p.do_spatial, qg, geo.dilation);
+    c.glse = make_group_tensor(w.batch, head0, p.lse_batch, p.lse_head, p.lse_spatial, qg, geo.dilation);
+    c.gdelta = make_group_tensor(w.batch, head0, p.delta_batch, p.delta_head, p.delta_spatial, qg, geo.dilation);
     if constexpr (kTile / Traits::kRowsPerPass >= 8 && kTile / Traits::kRowsPerPass <= kMaxKvPasses) {
-      int64_t sq[kRank], sdo[kRank];
-      for (int a = 0; a < kRank; ++a) {
-        sq[a] = int64_t(geo.dilation[a]) * p.q_spatial[a];
-        sdo[a] = int64_t(geo.dilation[a]) * p.do_spatial[a];
-      }
       fill_pass_table(c.pass_q, kTile / Traits::kRowsPerPass, Traits::kRowsPerPass,
-                      geo.q_log2, sq, int(sizeof(Element)));
+                      geo.q_log2, c.gq.step, int(sizeof(Element)));
       fill_pass_table(c.pass_do, kTile / Traits::kRowsPerPass, Traits::kRowsPerPass,
-                      geo.q_log2, sdo, int(sizeof(Element)));
+                      geo.q_log2, c.gdo.step, int(sizeof(Element)));
     }
   }
   __syncthreads();
   BwdKvCta& cta = *cta_smem;
   const bool aligned = p.aligned != 0;
+  const int64_t nvis = int64_t(cta.qs.total) * p.heads_per_kv;
+  // Full intervals per axis: full_lo = #tiles failing B, full_hi = #tiles passing A - 1 (counted
+  // by the whole CTA; every thread passes the same barriers).
+  for (int a = 0; a < kRank; ++a) {
+    int n_not_b = 0, n_a = 0;
+    for (int j0 = 0; j0 < cta.qs.count[a]; j0 += Traits::kThreads) {
+      const int j = j0 + tid;
+      bool A = false, B = true;
+      if (j < cta.qs.count[a]) bwd_kv_full_axis(geo, cta, a, j, A, B);
+      n_not_b += __syncthreads_count(!B);
+      n_a += __syncthreads_count(A);
+    }
+    if (tid == 0) {
+      cta.full_lo[a] = n_not_b;
+      cta.full_hi[a] = n_a - 1;
+    }
+  }
+  __syncthreads();
+
+  // Visit cursor: digits over qs.count (last axis fastest), then the query head.
+  int cur[kRank] = {0, 0, 0};
+  int64_t cur_hh = 0;
+  auto advance = [&](int d[kRank], int64_t& hh) {
+    if (++d[2] == cta.qs.count[2]) {
+      d[2] = 0;
+      if (++d[1] == cta.qs.count[1]) {
+        d[1] = 0;
+        if (++d[0] == cta.qs.count[0]) {
+          d[0] = 0;
+          ++hh;
+        }
+      }
+    }
+  };
+  auto visit_full = [&](const int d[kRank]) {
+    bool f = true;
+    CUTE_UNROLL
+    for (int a = 0; a < kRank; ++a) f = f && cta.full_lo[a] <= d[a] && d[a] <= cta.full_hi[a];
+    return f;
+  };
+
+  // Q / dO tiles and column tables of visit (d, hh) into buffer `buf` (asynchronous; visible after
+  // the next cp_async_wait + barrier).
+  auto load_visit = [&](const int d[kRank], int64_t hh, int buf) {
+    int tile[kRank];
+    for (int a = 0; a < kRank; ++a) tile[a] = cta.qs.first[a] + d[a];
+    QueryTile q;
+    query_tile_at(geo, cta.k, tile, q);
+    GroupTensor gq = cta.gq, gdo = cta.gdo;
+    gq.base += hh * p.q_head;
+    gdo.base += hh * p.do_head;
+    load_tile_box_fast<Traits, kTile>(smem_q(buf), typename Traits::SmemLayoutQ{}, static_cast<Element const*>(p.q),
+                                      gq, cta.pass_q, q.q0, geo.q_log2, cta.k.n_q, p.head_dim, aligned, tid);
+    load_tile_box_fast<Traits, kTile>(smem_do(buf), typename Traits::SmemLayoutQ{}, static_cast<Element const*>(p.d_o),
+                                      gdo, cta.pass_do, q.q0, geo.q_log2, cta.k.n_q, p.head_dim_v, aligned, tid);
+    const int64_t lse_base = cta.glse.base + hh * p.lse_head;
+    const int64_t delta_base = cta.gdelta.base + hh * p.delta_head;
+    for (int c = tid; c < kTile; c += Traits::kThreads) {
+      int qc[kRank], ws[kRank], wl[kRank];
+      tile_coord(c, geo.q_log2, qc);
+      query_col_window(geo, q, c, ws, wl);  // key slab coordinates (global window shifted)
+      bool ok = true;
+      int64_t lo = lse_base, dof = delta_base;
+      for (int a = 0; a < kRank; ++a) {
+        qc[a] += q.q0[a];
+        ok = ok && qc[a] < cta.k.n_q[a];
+        lo += int64_t(qc[a]) * cta.glse.step[a];
+        dof += int64_t(qc[a]) * cta.gdelta.step[a];
+        win_of(buf)[c * kRank + a] = make_int2(ws[a], wl[a]);
+      }
+      if (ok) {  // natural-log lse (scaled to log2 at use)
+        cp_async_f32(lse_of(buf) + c, p.lse + lo);
+        cp_async_f32(delta_of(buf) + c, p.delta + dof);
+      } else {  // padding query: P = 0
+        lse_of(buf)[c] = INFINITY;
+        delta_of(buf)[c] = 0.f;
+      }
+    }
+  };
 
   load_tile_box<Traits, kTile>(smem_k, typename Traits::SmemLayoutKV{}, static_cast<Element const*>(p.k), cta.gk,
                                cta.k.k0, geo.kv_log2, cta.k.n_kv, p.head_dim, aligned, tid);
   load_tile_box<Traits, kTile>(smem_v, typename Traits::SmemLayoutKV{}, static_cast<Element const*>(p.v), cta.gv,
                                cta.k.k0, geo.kv_log2, cta.k.n_kv, p.head_dim_v, aligned, tid);
+  if (nvis > 0) load_visit(cur, cur_hh, 0);
   cp_async_fence();
 
   typename Traits::TiledMma tiled_mma;
   auto thr_mma = tiled_mma.get_thread_slice(tid);
   Tensor sK = make_tensor(make_smem_ptr(smem_k), typename Traits::SmemLayoutKV{});
   Tensor sV = make_tensor(make_smem_ptr(smem_v), typename Traits::SmemLayoutKV{});
-  Tensor sQ = make_tensor(make_smem_ptr(smem_q), typename Traits::SmemLayoutQ{});
-  Tensor sdO = make_tensor(make_smem_ptr(smem_do), typename Traits::SmemLayoutQ{});
-  Tensor sQt = make_tensor(make_smem_ptr(smem_q), typename Traits::SmemLayoutVt{});
-  Tensor sdOt = make_tensor(make_smem_ptr(smem_do), typename Traits::SmemLayoutVt{});
 
   // rows = keys, cols = queries
   Tensor cS = make_identity_tensor(Shape<Int<kTile>, Int<kTile>>{});
@@ -392,111 +542,93 @@ CUTE_DEVICE void fna_bwd_dkdv_cta(FnaBwdParams const& p, KvWorkTile const& w, Ke
 
   const float scale_log2 = p.scale_log2;
   const float masked = scale_log2 > 0.f ? -INFINITY : INFINITY;  // -> -inf after scaling
-  const int64_t visits = cta.qs.total;
-  for (int64_t hh = 0; hh < p.heads_per_kv; ++hh) {
-    const int64_t head = w.kv_head * p.heads_per_kv + hh;
-    for (int t = 0; t < visits; ++t) {
-      __syncthreads();  // every warp is done with the previous Q, dO and tables
-      if (tid == 0) {
-        int tile[kRank];
-        query_tile_of_visit(cta.qs, t, tile);
-        query_tile_at(geo, cta.k, tile, cta.q);
-        cta.full = pair_full(geo, cta.q, cta.k.k0) ? 1 : 0;
-        int const* qg = cta.k.q_group;  // the query slab's group (= w.group on the whole grid)
-        cta.gq = make_group_tensor(w.batch, head, p.q_batch, p.q_head, p.q_spatial, qg, geo.dilation);
-        cta.gdo = make_group_tensor(w.batch, head, p.do_batch, p.do_head, p.do_spatial, qg, geo.dilation);
-        cta.glse = make_group_tensor(w.batch, head, p.lse_batch, p.lse_head, p.lse_spatial, qg, geo.dilation);
-        cta.gdelta = make_group_tensor(w.batch, head, p.delta_batch, p.delta_head, p.delta_spatial, qg, geo.dilation);
-      }
-      __syncthreads();
-      load_tile_box_fast<Traits, kTile>(smem_q, typename Traits::SmemLayoutQ{}, static_cast<Element const*>(p.q),
-                                        cta.gq, cta.pass_q, cta.q.q0, geo.q_log2, cta.k.n_q, p.head_dim, aligned, tid);
-      load_tile_box_fast<Traits, kTile>(smem_do, typename Traits::SmemLayoutQ{}, static_cast<Element const*>(p.d_o),
-                                        cta.gdo, cta.pass_do, cta.q.q0, geo.q_log2, cta.k.n_q, p.head_dim_v, aligned,
-                                        tid);
-      cp_async_fence();
-      for (int c = tid; c < kTile; c += Traits::kThreads) {
-        int qc[kRank], ws[kRank], wl[kRank];
-        tile_coord(c, geo.q_log2, qc);
-        query_col_window(geo, cta.q, c, ws, wl);  // key slab coordinates (global window shifted)
-        bool ok = true;
-        for (int a = 0; a < kRank; ++a) {
-          qc[a] += cta.q.q0[a];
-          ok = ok && qc[a] < cta.k.n_q[a];
-          q_win[c * kRank + a] = make_int2(ws[a], wl[a]);
-        }
-        lse_s[c] = ok ? p.lse[cta.glse.offset(qc)] * kLog2e : INFINITY;  // padding query: P = 0
-        delta_s[c] = ok ? p.delta[cta.gdelta.offset(qc)] : 0.f;
-      }
-      const bool full = cta.full != 0;
-      cp_async_wait<0>();
-      __syncthreads();
+  for (int64_t vi = 0; vi < nvis; ++vi) {
+    const int buf = stages > 1 ? int(vi & 1) : 0;
+    cp_async_wait<0>();
+    __syncthreads();  // Q, dO, tables of visit vi visible; every warp is done with visit vi - 1
+    const bool full = visit_full(cur);
+    advance(cur, cur_hh);  // now visit vi + 1
+    if (stages > 1 && vi + 1 < nvis) load_visit(cur, cur_hh, buf ^ 1);  // lands while vi computes
+    cp_async_fence();
 
-      // S^T = K Q^T
-      Tensor acc_s = partition_fragment_C(tiled_mma, Shape<Int<kTile>, Int<kTile>>{});
-      clear(acc_s);
-      bwd_gemm_ss<Traits>(acc_s, sK, sQ, tid);
-      Tensor s_rc = make_tensor(acc_s.data(), acc_rowcol(acc_s.layout()));
-      if (!full) {
+    int2 const* q_win = win_of(buf);
+    float const* lse_s = lse_of(buf);
+    float const* delta_s = delta_of(buf);
+    Tensor sQ = make_tensor(make_smem_ptr(smem_q(buf)), typename Traits::SmemLayoutQ{});
+    Tensor sdO = make_tensor(make_smem_ptr(smem_do(buf)), typename Traits::SmemLayoutQ{});
+    Tensor sQt = make_tensor(make_smem_ptr(smem_q(buf)), typename Traits::SmemLayoutVt{});
+    Tensor sdOt = make_tensor(make_smem_ptr(smem_do(buf)), typename Traits::SmemLayoutVt{});
+
+    // S^T = K Q^T
+    Tensor acc_s = partition_fragment_C(tiled_mma, Shape<Int<kTile>, Int<kTile>>{});
+    clear(acc_s);
+    bwd_gemm_ss<Traits>(acc_s, sK, sQ, tid);
+    Tensor s_rc = make_tensor(acc_s.data(), acc_rowcol(acc_s.layout()));
+    if (!full) {
+      CUTE_UNROLL
+      for (int mi = 0; mi < size<0>(s_rc); ++mi) {
+        int key[kRank];
+        tile_coord(get<0>(tScS_rc(mi, 0)), geo.kv_log2, key);
+        for (int a = 0; a < kRank; ++a) key[a] += cta.k.k0[a];
         CUTE_UNROLL
-        for (int mi = 0; mi < size<0>(s_rc); ++mi) {
-          int key[kRank];
-          tile_coord(get<0>(tScS_rc(mi, 0)), geo.kv_log2, key);
-          for (int a = 0; a < kRank; ++a) key[a] += cta.k.k0[a];
+        for (int ni = 0; ni < size<1>(s_rc); ++ni) {
+          const int c = get<1>(tScS_rc(mi, ni));
+          bool ok = true;
           CUTE_UNROLL
-          for (int ni = 0; ni < size<1>(s_rc); ++ni) {
-            const int c = get<1>(tScS_rc(mi, ni));
-            bool ok = true;
-            CUTE_UNROLL
-            for (int a = 0; a < kRank; ++a) {
-              const int2 wv = q_win[c * kRank + a];
-              ok = ok && unsigned(key[a] - wv.x) <= unsigned(wv.y);
-            }
-            if (!ok) s_rc(mi, ni) = masked;
+          for (int a = 0; a < kRank; ++a) {
+            const int2 wv = q_win[c * kRank + a];
+            ok = ok && unsigned(key[a] - wv.x) <= unsigned(wv.y);
           }
+          if (!ok) s_rc(mi, ni) = masked;
         }
       }
-      // P^T = exp2(S^T * scale_log2 - lse_log2[col])
+    }
+    // P^T = exp2(S^T * scale_log2 - lse[col] * log2(e))
+    CUTE_UNROLL
+    for (int mi = 0; mi < size<0>(s_rc); ++mi) {
+      CUTE_UNROLL
+      for (int ni = 0; ni < size<1>(s_rc); ++ni)
+        s_rc(mi, ni) = fast_exp2(s_rc(mi, ni) * scale_log2 - lse_s[get<1>(tScS_rc(mi, ni))] * kLog2e);
+    }
+    if constexpr (kDoDv) {
+      // dV += P^T dO
+      Tensor rP = convert_fragment<Element>(acc_s);
+      Tensor tP = make_tensor(rP.data(), acc_as_a_operand(rP.layout()));
+      bwd_gemm_rs<Traits>(acc_dv, tP, sdOt, tid);
+    }
+    if constexpr (kDoDk) {
+      // dP^T = V dO^T;  dS^T = P^T * (dP^T - delta[col]);  dK += dS^T Q
+      Tensor acc_dp = partition_fragment_C(tiled_mma, Shape<Int<kTile>, Int<kTile>>{});
+      clear(acc_dp);
+      bwd_gemm_ss<Traits>(acc_dp, sV, sdO, tid);
+      Tensor dp_rc = make_tensor(acc_dp.data(), acc_rowcol(acc_dp.layout()));
       CUTE_UNROLL
       for (int mi = 0; mi < size<0>(s_rc); ++mi) {
         CUTE_UNROLL
         for (int ni = 0; ni < size<1>(s_rc); ++ni)
-          s_rc(mi, ni) = fast_exp2(s_rc(mi, ni) * scale_log2 - lse_s[get<1>(tScS_rc(mi, ni))]);
+          dp_rc(mi, ni) = s_rc(mi, ni) * (dp_rc(mi, ni) - delta_s[get<1>(tScS_rc(mi, ni))]);
       }
-      if constexpr (kDoDv) {
-        // dV += P^T dO
-        Tensor rP = convert_fragment<Element>(acc_s);
-        Tensor tP = make_tensor(rP.data(), acc_as_a_operand(rP.layout()));
-        bwd_gemm_rs<Traits>(acc_dv, tP, sdOt, tid);
-      }
-      if constexpr (kDoDk) {
-        // dP^T = V dO^T;  dS^T = P^T * (dP^T - delta[col]);  dK += dS^T Q
-        Tensor acc_dp = partition_fragment_C(tiled_mma, Shape<Int<kTile>, Int<kTile>>{});
-        clear(acc_dp);
-        bwd_gemm_ss<Traits>(acc_dp, sV, sdO, tid);
-        Tensor dp_rc = make_tensor(acc_dp.data(), acc_rowcol(acc_dp.layout()));
-        CUTE_UNROLL
-        for (int mi = 0; mi < size<0>(s_rc); ++mi) {
-          CUTE_UNROLL
-          for (int ni = 0; ni < size<1>(s_rc); ++ni)
-            dp_rc(mi, ni) = s_rc(mi, ni) * (dp_rc(mi, ni) - delta_s[get<1>(tScS_rc(mi, ni))]);
-        }
-        Tensor rdS = convert_fragment<Element>(acc_dp);
-        Tensor tdS = make_tensor(rdS.data(), acc_as_a_operand(rdS.layout()));
-        bwd_gemm_rs<Traits>(acc_dk, tdS, sQt, tid);
-      }
+      Tensor rdS = convert_fragment<Element>(acc_dp);
+      Tensor tdS = make_tensor(rdS.data(), acc_as_a_operand(rdS.layout()));
+      bwd_gemm_rs<Traits>(acc_dk, tdS, sQt, tid);
+    }
+
+    if (stages == 1 && vi + 1 < nvis) {
+      __syncthreads();  // every warp is done with Q, dO and the tables of visit vi
+      load_visit(cur, cur_hh, 0);
+      cp_async_fence();
     }
   }
   cp_async_wait<0>();
   __syncthreads();  // everyone is done with Q / dO: reuse them for staging dK / dV
-  if constexpr (kDoDk) bwd_acc_to_smem<Traits>(acc_dk, p.scale, smem_q, typename Traits::SmemLayoutQ{}, tid);
-  if constexpr (kDoDv) bwd_acc_to_smem<Traits>(acc_dv, 1.f, smem_do, typename Traits::SmemLayoutQ{}, tid);
+  if constexpr (kDoDk) bwd_acc_to_smem<Traits>(acc_dk, p.scale, smem_q(0), typename Traits::SmemLayoutQ{}, tid);
+  if constexpr (kDoDv) bwd_acc_to_smem<Traits>(acc_dv, 1.f, smem_do(0), typename Traits::SmemLayoutQ{}, tid);
   __syncthreads();
   if constexpr (kDoDk)
-    store_tile_box<Traits, kTile>(smem_q, typename Traits::SmemLayoutQ{}, static_cast<Element*>(p.dk), cta.gdk,
+    store_tile_box<Traits, kTile>(smem_q(0), typename Traits::SmemLayoutQ{}, static_cast<Element*>(p.dk), cta.gdk,
                                   cta.k.k0, geo.kv_log2, cta.k.n_kv, p.head_dim, aligned, tid);
   if constexpr (kDoDv)
-    store_tile_box<Traits, kTile>(smem_do, typename Traits::SmemLayoutQ{}, static_cast<Element*>(p.dv), cta.gdv,
+    store_tile_box<Traits, kTile>(smem_do(0), typename Traits::SmemLayoutQ{}, static_cast<Element*>(p.dv), cta.gdv,
                                   cta.k.k0, geo.kv_log2, cta.k.n_kv, p.head_dim_v, aligned, tid);
 }
 
