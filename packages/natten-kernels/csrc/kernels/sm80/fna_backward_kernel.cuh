@@ -495,10 +495,14 @@ CUTE_DEVICE void fna_bwd_dkdv_cta(FnaBwdParams const& p, KvWorkTile const& w, Ke
                                       gdo, cta.pass_do, q.q0, geo.q_log2, cta.k.n_q, p.head_dim_v, aligned, tid);
     const int64_t lse_base = cta.glse.base + hh * p.lse_head;
     const int64_t delta_base = cta.gdelta.base + hh * p.delta_head;
-    for (int c = tid; c < kTile; c += Traits::kThreads) {
-      int qc[kRank], ws[kRank], wl[kRank];
+    // Threads [0, kTile): lse / delta of column c = tid; threads [kTile, 2 kTile): the window of
+    // column c = tid - kTile, needed only by visits that take the mask (one job per thread: the
+    // barrier after each visit waits for the slowest warp).
+    static_assert(Traits::kThreads == 2 * kTile, "one column job per thread");
+    if (tid < kTile) {
+      const int c = tid;
+      int qc[kRank];
       tile_coord(c, geo.q_log2, qc);
-      query_col_window(geo, q, c, ws, wl);  // key slab coordinates (global window shifted)
       bool ok = true;
       int64_t lo = lse_base, dof = delta_base;
       for (int a = 0; a < kRank; ++a) {
@@ -506,7 +510,6 @@ CUTE_DEVICE void fna_bwd_dkdv_cta(FnaBwdParams const& p, KvWorkTile const& w, Ke
         ok = ok && qc[a] < cta.k.n_q[a];
         lo += int64_t(qc[a]) * cta.glse.step[a];
         dof += int64_t(qc[a]) * cta.gdelta.step[a];
-        win_of(buf)[c * kRank + a] = make_int2(ws[a], wl[a]);
       }
       if (ok) {  // natural-log lse (scaled to log2 at use)
         cp_async_f32(lse_of(buf) + c, p.lse + lo);
@@ -515,6 +518,11 @@ CUTE_DEVICE void fna_bwd_dkdv_cta(FnaBwdParams const& p, KvWorkTile const& w, Ke
         lse_of(buf)[c] = INFINITY;
         delta_of(buf)[c] = 0.f;
       }
+    } else if (!visit_full(d)) {
+      const int c = tid - kTile;
+      int ws[kRank], wl[kRank];
+      query_col_window(geo, q, c, ws, wl);  // key slab coordinates (global window shifted)
+      for (int a = 0; a < kRank; ++a) win_of(buf)[c * kRank + a] = make_int2(ws[a], wl[a]);
     }
   };
 
