@@ -152,6 +152,8 @@ static void for_each_cell(const Problem& p, const ns::Geometry& geo, const ns::K
   }
 }
 
+static long long g_interval_checks = 0;  // visits whose mask-free interval test was checked
+
 static void replay(const Problem& p) {
   const ns::Geometry geo = make_geometry(p);
   ns::KvGeometry kg{};
@@ -210,6 +212,22 @@ static void replay(const Problem& p) {
       if (kok) ++owner[size_t(slab_lin(p.nk, y))];
     }
     const ns::QueryTilesForKey qs = ns::make_query_tiles_for_key(geo, kt);
+    // The dK / dV kernel's mask-free intervals (visit_full_halves): A on a prefix, B on a suffix of
+    // each axis's visit tiles, interval = [#!B, #A - 1]; checked against pair_full below.
+    int full_lo[3] = {0, 0, 0}, full_hi[3] = {-1, -1, -1};
+    for (int a = 0; a < 3; ++a) {
+      int n_not_b = 0, n_a = 0;
+      for (int j = 0; j < qs.count[a]; ++j) {
+        bool A = false, B = false;
+        ns::visit_full_halves(geo, kt, qs, a, j, A, B);
+        CHECK(!A || n_a == j, "A is not a prefix on axis %d (tile %d)", a, j);
+        CHECK(B || n_not_b == j, "B is not a suffix on axis %d (tile %d)", a, j);
+        n_a += A ? 1 : 0;
+        n_not_b += B ? 0 : 1;
+      }
+      full_lo[a] = n_not_b;
+      full_hi[a] = n_a - 1;
+    }
     for (int t = 0; t < qs.total; ++t) {
       int tile[3];
       ns::query_tile_of_visit(qs, t, tile);
@@ -217,6 +235,14 @@ static void replay(const Problem& p) {
       ns::query_tile_at(geo, kt, tile, qt);
       for (int a = 0; a < 3; ++a) CHECK(qt.q0[a] < kt.n_q[a], "visited query tile outside the query slab (axis %d)", a);
       const bool full = ns::pair_full(geo, qt, kt.k0);
+      bool in_interval = true;
+      for (int a = 0; a < 3; ++a) {
+        const int j = tile[a] - qs.first[a];
+        in_interval = in_interval && full_lo[a] <= j && j <= full_hi[a];
+      }
+      CHECK(in_interval == full, "mask-free interval says %d, pair_full %d (work %lld, visit %d)", in_interval, full,
+            (long long)idx, t);
+      ++g_interval_checks;
       int attended = 0;
       bool all = true;
       for_each_cell(p, geo, w, kt, qt, full,
@@ -503,8 +529,8 @@ int main(int argc, char** argv) {
     replay(p);
     if (it % 3 == 0 || (region && it % 3 == 1)) numeric_replay(p, rng);
   }
-  std::printf("key-parallel replay: %d problems (%ld on slabs), %ld checks, %ld failures total\n", problems, sliced,
-              g_checks - before, g_failures);
+  std::printf("key-parallel replay: %d problems (%ld on slabs), %ld checks (%lld visits' mask-free intervals), "
+              "%ld failures total\n", problems, sliced, g_checks - before, g_interval_checks, g_failures);
   if (g_failures) {
     std::printf("FAILED\n");
     return 1;

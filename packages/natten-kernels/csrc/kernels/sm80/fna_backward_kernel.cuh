@@ -21,6 +21,11 @@
 //    register file next to S and dP, so that bucket runs the kernel twice: once for dV (no dP), once
 //    for dK (kDoDk / kDoDv template flags); S is recomputed, ~1.25x the work of one fused pass.
 //
+// Streams: with FnaBwdParams::dq_stages / kv_stages = 2 (the launcher's choice per device) the dQ
+// kernel's K / V and the dK / dV kernel's Q / dO and column tables are double-buffered: step t + 1
+// loads while step t computes, one barrier per step. Both pipelines do the same arithmetic in the
+// same order (bit-identical results).
+//
 // Slabs of a larger grid (tile_scheduler.cuh): dQ uses the forward's slab geometry (query slab
 // groups, K / V of the key slab's matching group); dK / dV work tiles cover the key slab, visit the
 // query slab's tiles whose (global) windows reach them, and write zeros for keys no slab query
@@ -375,17 +380,6 @@ struct BwdKvCta {
   int64_t pass_q[kMaxKvPasses], pass_do[kMaxKvPasses];  // load_tile_box_fast tables (same for every head)
 };
 
-// Per-axis halves of pair_full for visit tile j on axis a (query slab tile index qs.first[a] + j):
-// A: every query's window starts at or before the key tile; B: every query's window ends at or
-// after its last key. A holds on a prefix of the tiles, B on a suffix.
-CUTE_DEVICE void bwd_kv_full_axis(Geometry const& geo, BwdKvCta const& c, int a, int j, bool& A, bool& B) {
-  const int q0 = (c.qs.first[a] + j) << geo.q_log2[a];
-  const int q_last = window::imin(q0 + (1 << geo.q_log2[a]) - 1, c.k.n_q[a] - 1);
-  const int k0 = c.k.k0[a] + c.k.kv_shift[a];
-  A = window::window_start(q_last + c.k.q_shift[a], c.k.axis[a]) <= k0;
-  B = window::window_end(q0 + c.k.q_shift[a], c.k.axis[a]) >= k0 + (1 << geo.kv_log2[a]) - 1;
-}
-
 // dK / dV of one key tile. Visits (query head hh of the kv head's group, query tile) are walked
 // by every thread with its own cursor (mixed-radix digits over qs.count, last axis fastest, then
 // the head); whether a visit needs the mask is an interval test per axis. With kv_stages = 2 the
@@ -446,7 +440,7 @@ CUTE_DEVICE void fna_bwd_dkdv_cta(FnaBwdParams const& p, KvWorkTile const& w, Ke
     for (int j0 = 0; j0 < cta.qs.count[a]; j0 += Traits::kThreads) {
       const int j = j0 + tid;
       bool A = false, B = true;
-      if (j < cta.qs.count[a]) bwd_kv_full_axis(geo, cta, a, j, A, B);
+      if (j < cta.qs.count[a]) visit_full_halves(geo, cta.k, cta.qs, a, j, A, B);
       n_not_b += __syncthreads_count(!B);
       n_a += __syncthreads_count(A);
     }

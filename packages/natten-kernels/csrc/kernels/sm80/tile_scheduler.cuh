@@ -497,5 +497,21 @@ NATTEN_HD bool pair_full(const Geometry& g, const QueryTile& q, const int kb[kRa
   return full;
 }
 
+// pair_full split per axis for the key-parallel walk: visit tile j on axis a (query slab tile
+// index qs.first[a] + j). A: the last query's window starts at or before the key tile; B: the
+// first query's window ends at or after its last key; pair_full == AND over axes of (A && B).
+// Window starts and ends are non-decreasing in the query, so A holds on a prefix of the visit
+// tiles and B on a suffix: the mask-free visit tiles of an axis are the interval
+// [#tiles failing B, #tiles passing A - 1] (the dK / dV kernel counts them once per CTA;
+// tests/bwd_tile_math_test.cpp checks the interval against pair_full on every visit).
+NATTEN_HD void visit_full_halves(const Geometry& g, const KeyTile& k, const QueryTilesForKey& qs, int a, int j,
+                                 bool& A, bool& B) {
+  const int q0 = (qs.first[a] + j) << g.q_log2[a];
+  const int q_last = window::imin(q0 + (1 << g.q_log2[a]) - 1, k.n_q[a] - 1);
+  const int k0 = k.k0[a] + k.kv_shift[a];
+  A = window::window_start(q_last + k.q_shift[a], k.axis[a]) <= k0;
+  B = window::window_end(q0 + k.q_shift[a], k.axis[a]) >= k0 + (1 << g.kv_log2[a]) - 1;
+}
+
 }  // namespace sm80
 }  // namespace natten
