@@ -1,5 +1,5 @@
-// CHECK(cond, fmt, ...) of the CPU replay tests (window_math_test, bwd_tile_math_test,
-// small_window_test; compiled one per program by test_window_math.py): counts every check in
+// CHECK(cond, fmt, ...) of the CPU tests (window_math_test, bwd_tile_math_test, small_window_test,
+// sm80_layout_test; compiled one per program by test_window_math.py): counts every check in
 // g_checks and every failure in g_failures, printing the first 30 failures with file, line, the
 // condition and the formatted context.
 #pragma once

@@ -21,21 +21,10 @@
 #include "kernel_traits.cuh"
 #include "utils.cuh"
 
+#include "cpu_check.hpp"
+
 using namespace cute;
 using namespace natten::sm80;
-
-static int g_fail = 0;
-#define CHECK(cond, ...)                                                    \
-  do {                                                                      \
-    if (!(cond)) {                                                          \
-      if (g_fail < 20) {                                                    \
-        std::printf("FAIL line %d: %s | ", __LINE__, #cond);                \
-        std::printf(__VA_ARGS__);                                           \
-        std::printf("\n");                                                  \
-      }                                                                     \
-      ++g_fail;                                                             \
-    }                                                                       \
-  } while (0)
 
 template <class Coord>
 static std::pair<int, int> rc(Coord const& c) {
@@ -169,8 +158,8 @@ int main() {
   check_traits<cutlass::half_t, 128>();
   check_traits<cutlass::half_t, 256>();
   check_traits<cutlass::bfloat16_t, 128>();
-  if (g_fail) {
-    std::printf("FAILED (%d)\n", g_fail);
+  if (g_failures) {
+    std::printf("FAILED (%ld)\n", g_failures);
     return 1;
   }
   std::printf("OK\n");

@@ -138,7 +138,8 @@ struct BwdSmem {
   static_assert(bytes(1) == bwd_smem_bytes(Traits::kDim, 1) && bytes(2) == bwd_smem_bytes(Traits::kDim, 2),
                 "keep bwd_smem_bytes (host checks) in sync");
 
-  // Carve-up of `smem` for `stages` stages.
+  // Carve-up of `smem` for `stages` stages. The per-stage accessors select with `buf ? .. : ..`
+  // (a runtime index into the arrays would put them in local memory).
   struct Plan {
     typename Traits::Element* tile[6];  // [0..3]: stage 0; [4], [5]: the streamed pair of stage 1
     int2* win[2];                       // per stage: kTile x kRank (start, len)
@@ -146,6 +147,13 @@ struct BwdSmem {
     float* delta[2];
     uint64_t* rep;
     unsigned char* cta;
+    // streamed tile `which` (0: dQ's K / dK-dV's Q, 1: dQ's V / dK-dV's dO) of stage `buf`
+    CUTE_DEVICE typename Traits::Element* streamed(int which, int buf) const {
+      return buf ? tile[4 + which] : tile[2 + which];
+    }
+    CUTE_DEVICE int2* win_of(int buf) const { return buf ? win[1] : win[0]; }
+    CUTE_DEVICE float* lse_of(int buf) const { return buf ? lse[1] : lse[0]; }
+    CUTE_DEVICE float* delta_of(int buf) const { return buf ? delta[1] : delta[0]; }
   };
   static CUTE_DEVICE Plan plan(unsigned char* smem, int stages) {
     using Element = typename Traits::Element;
@@ -166,12 +174,6 @@ struct BwdSmem {
     return pl;
   }
 };
-
-// 4-byte asynchronous copy global -> shared (lse / delta columns of the dK / dV kernel's next visit).
-CUTE_DEVICE void cp_async_f32(float* smem, float const* gmem) {
-  const uint32_t dst = cute::cast_smem_ptr_to_uint(smem);
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(dst), "l"(gmem));
-}
 
 // ---------------------------------------------------------------------------------------------
 // 2. dQ (query-parallel)
@@ -197,9 +199,8 @@ CUTE_DEVICE void fna_bwd_dq_cta(FnaBwdParams const& p, WorkTile const& w, QueryT
   const typename Smem::Plan pl = Smem::plan(smem, stages);
   Element* smem_q = pl.tile[0];
   Element* smem_do = pl.tile[1];
-  // stage buffers: 0 -> tile[2] / tile[3], 1 -> tile[4] / tile[5] (selects, not arrays: no local memory)
-  auto smem_k = [&](int buf) { return buf ? pl.tile[4] : pl.tile[2]; };
-  auto smem_v = [&](int buf) { return buf ? pl.tile[5] : pl.tile[3]; };
+  auto smem_k = [&](int buf) { return pl.streamed(0, buf); };
+  auto smem_v = [&](int buf) { return pl.streamed(1, buf); };
   int2* row_win = pl.win[0];
   uint64_t* rep_smem = pl.rep;
   float* lse_s = pl.lse[0];
@@ -400,11 +401,8 @@ CUTE_DEVICE void fna_bwd_dkdv_cta(FnaBwdParams const& p, KvWorkTile const& w, Ke
   const typename Smem::Plan pl = Smem::plan(smem, stages);
   Element* smem_k = pl.tile[0];
   Element* smem_v = pl.tile[1];
-  auto smem_q = [&](int buf) { return buf ? pl.tile[4] : pl.tile[2]; };
-  auto smem_do = [&](int buf) { return buf ? pl.tile[5] : pl.tile[3]; };
-  auto win_of = [&](int buf) { return buf ? pl.win[1] : pl.win[0]; };
-  auto lse_of = [&](int buf) { return buf ? pl.lse[1] : pl.lse[0]; };
-  auto delta_of = [&](int buf) { return buf ? pl.delta[1] : pl.delta[0]; };
+  auto smem_q = [&](int buf) { return pl.streamed(0, buf); };
+  auto smem_do = [&](int buf) { return pl.streamed(1, buf); };
   static_assert(sizeof(BwdKvCta) <= Smem::kCtaBytes, "");
   BwdKvCta* cta_smem = reinterpret_cast<BwdKvCta*>(pl.cta);
 
@@ -506,17 +504,17 @@ CUTE_DEVICE void fna_bwd_dkdv_cta(FnaBwdParams const& p, KvWorkTile const& w, Ke
         dof += int64_t(qc[a]) * cta.gdelta.step[a];
       }
       if (ok) {  // natural-log lse (scaled to log2 at use)
-        cp_async_f32(lse_of(buf) + c, p.lse + lo);
-        cp_async_f32(delta_of(buf) + c, p.delta + dof);
+        cp_async_f32(pl.lse_of(buf) + c, p.lse + lo);
+        cp_async_f32(pl.delta_of(buf) + c, p.delta + dof);
       } else {  // padding query: P = 0
-        lse_of(buf)[c] = INFINITY;
-        delta_of(buf)[c] = 0.f;
+        pl.lse_of(buf)[c] = INFINITY;
+        pl.delta_of(buf)[c] = 0.f;
       }
     } else if (!visit_full(d)) {
       const int c = tid - kTile;
       int ws[kRank], wl[kRank];
       query_col_window(geo, q, c, ws, wl);  // key slab coordinates (global window shifted)
-      for (int a = 0; a < kRank; ++a) win_of(buf)[c * kRank + a] = make_int2(ws[a], wl[a]);
+      for (int a = 0; a < kRank; ++a) pl.win_of(buf)[c * kRank + a] = make_int2(ws[a], wl[a]);
     }
   };
 
@@ -553,9 +551,9 @@ CUTE_DEVICE void fna_bwd_dkdv_cta(FnaBwdParams const& p, KvWorkTile const& w, Ke
     if (stages > 1 && vi + 1 < nvis) load_visit(cur, cur_hh, buf ^ 1);  // lands while vi computes
     cp_async_fence();
 
-    int2 const* q_win = win_of(buf);
-    float const* lse_s = lse_of(buf);
-    float const* delta_s = delta_of(buf);
+    int2 const* q_win = pl.win_of(buf);
+    float const* lse_s = pl.lse_of(buf);
+    float const* delta_s = pl.delta_of(buf);
     Tensor sQ = make_tensor(make_smem_ptr(smem_q(buf)), typename Traits::SmemLayoutQ{});
     Tensor sdO = make_tensor(make_smem_ptr(smem_do(buf)), typename Traits::SmemLayoutQ{});
     Tensor sQt = make_tensor(make_smem_ptr(smem_q(buf)), typename Traits::SmemLayoutVt{});

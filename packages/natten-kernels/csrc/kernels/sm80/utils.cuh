@@ -165,6 +165,12 @@ CUTE_DEVICE void load_tile_box_inside(Element* smem, SmemLayout const& layout, E
   }
 }
 
+// 4-byte asynchronous copy global -> shared (cache at all levels; the caller commits / waits).
+CUTE_DEVICE void cp_async_f32(float* smem, float const* gmem) {
+  const uint32_t dst = cute::cast_smem_ptr_to_uint(smem);
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(dst), "l"(gmem));
+}
+
 // Pass table of load_tile_box_inside: out[p] = byte offset of tile row p * rows_per_pass from row 0
 // for per-axis element steps `step` and elements of `elem_bytes` bytes (p < passes).
 CUTE_DEVICE void fill_pass_table(int64_t* out, int passes, int rows_per_pass, const int lg[kRank],
