@@ -38,6 +38,30 @@ struct CtaTile {
   int64_t pass_k[kMaxKvPasses], pass_v[kMaxKvPasses];
 };
 
+// acc += A(_, _, kk) B(_, _, kk), the B fragments of slice kk loaded from shared memory (sb, through
+// copy_b into bv: b's registers retiled as the copy's) one copy block (ldmatrix.x4: two 8-wide MMA
+// blocks of B) at a time, each multiplied as soon as it is loaded: 4 registers of B live instead of
+// the whole slice (16 for K, 32 for V at head dim 128). MMA block n of b lies in copy block cb when
+// its register offset (mode 1; both views index the same fragment) is inside the copy block's
+// size<0>(bv) elements: a compile-time test after unrolling.
+template <class TiledMma, class TA, class CopyB, class SB, class TB, class TBView, class TC>
+CUTE_DEVICE void gemm_slice_b_by_block(TiledMma const& mma, TA const& a, CopyB const& copy_b, SB const& sb, TB& b,
+                                       TBView& bv, TC& acc, int kk) {
+  using namespace cute;
+  CUTE_UNROLL
+  for (int cb = 0; cb < size<1>(bv); ++cb) {
+    copy(copy_b, sb(_, cb, kk), bv(_, cb, kk));
+    const int lo = int(layout<1>(bv.layout())(cb));
+    CUTE_UNROLL
+    for (int n = 0; n < size<1>(b); ++n) {
+      const int off = int(layout<1>(b.layout())(n));
+      if (off < lo || off >= lo + int(size<0>(bv))) continue;
+      CUTE_UNROLL
+      for (int m = 0; m < size<1>(a); ++m) gemm(mma, a(_, m, kk), b(_, n, kk), acc(_, m, n));
+    }
+  }
+}
+
 template <class Traits>
 struct CollectiveMainloop {
   using Element = typename Traits::Element;
@@ -125,6 +149,9 @@ struct CollectiveMainloop {
     // weight 0 (not -inf * 0 = NaN) should one arrive.
     const float mul = fmaxf(fabsf(p.scale_log2), 1e-30f);
     const bool negate_q = p.scale_log2 < 0.f;
+    // 32 rows per warp (O: 128 registers at head dim 128): the GEMMs load their B fragments (K, V)
+    // one ldmatrix.x4 at a time, each used by its MMAs right away (below).
+    constexpr bool kFineB = !Traits::kPrefetchQK;
     int kb[kRank];
     CUTE_UNROLL
     for (int a = 0; a < kRank; ++a) kb[a] = cta.k.start[a];
@@ -169,17 +196,25 @@ struct CollectiveMainloop {
       clear(acc_s);
       // k-slice kk's fragments are loaded one slice ahead (kPrefetchQK) or just before its MMA.
       constexpr int kPrefetchQK = Traits::kPrefetchQK ? 1 : 0;
-      if constexpr (kPrefetchQK) {
-        copy(copy_q, tSsQ(_, _, _0{}), tSrQ_view(_, _, _0{}));
-        copy(copy_k, tSsK(_, _, _0{}), tSrK_view(_, _, _0{}));
-      }
-      CUTE_UNROLL
-      for (int kk = 0; kk < size<2>(tSrQ); ++kk) {
-        if (kk + kPrefetchQK < size<2>(tSrQ)) {
-          copy(copy_q, tSsQ(_, _, kk + kPrefetchQK), tSrQ_view(_, _, kk + kPrefetchQK));
-          copy(copy_k, tSsK(_, _, kk + kPrefetchQK), tSrK_view(_, _, kk + kPrefetchQK));
+      if constexpr (kFineB) {
+        CUTE_UNROLL
+        for (int kk = 0; kk < size<2>(tSrQ); ++kk) {
+          copy(copy_q, tSsQ(_, _, kk), tSrQ_view(_, _, kk));
+          gemm_slice_b_by_block(tiled_mma, tSrQ, copy_k, tSsK, tSrK, tSrK_view, acc_s, kk);
         }
-        cute::gemm(tiled_mma, tSrQ(_, _, kk), tSrK(_, _, kk), acc_s);
+      } else {
+        if constexpr (kPrefetchQK) {
+          copy(copy_q, tSsQ(_, _, _0{}), tSrQ_view(_, _, _0{}));
+          copy(copy_k, tSsK(_, _, _0{}), tSrK_view(_, _, _0{}));
+        }
+        CUTE_UNROLL
+        for (int kk = 0; kk < size<2>(tSrQ); ++kk) {
+          if (kk + kPrefetchQK < size<2>(tSrQ)) {
+            copy(copy_q, tSsQ(_, _, kk + kPrefetchQK), tSrQ_view(_, _, kk + kPrefetchQK));
+            copy(copy_k, tSsK(_, _, kk + kPrefetchQK), tSrK_view(_, _, kk + kPrefetchQK));
+          }
+          cute::gemm(tiled_mma, tSrQ(_, _, kk), tSrK(_, _, kk), acc_s);
+        }
       }
 
       // Raw scores (the scale is applied in the exponent); mask where the key tile cuts a window border.
@@ -240,12 +275,18 @@ struct CollectiveMainloop {
       cp_async_fence();
 
       // O += P V
-      constexpr int kPrefetchV = Traits::kPrefetchV ? 1 : 0;  // as for Q / K above
-      if constexpr (kPrefetchV) copy(copy_v, tOsVt(_, _, _0{}), tOrVt_view(_, _, _0{}));
-      CUTE_UNROLL
-      for (int kk = 0; kk < size<2>(tOrP); ++kk) {
-        if (kk + kPrefetchV < size<2>(tOrP)) copy(copy_v, tOsVt(_, _, kk + kPrefetchV), tOrVt_view(_, _, kk + kPrefetchV));
-        cute::gemm(tiled_mma, tOrP(_, _, kk), tOrVt(_, _, kk), acc_o);
+      if constexpr (kFineB) {
+        CUTE_UNROLL
+        for (int kk = 0; kk < size<2>(tOrP); ++kk)
+          gemm_slice_b_by_block(tiled_mma, tOrP, copy_v, tOsVt, tOrVt, tOrVt_view, acc_o, kk);
+      } else {
+        constexpr int kPrefetchV = Traits::kPrefetchV ? 1 : 0;  // as for Q / K above
+        if constexpr (kPrefetchV) copy(copy_v, tOsVt(_, _, _0{}), tOrVt_view(_, _, _0{}));
+        CUTE_UNROLL
+        for (int kk = 0; kk < size<2>(tOrP); ++kk) {
+          if (kk + kPrefetchV < size<2>(tOrP)) copy(copy_v, tOsVt(_, _, kk + kPrefetchV), tOrVt_view(_, _, kk + kPrefetchV));
+          cute::gemm(tiled_mma, tOrP(_, _, kk), tOrVt(_, _, kk), acc_o);
+        }
       }
     }
     cp_async_wait<0>();
