@@ -20,7 +20,7 @@ CUTE_DEVICE void fna_forward_cta(FnaParams const& p, WorkTile const& w, QueryTil
 
   Element* smem_q = reinterpret_cast<Element*>(smem);
   Element* smem_k = smem_q + Traits::kSmemQ;
-  Element* smem_v = smem_k + Traits::kSmemKV;
+  Element* smem_v = smem_k + Traits::kKStages * Traits::kSmemKV;  // K buffers, then V
   int2* row_win = reinterpret_cast<int2*>(smem_v + Traits::kSmemKV);
   uint64_t* rep = reinterpret_cast<uint64_t*>(row_win + Traits::kTileQ * kRank);
 

@@ -100,15 +100,18 @@ struct FnaForwardTraits {
   using SmemCopyAtom = cute::Copy_Atom<cute::SM75_U32x4_LDSM_N, Element>;
   using SmemCopyAtomT = cute::Copy_Atom<cute::SM75_U16x8_LDSM_T, Element>;
 
-  // Shared memory: Q (reused for the O staging tile), one K tile, one V tile, per-row windows.
+  // Shared memory: Q (reused for the O staging tile), kKStages K tiles, one V tile, per-row windows.
   static constexpr int kSmemQ = kTileQ * kDim;      // elements
   static constexpr int kSmemKV = kTileKV * kDim;    // elements
   // Masked-path tables: per-row windows (start, length) per axis + the 3 repeat patterns.
   static constexpr int kSmemMaskBytes = kTileQ * 3 * int(sizeof(int2)) + 3 * int(sizeof(unsigned long long));
   // CTA descriptor (CtaTile, mainloop.cuh) after the mask tables.
   static constexpr int kSmemCtaBytes = 512;
+  // K buffers: with 32 rows per warp two (K[t + 1] loads during all of step t, issued with V[t]
+  // before the score registers are live; mainloop.cuh), else one.
+  static constexpr int kKStages = kWarps_ * 32 == kTileQ_ ? 2 : 1;
   static constexpr int kSmemBytes =
-      int(sizeof(Element)) * (kSmemQ + 2 * kSmemKV) + kSmemMaskBytes + kSmemCtaBytes;
+      int(sizeof(Element)) * (kSmemQ + (kKStages + 1) * kSmemKV) + kSmemMaskBytes + kSmemCtaBytes;
   static_assert(kTileKV <= 64, "the masked path uses one 64-bit column word per row");
 };
 

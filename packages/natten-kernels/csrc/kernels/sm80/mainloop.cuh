@@ -10,6 +10,11 @@
 //   online softmax on raw scores: running row max / row sum, rescale O, P = exp2(S * scale - max)
 //   wait V[t]; barrier; issue cp.async K[t+1]
 //   O += P V[t]                        (P straight from registers)
+//
+// With 32 query rows per warp (128-token query tiles on 4 warps) K has two buffers, and K[t+1] is
+// issued with V[t] right after the first barrier (into the buffer K[t-1] used), so it has the whole
+// step to land; the second barrier then only makes V[t] visible. (Issued after the S GEMM instead,
+// as FlashAttention-2 does, it needed a third barrier and spilled; measured slower.)
 #pragma once
 
 #include <cute/tensor.hpp>
@@ -152,6 +157,9 @@ struct CollectiveMainloop {
     // 32 rows per warp (O: 128 registers at head dim 128): the GEMMs load their B fragments (K, V)
     // one ldmatrix.x4 at a time, each used by its MMAs right away (below).
     constexpr bool kFineB = !Traits::kPrefetchQK;
+    constexpr int kKStages = Traits::kKStages;
+    constexpr int kSmemKV = Traits::kSmemKV;
+    static_assert(kKStages == 1 || kFineB, "two K buffers only with 32 rows per warp");
     int kb[kRank];
     CUTE_UNROLL
     for (int a = 0; a < kRank; ++a) kb[a] = cta.k.start[a];
@@ -190,6 +198,14 @@ struct CollectiveMainloop {
       }
       load_kv(smem_v, v_ptr, cta.gv, cta.pass_v, p.head_dim_v);
       cp_async_fence();
+      if constexpr (kKStages == 2) {  // K[t + 1] into the other buffer (free: K[t - 1] was read before the barrier)
+        if (t + 1 < cta.k.total) {
+          key_tile_advance(geo, cta.k, kb);  // kb: the next tile's origin from here on (mask: kb_mask below)
+          load_kv(smem_k + ((t + 1) & 1) * kSmemKV, k_ptr, cta.gk, cta.pass_k, p.head_dim);
+        }
+        cp_async_fence();
+      }
+      const int kbuf = kKStages == 2 ? (t & 1) : 0;
 
       // S = Q K^T
       Tensor acc_s = partition_fragment_C(tiled_mma, Shape<Int<kTileQ>, Int<kTileKV>>{});
@@ -200,7 +216,8 @@ struct CollectiveMainloop {
         CUTE_UNROLL
         for (int kk = 0; kk < size<2>(tSrQ); ++kk) {
           copy(copy_q, tSsQ(_, _, kk), tSrQ_view(_, _, kk));
-          gemm_slice_b_by_block(tiled_mma, tSrQ, copy_k, tSsK, tSrK, tSrK_view, acc_s, kk);
+          gemm_slice_b_by_block(tiled_mma, tSrQ, copy_k, make_tensor(tSsK.data() + kbuf * kSmemKV, tSsK.layout()), tSrK,
+                                tSrK_view, acc_s, kk);
         }
       } else {
         if constexpr (kPrefetchQK) {
@@ -222,6 +239,13 @@ struct CollectiveMainloop {
       if (!full) {
         // One 64-bit word per row: bit c = key column c attended (AND over axes).
         const uint64_t rep[kRank] = {rep_smem[0], rep_smem[1], rep_smem[2]};
+        int kb_mask[kRank];  // origin of key tile t (kb already holds t + 1's with two K buffers)
+        if constexpr (kKStages == 2) {
+          key_tile_origin(geo, cta.k, t, kb_mask);
+        } else {
+          CUTE_UNROLL
+          for (int a = 0; a < kRank; ++a) kb_mask[a] = kb[a];
+        }
         const int col0 = get<1>(tScS_rc(0, 0));
         CUTE_UNROLL
         for (int mi = 0; mi < size<0>(s_rc); ++mi) {
@@ -230,7 +254,7 @@ struct CollectiveMainloop {
           CUTE_UNROLL
           for (int a = 0; a < kRank; ++a) {
             const int2 w = row_win[r * kRank + a];
-            rel_start[a] = w.x - kb[a];
+            rel_start[a] = w.x - kb_mask[a];
             len[a] = w.y;
           }
           const uint64_t word = key_tile_row_mask(rel_start, len, geo.kv_log2, rep) >> col0;
@@ -266,13 +290,18 @@ struct CollectiveMainloop {
       Tensor rP = convert_fragment<Element>(acc_s);
       Tensor tOrP = make_tensor(rP.data(), acc_as_a_operand(rP.layout()));
 
-      cp_async_wait<0>();
-      __syncthreads();  // V[t] visible; every warp is done with K[t]
-      if (t + 1 < cta.k.total) {
-        key_tile_advance(geo, cta.k, kb);
-        load_kv(smem_k, k_ptr, cta.gk, cta.pass_k, p.head_dim);
+      if constexpr (kKStages == 2) {
+        cp_async_wait<1>();  // V[t] landed (K[t + 1] may still be in flight)
+        __syncthreads();     // V[t] visible
+      } else {
+        cp_async_wait<0>();
+        __syncthreads();  // V[t] visible; every warp is done with K[t]
+        if (t + 1 < cta.k.total) {
+          key_tile_advance(geo, cta.k, kb);
+          load_kv(smem_k, k_ptr, cta.gk, cta.pass_k, p.head_dim);
+        }
+        cp_async_fence();
       }
-      cp_async_fence();
 
       // O += P V
       if constexpr (kFineB) {
