@@ -9,7 +9,11 @@
 //    tiled copy (which tile element lands in which thread / register) equals the MMA partition of
 //    Q, K and V^T (the source side is ldmatrix's cooperative row-address layout);
 //  * the epilogue's register -> smem staging writes element (row, col) to layout_q(row, col);
-//  * the gmem <-> smem box copies' constant-offset rule (layout linear in whole atoms).
+//  * the gmem <-> smem box copies' constant-offset rule (layout linear in whole atoms);
+//  * gemm_slice_b_by_block's assignment of B-fragment MMA blocks to ldmatrix copy blocks (the
+//    traits that use it: 32 rows per warp; its contiguous-offset rule does not hold for the V
+//    fragment at head dim 32, which keeps the whole-slice loads);
+//  and the same for the 128-token query tiles on 4 warps of 32 rows.
 // Build: nvcc -std=c++17 --expt-relaxed-constexpr -I<cutlass>/include -Icsrc/include
 //        -Icsrc/kernels/sm80 tests/sm80_layout_test.cu -o sm80_layout_test
 #include <cstdio>
@@ -31,9 +35,37 @@ static std::pair<int, int> rc(Coord const& c) {
   return {int(get<0>(c)), int(get<1>(c))};
 }
 
-template <class Element, int D>
+// gemm_slice_b_by_block (mainloop.cuh, 32 rows per warp): for every slice kk, the MMA blocks n of
+// the B fragment that mma_block_in_copy_block assigns to copy block cb hold exactly registers that
+// copy block cb of slice kk writes, and every MMA block belongs to exactly one copy block (so every
+// MMA runs once, after its fragment was loaded).
+template <class Frag, class View>
+static void check_b_blocks(Frag const& frag, View const& view, const char* what, int D, int t) {
+  CHECK(size<2>(frag) == size<2>(view), "%s k slices D=%d", what, D);
+  for (int kk = 0; kk < size<2>(frag); ++kk) {
+    std::set<int> all;
+    for (int n = 0; n < size<1>(frag); ++n) {
+      int owners = 0;
+      for (int cb = 0; cb < size<1>(view); ++cb) {
+        if (!mma_block_in_copy_block(frag.layout(), n, view.layout(), cb)) continue;
+        ++owners;
+        std::set<int> written;
+        for (int v = 0; v < size<0>(view); ++v) written.insert(int(view.layout()(v, cb, kk)));
+        for (int v = 0; v < size<0>(frag); ++v)
+          CHECK(written.count(int(frag.layout()(v, n, kk))) == 1, "%s block %d in copy block %d D=%d t=%d kk=%d", what,
+                n, cb, D, t, kk);
+      }
+      CHECK(owners == 1, "%s block %d has %d copy blocks D=%d t=%d", what, n, owners, D, t);
+      for (int v = 0; v < size<0>(frag); ++v) all.insert(int(frag.layout()(v, n, kk)));
+    }
+    CHECK(int(all.size()) == int(size<0>(frag) * size<1>(frag)), "%s slice coverage D=%d", what, D);
+  }
+}
+
+template <class T>
 static void check_traits() {
-  using T = FnaForwardTraits<Element, D>;
+  using Element = typename T::Element;
+  constexpr int D = T::kDim;
   constexpr int TQ = T::kTileQ, TK = T::kTileKV;
   typename T::TiledMma mma;
   typename T::SmemLayoutQ lq;
@@ -94,6 +126,8 @@ static void check_traits() {
       Tensor dst = ck.retile_D(thr.partition_B(id));
       CHECK(size(src) == size(dst), "K copy size");
       for (int i = 0; i < size(src); ++i) CHECK(rc(src(i)) == rc(dst(i)), "K copy D=%d t=%d i=%d", D, t, i);
+      Tensor frag = thr.partition_fragment_B(make_tensor(make_smem_ptr((Element*)nullptr), lkv));
+      if constexpr (!T::kPrefetchQK) check_b_blocks(frag, ck.retile_D(frag), "K", D, t);  // gemm_slice_b_by_block
     }
     {
       auto cv = make_tiled_copy_B(typename T::SmemCopyAtomT{}, mma).get_thread_slice(t);
@@ -107,6 +141,7 @@ static void check_traits() {
       Tensor frag = thr.partition_fragment_B(sVt);
       Tensor ref = thr.partition_B(id);
       CHECK(size(frag) == size(ref) && size<1>(frag) == size<1>(ref) && size<2>(frag) == size<2>(ref), "Vt frag");
+      if constexpr (!T::kPrefetchQK) check_b_blocks(frag, cv.retile_D(frag), "V", D, t);
       // V^T view: element (d, j) of sVt is element (j, d) of sV
       for (int d = 0; d < D; d += 7)
         for (int j = 0; j < TK; ++j) CHECK(typename T::SmemLayoutVt{}(d, j) == lkv(j, d), "Vt view");
@@ -149,15 +184,19 @@ static void check_traits() {
       }
   }
   CHECK(int(covered.size()) == TK * D / 8, "copy coverage D=%d", D);
-  std::printf("D=%d (%s): checked\n", D, sizeof(Element) == 2 ? "16-bit" : "?");
+  std::printf("D=%d, %d x %d tiles on %d warps (%s): checked\n", D, TQ, TK, T::kWarps,
+              sizeof(Element) == 2 ? "16-bit" : "?");
 }
 
 int main() {
-  check_traits<cutlass::half_t, 32>();
-  check_traits<cutlass::half_t, 64>();
-  check_traits<cutlass::half_t, 128>();
-  check_traits<cutlass::half_t, 256>();
-  check_traits<cutlass::bfloat16_t, 128>();
+  check_traits<FnaForwardTraits<cutlass::half_t, 32>>();
+  check_traits<FnaForwardTraits<cutlass::half_t, 64>>();
+  check_traits<FnaForwardTraits<cutlass::half_t, 128>>();
+  check_traits<FnaForwardTraits<cutlass::half_t, 256>>();
+  check_traits<FnaForwardTraits<cutlass::bfloat16_t, 128>>();
+  // 128-token query tiles on 4 warps of 32 rows (the forward's q128 kernels, head dim 128)
+  check_traits<FnaForwardTraits<cutlass::half_t, 128, 128, 64, 4>>();
+  check_traits<FnaForwardTraits<cutlass::bfloat16_t, 128, 128, 64, 4>>();
   if (g_failures) {
     std::printf("FAILED (%ld)\n", g_failures);
     return 1;

@@ -46,9 +46,8 @@ struct CtaTile {
 // acc += A(_, _, kk) B(_, _, kk), the B fragments of slice kk loaded from shared memory (sb, through
 // copy_b into bv: b's registers retiled as the copy's) one copy block (ldmatrix.x4: two 8-wide MMA
 // blocks of B) at a time, each multiplied as soon as it is loaded: 4 registers of B live instead of
-// the whole slice (16 for K, 32 for V at head dim 128). MMA block n of b lies in copy block cb when
-// its register offset (mode 1; both views index the same fragment) is inside the copy block's
-// size<0>(bv) elements: a compile-time test after unrolling.
+// the whole slice (16 for K, 32 for V at head dim 128). Which MMA blocks a copy block holds:
+// mma_block_in_copy_block (utils.cuh; checked for every thread by tests/sm80_layout_test.cu).
 template <class TiledMma, class TA, class CopyB, class SB, class TB, class TBView, class TC>
 CUTE_DEVICE void gemm_slice_b_by_block(TiledMma const& mma, TA const& a, CopyB const& copy_b, SB const& sb, TB& b,
                                        TBView& bv, TC& acc, int kk) {
@@ -56,11 +55,9 @@ CUTE_DEVICE void gemm_slice_b_by_block(TiledMma const& mma, TA const& a, CopyB c
   CUTE_UNROLL
   for (int cb = 0; cb < size<1>(bv); ++cb) {
     copy(copy_b, sb(_, cb, kk), bv(_, cb, kk));
-    const int lo = int(layout<1>(bv.layout())(cb));
     CUTE_UNROLL
     for (int n = 0; n < size<1>(b); ++n) {
-      const int off = int(layout<1>(b.layout())(n));
-      if (off < lo || off >= lo + int(size<0>(bv))) continue;
+      if (!mma_block_in_copy_block(b.layout(), n, bv.layout(), cb)) continue;
       CUTE_UNROLL
       for (int m = 0; m < size<1>(a); ++m) gemm(mma, a(_, m, kk), b(_, n, kk), acc(_, m, n));
     }

@@ -165,6 +165,20 @@ CUTE_DEVICE void load_tile_box_inside(Element* smem, SmemLayout const& layout, E
   }
 }
 
+// Whether MMA block n (mode 1) of a B register fragment with layout `frag` lies in copy block cb
+// (mode 1) of the copy's view of the same registers, layout `view` (cute retile_D): mode-1 offsets
+// of both are register-element offsets of the one fragment, and a copy block spans size<0>(view)
+// consecutive elements. Compile-time after unrolling (static layouts). The rule holds for the
+// fragments of the 32-rows-per-warp forward that uses it (tests/sm80_layout_test.cu checks every
+// thread); it does not for every tiling (the V fragment at head dim 32 fails it).
+template <class FragLayout, class ViewLayout>
+CUTE_HOST_DEVICE constexpr bool mma_block_in_copy_block(FragLayout const& frag, int n, ViewLayout const& view,
+                                                        int cb) {
+  const int off = int(cute::layout<1>(frag)(n));
+  const int lo = int(cute::layout<1>(view)(cb));
+  return off >= lo && off < lo + int(cute::size<0>(view));
+}
+
 // 4-byte asynchronous copy global -> shared (cache at all levels; the caller commits / waits).
 CUTE_DEVICE void cp_async_f32(float* smem, float const* gmem) {
   const uint32_t dst = cute::cast_smem_ptr_to_uint(smem);
