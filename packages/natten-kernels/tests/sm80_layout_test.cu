@@ -127,7 +127,7 @@ static void check_traits() {
       CHECK(size(src) == size(dst), "K copy size");
       for (int i = 0; i < size(src); ++i) CHECK(rc(src(i)) == rc(dst(i)), "K copy D=%d t=%d i=%d", D, t, i);
       Tensor frag = thr.partition_fragment_B(make_tensor(make_smem_ptr((Element*)nullptr), lkv));
-      if constexpr (!T::kPrefetchQK) check_b_blocks(frag, ck.retile_D(frag), "K", D, t);  // gemm_slice_b_by_block
+      if constexpr (T::kRows32) check_b_blocks(frag, ck.retile_D(frag), "K", D, t);  // gemm_slice_b_by_block
     }
     {
       auto cv = make_tiled_copy_B(typename T::SmemCopyAtomT{}, mma).get_thread_slice(t);
@@ -141,7 +141,7 @@ static void check_traits() {
       Tensor frag = thr.partition_fragment_B(sVt);
       Tensor ref = thr.partition_B(id);
       CHECK(size(frag) == size(ref) && size<1>(frag) == size<1>(ref) && size<2>(frag) == size<2>(ref), "Vt frag");
-      if constexpr (!T::kPrefetchQK) check_b_blocks(frag, cv.retile_D(frag), "V", D, t);
+      if constexpr (T::kRows32) check_b_blocks(frag, cv.retile_D(frag), "V", D, t);
       // V^T view: element (d, j) of sVt is element (j, d) of sV
       for (int d = 0; d < D; d += 7)
         for (int j = 0; j < TK; ++j) CHECK(typename T::SmemLayoutVt{}(d, j) == lkv(j, d), "Vt view");

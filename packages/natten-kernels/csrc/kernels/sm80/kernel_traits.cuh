@@ -55,12 +55,15 @@ struct FnaForwardTraits {
   // 32 rows per warp (kWarps_ = kTileQ_ / 32, built at head dim 128 only) also takes up to 255
   // registers: 2 CTAs of 4 warps per SM.
   static constexpr int kMinBlocksPerSm = kDimPadded_ <= 32 ? 4 : (kDimPadded_ <= 64 ? 3 : 1);
+  // 32 query rows per warp (O: 128 registers at head dim 128). Then the mainloop loads the GEMMs'
+  // B fragments one ldmatrix block at a time (gemm_slice_b_by_block) instead of prefetching whole
+  // k-slices, and keeps two K buffers (kKStages below).
+  static constexpr bool kRows32 = kWarps_ * 32 == kTileQ_;
   // O += P V: prefetch the V fragment of the next k-slice while the current one multiplies. At
   // head dim 256 one slice is 64 registers next to 128 of O, so there ptxas schedules it alone.
-  // With 32 rows per warp (O: 128 registers at head dim 128) both prefetches are off.
-  static constexpr bool kPrefetchV = kDimPadded_ <= 128 && kWarps_ * 16 == kTileQ_;
+  static constexpr bool kPrefetchV = kDimPadded_ <= 128 && !kRows32;
   // S = Q K^T: load the Q / K fragments of the next k-slice while the current one multiplies.
-  static constexpr bool kPrefetchQK = kWarps_ * 16 == kTileQ_;
+  static constexpr bool kPrefetchQK = !kRows32;
   static constexpr int kTileQLog2 = kTileQ == 128 ? 7 : (kTileQ == 64 ? 6 : (kTileQ == 32 ? 5 : -1));
   static constexpr int kTileKVLog2 = kTileKV == 128 ? 7 : (kTileKV == 64 ? 6 : (kTileKV == 32 ? 5 : -1));
 
@@ -109,7 +112,7 @@ struct FnaForwardTraits {
   static constexpr int kSmemCtaBytes = 512;
   // K buffers: with 32 rows per warp two (K[t + 1] loads during all of step t, issued with V[t]
   // before the score registers are live; mainloop.cuh), else one.
-  static constexpr int kKStages = kWarps_ * 32 == kTileQ_ ? 2 : 1;
+  static constexpr int kKStages = kRows32 ? 2 : 1;
   static constexpr int kSmemBytes =
       int(sizeof(Element)) * (kSmemQ + (kKStages + 1) * kSmemKV) + kSmemMaskBytes + kSmemCtaBytes;
   static_assert(kTileKV <= 64, "the masked path uses one 64-bit column word per row");

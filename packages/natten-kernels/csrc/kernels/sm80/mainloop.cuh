@@ -151,12 +151,11 @@ struct CollectiveMainloop {
     // weight 0 (not -inf * 0 = NaN) should one arrive.
     const float mul = fmaxf(fabsf(p.scale_log2), 1e-30f);
     const bool negate_q = p.scale_log2 < 0.f;
-    // 32 rows per warp (O: 128 registers at head dim 128): the GEMMs load their B fragments (K, V)
-    // one ldmatrix.x4 at a time, each used by its MMAs right away (below).
-    constexpr bool kFineB = !Traits::kPrefetchQK;
+    // 32 rows per warp: B fragments (K, V) one ldmatrix.x4 at a time, each used by its MMAs right
+    // away (gemm_slice_b_by_block), and two K buffers.
+    constexpr bool kFineB = Traits::kRows32;
     constexpr int kKStages = Traits::kKStages;
     constexpr int kSmemKV = Traits::kSmemKV;
-    static_assert(kKStages == 1 || kFineB, "two K buffers only with 32 rows per warp");
     int kb[kRank];
     CUTE_UNROLL
     for (int a = 0; a < kRank; ++a) kb[a] = cta.k.start[a];
