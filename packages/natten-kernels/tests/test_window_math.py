@@ -115,3 +115,10 @@ def test_small_window_plan(tmp_path: Path) -> None:
     """The SM80 small-window forward kernel's plan bounds, walk and row masks against brute force
     (tests/small_window_test.cpp)."""
     _cpp_check(tmp_path, "small_window_test.cpp", SM80, run_timeout=300)
+
+
+def test_sm90_work_context(tmp_path: Path) -> None:
+    """The SM90 forward's division-free work context and row windows (sm90/work_context.cuh) equal
+    the generic SM80 scheduler's on random dilation-1 problems and the suite's shapes
+    (tests/sm90_work_context_test.cpp)."""
+    _cpp_check(tmp_path, "sm90_work_context_test.cpp", KERNELS, run_timeout=300)

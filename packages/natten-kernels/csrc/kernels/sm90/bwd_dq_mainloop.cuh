@@ -108,11 +108,13 @@ struct DqConsumer {
 
     RowWindows win;
     make_row_windows(p, ctx, ct, win);
+    sm80::KeyTiles keys = ctx.keys;
+    pin_registers(keys);  // kept in registers through the key loop (work_context.cuh)
     float lse2[2], delta[2];
     load_row_stats(p, ctx, ct, lse2, delta);
     clear(acc_dq);
 
-    const int total = ctx.keys.total;
+    const int total = keys.total;
     const uint32_t q_phase = uint32_t(iter & 1);
     ss.q_full.wait(q_phase);
     if (total <= 0) {  // never for valid NA; keeps the Q handshake
@@ -126,7 +128,7 @@ struct DqConsumer {
     Tensor tDrdS = make_tensor(ds_regs.data(), acc_as_a_layout<Traits::kTileKV>());
 
     int kb[kRank];
-    sm80::key_tile_origin(p.geo, ctx.keys, 0, kb);
+    sm80::key_tile_origin(p.geo, keys, 0, kb);
     for (int t = 0; t < total; ++t) {
       Tensor acc_s = partition_fragment_C(mma_s, scores_shape);
       Tensor acc_dp = partition_fragment_C(mma_s, scores_shape);
@@ -138,7 +140,7 @@ struct DqConsumer {
       warpgroup_fence_operand(acc_s);
       warpgroup_fence_operand(acc_dp);
       if (t == total - 1) ss.q_empty.arrive();  // the last reads of Q and dO
-      if (!sm80::key_tile_full(p.geo, ctx.keys, kb)) {
+      if (!sm80::key_tile_full(p.geo, keys, kb)) {
         uint64_t w[1][2];
         CUTE_UNROLL
         for (int r = 0; r < 2; ++r) {
@@ -162,7 +164,7 @@ struct DqConsumer {
       warpgroup_fence_operand(ds_regs);
       pipe.consumer_release(st);
       ++st;
-      sm80::key_tile_advance(p.geo, ctx.keys, kb);
+      sm80::key_tile_advance(p.geo, keys, kb);
     }
   }
 };

@@ -8,6 +8,7 @@
 
 #include "sm80/tile_scheduler.cuh"
 #include "sm90/column_words.cuh"
+#include "sm90/work_context.cuh"
 
 namespace natten {
 namespace sm90 {
@@ -36,6 +37,7 @@ struct DqParams {
   int dim;           // D of q / dQ: columns stored
   float scale;       // softmax scale (dQ = scale * dS K)
   float scale_log2;  // scale * log2(e)
+  WorkDecode decode;  // divisors and window axes of the per-tile work decode (work_context.cuh)
 };
 
 }  // namespace sm90

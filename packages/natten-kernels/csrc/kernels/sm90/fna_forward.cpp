@@ -216,6 +216,7 @@ cudaError_t fna_forward(const FnaForwardArgs& args, int dtype, cudaStream_t stre
     kv_ext[a] = on ? args.kv_extent[a] : 1;
   }
   p.heads_per_kv = int(args.heads / args.heads_kv);
+  p.decode = make_work_decode(g, p.heads_per_kv);  // dilation 1 and num_work <= INT_MAX (checked above)
   p.rank = args.rank;
   p.fold_q = args.rank == 3 ? int(args.extent[0]) : 0;
   p.fold_kv = args.rank == 3 ? int(args.kv_extent[0]) : 0;

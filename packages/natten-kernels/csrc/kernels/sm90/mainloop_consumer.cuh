@@ -55,11 +55,18 @@ struct RowWindows {
   int len[2][kRank];  // end - start (inclusive window)
 };
 
-template <class Params>
+template <class Params>  // FnaSm90Params or DqParams (geo, decode)
 __device__ __forceinline__ void make_row_windows(const Params& p, const WorkContext& ctx, int ct,
                                                  RowWindows& w) {
   CUTE_UNROLL
-  for (int r = 0; r < 2; ++r) sm80::query_row_window(p.geo, ctx.qt, frag_row(ct, r), w.start[r], w.len[r]);
+  for (int r = 0; r < 2; ++r) {
+    row_window_fast(p.geo, p.decode, ctx.qt, frag_row(ct, r), w.start[r], w.len[r]);
+    CUTE_UNROLL
+    for (int a = 0; a < kRank; ++a) {
+      pin_registers(w.start[r][a]);  // kept in registers through the key loop (work_context.cuh)
+      pin_registers(w.len[r][a]);
+    }
+  }
 }
 
 // Value written into masked raw scores so that s * scale_log2 = -inf.
@@ -149,10 +156,12 @@ struct MainloopConsumer {
 
     RowWindows win;
     make_row_windows(p, ctx, ct, win);
+    sm80::KeyTiles keys = ctx.keys;
+    pin_registers(keys);  // kept in registers through the key loop (work_context.cuh)
     sm.init();
     clear(acc_o);
 
-    const int total = ctx.keys.total;  // same for both warpgroups (and the producer)
+    const int total = keys.total;  // same for both warpgroups (and the producer)
     const uint32_t q_phase = uint32_t(iter & 1);
     if (total <= 0) {  // never for valid NA (every query attends a key); keeps the Q handshake
       if constexpr (kDefer) epilogue_store_pending<Traits>(p, ct, pending);
@@ -172,7 +181,7 @@ struct MainloopConsumer {
     ss.q_full.wait(q_phase);
 
     int kb[kRank];
-    sm80::key_tile_origin(p.geo, ctx.keys, 0, kb);
+    sm80::key_tile_origin(p.geo, keys, 0, kb);
 
     // ---- section 0: S0, softmax(S0) -> P0
     Tensor p_regs = make_tensor<Element>(partition_fragment_C(mma_s, scores_shape).layout());
@@ -192,10 +201,10 @@ struct MainloopConsumer {
       pipe_k.consumer_release(st_k);
       ++st_k;
       if (total == 1) ss.q_empty.arrive();  // S0 was the last read of Q
-      if (!sm80::key_tile_full(p.geo, ctx.keys, kb)) mask_tile<Traits::kTileKV / 64>(p, win, kb, ct, masked, acc_s);
+      if (!sm80::key_tile_full(p.geo, keys, kb)) mask_tile<Traits::kTileKV / 64>(p, win, kb, ct, masked, acc_s);
       sm.update(acc_s, scale_log2, corr);  // corr = 0 (O is 0 anyway)
       convert_pairs<Element>(acc_s, p_regs);
-      sm80::key_tile_advance(p.geo, ctx.keys, kb);
+      sm80::key_tile_advance(p.geo, keys, kb);
     }
 
     // ---- sections 1 .. T-1: S(t) overlapped with O += P(t-1) V(t-1)
@@ -215,7 +224,7 @@ struct MainloopConsumer {
       pipe_k.consumer_release(st_k);
       ++st_k;
       if (t == total - 1) ss.q_empty.arrive();  // S(T-1) was the last read of Q
-      if (!sm80::key_tile_full(p.geo, ctx.keys, kb)) mask_tile<Traits::kTileKV / 64>(p, win, kb, ct, masked, acc_s);
+      if (!sm80::key_tile_full(p.geo, keys, kb)) mask_tile<Traits::kTileKV / 64>(p, win, kb, ct, masked, acc_s);
       sm.update(acc_s, scale_log2, corr);
 
       warpgroup_wait<0>();  // O += P(t-1) V(t-1) done: P registers and V stage free
@@ -224,7 +233,7 @@ struct MainloopConsumer {
       pipe_v.consumer_release(st_v);
       ++st_v;
       convert_pairs<Element>(acc_s, p_regs);
-      sm80::key_tile_advance(p.geo, ctx.keys, kb);
+      sm80::key_tile_advance(p.geo, keys, kb);
     }
 
     // ---- sections 1 .. T-1 without overlap (head dim 256, Traits::kOverlap false): within the
@@ -250,10 +259,10 @@ struct MainloopConsumer {
       pipe_k.consumer_release(st_k);
       ++st_k;
       if (t == total - 1) ss.q_empty.arrive();  // S(T-1) was the last read of Q
-      if (!sm80::key_tile_full(p.geo, ctx.keys, kb)) mask_tile<Traits::kTileKV / 64>(p, win, kb, ct, masked, acc_s);
+      if (!sm80::key_tile_full(p.geo, keys, kb)) mask_tile<Traits::kTileKV / 64>(p, win, kb, ct, masked, acc_s);
       sm.update(acc_s, scale_log2, corr);
       convert_pairs<Element>(acc_s, p_regs);
-      sm80::key_tile_advance(p.geo, ctx.keys, kb);
+      sm80::key_tile_advance(p.geo, keys, kb);
     }
 
     // ---- section T: O += P(T-1) V(T-1)

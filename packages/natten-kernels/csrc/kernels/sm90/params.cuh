@@ -9,6 +9,7 @@
 
 #include "sm80/tile_scheduler.cuh"  // shared work decomposition / window / key-tile walk
 #include "sm90/column_words.cuh"
+#include "sm90/work_context.cuh"
 
 namespace natten {
 namespace sm90 {
@@ -57,6 +58,8 @@ struct FnaSm90Params {
   // PendingStore; static-order kernels only); 0: right after the tile. Host: NATTEN_HOPPER_EPILOGUE
   // (fna_forward.cpp).
   int defer_epilogue;
+  // Divisors and window axes of the per-tile work decode (work_context.cuh), built by the host.
+  WorkDecode decode;
 };
 
 // TMA coordinates (dims 2..4) of the token box at origin o[] (slab coordinates of the tensor) of

@@ -6,41 +6,16 @@
 #pragma once
 
 #include "sm90/params.cuh"
+#include "sm90/work_context.cuh"
 
 namespace natten {
 namespace sm90 {
 
-struct WorkContext {
-  sm80::WorkTile work;
-  sm80::QueryTile qt;
-  sm80::KeyTiles keys;
-  int64_t kv_head;
-};
-
-// reverse_axes (the forward's dynamic order on causal axes; 0 = the plain order): bit a set = query
-// tiles of axis a in descending order, so the longest key walks come first; and, when batch * heads
-// is even, the tiles of two consecutive (batch, head) pairs interleaved (index 2 (g T + t) + j =
-// tile t of pair 2 g + j, T query tiles per pair): a dynamic schedule then takes tiles of nearly
-// equal walks in turn across two heads, and the lightest ones last. (A model of the greedy dynamic
-// assignment on dense causal attention with 8 heads, 8192 tokens in 128-token tiles, 132 CTAs: the
-// makespan is 1.23x the balanced one with one head after the other, 1.00x with pairs interleaved;
-// benchmarks/NOTES.md.) Two heads at a time keep the keys the grid reads within L2.
-template <class Params>  // FnaSm90Params or the backward's DqParams (geo, heads_per_kv)
+// WorkContext: work_context.cuh. Forward and backward dQ build it without divisions from the
+// WorkDecode the host put in their parameter blocks (FnaSm90Params, DqParams: geo, decode).
+template <class Params>
 NATTEN_HD WorkContext make_work_context(const Params& p, int64_t idx, int reverse_axes = 0) {
-  WorkContext c;
-  if (reverse_axes != 0 && ((p.geo.batch * p.geo.heads) & 1) == 0) {
-    int64_t T = 1;  // work tiles per (batch, head)
-    for (int a = 0; a < kRank; ++a) T *= int64_t(p.geo.q_tiles[a]) * p.geo.groups[a];
-    const int64_t rest = idx >> 1, g = rest / T;
-    idx = ((g << 1) + (idx & 1)) * T + (rest - g * T);
-  }
-  c.work = sm80::decode_work(p.geo, idx);
-  for (int a = 0; a < kRank; ++a)
-    if ((reverse_axes >> a) & 1) c.work.tile[a] = p.geo.q_tiles[a] - 1 - c.work.tile[a];
-  sm80::make_query_tile(p.geo, c.work, c.qt);  // never empty: one dilation group, q_tiles from extent
-  c.keys = sm80::make_key_tiles(p.geo, c.qt);
-  c.kv_head = c.work.head / p.heads_per_kv;
-  return c;
+  return make_work_context_fast(p.geo, p.decode, idx, reverse_axes);
 }
 
 // Rotated round-robin over the work tiles of a persistent grid of G CTAs (the forward's static
