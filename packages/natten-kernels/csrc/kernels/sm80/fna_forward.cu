@@ -107,38 +107,55 @@ int groups_before_size_change(int n, int d) {
   return n - (window::group_extent(n, d, 0) - 1) * d;
 }
 
-// Visited (query, key) pairs of one dilation group of the query slab: query slab group gl.
-double group_visits(const AxisProblem& ax, int gl, int ql, int kl) {
+// Visited (query, key) pairs of a tiling, and those of them in key tiles that need no mask (every
+// key of the tile attended by every query of the query tile; window.cuh, tile_full_range).
+struct PairCount {
+  double all = 0.0;
+  double full = 0.0;
+};
+
+// PairCount of one dilation group of the query slab: query slab group gl.
+PairCount group_visits(const AxisProblem& ax, int gl, int ql, int kl) {
   const int qt = 1 << ql, kt = 1 << kl;
   const int nq = window::group_extent(ax.nq, ax.d, gl);
   const int shift = (ax.q0 + gl) / ax.d;  // global coordinate = slab coordinate + shift
   const int ng = window::group_extent(ax.n, ax.d, (ax.q0 + gl) % ax.d);
   const window::Axis a = window::make_axis(ng, ax.K, ax.s, ax.causal);
-  double visits = 0.0;
+  PairCount c;
   for (int q0 = 0; q0 < nq; q0 += qt) {
     const int q1 = window::imin(q0 + qt - 1, nq - 1);
-    int ks, ke;
+    int ks, ke, lo, hi;
     window::tile_key_range(q0 + shift, q1 + shift, a, ks, ke);
-    visits += double(qt) * double(((ke - ks + kt) >> kl) * kt);
+    window::tile_full_range(q0 + shift, q1 + shift, a, lo, hi);
+    const int tiles = (ke - ks + kt) >> kl;
+    // Key tiles j (origin ks + j kt) inside [lo, hi]: lo >= ks, so j_lo >= 0.
+    const int j_lo = (lo - ks + kt - 1) >> kl;
+    const int span = hi - kt + 1 - ks;  // j kt <= span
+    const int j_hi = span < 0 ? -1 : window::imin(span >> kl, tiles - 1);
+    c.all += double(qt) * double(tiles * kt);
+    c.full += double(qt) * double(j_hi >= j_lo ? (j_hi - j_lo + 1) * kt : 0);
   }
-  return visits;
+  return c;
 }
 
-// Visited (query, key) pairs on one axis for a query tile of 2^ql and key tile of 2^kl tokens,
-// summed over the query tiles of every dilation group of the query slab (padding included: a CTA
-// computes whole tiles). Separable over axes: total = product of the per-axis values.
-double axis_visits(const AxisProblem& ax, int ql, int kl) {
+// PairCount on one axis for a query tile of 2^ql and key tile of 2^kl tokens, summed over the query
+// tiles of every dilation group of the query slab (padding included: a CTA computes whole tiles).
+// Separable over axes: the totals are the products of the per-axis values (a key tile needs no mask
+// iff it needs none on every axis).
+PairCount axis_visits(const AxisProblem& ax, int ql, int kl) {
   // Instead of walking all d groups: the slab group's size, its global group's size and the shift
   // change only where the slab group index crosses one of these cuts, so weigh runs of groups.
   const int d = ax.d, qm = ax.q0 % d;
   const int rn = groups_before_size_change(ax.n, d);
   int cuts[6] = {0, groups_before_size_change(ax.nq, d), d - qm, rn - qm, rn - qm + d, d};
   std::sort(cuts, cuts + 6);
-  double total = 0.0;
+  PairCount total;
   for (int i = 0; i + 1 < 6; ++i) {
     const int lo = window::imax(cuts[i], 0), hi = window::imin(cuts[i + 1], d);
     if (lo >= hi) continue;
-    total += group_visits(ax, lo, ql, kl) * (hi - lo);
+    const PairCount g = group_visits(ax, lo, ql, kl);
+    total.all += g.all * (hi - lo);
+    total.full += g.full * (hi - lo);
   }
   return total;
 }
@@ -151,8 +168,10 @@ int tile_shapes(int rank, int out[][kRank], int capacity, int tile_log2 = kTileL
 }
 
 // Query tiles of 2^tile_log2 tokens, key tiles of 2^kv_log2 (the SM90 kernel at head dim 256: 128
-// and 64). Returns the visited (query, key) pairs of the chosen tiling.
-double choose_tiles(int rank, const AxisProblem ax[kRank], int ql[kRank], int kl[kRank], int tile_log2, int kv_log2) {
+// and 64). Cost of a tiling: its visited pairs, those in key tiles that need a mask weighted by
+// mask_weight (1: pairs only). Returns the visited (query, key) pairs of the chosen tiling.
+double choose_tiles(int rank, const AxisProblem ax[kRank], int ql[kRank], int kl[kRank], int tile_log2, int kv_log2,
+                    double mask_weight) {
   int shapes[kMaxShapes][kRank], kshapes[kMaxShapes][kRank];
   const int ns = tile_shapes(rank, shapes, kMaxShapes, tile_log2);
   const int nk = tile_shapes(rank, kshapes, kMaxShapes, kv_log2);
@@ -162,26 +181,31 @@ double choose_tiles(int rank, const AxisProblem ax[kRank], int ql[kRank], int kl
   }
   if (ns == 1 && nk == 1) {  // rank 1: a single shape
     double c = 1.0;
-    for (int a = 0; a < rank; ++a) c *= axis_visits(ax[a], ql[a], kl[a]);
+    for (int a = 0; a < rank; ++a) c *= axis_visits(ax[a], ql[a], kl[a]).all;
     return c;
   }
-  double cost[kRank][kMaxTileLog2 + 1][kMaxTileLog2 + 1];
+  PairCount cost[kRank][kMaxTileLog2 + 1][kMaxTileLog2 + 1];
   for (int a = 0; a < rank; ++a)
     for (int q = 0; q <= tile_log2; ++q)
       for (int k = 0; k <= kv_log2; ++k) cost[a][q][k] = axis_visits(ax[a], q, k);
-  double best = -1.0;
+  double best = -1.0, best_pairs = 0.0;
   bool best_same = false;
   for (int iq = 0; iq < ns; ++iq) {
     for (int ik = 0; ik < nk; ++ik) {
-      double c = 1.0;
-      for (int a = 0; a < rank; ++a) c *= cost[a][shapes[iq][a]][kshapes[ik][a]];
-      // Fewest visited pairs; among (near-)ties prefer a key box inside the query box (equal
-      // shapes when the sizes are equal).
+      double all = 1.0, full = 1.0;
+      for (int a = 0; a < rank; ++a) {
+        all *= cost[a][shapes[iq][a]][kshapes[ik][a]].all;
+        full *= cost[a][shapes[iq][a]][kshapes[ik][a]].full;
+      }
+      const double c = mask_weight * all - (mask_weight - 1.0) * full;
+      // Lowest cost; among (near-)ties prefer a key box inside the query box (equal shapes when the
+      // sizes are equal).
       bool same = true;
       for (int a = 0; a < kRank; ++a) same = same && kshapes[ik][a] <= shapes[iq][a];
       const bool tie = best >= 0.0 && c <= best * (1.0 + 1e-9) && c >= best * (1.0 - 1e-9);
       if (best < 0.0 || (!tie && c < best) || (tie && same && !best_same)) {
         best = c;
+        best_pairs = all;
         best_same = same;
         for (int a = 0; a < kRank; ++a) {
           ql[a] = shapes[iq][a];
@@ -190,7 +214,7 @@ double choose_tiles(int rank, const AxisProblem ax[kRank], int ql[kRank], int kl
       }
     }
   }
-  return best;
+  return best_pairs;
 }
 
 // Small cache of recent automatic choices, per thread: the search costs O(extent) per axis for each
@@ -203,6 +227,7 @@ struct TileChoiceEntry {
   int rank = 0;
   int tile_log2 = 0;
   int kv_log2 = 0;
+  double mask_weight = 1.0;
   unsigned last_use = 0;
   AxisProblem ax[kRank];
   int ql[kRank], kl[kRank];
@@ -217,13 +242,14 @@ thread_local TileChoiceCache g_tile_cache;
 
 // Returns the visited (query, key) pairs of the chosen tiling.
 double choose_tiles_cached(int rank, const AxisProblem ax[kRank], int ql[kRank], int kl[kRank],
-                           int tile_log2 = kTileLog2, int kv_log2 = -1) {
+                           int tile_log2 = kTileLog2, int kv_log2 = -1, double mask_weight = 1.0) {
   if (kv_log2 < 0) kv_log2 = tile_log2;
   TileChoiceCache& c = g_tile_cache;
   TileChoiceEntry* hit = nullptr;
   TileChoiceEntry* victim = &c.entry[0];
   for (TileChoiceEntry& e : c.entry) {
-    if (e.valid && e.rank == rank && e.tile_log2 == tile_log2 && e.kv_log2 == kv_log2) {
+    if (e.valid && e.rank == rank && e.tile_log2 == tile_log2 && e.kv_log2 == kv_log2 &&
+        e.mask_weight == mask_weight) {
       bool same = true;
       for (int a = 0; a < kRank && same; ++a) same = e.ax[a] == ax[a];
       if (same) {
@@ -235,11 +261,12 @@ double choose_tiles_cached(int rank, const AxisProblem ax[kRank], int ql[kRank],
   }
   if (hit == nullptr) {
     hit = victim;
-    hit->visits = choose_tiles(rank, ax, hit->ql, hit->kl, tile_log2, kv_log2);
+    hit->visits = choose_tiles(rank, ax, hit->ql, hit->kl, tile_log2, kv_log2, mask_weight);
     hit->valid = true;
     hit->rank = rank;
     hit->tile_log2 = tile_log2;
     hit->kv_log2 = kv_log2;
+    hit->mask_weight = mask_weight;
     for (int a = 0; a < kRank; ++a) hit->ax[a] = ax[a];
   }
   hit->last_use = ++c.clock;
@@ -312,7 +339,7 @@ cudaError_t fna_forward_default_tiles(const FnaForwardArgs& args, int q_tile[3],
 }
 
 cudaError_t fna_forward_choose_tiles(const FnaForwardArgs& args, int tile_log2, int q_tile[3], int kv_tile[3],
-                                     int kv_log2) {
+                                     int kv_log2, double mask_weight) {
   if (kv_log2 < 0) kv_log2 = tile_log2;
   if (tile_log2 < 0 || tile_log2 > kMaxTileLog2 || kv_log2 > kMaxTileLog2) return cudaErrorInvalidValue;
   AxisProblem ax[kRank];
@@ -328,7 +355,7 @@ cudaError_t fna_forward_choose_tiles(const FnaForwardArgs& args, int tile_log2, 
       kl[a] = kshapes[0][a];
     }
   } else {
-    choose_tiles_cached(args.rank, ax, ql, kl, tile_log2, kv_log2);
+    choose_tiles_cached(args.rank, ax, ql, kl, tile_log2, kv_log2, mask_weight);
   }
   for (int a = 0; a < kRank; ++a) {
     q_tile[a] = 1 << ql[a];

@@ -63,8 +63,10 @@ double fna_forward_default_pairs(const natten::FnaForwardArgs& args);
 
 // The same chooser for query tiles of 2^tile_log2 tokens and key tiles of 2^kv_log2 (0..7; kv_log2 <
 // 0: the same; the SM90 kernel uses 7 = 128 tokens, and key tiles of 64 at head dim 256).
+// mask_weight: the cost of a visited pair in a key tile that needs a mask, relative to one that needs
+// none (1: the chooser minimizes visited pairs).
 cudaError_t fna_forward_choose_tiles(const natten::FnaForwardArgs& args, int tile_log2, int q_tile[3],
-                                     int kv_tile[3], int kv_log2 = -1);
+                                     int kv_tile[3], int kv_log2 = -1, double mask_weight = 1.0);
 
 // The query-parallel kernel geometry of `args` (shared by the forward and the backward's dQ and
 // dK / dV kernels): normalized axes (rank < 3 padded), slabs, tiles (the caller's, else

@@ -110,7 +110,7 @@ int fna_forward_tile_configs(int rank, int head_dim, int head_dim_v, int* q_tile
 cudaError_t fna_forward_default_tiles(const FnaForwardArgs& args, int q_tile[3], int kv_tile[3]) {
   if (args.head_dim > INT_MAX || args.head_dim_v > INT_MAX) return cudaErrorInvalidValue;
   return sm80::fna_forward_choose_tiles(args, kTileLog2, q_tile, kv_tile,
-                                        kv_tile_log2(int(args.head_dim), int(args.head_dim_v)));
+                                        kv_tile_log2(int(args.head_dim), int(args.head_dim_v)), kMaskedStepCost);
 }
 
 #if defined(NATTEN_HAS_SM90)

@@ -20,6 +20,13 @@ constexpr int kSchedulePingpong = 2;
 constexpr int kDefaultSchedule = kSchedulePingpong;
 constexpr int kTileLog2 = 7;       // query tiles: 128 tokens; key tiles too, except:
 constexpr int kTileLog2KV256 = 6;  // key tiles of 64 tokens at kernel head dim 256
+// Cost of a key step that needs a mask relative to one that needs none, for the default tiles
+// (sm80::fna_forward_choose_tiles' mask_weight). Fitted on H100 from a sweep of the 14 tilings with
+// the fewest visited pairs on hunyuan (fp16, head dim 128; benchmarks/NOTES.md, thirteenth session):
+// time ~ unmasked + 1.35 x masked visited pairs, within 2.5% on all 7 tilings it was fitted on.
+// With pairs alone the chooser took 2x8x8 / 1x4x32 there (every key tile masked), 7.8% slower than
+// 2x8x8 / 2x8x8 (1.7% more pairs, a third of them unmasked).
+constexpr double kMaskedStepCost = 1.35;
 
 // Was the sm_90a kernel compiled into this build (NATTEN_CUDA_ARCHS contains 90a)?
 bool fna_forward_built();
