@@ -14,7 +14,8 @@
 //    holds at least one attended pair, the kernel's per-element mask (query_col_window) and
 //    pair_full() are exact (pair_full true iff every REAL query of the query tile attends every key
 //    of the key tile), no key outside the key slab is used with a real query, and every key of the
-//    key slab is a real row of exactly one work tile (dK / dV written once, zeros included).
+//    key slab is a real row of exactly one work tile (dK / dV written once, zeros included); the
+//    tile chooser's count of the walk's visited pairs (key_walk_axis_pairs) is exact.
 // 3. A numeric replay (float64) of the backward kernels' decisions on random problems (slabs
 //    included) with random q, k, v, dO, dLSE: delta = rowsum(dO * O) - dLSE; dQ accumulated over
 //    the forward's key-tile walk with the 64-bit row-mask words of the masked path; dK / dV
@@ -190,6 +191,7 @@ static void replay(const Problem& p) {
     }
     for (int x : seen) CHECK(x == 1, "a key tile is owned by %d work items", x);
   }
+  double walk_pairs = 0.0;  // visited (query, key) pairs of the walk, padding included
   for (size_t idx = 0; idx < items.size(); ++idx) {
     const ns::KvWorkTile& w = items[idx];
     ns::KeyTile kt;
@@ -212,6 +214,7 @@ static void replay(const Problem& p) {
       if (kok) ++owner[size_t(slab_lin(p.nk, y))];
     }
     const ns::QueryTilesForKey qs = ns::make_query_tiles_for_key(geo, kt);
+    walk_pairs += double(qs.total) * double(1 << (p.ql[0] + p.ql[1] + p.ql[2])) * double(nk);
     // The dK / dV kernel's mask-free intervals (visit_full_halves): A on a prefix, B on a suffix of
     // each axis's visit tiles, interval = [#!B, #A - 1]; checked against pair_full below.
     int full_lo[3] = {0, 0, 0}, full_hi[3] = {-1, -1, -1};
@@ -268,6 +271,12 @@ static void replay(const Problem& p) {
             (long long)idx, t);
     }
   }
+  // The tile chooser's count of this walk (key_walk_axis_pairs, a product over the axes).
+  double model = 1.0;
+  for (int a = 0; a < 3; ++a)
+    model *= ns::key_walk_axis_pairs(p.n[a], p.K[a], p.s[a], p.d[a], p.causal[a], p.nq[a], p.q0[a], p.nk[a], p.k0[a],
+                                     p.ql[a], p.kl[a]);
+  CHECK(model == walk_pairs, "key_walk_axis_pairs gives %.0f visited pairs, the walk visits %.0f", model, walk_pairs);
   for (int yi = 0; yi < NK; ++yi)
     CHECK(owner[size_t(yi)] == 1, "key slab token %d is a real row of %d work tiles, want 1 (dK / dV written once)",
           yi, owner[size_t(yi)]);

@@ -160,6 +160,11 @@ PairCount axis_visits(const AxisProblem& ax, int ql, int kl) {
   return total;
 }
 
+// Visited pairs on one axis of the backward's key-parallel walk (tile_scheduler.cuh).
+double axis_key_walk_visits(const AxisProblem& ax, int ql, int kl) {
+  return key_walk_axis_pairs(ax.n, ax.K, ax.s, ax.d, ax.causal, ax.nq, ax.q0, ax.nkv, ax.k0, ql, kl);
+}
+
 constexpr int kMaxTileLog2 = 7;  // 128-token tiles (the SM90 kernel) share this chooser
 constexpr int kMaxShapes = 36;   // compositions of 7 into 3 parts
 
@@ -169,9 +174,18 @@ int tile_shapes(int rank, int out[][kRank], int capacity, int tile_log2 = kTileL
 
 // Query tiles of 2^tile_log2 tokens, key tiles of 2^kv_log2 (the SM90 kernel at head dim 256: 128
 // and 64). Cost of a tiling: its visited pairs, those in key tiles that need a mask weighted by
-// mask_weight (1: pairs only). Returns the visited (query, key) pairs of the chosen tiling.
+// mask_weight (1: pairs only). key_walk: count the pairs of the backward's key-parallel walk
+// instead (axis_key_walk_visits; mask_weight is then ignored). Returns the visited (query, key)
+// pairs of the chosen tiling.
 double choose_tiles(int rank, const AxisProblem ax[kRank], int ql[kRank], int kl[kRank], int tile_log2, int kv_log2,
-                    double mask_weight) {
+                    double mask_weight, bool key_walk = false) {
+  if (key_walk) mask_weight = 1.0;
+  const auto count = [&](int a, int q, int k) {
+    if (!key_walk) return axis_visits(ax[a], q, k);
+    PairCount c;
+    c.all = c.full = axis_key_walk_visits(ax[a], q, k);
+    return c;
+  };
   int shapes[kMaxShapes][kRank], kshapes[kMaxShapes][kRank];
   const int ns = tile_shapes(rank, shapes, kMaxShapes, tile_log2);
   const int nk = tile_shapes(rank, kshapes, kMaxShapes, kv_log2);
@@ -181,13 +195,13 @@ double choose_tiles(int rank, const AxisProblem ax[kRank], int ql[kRank], int kl
   }
   if (ns == 1 && nk == 1) {  // rank 1: a single shape
     double c = 1.0;
-    for (int a = 0; a < rank; ++a) c *= axis_visits(ax[a], ql[a], kl[a]).all;
+    for (int a = 0; a < rank; ++a) c *= count(a, ql[a], kl[a]).all;
     return c;
   }
   PairCount cost[kRank][kMaxTileLog2 + 1][kMaxTileLog2 + 1];
   for (int a = 0; a < rank; ++a)
     for (int q = 0; q <= tile_log2; ++q)
-      for (int k = 0; k <= kv_log2; ++k) cost[a][q][k] = axis_visits(ax[a], q, k);
+      for (int k = 0; k <= kv_log2; ++k) cost[a][q][k] = count(a, q, k);
   double best = -1.0, best_pairs = 0.0;
   bool best_same = false;
   for (int iq = 0; iq < ns; ++iq) {
@@ -199,9 +213,10 @@ double choose_tiles(int rank, const AxisProblem ax[kRank], int ql[kRank], int kl
       }
       const double c = mask_weight * all - (mask_weight - 1.0) * full;
       // Lowest cost; among (near-)ties prefer a key box inside the query box (equal shapes when the
-      // sizes are equal).
+      // sizes are equal); on the key walk, a query box inside the key box.
       bool same = true;
-      for (int a = 0; a < kRank; ++a) same = same && kshapes[ik][a] <= shapes[iq][a];
+      for (int a = 0; a < kRank; ++a)
+        same = same && (key_walk ? shapes[iq][a] <= kshapes[ik][a] : kshapes[ik][a] <= shapes[iq][a]);
       const bool tie = best >= 0.0 && c <= best * (1.0 + 1e-9) && c >= best * (1.0 - 1e-9);
       if (best < 0.0 || (!tie && c < best) || (tie && same && !best_same)) {
         best = c;
@@ -228,6 +243,7 @@ struct TileChoiceEntry {
   int tile_log2 = 0;
   int kv_log2 = 0;
   double mask_weight = 1.0;
+  bool key_walk = false;
   unsigned last_use = 0;
   AxisProblem ax[kRank];
   int ql[kRank], kl[kRank];
@@ -242,14 +258,15 @@ thread_local TileChoiceCache g_tile_cache;
 
 // Returns the visited (query, key) pairs of the chosen tiling.
 double choose_tiles_cached(int rank, const AxisProblem ax[kRank], int ql[kRank], int kl[kRank],
-                           int tile_log2 = kTileLog2, int kv_log2 = -1, double mask_weight = 1.0) {
+                           int tile_log2 = kTileLog2, int kv_log2 = -1, double mask_weight = 1.0,
+                           bool key_walk = false) {
   if (kv_log2 < 0) kv_log2 = tile_log2;
   TileChoiceCache& c = g_tile_cache;
   TileChoiceEntry* hit = nullptr;
   TileChoiceEntry* victim = &c.entry[0];
   for (TileChoiceEntry& e : c.entry) {
     if (e.valid && e.rank == rank && e.tile_log2 == tile_log2 && e.kv_log2 == kv_log2 &&
-        e.mask_weight == mask_weight) {
+        e.mask_weight == mask_weight && e.key_walk == key_walk) {
       bool same = true;
       for (int a = 0; a < kRank && same; ++a) same = e.ax[a] == ax[a];
       if (same) {
@@ -261,12 +278,13 @@ double choose_tiles_cached(int rank, const AxisProblem ax[kRank], int ql[kRank],
   }
   if (hit == nullptr) {
     hit = victim;
-    hit->visits = choose_tiles(rank, ax, hit->ql, hit->kl, tile_log2, kv_log2, mask_weight);
+    hit->visits = choose_tiles(rank, ax, hit->ql, hit->kl, tile_log2, kv_log2, mask_weight, key_walk);
     hit->valid = true;
     hit->rank = rank;
     hit->tile_log2 = tile_log2;
     hit->kv_log2 = kv_log2;
     hit->mask_weight = mask_weight;
+    hit->key_walk = key_walk;
     for (int a = 0; a < kRank; ++a) hit->ax[a] = ax[a];
   }
   hit->last_use = ++c.clock;
@@ -338,8 +356,9 @@ cudaError_t fna_forward_default_tiles(const FnaForwardArgs& args, int q_tile[3],
   return fna_forward_choose_tiles(args, kTileLog2, q_tile, kv_tile);
 }
 
-cudaError_t fna_forward_choose_tiles(const FnaForwardArgs& args, int tile_log2, int q_tile[3], int kv_tile[3],
-                                     int kv_log2, double mask_weight) {
+namespace {
+cudaError_t choose_tiles_for(const FnaForwardArgs& args, int tile_log2, int q_tile[3], int kv_tile[3], int kv_log2,
+                             double mask_weight, bool key_walk) {
   if (kv_log2 < 0) kv_log2 = tile_log2;
   if (tile_log2 < 0 || tile_log2 > kMaxTileLog2 || kv_log2 > kMaxTileLog2) return cudaErrorInvalidValue;
   AxisProblem ax[kRank];
@@ -355,13 +374,23 @@ cudaError_t fna_forward_choose_tiles(const FnaForwardArgs& args, int tile_log2, 
       kl[a] = kshapes[0][a];
     }
   } else {
-    choose_tiles_cached(args.rank, ax, ql, kl, tile_log2, kv_log2, mask_weight);
+    choose_tiles_cached(args.rank, ax, ql, kl, tile_log2, kv_log2, mask_weight, key_walk);
   }
   for (int a = 0; a < kRank; ++a) {
     q_tile[a] = 1 << ql[a];
     kv_tile[a] = 1 << kl[a];
   }
   return cudaSuccess;
+}
+}  // namespace
+
+cudaError_t fna_forward_choose_tiles(const FnaForwardArgs& args, int tile_log2, int q_tile[3], int kv_tile[3],
+                                     int kv_log2, double mask_weight) {
+  return choose_tiles_for(args, tile_log2, q_tile, kv_tile, kv_log2, mask_weight, false);
+}
+
+cudaError_t key_walk_choose_tiles(const FnaForwardArgs& args, int q_log2, int kv_log2, int q_tile[3], int kv_tile[3]) {
+  return choose_tiles_for(args, q_log2, q_tile, kv_tile, kv_log2, 1.0, true);
 }
 
 cudaError_t fna_forward_geometry(const FnaForwardArgs& args, Geometry* geo, bool* empty, int q_log2_total) {

@@ -68,6 +68,14 @@ double fna_forward_default_pairs(const natten::FnaForwardArgs& args);
 cudaError_t fna_forward_choose_tiles(const natten::FnaForwardArgs& args, int tile_log2, int q_tile[3],
                                      int kv_tile[3], int kv_log2 = -1, double mask_weight = 1.0);
 
+// Tiles for the backward's key-parallel walk (dK / dV kernels: key tiles of 2^kv_log2 tokens on an
+// aligned grid, each visiting the query tiles of 2^q_log2 tokens that attend it): the tiling with the
+// fewest visited pairs of that walk, which differs from the query walk's count that
+// fna_forward_choose_tiles minimizes (a ragged or window-straddling key tile costs whole query
+// tiles). Same contract otherwise (no mask weight).
+cudaError_t key_walk_choose_tiles(const natten::FnaForwardArgs& args, int q_log2, int kv_log2, int q_tile[3],
+                                  int kv_tile[3]);
+
 // The query-parallel kernel geometry of `args` (shared by the forward and the backward's dQ and
 // dK / dV kernels): normalized axes (rank < 3 padded), slabs, tiles (the caller's, else
 // fna_forward_default_tiles'), work count. *empty: nothing to compute (zero batch, heads or query

@@ -453,6 +453,38 @@ NATTEN_HD QueryTilesForKey make_query_tiles_for_key(const Geometry& g, const Key
   return r;
 }
 
+// Visited (query, key) pairs on one axis of the key-parallel walk (make_key_tile /
+// make_query_tiles_for_key): key tiles of 2^kl tokens on an aligned grid over each dilation group of
+// the key slab, each visiting the aligned query tiles of 2^ql tokens that hold a query attending one
+// of its keys; padding tokens of partial tiles count. Separable: the pairs of a tiling are the
+// product over the axes. Unlike the query walk's count (key tiles start at the window of the query
+// tile's first query), the key grid is fixed, so a ragged or window-straddling key tile costs whole
+// query tiles. Host only (the tile chooser); O(d + nkv / 2^kl).
+inline double key_walk_axis_pairs(int n, int K, int s, int d, bool causal, int nq, int q0, int nkv, int k0, int ql,
+                                  int kl) {
+  const int kt = 1 << kl;
+  double total = 0.0;
+  for (int gk = 0; gk < d; ++gk) {  // key slab group (KvWorkTile::group)
+    const int nk = window::group_extent(nkv, d, gk);
+    if (nk <= 0) continue;
+    const int first = k0 + gk;  // global token of the group's first key
+    const int gg = first % d;
+    const int qg = (gg + d - q0 % d) % d;
+    const int nqg = window::group_extent(nq, d, qg);
+    if (nqg <= 0) continue;
+    const window::Axis a = window::make_axis(window::group_extent(n, d, gg), K, s, causal);
+    const int q_shift = (q0 + qg) / d, kv_shift = first / d;
+    for (int kb = 0; kb < nk; kb += kt) {
+      int lo, hi;
+      window::key_run_query_range(kb + kv_shift, window::imin(kb + kt - 1, nk - 1) + kv_shift, a, lo, hi);
+      lo = window::imax(lo - q_shift, 0);
+      hi = window::imin(hi - q_shift, nqg - 1);
+      if (lo <= hi) total += double((hi >> ql) - (lo >> ql) + 1) * double(1 << ql) * double(kt);
+    }
+  }
+  return total;
+}
+
 // Query tile indices of visit t, 0 <= t < total (last axis fastest).
 NATTEN_HD void query_tile_of_visit(const QueryTilesForKey& r, int t, int tile[kRank]) {
   for (int a = kRank - 1; a >= 0; --a) {

@@ -44,10 +44,12 @@ bool bwd_dkdv_can_run(const FnaBackwardArgs& args, int dtype, const char** reaso
 
 #if defined(NATTEN_HAS_SM90)  // helpers of the launch path (builds without sm_90a report no support)
 namespace {
-// The dK / dV kernel's geometry (64-token query tiles, 128-token key tiles from the shared chooser).
+// The dK / dV kernel's geometry: 64-token query tiles, 128-token key tiles with the fewest visited
+// pairs of its key-parallel walk (sm80::key_walk_choose_tiles; the query walk's count chose 2x4x8 /
+// 1x4x32 for hunyuan, 1.5x the walk's pairs of 4x4x4 / 4x8x4 and 1.5x slower on the H100).
 cudaError_t dkdv_geometry(const FnaForwardArgs& f, sm80::Geometry* g) {
   int qt[3], kt[3];
-  const cudaError_t e = sm80::fna_forward_choose_tiles(f, kKvQTileLog2, qt, kt, kKvTileLog2);
+  const cudaError_t e = sm80::key_walk_choose_tiles(f, kKvQTileLog2, kKvTileLog2, qt, kt);
   if (e != cudaSuccess) return e;
   return build_geometry(f, qt, kKvQTileLog2, kt, kKvTileLog2, g);
 }
