@@ -24,13 +24,15 @@ TARGETS = {"1d-32k": 10, "1d-32k-s256": 14, "flux-4k": 7, "flux-4k-gna": 10, "hu
 
 
 def _by_recency(paths: List[str]) -> List[Tuple[str, Dict]]:
-    """The result files oldest first (measurement date, then natten-kernels version, then name), so
-    that for each backend / dtype / use case the newest measurement is the one plotted."""
-    def key(item: Tuple[str, Dict]) -> Tuple[str, Tuple[int, ...], str]:
+    """The result files oldest first (measurement date and UTC time where recorded, then natten-kernels
+    version, then name), so that for each backend / dtype / use case the newest measurement is the
+    one plotted."""
+    def key(item: Tuple[str, Dict]) -> Tuple[str, str, Tuple[int, ...], str]:
         path, data = item
         meta = data.get("meta", {}) if isinstance(data, dict) else {}
         m = re.search(r"natten-kernels (\d+)\.(\d+)\.(\d+)", str(meta.get("kernels", "")))
-        return (str(meta.get("date", "")), tuple(int(g) for g in m.groups()) if m else (), os.path.basename(path))
+        return (str(meta.get("date", "")), str(meta.get("time_utc", "")), tuple(int(g) for g in m.groups()) if m else (),
+                os.path.basename(path))
     items = []
     for path in paths:
         with open(path) as f:

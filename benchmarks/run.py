@@ -219,7 +219,9 @@ def main() -> None:
         kernels = _libnatten.build_info() if _libnatten.is_available() else "not loaded"
     except Exception as e:  # noqa: BLE001
         kernels = f"not loaded ({e})"
-    meta = {"date": datetime.date.today().isoformat(), "device": torch.cuda.get_device_name(),
+    meta = {"date": datetime.date.today().isoformat(),
+            "time_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%H:%M"),  # orders same-day runs
+            "device": torch.cuda.get_device_name(),
             "torch": torch.__version__, "cuda": torch.version.cuda, "kernels": kernels}
     results = []
     for row in [r for r in ROWS if r.id in a.rows]:
