@@ -8,7 +8,10 @@
   from `pip install --no-deps nvidia-cutlass==4.2.0.0` in the same environment), for the
   architectures in NATTEN_CUDA_ARCHS (this script defaults it to "80" to stay fast; the release
   workflow sets the full list from ci/matrix.py). The CMake build directory is kept in
-  build/natten-kernels-<tag>-<archs>/ so a rebuild only recompiles what changed. The wheel is then
+  build/natten-kernels-<tag>-<archs>/ so a rebuild only recompiles what changed, or is the one
+  named by $NATTEN_KERNELS_BUILD_DIR (`.ci/run` points it at the build that its kernels step made
+  for the same architectures, so CI compiles the kernels once; Ninja still rebuilds anything whose
+  sources or flags differ). The wheel is then
   repaired by auditwheel to the most compatible manylinux tag (libcuda.so.1 is excluded: the
   driver is the user's; the CUDA runtime is linked statically).
 
@@ -70,13 +73,20 @@ def build_kernels(out: pathlib.Path) -> None:
     # each, and the development machines have 2 shared cores.
     os.environ.setdefault("CMAKE_BUILD_PARALLEL_LEVEL", "2")
     build_dir = ROOT / "build" / f"natten-kernels-{tag}-{re.sub(r'[^0-9a-z]+', '_', archs)}"
+    if os.environ.get("NATTEN_KERNELS_BUILD_DIR"):
+        build_dir = pathlib.Path(os.environ["NATTEN_KERNELS_BUILD_DIR"]).resolve()
+        print(f"natten-kernels: re-using the CMake build directory {build_dir} "
+              "($NATTEN_KERNELS_BUILD_DIR)", flush=True)
     print(f"natten-kernels: CUDA {cuda}, NATTEN_CUDA_ARCHS={archs}, build dir {build_dir}",
           flush=True)
     # sdist: no compilation.
     run([sys.executable, "-m", "build", "--no-isolation", "--sdist", "--outdir", out, pkg])
     with tempfile.TemporaryDirectory() as raw:
         run([sys.executable, "-m", "build", "--no-isolation", "--wheel", "--outdir", raw,
-             f"-Cbuild-dir={build_dir}", "-Cbuild.verbose=false", pkg])
+             f"-Cbuild-dir={build_dir}", "-Cbuild.verbose=false",
+             # Explicit, so a kept CMake cache (configured with -DNATTEN_CUDA_ARCHS) cannot
+             # build other architectures than the ones asked for here.
+             f"-Ccmake.define.NATTEN_CUDA_ARCHS={archs}", pkg])
         wheels = list(pathlib.Path(raw).glob("*.whl"))
         if len(wheels) != 1:
             raise SystemExit(f"expected one kernel wheel, got {wheels}")
