@@ -83,6 +83,11 @@ HOPPER_CASES = [
     ((37, 29), (7, 6), (2, 1), (1, 1), (True, False), 4, 2, (40, 40), torch.float16, None),
     ((300,), (33,), (1,), (1,), (False,), 2, 1, (32, 128), torch.bfloat16, None),
     ((24, 18), (5, 4), (1, 2), (1, 1), (False, True), 2, 2, (200, 72), torch.float16, None),
+    # split tail of the static work order (natten-kernels 1.3.7; 132 SMs): 2 x 7 x 10 = 140 work tiles
+    # of 10 key tiles (the last 8 cut into 10 chunks each, merged by the combine kernel), and
+    # 2 x 8 x 9 = 144 with stride, GQA and Dv < D (the last 12 cut into 9 chunks)
+    ((1280,), (1280,), (1,), (1,), (False,), 7, 7, 128, torch.float16, None),
+    ((1100,), (1025,), (3,), (1,), (False,), 8, 4, (64, 48), torch.bfloat16, "cooperative"),
 ]
 if torch.cuda.get_device_capability() == (9, 0):
     for shape, ks, st, dl, ca, h, hkv, d, dt, sched in HOPPER_CASES:

@@ -4,7 +4,8 @@
 // random problems with dilation 1 (the SM90 kernels' domain): rank 1-3, odd extents, even and odd
 // kernels, stride, per-axis causal, query / key slabs, every tile shape, batch and heads, GQA, the
 // dynamic order's reversed axes and pair interleave; plus large 1-D / 2-D / 3-D problems (the
-// benchmark suite's shapes) on a sample of their work tiles.
+// benchmark suite's shapes) on a sample of their work tiles; and the forward's split-tail chunks
+// (restrict_key_walk) partition each sampled tile's walk.
 //
 // Build: g++ -std=c++17 -O2 -x c++ -Icsrc/include -Icsrc/kernels tests/sm90_work_context_test.cpp
 #include <algorithm>
@@ -88,6 +89,46 @@ static void compare(const Problem& p, const ns::Geometry& g, const n9::WorkDecod
   }
 }
 
+// Split tail (sm90/split_tail.cuh): for `chunks` in [2, n0] (n0 = the walk's key tiles on axis 0),
+// the chunks of restrict_key_walk are non-empty and their walks, one after the other, are the
+// tile's whole walk in order (origins by key_tile_origin and by the odometer key_tile_advance), with
+// the full-tile bounds unchanged.
+static long g_split_walks = 0;
+static void check_split(const ns::Geometry& g, const n9::WorkDecode& d, int64_t idx, std::mt19937& rng) {
+  const n9::WorkContext ctx = n9::make_work_context_fast(g, d, idx, 0);
+  const ns::KeyTiles& k = ctx.keys;
+  const int n0 = k.count[0];
+  if (n0 < 2 || k.total > 4096) return;
+  static int full[4096][3];
+  for (int t = 0; t < k.total; ++t) ns::key_tile_origin(g, k, t, full[t]);
+  const int tries[2] = {2, 2 + int(rng() % uint32_t(n0 - 1))};
+  for (int chunks : tries) {
+    int pos = 0;
+    for (int j = 0; j < chunks; ++j) {
+      ns::KeyTiles c = k;
+      n9::restrict_key_walk(g, c, j, chunks);
+      CHECK(c.total >= 1 && c.count[0] >= 1, "idx=%lld chunk %d/%d: empty (n0 %d)", (long long)idx, j, chunks, n0);
+      int kb[3];
+      ns::key_tile_origin(g, c, 0, kb);
+      for (int t = 0; t < c.total; ++t, ++pos) {
+        int kt[3];
+        ns::key_tile_origin(g, c, t, kt);
+        bool same = pos < k.total;
+        for (int a = 0; a < 3 && same; ++a) same = kt[a] == full[pos][a] && kb[a] == kt[a];
+        CHECK(same, "idx=%lld chunk %d/%d step %d: origin differs from the whole walk's step %d", (long long)idx, j,
+              chunks, t, pos);
+        ns::key_tile_advance(g, c, kb);
+      }
+      for (int a = 0; a < 3; ++a)
+        CHECK(c.full_lo[a] == k.full_lo[a] && c.full_hi[a] == k.full_hi[a], "idx=%lld: full bounds changed",
+              (long long)idx);
+    }
+    CHECK(pos == k.total, "idx=%lld chunks %d: %d steps in the chunks, %d in the walk", (long long)idx, chunks, pos,
+          k.total);
+    ++g_split_walks;
+  }
+}
+
 static void check_problem(const Problem& p, std::mt19937& rng, int max_tiles) {
   const ns::Geometry g = geometry(p);
   const n9::WorkDecode d = n9::make_work_decode(g, p.heads_per_kv);
@@ -95,6 +136,7 @@ static void check_problem(const Problem& p, std::mt19937& rng, int max_tiles) {
   for (int a = 0; a < p.rank; ++a)
     if (p.causal[a]) rev_all |= 1 << a;
   const int revs[3] = {0, rev_all, int(rng() % 8)};
+  for (int k = 0; k < 4; ++k) check_split(g, d, int64_t(rng() % uint64_t(g.num_work)), rng);
   for (int v = 0; v < 3; ++v) {
     if (g.num_work <= max_tiles) {
       for (int64_t i = 0; i < g.num_work; ++i) compare(p, g, d, i, revs[v]);
@@ -205,6 +247,8 @@ int main(int argc, char** argv) {
     check_problem(p, rng, 300);
   }
   std::printf("suite shapes: %ld checks, %ld failures\n", g_checks - before, g_failures);
+  std::printf("split-tail walks checked: %ld\n", g_split_walks);
+  CHECK(g_split_walks > 1000, "only %ld split-tail walks checked", g_split_walks);
   if (g_failures == 0) std::printf("OK (%ld checks)\n", g_checks);
   return g_failures == 0 ? 0 : 1;
 }

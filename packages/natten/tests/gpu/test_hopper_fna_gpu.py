@@ -228,6 +228,9 @@ def test_dynamic_work_order_is_exact(monkeypatch, case, sched):
     tiles than SMs, NATTEN_HOPPER_SCHEDULE=static / dynamic read per call) computes every tile
     exactly as the static order does: the outputs are bit-identical, and match float64."""
     shape, ks, st, ca, b, h, hkv, d = DYNAMIC_CASES[case]
+    # Bitwise comparison of the two work orders: the static order's split tail (whose merge adds in
+    # another order) is tested on its own below.
+    monkeypatch.setenv("NATTEN_HOPPER_SPLIT_TAIL", "0")
     g = torch.Generator(device="cuda").manual_seed(SEED + case)  # fresh inputs each run (seed printed on failure)
     q = torch.randn(b, *shape, h, d, device="cuda", dtype=torch.float16, generator=g)
     k = torch.randn(b, *shape, hkv, d, device="cuda", dtype=torch.float16, generator=g)
@@ -250,6 +253,72 @@ def test_dynamic_work_order_is_exact(monkeypatch, case, sched):
     for order in ("dynamic", None):
         assert torch.equal(outs[order][0], outs["static"][0]), f"case {case} {order}: out differs from static"
         assert torch.equal(outs[order][1], outs["static"][1]), f"case {case} {order}: lse differs from static"
+
+
+SPLIT_CASES = [  # shape, kernel, stride, causal, Hkv per H, D, Dv, q tile, kv tile, B, dtype
+    ((1280,), (1280,), (1,), (False,), 1, 128, 128, (128,), (128,), 1, torch.bfloat16),  # dense, 10 key tiles
+    ((4000,), (1025,), (3,), (False,), 2, 64, 48, (128,), (128,), 1, torch.float16),  # stride, GQA, Dv < D
+    ((1500,), (700,), (1,), (False,), 1, 256, 256, (128,), (64,), 1, torch.float16),  # head dim 256: 64-key tiles
+    ((96, 100), (45, 37), (2, 1), (False, False), 1, 32, 32, (8, 16), (16, 8), 1, torch.bfloat16),
+    ((20, 24, 28), (9, 11, 13), (1, 2, 1), (False, False, False), 1, 128, 96, (2, 8, 8), (4, 4, 8), 2,
+     torch.float16),  # rank 3, batch folded into X
+]
+
+
+def _split_heads(tiles_per_head: int, batch: int, sms: int, kv_group: int) -> int:
+    """Smallest head count (a multiple of kv_group) whose work-tile count exceeds the SM count by a
+    remainder of at most a quarter of the SMs (the split tail's domain)."""
+    for h in range(kv_group, 64 * kv_group, kv_group):
+        n = batch * h * tiles_per_head
+        if n > sms and 0 < n % sms <= sms // 4:
+            return h
+    raise AssertionError(f"no head count gives a split tail for {tiles_per_head} tiles per head")
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+@pytest.mark.parametrize("case", range(len(SPLIT_CASES)))
+def test_split_tail_matches_oracle(monkeypatch, case, schedule):
+    """The static work order's split tail (natten-kernels >= 1.3.7): with T = F G + r work tiles on
+    G persistent CTAs (F >= 1, small r), the last round's r tiles are cut into key-walk chunks whose
+    fp32 partials a combine kernel merges. The combine kernel must have run (torch.profiler), and
+    the outputs (poisoned before each launch) match float64 and the unsplit launch
+    (NATTEN_HOPPER_SPLIT_TAIL=0), and are bit-identical across runs."""
+    shape, ks, st, ca, kv_group, d, dv, qt, kt, b, dtype = SPLIT_CASES[case]
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    tph = math.prod(-(-n // t) for n, t in zip(shape, qt))
+    h = _split_heads(tph, b, sms, kv_group)
+    hkv = h // kv_group
+    g = torch.Generator(device="cuda").manual_seed(SEED + 31 * case)
+    q = torch.randn(b, *shape, h, d, device="cuda", dtype=dtype, generator=g)
+    k = torch.randn(b, *shape, hkv, d, device="cuda", dtype=dtype, generator=g)
+    v = torch.randn(b, *shape, hkv, dv, device="cuda", dtype=dtype, generator=g)
+    op = OPS[len(shape)]
+
+    def run(split: bool, profile: bool = False):
+        monkeypatch.setenv("NATTEN_HOPPER_SPLIT_TAIL", "1" if split else "0")
+        ops.set_poison_outputs(True)
+        try:
+            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+                res = op(q, k, v, ks, st, 1, ca, backend="hopper-fna", return_lse=True, q_tile_shape=qt,
+                         kv_tile_shape=kt, kernel_schedule=schedule)
+                torch.cuda.synchronize()
+        finally:
+            ops.set_poison_outputs(False)
+        names = [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+        return res, names
+
+    (out, lse), names = run(True)
+    desc = f"case {case} seed {SEED}: shape={shape} H={h} Hkv={hkv} B={b} D={d} Dv={dv} {dtype} {schedule}"
+    assert any("split_combine" in n for n in names), f"{desc}: no combine kernel ran ({sorted(set(names))})"
+    ref_out, ref_lse = na_oracle(q.double(), k.double(), v.double(), ks, st, 1, ca)
+    assert_close(out, ref_out, atol=GPU_TOL[dtype], rtol=0, what=f"{desc} out")
+    assert_close(lse, ref_lse, atol=GPU_TOL[dtype], rtol=0, what=f"{desc} lse")
+    (out2, lse2), _ = run(True)
+    assert torch.equal(out, out2) and torch.equal(lse, lse2), f"{desc}: split results differ between runs"
+    (out0, lse0), names0 = run(False)
+    assert not any("split_combine" in n for n in names0), f"{desc}: NATTEN_HOPPER_SPLIT_TAIL=0 still split"
+    assert_close(out, out0, atol=GPU_TOL[dtype], rtol=0, what=f"{desc} split vs unsplit out")
+    assert_close(lse, lse0, atol=1e-3, rtol=0, what=f"{desc} split vs unsplit lse")
 
 
 def test_unknown_schedule_is_refused():

@@ -167,6 +167,48 @@ bool use_dynamic_schedule(const FnaForwardArgs& args, const Geometry& g) {
   }
   return persistent_grid(g.num_work, dev) < g.num_work;
 }
+
+// NATTEN_HOPPER_SPLIT_TAIL (read per call): "0" turns the split tail off; anything else (or unset)
+// lets split_plan decide.
+bool split_tail_enabled() {
+  const char* e = std::getenv("NATTEN_HOPPER_SPLIT_TAIL");
+  return !(e != nullptr && std::strcmp(e, "0") == 0);
+}
+
+// Shortest key walk (key tiles) of a last-round tile worth splitting: the split saves about
+// (1 - 1 / chunks) of one tile's time (~3.7 us + ~1.4 us per 128-key step at head dim 128 on the
+// H100, NOTES.md) and costs the combine launch (a few us) and the partials' traffic.
+constexpr int kSplitMinSteps = 8;
+
+// Split tail (split_tail.cuh) of a static-order launch: with T work tiles on G persistent CTAs and
+// T = F G + r (F >= 1, 0 < r < G), the r tiles of the last round are cut into c = min(G / r, the
+// smallest axis-0 key-tile count of those tiles) chunks each, so that r c <= G CTAs share the last
+// round instead of r. chunks = 0: no split.
+struct SplitPlan {
+  int chunks = 0;
+  int64_t tiles = 0;  // r
+};
+SplitPlan split_plan(const FnaSm90Params& p) {
+  const Geometry& g = p.geo;
+  if (!split_tail_enabled()) return {};
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return {};
+  }
+  const int64_t G = persistent_grid(g.num_work, dev);
+  if (G <= 0 || g.num_work <= G) return {};
+  const int64_t r = g.num_work % G;
+  if (r == 0 || G / r < 2) return {};
+  int chunks = int(G / r), min_steps = INT_MAX;
+  for (int64_t t = g.num_work - r; t < g.num_work; ++t) {
+    const WorkContext ctx = make_work_context_fast(g, p.decode, t, 0);
+    chunks = ctx.keys.count[0] < chunks ? ctx.keys.count[0] : chunks;
+    min_steps = ctx.keys.total < min_steps ? ctx.keys.total : min_steps;
+  }
+  if (chunks < 2 || min_steps < kSplitMinSteps) return {};
+  return {chunks, r};
+}
 }  // namespace
 #endif
 
@@ -270,9 +312,40 @@ cudaError_t fna_forward(const FnaForwardArgs& args, int dtype, cudaStream_t stre
   p.defer_epilogue = defer_epilogue() ? 1 : 0;
   for (int a = 0; a < args.rank && counter != nullptr; ++a)
     if (args.is_causal[a]) p.reverse_axes |= 1 << a;
+
+  // Split tail (static order only; split_tail.cuh): the fp32 partials of the last round's chunks in
+  // a stream-ordered workspace, as the counter above. Without it the launch runs unsplit.
+  p.num_items = g.num_work;
+  p.split_base = g.num_work;
+  p.split_chunks = 1;
+  p.partial_o = nullptr;
+  p.partial_stats = nullptr;
+  void* split_ws = nullptr;
+  if (counter == nullptr) {
+    const SplitPlan sp = split_plan(p);
+    if (sp.chunks >= 2) {
+      constexpr int64_t kTileQ = int64_t(1) << kTileLog2;
+      const int64_t r = sp.tiles, items = r * sp.chunks;
+      const size_t bytes = size_t(items * kTileQ) * (size_t(D) + 2) * sizeof(float);
+      if (cudaMallocAsync(&split_ws, bytes, stream) != cudaSuccess) {
+        (void)cudaGetLastError();
+        split_ws = nullptr;
+      } else {
+        p.split_base = g.num_work - r;
+        p.num_items = p.split_base + items;
+        p.split_chunks = sp.chunks;
+        p.partial_o = static_cast<float*>(split_ws);
+        p.partial_stats = p.partial_o + items * kTileQ * D;
+      }
+    }
+  }
   const cudaError_t le = launch_dispatch(p, dtype, D, args.kernel_schedule, stream);
   if (counter != nullptr) {
     const cudaError_t fe = cudaFreeAsync(counter, stream);
+    if (le == cudaSuccess && fe != cudaSuccess) return fe;
+  }
+  if (split_ws != nullptr) {
+    const cudaError_t fe = cudaFreeAsync(split_ws, stream);
     if (le == cudaSuccess && fe != cudaSuccess) return fe;
   }
   return le;

@@ -15,6 +15,7 @@
 #include "sm90/kernel_traits.cuh"
 #include "sm90/mainloop_consumer.cuh"
 #include "sm90/mainloop_producer.cuh"
+#include "sm90/split_tail.cuh"
 #include "sm90/tile_scheduler.cuh"
 
 namespace natten {
@@ -24,7 +25,12 @@ namespace sm90 {
 // instantiation: the producer thread's dynamic loop does not fit its 24 registers (ptxas, CUDA 13.0:
 // 72-80 bytes of stack, 128-156 bytes of spills, all in that one thread, which mostly waits on
 // barriers), and the static kernel keeps none of it.
-template <class Traits, bool kPingpong, bool kDynamic>
+//
+// kSplit (static order only): the launch has a split tail (split_tail.cuh). Another instantiation,
+// so that the kernel of unsplit launches stays exactly the one without it: the chunk item's second
+// copy of the key loop (below) changed ptxas' register assignment of the main loop, and hunyuan-gna
+// (never split on an H100) measured 0.7-1.4% slower with it (benchmarks/NOTES.md).
+template <class Traits, bool kPingpong, bool kDynamic, bool kSplit = false>
 __global__ void __launch_bounds__(Traits::kThreads, 1) fna_sm90_forward_kernel(const __grid_constant__ FnaSm90Params p) {
 #if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ >= 900) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using SharedStorage = typename Traits::SharedStorage;
@@ -58,7 +64,11 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) fna_sm90_forward_kernel(c
   __syncthreads();
 
   using PipelineState = typename Traits::PipelineState;
-  const int64_t num_work = p.geo.num_work;
+  // kSplit: whole work tiles below p.split_base, then at most one split-tail chunk item per CTA
+  // (split_tail.cuh: the last round's r tiles as r c <= G chunks, one per CTA position), run after
+  // the loop (inside it, its epilogue pushed the main loop into 400+ bytes of spills).
+  static_assert(!(kSplit && kDynamic), "the dynamic work order never splits");
+  const int64_t num_work = kSplit ? p.split_base : p.geo.num_work;
   // Work order. Static: RotatedWork; producer and consumers derive the same sequence. Dynamic: a
   // CTA's first tile is blockIdx.x, each next one gridDim.x + atomicAdd(p.work_counter, 1), taken by
   // the producer thread before it issues the current tile's loads and published with that tile's
@@ -73,11 +83,20 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) fna_sm90_forward_kernel(c
       PipelineState st_v = cutlass::make_producer_start_state<Pipeline>();
       if constexpr (!kDynamic) {
         int iter = 0;
-        for (RotatedWork rw(blockIdx.x, gridDim.x); rw.more(num_work); rw.next()) {
+        RotatedWork rw(blockIdx.x, gridDim.x);
+        for (; rw.more(num_work); rw.next()) {
           const int64_t idx = rw.index();
           if (idx >= num_work) continue;  // the last step has fewer tiles than CTAs
           MainloopProducer<Traits>::run(p, make_work_context(p, idx), ss, pipe_k, pipe_v, st_k, st_v, iter);
           ++iter;
+        }
+        if constexpr (kSplit) {
+          // rw now stands at the round after the loop's: the chunk items'.
+          const int64_t item = rw.index();
+          if (item < p.num_items) {
+            int slot;
+            MainloopProducer<Traits>::run(p, make_item_context(p, item, slot), ss, pipe_k, pipe_v, st_k, st_v, iter);
+          }
         }
       } else {
         int64_t idx = blockIdx.x;
@@ -101,7 +120,8 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) fna_sm90_forward_kernel(c
     // kernels it raised the spills (D 128: 140 -> 228 bytes) and measured no gain on causal rows.
     constexpr bool kDefer = !kDynamic;
     PendingStore<Traits::kHeadDim> pending = {};  // valid = false
-    for (int iter = 0; idx < num_work; ++iter) {
+    int iter = 0;  // the CTA's work tiles so far (the Q barrier phase)
+    for (; idx < num_work; ++iter) {
       const WorkContext ctx = make_work_context(p, idx, reverse);
       cute::Tensor acc_o = cute::partition_fragment_C(
           mma_pv, cute::Shape<cute::Int<Traits::kTileQ>, cute::Int<Traits::kHeadDim>>{});
@@ -118,6 +138,20 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) fna_sm90_forward_kernel(c
       }
     }
     epilogue_store_pending<Traits>(p, ct, pending);  // the CTA's last tile (deferred epilogue)
+    if constexpr (kSplit) {
+      // This CTA's chunk item (idx is at the round after the loop's): its partial O and row
+      // statistics to the workspace for the combine kernel (split_tail.cuh).
+      if (idx < p.num_items) {
+        int slot;
+        const WorkContext ctx = make_item_context(p, idx, slot);
+        cute::Tensor acc_o = cute::partition_fragment_C(
+            mma_pv, cute::Shape<cute::Int<Traits::kTileQ>, cute::Int<Traits::kHeadDim>>{});
+        OnlineSoftmax sm;
+        MainloopConsumer<Traits, kPingpong, kDefer>::run(p, ctx, ss, pipe_k, pipe_v, ct, sm, acc_o, st_k, st_v, iter,
+                                                        pending);
+        epilogue_store_partial<Traits>(p, ct, slot, sm, acc_o);
+      }
+    }
   }
 #endif
 }

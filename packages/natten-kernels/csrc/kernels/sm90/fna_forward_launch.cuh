@@ -55,8 +55,16 @@ cudaError_t launch_fna_forward_schedule(const FnaSm90Params& params, cudaStream_
   if (params.work_counter != nullptr)  // the dynamic work order (fna_forward_kernel.cuh)
     return launch_persistent<fna_sm90_forward_kernel<Traits, kPingpong, true>, Traits::kSmemBytes, Traits::kThreads>(
         params, params.geo.num_work, stream);
-  return launch_persistent<fna_sm90_forward_kernel<Traits, kPingpong, false>, Traits::kSmemBytes, Traits::kThreads>(
-      params, params.geo.num_work, stream);
+  if (params.split_chunks <= 1)
+    return launch_persistent<fna_sm90_forward_kernel<Traits, kPingpong, false>, Traits::kSmemBytes, Traits::kThreads>(
+        params, params.geo.num_work, stream);
+  const cudaError_t e = launch_persistent<fna_sm90_forward_kernel<Traits, kPingpong, false, true>, Traits::kSmemBytes,
+                                          Traits::kThreads>(params, params.num_items, stream);
+  if (e != cudaSuccess) return e;
+  // Split tail (split_tail.cuh): merge the chunks of the last round's tiles.
+  const dim3 grid(unsigned(params.geo.num_work - params.split_base), unsigned(Traits::kTileQ / kCombineRows));
+  fna_sm90_split_combine_kernel<Traits><<<grid, 32 * kCombineRows, 0, stream>>>(params);
+  return cudaGetLastError();
 }
 
 template <int kDtype, int kHeadDim>

@@ -60,6 +60,17 @@ struct FnaSm90Params {
   int defer_epilogue;
   // Divisors and window axes of the per-tile work decode (work_context.cuh), built by the host.
   WorkDecode decode;
+  // Split tail (static work order only; split_tail.cuh): the work items the CTAs walk are
+  // num_items >= geo.num_work. Items below split_base are whole work tiles (item = tile); item
+  // split_base + u is chunk u % split_chunks of work tile split_base + u / split_chunks: a slice of
+  // its key walk along axis 0, whose un-normalized O and row statistics go to the fp32 workspace
+  // (partial_o, partial_stats) for the combine kernel that runs after this one. Without a split:
+  // num_items = split_base = geo.num_work, split_chunks = 1, the workspace pointers null.
+  int64_t num_items;
+  int64_t split_base;
+  int split_chunks;
+  float* partial_o;      // [chunk item][kTileQ rows][kernel head dim] (un-normalized O)
+  float* partial_stats;  // [chunk item][kTileQ rows][2]: row max (log2 domain, scale folded), row sum
 };
 
 // TMA coordinates (dims 2..4) of the token box at origin o[] (slab coordinates of the tensor) of

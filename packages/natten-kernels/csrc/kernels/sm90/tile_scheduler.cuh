@@ -40,6 +40,22 @@ struct RotatedWork {
   }
 };
 
+// Work context of work item `item` of a (possibly split) launch; slot = the chunk item's index
+// into the split workspace (item - split_base), or -1 for a whole work tile.
+template <class Params>
+NATTEN_HD WorkContext make_item_context(const Params& p, int64_t item, int& slot) {
+  if (item < p.split_base) {
+    slot = -1;
+    return make_work_context(p, item);
+  }
+  const int u = int(item - p.split_base);  // < split_chunks * (num_work - split_base) <= grid size
+  const int t = u / p.split_chunks;
+  WorkContext ctx = make_work_context(p, p.split_base + t);
+  restrict_key_walk(p.geo, ctx.keys, u - t * p.split_chunks, p.split_chunks);
+  slot = u;
+  return ctx;
+}
+
 // Query tile origin (tokens per axis) of the work tile.
 NATTEN_HD void query_tile_origin(const WorkContext& c, int o[kRank]) {
   for (int a = 0; a < kRank; ++a) o[a] = c.qt.q0[a];

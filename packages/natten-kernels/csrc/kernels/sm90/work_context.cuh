@@ -171,5 +171,21 @@ NATTEN_HD void row_window_fast(const sm80::Geometry& g, const WorkDecode& d, con
   }
 }
 
+// Split tail of the forward (params.cuh: num_items, split_base, split_chunks; split_tail.cuh).
+// Restricts a work tile's key walk to chunk `chunk` of `chunks`: the slice [chunk n0 / chunks, (chunk + 1) n0 / chunks) of its n0 key
+// tiles on axis 0, the walk's slowest axis (key_tile_origin), so the chunk is a contiguous run of the
+// walk's steps and the chunks of a tile partition its walk. Masks are unchanged (full_lo / full_hi
+// and the row windows are in key coordinates). A chunk can be empty only when chunks > n0, which
+// the host never plans (split_plan in fna_forward.cpp caps the chunks at the smallest n0).
+NATTEN_HD void restrict_key_walk(const sm80::Geometry& g, sm80::KeyTiles& k, int chunk, int chunks) {
+  const int n0 = k.count[0];
+  const int j0 = chunk * n0 / chunks, j1 = (chunk + 1) * n0 / chunks;  // 32-bit: chunks <= SMs
+  int rest = 1;
+  for (int a = 1; a < kRank; ++a) rest *= k.count[a];
+  k.start[0] += j0 << g.kv_log2[0];
+  k.count[0] = j1 - j0;
+  k.total = rest * (j1 - j0);
+}
+
 }  // namespace sm90
 }  // namespace natten
