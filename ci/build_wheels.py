@@ -77,6 +77,12 @@ def build_kernels(out: pathlib.Path) -> None:
         build_dir = pathlib.Path(os.environ["NATTEN_KERNELS_BUILD_DIR"]).resolve()
         print(f"natten-kernels: re-using the CMake build directory {build_dir} "
               "($NATTEN_KERNELS_BUILD_DIR)", flush=True)
+        # scikit-build-core records the location of the scikit-build-core that configured the
+        # directory (.skbuild-info.json) and, when another one (this venv's) builds there, deletes
+        # CMakeCache.txt and CMakeFiles/ - the compiled objects with them. The cache and objects do
+        # not depend on where scikit-build-core is installed, so drop the record instead: CMake then
+        # reconfigures over the kept cache and Ninja rebuilds only what changed.
+        (build_dir / ".skbuild-info.json").unlink(missing_ok=True)
     print(f"natten-kernels: CUDA {cuda}, NATTEN_CUDA_ARCHS={archs}, build dir {build_dir}",
           flush=True)
     # sdist: no compilation.
