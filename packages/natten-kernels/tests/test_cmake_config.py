@@ -58,7 +58,41 @@ def test_archs_from_env_and_cmake_var(build_dir):
     assert rc == 0, out
     assert "archs 80-real,100a-real,90-virtual (-DNATTEN_CUDA_ARCHS)" in out
     gen = (build_dir / "generated" / "natten_build_config.h").read_text()
-    assert "{80, 0, 0}, {100, 1, 0}, {90, 0, 1}," in gen
+    # The SM80-class images: plain sm_100 SASS for 100a (runs on 10.x), PTX for 90.
+    assert "{80, 0, 0}, {100, 0, 0}, {90, 0, 1}," in gen
+
+
+def _gencodes(build_dir):
+    """The --generate-code flags of the SM80-class and the Hopper translation units."""
+    cmds = subprocess.run(["ninja", "-C", str(build_dir), "-t", "commands"], capture_output=True, text=True,
+                          check=True).stdout.splitlines()
+    sm80 = [c for c in cmds if "/kernels/sm80/fna_forward_fp16_hdim64.cu" in c and "nvcc" in c]
+    sm90 = [c for c in cmds if "/kernels/sm90/fna_forward_fp16_hdim64.cu" in c and "nvcc" in c]
+    flags = lambda c: re.findall(r"--generate-code=\S+", c)  # noqa: E731
+    return flags(sm80[0]), (flags(sm90[0]) if sm90 else None)
+
+
+def test_sm80_kernels_share_one_ptx(build_dir):
+    """The SM80-class units run cicc (most of their compile time) once and ptxas once per SM: every
+    real arch gets its SASS from the lowest requested arch's PTX; '-virtual' entries add their own
+    PTX; the Hopper units keep sm_90a."""
+    rc, out = configure(build_dir, "-DNATTEN_CUDA_ARCHS=80;86;89;90a;100a")
+    assert rc == 0, out[-3000:]
+    sm80, sm90 = _gencodes(build_dir)
+    assert sm80 == ["--generate-code=arch=compute_80,code=[sm_80,sm_86,sm_89,sm_90,sm_100]"], sm80
+    assert sm90 == ["--generate-code=arch=compute_90a,code=[sm_90a]"], sm90
+    assert "{80, 0, 0}, {86, 0, 0}, {89, 0, 0}, {90, 0, 0}, {100, 0, 0}," in (
+        build_dir / "generated" / "natten_build_config.h").read_text()
+    rc, out = configure(build_dir, "-DNATTEN_CUDA_ARCHS=100a;90a;120-virtual")
+    assert rc == 0, out[-3000:]
+    sm80, sm90 = _gencodes(build_dir)
+    assert sm80 == ["--generate-code=arch=compute_90,code=[sm_90,sm_100]",
+                    "--generate-code=arch=compute_120,code=[compute_120]"], sm80
+    assert sm90 == ["--generate-code=arch=compute_90a,code=[sm_90a]"], sm90
+    rc, out = configure(build_dir, "-DNATTEN_CUDA_ARCHS=86")
+    assert rc == 0, out[-3000:]
+    sm80, sm90 = _gencodes(build_dir)
+    assert sm80 == ["--generate-code=arch=compute_86,code=[sm_86]"] and sm90 is None, (sm80, sm90)
 
 
 @pytest.mark.parametrize(

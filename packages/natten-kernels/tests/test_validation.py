@@ -263,15 +263,16 @@ def query_all(lib, pr):
 
 
 def _has_image(built_archs, arch):
+    """Whether the SM80-class kernels have an image for `arch`: SASS is built as plain sm_XY for
+    every requested real arch (90a -> sm_90, 100a -> sm_100; CMakeLists.txt), so it runs on the same
+    major and a same or newer minor; PTX ('-virtual') JITs on newer archs, arch-specific ('a') PTX
+    only on its own."""
     for entry in built_archs:
         num = entry.split("-")[0]
         ptx = entry.endswith("-virtual")
         sm = int(num.rstrip("af"))
-        if num.endswith("a"):
-            if sm == arch:
-                return True
-        elif ptx:
-            if arch >= sm:
+        if ptx:
+            if (num.endswith("a") and sm == arch) or (not num.endswith("a") and arch >= sm):
                 return True
         elif sm // 10 == arch // 10 and arch % 10 >= sm % 10:
             return True
