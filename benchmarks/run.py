@@ -1,13 +1,21 @@
 """The benchmark suite of BENCHMARKS.md: natten backends against cuDNN SDPA in the same process.
 
     python benchmarks/run.py --out DIR [--backends cutlass-fna hopper-fna] [--dtypes fp16 bf16]
-                             [--rows 1d-32k flux-4k ...] [--backward]
+                             [--rows 1d-32k flux-4k ...] [--backward [--bwd-mode grad sum]]
 
 Times are CUDA-event medians (triton.testing.do_bench) after warm-up and include every cost the
 user pays (the natten call does its own layout work); natten and cuDNN are each timed --rounds times
 (default 3), alternating which goes first, and the medians are compared. Speedup = cuDNN time / natten time on the
 same tensors. Effective TFLOP/s counts useful FLOPs only (SEMANTICS.md "Counting work").
 Writes DIR/results.json and DIR/results.md, and prints the markdown table last.
+
+Forward+backward (--backward) is timed as a training step sees the attention op: the forward and
+``torch.autograd.grad(out, (q, k, v), d_out)`` with a fixed random d_out of the output's shape
+(mode "grad", the default; FlashAttention's benchmarks time the backward the same way). Mode "sum"
+times ``op(q, k, v).sum().backward()`` instead, which adds the harness's own work to both sides:
+the reduction, its expanded all-ones gradient (which natten copies to a contiguous tensor) and
+three full-size accumulations into the leaf tensors' ``.grad``; it is what the suites up to
+2026-11-28 measured.
 """
 
 from __future__ import annotations
@@ -81,7 +89,21 @@ def bench(fn, reps: int) -> float:
     return float(do_bench(fn, warmup=max(1, reps // 4), rep=reps, return_mode="median"))
 
 
-def cudnn_time(q, k, v, backward: bool, reps_ms: int, causal: bool = False) -> float:
+BWD_MODES = ("grad", "sum")
+
+
+def backward_step(fwd, inputs, mode: str):
+    """The forward+backward callable timed for ``mode`` (module docstring): ``fwd()`` returns the
+    attention output computed from ``inputs`` (which require grad)."""
+    if mode == "sum":
+        return lambda: fwd().sum().backward()
+    if mode != "grad":
+        raise ValueError(f"bwd mode must be one of {BWD_MODES}, got {mode!r}")
+    d_out = torch.randn_like(fwd().detach())
+    return lambda: torch.autograd.grad(fwd(), inputs, d_out)
+
+
+def cudnn_time(q, k, v, backward: bool, reps_ms: int, causal: bool = False, mode: str = "grad") -> float:
     from torch.nn.attention import sdpa_kernel, SDPBackend
     from torch.nn.functional import scaled_dot_product_attention as sdpa
 
@@ -101,10 +123,7 @@ def cudnn_time(q, k, v, backward: bool, reps_ms: int, causal: bool = False) -> f
     for t in (qt, kt, vt):
         t.requires_grad_(True)
 
-    def fwd_bwd():
-        fwd().sum().backward()
-
-    return bench(fwd_bwd, reps_ms)
+    return bench(backward_step(fwd, (qt, kt, vt), mode), reps_ms)
 
 
 def row_problem(row: Row, backend: str, dtype: torch.dtype, kernel_schedule: Optional[str] = None,
@@ -126,28 +145,32 @@ def row_problem(row: Row, backend: str, dtype: torch.dtype, kernel_schedule: Opt
 
 
 def run_row(row: Row, backend: str, dtype: torch.dtype, backward: bool, reps_ms: int,
-            kernel_schedule: Optional[str] = None, rounds: int = 1, caller_thread: bool = False) -> Dict:
-    """Times one row. ``caller_thread``: run both sides' backward with autograd's multithreading
+            kernel_schedule: Optional[str] = None, rounds: int = 1, caller_thread: bool = False,
+            bwd_mode: str = "grad") -> Dict:
+    """Times one row. ``bwd_mode``: how forward+backward is timed (module docstring).
+    ``caller_thread``: run both sides' backward with autograd's multithreading
     off (``torch.autograd.set_multithreading_enabled(False)``: the engine runs CUDA nodes on the
     calling thread instead of handing each ``.backward()`` to its device thread); a supplementary
     measurement, labelled in the results, never the headline one."""
     q, k, v, op, kw = row_problem(row, backend, dtype, kernel_schedule)
     result: Dict = {"id": row.id, "backend": backend + (f" ({kernel_schedule})" if kernel_schedule else ""),
                     "dtype": str(dtype).split(".")[-1],
-                    "pass": ("fwd+bwd" + (" (caller thread)" if caller_thread else "")) if backward else "fwd"}
+                    "pass": ("fwd+bwd" + (" (sum)" if bwd_mode == "sum" else "") +
+                             (" (caller thread)" if caller_thread else "")) if backward else "fwd"}
     if backward:
         for t in (q, k, v):
             t.requires_grad_(True)
 
     def ours() -> float:
         if backward:
-            return bench(lambda: op(q, k, v, **kw).sum().backward(), reps_ms)
+            return bench(backward_step(lambda: op(q, k, v, **kw), (q, k, v), bwd_mode), reps_ms)
         with torch.no_grad():
             return bench(lambda: op(q, k, v, **kw), reps_ms)
 
     def dense() -> float:
         # Dense rows compare with cuDNN on the same (causal) problem; NA rows with dense cuDNN.
-        return cudnn_time(q.detach(), k.detach(), v.detach(), backward, reps_ms, causal=row.dense and row.causal[0])
+        return cudnn_time(q.detach(), k.detach(), v.detach(), backward, reps_ms, causal=row.dense and row.causal[0],
+                          mode=bwd_mode)
 
     # Rounds alternate the order (natten, cuDNN, then cuDNN, natten, ...) so neither side is always
     # timed right after the other's heavy run (the card's clocks follow its power draw); each side's
@@ -178,6 +201,7 @@ def run_row(row: Row, backend: str, dtype: torch.dtype, backward: bool, reps_ms:
 def markdown(results: List[Dict], meta: Dict) -> str:
     lines = [f"Measured {meta['date']} on {meta['device']} (torch {meta['torch']}, CUDA "
              f"{meta['cuda']}, natten-kernels {meta['kernels']}).", "",
+             *([f"fwd+bwd: {meta['bwd_timing']}", ""] if meta.get("bwd_timing") else []),
              "| id | backend | dtype | pass | natten ms | cuDNN ms | speedup | eff. TFLOP/s | FLOP bound |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
@@ -199,6 +223,8 @@ def main() -> None:
     p.add_argument("--dtypes", nargs="+", default=["fp16", "bf16"], choices=sorted(DTYPES))
     p.add_argument("--rows", nargs="+", default=[r.id for r in ROWS])
     p.add_argument("--backward", action="store_true", help="also time forward+backward")
+    p.add_argument("--bwd-mode", nargs="+", default=["grad"], choices=BWD_MODES,
+                   help="how forward+backward is timed (see above); several modes are timed one after the other")
     p.add_argument("--caller-thread", action="store_true",
                    help="with --backward, also time forward+backward with autograd's multithreading off (the "
                         "backward on the calling thread, no hand-off to the engine's device thread; both sides)")
@@ -223,6 +249,13 @@ def main() -> None:
             "time_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%H:%M"),  # orders same-day runs
             "device": torch.cuda.get_device_name(),
             "torch": torch.__version__, "cuda": torch.version.cuda, "kernels": kernels}
+    if a.backward:
+        meta["bwd_timing"] = ("forward + torch.autograd.grad(out, (q, k, v), d_out), fixed random d_out"
+                              if "grad" in a.bwd_mode else "")
+        if "sum" in a.bwd_mode:
+            meta["bwd_timing"] += ("; " if meta["bwd_timing"] else "") + \
+                "'(sum)': forward + .sum().backward() (adds the reduction, a copy of its expanded gradient " \
+                "and accumulation into leaf .grad, both sides)"
     results = []
     for row in [r for r in ROWS if r.id in a.rows]:
         for dt in a.dtypes:
@@ -230,11 +263,12 @@ def main() -> None:
                                    for s in (a.kernel_schedules if b == "hopper-fna" else [None])]:
                 # hopper-fna (and hopper-fmha, the dense rows) train with the Hopper forward and the
                 # backward natten-kernels chooses (the SM90 dQ and dK / dV kernels where they run).
-                passes = [(False, False)] + ([(True, False)] if a.backward else []) + \
-                    ([(True, True)] if a.backward and a.caller_thread else [])
-                for backward, caller in passes:
+                passes = [(False, False, "grad")] + \
+                    ([(True, False, m) for m in a.bwd_mode] if a.backward else []) + \
+                    ([(True, True, m) for m in a.bwd_mode] if a.backward and a.caller_thread else [])
+                for backward, caller, mode in passes:
                     t0 = time.time()
-                    r = run_row(row, backend, DTYPES[dt], backward, a.rep_ms, sched, a.rounds, caller)
+                    r = run_row(row, backend, DTYPES[dt], backward, a.rep_ms, sched, a.rounds, caller, mode)
                     print(json.dumps(r), f"({time.time() - t0:.1f}s)", flush=True)
                     results.append(r)
                     torch.cuda.empty_cache()
