@@ -102,10 +102,38 @@ def test_autograd_function_eager_and_compiled(monkeypatch):
         lib._destroy()
 
 
+class _CpuPreparedBackward:
+    """Stand-in of _libnatten.PreparedFnaBackward (CPU, float64 oracle through _bwd_cpu): records
+    what it was prepared with and how often it launched."""
+
+    made: list = []
+
+    def __init__(self, q, k, v, out, lse, d_out, d_q, d_k, d_v, kernel_size, stride, dilation, is_causal, scale,
+                 q_tile=None, kv_tile=None, backend=None, deterministic=False, global_shape=None, q_origin=None,
+                 kv_origin=None, kv_splits=None):
+        self.args = (list(kernel_size), list(stride), list(dilation), list(is_causal), scale, list(q_tile or []),
+                     list(kv_tile or []), deterministic, list(global_shape or []), list(q_origin or []),
+                     list(kv_origin or []), list(kv_splits or []), backend)
+        self.strides = (d_out.stride(), d_q.stride(), d_k.stride(), d_v.stride())
+        self.launches = 0
+        _CpuPreparedBackward.made.append(self)
+
+    def launch(self, q, k, v, out, lse, d_out, d_q, d_k, d_v):
+        assert (d_out.stride(), d_q.stride(), d_k.stride(), d_v.stride()) == self.strides
+        self.launches += 1
+        ks, st, dl, ca, scale, qt, kt, det, gs, qo, ko, splits, backend = self.args
+        grads = _bwd_cpu(q, k, v, out, lse, d_out, None, ks, st, dl, ca, scale, qt, kt, det, gs, qo, ko, splits,
+                         backend)
+        for dst, src in zip((d_q, d_k, d_v), grads):
+            dst.copy_(src)
+
+
 @pytest.fixture
 def cpu_stand_ins(monkeypatch):
     monkeypatch.setattr(ops, "fna_forward_eager", ops.fna_forward)
     monkeypatch.setattr(ops, "fna_backward_eager", ops.fna_backward)
+    monkeypatch.setattr(cutlass._libnatten, "PreparedFnaBackward", _CpuPreparedBackward)
+    _CpuPreparedBackward.made.clear()
     lib = torch.library.Library("natten", "IMPL")
     lib.impl("fna_forward", _fwd_cpu, "CPU")
     lib.impl("fna_backward", _bwd_cpu, "CPU")
@@ -288,20 +316,63 @@ def test_prepared_training_path(cpu_stand_ins, monkeypatch, backend):
         assert _SEEN["bwd_backend"] == (1 if backend == "cutlass-fna" else 0)
     assert len(_CpuPreparedForward.made) == 1 and _CpuPreparedForward.made[0].launches == 2
     assert _CpuPreparedForward.made[0].backend == (1 if backend == "cutlass-fna" else 2)
+    # a logsumexp gradient took the general backward above; a loss of out alone (d_lse None, d_out
+    # laid out like out) takes the backward marshalled once per plan and deterministic flag
+    assert _CpuPreparedBackward.made == []
+    ref_xs = [t.clone().requires_grad_(True) for t in (q0, k0, v0)]
+    o, _ = na_oracle(*ref_xs, (3, 4), (1, 2), (1, 1), (False, True), scale=0.3)
+    (o * w).sum().backward()
+    for call in range(3):
+        for x in xs:
+            x.grad = None
+        _SEEN.clear()
+        out, _ = run(*xs)
+        (out * w).sum().backward()
+        for x, r in zip(xs, ref_xs):
+            torch.testing.assert_close(x.grad, r.grad, atol=1e-5, rtol=1e-5)
+        assert _SEEN["bwd_backend"] == (1 if backend == "cutlass-fna" else 0)
+        assert _SEEN["d_lse"] is None
+    assert len(_CpuPreparedBackward.made) == 1 and _CpuPreparedBackward.made[0].launches == 3
+    assert _CpuPreparedBackward.made[0].args[7] is False  # deterministic
+    monkeypatch.setattr(cutlass, "_deterministic", lambda: True)  # the flag the forward saves
+    for x in xs:
+        x.grad = None
+    out, _ = run(*xs)
+    (out * w).sum().backward()
+    monkeypatch.setattr(cutlass, "_deterministic", lambda: False)
+    assert len(_CpuPreparedBackward.made) == 2 and _CpuPreparedBackward.made[1].args[7] is True
+    for x, r in zip(xs, ref_xs):
+        torch.testing.assert_close(x.grad, r.grad, atol=1e-5, rtol=1e-5)
+    # an output gradient laid out unlike out (here: expanded) takes the general path
+    for x in xs:
+        x.grad = None
+    _SEEN.clear()
+    out, _ = run(*xs)
+    out.sum().backward()
+    assert [m.launches for m in _CpuPreparedBackward.made] == [3, 1]
+    assert _SEEN["d_out"].stride() != out.stride()  # the operator's general path saw it
     # poisoned outputs (tests): the prepared launch writes into NaN-filled tensors
     monkeypatch.setattr(ops, "_POISON_OUTPUTS", True)
     for x in xs:
         x.grad = None
     out, _ = run(*xs)
     out.sum().backward()
-    assert _CpuPreparedForward.made[0].launches == 3 and not out.isnan().any()
+    assert _CpuPreparedForward.made[0].launches == 8 and not out.isnan().any()
+    # ... and the prepared backward into NaN-filled gradients (every element written)
+    for x in xs:
+        x.grad = None
+    out, _ = run(*xs)
+    (out * w).sum().backward()
+    assert [m.launches for m in _CpuPreparedBackward.made] == [4, 1]  # the non-deterministic one again
+    for x, r in zip(xs, ref_xs):
+        torch.testing.assert_close(x.grad, r.grad, atol=1e-5, rtol=1e-5)
     monkeypatch.setattr(ops, "_POISON_OUTPUTS", False)
     # a misaligned view takes the unprepared path (no prepared launch)
     flat = [torch.zeros(t.numel() + 1).narrow(0, 1, t.numel()).view(t.shape).copy_(t).requires_grad_(True)
             for t in (q0, k0, v0)]
     out, _ = run(*flat)
     out.sum().backward()
-    assert _CpuPreparedForward.made[0].launches == 3 and flat[0].grad is not None
+    assert _CpuPreparedForward.made[0].launches == 9 and flat[0].grad is not None
     # inputs that do not require grad are not this runner's (the plan key has the grad mode)
     assert not isinstance(mod.prepare_fna(q0, k0, v0, spec, 0.3), cutlass._PreparedTraining)
     # mismatched backward tiles: the unprepared path, which raises the clear error

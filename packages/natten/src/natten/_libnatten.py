@@ -1020,6 +1020,56 @@ def fna_backward_workspace_size(
                              kv_origin, kv_splits)[2]
 
 
+class PreparedFnaBackward:
+    """:func:`fna_backward` with its argument struct marshalled (and validated) once, for repeated
+    calls on tensors of the same shapes, strides, dtypes and device as those given here: each
+    :meth:`launch` only fills in the pointers, the workspace and the stream. The prepared training
+    path of ``cutlass-fna`` / ``hopper-fna`` uses it (the host time of a small training step is
+    most of its cost). ``d_lse`` is not taken: calls with a logsumexp gradient use
+    :func:`fna_backward`."""
+
+    __slots__ = ("_template", "_index", "_ws_bytes")
+
+    def __init__(self, q: Any, k: Any, v: Any, out: Any, lse: Any, d_out: Any, d_q: Any, d_k: Any, d_v: Any,
+                 kernel_size: Any, stride: Any, dilation: Any, is_causal: Any, scale: float, q_tile: Any = None,
+                 kv_tile: Any = None, backend: Optional[str] = None, deterministic: bool = False,
+                 global_shape: Any = None, q_origin: Any = None, kv_origin: Any = None,
+                 kv_splits: Any = None) -> None:
+        _get()
+        if not has_backward():
+            raise KernelsUnavailableError(
+                f"the loaded natten-kernels library (ABI {abi_version()[0]}.{abi_version()[1]}) has no backward; "
+                f"it needs ABI 1.1: {_install_hint()}"
+            )
+        if _torch is None:
+            _import_torch()
+        self._template, self._index, self._ws_bytes = _marshal_backward(
+            q, k, v, out, lse, d_out, None, d_q, d_k, d_v, kernel_size, stride, dilation, is_causal, scale, q_tile,
+            kv_tile, backend, deterministic, global_shape, q_origin, kv_origin, kv_splits)
+
+    def launch(self, q: Any, k: Any, v: Any, out: Any, lse: Any, d_out: Any, d_q: Any, d_k: Any, d_v: Any) -> None:
+        p = FnaBackwardParams.from_buffer_copy(self._template)
+        p.q = q.data_ptr()
+        p.k = k.data_ptr()
+        p.v = v.data_ptr()
+        p.out = out.data_ptr()
+        p.lse = lse.data_ptr()
+        p.d_out = d_out.data_ptr()
+        p.d_q = d_q.data_ptr()
+        p.d_k = d_k.data_ptr()
+        p.d_v = d_v.data_ptr()
+        ws = None
+        if self._ws_bytes > 0:  # caching allocator: 512-byte aligned, stream-ordered reuse
+            ws = _torch.empty(self._ws_bytes, dtype=_torch.uint8, device=q.device)
+            p.workspace_bytes = self._ws_bytes
+            p.workspace = ws.data_ptr()
+        p.stream = _stream_for(self._index)
+        status = _lib.natten_fna_backward(ctypes.byref(p))  # type: ignore[union-attr]
+        if status:
+            raise _error(_lib, status, "natten_fna_backward")
+        del ws  # back to the caching allocator; stream-ordered reuse keeps it valid for the launch
+
+
 def fna_backward(
     q: Any,
     k: Any,
