@@ -163,6 +163,49 @@ def test_backward_errors(fake_bwd):
         L.fna_backward(q, k, v, out, lse, d_out, d_lse, d_q, d_k, d_v, 5, 1, 1, False, 0.25, workspace=ws)
 
 
+def test_prepared_backward_launches_the_struct_fna_backward_builds(fake_bwd, monkeypatch):
+    """PreparedFnaBackward marshals (and validates) once; each launch passes natten_fna_backward the
+    struct fna_backward would build for the same tensors (pointers, workspace from torch's
+    allocator, stream), and a status from the library is raised with its message."""
+    q, k, v, out, lse = _tensors()
+    d_out, _, d_q, d_k, d_v = _grads(q, k, v, out, lse)
+    ws = FakeCudaTensor(torch.empty(4096, dtype=torch.uint8), 1)
+    window = ((3, 4), (2, 1), (1, 2), (True, False), 0.25)
+    L.fna_backward(q, k, v, out, lse, d_out, None, d_q, d_k, d_v, *window, q_tile=(8, 8), kv_tile=(4, 16),
+                   deterministic=True, workspace=ws)
+    want = bytes(fake_bwd.params())
+    prepared = L.PreparedFnaBackward(q, k, v, out, lse, d_out, d_q, d_k, d_v, *window, q_tile=(8, 8),
+                                     kv_tile=(4, 16), deterministic=True)
+    made = []
+
+    def empty(n, dtype, device):
+        made.append((n, dtype, device))
+        return ws
+
+    real_torch = L._torch
+    monkeypatch.setattr(L, "_torch", SimpleNamespace(uint8=torch.uint8, empty=empty))
+    prepared.launch(q, k, v, out, lse, d_out, d_q, d_k, d_v)
+    assert bytes(fake_bwd.params()) == want
+    assert made == [(4096, torch.uint8, q.device)]
+    # other tensors of the same layout: their pointers, nothing else changes
+    q2, k2, v2, out2, lse2 = _tensors()
+    d_out2, _, d_q2, d_k2, d_v2 = _grads(q2, k2, v2, out2, lse2)
+    prepared.launch(q2, k2, v2, out2, lse2, d_out2, d_q2, d_k2, d_v2)
+    p = fake_bwd.params()
+    for name, t in (("q", q2), ("k", k2), ("v", v2), ("out", out2), ("lse", lse2), ("d_out", d_out2),
+                    ("d_q", d_q2), ("d_k", d_k2), ("d_v", d_v2)):
+        assert getattr(p, name) == t.data_ptr(), name
+    assert p.d_lse is None and p.deterministic == 1 and tuple(p.q_tile) == (8, 8, 0)
+    fake_bwd.set(L.STATUS_INVALID_ARGUMENT, b"bad launch")
+    with pytest.raises(L.NattenInvalidArgumentError, match="natten_fna_backward: bad launch"):
+        prepared.launch(q, k, v, out, lse, d_out, d_q, d_k, d_v)
+    fake_bwd.set(0)
+    monkeypatch.setattr(L, "_torch", real_torch)
+    # validation happens when it is made
+    with pytest.raises(L.NattenInvalidArgumentError, match="d_q has shape"):
+        L.PreparedFnaBackward(q, k, v, out, lse, d_out, d_k, d_k, d_v, *window)
+
+
 def test_abi_1_0_library_has_no_backward(tmp_path_factory, monkeypatch):
     so = _build_fake(tmp_path_factory, 1000)
     monkeypatch.setenv(L.ENV_LIBRARY, str(so))

@@ -1048,26 +1048,38 @@ class PreparedFnaBackward:
             kv_tile, backend, deterministic, global_shape, q_origin, kv_origin, kv_splits)
 
     def launch(self, q: Any, k: Any, v: Any, out: Any, lse: Any, d_out: Any, d_q: Any, d_k: Any, d_v: Any) -> None:
-        p = FnaBackwardParams.from_buffer_copy(self._template)
-        p.q = q.data_ptr()
-        p.k = k.data_ptr()
-        p.v = v.data_ptr()
-        p.out = out.data_ptr()
-        p.lse = lse.data_ptr()
-        p.d_out = d_out.data_ptr()
-        p.d_q = d_q.data_ptr()
-        p.d_k = d_k.data_ptr()
-        p.d_v = d_v.data_ptr()
-        ws = None
-        if self._ws_bytes > 0:  # caching allocator: 512-byte aligned, stream-ordered reuse
-            ws = _torch.empty(self._ws_bytes, dtype=_torch.uint8, device=q.device)
-            p.workspace_bytes = self._ws_bytes
-            p.workspace = ws.data_ptr()
-        p.stream = _stream_for(self._index)
-        status = _lib.natten_fna_backward(ctypes.byref(p))  # type: ignore[union-attr]
-        if status:
-            raise _error(_lib, status, "natten_fna_backward")
-        del ws  # back to the caching allocator; stream-ordered reuse keeps it valid for the launch
+        _launch_backward(_lib, self._template, self._index, self._ws_bytes, q, k, v, out, lse, d_out, None, d_q,
+                         d_k, d_v, None)
+
+
+def _launch_backward(lib: Any, template: bytes, index: int, ws_bytes: int, q: Any, k: Any, v: Any, out: Any, lse: Any,
+                     d_out: Any, d_lse: Any, d_q: Any, d_k: Any, d_v: Any, workspace: Any) -> None:
+    """natten_fna_backward from a marshalled struct: the tensors' pointers, the workspace (the
+    caller's, or one from torch's caching allocator) and the stream of the struct's device."""
+    p = FnaBackwardParams.from_buffer_copy(template)
+    p.q = q.data_ptr()
+    p.k = k.data_ptr()
+    p.v = v.data_ptr()
+    p.out = out.data_ptr()
+    p.lse = lse.data_ptr()
+    p.d_out = d_out.data_ptr()
+    p.d_lse = None if d_lse is None else d_lse.data_ptr()
+    p.d_q = d_q.data_ptr()
+    p.d_k = d_k.data_ptr()
+    p.d_v = d_v.data_ptr()
+    ws = workspace
+    if ws_bytes > 0:
+        if ws is None:  # caching allocator: 512-byte aligned, stream-ordered reuse
+            ws = _torch.empty(ws_bytes, dtype=_torch.uint8, device=q.device)
+            p.workspace_bytes = ws_bytes
+        else:
+            p.workspace_bytes = int(ws.shape[0]) * ws.dtype.itemsize  # a 1-D buffer
+        p.workspace = ws.data_ptr()
+    p.stream = _stream_for(index)
+    status = lib.natten_fna_backward(ctypes.byref(p))
+    if status:
+        raise _error(lib, status, "natten_fna_backward")
+    del ws  # returned to the caching allocator; stream-ordered reuse keeps it valid for the launch
 
 
 def fna_backward(
@@ -1125,7 +1137,6 @@ def fna_backward(
         )
     if _torch is None:
         _import_torch()
-    torch = _torch
 
     def meta(t):
         return None if t is None else (t.shape, t.stride(), t.dtype, t.device)
@@ -1149,27 +1160,4 @@ def fna_backward(
                 _BWD_TEMPLATES.clear()
             _BWD_TEMPLATES[key] = entry
     template, index, ws_bytes = entry
-    p = FnaBackwardParams.from_buffer_copy(template)
-    p.q = q.data_ptr()
-    p.k = k.data_ptr()
-    p.v = v.data_ptr()
-    p.out = out.data_ptr()
-    p.lse = lse.data_ptr()
-    p.d_out = d_out.data_ptr()
-    p.d_lse = None if d_lse is None else d_lse.data_ptr()
-    p.d_q = d_q.data_ptr()
-    p.d_k = d_k.data_ptr()
-    p.d_v = d_v.data_ptr()
-    ws = workspace
-    if ws_bytes > 0:
-        if ws is None:  # caching allocator: 512-byte aligned, stream-ordered reuse
-            ws = torch.empty(ws_bytes, dtype=torch.uint8, device=q.device)
-            p.workspace_bytes = ws_bytes
-        else:
-            p.workspace_bytes = int(ws.shape[0]) * ws.dtype.itemsize  # a 1-D buffer
-        p.workspace = ws.data_ptr()
-    p.stream = _stream_for(index)
-    status = lib.natten_fna_backward(ctypes.byref(p))
-    if status:
-        raise _error(lib, status, "natten_fna_backward")
-    del ws  # returned to the caching allocator; stream-ordered reuse keeps it valid for the launch
+    _launch_backward(lib, template, index, ws_bytes, q, k, v, out, lse, d_out, d_lse, d_q, d_k, d_v, workspace)
