@@ -90,6 +90,11 @@ def bench(fn, reps: int) -> float:
 
 
 BWD_MODES = ("grad", "sum")
+BWD_TIMING = {  # the results' description of each mode
+    "grad": "forward + torch.autograd.grad(out, (q, k, v), d_out), fixed random d_out",
+    "sum": "'(sum)': forward + .sum().backward() (adds the reduction, a copy of its expanded gradient and "
+           "accumulation into leaf .grad, both sides)",
+}
 
 
 def backward_step(fwd, inputs, mode: str):
@@ -250,12 +255,7 @@ def main() -> None:
             "device": torch.cuda.get_device_name(),
             "torch": torch.__version__, "cuda": torch.version.cuda, "kernels": kernels}
     if a.backward:
-        meta["bwd_timing"] = ("forward + torch.autograd.grad(out, (q, k, v), d_out), fixed random d_out"
-                              if "grad" in a.bwd_mode else "")
-        if "sum" in a.bwd_mode:
-            meta["bwd_timing"] += ("; " if meta["bwd_timing"] else "") + \
-                "'(sum)': forward + .sum().backward() (adds the reduction, a copy of its expanded gradient " \
-                "and accumulation into leaf .grad, both sides)"
+        meta["bwd_timing"] = "; ".join(BWD_TIMING[m] for m in BWD_MODES if m in a.bwd_mode)
     results = []
     for row in [r for r in ROWS if r.id in a.rows]:
         for dt in a.dtypes:

@@ -1020,6 +1020,19 @@ def fna_backward_workspace_size(
                              kv_origin, kv_splits)[2]
 
 
+def _backward_ready() -> Any:
+    """The loaded library, with torch imported; KernelsUnavailableError if it has no backward."""
+    lib = _lib if _lib is not None else _get()
+    if not has_backward():
+        raise KernelsUnavailableError(
+            f"the loaded natten-kernels library (ABI {abi_version()[0]}.{abi_version()[1]}) has no backward; "
+            f"it needs ABI 1.1: {_install_hint()}"
+        )
+    if _torch is None:
+        _import_torch()
+    return lib
+
+
 class PreparedFnaBackward:
     """:func:`fna_backward` with its argument struct marshalled (and validated) once, for repeated
     calls on tensors of the same shapes, strides, dtypes and device as those given here: each
@@ -1035,14 +1048,7 @@ class PreparedFnaBackward:
                  kv_tile: Any = None, backend: Optional[str] = None, deterministic: bool = False,
                  global_shape: Any = None, q_origin: Any = None, kv_origin: Any = None,
                  kv_splits: Any = None) -> None:
-        _get()
-        if not has_backward():
-            raise KernelsUnavailableError(
-                f"the loaded natten-kernels library (ABI {abi_version()[0]}.{abi_version()[1]}) has no backward; "
-                f"it needs ABI 1.1: {_install_hint()}"
-            )
-        if _torch is None:
-            _import_torch()
+        _backward_ready()
         self._template, self._index, self._ws_bytes = _marshal_backward(
             q, k, v, out, lse, d_out, None, d_q, d_k, d_v, kernel_size, stride, dilation, is_causal, scale, q_tile,
             kv_tile, backend, deterministic, global_shape, q_origin, kv_origin, kv_splits)
@@ -1129,14 +1135,7 @@ def fna_backward(
     ABI 1.2, or kv_splits with one older than 1.3); KernelsUnavailableError if the library predates
     ABI 1.1.
     """
-    lib = _lib if _lib is not None else _get()
-    if not has_backward():
-        raise KernelsUnavailableError(
-            f"the loaded natten-kernels library (ABI {abi_version()[0]}.{abi_version()[1]}) has no backward; "
-            f"it needs ABI 1.1: {_install_hint()}"
-        )
-    if _torch is None:
-        _import_torch()
+    lib = _backward_ready()
 
     def meta(t):
         return None if t is None else (t.shape, t.stride(), t.dtype, t.device)
