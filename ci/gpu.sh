@@ -58,6 +58,20 @@ if has tests; then
 fi
 
 if has sanitize; then
+  step "split tail, rank 3 (the case the sanitizers run below, checked to split)"
+  python3 ci/gpu_sanitize_split_rank3.py --check-split 2>&1 | tee "$OUT/split-rank3.log"
+  rc=${PIPESTATUS[0]}
+  summary+=("split rank 3 (no sanitizer): rc=$rc")
+  [ $rc -eq 0 ] || status=1
+  for tool in memcheck racecheck; do
+    step "compute-sanitizer $tool, split tail rank 3 (own process: NATTEN_HOPPER_PERSISTENT=22)"
+    compute-sanitizer --tool $tool --error-exitcode 9 python3 ci/gpu_sanitize_split_rank3.py \
+      > "$OUT/sanitize-split-rank3-$tool.log" 2>&1
+    rc=$?
+    tail -2 "$OUT/sanitize-split-rank3-$tool.log"
+    summary+=("sanitizer $tool, split rank 3: rc=$rc")
+    [ $rc -eq 0 ] || status=1
+  done
   for tool in memcheck racecheck; do
     step "compute-sanitizer $tool"
     compute-sanitizer --tool $tool --error-exitcode 9 --target-processes all \

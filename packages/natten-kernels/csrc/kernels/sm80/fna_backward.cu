@@ -181,8 +181,11 @@ cudaError_t fna_backward(const FnaBackwardArgs& args, int dtype, cudaStream_t st
       case 256: e = launch_fna_backward<2, 256>(p, stream); break;
     }
   }
-  if (e == cudaSuccess && hopper_dq) e = sm90::bwd_dq(args, dtype, stream);
-  if (e == cudaSuccess && hopper_dkdv) e = sm90::bwd_dkdv(args, dtype, stream);
+  // dK / dV first: the dQ kernel, which reads none of its outputs, then starts on the SMs its
+  // last work tiles leave idle (programmatic dependent launch, sm90/pdl.cuh).
+  bool dkdv_launched = false;
+  if (e == cudaSuccess && hopper_dkdv) e = sm90::bwd_dkdv(args, dtype, stream, &dkdv_launched);
+  if (e == cudaSuccess && hopper_dq) e = sm90::bwd_dq(args, dtype, stream, dkdv_launched);
   return e;
 }
 

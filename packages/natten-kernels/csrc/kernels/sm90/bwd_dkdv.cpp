@@ -91,7 +91,8 @@ int64_t bwd_dkdv_workspace_bytes(const FnaBackwardArgs& args, int dtype) {
 #endif
 }
 
-cudaError_t bwd_dkdv(const FnaBackwardArgs& args, int dtype, cudaStream_t stream) {
+cudaError_t bwd_dkdv(const FnaBackwardArgs& args, int dtype, cudaStream_t stream, bool* launched) {
+  if (launched != nullptr) *launched = false;
   if (!bwd_dkdv_can_run(args, dtype, nullptr)) return cudaErrorNotSupported;
 #if !defined(NATTEN_HAS_SM90)
   (void)stream;
@@ -158,8 +159,13 @@ cudaError_t bwd_dkdv(const FnaBackwardArgs& args, int dtype, cudaStream_t stream
 
   e = launch_bwd_dkdv_tables(p, stream);
   if (e != cudaSuccess) return e;
-  if (dtype == 1) return D == 64 ? launch_bwd_dkdv<1, 64>(p, stream) : launch_bwd_dkdv<1, 128>(p, stream);
-  return D == 64 ? launch_bwd_dkdv<2, 64>(p, stream) : launch_bwd_dkdv<2, 128>(p, stream);
+  const bool dep = pdl_enabled();  // a dependent of the tables kernel (pdl.cuh)
+  if (dtype == 1)
+    e = D == 64 ? launch_bwd_dkdv<1, 64>(p, stream, dep) : launch_bwd_dkdv<1, 128>(p, stream, dep);
+  else
+    e = D == 64 ? launch_bwd_dkdv<2, 64>(p, stream, dep) : launch_bwd_dkdv<2, 128>(p, stream, dep);
+  if (launched != nullptr) *launched = e == cudaSuccess && p.kvg.num_work > 0;
+  return e;
 #endif
 }
 

@@ -3,6 +3,6 @@
 
 namespace natten {
 namespace sm90 {
-template cudaError_t launch_bwd_dkdv<2, 128>(const DkdvParams&, cudaStream_t);
+template cudaError_t launch_bwd_dkdv<2, 128>(const DkdvParams&, cudaStream_t, bool);
 }  // namespace sm90
 }  // namespace natten

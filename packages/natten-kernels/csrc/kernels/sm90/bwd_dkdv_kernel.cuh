@@ -11,6 +11,7 @@
 #include <cutlass/arch/reg_reconfig.h>
 
 #include "sm90/bwd_dkdv_mainloop.cuh"
+#include "sm90/pdl.cuh"
 
 namespace natten {
 namespace sm90 {
@@ -62,6 +63,11 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) fna_sm90_bwd_dkdv_kernel(
   }
   cutlass::arch::fence_barrier_init();
   __syncthreads();
+  // A dependent of the visit-table kernel (pdl.cuh): its tables and work counter are read below.
+  // The dQ kernel, this kernel's dependent, reads none of its outputs, so it may start right away
+  // (on the SMs this kernel's CTAs leave).
+  pdl_wait();
+  pdl_launch_dependents();
 
   // Work tiles: the first is blockIdx.x; each next one comes from a global counter (dynamic:
   // gridDim.x + atomicAdd; the tables kernel zeroed it), so a CTA whose tiles had fewer visits

@@ -12,10 +12,10 @@ namespace natten {
 namespace sm90 {
 
 template <int kDtype, int kHeadDim>
-cudaError_t launch_bwd_dkdv(const DkdvParams& params, cudaStream_t stream) {
+cudaError_t launch_bwd_dkdv(const DkdvParams& params, cudaStream_t stream, bool dependent) {
   using Traits = DkdvTraits<typename DtypeElement<kDtype>::type, kHeadDim>;
   return launch_persistent<fna_sm90_bwd_dkdv_kernel<Traits>, Traits::kSmemBytes, Traits::kThreads>(
-      params, params.kvg.num_work, stream);
+      params, params.kvg.num_work, stream, dependent);
 }
 
 }  // namespace sm90

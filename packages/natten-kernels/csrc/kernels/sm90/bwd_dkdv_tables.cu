@@ -11,12 +11,14 @@
 
 #include "sm90/bwd_dkdv_params.cuh"
 #include "sm90/bwd_dq.hpp"
+#include "sm90/pdl.cuh"
 
 namespace natten {
 namespace sm90 {
 
 __global__ void __launch_bounds__(256) fna_sm90_bwd_dkdv_tables_kernel(const __grid_constant__ DkdvParams p,
                                                                        int64_t entries) {
+  pdl_launch_dependents();  // the dK / dV kernel's CTAs may start their prologue (it waits for this kernel)
   if (blockIdx.x == 0 && threadIdx.x == 0) *p.work_counter = 0u;
   const int64_t step = int64_t(gridDim.x) * blockDim.x;
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < entries; i += step) {

@@ -6,6 +6,7 @@
 #include "sm90/bwd_dq.hpp"
 
 #include <climits>
+#include <cstdlib>
 #include <cstdint>
 #include <cstring>
 
@@ -58,7 +59,12 @@ bool bwd_dq_can_run(const FnaBackwardArgs& args, int dtype, const char** reason)
   return why == nullptr;
 }
 
-cudaError_t bwd_dq(const FnaBackwardArgs& args, int dtype, cudaStream_t stream) {
+bool pdl_enabled() {
+  const char* e = std::getenv("NATTEN_HOPPER_PDL");
+  return !(e != nullptr && std::strcmp(e, "0") == 0);
+}
+
+cudaError_t bwd_dq(const FnaBackwardArgs& args, int dtype, cudaStream_t stream, bool after_dkdv) {
   if (!bwd_dq_can_run(args, dtype, nullptr)) return cudaErrorNotSupported;
 #if !defined(NATTEN_HAS_SM90)
   (void)stream;
@@ -113,8 +119,9 @@ cudaError_t bwd_dq(const FnaBackwardArgs& args, int dtype, cudaStream_t stream) 
   e = encode_backward_inputs(args, dtype, D, ql, kl, &p.tma_q, &p.tma_do, &p.tma_k, &p.tma_v);
   if (e != cudaSuccess) return e;
 
-  if (dtype == 1) return D == 64 ? launch_bwd_dq<1, 64>(p, stream) : launch_bwd_dq<1, 128>(p, stream);
-  return D == 64 ? launch_bwd_dq<2, 64>(p, stream) : launch_bwd_dq<2, 128>(p, stream);
+  const bool dep = after_dkdv && pdl_enabled();
+  if (dtype == 1) return D == 64 ? launch_bwd_dq<1, 64>(p, stream, dep) : launch_bwd_dq<1, 128>(p, stream, dep);
+  return D == 64 ? launch_bwd_dq<2, 64>(p, stream, dep) : launch_bwd_dq<2, 128>(p, stream, dep);
 #endif
 }
 

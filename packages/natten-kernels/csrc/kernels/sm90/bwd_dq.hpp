@@ -26,8 +26,14 @@ bool bwd_dq_can_run(const FnaBackwardArgs& args, int dtype, const char** reason 
 
 // Launches dQ (overwrites d_q) on `stream`; delta must already be in args.workspace (the SM80
 // preprocess, compact [B, H, X, Y, Z] floats over the query slab). Returns cudaErrorNotSupported
-// when bwd_dq_can_run is false or the build has no sm_90a kernel.
-cudaError_t bwd_dq(const FnaBackwardArgs& args, int dtype, cudaStream_t stream);
+// when bwd_dq_can_run is false or the build has no sm_90a kernel. after_dkdv: the stream's previous
+// launch is bwd_dkdv's kernel (its *launched), whose outputs dQ does not read; dQ is then launched as
+// its programmatic dependent (pdl.cuh) unless NATTEN_HOPPER_PDL=0.
+cudaError_t bwd_dq(const FnaBackwardArgs& args, int dtype, cudaStream_t stream, bool after_dkdv = false);
+
+// NATTEN_HOPPER_PDL (read per call): "0" launches the SM90 backward's kernels without programmatic
+// dependence (pdl.cuh), each waiting for the previous one to finish.
+bool pdl_enabled();
 
 // The dK / dV kernel: bwd_dq_can_run's conditions, d_k / d_v 16-byte aligned with strides that are
 // multiples of 8 elements, and the default key parallelism (kv_splits unset: one CTA per key tile).
@@ -40,15 +46,17 @@ bool bwd_dkdv_can_run(const FnaBackwardArgs& args, int dtype, const char** reaso
 int64_t bwd_dkdv_workspace_bytes(const FnaBackwardArgs& args, int dtype);
 
 // Launches dK / dV (overwrites d_k, d_v; keys no query attends get 0) on `stream`: first the visit
-// tables (from lse and delta, which must already be in args.workspace), then the kernel.
+// tables (from lse and delta, which must already be in args.workspace), then the kernel (a
+// programmatic dependent of the tables kernel unless NATTEN_HOPPER_PDL=0). *launched (optional):
+// whether the kernel was launched (false for empty problems and on errors).
 // cudaErrorInvalidValue when args.workspace_bytes is below the sum of both workspace sizes.
-cudaError_t bwd_dkdv(const FnaBackwardArgs& args, int dtype, cudaStream_t stream);
+cudaError_t bwd_dkdv(const FnaBackwardArgs& args, int dtype, cudaStream_t stream, bool* launched = nullptr);
 
 #if defined(NATTEN_HAS_SM90)
 template <int kDtype, int kHeadDim>
-cudaError_t launch_bwd_dq(const DqParams& params, cudaStream_t stream);
+cudaError_t launch_bwd_dq(const DqParams& params, cudaStream_t stream, bool dependent);
 template <int kDtype, int kHeadDim>
-cudaError_t launch_bwd_dkdv(const DkdvParams& params, cudaStream_t stream);
+cudaError_t launch_bwd_dkdv(const DkdvParams& params, cudaStream_t stream, bool dependent);
 cudaError_t launch_bwd_dkdv_tables(const DkdvParams& params, cudaStream_t stream);
 #endif
 

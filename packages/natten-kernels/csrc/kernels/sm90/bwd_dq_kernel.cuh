@@ -10,6 +10,7 @@
 #include <cutlass/arch/reg_reconfig.h>
 
 #include "sm90/bwd_dq_mainloop.cuh"
+#include "sm90/pdl.cuh"
 
 namespace natten {
 namespace sm90 {
@@ -90,6 +91,9 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) fna_sm90_bwd_dq_kernel(co
       ++iter;
     }
   }
+  // Launched as a dependent of the dK / dV kernel (pdl.cuh), whose outputs it does not read: it
+  // waits only before exiting, so that its completion implies that kernel's.
+  pdl_wait();
 #endif
 }
 

@@ -12,10 +12,10 @@ namespace natten {
 namespace sm90 {
 
 template <int kDtype, int kHeadDim>
-cudaError_t launch_bwd_dq(const DqParams& params, cudaStream_t stream) {
+cudaError_t launch_bwd_dq(const DqParams& params, cudaStream_t stream, bool dependent) {
   using Traits = DqTraits<typename DtypeElement<kDtype>::type, kHeadDim>;
   return launch_persistent<fna_sm90_bwd_dq_kernel<Traits>, Traits::kSmemBytes, Traits::kThreads>(
-      params, params.geo.num_work, stream);
+      params, params.geo.num_work, stream, dependent);
 }
 
 }  // namespace sm90

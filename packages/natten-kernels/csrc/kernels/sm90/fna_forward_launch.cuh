@@ -32,8 +32,12 @@ struct DtypeElement<2> {
 // Launches a persistent SM90 kernel (forward, backward dQ or dK / dV) over num_work work tiles with
 // kSmem bytes of dynamic shared memory. The shared memory limit is set once per (kernel, device)
 // instead of every call (a driver round trip on the per-call path); devices past 64 always set it.
+// dependent: launched as a programmatic dependent of the stream's previous kernel (PDL,
+// pdl.cuh): its CTAs may start once every CTA of that kernel has called pdl_launch_dependents, so
+// the kernel itself must call pdl_wait before it reads what that kernel writes, and before it exits
+// (so that its completion still implies the previous kernel's).
 template <auto Kernel, int kSmem, int kThreads, class Params>
-cudaError_t launch_persistent(const Params& params, int64_t num_work, cudaStream_t stream) {
+cudaError_t launch_persistent(const Params& params, int64_t num_work, cudaStream_t stream, bool dependent = false) {
   if (num_work <= 0) return cudaSuccess;
   if (num_work > 2147483647) return cudaErrorInvalidValue;  // hosts check this first
   static std::atomic<bool> done[64];
@@ -45,8 +49,21 @@ cudaError_t launch_persistent(const Params& params, int64_t num_work, cudaStream
     if (dev >= 0 && dev < 64) done[dev].store(true, std::memory_order_release);
   }
   const unsigned grid = unsigned(persistent_grid(num_work, dev));
-  Kernel<<<grid, kThreads, kSmem, stream>>>(params);
-  return cudaGetLastError();
+  if (!dependent) {
+    Kernel<<<grid, kThreads, kSmem, stream>>>(params);
+    return cudaGetLastError();
+  }
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(grid);
+  cfg.blockDim = dim3(kThreads);
+  cfg.dynamicSmemBytes = kSmem;
+  cfg.stream = stream;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  return cudaLaunchKernelEx(&cfg, Kernel, params);
 }
 
 template <int kDtype, int kHeadDim, bool kPingpong>

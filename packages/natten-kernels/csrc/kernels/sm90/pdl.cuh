@@ -1,0 +1,31 @@
+// Programmatic dependent launch (PDL) between the SM90 backward's kernels on one stream: the dK / dV
+// kernel is launched as a dependent of the visit-table kernel, and the dQ kernel as a dependent of
+// the dK / dV kernel (sm80/fna_backward.cu, NATTEN_HOPPER_PDL). A dependent's CTAs may be scheduled
+// once every CTA of the kernel before it has called pdl_launch_dependents (or exited), so its
+// prologue, and the dQ kernel's whole walk on SMs the dK / dV kernel's last tiles leave idle,
+// overlap that kernel instead of waiting for it to drain.
+//
+// Rules, for every kernel that may be launched as a dependent:
+// - pdl_wait before reading anything the previous kernel writes (it returns once that kernel has
+//   completed and its memory operations are visible; at once when the launch was not dependent);
+// - pdl_wait before exiting, so that the kernel's completion implies the previous kernel's and the
+//   stream's later work sees both.
+#pragma once
+
+namespace natten {
+namespace sm90 {
+
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ >= 900)
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void pdl_launch_dependents() {
+#if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ >= 900)
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+}  // namespace sm90
+}  // namespace natten
