@@ -5,6 +5,7 @@
 // every build; the launchers exist only when NATTEN_HAS_SM90 is set.
 #include <climits>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 
 #include "sm80/fna_backward.hpp"
@@ -68,6 +69,38 @@ int64_t table_bytes(const sm80::Geometry& g, int64_t* tiles_total) {
   return bytes;  // a multiple of 256
 }
 
+// Workspace bytes of the work order (DkdvParams::tile_order), after the work counter's 256.
+constexpr int64_t kOrderBytes = int64_t(kDkdvOrderMaxTiles) * 4;
+
+// NATTEN_HOPPER_BWD_ORDER (read per call): "natural" keeps the dK / dV kernel's natural work order.
+bool work_order_enabled() {
+  const char* e = std::getenv("NATTEN_HOPPER_BWD_ORDER");
+  return !(e != nullptr && std::strcmp(e, "natural") == 0);
+}
+
+// The dK / dV kernel's work order (DkdvParams::tile_order): used when every (batch, kv head) has
+// 2..kDkdvOrderMaxTiles key tiles and the schedule runs 1 to 4 rounds of work tiles (more than one
+// per CTA, and few enough that the last round is a large share of the time). Near the grid's edges
+// the shifted windows make some key tiles' walks up to 1.5x the interior ones (1-D, window w: the
+// tiles w / 2 .. w from either end: 48 query-tile visits against 34 at w = 2048), and with a CTA's
+// next tile claimed one tile early, the natural order's first two rounds are fixed pairs, so a
+// CTA that drew one of those tiles in each round set the end (1d-32k: ~166 us of dK / dV against
+// ~134 of work per SM). Ordered (longest walks first) and mirror-paired (the kernel), the pairs
+// even out: H200, dK / dV backward -4.0% to -4.9% on the 1-D benchmark rows (NOTES.md).
+bool use_work_order(const DkdvParams& p) {
+  if (!work_order_enabled()) return false;
+  int64_t tiles = 1;
+  for (int a = 0; a < kRank; ++a) tiles *= int64_t(p.kvg.splits[a]) * p.kvg.groups[a];
+  if (tiles < 2 || tiles > kDkdvOrderMaxTiles) return false;
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return false;
+  }
+  const int64_t grid = persistent_grid(p.kvg.num_work, dev);
+  return p.kvg.num_work > grid && p.kvg.num_work <= 4 * grid;
+}
+
 bool empty_problem(const FnaForwardArgs& f) {
   for (int a = 0; a < f.rank; ++a)
     if (f.extent[a] == 0 || f.kv_extent[a] == 0) return true;
@@ -87,7 +120,8 @@ int64_t bwd_dkdv_workspace_bytes(const FnaBackwardArgs& args, int dtype) {
   if (dkdv_geometry(args.fwd, &g) != cudaSuccess) return 0;  // the launch reports it
   int64_t tiles = 0;
   const int64_t one = table_bytes(g, &tiles);
-  return one < 0 || one > INT64_MAX / 2 - 256 ? -1 : 2 * one + 256;  // + the work counter
+  // + the work counter (256) and the work order
+  return one < 0 || one > INT64_MAX / 2 - 256 - kOrderBytes ? -1 : 2 * one + 256 + kOrderBytes;
 #endif
 }
 
@@ -120,6 +154,13 @@ cudaError_t bwd_dkdv(const FnaBackwardArgs& args, int dtype, cudaStream_t stream
   p.tab_lse2 = reinterpret_cast<float*>(tables);
   p.tab_delta = reinterpret_cast<float*>(tables + one_table);
   p.work_counter = reinterpret_cast<unsigned*>(tables + 2 * one_table);
+  // The work order, when the workspace has room for it (a caller may have sized it by an older
+  // natten_fna_backward_workspace_size) and use_work_order asks for it.
+  if (args.workspace_bytes - delta_bytes - (2 * one_table + 256) >= kOrderBytes && use_work_order(p)) {
+    p.tile_order = reinterpret_cast<int*>(tables + 2 * one_table + 256);
+    p.order_tiles = 1;
+    for (int a = 0; a < kRank; ++a) p.order_tiles *= p.kvg.splits[a] * p.kvg.groups[a];
+  }
 
   p.dk = args.d_k;
   p.dv = args.d_v;

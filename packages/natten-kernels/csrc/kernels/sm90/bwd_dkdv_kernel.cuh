@@ -69,9 +69,11 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) fna_sm90_bwd_dkdv_kernel(
   pdl_wait();
   pdl_launch_dependents();
 
-  // Work tiles: the first is blockIdx.x; each next one comes from a global counter (dynamic:
-  // gridDim.x + atomicAdd; the tables kernel zeroed it), so a CTA whose tiles had fewer visits
-  // takes more of them. The producer thread fetches each index one work tile early and stores it
+  // Work tiles: schedule position blockIdx.x first; each next position comes from a global counter
+  // (dynamic: gridDim.x + atomicAdd; the tables kernel zeroed it), so a CTA whose tiles had fewer
+  // visits takes more of them. Position -> work tile: dkdv_work_index. With a work order (written
+  // by the tables kernel: longest walks first) a CTA's second position is its mirror
+  // 2 gridDim.x - 1 - blockIdx.x and the counter starts at 2 gridDim.x (see the producer). The producer thread fetches each index one work tile early and stores it
   // into ss.work[(iter + 1) & 1] before arriving on tile iter's kv_full, which publishes it; the
   // consumers read it after that tile (the slot is rewritten two tiles later, after their kv_empty
   // arrive of the tile in between), so they know each tile's index before waiting for its K / V.
@@ -81,15 +83,25 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) fna_sm90_bwd_dkdv_kernel(
     if (threadIdx.x == 0) {
       PipelineState st = cutlass::make_producer_start_state<Pipeline>();
       volatile int64_t* work = ss.work;
-      int64_t idx = blockIdx.x;
-      // fetched one tile early, so the atomic's latency hides under the wait for kv_empty
-      int64_t pending = int64_t(gridDim.x) + atomicAdd(p.work_counter, 1u);
+      int64_t idx = dkdv_work_index(p, blockIdx.x);  // grid <= num_work
+      // positions past the end stay >= num_work (the loops' exit)
+      auto tile_at = [&](int64_t o) { return o < num_work ? dkdv_work_index(p, o) : o; };
+      const int64_t grid = gridDim.x;
+      // The next position is fetched one tile early (the atomic's latency hides under the wait for
+      // kv_empty), so a CTA's second position is fixed before any tile ends. An ordered launch
+      // makes it the mirror 2G - 1 - b, which pairs the b-th longest walk of the first round with
+      // the b-th shortest of the second, and hands out 2G, 2G + 1, ... from the counter; the
+      // natural order takes G, G + 1, ... from the counter from the start.
+      const bool ordered = p.tile_order != nullptr;
+      const int64_t base = ordered ? 2 * grid : grid;
+      auto next = [&]() { return tile_at(base + atomicAdd(p.work_counter, 1u)); };
+      int64_t pending = ordered ? tile_at(2 * grid - 1 - int64_t(blockIdx.x)) : next();
       for (int iter = 0; idx < num_work; ++iter) {
         if (iter > 0) ss.kv_empty.wait(uint32_t((iter - 1) & 1));
         work[(iter + 1) & 1] = pending;
         DkdvProducer<Traits>::run(p, make_kv_work_context(p, idx), ss, pipe, st);
         idx = work[(iter + 1) & 1];
-        pending = int64_t(gridDim.x) + atomicAdd(p.work_counter, 1u);
+        pending = next();
       }
     }
   } else {
@@ -98,7 +110,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) fna_sm90_bwd_dkdv_kernel(
     typename Traits::TiledMmaAcc mma_acc;
     PipelineState st;
     volatile int64_t* work = ss.work;
-    int64_t idx = blockIdx.x;
+    int64_t idx = dkdv_work_index(p, blockIdx.x);
     for (int iter = 0; idx < num_work; ++iter) {
       const KvWorkContext ctx = make_kv_work_context(p, idx);
       auto acc_shape = cute::Shape<cute::Int<Traits::kTileKV>, cute::Int<Traits::kHeadDim>>{};
