@@ -109,10 +109,11 @@ bool empty_problem(const FnaForwardArgs& f) {
 }  // namespace
 #endif
 
-int64_t bwd_dkdv_workspace_bytes(const FnaBackwardArgs& args, int dtype) {
+int64_t bwd_dkdv_workspace_bytes(const FnaBackwardArgs& args, int dtype, bool with_order) {
 #if !defined(NATTEN_HAS_SM90)
   (void)args;
   (void)dtype;
+  (void)with_order;
   return 0;
 #else
   if (!bwd_dkdv_can_run(args, dtype, nullptr) || empty_problem(args.fwd)) return 0;
@@ -121,7 +122,7 @@ int64_t bwd_dkdv_workspace_bytes(const FnaBackwardArgs& args, int dtype) {
   int64_t tiles = 0;
   const int64_t one = table_bytes(g, &tiles);
   // + the work counter (256) and the work order
-  return one < 0 || one > INT64_MAX / 2 - 256 - kOrderBytes ? -1 : 2 * one + 256 + kOrderBytes;
+  return one < 0 || one > INT64_MAX / 2 - 256 - kOrderBytes ? -1 : 2 * one + 256 + (with_order ? kOrderBytes : 0);
 #endif
 }
 
