@@ -78,8 +78,9 @@ bool work_order_enabled() {
   return !(e != nullptr && std::strcmp(e, "natural") == 0);
 }
 
-// The dK / dV kernel's work order (DkdvParams::tile_order): used when every (batch, kv head) has
-// 2..kDkdvOrderMaxTiles key tiles and the schedule runs 1 to 4 rounds of work tiles (more than one
+// The dK / dV kernel's work order (DkdvParams::tile_order): the key tiles per (batch, kv head) to
+// order, or 0 for the natural order. Used when every (batch, kv head) has 2..kDkdvOrderMaxTiles key
+// tiles and the schedule runs 1 to 4 rounds of work tiles (more than one
 // per CTA, and few enough that the last round is a large share of the time). Near the grid's edges
 // the shifted windows make some key tiles' walks up to 1.5x the interior ones (1-D, window w: the
 // tiles w / 2 .. w from either end: 48 query-tile visits against 34 at w = 2048), and with a CTA's
@@ -87,18 +88,18 @@ bool work_order_enabled() {
 // CTA that drew one of those tiles in each round set the end (1d-32k: ~166 us of dK / dV against
 // ~134 of work per SM). Ordered (longest walks first) and mirror-paired (the kernel), the pairs
 // even out: H200, dK / dV backward -4.0% to -4.9% on the 1-D benchmark rows (NOTES.md).
-bool use_work_order(const DkdvParams& p) {
-  if (!work_order_enabled()) return false;
+int work_order_tiles(const DkdvParams& p) {
+  if (!work_order_enabled()) return 0;
   int64_t tiles = 1;
   for (int a = 0; a < kRank; ++a) tiles *= int64_t(p.kvg.splits[a]) * p.kvg.groups[a];
-  if (tiles < 2 || tiles > kDkdvOrderMaxTiles) return false;
+  if (tiles < 2 || tiles > kDkdvOrderMaxTiles) return 0;
   int dev = 0;
   if (cudaGetDevice(&dev) != cudaSuccess) {
     (void)cudaGetLastError();
-    return false;
+    return 0;
   }
   const int64_t grid = persistent_grid(p.kvg.num_work, dev);
-  return p.kvg.num_work > grid && p.kvg.num_work <= 4 * grid;
+  return p.kvg.num_work > grid && p.kvg.num_work <= 4 * grid ? int(tiles) : 0;
 }
 
 bool empty_problem(const FnaForwardArgs& f) {
@@ -156,11 +157,10 @@ cudaError_t bwd_dkdv(const FnaBackwardArgs& args, int dtype, cudaStream_t stream
   p.tab_delta = reinterpret_cast<float*>(tables + one_table);
   p.work_counter = reinterpret_cast<unsigned*>(tables + 2 * one_table);
   // The work order, when the workspace has room for it (a caller may have sized it by an older
-  // natten_fna_backward_workspace_size) and use_work_order asks for it.
-  if (args.workspace_bytes - delta_bytes - (2 * one_table + 256) >= kOrderBytes && use_work_order(p)) {
-    p.tile_order = reinterpret_cast<int*>(tables + 2 * one_table + 256);
-    p.order_tiles = 1;
-    for (int a = 0; a < kRank; ++a) p.order_tiles *= p.kvg.splits[a] * p.kvg.groups[a];
+  // natten_fna_backward_workspace_size) and work_order_tiles asks for it.
+  if (args.workspace_bytes - delta_bytes - (2 * one_table + 256) >= kOrderBytes) {
+    p.order_tiles = work_order_tiles(p);
+    if (p.order_tiles > 0) p.tile_order = reinterpret_cast<int*>(tables + 2 * one_table + 256);
   }
 
   p.dk = args.d_k;

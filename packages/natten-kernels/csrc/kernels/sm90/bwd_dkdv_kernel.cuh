@@ -73,10 +73,11 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) fna_sm90_bwd_dkdv_kernel(
   // (dynamic: gridDim.x + atomicAdd; the tables kernel zeroed it), so a CTA whose tiles had fewer
   // visits takes more of them. Position -> work tile: dkdv_work_index. With a work order (written
   // by the tables kernel: longest walks first) a CTA's second position is its mirror
-  // 2 gridDim.x - 1 - blockIdx.x and the counter starts at 2 gridDim.x (see the producer). The producer thread fetches each index one work tile early and stores it
-  // into ss.work[(iter + 1) & 1] before arriving on tile iter's kv_full, which publishes it; the
-  // consumers read it after that tile (the slot is rewritten two tiles later, after their kv_empty
-  // arrive of the tile in between), so they know each tile's index before waiting for its K / V.
+  // 2 gridDim.x - 1 - blockIdx.x and the counter starts at 2 gridDim.x (see the producer). The
+  // producer thread fetches each index one work tile early and stores it into ss.work[(iter + 1) & 1]
+  // before arriving on tile iter's kv_full, which publishes it; the consumers read it after that
+  // tile (the slot is rewritten two tiles later, after their kv_empty arrive of the tile in
+  // between), so they know each tile's index before waiting for its K / V.
   const int64_t num_work = p.kvg.num_work;
   if (producer) {
     cutlass::arch::warpgroup_reg_dealloc<Traits::kProducerRegs>();
