@@ -72,6 +72,20 @@ if has sanitize; then
     summary+=("sanitizer $tool, split rank 3: rc=$rc")
     [ $rc -eq 0 ] || status=1
   done
+  step "dK / dV work order (the case the sanitizers run below, checked to take the ordered schedule)"
+  python3 ci/gpu_sanitize_dkdv_order.py --check-order 2>&1 | tee "$OUT/dkdv-order.log"
+  rc=${PIPESTATUS[0]}
+  summary+=("dK / dV order (no sanitizer): rc=$rc")
+  [ $rc -eq 0 ] || status=1
+  for tool in memcheck racecheck; do
+    step "compute-sanitizer $tool, dK / dV work order (own process: NATTEN_HOPPER_PERSISTENT=4)"
+    compute-sanitizer --tool $tool --error-exitcode 9 python3 ci/gpu_sanitize_dkdv_order.py \
+      > "$OUT/sanitize-dkdv-order-$tool.log" 2>&1
+    rc=$?
+    tail -2 "$OUT/sanitize-dkdv-order-$tool.log"
+    summary+=("sanitizer $tool, dK / dV order: rc=$rc")
+    [ $rc -eq 0 ] || status=1
+  done
   for tool in memcheck racecheck; do
     step "compute-sanitizer $tool"
     compute-sanitizer --tool $tool --error-exitcode 9 --target-processes all \

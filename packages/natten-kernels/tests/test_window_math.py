@@ -122,3 +122,11 @@ def test_sm90_work_context(tmp_path: Path) -> None:
     the generic SM80 scheduler's on random dilation-1 problems and the suite's shapes
     (tests/sm90_work_context_test.cpp)."""
     _cpp_check(tmp_path, "sm90_work_context_test.cpp", KERNELS, run_timeout=300)
+
+
+def test_sm90_dkdv_order(tmp_path: Path) -> None:
+    """The SM90 dK / dV kernel's work order (sm90/bwd_dkdv_order.hpp): separable visit counts and
+    sort against every key tile's brute-force walk on random dilation-1 problems and the 1-D suite
+    rows, the per-thread cache, and the rule that decides when it is used
+    (tests/sm90_dkdv_order_test.cpp)."""
+    _cpp_check(tmp_path, "sm90_dkdv_order_test.cpp", KERNELS, run_timeout=300)

@@ -8,6 +8,7 @@
 #include <cuda_runtime.h>
 
 #include "bwd_params.cuh"
+#include "sm90/pdl.cuh"
 #include "tile_scheduler.cuh"
 
 namespace natten {
@@ -46,6 +47,7 @@ __device__ __forceinline__ PreprocessRow preprocess_row(const FnaBwdParams& p, i
 template <class Element>
 __global__ void __launch_bounds__(256) fna_bwd_preprocess_kernel(const __grid_constant__ FnaBwdParams p) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  sm90::pdl_launch_dependents();  // see launch_bwd_preprocess
   const int lane = threadIdx.x & 31;
   const int64_t warps = blockDim.x / 32;
   Element const* o = static_cast<Element const*>(p.o);
@@ -69,6 +71,7 @@ template <class Element>
 __global__ void __launch_bounds__(256) fna_bwd_preprocess_vec_kernel(const __grid_constant__ FnaBwdParams p) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   static_assert(sizeof(Element) == 2, "16-byte loads of 8 elements");
+  sm90::pdl_launch_dependents();  // see launch_bwd_preprocess
   const int lane = threadIdx.x & 31;
   const int sub = lane & 7;  // lane within the row's group
   Element const* o = static_cast<Element const*>(p.o);
@@ -100,7 +103,10 @@ __global__ void __launch_bounds__(256) fna_bwd_preprocess_vec_kernel(const __gri
 }
 
 // Launches the preprocess: the vector kernel where it applies (32 rows per 256-thread block), else
-// the scalar one (8 rows per block); grid-striding past 2^20 blocks.
+// the scalar one (8 rows per block); grid-striding past 2^20 blocks. Both kernels let a
+// programmatic dependent start at once (on SM90: the Hopper backward's visit-table kernel, which
+// reads lse first and waits for this kernel before it reads delta; sm90/pdl.cuh). A kernel launched
+// normally after it is not affected.
 template <class Element>
 cudaError_t launch_bwd_preprocess(const FnaBwdParams& params, cudaStream_t stream) {
   if (params.num_rows <= 0) return cudaSuccess;

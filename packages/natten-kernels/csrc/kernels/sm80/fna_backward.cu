@@ -159,7 +159,7 @@ cudaError_t fna_backward(const FnaBackwardArgs& args, int dtype, cudaStream_t st
   // preprocess (delta, which the SM90 kernels read) and whatever they do not; the SM90 launches
   // follow on the same stream.
   const bool hopper_dq = hopper && sm90::bwd_dq_can_run(args, dtype);
-  const int64_t ws90 = hopper ? sm90::bwd_dkdv_workspace_bytes(args, dtype, /*with_order=*/false) : 0;
+  const int64_t ws90 = hopper ? sm90::bwd_dkdv_workspace_bytes(args, dtype) : 0;
   const bool hopper_dkdv = hopper && sm90::bwd_dkdv_can_run(args, dtype) && ws90 > 0 &&
                            args.workspace_bytes - ws >= ws90;  // room for its visit tables after delta
   p.skip_dq = hopper_dq ? 1 : 0;

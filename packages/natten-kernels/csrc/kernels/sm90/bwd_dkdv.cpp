@@ -69,37 +69,32 @@ int64_t table_bytes(const sm80::Geometry& g, int64_t* tiles_total) {
   return bytes;  // a multiple of 256
 }
 
-// Workspace bytes of the work order (DkdvParams::tile_order), after the work counter's 256.
-constexpr int64_t kOrderBytes = int64_t(kDkdvOrderMaxTiles) * 4;
-
 // NATTEN_HOPPER_BWD_ORDER (read per call): "natural" keeps the dK / dV kernel's natural work order.
 bool work_order_enabled() {
   const char* e = std::getenv("NATTEN_HOPPER_BWD_ORDER");
   return !(e != nullptr && std::strcmp(e, "natural") == 0);
 }
 
-// The dK / dV kernel's work order (DkdvParams::tile_order): the key tiles per (batch, kv head) to
-// order, or 0 for the natural order. Used when every (batch, kv head) has 2..kDkdvOrderMaxTiles key
-// tiles and the schedule runs 1 to 4 rounds of work tiles (more than one
-// per CTA, and few enough that the last round is a large share of the time). Near the grid's edges
-// the shifted windows make some key tiles' walks up to 1.5x the interior ones (1-D, window w: the
-// tiles w / 2 .. w from either end: 48 query-tile visits against 34 at w = 2048), and with a CTA's
-// next tile claimed one tile early, the natural order's first two rounds are fixed pairs, so a
-// CTA that drew one of those tiles in each round set the end (1d-32k: ~166 us of dK / dV against
-// ~134 of work per SM). Ordered (longest walks first) and mirror-paired (the kernel), the pairs
-// even out: H200, dK / dV backward -4.0% to -4.9% on the 1-D benchmark rows (NOTES.md).
-int work_order_tiles(const DkdvParams& p) {
-  if (!work_order_enabled()) return 0;
-  int64_t tiles = 1;
-  for (int a = 0; a < kRank; ++a) tiles *= int64_t(p.kvg.splits[a]) * p.kvg.groups[a];
-  if (tiles < 2 || tiles > kDkdvOrderMaxTiles) return 0;
+// The dK / dV kernel's work order (bwd_dkdv_order.hpp): fills p.order_tiles and p.tile_order when
+// dkdv_order_tiles asks for one. With a CTA's next tile claimed one tile early, the natural
+// order's first two rounds are fixed pairs, so a CTA that drew an edge-heavy key tile in each round
+// set the end (1d-32k: ~166 us of dK / dV against ~134 of work per SM). Ordered (longest walks
+// first) and mirror-paired (the kernel), the pairs even out (NOTES.md, eighteenth and nineteenth
+// sessions).
+static_assert(sizeof(DkdvParams) <= 4096, "the parameter block (work order included) fits 4 KB");
+
+void set_work_order(DkdvParams& p) {
+  p.order_tiles = 0;
+  if (!work_order_enabled()) return;
   int dev = 0;
   if (cudaGetDevice(&dev) != cudaSuccess) {
     (void)cudaGetLastError();
-    return 0;
+    return;
   }
-  const int64_t grid = persistent_grid(p.kvg.num_work, dev);
-  return p.kvg.num_work > grid && p.kvg.num_work <= 4 * grid ? int(tiles) : 0;
+  const int n = dkdv_order_tiles(p.kvg, persistent_grid(p.kvg.num_work, dev));
+  if (n == 0) return;
+  dkdv_work_order_cached(p.geo, p.kvg, n, p.tile_order);
+  p.order_tiles = n;
 }
 
 bool empty_problem(const FnaForwardArgs& f) {
@@ -110,11 +105,10 @@ bool empty_problem(const FnaForwardArgs& f) {
 }  // namespace
 #endif
 
-int64_t bwd_dkdv_workspace_bytes(const FnaBackwardArgs& args, int dtype, bool with_order) {
+int64_t bwd_dkdv_workspace_bytes(const FnaBackwardArgs& args, int dtype) {
 #if !defined(NATTEN_HAS_SM90)
   (void)args;
   (void)dtype;
-  (void)with_order;
   return 0;
 #else
   if (!bwd_dkdv_can_run(args, dtype, nullptr) || empty_problem(args.fwd)) return 0;
@@ -122,8 +116,8 @@ int64_t bwd_dkdv_workspace_bytes(const FnaBackwardArgs& args, int dtype, bool wi
   if (dkdv_geometry(args.fwd, &g) != cudaSuccess) return 0;  // the launch reports it
   int64_t tiles = 0;
   const int64_t one = table_bytes(g, &tiles);
-  // + the work counter (256) and the work order
-  return one < 0 || one > INT64_MAX / 2 - 256 - kOrderBytes ? -1 : 2 * one + 256 + (with_order ? kOrderBytes : 0);
+  // + the work counter (256)
+  return one < 0 || one > INT64_MAX / 2 - 256 ? -1 : 2 * one + 256;
 #endif
 }
 
@@ -156,12 +150,7 @@ cudaError_t bwd_dkdv(const FnaBackwardArgs& args, int dtype, cudaStream_t stream
   p.tab_lse2 = reinterpret_cast<float*>(tables);
   p.tab_delta = reinterpret_cast<float*>(tables + one_table);
   p.work_counter = reinterpret_cast<unsigned*>(tables + 2 * one_table);
-  // The work order, when the workspace has room for it (a caller may have sized it by an older
-  // natten_fna_backward_workspace_size) and work_order_tiles asks for it.
-  if (args.workspace_bytes - delta_bytes - (2 * one_table + 256) >= kOrderBytes) {
-    p.order_tiles = work_order_tiles(p);
-    if (p.order_tiles > 0) p.tile_order = reinterpret_cast<int*>(tables + 2 * one_table + 256);
-  }
+  set_work_order(p);
 
   p.dk = args.d_k;
   p.dv = args.d_v;
@@ -199,9 +188,14 @@ cudaError_t bwd_dkdv(const FnaBackwardArgs& args, int dtype, cudaStream_t stream
   e = encode_backward_inputs(args, dtype, D, ql, kl, &p.tma_q, &p.tma_do, &p.tma_k, &p.tma_v);
   if (e != cudaSuccess) return e;
 
-  e = launch_bwd_dkdv_tables(p, stream);
+#if defined(NATTEN_SM90_TRACE)
+  p.trace = trace_buffer_from_env();
+#endif
+  // The tables kernel is a dependent of the preprocess (or of whatever SM80 kernel ran last: it
+  // waits before reading delta either way), the dK / dV kernel one of the tables kernel (pdl.cuh).
+  const bool dep = pdl_enabled();
+  e = launch_bwd_dkdv_tables(p, stream, dep);
   if (e != cudaSuccess) return e;
-  const bool dep = pdl_enabled();  // a dependent of the tables kernel (pdl.cuh)
   if (dtype == 1)
     e = D == 64 ? launch_bwd_dkdv<1, 64>(p, stream, dep) : launch_bwd_dkdv<1, 128>(p, stream, dep);
   else

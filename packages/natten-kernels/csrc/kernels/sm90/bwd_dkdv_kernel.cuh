@@ -43,6 +43,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) fna_sm90_bwd_dkdv_kernel(
   const uint32_t misalign = uint32_t(__cvta_generic_to_shared(smem_raw)) & 1023u;
   SharedStorage& ss = *reinterpret_cast<SharedStorage*>(smem_raw + ((1024u - misalign) & 1023u));
 
+  NATTEN_SM90_TRACE_NOW(trace_cta0);
   const int warp = cutlass::canonical_warp_idx_sync();
   const bool producer = warp / 4 == 0;
   if (warp == 0 && cute::elect_one_sync()) {
@@ -93,7 +94,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) fna_sm90_bwd_dkdv_kernel(
       // makes it the mirror 2G - 1 - b, which pairs the b-th longest walk of the first round with
       // the b-th shortest of the second, and hands out 2G, 2G + 1, ... from the counter; the
       // natural order takes G, G + 1, ... from the counter from the start.
-      const bool ordered = p.tile_order != nullptr;
+      const bool ordered = p.order_tiles > 0;
       const int64_t base = ordered ? 2 * grid : grid;
       auto next = [&]() { return tile_at(base + atomicAdd(p.work_counter, 1u)); };
       int64_t pending = ordered ? tile_at(2 * grid - 1 - int64_t(blockIdx.x)) : next();
@@ -112,7 +113,9 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) fna_sm90_bwd_dkdv_kernel(
     PipelineState st;
     volatile int64_t* work = ss.work;
     int64_t idx = dkdv_work_index(p, blockIdx.x);
-    for (int iter = 0; idx < num_work; ++iter) {
+    int iter = 0;
+    for (; idx < num_work; ++iter) {
+      NATTEN_SM90_TRACE_NOW(trace_t0);
       const KvWorkContext ctx = make_kv_work_context(p, idx);
       auto acc_shape = cute::Shape<cute::Int<Traits::kTileKV>, cute::Int<Traits::kHeadDim>>{};
       cute::Tensor acc_dk = cute::partition_fragment_C(mma_acc, acc_shape);
@@ -120,8 +123,10 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) fna_sm90_bwd_dkdv_kernel(
       DkdvConsumer<Traits>::run(p, ctx, ss, pipe, ct, acc_dk, acc_dv, st, iter);
       dkdv_store<Traits>(ctx, ct, acc_dk, p.dk, p.dk_batch, p.dk_head, p.dk_spatial, p.dim, p.scale, p.geo.kv_log2);
       dkdv_store<Traits>(ctx, ct, acc_dv, p.dv, p.dv_batch, p.dv_head, p.dv_spatial, p.dim_v, 1.f, p.geo.kv_log2);
+      if (ct == 0) NATTEN_SM90_TRACE_EVENT(p.trace, kTraceDkdvTile, idx, trace_t0, trace_now(), unsigned(ctx.visits));
       idx = work[(iter + 1) & 1];
     }
+    if (ct == 0) NATTEN_SM90_TRACE_EVENT(p.trace, kTraceDkdvCta, blockIdx.x, trace_cta0, trace_now(), unsigned(iter));
   }
 #endif
 }

@@ -7,7 +7,9 @@
 #include <cuda.h>  // CUtensorMap (type only)
 
 #include "sm80/tile_scheduler.cuh"
+#include "sm90/bwd_dkdv_order.hpp"
 #include "sm90/column_words.cuh"
+#include "sm90/trace.cuh"
 
 namespace natten {
 namespace sm90 {
@@ -35,13 +37,12 @@ struct DkdvParams {
   // Work counter of the dynamic tile schedule (workspace after the tables; zeroed by the tables
   // kernel): a CTA's next work tile is gridDim.x + atomicAdd(work_counter, 1).
   unsigned* work_counter;
-  // Work order (workspace after the counter; null: the natural order). The dynamic schedule hands
+  // Work order (bwd_dkdv_order.hpp; order_tiles 0: the natural order). The dynamic schedule hands
   // out positions o = 0, 1, ...; position o runs work tile (o / order_tiles) * order_tiles +
-  // tile_order[o % order_tiles], i.e. within each (batch, kv head) the key tiles in the order the
-  // tables kernel wrote: most query-tile visits first (ties in index order), so that the last
-  // round holds the shortest walks (dkdv_work_index below).
-  int* tile_order;
-  int order_tiles;  // key tiles per (batch, kv head): prod(kvg.splits) (dilation 1)
+  // tile_order[o % order_tiles], i.e. within each (batch, kv head) the key tiles most query-tile
+  // visits first (ties in index order), so that the last round holds the shortest walks
+  // (dkdv_work_index below). Written by the host into this parameter block.
+  int order_tiles;  // key tiles per (batch, kv head): prod(kvg.splits) (dilation 1); 0: natural
   // element strides (dim stride 1); axes >= rank have stride 0
   int64_t dk_batch, dk_head, dk_spatial[sm80::kRank];
   int64_t dv_batch, dv_head, dv_spatial[sm80::kRank];
@@ -57,18 +58,16 @@ struct DkdvParams {
   int dim_v;         // Dv of v / dV: columns stored
   float scale;       // softmax scale (dK = scale * dS^T Q)
   float scale_log2;  // scale * log2(e)
+  NATTEN_SM90_TRACE_FIELD  // diagnostic builds only (trace.cuh)
+  uint16_t tile_order[kDkdvOrderMaxTiles];  // the first order_tiles entries are used
 };
 
 // Work tile of schedule position o (< kvg.num_work) under the order above.
 NATTEN_HD int64_t dkdv_work_index(const DkdvParams& p, int64_t o) {
-  if (p.tile_order == nullptr) return o;
+  if (p.order_tiles == 0) return o;
   const int64_t n = p.order_tiles;
   return o - o % n + p.tile_order[o % n];
 }
-
-// At most this many key tiles per (batch, kv head) are ordered (one 256-thread block ranks them,
-// O(n^2 / 256) steps); larger problems keep the natural order.
-constexpr int kDkdvOrderMaxTiles = 1024;
 
 }  // namespace sm90
 }  // namespace natten

@@ -68,6 +68,7 @@ cudaError_t bwd_dq(const FnaBackwardArgs& args, int dtype, cudaStream_t stream, 
   if (!bwd_dq_can_run(args, dtype, nullptr)) return cudaErrorNotSupported;
 #if !defined(NATTEN_HAS_SM90)
   (void)stream;
+  (void)after_dkdv;
   return cudaErrorNotSupported;
 #else
   const FnaForwardArgs& f = args.fwd;
@@ -119,6 +120,9 @@ cudaError_t bwd_dq(const FnaBackwardArgs& args, int dtype, cudaStream_t stream, 
   e = encode_backward_inputs(args, dtype, D, ql, kl, &p.tma_q, &p.tma_do, &p.tma_k, &p.tma_v);
   if (e != cudaSuccess) return e;
 
+#if defined(NATTEN_SM90_TRACE)
+  p.trace = trace_buffer_from_env();
+#endif
   const bool dep = after_dkdv && pdl_enabled();
   if (dtype == 1) return D == 64 ? launch_bwd_dq<1, 64>(p, stream, dep) : launch_bwd_dq<1, 128>(p, stream, dep);
   return D == 64 ? launch_bwd_dq<2, 64>(p, stream, dep) : launch_bwd_dq<2, 128>(p, stream, dep);

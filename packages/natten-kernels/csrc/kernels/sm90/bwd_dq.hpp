@@ -41,11 +41,10 @@ bool bwd_dkdv_can_run(const FnaBackwardArgs& args, int dtype, const char** reaso
 
 // Workspace bytes the dK / dV kernel uses after the SM80 backward's (sm80::fna_backward_workspace_bytes:
 // delta): its visit tables, 2 x 4 bytes per (batch, head, query token of its 64-token query tiles,
-// padding included), its work counter (256) and, with_order, its work order (4096; without them
-// the kernel runs the natural order). 0 when bwd_dkdv_can_run is false or the build has no sm_90a
-// kernel; -1 on overflow. natten_fna_backward_workspace_size adds it with the order (no device
-// query: it may go unused); the launch needs only the part without.
-int64_t bwd_dkdv_workspace_bytes(const FnaBackwardArgs& args, int dtype, bool with_order = true);
+// padding included) and its work counter (256). 0 when bwd_dkdv_can_run is false or the build has
+// no sm_90a kernel; -1 on overflow. natten_fna_backward_workspace_size adds it (no device query: it
+// may go unused). The work order travels in the kernel's parameter block (bwd_dkdv_order.hpp).
+int64_t bwd_dkdv_workspace_bytes(const FnaBackwardArgs& args, int dtype);
 
 // Launches dK / dV (overwrites d_k, d_v; keys no query attends get 0) on `stream`: first the visit
 // tables (from lse and delta, which must already be in args.workspace), then the kernel (a
@@ -59,7 +58,7 @@ template <int kDtype, int kHeadDim>
 cudaError_t launch_bwd_dq(const DqParams& params, cudaStream_t stream, bool dependent);
 template <int kDtype, int kHeadDim>
 cudaError_t launch_bwd_dkdv(const DkdvParams& params, cudaStream_t stream, bool dependent);
-cudaError_t launch_bwd_dkdv_tables(const DkdvParams& params, cudaStream_t stream);
+cudaError_t launch_bwd_dkdv_tables(const DkdvParams& params, cudaStream_t stream, bool dependent);
 #endif
 
 }  // namespace sm90

@@ -39,6 +39,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) fna_sm90_bwd_dq_kernel(co
   const uintptr_t base = (reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023);
   SharedStorage& ss = *reinterpret_cast<SharedStorage*>(base);
 
+  NATTEN_SM90_TRACE_NOW(trace_cta0);
   const int warp = cutlass::canonical_warp_idx_sync();
   const bool producer = warp / 4 == 0;
   if (warp == 0 && cute::elect_one_sync()) {
@@ -83,16 +84,24 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) fna_sm90_bwd_dq_kernel(co
     for (RotatedWork rw(blockIdx.x, gridDim.x); rw.more(num_work); rw.next()) {
       const int64_t idx = rw.index();
       if (idx >= num_work) continue;  // the last step has fewer tiles than CTAs
+      NATTEN_SM90_TRACE_NOW(trace_t0);
       const WorkContext ctx = make_work_context(p, idx);
       cute::Tensor acc_dq = cute::partition_fragment_C(
           mma_dq, cute::Shape<cute::Int<Traits::kTileQ>, cute::Int<Traits::kHeadDim>>{});
       DqConsumer<Traits>::run(p, ctx, ss, pipe, ct, acc_dq, st, iter);
       dq_epilogue_store<Traits>(p, ctx, ct, acc_dq);
+      if (ct == 0) NATTEN_SM90_TRACE_EVENT(p.trace, kTraceDqTile, idx, trace_t0, trace_now(), unsigned(ctx.keys.total));
       ++iter;
     }
+    if (ct == 0) NATTEN_SM90_TRACE_EVENT(p.trace, kTraceDqCta, blockIdx.x, trace_cta0, trace_now(), unsigned(iter));
   }
   // Launched as a dependent of the dK / dV kernel (pdl.cuh), whose outputs it does not read: it
-  // waits only before exiting, so that its completion implies that kernel's.
+  // waits only before exiting, so that its completion implies that kernel's. Lanes 1-31 of the
+  // producer warp reach this wait while lane 0 still issues the loads, which stalls lane 0 until
+  // the dK / dV kernel completes: a dQ CTA that starts early makes no progress until then (clock
+  // trace, NOTES nineteenth session; no end-to-end cost with the static dQ order, whose last CTAs
+  // set the end). Waiting on the consumers only removed the stall but its racecheck case did not
+  // finish (60 s, 150 s; 31 s before), so it is not in the tree.
   pdl_wait();
 #endif
 }

@@ -8,6 +8,7 @@
 
 #include "sm80/tile_scheduler.cuh"
 #include "sm90/column_words.cuh"
+#include "sm90/trace.cuh"
 #include "sm90/work_context.cuh"
 
 namespace natten {
@@ -38,6 +39,7 @@ struct DqParams {
   float scale;       // softmax scale (dQ = scale * dS K)
   float scale_log2;  // scale * log2(e)
   WorkDecode decode;  // divisors and window axes of the per-tile work decode (work_context.cuh)
+  NATTEN_SM90_TRACE_FIELD  // diagnostic builds only (trace.cuh)
 };
 
 }  // namespace sm90

@@ -1,6 +1,8 @@
-// Programmatic dependent launch (PDL) between the SM90 backward's kernels on one stream: the dK / dV
-// kernel is launched as a dependent of the visit-table kernel, and the dQ kernel as a dependent of
-// the dK / dV kernel (sm80/fna_backward.cu, NATTEN_HOPPER_PDL). A dependent's CTAs may be scheduled
+// Programmatic dependent launch (PDL) between the SM90 backward's kernels on one stream: the visit-
+// table kernel is launched as a dependent of the SM80 preprocess (which triggers at its start and
+// writes delta; the table kernel reads lse first and waits before it reads delta), the dK / dV
+// kernel as a dependent of the visit-table kernel, and the dQ kernel as a dependent of the dK / dV
+// kernel (sm80/fna_backward.cu, bwd_dkdv.cpp, NATTEN_HOPPER_PDL). A dependent's CTAs may be scheduled
 // once every CTA of the kernel before it has called pdl_launch_dependents (or exited), so its
 // prologue, and the dQ kernel's whole walk on SMs the dK / dV kernel's last tiles leave idle,
 // overlap that kernel instead of waiting for it to drain.
@@ -10,6 +12,8 @@
 //   completed and its memory operations are visible; at once when the launch was not dependent);
 // - pdl_wait before exiting, so that the kernel's completion implies the previous kernel's and the
 //   stream's later work sees both.
+// A warp some of whose lanes reach the wait stalls its other lanes too, until the previous kernel
+// completes (the dQ kernel's producer warp: bwd_dq_kernel.cuh).
 #pragma once
 
 namespace natten {
