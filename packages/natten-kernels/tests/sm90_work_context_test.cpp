@@ -22,6 +22,7 @@ namespace ns = natten::sm80;
 namespace n9 = natten::sm90;
 
 #include "cpu_check.hpp"
+#include "cpu_random_problem.hpp"
 
 struct Problem {
   int rank;
@@ -144,42 +145,6 @@ static void check_problem(const Problem& p, std::mt19937& rng, int max_tiles) {
       compare(p, g, d, 0, revs[v]);
       compare(p, g, d, g.num_work - 1, revs[v]);
       for (int k = 0; k < max_tiles; ++k) compare(p, g, d, int64_t(rng() % uint64_t(g.num_work)), revs[v]);
-    }
-  }
-}
-
-// Query and key slabs: a random query slab per axis, the key slab the smallest one holding every
-// key it attends, grown by a random margin inside the grid (the host's rule: the key slab holds
-// every attended key).
-static void random_slabs(Problem& p, std::mt19937& rng, bool region) {
-  auto uni = [&](int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng); };
-  for (int a = 0; a < 3; ++a) {
-    if (!region) {
-      p.q0[a] = p.k0[a] = 0;
-      p.nq[a] = p.nk[a] = p.n[a];
-      continue;
-    }
-    const int qb = uni(0, p.n[a] - 1), qe = uni(qb + 1, p.n[a]);
-    int lo, hi;
-    nw::slab_key_range(p.n[a], p.K[a], p.s[a], 1, p.causal[a], qb, qe, lo, hi);
-    lo = std::max(0, lo - uni(0, 2));
-    hi = std::min(p.n[a], hi + uni(0, 2));
-    p.q0[a] = qb;
-    p.nq[a] = qe - qb;
-    p.k0[a] = lo;
-    p.nk[a] = hi - lo;
-  }
-}
-
-static void random_tiles(Problem& p, std::mt19937& rng) {
-  auto uni = [&](int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng); };
-  for (int pass = 0; pass < 2; ++pass) {
-    int* l = pass == 0 ? p.ql : p.kl;
-    int left = uni(0, 7);
-    for (int a = 0; a < 3; ++a) l[a] = 0;
-    for (int a = 0; a < p.rank; ++a) {
-      l[a] = a == p.rank - 1 ? left : uni(0, left);
-      left -= l[a];
     }
   }
 }

@@ -7,10 +7,10 @@
 // which evens out the rounds (sm90/README.md, "dK / dV work order").
 //
 // The order is a function of the geometry only, so it is computed here, cached per thread, and
-// passed in the kernel's parameter block (uint16 per key tile, at most kDkdvOrderMaxTiles). Until
-// natten-kernels 1.3.7's first version, one extra block of the visit-table kernel computed it on
-// the device; that block took 8-12 us (cold code, divisions, binary searches) and the dK / dV
-// kernel's first tiles waited for it (benchmarks/NOTES.md, nineteenth session).
+// passed in the kernel's parameter block (uint16 per key tile, at most kDkdvOrderMaxTiles). An
+// earlier, unreleased version computed it in one extra block of the visit-table kernel; that block
+// took 8-12 us (cold code, divisions, binary searches) and the dK / dV kernel's first tiles waited
+// for it (benchmarks/NOTES.md, nineteenth session).
 //
 // A key tile's query-tile visits are separable: make_query_tiles_for_key's total is the product
 // over the axes of counts that depend on that axis's tile index only (make_key_tile's fields of

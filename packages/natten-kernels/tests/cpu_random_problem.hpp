@@ -1,0 +1,48 @@
+// Random problem parts shared by the SM90 CPU tests (sm90_work_context_test.cpp,
+// sm90_dkdv_order_test.cpp): query / key slabs and tile shapes for a Problem with fields rank,
+// n / K / s / causal (per axis), q0 / nq / k0 / nk (slabs) and ql / kl (tile shapes, log2).
+#pragma once
+
+#include <algorithm>
+#include <random>
+
+#include "natten/window.cuh"
+
+// Query and key slabs: a random query slab per axis, the key slab the smallest one holding every
+// key it attends, grown by a random margin inside the grid (the host's rule: the key slab holds
+// every attended key). Without a region: both slabs are the whole grid.
+template <class Problem>
+void random_slabs(Problem& p, std::mt19937& rng, bool region) {
+  auto uni = [&](int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng); };
+  for (int a = 0; a < 3; ++a) {
+    if (!region) {
+      p.q0[a] = p.k0[a] = 0;
+      p.nq[a] = p.nk[a] = p.n[a];
+      continue;
+    }
+    const int qb = uni(0, p.n[a] - 1), qe = uni(qb + 1, p.n[a]);
+    int lo, hi;
+    natten::window::slab_key_range(p.n[a], p.K[a], p.s[a], 1, p.causal[a], qb, qe, lo, hi);
+    lo = std::max(0, lo - uni(0, 2));
+    hi = std::min(p.n[a], hi + uni(0, 2));
+    p.q0[a] = qb;
+    p.nq[a] = qe - qb;
+    p.k0[a] = lo;
+    p.nk[a] = hi - lo;
+  }
+}
+
+// Query and key tile shapes: 2^0 .. 2^7 tokens each, split at random over the first `rank` axes.
+template <class Problem>
+void random_tiles(Problem& p, std::mt19937& rng) {
+  auto uni = [&](int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng); };
+  for (int pass = 0; pass < 2; ++pass) {
+    int* l = pass == 0 ? p.ql : p.kl;
+    int left = uni(0, 7);
+    for (int a = 0; a < 3; ++a) l[a] = 0;
+    for (int a = 0; a < p.rank; ++a) {
+      l[a] = a == p.rank - 1 ? left : uni(0, left);
+      left -= l[a];
+    }
+  }
+}
