@@ -58,34 +58,28 @@ if has tests; then
 fi
 
 if has sanitize; then
-  step "split tail, rank 3 (the case the sanitizers run below, checked to split)"
-  python3 ci/gpu_sanitize_split_rank3.py --check-split 2>&1 | tee "$OUT/split-rank3.log"
-  rc=${PIPESTATUS[0]}
-  summary+=("split rank 3 (no sanitizer): rc=$rc")
-  [ $rc -eq 0 ] || status=1
-  for tool in memcheck racecheck; do
-    step "compute-sanitizer $tool, split tail rank 3 (own process: NATTEN_HOPPER_PERSISTENT=22)"
-    compute-sanitizer --tool $tool --error-exitcode 9 python3 ci/gpu_sanitize_split_rank3.py \
-      > "$OUT/sanitize-split-rank3-$tool.log" 2>&1
-    rc=$?
-    tail -2 "$OUT/sanitize-split-rank3-$tool.log"
-    summary+=("sanitizer $tool, split rank 3: rc=$rc")
+  # A case that sets NATTEN_HOPPER_PERSISTENT itself (read once per process, hence its own
+  # process): once with its check flag (no sanitizer), then under memcheck and racecheck.
+  # Args: label, script, check flag, log tag.
+  own_process_case() {
+    step "$1 (the case the sanitizers run below, $3)"
+    python3 "$2" "$3" 2>&1 | tee "$OUT/$4.log"
+    rc=${PIPESTATUS[0]}
+    summary+=("$1 (no sanitizer): rc=$rc")
     [ $rc -eq 0 ] || status=1
-  done
-  step "dK / dV work order (the case the sanitizers run below, checked to take the ordered schedule)"
-  python3 ci/gpu_sanitize_dkdv_order.py --check-order 2>&1 | tee "$OUT/dkdv-order.log"
-  rc=${PIPESTATUS[0]}
-  summary+=("dK / dV order (no sanitizer): rc=$rc")
-  [ $rc -eq 0 ] || status=1
-  for tool in memcheck racecheck; do
-    step "compute-sanitizer $tool, dK / dV work order (own process: NATTEN_HOPPER_PERSISTENT=4)"
-    compute-sanitizer --tool $tool --error-exitcode 9 python3 ci/gpu_sanitize_dkdv_order.py \
-      > "$OUT/sanitize-dkdv-order-$tool.log" 2>&1
-    rc=$?
-    tail -2 "$OUT/sanitize-dkdv-order-$tool.log"
-    summary+=("sanitizer $tool, dK / dV order: rc=$rc")
-    [ $rc -eq 0 ] || status=1
-  done
+    for tool in memcheck racecheck; do
+      step "compute-sanitizer $tool, $1 (own process)"
+      compute-sanitizer --tool $tool --error-exitcode 9 python3 "$2" > "$OUT/sanitize-$4-$tool.log" 2>&1
+      rc=$?
+      tail -2 "$OUT/sanitize-$4-$tool.log"
+      summary+=("sanitizer $tool, $1: rc=$rc")
+      [ $rc -eq 0 ] || status=1
+    done
+  }
+  # split tail on a rank-3 problem (22 CTAs; --check-split: the profiler must see the combine kernel)
+  own_process_case "split tail, rank 3" ci/gpu_sanitize_split_rank3.py --check-split split-rank3
+  # ordered dK / dV schedule (4 CTAs; --check-order: gradients bit-identical to the natural order)
+  own_process_case "dK / dV work order" ci/gpu_sanitize_dkdv_order.py --check-order dkdv-order
   for tool in memcheck racecheck; do
     step "compute-sanitizer $tool"
     compute-sanitizer --tool $tool --error-exitcode 9 --target-processes all \

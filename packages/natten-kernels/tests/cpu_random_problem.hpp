@@ -1,12 +1,32 @@
 // Random problem parts shared by the SM90 CPU tests (sm90_work_context_test.cpp,
-// sm90_dkdv_order_test.cpp): query / key slabs and tile shapes for a Problem with fields rank,
-// n / K / s / causal (per axis), q0 / nq / k0 / nk (slabs) and ql / kl (tile shapes, log2).
+// sm90_dkdv_order_test.cpp): rank and axes, query / key slabs and tile shapes for a Problem with
+// fields rank, n / K / s / causal (per axis), q0 / nq / k0 / nk (slabs) and ql / kl (tile shapes,
+// log2).
 #pragma once
 
 #include <algorithm>
 #include <random>
 
 #include "natten/window.cuh"
+
+// Rank 1-3 and per axis: extent in [2, max_ext[rank - 1]], kernel in [2, extent], stride 1 (one
+// time in three) or in [1, kernel], causal one time in three; axes past the rank are 1 / 1 / 1.
+template <class Problem>
+void random_axes(Problem& p, std::mt19937& rng, const int max_ext[3]) {
+  auto uni = [&](int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng); };
+  p.rank = uni(1, 3);
+  for (int a = 0; a < 3; ++a) {
+    if (a >= p.rank) {
+      p.n[a] = p.K[a] = p.s[a] = 1;
+      p.causal[a] = false;
+      continue;
+    }
+    p.n[a] = uni(2, max_ext[p.rank - 1]);
+    p.K[a] = uni(2, p.n[a]);
+    p.s[a] = uni(0, 2) == 0 ? 1 : uni(1, p.K[a]);
+    p.causal[a] = uni(0, 2) == 0;
+  }
+}
 
 // Query and key slabs: a random query slab per axis, the key slab the smallest one holding every
 // key it attends, grown by a random margin inside the grid (the host's rule: the key slab holds

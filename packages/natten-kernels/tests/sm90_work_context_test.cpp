@@ -150,24 +150,13 @@ static void check_problem(const Problem& p, std::mt19937& rng, int max_tiles) {
 }
 
 int main(int argc, char** argv) {
+  const int kMaxExtent[3] = {300, 40, 14};  // per rank
   std::mt19937 rng(20261127);
   auto uni = [&](int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng); };
   const int problems = argc > 1 ? std::atoi(argv[1]) : 3000;
   for (int it = 0; it < problems; ++it) {
     Problem p{};
-    p.rank = uni(1, 3);
-    const int max_ext = p.rank == 1 ? 300 : (p.rank == 2 ? 40 : 14);
-    for (int a = 0; a < 3; ++a) {
-      if (a >= p.rank) {
-        p.n[a] = p.K[a] = p.s[a] = 1;
-        p.causal[a] = false;
-        continue;
-      }
-      p.n[a] = uni(2, max_ext);
-      p.K[a] = uni(2, p.n[a]);
-      p.s[a] = uni(0, 2) == 0 ? 1 : uni(1, p.K[a]);
-      p.causal[a] = uni(0, 2) == 0;
-    }
+    random_axes(p, rng, kMaxExtent);
     random_slabs(p, rng, uni(0, 2) == 0);
     random_tiles(p, rng);
     p.batch = uni(1, 3);
