@@ -8,6 +8,7 @@
 #include <random>
 
 #include "natten/window.cuh"
+#include "sm80/tile_scheduler.cuh"
 
 // Rank 1-3 and per axis: extent in [2, max_ext[rank - 1]], kernel in [2, extent], stride 1 (one
 // time in three) or in [1, kernel], causal one time in three; axes past the rank are 1 / 1 / 1.
@@ -65,4 +66,27 @@ void random_tiles(Problem& p, std::mt19937& rng) {
       left -= l[a];
     }
   }
+}
+
+// The dilation-1 geometry of a Problem with `heads` heads (finalized: query tiles, groups, work).
+template <class Problem>
+natten::sm80::Geometry problem_geometry(const Problem& p, int64_t heads) {
+  natten::sm80::Geometry g{};
+  for (int a = 0; a < 3; ++a) {
+    g.extent[a] = p.n[a];
+    g.q_extent[a] = p.nq[a];
+    g.kv_extent[a] = p.nk[a];
+    g.q_origin[a] = p.q0[a];
+    g.kv_origin[a] = p.k0[a];
+    g.kernel[a] = p.K[a];
+    g.stride[a] = p.s[a];
+    g.dilation[a] = 1;
+    g.causal[a] = p.causal[a] ? 1 : 0;
+    g.q_log2[a] = p.ql[a];
+    g.kv_log2[a] = p.kl[a];
+  }
+  g.batch = p.batch;
+  g.heads = heads;
+  natten::sm80::geometry_finalize(g);
+  return g;
 }

@@ -34,23 +34,7 @@ struct Problem {
 };
 
 static void make(const Problem& p, ns::Geometry& g, ns::KvGeometry& kg) {
-  g = ns::Geometry{};
-  for (int a = 0; a < 3; ++a) {
-    g.extent[a] = p.n[a];
-    g.q_extent[a] = p.nq[a];
-    g.kv_extent[a] = p.nk[a];
-    g.q_origin[a] = p.q0[a];
-    g.kv_origin[a] = p.k0[a];
-    g.kernel[a] = p.K[a];
-    g.stride[a] = p.s[a];
-    g.dilation[a] = 1;
-    g.causal[a] = p.causal[a] ? 1 : 0;
-    g.q_log2[a] = p.ql[a];
-    g.kv_log2[a] = p.kl[a];
-  }
-  g.batch = p.batch;
-  g.heads = p.heads_kv;
-  ns::geometry_finalize(g);
+  g = problem_geometry(p, p.heads_kv);
   kg = ns::KvGeometry{};
   ns::kv_geometry_finalize(g, p.heads_kv, kg);
 }

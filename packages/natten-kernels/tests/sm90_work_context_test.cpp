@@ -33,26 +33,7 @@ struct Problem {
   int batch, heads, heads_per_kv;
 };
 
-static ns::Geometry geometry(const Problem& p) {
-  ns::Geometry g{};
-  for (int a = 0; a < 3; ++a) {
-    g.extent[a] = p.n[a];
-    g.q_extent[a] = p.nq[a];
-    g.kv_extent[a] = p.nk[a];
-    g.q_origin[a] = p.q0[a];
-    g.kv_origin[a] = p.k0[a];
-    g.kernel[a] = p.K[a];
-    g.stride[a] = p.s[a];
-    g.dilation[a] = 1;
-    g.causal[a] = p.causal[a] ? 1 : 0;
-    g.q_log2[a] = p.ql[a];
-    g.kv_log2[a] = p.kl[a];
-  }
-  g.batch = p.batch;
-  g.heads = p.heads;
-  ns::geometry_finalize(g);
-  return g;
-}
+static ns::Geometry geometry(const Problem& p) { return problem_geometry(p, p.heads); }
 
 static void compare(const Problem& p, const ns::Geometry& g, const n9::WorkDecode& d, int64_t idx, int rev) {
   const n9::WorkContext a = n9::make_work_context_generic(g, p.heads_per_kv, idx, rev);
