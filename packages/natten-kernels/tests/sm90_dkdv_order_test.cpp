@@ -119,8 +119,9 @@ int main(int argc, char** argv) {
               g_failures);
 
   // The suite's 1-D rows with the dK / dV kernel's tiles (64-token query, 128-token key tiles),
-  // and a causal variant; then the cache with more geometries than entries, revisited.
-  const int rows[][3] = {{2048, 1, 0}, {2048, 256, 0}, {2048, 1, 1}, {1000, 7, 0}, {3001, 64, 1}};
+  // causal and other variants: 12 geometries, more than the cache's 8 entries, revisited.
+  const int rows[][3] = {{2048, 1, 0}, {2048, 256, 0}, {2048, 1, 1},  {1000, 7, 0},  {3001, 64, 1}, {2048, 16, 0},
+                         {4096, 1, 0}, {4096, 512, 1}, {513, 1, 0},   {999, 999, 0}, {2048, 2, 1},  {777, 5, 0}};
   for (int round = 0; round < 2; ++round) {
     for (const auto& r : rows) {
       Problem p{};

@@ -90,7 +90,8 @@ inline void dkdv_work_order(const sm80::Geometry& g, const sm80::KvGeometry& kvg
 }
 
 // dkdv_work_order through a small per-thread cache keyed by the geometry fields it reads (a training
-// loop repeats a few shapes; the computation is ~0.1-0.3 us per key tile).
+// loop repeats a few shapes). On the 2-core development machine: 40 us to compute the order of
+// 1d-32k's 256 key tiles, 0.035 us for a cache hit.
 inline void dkdv_work_order_cached(const sm80::Geometry& g, const sm80::KvGeometry& kvg, int n, uint16_t* order) {
   struct Key {
     int geo[13 * sm80::kRank];  // Geometry's int arrays, extent .. groups
@@ -105,7 +106,7 @@ inline void dkdv_work_order_cached(const sm80::Geometry& g, const sm80::KvGeomet
     Key key;
     uint16_t order[kDkdvOrderMaxTiles];
   };
-  constexpr int kEntries = 4;
+  constexpr int kEntries = 8;
   thread_local Entry cache[kEntries];
   thread_local int next = 0;
   Key key;
