@@ -10,6 +10,15 @@
 #include "natten/window.cuh"
 #include "sm80/tile_scheduler.cuh"
 
+// The axes, slabs and tile shapes of a random problem; each test adds its batch and head fields.
+struct ProblemAxes {
+  int rank;
+  int n[3], K[3], s[3];
+  bool causal[3];
+  int q0[3], nq[3], k0[3], nk[3];
+  int ql[3], kl[3];
+};
+
 // Rank 1-3 and per axis: extent in [2, max_ext[rank - 1]], kernel in [2, extent], stride 1 (one
 // time in three) or in [1, kernel], causal one time in three; axes past the rank are 1 / 1 / 1.
 template <class Problem>

@@ -24,12 +24,7 @@ namespace n9 = natten::sm90;
 #include "cpu_check.hpp"
 #include "cpu_random_problem.hpp"
 
-struct Problem {
-  int rank;
-  int n[3], K[3], s[3];
-  bool causal[3];
-  int q0[3], nq[3], k0[3], nk[3];
-  int ql[3], kl[3];
+struct Problem : ProblemAxes {
   int batch, heads_kv;
 };
 

@@ -72,8 +72,8 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) fna_sm90_bwd_dkdv_kernel(
 
   // Work tiles: schedule position blockIdx.x first; each next position comes from a global counter
   // (dynamic: gridDim.x + atomicAdd; the tables kernel zeroed it), so a CTA whose tiles had fewer
-  // visits takes more of them. Position -> work tile: dkdv_work_index. With a work order (written
-  // by the tables kernel: longest walks first) a CTA's second position is its mirror
+  // visits takes more of them. Position -> work tile: dkdv_work_index. With a work order (computed
+  // by the host, bwd_dkdv_order.hpp: longest walks first) a CTA's second position is its mirror
   // 2 gridDim.x - 1 - blockIdx.x and the counter starts at 2 gridDim.x (see the producer). The
   // producer thread fetches each index one work tile early and stores it into ss.work[(iter + 1) & 1]
   // before arriving on tile iter's kv_full, which publishes it; the consumers read it after that
