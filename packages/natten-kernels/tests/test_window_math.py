@@ -130,3 +130,11 @@ def test_sm90_dkdv_order(tmp_path: Path) -> None:
     rows, the per-thread cache, and the rule that decides when it is used
     (tests/sm90_dkdv_order_test.cpp)."""
     _cpp_check(tmp_path, "sm90_dkdv_order_test.cpp", KERNELS, run_timeout=300)
+
+
+def test_sm90_visit_tables(tmp_path: Path) -> None:
+    """The SM90 dK / dV kernel's visit-table layout (sm90/bwd_visit_tables.hpp): the tables
+    kernel's entry -> token map against the layout's definition on random problems with query
+    slabs and every split of the 64-token query tile; every token has one entry, padding entries
+    exist exactly where a tile is partial (tests/sm90_visit_tables_test.cpp)."""
+    _cpp_check(tmp_path, "sm90_visit_tables_test.cpp", KERNELS, run_timeout=300)

@@ -22,16 +22,32 @@ struct PreprocessRow {
   int64_t o, d_o, d_lse, delta;
 };
 
+// kRows32: p.num_rows < 2^31 (the launcher checks), so the decode runs in 32-bit divisions (a 64-bit
+// division is a long subroutine, and this decode precedes every row's loads).
+template <bool kRows32 = false>
 __device__ __forceinline__ PreprocessRow preprocess_row(const FnaBwdParams& p, int64_t row) {
-  int64_t r = row;
-  const int64_t h = r % p.geo.heads;
-  r /= p.geo.heads;
-  int c[kRank];
-  for (int a = kRank - 1; a >= 0; --a) {
-    c[a] = int(r % p.geo.q_extent[a]);  // token grid of the query slab (= extent on the whole grid)
-    r /= p.geo.q_extent[a];
+  int64_t h, b;
+  int c[kRank];  // token grid of the query slab (= extent on the whole grid)
+  if constexpr (kRows32) {
+    uint32_t r = uint32_t(row);
+    const uint32_t heads = uint32_t(p.geo.heads);
+    h = r % heads;
+    r /= heads;
+    for (int a = kRank - 1; a >= 0; --a) {
+      c[a] = int(r % uint32_t(p.geo.q_extent[a]));
+      r /= uint32_t(p.geo.q_extent[a]);
+    }
+    b = r;
+  } else {
+    int64_t r = row;
+    h = r % p.geo.heads;
+    r /= p.geo.heads;
+    for (int a = kRank - 1; a >= 0; --a) {
+      c[a] = int(r % p.geo.q_extent[a]);
+      r /= p.geo.q_extent[a];
+    }
+    b = r;
   }
-  const int64_t b = r;
   PreprocessRow o{b * p.o_batch + h * p.o_head, b * p.do_batch + h * p.do_head, b * p.dlse_batch + h * p.dlse_head,
                   b * p.delta_batch + h * p.delta_head};
   for (int a = 0; a < kRank; ++a) {
@@ -67,7 +83,7 @@ __global__ void __launch_bounds__(256) fna_bwd_preprocess_kernel(const __grid_co
 // group of 8 lanes per row, 8 elements (16 bytes) per lane and step, 4 rows per warp. The scalar
 // kernel above ran the 1-D suite rows' 32768 x 128 preprocess in ~16 us (2-byte loads, one row per
 // warp); this one issues an eighth of the load instructions.
-template <class Element>
+template <class Element, bool kRows32>
 __global__ void __launch_bounds__(256) fna_bwd_preprocess_vec_kernel(const __grid_constant__ FnaBwdParams p) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   static_assert(sizeof(Element) == 2, "16-byte loads of 8 elements");
@@ -85,7 +101,7 @@ __global__ void __launch_bounds__(256) fna_bwd_preprocess_vec_kernel(const __gri
     float acc = 0.f;
     PreprocessRow off{0, 0, 0, 0};
     if (valid) {
-      off = preprocess_row(p, row);
+      off = preprocess_row<kRows32>(p, row);
       for (int d = sub * 8; d < p.head_dim_v; d += 64) {
         const uint4 a = *reinterpret_cast<const uint4*>(o + off.o + d);
         const uint4 b = *reinterpret_cast<const uint4*>(d_o + off.d_o + d);
@@ -114,8 +130,11 @@ cudaError_t launch_bwd_preprocess(const FnaBwdParams& params, cudaStream_t strea
   if constexpr (sizeof(Element) == 2) {
     if (params.vec_rows) {
       const int64_t blocks = (params.num_rows + 31) / 32;
-      fna_bwd_preprocess_vec_kernel<Element>
-          <<<unsigned(blocks < kMaxBlocks ? blocks : kMaxBlocks), 256, 0, stream>>>(params);
+      const unsigned grid = unsigned(blocks < kMaxBlocks ? blocks : kMaxBlocks);
+      if (params.num_rows <= 0x7fffffff)
+        fna_bwd_preprocess_vec_kernel<Element, true><<<grid, 256, 0, stream>>>(params);
+      else
+        fna_bwd_preprocess_vec_kernel<Element, false><<<grid, 256, 0, stream>>>(params);
       return cudaGetLastError();
     }
   }

@@ -11,33 +11,11 @@
 
 #include "sm90/bwd_dkdv_params.cuh"
 #include "sm90/bwd_dq.hpp"
+#include "sm90/bwd_visit_tables.hpp"
 #include "sm90/pdl.cuh"
 
 namespace natten {
 namespace sm90 {
-
-// Entry i of a visit table (row = (batch, head, query tile), column = token within the tile):
-// the element offset of its token in a tensor with the given strides; false for a padding token.
-__device__ __forceinline__ bool table_entry_offset(const DkdvParams& p, int64_t i, int64_t s_batch, int64_t s_head,
-                                                   const int64_t* s_spatial, int64_t& off) {
-  const int col = int(i & 63);
-  const int64_t row = i >> 6;
-  int64_t t = row % p.q_tiles_total;
-  const int64_t bh = row / p.q_tiles_total;
-  const int64_t h = bh % p.geo.heads, b = bh / p.geo.heads;
-  int qc[sm80::kRank];
-  sm80::tile_coord(col, p.geo.q_log2, qc);
-  bool ok = true;
-  off = b * s_batch + h * s_head;
-  for (int a = sm80::kRank - 1; a >= 0; --a) {
-    const int tile = int(t % p.geo.q_tiles[a]);
-    t /= p.geo.q_tiles[a];
-    const int x = (tile << p.geo.q_log2[a]) + qc[a];
-    ok = ok && x < p.geo.q_extent[a];
-    off += int64_t(x) * s_spatial[a];
-  }
-  return ok;
-}
 
 __global__ void __launch_bounds__(256) fna_sm90_bwd_dkdv_tables_kernel(const __grid_constant__ DkdvParams p,
                                                                        int64_t entries) {
@@ -50,13 +28,13 @@ __global__ void __launch_bounds__(256) fna_sm90_bwd_dkdv_tables_kernel(const __g
   // writes: when this kernel is its programmatic dependent (pdl.cuh), the lse half overlaps it.
   for (int64_t i = first; i < entries; i += step) {
     int64_t off = 0;
-    const bool ok = table_entry_offset(p, i, p.lse_batch, p.lse_head, p.lse_spatial, off);
+    const bool ok = table_entry_offset(p.geo, p.q_tiles_total, i, p.lse_batch, p.lse_head, p.lse_spatial, off);
     p.tab_lse2[i] = ok ? p.lse[off] * 1.4426950408889634074f : INFINITY;
   }
   pdl_wait();
   for (int64_t i = first; i < entries; i += step) {
     int64_t off = 0;
-    const bool ok = table_entry_offset(p, i, p.delta_batch, p.delta_head, p.delta_spatial, off);
+    const bool ok = table_entry_offset(p.geo, p.q_tiles_total, i, p.delta_batch, p.delta_head, p.delta_spatial, off);
     p.tab_delta[i] = ok ? p.delta[off] : 0.f;
   }
   if (threadIdx.x == 0) NATTEN_SM90_TRACE_EVENT(p.trace, kTraceTables, blockIdx.x, trace_t0, trace_now(), 0u);
@@ -67,20 +45,8 @@ cudaError_t launch_bwd_dkdv_tables(const DkdvParams& params, cudaStream_t stream
   if (entries <= 0) return cudaSuccess;
   const int64_t blocks = (entries + 255) / 256;
   const int grid = int(blocks < 132 * 16 ? blocks : 132 * 16);
-  if (!dependent) {
-    fna_sm90_bwd_dkdv_tables_kernel<<<grid, 256, 0, stream>>>(params, entries);
-    return cudaGetLastError();
-  }
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = 1;
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3(unsigned(grid));
-  cfg.blockDim = dim3(256);
-  cfg.stream = stream;
-  cfg.attrs = attr;
-  cfg.numAttrs = 1;
-  return cudaLaunchKernelEx(&cfg, fna_sm90_bwd_dkdv_tables_kernel, params, entries);
+  return launch_maybe_dependent(fna_sm90_bwd_dkdv_tables_kernel, dim3(unsigned(grid)), dim3(256), 0, stream,
+                                dependent, params, entries);
 }
 
 }  // namespace sm90

@@ -75,6 +75,10 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) fna_sm90_bwd_dq_kernel(co
         ++iter;
       }
     }
+    // Lanes 1-31 of the producer warp wait here for lane 0's loop, not in the pdl_wait below: a
+    // warp some of whose lanes reach griddepcontrol.wait stalls its other lanes too (pdl.cuh), so
+    // a CTA that starts while the dK / dV kernel still runs would issue no loads until it completes.
+    __syncwarp();
   } else {
     cutlass::arch::warpgroup_reg_alloc<Traits::kConsumerRegs>();
     const int ct = int(threadIdx.x) - 128;
@@ -96,12 +100,10 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) fna_sm90_bwd_dq_kernel(co
     if (ct == 0) NATTEN_SM90_TRACE_EVENT(p.trace, kTraceDqCta, blockIdx.x, trace_cta0, trace_now(), unsigned(iter));
   }
   // Launched as a dependent of the dK / dV kernel (pdl.cuh), whose outputs it does not read: it
-  // waits only before exiting, so that its completion implies that kernel's. Lanes 1-31 of the
-  // producer warp reach this wait while lane 0 still issues the loads, which stalls lane 0 until
-  // the dK / dV kernel completes: a dQ CTA that starts early makes no progress until then (clock
-  // trace, NOTES nineteenth session; no end-to-end cost with the static dQ order, whose last CTAs
-  // set the end). Waiting on the consumers only removed the stall but its racecheck case did not
-  // finish (60 s, 150 s; 31 s before), so it is not in the tree.
+  // waits only before exiting, so that its completion implies that kernel's. Every thread waits
+  // (as before the __syncwarp above, which only keeps lanes 1-31 of the producer warp out of it
+  // until lane 0's loads are issued: NOTES nineteenth and twentieth sessions; the end of the
+  // backward does not move with the static order, whose last-starting CTAs set it).
   pdl_wait();
 #endif
 }

@@ -11,6 +11,7 @@
 #include "sm90/fna_forward_kernel.cuh"
 #include "sm90/fna_forward_launch.hpp"
 #include "sm90/kernel_traits.cuh"
+#include "sm90/pdl.cuh"
 #include "sm90/tma_host.hpp"
 
 namespace natten {
@@ -49,21 +50,7 @@ cudaError_t launch_persistent(const Params& params, int64_t num_work, cudaStream
     if (dev >= 0 && dev < 64) done[dev].store(true, std::memory_order_release);
   }
   const unsigned grid = unsigned(persistent_grid(num_work, dev));
-  if (!dependent) {
-    Kernel<<<grid, kThreads, kSmem, stream>>>(params);
-    return cudaGetLastError();
-  }
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = 1;
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3(grid);
-  cfg.blockDim = dim3(kThreads);
-  cfg.dynamicSmemBytes = kSmem;
-  cfg.stream = stream;
-  cfg.attrs = attr;
-  cfg.numAttrs = 1;
-  return cudaLaunchKernelEx(&cfg, Kernel, params);
+  return launch_maybe_dependent(Kernel, dim3(grid), dim3(kThreads), size_t(kSmem), stream, dependent, params);
 }
 
 template <int kDtype, int kHeadDim, bool kPingpong>

@@ -16,6 +16,10 @@
 // completes (the dQ kernel's producer warp: bwd_dq_kernel.cuh).
 #pragma once
 
+#include <cstddef>
+
+#include <cuda_runtime.h>
+
 namespace natten {
 namespace sm90 {
 
@@ -29,6 +33,30 @@ __device__ __forceinline__ void pdl_launch_dependents() {
 #if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ >= 900)
   asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
 #endif
+}
+
+// Launches kernel<<<grid, block, smem, stream>>>(args...); with `dependent`, as a programmatic
+// dependent of the stream's previous kernel (the kernel must follow the rules above). The one
+// launch path of every SM90 kernel that may be a dependent (fna_forward_launch.cuh's
+// launch_persistent, and launch_bwd_dkdv_tables).
+template <class... Params, class... Args>
+cudaError_t launch_maybe_dependent(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem,
+                                   cudaStream_t stream, bool dependent, const Args&... args) {
+  if (!dependent) {
+    kernel<<<grid, block, smem, stream>>>(args...);
+    return cudaGetLastError();
+  }
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = stream;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  return cudaLaunchKernelEx(&cfg, kernel, args...);
 }
 
 }  // namespace sm90
