@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
 #include <cuda_runtime.h>
 
@@ -26,28 +27,18 @@ struct PreprocessRow {
 // division is a long subroutine, and this decode precedes every row's loads).
 template <bool kRows32 = false>
 __device__ __forceinline__ PreprocessRow preprocess_row(const FnaBwdParams& p, int64_t row) {
-  int64_t h, b;
+  using Index = std::conditional_t<kRows32, uint32_t, int64_t>;
+  Index r = Index(row);
+  const Index heads = Index(p.geo.heads);
+  const int64_t h = int64_t(r % heads);
+  r /= heads;
   int c[kRank];  // token grid of the query slab (= extent on the whole grid)
-  if constexpr (kRows32) {
-    uint32_t r = uint32_t(row);
-    const uint32_t heads = uint32_t(p.geo.heads);
-    h = r % heads;
-    r /= heads;
-    for (int a = kRank - 1; a >= 0; --a) {
-      c[a] = int(r % uint32_t(p.geo.q_extent[a]));
-      r /= uint32_t(p.geo.q_extent[a]);
-    }
-    b = r;
-  } else {
-    int64_t r = row;
-    h = r % p.geo.heads;
-    r /= p.geo.heads;
-    for (int a = kRank - 1; a >= 0; --a) {
-      c[a] = int(r % p.geo.q_extent[a]);
-      r /= p.geo.q_extent[a];
-    }
-    b = r;
+  for (int a = kRank - 1; a >= 0; --a) {
+    const Index extent = Index(p.geo.q_extent[a]);
+    c[a] = int(r % extent);
+    r /= extent;
   }
+  const int64_t b = int64_t(r);
   PreprocessRow o{b * p.o_batch + h * p.o_head, b * p.do_batch + h * p.do_head, b * p.dlse_batch + h * p.dlse_head,
                   b * p.delta_batch + h * p.delta_head};
   for (int a = 0; a < kRank; ++a) {

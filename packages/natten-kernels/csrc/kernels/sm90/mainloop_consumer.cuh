@@ -136,10 +136,15 @@ struct MainloopConsumer {
   // per work tile, as soon as its last S GEMM (the last read of Q) has completed. `pending` (kDefer):
   // the previous work tile's output, packed (deferred epilogue; not valid otherwise), stored once
   // this tile's first S GEMM has been issued.
+  //
+  // Force-inlined: the kSplit kernels call it twice (work tiles, then the chunk item), and at head dim
+  // 256 nvcc otherwise kept it as a function, where ptxas serializes every wgmma of the kernel
+  // (C7510: the wgmma pipeline may not cross a call).
   template <class TensorO>
-  __device__ static void run(const FnaSm90Params& p, const WorkContext& ctx, SharedStorage& ss, Pipeline& pipe_k,
-                             Pipeline& pipe_v, int ct, OnlineSoftmax& sm, TensorO& acc_o, PipelineState& st_k,
-                             PipelineState& st_v, int iter, PendingStore<Traits::kHeadDim>& pending) {
+  __device__ __forceinline__ static void run(const FnaSm90Params& p, const WorkContext& ctx, SharedStorage& ss,
+                                             Pipeline& pipe_k, Pipeline& pipe_v, int ct, OnlineSoftmax& sm,
+                                             TensorO& acc_o, PipelineState& st_k, PipelineState& st_v, int iter,
+                                             PendingStore<Traits::kHeadDim>& pending) {
     using namespace cute;
     typename Traits::TiledMmaS mma_s;
     typename Traits::TiledMmaPV mma_pv;

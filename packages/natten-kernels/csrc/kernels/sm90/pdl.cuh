@@ -13,7 +13,8 @@
 // - pdl_wait before exiting, so that the kernel's completion implies the previous kernel's and the
 //   stream's later work sees both.
 // A warp some of whose lanes reach the wait stalls its other lanes too, until the previous kernel
-// completes (the dQ kernel's producer warp: bwd_dq_kernel.cuh).
+// completes: the dQ kernel's producer warp holds lanes 1-31 in a __syncwarp until lane 0's load loop
+// is done, and only then lets them wait (bwd_dq_kernel.cuh).
 #pragma once
 
 #include <cstddef>
