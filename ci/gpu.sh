@@ -82,6 +82,8 @@ if has sanitize; then
   own_process_case "split tail, rank 3" ci/gpu_sanitize_split_rank3.py --check-split split-rank3
   # ordered dK / dV schedule (4 CTAs; --check-order: gradients bit-identical to the natural order)
   own_process_case "dK / dV work order" ci/gpu_sanitize_dkdv_order.py --check-order dkdv-order
+  # forward cluster pairs, with and without a split tail (2 clusters; --check: the cluster kernel ran)
+  own_process_case "cluster pairs" ci/gpu_sanitize_cluster.py --check cluster-pairs
   for tool in memcheck racecheck; do
     step "compute-sanitizer $tool"
     compute-sanitizer --tool $tool --error-exitcode 9 --target-processes all \

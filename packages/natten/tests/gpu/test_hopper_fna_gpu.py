@@ -321,6 +321,109 @@ def test_split_tail_matches_oracle(monkeypatch, case, schedule):
     assert_close(lse, lse0, atol=1e-3, rtol=0, what=f"{desc} split vs unsplit lse")
 
 
+CLUSTER_CASES = [  # shape, kernel, stride, causal, B, H, Hkv, D, Dv, q tile, kv tile, dtype
+    # 2-D grouped (flux-4k-gna's tiling): pairs on axis 0 (8-row tiles in 16-row stride groups), 384 tiles
+    ((64, 64), (40, 40), (16, 16), (False, False), 1, 12, 12, 128, 128, (8, 16), (8, 16), torch.float16),
+    # 1-D stride 256 (1d-32k-s256's shape, smaller), GQA, batch 2: 512 tiles
+    ((4096,), (1024,), (256,), (False,), 2, 8, 2, 128, 128, (128,), (128,), torch.bfloat16),
+    # partial groups and tiles (48 x 80, stride 16 x 8), Dv 96 < D: pairs on axis 0 only
+    ((48, 80), (24, 40), (16, 8), (False, False), 1, 6, 3, 128, 96, (8, 16), (8, 16), torch.float16),
+    # rank 3 with batch 2 (folded into X): pairs on axis 0 (2-deep tiles in 4-deep groups)
+    ((8, 16, 16), (4, 8, 8), (4, 8, 8), (False, False, False), 2, 4, 4, 128, 128, (2, 8, 8), (2, 8, 8),
+     torch.bfloat16),
+    # causal axis (not the pairs' axis) with the static order forced
+    ((64, 48), (32, 16), (16, 16), (False, True), 1, 8, 8, 128, 128, (8, 16), (8, 16), torch.float16),
+    # H None: the head count that gives the launch a split tail (_split_heads): pairs, then each CTA's
+    # chunk item unpaired
+    ((64, 64), (40, 40), (16, 16), (False, False), 1, None, None, 128, 128, (8, 16), (8, 16), torch.bfloat16),
+    ((2048,), (1024,), (256,), (False,), 1, None, None, 128, 64, (128,), (128,), torch.float16),
+]
+
+
+def _is_cluster_kernel(name: str) -> bool:
+    """The forward kernel's last template flag (kCluster) from its demangled name."""
+    return name.split("(")[0].strip().rstrip(">").split(",")[-1].strip() == "true"
+
+
+def _forward_kernels(fn, combine: bool = False):
+    """fn()'s result and the names of the forward kernels it ran (with combine: and the split tail's
+    combine kernels)."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        res = fn()
+        torch.cuda.synchronize()
+    keys = ("fna_sm90_forward_kernel", "split_combine") if combine else ("fna_sm90_forward_kernel",)
+    return res, [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA
+                 and any(k in e.name for k in keys)]
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+@pytest.mark.parametrize("case", range(len(CLUSTER_CASES)))
+def test_cluster_pairs_match_oracle(monkeypatch, case, schedule):
+    """Cluster pairs (NATTEN_HOPPER_CLUSTER=1 runs them wherever they fit; read per call): two CTAs
+    of a cluster run query tiles 2 j and 2 j + 1 of one axis, which walk the same key tiles, and
+    share every K / V load by TMA multicast; with a split tail each CTA then runs its chunk item
+    unpaired. The cluster kernel must have run (its last template flag; the combine kernel too where
+    the launch splits), and its outputs (poisoned first) match float64 and the plain kernel's
+    (NATTEN_HOPPER_CLUSTER=0): bit for bit where both run the same tiles whole."""
+    shape, ks, st, ca, b, h, hkv, d, dv, qt, kt, dtype = CLUSTER_CASES[case]
+    split = h is None
+    if split:
+        sms = torch.cuda.get_device_properties(0).multi_processor_count
+        h = hkv = _split_heads(math.prod(-(-n // t) for n, t in zip(shape, qt)), b, sms, 1)
+    monkeypatch.setenv("NATTEN_HOPPER_SCHEDULE", "static")
+    g = torch.Generator(device="cuda").manual_seed(SEED + 47 * case)
+    q = torch.randn(b, *shape, h, d, device="cuda", dtype=dtype, generator=g)
+    k = torch.randn(b, *shape, hkv, d, device="cuda", dtype=dtype, generator=g)
+    v = torch.randn(b, *shape, hkv, dv, device="cuda", dtype=dtype, generator=g)
+    op = OPS[len(shape)]
+
+    def run(cluster: bool):
+        monkeypatch.setenv("NATTEN_HOPPER_CLUSTER", "1" if cluster else "0")
+        ops.set_poison_outputs(True)
+        try:
+            return _forward_kernels(lambda: op(q, k, v, ks, st, 1, ca, backend="hopper-fna", return_lse=True,
+                                               q_tile_shape=qt, kv_tile_shape=kt, kernel_schedule=schedule),
+                                    combine=True)
+        finally:
+            ops.set_poison_outputs(False)
+
+    desc = f"case {case} seed {SEED}: shape={shape} k={ks} s={st} H={h} Hkv={hkv} B={b} Dv={dv} {dtype} {schedule}"
+    (out, lse), names = run(True)
+    fwd = [n for n in names if "split_combine" not in n]
+    assert fwd and all(_is_cluster_kernel(n) for n in fwd), f"{desc}: the cluster kernel did not run ({names})"
+    did_split = any("split_combine" in n for n in names)
+    assert did_split or not split, f"{desc}: no split tail ({names})"
+    ref_out, ref_lse = na_oracle(q.double(), k.double(), v.double(), ks, st, 1, ca)
+    assert_close(out, ref_out, atol=GPU_TOL[dtype], rtol=0, what=f"{desc} out")
+    assert_close(lse, ref_lse, atol=GPU_TOL[dtype], rtol=0, what=f"{desc} lse")
+    (out0, lse0), names0 = run(False)
+    assert names0 and not any(_is_cluster_kernel(n) for n in names0 if "split_combine" not in n), \
+        f"{desc}: NATTEN_HOPPER_CLUSTER=0 still ran the cluster kernel"
+    assert any("split_combine" in n for n in names0) == did_split, f"{desc}: the split differs ({names0})"
+    if not did_split or len(shape) == 1:
+        # The same tiles whole and the same tail chunks (1-D pairs are consecutive tiles): same bits.
+        assert torch.equal(out, out0) and torch.equal(lse, lse0), f"{desc}: cluster and plain kernels differ"
+    else:
+        # The tail is the last pairs' tiles (ordered_tile), not the last tiles: other tiles run in
+        # chunks, so the two agree as split and unsplit results do (test_split_tail_matches_oracle).
+        assert_close(out, out0, atol=GPU_TOL[dtype], rtol=0, what=f"{desc} cluster vs plain out")
+        assert_close(lse, lse0, atol=1e-3, rtol=0, what=f"{desc} cluster vs plain lse")
+
+
+def test_cluster_pairs_skip_problems_without_equal_walks(monkeypatch):
+    """Stride 1 (neighbouring query tiles walk shifted windows) and odd tile counts never pair."""
+    monkeypatch.setenv("NATTEN_HOPPER_CLUSTER", "1")
+    monkeypatch.setenv("NATTEN_HOPPER_SCHEDULE", "static")
+    for shape, ks, st, qt in (((64, 64), (17, 17), (1, 1), (8, 16)), ((640,), (256,), (128,), (128,))):
+        q = torch.randn(1, *shape, 4, 128, device="cuda", dtype=torch.float16)
+        (out, ), names = _forward_kernels(lambda: (OPS[len(shape)](q, q, q, ks, st, backend="hopper-fna",
+                                                                   q_tile_shape=qt, kv_tile_shape=qt), ))
+        assert names and not any(_is_cluster_kernel(n) for n in names), \
+            f"{shape} {ks} {st}: paired without equal walks ({names})"
+        ref, _ = na_oracle(q.double(), q.double(), q.double(), ks, st, 1, (False,) * len(shape))
+        assert_close(out, ref, atol=1e-2, rtol=0, what=f"{shape} {ks} {st}")
+
+
 def test_unknown_schedule_is_refused():
     q = torch.randn(1, 64, 1, 64, device="cuda", dtype=torch.float16)
     with pytest.raises(ValueError, match="kernel_schedule"):

@@ -138,6 +138,22 @@ bool defer_epilogue() {
   return !(e != nullptr && std::strcmp(e, "immediate") == 0);
 }
 
+// NATTEN_HOPPER_CLUSTER (read per call): "0" never runs cluster pairs (fna_forward_kernel.cuh,
+// kCluster), "1" runs them on every launch they fit (static order, kernel head dim 128, query-tile
+// pairs with equal key walks: cluster_pair_axis, and the whole persistent grid fits as clusters);
+// anything else (or unset): on those launches with at least kClusterMinRounds rounds of the grid.
+int cluster_pairs_env() {
+  const char* e = std::getenv("NATTEN_HOPPER_CLUSTER");
+  if (e != nullptr && std::strcmp(e, "0") == 0) return 0;
+  if (e != nullptr && std::strcmp(e, "1") == 0) return 1;
+  return -1;
+}
+
+// Fewest rounds (work tiles / persistent CTAs) for automatic cluster pairs: measured faster on
+// flux-4k-gna (93 rounds) and dense-fmha (31), 2-3% slower on 1d-32k-s256 (2 rounds) (H200,
+// benchmarks/NOTES.md, twenty-first session).
+constexpr int64_t kClusterMinRounds = 8;
+
 // NATTEN_HOPPER_SCHEDULE (read per call): "static" / "dynamic" force the persistent forward's work
 // order (params.cuh); anything else: the automatic rule of use_dynamic_schedule.
 int schedule_env() {
@@ -202,7 +218,7 @@ SplitPlan split_plan(const FnaSm90Params& p) {
   if (r == 0 || G / r < 2) return {};
   int chunks = int(G / r), min_steps = INT_MAX;
   for (int64_t t = g.num_work - r; t < g.num_work; ++t) {
-    const WorkContext ctx = make_work_context_fast(g, p.decode, t, 0);
+    const WorkContext ctx = make_work_context_fast(g, p.decode, ordered_tile(p, t), 0);
     chunks = ctx.keys.count[0] < chunks ? ctx.keys.count[0] : chunks;
     min_steps = ctx.keys.total < min_steps ? ctx.keys.total : min_steps;
   }
@@ -321,6 +337,38 @@ cudaError_t fna_forward(const FnaForwardArgs& args, int dtype, cudaStream_t stre
   p.partial_o = nullptr;
   p.partial_stats = nullptr;
   void* split_ws = nullptr;
+  // Cluster pairs (params.cuh) on the launches they fit.
+  p.pair_half = 0;
+  p.pair_inner = 1;
+  p.pair_half_div = window::make_fast_div(1);
+  p.pair_inner_div = window::make_fast_div(1);
+  const int cluster_env = cluster_pairs_env();
+  bool pairs_wanted = counter == nullptr && D == 128 && persistent_enabled() && cluster_env != 0;
+  if (pairs_wanted) {
+    int dev = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess) {
+      (void)cudaGetLastError();
+      dev = -1;
+    }
+    const int64_t G = persistent_grid(g.num_work, dev);
+    // Every cluster of the grid must fit at once: with a split tail the grid is the persistent G,
+    // which the plan below assumes (launch_cluster_pairs).
+    const int fit = dtype == 1 ? fna_forward_cluster_fit<1, 128>(dev) : fna_forward_cluster_fit<2, 128>(dev);
+    pairs_wanted = (G & 1) == 0 && G / 2 <= int64_t(fit) &&
+                   (cluster_env > 0 || g.num_work >= kClusterMinRounds * G);
+  }
+  if (pairs_wanted) {
+    const int a = cluster_pair_axis(g, p.decode);
+    if (a >= 0) {
+      int inner = 1;
+      for (int b = a + 1; b < kRank; ++b) inner *= g.q_tiles[b];
+      p.pair_half = g.q_tiles[a] / 2;
+      p.pair_inner = inner;
+      p.pair_half_div = window::make_fast_div(p.pair_half);
+      p.pair_inner_div = window::make_fast_div(inner);
+    }
+  }
+  // With cluster pairs the tail is the last pairs' tiles (ordered_tile) on the same G CTAs.
   if (counter == nullptr) {
     const SplitPlan sp = split_plan(p);
     if (sp.chunks >= 2) {

@@ -4,5 +4,6 @@
 namespace natten {
 namespace sm90 {
 template cudaError_t launch_fna_forward<2, 128>(const FnaSm90Params&, int, cudaStream_t);
+template int fna_forward_cluster_fit<2, 128>(int);
 }  // namespace sm90
 }  // namespace natten

@@ -53,18 +53,116 @@ cudaError_t launch_persistent(const Params& params, int64_t num_work, cudaStream
   return launch_maybe_dependent(Kernel, dim3(grid), dim3(kThreads), size_t(kSmem), stream, dependent, params);
 }
 
+// Clusters of 2 CTAs of Kernel that fit on the device at once (cudaOccupancyMaxActiveClusters), asked
+// once per device; 0 when none (or the query fails).
+template <auto Kernel, int kSmem, int kThreads>
+int cluster_pairs_fit(int dev) {
+  static std::atomic<int> fit[64];
+  if (dev < 0 || dev >= 64) return 0;
+  int n = fit[dev].load(std::memory_order_acquire);
+  if (n > 0) return n;
+  if (cudaFuncSetAttribute(Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return 0;
+  }
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = 2;
+  attr[0].val.clusterDim.y = 1;
+  attr[0].val.clusterDim.z = 1;
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(2);
+  cfg.blockDim = dim3(kThreads);
+  cfg.dynamicSmemBytes = size_t(kSmem);
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  if (cudaOccupancyMaxActiveClusters(&n, Kernel, &cfg) != cudaSuccess || n <= 0) {
+    (void)cudaGetLastError();
+    return 0;
+  }
+  fit[dev].store(n, std::memory_order_release);
+  return n;
+}
+
+// Launches the cluster-pair kernel (fna_forward_kernel.cuh, kCluster) over num_work / 2 pairs in
+// clusters of 2 CTAs, each walking the pairs of the rotated order: as many clusters as fit at once,
+// no more than persistent_grid allows CTAs. split: the launch has a split tail planned for
+// G = persistent_grid CTAs in the pairs' order (ordered_tile), so the grid must be exactly G; the host
+// (fna_forward.cpp) checked that G / 2 clusters fit (fna_forward_cluster_fit), and a launch that
+// cannot is an error, not a fall-back (the plain kernel would take the tail in another order).
+// Without a split, cudaErrorNotSupported when no cluster fits (the caller runs the plain kernel).
+template <auto Kernel, int kSmem, int kThreads, class Params>
+cudaError_t launch_cluster_pairs(const Params& params, int64_t num_work, bool split, cudaStream_t stream) {
+  if (num_work <= 0) return cudaSuccess;
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) {
+    (void)cudaGetLastError();
+    dev = -1;
+  }
+  const int64_t fit = cluster_pairs_fit<Kernel, kSmem, kThreads>(dev);
+  const int64_t G = persistent_grid(num_work, dev);
+  int64_t clusters;
+  if (split) {
+    if ((G & 1) != 0 || G / 2 > fit) return cudaErrorInvalidConfiguration;
+    clusters = G / 2;
+  } else {
+    if (fit <= 0) return cudaErrorNotSupported;
+    const int64_t pairs = num_work / 2, cap = G / 2 >= 1 ? G / 2 : 1;
+    clusters = pairs < fit ? pairs : fit;
+    clusters = cap < clusters ? cap : clusters;
+  }
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = 2;
+  attr[0].val.clusterDim.y = 1;
+  attr[0].val.clusterDim.z = 1;
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(unsigned(2 * clusters));
+  cfg.blockDim = dim3(kThreads);
+  cfg.dynamicSmemBytes = size_t(kSmem);
+  cfg.stream = stream;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  return cudaLaunchKernelEx(&cfg, Kernel, params);
+}
+
+// Clusters of the head-dim-128 cluster-pair kernels that fit on device dev (they share resources:
+// one query serves both schedules and both tails); 0 for other head dims.
+template <int kDtype, int kHeadDim>
+int fna_forward_cluster_fit(int dev) {
+  if constexpr (kHeadDim == 128) {
+    using Traits = FnaSm90Traits<typename DtypeElement<kDtype>::type, kHeadDim>;
+    return cluster_pairs_fit<fna_sm90_forward_kernel<Traits, false, false, true, true>, Traits::kSmemBytes,
+                             Traits::kThreads>(dev);
+  } else {
+    (void)dev;
+    return 0;
+  }
+}
+
 template <int kDtype, int kHeadDim, bool kPingpong>
 cudaError_t launch_fna_forward_schedule(const FnaSm90Params& params, cudaStream_t stream) {
   using Traits = FnaSm90Traits<typename DtypeElement<kDtype>::type, kHeadDim>;
   if (params.work_counter != nullptr)  // the dynamic work order (fna_forward_kernel.cuh)
     return launch_persistent<fna_sm90_forward_kernel<Traits, kPingpong, true>, Traits::kSmemBytes, Traits::kThreads>(
         params, params.geo.num_work, stream);
-  if (params.split_chunks <= 1)
-    return launch_persistent<fna_sm90_forward_kernel<Traits, kPingpong, false>, Traits::kSmemBytes, Traits::kThreads>(
-        params, params.geo.num_work, stream);
-  const cudaError_t e = launch_persistent<fna_sm90_forward_kernel<Traits, kPingpong, false, true>, Traits::kSmemBytes,
-                                          Traits::kThreads>(params, params.num_items, stream);
-  if (e != cudaSuccess) return e;
+  const bool split = params.split_chunks > 1;
+  cudaError_t e = cudaErrorNotSupported;
+  if constexpr (kHeadDim == 128) {
+    if (params.pair_half > 0) {
+      e = split ? launch_cluster_pairs<fna_sm90_forward_kernel<Traits, kPingpong, false, true, true>, Traits::kSmemBytes,
+                                       Traits::kThreads>(params, params.geo.num_work, true, stream)
+                : launch_cluster_pairs<fna_sm90_forward_kernel<Traits, kPingpong, false, false, true>,
+                                       Traits::kSmemBytes, Traits::kThreads>(params, params.geo.num_work, false, stream);
+    }
+  }
+  if (e == cudaErrorNotSupported) {  // no cluster pairs here (or none fit): the plain kernels
+    e = split ? launch_persistent<fna_sm90_forward_kernel<Traits, kPingpong, false, true>, Traits::kSmemBytes,
+                                  Traits::kThreads>(params, params.num_items, stream)
+              : launch_persistent<fna_sm90_forward_kernel<Traits, kPingpong, false>, Traits::kSmemBytes,
+                                  Traits::kThreads>(params, params.geo.num_work, stream);
+  }
+  if (e != cudaSuccess || !split) return e;
   // Split tail (split_tail.cuh): merge the chunks of the last round's tiles.
   const dim3 grid(unsigned(params.geo.num_work - params.split_base), unsigned(Traits::kTileQ / kCombineRows));
   fna_sm90_split_combine_kernel<Traits><<<grid, 32 * kCombineRows, 0, stream>>>(params);

@@ -15,5 +15,10 @@ namespace sm90 {
 template <int kDtype /*1 = fp16, 2 = bf16*/, int kHeadDim>
 cudaError_t launch_fna_forward(const FnaSm90Params& params, int schedule, cudaStream_t stream);
 
+// Clusters of 2 CTAs of the cluster-pair kernels (head dim 128; fna_forward_kernel.cuh, kCluster)
+// that fit on device dev at once; 0 when none, or for other head dims (instantiated for 128 only).
+template <int kDtype, int kHeadDim>
+int fna_forward_cluster_fit(int dev);
+
 }  // namespace sm90
 }  // namespace natten

@@ -114,12 +114,34 @@ __device__ __forceinline__ void convert_pairs(const TensorS& s, TensorP& p) {
 
 // kDefer: the deferred epilogue is compiled in (the previous work tile's O stored during this
 // tile's first S GEMM); off in the dynamic-schedule kernels, where it cost registers (spills).
-template <class Traits, bool kPingpong, bool kDefer>
+// kCluster: the CTA is one of a cluster pair (fna_forward_kernel.cuh) whose producers multicast into
+// both CTAs' rings, so a stage is free only when the consumer warpgroups of both CTAs have released
+// it: each warpgroup arrives once on each CTA's empty barrier (count 4, PipelineTmaAsync's cluster
+// count), lane 0 of its warp 0 on CTA 0's and lane 0 of its warp 1 on CTA 1's. Done here from the
+// consumer index instead of PipelineTmaAsync::consumer_release, whose per-thread target and
+// predicate took two registers per ring across the key walk (ptxas spilled the ring phases).
+template <class Traits, bool kPingpong, bool kDefer, bool kCluster = false>
 struct MainloopConsumer {
   using Element = typename Traits::Element;
   using SharedStorage = typename Traits::SharedStorage;
   using Pipeline = typename Traits::Pipeline;
   using PipelineState = typename Traits::PipelineState;
+
+  // own_rank (kCluster): -1 while paired; the CTA's rank in the cluster for its unpaired chunk item,
+  // whose two arrivals per warpgroup both go to its own barrier.
+  __device__ __forceinline__ static void release(Pipeline& pipe, typename Pipeline::SharedStorage& ring,
+                                                 const PipelineState& st, int ct, int own_rank) {
+    if constexpr (kCluster) {
+      const int t = ct & 127;  // thread of the consumer warpgroup
+      const uint32_t dst = own_rank < 0 ? uint32_t(t >> 5) : uint32_t(own_rank);
+      ring.empty_barrier_[st.index()].arrive(dst, uint32_t((t & ~32) == 0));
+    } else {
+      (void)ring;
+      (void)ct;
+      (void)own_rank;
+      pipe.consumer_release(st);
+    }
+  }
 
   // Ping-pong turn barriers (user named-barrier ids 0 and 1 = consumer warpgroup 0 and 1).
   static constexpr uint32_t kTurnThreads = 2 * 128;
@@ -144,7 +166,7 @@ struct MainloopConsumer {
   __device__ __forceinline__ static void run(const FnaSm90Params& p, const WorkContext& ctx, SharedStorage& ss,
                                              Pipeline& pipe_k, Pipeline& pipe_v, int ct, OnlineSoftmax& sm,
                                              TensorO& acc_o, PipelineState& st_k, PipelineState& st_v, int iter,
-                                             PendingStore<Traits::kHeadDim>& pending) {
+                                             PendingStore<Traits::kHeadDim>& pending, int own_rank = -1) {
     using namespace cute;
     typename Traits::TiledMmaS mma_s;
     typename Traits::TiledMmaPV mma_pv;
@@ -203,7 +225,7 @@ struct MainloopConsumer {
       if constexpr (kDefer) epilogue_store_pending<Traits>(p, ct, pending);
       warpgroup_wait<0>();
       warpgroup_fence_operand(acc_s);
-      pipe_k.consumer_release(st_k);
+      release(pipe_k, ss.pipe_k, st_k, ct, own_rank);
       ++st_k;
       if (total == 1) ss.q_empty.arrive();  // S0 was the last read of Q
       if (!sm80::key_tile_full(p.geo, keys, kb)) mask_tile<Traits::kTileKV / 64>(p, win, kb, ct, masked, acc_s);
@@ -226,7 +248,7 @@ struct MainloopConsumer {
 
       warpgroup_wait<1>();  // S(t) done (wgmma groups complete in order)
       warpgroup_fence_operand(acc_s);
-      pipe_k.consumer_release(st_k);
+      release(pipe_k, ss.pipe_k, st_k, ct, own_rank);
       ++st_k;
       if (t == total - 1) ss.q_empty.arrive();  // S(T-1) was the last read of Q
       if (!sm80::key_tile_full(p.geo, keys, kb)) mask_tile<Traits::kTileKV / 64>(p, win, kb, ct, masked, acc_s);
@@ -235,7 +257,7 @@ struct MainloopConsumer {
       warpgroup_wait<0>();  // O += P(t-1) V(t-1) done: P registers and V stage free
       warpgroup_fence_operand(acc_o);
       warpgroup_fence_operand(p_regs);  // keep P(t-1) live until here (read by the async wgmma)
-      pipe_v.consumer_release(st_v);
+      release(pipe_v, ss.pipe_v, st_v, ct, own_rank);
       ++st_v;
       convert_pairs<Element>(acc_s, p_regs);
       sm80::key_tile_advance(p.geo, keys, kb);
@@ -254,14 +276,14 @@ struct MainloopConsumer {
       warpgroup_wait<0>();
       warpgroup_fence_operand(acc_o);
       warpgroup_fence_operand(p_regs);
-      pipe_v.consumer_release(st_v);
+      release(pipe_v, ss.pipe_v, st_v, ct, own_rank);
       ++st_v;
       Tensor acc_s = partition_fragment_C(mma_s, scores_shape);
       warpgroup_gemm<true, false>(mma_s, tSrQ, tSrK(_, _, _, st_k.index()), acc_s);
       turn_end(wg);
       warpgroup_wait<0>();
       warpgroup_fence_operand(acc_s);
-      pipe_k.consumer_release(st_k);
+      release(pipe_k, ss.pipe_k, st_k, ct, own_rank);
       ++st_k;
       if (t == total - 1) ss.q_empty.arrive();  // S(T-1) was the last read of Q
       if (!sm80::key_tile_full(p.geo, keys, kb)) mask_tile<Traits::kTileKV / 64>(p, win, kb, ct, masked, acc_s);
@@ -280,7 +302,7 @@ struct MainloopConsumer {
     warpgroup_wait<0>();
     warpgroup_fence_operand(acc_o);
     warpgroup_fence_operand(p_regs);
-    pipe_v.consumer_release(st_v);
+    release(pipe_v, ss.pipe_v, st_v, ct, own_rank);
     ++st_v;  // the ring position carries over to the CTA's next work tile
   }
 };

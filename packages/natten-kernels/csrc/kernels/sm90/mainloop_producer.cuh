@@ -13,7 +13,10 @@
 namespace natten {
 namespace sm90 {
 
-template <class Traits>
+// kCluster: the CTA is member `rank` of a cluster pair (fna_forward_kernel.cuh): it loads the K / V
+// head-dim chunks c with c % 2 == rank and multicasts them to both CTAs of the cluster (same stage,
+// same offset, each CTA's own full barrier: each expects the whole tile, half from each producer).
+template <class Traits, bool kCluster = false>
 struct MainloopProducer {
   using Element = typename Traits::Element;
   using SharedStorage = typename Traits::SharedStorage;
@@ -34,6 +37,28 @@ struct MainloopProducer {
     }
   }
 
+  // K / V tile: every chunk (load_tile), or with kCluster this CTA's half, multicast to the pair.
+  // (paired false: a kCluster CTA's unpaired chunk item, whole tiles into its own ring.)
+  template <int kChunkElems>
+  __device__ static void load_kv_tile(const CUtensorMap* desc, uint64_t* bar, Element* dst, int head, const int c[3],
+                                      int rank, bool paired) {
+    if constexpr (kCluster) {
+      static_assert(Traits::kChunks % 2 == 0, "cluster pairs split the head-dim chunks");
+      if (paired) {
+        CUTE_UNROLL
+        for (int k = 0; k < Traits::kChunks; ++k) {
+          if ((k & 1) != rank) continue;
+          cute::SM90_TMA_LOAD_MULTICAST_5D::copy(desc, bar, uint16_t(0x3), kCacheHint, dst + k * kChunkElems,
+                                                 k * Traits::kChunk, head, c[0], c[1], c[2]);
+        }
+        return;
+      }
+    }
+    (void)rank;
+    (void)paired;
+    load_tile<kChunkElems>(desc, bar, dst, head, c);
+  }
+
   // Called by exactly one thread, once per work tile of the CTA. st_k / st_v carry the ring
   // positions from one work tile to the next; `iter` counts the CTA's work tiles (0, 1, ...).
   // kPublish (the dynamic work order): next_idx, the CTA's next work index, is stored to
@@ -44,7 +69,7 @@ struct MainloopProducer {
   template <bool kPublish = false>
   __device__ static void run(const FnaSm90Params& p, const WorkContext& ctx, SharedStorage& ss, Pipeline& pipe_k,
                              Pipeline& pipe_v, PipelineState& st_k, PipelineState& st_v, int iter,
-                             int64_t next_idx = 0) {
+                             int64_t next_idx = 0, int rank = 0, bool paired = true) {
     const int64_t b = ctx.work.batch;
     int o[kRank], c[3];
     query_tile_origin(ctx, o);
@@ -70,20 +95,23 @@ struct MainloopProducer {
       if (t < total) {
         tma_token_coords(p, b, kb, p.fold_kv, c);
         pipe_k.producer_acquire(st_k);  // waits for the stage to be free, then expects kTileBytesKV
-        load_tile<Traits::kChunkElemsKV>(&p.tma_k, pipe_k.producer_get_barrier(st_k), ss.k.data() + st_k.index() * kStageElems, kv_head, c);
+        load_kv_tile<Traits::kChunkElemsKV>(&p.tma_k, pipe_k.producer_get_barrier(st_k),
+                                            ss.k.data() + st_k.index() * kStageElems, kv_head, c, rank, paired);
         ++st_k;
         sm80::key_tile_advance(p.geo, ctx.keys, kb);
       }
       if (t > 0) {
         tma_token_coords(p, b, vb, p.fold_kv, c);
         pipe_v.producer_acquire(st_v);
-        load_tile<Traits::kChunkElemsKV>(&p.tma_v, pipe_v.producer_get_barrier(st_v), ss.v.data() + st_v.index() * kStageElems, kv_head, c);
+        load_kv_tile<Traits::kChunkElemsKV>(&p.tma_v, pipe_v.producer_get_barrier(st_v),
+                                            ss.v.data() + st_v.index() * kStageElems, kv_head, c, rank, paired);
         ++st_v;
         sm80::key_tile_advance(p.geo, ctx.keys, vb);
       }
     }
-    // No producer tail needed: the CTA is a cluster of one, and the consumers wait on the full
-    // barrier of every tile issued here before they (and with them the CTA) exit.
+    // No producer tail needed: the consumers wait on the full barrier of every tile issued here
+    // before they (and with them the CTA) exit; with kCluster the kernel's final cluster_sync keeps
+    // both CTAs until the peer's consumers have done the same.
   }
 };
 

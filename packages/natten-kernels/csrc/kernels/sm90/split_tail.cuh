@@ -94,7 +94,7 @@ __global__ void __launch_bounds__(32 * kCombineRows) fna_sm90_split_combine_kern
     }
   }
 
-  const WorkContext ctx = make_work_context(p, p.split_base + t);
+  const WorkContext ctx = make_work_context(p, ordered_tile(p, p.split_base + t));  // the chunk items' tile
   int x[kRank];
   if (!tile_row_coords(row, p.geo.q_log2, ctx.qt.q0, ctx.qt.n_q, x)) return;
   const float inv = l > 0.f ? 1.f / l : 0.f;

@@ -41,8 +41,9 @@ struct RotatedWork {
 };
 
 // Work context of work item `item` of a (possibly split) launch; slot = the chunk item's index
-// into the split workspace (item - split_base), or -1 for a whole work tile.
-template <class Params>
+// into the split workspace (item - split_base), or -1 for a whole work tile. kPaired: a cluster-pair
+// launch (fna_forward_kernel.cuh, kCluster), whose tail tiles come from ordered_tile.
+template <bool kPaired = false, class Params>
 NATTEN_HD WorkContext make_item_context(const Params& p, int64_t item, int& slot) {
   if (item < p.split_base) {
     slot = -1;
@@ -50,7 +51,7 @@ NATTEN_HD WorkContext make_item_context(const Params& p, int64_t item, int& slot
   }
   const int u = int(item - p.split_base);  // < split_chunks * (num_work - split_base) <= grid size
   const int t = u / p.split_chunks;
-  WorkContext ctx = make_work_context(p, p.split_base + t);
+  WorkContext ctx = make_work_context(p, kPaired ? ordered_tile(p, p.split_base + t) : p.split_base + t);
   restrict_key_walk(p.geo, ctx.keys, u - t * p.split_chunks, p.split_chunks);
   slot = u;
   return ctx;

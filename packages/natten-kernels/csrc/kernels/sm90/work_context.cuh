@@ -171,6 +171,59 @@ NATTEN_HD void row_window_fast(const sm80::Geometry& g, const WorkDecode& d, con
   }
 }
 
+// Key walk of query tile t on axis a alone (start and count in key tiles; the walk is separable).
+NATTEN_HD void axis_key_walk(const sm80::Geometry& g, const WorkDecode& d, int a, int t, int& start, int& count) {
+  const int q0 = t << g.q_log2[a];
+  const int q_last = window::imin(q0 + (1 << g.q_log2[a]) - 1, g.q_extent[a] - 1);
+  int s0, e0, s1, e1;
+  window::window_fast(q0 + g.q_origin[a], d.axis[a], s0, e0);
+  window::window_fast(q_last + g.q_origin[a], d.axis[a], s1, e1);
+  start = s0 - g.kv_origin[a];
+  count = (e1 - s0 + (1 << g.kv_log2[a])) >> g.kv_log2[a];
+}
+
+// Cluster pairs of the forward (params.cuh: pair_half): the fastest axis a whose query tiles 2 j and
+// 2 j + 1 have the same key walk for every j (an even number of them), or -1. Both tiles of a pair
+// then visit the same key tiles in the same order (the walk's other axes are the same for both), so
+// one cluster of 2 CTAs can share every K / V load. On the grouped rows (stride >= 2 query tiles on
+// that axis, e.g. flux-4k-gna's 8-row tiles in 16-row stride groups) every pair qualifies.
+inline int cluster_pair_axis(const sm80::Geometry& g, const WorkDecode& d) {
+  for (int a = kRank - 1; a >= 0; --a) {
+    const int n = g.q_tiles[a];
+    if (n < 2 || (n & 1) != 0) continue;
+    bool same = true;
+    for (int j = 0; same && j < n; j += 2) {
+      int s0, c0, s1, c1;
+      axis_key_walk(g, d, a, j, s0, c0);
+      axis_key_walk(g, d, a, j + 1, s1, c1);
+      same = s0 == s1 && c0 == c1;
+    }
+    if (same) return a;
+  }
+  return -1;
+}
+
+// Work index of member `rank` (0, 1) of cluster pair `pair`: with H = pair_half and I = pair_inner,
+// pair = (hs H + t) I + lo  ->  (hs 2 H + 2 t + rank) I + lo (the pairs' axis has 2 H query tiles).
+template <class Params>
+NATTEN_HD int64_t pair_member(const Params& p, int64_t pair, int rank) {
+  const int P = int(pair);  // num_work < 2^31 (the fast decode's rule)
+  const int hi = window::fast_div(P, p.pair_inner_div);
+  const int lo = P - hi * p.pair_inner;
+  const int hs = window::fast_div(hi, p.pair_half_div);
+  const int t = hi - hs * p.pair_half;
+  return int64_t((hs * 2 * p.pair_half + 2 * t + rank) * p.pair_inner + lo);
+}
+
+// Work tile at position i of the launch's order: i itself, or with cluster pairs (p.pair_half > 0)
+// member i % 2 of pair i / 2 (pair_member). A split tail takes positions split_base.. of this order,
+// so with pairs its tiles are exactly those the pairs below split_base / 2 leave (split_base is
+// even there); the host's split plan, the chunk items and the combine kernel all map through it.
+template <class Params>
+NATTEN_HD int64_t ordered_tile(const Params& p, int64_t i) {
+  return p.pair_half > 0 ? pair_member(p, i >> 1, int(i & 1)) : i;
+}
+
 // Split tail of the forward (params.cuh: num_items, split_base, split_chunks; split_tail.cuh).
 // Restricts a work tile's key walk to chunk `chunk` of `chunks`: the slice [chunk n0 / chunks, (chunk + 1) n0 / chunks) of its n0 key
 // tiles on axis 0, the walk's slowest axis (key_tile_origin), so the chunk is a contiguous run of the
