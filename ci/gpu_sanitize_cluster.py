@@ -1,4 +1,4 @@
-"""compute-sanitizer case for the Hopper forward's cluster pairs (natten-kernels 1.3.8;
+"""compute-sanitizer case for the Hopper forward's cluster pairs (natten-kernels 1.3.7;
 NATTEN_HOPPER_CLUSTER=1 runs them on every launch they fit): two CTAs of a cluster run query tiles
 2 j and 2 j + 1 of an axis whose key walks are equal and share each K / V tile by TMA multicast
 (sm90/fna_forward_kernel.cuh, kCluster); with a split tail, each CTA then runs its chunk item
