@@ -53,6 +53,27 @@ cudaError_t launch_persistent(const Params& params, int64_t num_work, cudaStream
   return launch_maybe_dependent(Kernel, dim3(grid), dim3(kThreads), size_t(kSmem), stream, dependent, params);
 }
 
+// Launch configuration of `ctas` CTAs in clusters of 2 along x (the cluster-pair kernels). Not
+// copyable: cfg points at the object's own attribute.
+struct Cluster2Config {
+  cudaLaunchAttribute attr[1];
+  cudaLaunchConfig_t cfg;
+  Cluster2Config(unsigned ctas, int threads, int smem, cudaStream_t stream) : attr{}, cfg{} {
+    attr[0].id = cudaLaunchAttributeClusterDimension;
+    attr[0].val.clusterDim.x = 2;
+    attr[0].val.clusterDim.y = 1;
+    attr[0].val.clusterDim.z = 1;
+    cfg.gridDim = dim3(ctas);
+    cfg.blockDim = dim3(unsigned(threads));
+    cfg.dynamicSmemBytes = size_t(smem);
+    cfg.stream = stream;
+    cfg.attrs = attr;
+    cfg.numAttrs = 1;
+  }
+  Cluster2Config(const Cluster2Config&) = delete;
+  Cluster2Config& operator=(const Cluster2Config&) = delete;
+};
+
 // Clusters of 2 CTAs of Kernel that fit on the device at once (cudaOccupancyMaxActiveClusters), asked
 // once per device; 0 when none (or the query fails).
 template <auto Kernel, int kSmem, int kThreads>
@@ -65,18 +86,8 @@ int cluster_pairs_fit(int dev) {
     (void)cudaGetLastError();
     return 0;
   }
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeClusterDimension;
-  attr[0].val.clusterDim.x = 2;
-  attr[0].val.clusterDim.y = 1;
-  attr[0].val.clusterDim.z = 1;
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3(2);
-  cfg.blockDim = dim3(kThreads);
-  cfg.dynamicSmemBytes = size_t(kSmem);
-  cfg.attrs = attr;
-  cfg.numAttrs = 1;
-  if (cudaOccupancyMaxActiveClusters(&n, Kernel, &cfg) != cudaSuccess || n <= 0) {
+  const Cluster2Config c(2, kThreads, kSmem, nullptr);
+  if (cudaOccupancyMaxActiveClusters(&n, Kernel, &c.cfg) != cudaSuccess || n <= 0) {
     (void)cudaGetLastError();
     return 0;
   }
@@ -111,19 +122,8 @@ cudaError_t launch_cluster_pairs(const Params& params, int64_t num_work, bool sp
     clusters = pairs < fit ? pairs : fit;
     clusters = cap < clusters ? cap : clusters;
   }
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeClusterDimension;
-  attr[0].val.clusterDim.x = 2;
-  attr[0].val.clusterDim.y = 1;
-  attr[0].val.clusterDim.z = 1;
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3(unsigned(2 * clusters));
-  cfg.blockDim = dim3(kThreads);
-  cfg.dynamicSmemBytes = size_t(kSmem);
-  cfg.stream = stream;
-  cfg.attrs = attr;
-  cfg.numAttrs = 1;
-  return cudaLaunchKernelEx(&cfg, Kernel, params);
+  const Cluster2Config c(unsigned(2 * clusters), kThreads, kSmem, stream);
+  return cudaLaunchKernelEx(&c.cfg, Kernel, params);
 }
 
 // Clusters of the head-dim-128 cluster-pair kernels that fit on device dev (they share resources:
