@@ -44,8 +44,8 @@ def load() -> Tuple[Dict[str, Dict[str, float]], List[str]]:
     series: Dict[str, Dict[str, float]] = {}
     cards = set()
     for path, data in _by_recency(glob.glob(os.path.join(HERE, "results", "*.json"))):
-        if not (data.get("results") or data.get("rows")):
-            continue  # not a speedup table (e.g. distributed.json)
+        if not isinstance(data, dict) or not (data.get("results") or data.get("rows")):
+            continue  # not a speedup table (e.g. distributed.json, or a list of A/B records)
         meta = data.get("meta", {})
         cards.add(f"{meta.get('device', '?')}, {meta.get('date', '?')[:10]}")
         for r in data.get("results", []):  # benchmarks/run.py
