@@ -138,3 +138,11 @@ def test_sm90_visit_tables(tmp_path: Path) -> None:
     slabs and every split of the 64-token query tile; every token has one entry, padding entries
     exist exactly where a tile is partial (tests/sm90_visit_tables_test.cpp)."""
     _cpp_check(tmp_path, "sm90_visit_tables_test.cpp", KERNELS, run_timeout=300)
+
+
+def test_sm90_cluster_pairs(tmp_path: Path) -> None:
+    """The Hopper forward's cluster pairs (sm90/work_context.cuh): the pair axis against its
+    definition (the fastest axis whose query tiles 2j, 2j+1 walk the same keys for every work tile),
+    the pair -> tile map one to one with both members in one row of that axis, ordered_tile in the
+    launch order; random problems and the suite's shapes (tests/sm90_cluster_pairs_test.cpp)."""
+    _cpp_check(tmp_path, "sm90_cluster_pairs_test.cpp", KERNELS, run_timeout=300)

@@ -71,10 +71,11 @@ struct FnaSm90Params {
   int split_chunks;
   float* partial_o;      // [chunk item][kTileQ rows][kernel head dim] (un-normalized O)
   float* partial_stats;  // [chunk item][kTileQ rows][2]: row max (log2 domain, scale folded), row sum
-  // Cluster pairs (static order without a split tail; fna_forward_kernel.cuh, kCluster). pair_half
-  // 0: off. Else the work tiles come in pairs, query tiles 2 j and 2 j + 1 of one axis with the same
-  // key walk, and a cluster of 2 CTAs runs a pair: each CTA loads half of every K / V tile's head-dim
-  // chunks and multicasts it to both (work_context.cuh: pair_member, cluster_pair_axis).
+  // Cluster pairs (static order; fna_forward_kernel.cuh, kCluster). pair_half 0: off. Else the work
+  // tiles come in pairs, query tiles 2 j and 2 j + 1 of one axis with the same key walk, and a
+  // cluster of 2 CTAs runs a pair: each CTA loads half of every K / V tile's head-dim chunks and
+  // multicasts it to both (work_context.cuh: pair_member, cluster_pair_axis; a split tail takes its
+  // tiles in the pairs' order, ordered_tile).
   int pair_half;                    // query tiles / 2 on the pairs' axis
   window::FastDiv pair_half_div;    // pair_half
   int pair_inner;                   // query tiles of the axes after it (faster in the work index)

@@ -171,32 +171,21 @@ NATTEN_HD void row_window_fast(const sm80::Geometry& g, const WorkDecode& d, con
   }
 }
 
-// Key walk of query tile t on axis a alone (start and count in key tiles; the walk is separable).
-NATTEN_HD void axis_key_walk(const sm80::Geometry& g, const WorkDecode& d, int a, int t, int& start, int& count) {
-  const int q0 = t << g.q_log2[a];
-  const int q_last = window::imin(q0 + (1 << g.q_log2[a]) - 1, g.q_extent[a] - 1);
-  int s0, e0, s1, e1;
-  window::window_fast(q0 + g.q_origin[a], d.axis[a], s0, e0);
-  window::window_fast(q_last + g.q_origin[a], d.axis[a], s1, e1);
-  start = s0 - g.kv_origin[a];
-  count = (e1 - s0 + (1 << g.kv_log2[a])) >> g.kv_log2[a];
-}
-
 // Cluster pairs of the forward (params.cuh: pair_half): the fastest axis a whose query tiles 2 j and
 // 2 j + 1 have the same key walk for every j (an even number of them), or -1. Both tiles of a pair
 // then visit the same key tiles in the same order (the walk's other axes are the same for both), so
 // one cluster of 2 CTAs can share every K / V load. On the grouped rows (stride >= 2 query tiles on
 // that axis, e.g. flux-4k-gna's 8-row tiles in 16-row stride groups) every pair qualifies.
 inline int cluster_pair_axis(const sm80::Geometry& g, const WorkDecode& d) {
-  for (int a = kRank - 1; a >= 0; --a) {
+  int inner = 1;  // query tiles of the axes after a: work index stride of axis a's tiles
+  for (int a = kRank - 1; a >= 0; inner *= g.q_tiles[a], --a) {
     const int n = g.q_tiles[a];
     if (n < 2 || (n & 1) != 0) continue;
-    bool same = true;
+    bool same = true;  // the walk is separable: tiles j, j + 1 of axis a, the other axes' tile 0
     for (int j = 0; same && j < n; j += 2) {
-      int s0, c0, s1, c1;
-      axis_key_walk(g, d, a, j, s0, c0);
-      axis_key_walk(g, d, a, j + 1, s1, c1);
-      same = s0 == s1 && c0 == c1;
+      const sm80::KeyTiles k0 = make_work_context_fast(g, d, int64_t(j) * inner).keys;
+      const sm80::KeyTiles k1 = make_work_context_fast(g, d, int64_t(j + 1) * inner).keys;
+      same = k0.start[a] == k1.start[a] && k0.count[a] == k1.count[a];
     }
     if (same) return a;
   }
