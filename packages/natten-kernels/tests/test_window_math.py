@@ -146,3 +146,11 @@ def test_sm90_cluster_pairs(tmp_path: Path) -> None:
     the pair -> tile map one to one with both members in one row of that axis, ordered_tile in the
     launch order; random problems and the suite's shapes (tests/sm90_cluster_pairs_test.cpp)."""
     _cpp_check(tmp_path, "sm90_cluster_pairs_test.cpp", KERNELS, run_timeout=300)
+
+
+def test_sm90_walk_order(tmp_path: Path) -> None:
+    """The Hopper forward's key-walk order (sm90/work_context.cuh: walk_origin, walk_advance): plain
+    is key_tile_origin's order; rotated visits every key tile once, axis-0 tile index = step modulo
+    the box's axis-0 count, split-tail chunks partition the walk; the first round of 1d-32k-s256
+    reads <= 10 distinct key tiles per step rotated (tests/sm90_walk_order_test.cpp)."""
+    _cpp_check(tmp_path, "sm90_walk_order_test.cpp", KERNELS, run_timeout=300)

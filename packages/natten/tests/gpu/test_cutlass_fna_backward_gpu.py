@@ -172,6 +172,43 @@ def test_fna_backward_fixed(rank, shape, ks, st, dl, ca, h, hkv, d, dv, dtype):
     assert_grads_close(got[2:], ref[2:], GPU_TOL[dtype], f"{rank}d {shape}")
 
 
+WALK_CASES = [
+    # rank, shape, kernel, stride, causal, B, H, Hkv, D, dtype
+    (1, [2048], [1024], [256], [False], 1, 2, 2, 128, torch.float16),  # stride groups: boxes on the key-tile grid
+    (1, [1500], [333], [1], [False], 2, 2, 1, 64, torch.bfloat16),  # stride 1, GQA: boxes off the grid
+    (2, [40, 52], [17, 23], [4, 1], [False, True], 1, 2, 2, 128, torch.bfloat16),  # rank 2, a causal axis
+    (3, [12, 20, 28], [5, 7, 9], [2, 3, 1], [True, False, False], 1, 2, 2, 64, torch.float16),  # dynamic order
+]
+
+
+@pytest.mark.parametrize("case", range(len(WALK_CASES)))
+def test_hopper_walk_orders_match_oracle(monkeypatch, case):
+    """hopper-fna's key walks rotated on axis 0 (NATTEN_HOPPER_WALK=rotated, the default on launches of
+    a few rounds; forward and dQ kernels) and plain: outputs (poisoned first), LSE and dQ / dK / dV of
+    both against float64, and against each other (same values up to the summation order)."""
+    _backend_or_skip("hopper-fna")
+    rank, shape, ks, st, ca, b, h, hkv, d, dtype = WALK_CASES[case]
+    q, k, v, d_out, d_lse = _inputs(b, shape, h, hkv, d, d, dtype, 4321 + case)
+    ref = _grads(lambda q_, k_, v_: na_oracle(q_, k_, v_, ks, st, 1, ca),
+                 q.double(), k.double(), v.double(), d_out.double(), d_lse.double())
+    tol = GPU_TOL[dtype]
+    got = {}
+    for walk in ("rotated", "plain"):
+        monkeypatch.setenv("NATTEN_HOPPER_WALK", walk)
+        ops.set_poison_outputs(True)
+        try:
+            got[walk] = _grads(lambda q_, k_, v_: OPS[rank](q_, k_, v_, ks, st, 1, ca, backend="hopper-fna",
+                                                            return_lse=True), q, k, v, d_out, d_lse)
+        finally:
+            ops.set_poison_outputs(False)
+        desc = f"case {case} walk={walk}: shape={shape} kernel={ks} stride={st} causal={ca} H={h} Hkv={hkv} {dtype}"
+        assert_close(got[walk][0], ref[0], atol=tol, rtol=0, what=f"{desc} out")
+        assert_close(got[walk][1], ref[1], atol=tol, rtol=0, what=f"{desc} lse")
+        assert_grads_close(got[walk][2:], ref[2:], tol, desc)
+    assert_close(got["rotated"][0], got["plain"][0], atol=tol, rtol=0, what=f"case {case}: rotated vs plain out")
+    assert_grads_close(got["rotated"][2:], got["plain"][2:], tol, f"case {case}: rotated vs plain")
+
+
 def test_fna_backward_strided_views():
     # q/k/v as views into one packed tensor (non-contiguous heads, odd head offsets).
     base = torch.randn(1, 30, 30, 6, 64, device="cuda", dtype=torch.float16)

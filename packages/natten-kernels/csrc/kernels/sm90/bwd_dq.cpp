@@ -103,6 +103,7 @@ cudaError_t bwd_dq(const FnaBackwardArgs& args, int dtype, cudaStream_t stream, 
   sm80::bwd_delta_strides(g, f.batch, f.heads, p.delta_batch, p.delta_head, p.delta_spatial);
   p.kcols = column_words(g.kv_log2);
   p.heads_per_kv = int(f.heads / f.heads_kv);
+  p.walk_rotate = rotate_walks(g) ? 1 : 0;
   p.decode = make_work_decode(g, p.heads_per_kv);  // dilation 1, num_work <= INT_MAX (checked above)
   p.rank = f.rank;
   p.fold_q = f.rank == 3 ? int(f.extent[0]) : 0;

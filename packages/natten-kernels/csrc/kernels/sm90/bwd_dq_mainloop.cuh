@@ -47,7 +47,7 @@ struct DqProducer {
     Loader::template load_tile<Traits::kChunkElemsQ>(&p.tma_do, qbar, ss.d_o.data(), int(ctx.work.head), c);
 
     int kb[kRank];
-    sm80::key_tile_origin(p.geo, ctx.keys, 0, kb);
+    walk_origin(p.geo, ctx.keys, p.walk_rotate, kb);
     const int kv_head = int(ctx.kv_head);
     constexpr int kStageElems = Traits::kTileKV * Traits::kHeadDim;
     for (int t = 0; t < ctx.keys.total; ++t) {
@@ -59,7 +59,7 @@ struct DqProducer {
       Loader::template load_tile<Traits::kChunkElemsKV>(&p.tma_v, bar, ss.v.data() + st.index() * kStageElems,
                                                         kv_head, c);
       ++st;
-      sm80::key_tile_advance(p.geo, ctx.keys, kb);
+      walk_advance(p.geo, ctx.keys, kb);
     }
   }
 };
@@ -128,7 +128,7 @@ struct DqConsumer {
     Tensor tDrdS = make_tensor(ds_regs.data(), acc_as_a_layout<Traits::kTileKV>());
 
     int kb[kRank];
-    sm80::key_tile_origin(p.geo, keys, 0, kb);
+    walk_origin(p.geo, keys, p.walk_rotate, kb);
     for (int t = 0; t < total; ++t) {
       Tensor acc_s = partition_fragment_C(mma_s, scores_shape);
       Tensor acc_dp = partition_fragment_C(mma_s, scores_shape);
@@ -164,7 +164,7 @@ struct DqConsumer {
       warpgroup_fence_operand(ds_regs);
       pipe.consumer_release(st);
       ++st;
-      sm80::key_tile_advance(p.geo, keys, kb);
+      walk_advance(p.geo, keys, kb);
     }
   }
 };

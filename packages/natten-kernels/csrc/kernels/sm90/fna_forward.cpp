@@ -226,6 +226,36 @@ SplitPlan split_plan(const FnaSm90Params& p) {
   return {chunks, r};
 }
 }  // namespace
+
+// NATTEN_HOPPER_WALK (read per call): "plain" walks each work tile's key tiles in the odometer order
+// from the box's first tile, "rotated" rotates the walks on axis 0 (work_context.cuh: walk_origin),
+// so that the CTAs of a round read the same K / V tiles at the same steps; anything else (or unset):
+// rotated on launches of at most kRotateMaxRounds rounds of the persistent grid, plain otherwise.
+static int walk_env() {
+  const char* e = std::getenv("NATTEN_HOPPER_WALK");
+  if (e != nullptr && std::strcmp(e, "plain") == 0) return 0;
+  if (e != nullptr && std::strcmp(e, "rotated") == 0) return 1;
+  return -1;
+}
+
+// Most rounds (work tiles / persistent CTAs) for automatic rotated walks. With the L2 flushed before
+// every call (the suite's timing), 1-D 32k-token problems (window 2048, stride 256 and 1; 1, 2, 4, 8
+// heads) measured rotated -2.4 / -2.8% at 2 rounds, -1.5 / -1.7% at 4, -1.5 / -1.2% at 8 and
+// +0.7 / -0.7% at 16 rounds; flux-4k-gna (93 rounds) +1.3 to +1.6%, flux-4k and hunyuan-gna -0.3 to
+// +0.9% (H200, benchmarks/NOTES.md, twenty-second session).
+constexpr int64_t kRotateMaxRounds = 8;
+
+bool rotate_walks(const sm80::Geometry& g) {
+  const int mode = walk_env();
+  if (mode >= 0) return mode == 1;
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return false;
+  }
+  return g.num_work <= kRotateMaxRounds * persistent_grid(g.num_work, dev);
+}
+
 #endif
 
 cudaError_t fna_forward(const FnaForwardArgs& args, int dtype, cudaStream_t stream, const char** detail) {
@@ -326,6 +356,7 @@ cudaError_t fna_forward(const FnaForwardArgs& args, int dtype, cudaStream_t stre
   p.work_counter = counter;
   p.reverse_axes = 0;
   p.defer_epilogue = defer_epilogue() ? 1 : 0;
+  p.walk_rotate = rotate_walks(g) ? 1 : 0;
   for (int a = 0; a < args.rank && counter != nullptr; ++a)
     if (args.is_causal[a]) p.reverse_axes |= 1 << a;
 

@@ -8,6 +8,9 @@
 #include "natten/fna_args.hpp"
 
 namespace natten {
+namespace sm80 {
+struct Geometry;
+}
 namespace sm90 {
 
 constexpr int kTileTokens = 128;
@@ -27,6 +30,11 @@ constexpr int kTileLog2KV256 = 6;  // key tiles of 64 tokens at kernel head dim 
 // With pairs alone the chooser took 2x8x8 / 1x4x32 there (every key tile masked), 7.8% slower than
 // 2x8x8 / 2x8x8 (1.7% more pairs, a third of them unmasked).
 constexpr double kMaskedStepCost = 1.35;
+
+// Key walks of the forward and the backward dQ kernel rotated on axis 0 (work_context.cuh:
+// walk_origin) for this problem: NATTEN_HOPPER_WALK, else at most kRotateMaxRounds rounds of the
+// persistent grid (fna_forward.cpp).
+bool rotate_walks(const natten::sm80::Geometry& g);
 
 // Was the sm_90a kernel compiled into this build (NATTEN_CUDA_ARCHS contains 90a)?
 bool fna_forward_built();

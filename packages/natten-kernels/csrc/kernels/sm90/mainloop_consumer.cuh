@@ -208,7 +208,7 @@ struct MainloopConsumer {
     ss.q_full.wait(q_phase);
 
     int kb[kRank];
-    sm80::key_tile_origin(p.geo, keys, 0, kb);
+    walk_origin(p.geo, keys, p.walk_rotate, kb);
 
     // ---- section 0: S0, softmax(S0) -> P0
     Tensor p_regs = make_tensor<Element>(partition_fragment_C(mma_s, scores_shape).layout());
@@ -231,7 +231,7 @@ struct MainloopConsumer {
       if (!sm80::key_tile_full(p.geo, keys, kb)) mask_tile<Traits::kTileKV / 64>(p, win, kb, ct, masked, acc_s);
       sm.update(acc_s, scale_log2, corr);  // corr = 0 (O is 0 anyway)
       convert_pairs<Element>(acc_s, p_regs);
-      sm80::key_tile_advance(p.geo, keys, kb);
+      walk_advance(p.geo, keys, kb);
     }
 
     // ---- sections 1 .. T-1: S(t) overlapped with O += P(t-1) V(t-1)
@@ -260,7 +260,7 @@ struct MainloopConsumer {
       release(pipe_v, ss.pipe_v, st_v, ct, own_rank);
       ++st_v;
       convert_pairs<Element>(acc_s, p_regs);
-      sm80::key_tile_advance(p.geo, keys, kb);
+      walk_advance(p.geo, keys, kb);
     }
 
     // ---- sections 1 .. T-1 without overlap (head dim 256, Traits::kOverlap false): within the
@@ -289,7 +289,7 @@ struct MainloopConsumer {
       if (!sm80::key_tile_full(p.geo, keys, kb)) mask_tile<Traits::kTileKV / 64>(p, win, kb, ct, masked, acc_s);
       sm.update(acc_s, scale_log2, corr);
       convert_pairs<Element>(acc_s, p_regs);
-      sm80::key_tile_advance(p.geo, keys, kb);
+      walk_advance(p.geo, keys, kb);
     }
 
     // ---- section T: O += P(T-1) V(T-1)

@@ -86,8 +86,8 @@ struct MainloopProducer {
     // before V(t-1) (their S(t) GEMM is issued before O += P(t-1) V(t-1)), so K(t) must not queue
     // behind V(t-1). K and V have separate states (V runs one tile behind).
     int kb[kRank], vb[kRank];
-    sm80::key_tile_origin(p.geo, ctx.keys, 0, kb);
-    sm80::key_tile_origin(p.geo, ctx.keys, 0, vb);
+    walk_origin(p.geo, ctx.keys, p.walk_rotate, kb);
+    walk_origin(p.geo, ctx.keys, p.walk_rotate, vb);
     const int kv_head = int(ctx.kv_head);
     constexpr int kStageElems = Traits::kTileKV * Traits::kHeadDim;
     const int total = ctx.keys.total;
@@ -98,7 +98,7 @@ struct MainloopProducer {
         load_kv_tile<Traits::kChunkElemsKV>(&p.tma_k, pipe_k.producer_get_barrier(st_k),
                                             ss.k.data() + st_k.index() * kStageElems, kv_head, c, rank, paired);
         ++st_k;
-        sm80::key_tile_advance(p.geo, ctx.keys, kb);
+        walk_advance(p.geo, ctx.keys, kb);
       }
       if (t > 0) {
         tma_token_coords(p, b, vb, p.fold_kv, c);
@@ -106,7 +106,7 @@ struct MainloopProducer {
         load_kv_tile<Traits::kChunkElemsKV>(&p.tma_v, pipe_v.producer_get_barrier(st_v),
                                             ss.v.data() + st_v.index() * kStageElems, kv_head, c, rank, paired);
         ++st_v;
-        sm80::key_tile_advance(p.geo, ctx.keys, vb);
+        walk_advance(p.geo, ctx.keys, vb);
       }
     }
     // No producer tail needed: the consumers wait on the full barrier of every tile issued here
