@@ -1,13 +1,14 @@
-// CPU check of the Hopper forward's key-walk order (csrc/kernels/sm90/work_context.cuh: walk_origin,
-// walk_advance, walk_rotation) on random dilation-1 problems (rank 1-3, odd extents, stride, per-axis
-// causal, query / key slabs, every tile shape) and on the benchmark suite's shapes:
+// CPU check of the rotated key walks of the Hopper forward / dQ kernels
+// (csrc/kernels/sm80/tile_scheduler.cuh: walk_origin, walk_advance, walk_rotation)
+// on random dilation-1 problems (rank 1-3, odd extents, stride, per-axis causal, query / key slabs,
+// every tile shape) and on the benchmark suite's shapes:
 //   - plain (rotate 0): step t visits sm80::key_tile_origin(t), the order every other kernel uses;
 //   - rotated: the walk visits every key tile of the box exactly once, in the odometer order on the
 //     inner axes, and at outer step u the axis-0 tile whose key-tile index is congruent to u modulo
 //     the box's axis-0 tile count;
 //   - the split tail's chunks (restrict_key_walk) walked rotated cover the whole walk once;
 //   - the reason for the rotation, on 1d-32k-s256: the first round of the static order (132 CTAs)
-//     reads at most 10 distinct key tiles per step rotated, against 66 in the plain order.
+//     reads at most 10 distinct key tiles per step rotated, against 60 or more in the plain order.
 //
 // Build: g++ -std=c++17 -O2 -x c++ -Icsrc/include -Icsrc/kernels tests/sm90_walk_order_test.cpp
 #include <cstdint>

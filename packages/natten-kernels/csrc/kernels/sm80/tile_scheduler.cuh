@@ -286,6 +286,40 @@ NATTEN_HD void key_tile_advance(const Geometry& g, const KeyTiles& k, int kb[kRa
   }
 }
 
+// Rotated key walks. The key tiles of a work tile's box in key_tile_origin's odometer order (last axis
+// fastest), except that with `rotate` axis 0 starts at the box's tile whose key-tile index
+// start[0] / kt + j is a multiple of count[0] and wraps round. Then every work tile whose box has n
+// tiles on axis 0 visits key tile X of that axis at step X mod n, so CTAs that start their tiles
+// together (a wave, or a round of the Hopper kernels' persistent grid) read the same few K / V tiles
+// at each step, instead of each the first tile of its own box: on 1d-32k-s256 with 128-token tiles
+// (boxes of 16 tiles, shifted by 2 per stride group) the first steps of a round read 9 distinct key
+// tiles instead of 63, so the start of a launch after the L2 was flushed no longer reads most of K
+// and V from DRAM at once (benchmarks/NOTES.md, twenty-second session). Online softmax is
+// order-free: outputs differ from the plain walk by rounding only. Used by the Hopper forward and
+// dQ kernels, whose host decides per launch (sm90/fna_forward.cpp: rotate_walks, NATTEN_HOPPER_WALK);
+// the SM80 forward measured no gain from it (its slower key steps do not outrun DRAM at the start).
+NATTEN_HD int walk_rotation(const Geometry& g, const KeyTiles& k) {
+  const int n = k.count[0];
+  int m = (k.start[0] >> g.kv_log2[0]) % n;  // arithmetic shift: floor, also for a negative start
+  if (m < 0) m += n;
+  return m == 0 ? 0 : n - m;
+}
+
+NATTEN_HD void walk_origin(const Geometry& g, const KeyTiles& k, int rotate, int kb[kRank]) {
+  for (int a = 0; a < kRank; ++a) kb[a] = k.start[a];
+  if (rotate != 0) kb[0] += walk_rotation(g, k) << g.kv_log2[0];
+}
+
+// Odometer step of walk_origin's order: like key_tile_advance, but axis 0 wraps too (after the
+// walk's last tile kb is back at its first, which no caller reads).
+NATTEN_HD void walk_advance(const Geometry& g, const KeyTiles& k, int kb[kRank]) {
+  for (int a = kRank - 1; a >= 0; --a) {
+    kb[a] += 1 << g.kv_log2[a];
+    if (kb[a] < k.start[a] + (k.count[a] << g.kv_log2[a])) return;
+    kb[a] = k.start[a];
+  }
+}
+
 // True when every key of the tile is attended by every query of the query tile (no mask needed).
 // Such a tile never contains keys outside the key slab's group (keys attended by a query lie in it).
 NATTEN_HD bool key_tile_full(const Geometry& g, const KeyTiles& k, const int kb[kRank]) {

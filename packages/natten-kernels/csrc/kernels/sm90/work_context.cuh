@@ -171,37 +171,12 @@ NATTEN_HD void row_window_fast(const sm80::Geometry& g, const WorkDecode& d, con
   }
 }
 
-// Key-walk order of the Hopper forward and dQ kernels (producers and consumers alike): the key tiles of
-// a work tile's box in sm80::key_tile_origin's odometer order (last axis fastest), except that with
-// `rotate` axis 0 starts at the box's tile whose key-tile index start[0] / kt + j is a multiple of
-// count[0] and wraps round (a rotated walk). Then every work tile whose box has n tiles on axis 0
-// visits key tile X of that axis at step X mod n, so the CTAs that start their tiles together (the
-// static order's rounds) read the same few K / V tiles at each step, instead of each one the first tile
-// of its own box: on 1d-32k-s256 (boxes of 16 tiles, shifted by 2 per stride group) the first steps of
-// a round read about 10 distinct key tiles instead of 66 (benchmarks/NOTES.md, twenty-second session).
-// Online softmax is order-free, so outputs differ from the plain walk by rounding only. The host turns
-// it on for launches of a few rounds (fna_forward.cpp: rotate_walks; NATTEN_HOPPER_WALK).
-NATTEN_HD int walk_rotation(const sm80::Geometry& g, const sm80::KeyTiles& k) {
-  const int n = k.count[0];
-  int m = (k.start[0] >> g.kv_log2[0]) % n;  // arithmetic shift: floor, also for a negative start
-  if (m < 0) m += n;
-  return m == 0 ? 0 : n - m;
-}
-
-NATTEN_HD void walk_origin(const sm80::Geometry& g, const sm80::KeyTiles& k, int rotate, int kb[kRank]) {
-  for (int a = 0; a < kRank; ++a) kb[a] = k.start[a];
-  if (rotate != 0) kb[0] += walk_rotation(g, k) << g.kv_log2[0];
-}
-
-// Odometer step of walk_origin's order: like sm80::key_tile_advance, but axis 0 wraps too (after the
-// walk's last tile kb is back at its first, which no caller reads).
-NATTEN_HD void walk_advance(const sm80::Geometry& g, const sm80::KeyTiles& k, int kb[kRank]) {
-  for (int a = kRank - 1; a >= 0; --a) {
-    kb[a] += 1 << g.kv_log2[a];
-    if (kb[a] < k.start[a] + (k.count[a] << g.kv_log2[a])) return;
-    kb[a] = k.start[a];
-  }
-}
+// Rotated key walks (sm80/tile_scheduler.cuh: walk_origin, walk_advance, walk_rotation): the forward
+// and dQ kernels' producers and consumers walk key tiles in that order; the host decides per launch
+// (fna_forward.cpp: rotate_walks; NATTEN_HOPPER_WALK).
+using sm80::walk_advance;
+using sm80::walk_origin;
+using sm80::walk_rotation;
 
 // Cluster pairs of the forward (params.cuh: pair_half): the fastest axis a whose query tiles 2 j and
 // 2 j + 1 have the same key walk for every j (an even number of them), or -1. Both tiles of a pair
