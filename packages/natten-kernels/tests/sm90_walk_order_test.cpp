@@ -70,7 +70,7 @@ static void check_tile(const ns::Geometry& g, const ns::KeyTiles& k, const char*
   CHECK(aligned, "%s: rotated step's axis-0 tile index is not the step modulo %d (start %d)", what, n0, k.start[0]);
   CHECK(inner_order, "%s: rotated walk changed the inner axes' order", what);
   // The split tail's chunks of axis 0, each walked rotated, partition the walk.
-  const int chunks = 1 + (n0 > 1 ? int(std::hash<int>{}(k.start[0] + 7 * n0)) % std::min(n0, 4) : 0);
+  const int chunks = std::min(n0, 1 + ((k.start[0] % 4) + 4) % 4);  // 1..4, at most n0 (the host's cap)
   std::multiset<Origin> cover;
   for (int c = 0; c < chunks; ++c) {
     ns::KeyTiles kc = k;

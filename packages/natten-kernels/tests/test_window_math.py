@@ -149,7 +149,7 @@ def test_sm90_cluster_pairs(tmp_path: Path) -> None:
 
 
 def test_sm90_walk_order(tmp_path: Path) -> None:
-    """The Hopper forward's key-walk order (sm90/work_context.cuh: walk_origin, walk_advance): plain
+    """The Hopper forward's key-walk order (sm80/tile_scheduler.cuh: walk_origin, walk_advance): plain
     is key_tile_origin's order; rotated visits every key tile once, axis-0 tile index = step modulo
     the box's axis-0 count, split-tail chunks partition the walk; the first round of 1d-32k-s256
     reads <= 10 distinct key tiles per step rotated (tests/sm90_walk_order_test.cpp)."""

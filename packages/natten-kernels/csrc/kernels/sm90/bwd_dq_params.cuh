@@ -38,7 +38,7 @@ struct DqParams {
   int dim;           // D of q / dQ: columns stored
   float scale;       // softmax scale (dQ = scale * dS K)
   float scale_log2;  // scale * log2(e)
-  int walk_rotate;   // key walks rotated on axis 0 (work_context.cuh: walk_origin): fna_forward.cpp's rule
+  int walk_rotate;   // key walks rotated on axis 0 (sm80/tile_scheduler.cuh: walk_origin); rule: rotate_walks
   WorkDecode decode;  // divisors and window axes of the per-tile work decode (work_context.cuh)
   NATTEN_SM90_TRACE_FIELD  // diagnostic builds only (trace.cuh)
 };

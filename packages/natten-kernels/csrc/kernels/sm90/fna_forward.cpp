@@ -225,13 +225,12 @@ SplitPlan split_plan(const FnaSm90Params& p) {
   if (chunks < 2 || min_steps < kSplitMinSteps) return {};
   return {chunks, r};
 }
-}  // namespace
 
 // NATTEN_HOPPER_WALK (read per call): "plain" walks each work tile's key tiles in the odometer order
-// from the box's first tile, "rotated" rotates the walks on axis 0 (work_context.cuh: walk_origin),
-// so that the CTAs of a round read the same K / V tiles at the same steps; anything else (or unset):
-// rotated on launches of at most kRotateMaxRounds rounds of the persistent grid, plain otherwise.
-static int walk_env() {
+// from the box's first tile, "rotated" rotates the walks on axis 0 (sm80/tile_scheduler.cuh:
+// walk_origin), so that the CTAs of a round read the same K / V tiles at the same steps; anything
+// else (or unset): rotated on launches of at most kRotateMaxRounds rounds of the persistent grid.
+int walk_env() {
   const char* e = std::getenv("NATTEN_HOPPER_WALK");
   if (e != nullptr && std::strcmp(e, "plain") == 0) return 0;
   if (e != nullptr && std::strcmp(e, "rotated") == 0) return 1;
@@ -244,6 +243,7 @@ static int walk_env() {
 // +0.7 / -0.7% at 16 rounds; flux-4k-gna (93 rounds) +1.3 to +1.6%, flux-4k and hunyuan-gna -0.3 to
 // +0.9% (H200, benchmarks/NOTES.md, twenty-second session).
 constexpr int64_t kRotateMaxRounds = 8;
+}  // namespace
 
 bool rotate_walks(const sm80::Geometry& g) {
   const int mode = walk_env();

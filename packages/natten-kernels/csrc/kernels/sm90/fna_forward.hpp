@@ -31,7 +31,7 @@ constexpr int kTileLog2KV256 = 6;  // key tiles of 64 tokens at kernel head dim 
 // 2x8x8 / 2x8x8 (1.7% more pairs, a third of them unmasked).
 constexpr double kMaskedStepCost = 1.35;
 
-// Key walks of the forward and the backward dQ kernel rotated on axis 0 (work_context.cuh:
+// Key walks of the forward and the backward dQ kernel rotated on axis 0 (sm80/tile_scheduler.cuh:
 // walk_origin) for this problem: NATTEN_HOPPER_WALK, else at most kRotateMaxRounds rounds of the
 // persistent grid (fna_forward.cpp).
 bool rotate_walks(const natten::sm80::Geometry& g);

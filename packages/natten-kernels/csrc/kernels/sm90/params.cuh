@@ -58,7 +58,7 @@ struct FnaSm90Params {
   // PendingStore; static-order kernels only); 0: right after the tile. Host: NATTEN_HOPPER_EPILOGUE
   // (fna_forward.cpp).
   int defer_epilogue;
-  // 1: the key walks are rotated on axis 0 (work_context.cuh: walk_origin); 0: plain odometer order.
+  // 1: the key walks are rotated on axis 0 (sm80/tile_scheduler.cuh: walk_origin); 0: plain odometer order.
   // Host: NATTEN_HOPPER_WALK (fna_forward.cpp).
   int walk_rotate;
   // Divisors and window axes of the per-tile work decode (work_context.cuh), built by the host.
