@@ -212,6 +212,52 @@ def test_hopper_walk_orders_match_oracle(monkeypatch, case):
     assert_grads_close(got["rotated"][2:], got["plain"][2:], tol, what)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_fna_backward_over_2_31_elements(backend):
+    """64-bit offsets in the backward: q, k, v, out, d_out and the gradients of more than 2^31
+    elements each (1-D, 8 heads, D 128, window 16, fp16; ~36 GiB in all), gradients poisoned.
+    d_out is nonzero only on a few rows at both ends of the grid and in its middle, so the
+    gradients are nonzero only within a window of them: there they must match float64 autograd
+    on a 256-token slice around them (whose windows equal the grid's at those rows), and
+    everywhere else they must be exactly 0 (written, not left poisoned)."""
+    _backend_or_skip(backend)
+    torch.cuda.empty_cache()
+    free, _ = torch.cuda.mem_get_info()
+    if free < 40 * 2**30:
+        pytest.fail(f"needs ~40 GiB free GPU memory, has {free / 2**30:.1f}")
+    h, d, w = 8, 128, 16
+    n = (1 << 31) // (h * d) + 333
+    g = torch.Generator(device="cuda").manual_seed(31)
+    q, k, v = (torch.randn(1, n, h, d, device="cuda", dtype=torch.float16, generator=g) for _ in range(3))
+    assert q.numel() > 2**31
+    slices = [(0, 256), (n // 2 - 128, n // 2 + 128), (n - 256, n)]
+    rows = [0, 1, 100, n // 2, n - 130, n - 2, n - 1]  # each >= 2 windows from any interior cut of a slice
+    d_out = torch.zeros_like(q)
+    d_out[:, rows] = torch.randn(1, len(rows), h, d, device="cuda", dtype=torch.float32, generator=g).half()
+    ops.set_poison_outputs(True)
+    try:
+        leaves = [t.detach().requires_grad_(True) for t in (q, k, v)]
+        out = natten.na1d(*leaves, w, backend=backend)
+        grads = torch.autograd.grad(out, leaves, d_out)
+    finally:
+        ops.set_poison_outputs(False)
+    del out, leaves
+    names = ("dq", "dk", "dv")
+    inside = [0, 0, 0]
+    for a, b in slices:
+        x64 = [t[:, a:b].double().requires_grad_(True) for t in (q, k, v)]
+        ref_out, _ = na_oracle(*x64, (w,))
+        ref = torch.autograd.grad(ref_out, x64, d_out[:, a:b].double())
+        for i, (name, got, want) in enumerate(zip(names, grads, ref)):
+            scale = max(1.0, float(want.abs().max()))
+            assert_close(got[:, a:b], want, atol=1e-2 * scale, rtol=0, what=f"{backend} {name} tokens [{a}, {b})")
+            inside[i] += int((got[:, a:b] != 0).sum())
+    for name, got, cnt in zip(names, grads, inside):
+        assert bool(torch.isfinite(got).all()), f"{backend} {name}: non-finite (unwritten) elements"
+        total = int((got != 0).sum())
+        assert total == cnt and cnt > 0, f"{backend} {name}: {total - cnt} nonzero elements outside the rows' windows"
+
+
 def test_fna_backward_strided_views():
     # q/k/v as views into one packed tensor (non-contiguous heads, odd head offsets).
     base = torch.randn(1, 30, 30, 6, 64, device="cuda", dtype=torch.float16)

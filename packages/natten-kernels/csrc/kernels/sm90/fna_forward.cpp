@@ -14,6 +14,7 @@
 #include <cstring>
 
 #include "sm80/fna_forward.hpp"
+#include "sm90/bwd_dq.hpp"  // pdl_enabled
 #include "sm90/params.cuh"
 #include "sm90/tma_host.hpp"
 #if defined(NATTEN_HAS_SM90)
@@ -418,6 +419,9 @@ cudaError_t fna_forward(const FnaForwardArgs& args, int dtype, cudaStream_t stre
       }
     }
   }
+  // A programmatic dependent of the stream's previous kernel (NATTEN_HOPPER_PDL, pdl.cuh), except
+  // right after the dynamic order's counter memset (not a kernel).
+  p.pdl = counter == nullptr && pdl_enabled() ? 1 : 0;
   const cudaError_t le = launch_dispatch(p, dtype, D, args.kernel_schedule, stream);
   if (counter != nullptr) {
     const cudaError_t fe = cudaFreeAsync(counter, stream);

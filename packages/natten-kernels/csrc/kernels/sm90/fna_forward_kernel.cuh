@@ -15,6 +15,7 @@
 #include "sm90/kernel_traits.cuh"
 #include "sm90/mainloop_consumer.cuh"
 #include "sm90/mainloop_producer.cuh"
+#include "sm90/pdl.cuh"
 #include "sm90/split_tail.cuh"
 #include "sm90/tile_scheduler.cuh"
 
@@ -80,6 +81,11 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) fna_sm90_forward_kernel(c
   } else {
     __syncthreads();
   }
+  // Launched as a programmatic dependent (p.pdl, pdl.cuh): everything above (descriptor prefetch,
+  // barrier init) overlaps the previous kernel's drain; no global memory is touched before this
+  // wait (which returns at once for a normal launch), so the previous kernel's writes are visible
+  // and its reads of memory this kernel writes are done.
+  pdl_wait();
 
   using PipelineState = typename Traits::PipelineState;
   // kSplit: whole work tiles below p.split_base, then at most one split-tail chunk item per CTA

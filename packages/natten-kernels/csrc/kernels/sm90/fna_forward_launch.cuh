@@ -55,20 +55,24 @@ cudaError_t launch_persistent(const Params& params, int64_t num_work, cudaStream
 
 // Launch configuration of `ctas` CTAs in clusters of 2 along x (the cluster-pair kernels). Not
 // copyable: cfg points at the object's own attribute.
+// dependent: also a programmatic dependent of the stream's previous kernel (pdl.cuh).
 struct Cluster2Config {
-  cudaLaunchAttribute attr[1];
+  cudaLaunchAttribute attr[2];
   cudaLaunchConfig_t cfg;
-  Cluster2Config(unsigned ctas, int threads, int smem, cudaStream_t stream) : attr{}, cfg{} {
+  Cluster2Config(unsigned ctas, int threads, int smem, cudaStream_t stream, bool dependent = false)
+      : attr{}, cfg{} {
     attr[0].id = cudaLaunchAttributeClusterDimension;
     attr[0].val.clusterDim.x = 2;
     attr[0].val.clusterDim.y = 1;
     attr[0].val.clusterDim.z = 1;
+    attr[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[1].val.programmaticStreamSerializationAllowed = 1;
     cfg.gridDim = dim3(ctas);
     cfg.blockDim = dim3(unsigned(threads));
     cfg.dynamicSmemBytes = size_t(smem);
     cfg.stream = stream;
     cfg.attrs = attr;
-    cfg.numAttrs = 1;
+    cfg.numAttrs = dependent ? 2 : 1;
   }
   Cluster2Config(const Cluster2Config&) = delete;
   Cluster2Config& operator=(const Cluster2Config&) = delete;
@@ -103,7 +107,8 @@ int cluster_pairs_fit(int dev) {
 // cannot is an error, not a fall-back (the plain kernel would take the tail in another order).
 // Without a split, cudaErrorNotSupported when no cluster fits (the caller runs the plain kernel).
 template <auto Kernel, int kSmem, int kThreads, class Params>
-cudaError_t launch_cluster_pairs(const Params& params, int64_t num_work, bool split, cudaStream_t stream) {
+cudaError_t launch_cluster_pairs(const Params& params, int64_t num_work, bool split, cudaStream_t stream,
+                                 bool dependent = false) {
   if (num_work <= 0) return cudaSuccess;
   int dev = 0;
   if (cudaGetDevice(&dev) != cudaSuccess) {
@@ -122,7 +127,7 @@ cudaError_t launch_cluster_pairs(const Params& params, int64_t num_work, bool sp
     clusters = pairs < fit ? pairs : fit;
     clusters = cap < clusters ? cap : clusters;
   }
-  const Cluster2Config c(unsigned(2 * clusters), kThreads, kSmem, stream);
+  const Cluster2Config c(unsigned(2 * clusters), kThreads, kSmem, stream, dependent);
   return cudaLaunchKernelEx(&c.cfg, Kernel, params);
 }
 
@@ -143,24 +148,26 @@ int fna_forward_cluster_fit(int dev) {
 template <int kDtype, int kHeadDim, bool kPingpong>
 cudaError_t launch_fna_forward_schedule(const FnaSm90Params& params, cudaStream_t stream) {
   using Traits = FnaSm90Traits<typename DtypeElement<kDtype>::type, kHeadDim>;
+  const bool dep = params.pdl != 0;
   if (params.work_counter != nullptr)  // the dynamic work order (fna_forward_kernel.cuh)
     return launch_persistent<fna_sm90_forward_kernel<Traits, kPingpong, true>, Traits::kSmemBytes, Traits::kThreads>(
-        params, params.geo.num_work, stream);
+        params, params.geo.num_work, stream, dep);
   const bool split = params.split_chunks > 1;
   cudaError_t e = cudaErrorNotSupported;
   if constexpr (kHeadDim == 128) {
     if (params.pair_half > 0) {
       e = split ? launch_cluster_pairs<fna_sm90_forward_kernel<Traits, kPingpong, false, true, true>, Traits::kSmemBytes,
-                                       Traits::kThreads>(params, params.geo.num_work, true, stream)
+                                       Traits::kThreads>(params, params.geo.num_work, true, stream, dep)
                 : launch_cluster_pairs<fna_sm90_forward_kernel<Traits, kPingpong, false, false, true>,
-                                       Traits::kSmemBytes, Traits::kThreads>(params, params.geo.num_work, false, stream);
+                                       Traits::kSmemBytes, Traits::kThreads>(params, params.geo.num_work, false, stream,
+                                                                             dep);
     }
   }
   if (e == cudaErrorNotSupported) {  // no cluster pairs here (or none fit): the plain kernels
     e = split ? launch_persistent<fna_sm90_forward_kernel<Traits, kPingpong, false, true>, Traits::kSmemBytes,
-                                  Traits::kThreads>(params, params.num_items, stream)
+                                  Traits::kThreads>(params, params.num_items, stream, dep)
               : launch_persistent<fna_sm90_forward_kernel<Traits, kPingpong, false>, Traits::kSmemBytes,
-                                  Traits::kThreads>(params, params.geo.num_work, stream);
+                                  Traits::kThreads>(params, params.geo.num_work, stream, dep);
   }
   if (e != cudaSuccess || !split) return e;
   // Split tail (split_tail.cuh): merge the chunks of the last round's tiles.

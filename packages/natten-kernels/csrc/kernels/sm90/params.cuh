@@ -83,6 +83,10 @@ struct FnaSm90Params {
   window::FastDiv pair_half_div;    // pair_half
   int pair_inner;                   // query tiles of the axes after it (faster in the work index)
   window::FastDiv pair_inner_div;   // pair_inner
+  // Host only: 1 = launch the kernel as a programmatic dependent of the stream's previous kernel
+  // (pdl.cuh; the kernel waits before its first global memory access), so that its CTAs start and
+  // run their prologue while that kernel's last CTAs drain. NATTEN_HOPPER_PDL (fna_forward.cpp).
+  int pdl;
 };
 
 // TMA coordinates (dims 2..4) of the token box at origin o[] (slab coordinates of the tensor) of
