@@ -17,6 +17,7 @@ over the NaN poison) or the whole axis. cutlass-fna has no float32 kernel, so fp
 
 import os
 import random
+import re
 
 import pytest
 import torch
@@ -210,6 +211,48 @@ def test_hopper_walk_orders_match_oracle(monkeypatch, case):
     what = f"{backend} case {case}: rotated vs plain"
     assert_close(got["rotated"][0], got["plain"][0], atol=tol, rtol=0, what=f"{what} out")
     assert_grads_close(got["rotated"][2:], got["plain"][2:], tol, what)
+
+
+def _dq_key_tile(fn, q, k, v, d_out):
+    """The key tile (64 or 128 tokens) of the SM90 dQ kernel one backward of fn ran, from its name."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        _grads(fn, q, k, v, d_out, None)
+        torch.cuda.synchronize()
+    names = {e.name for e in prof.events() if "bwd_dq_kernel" in e.name}
+    assert len(names) == 1, f"expected one SM90 dQ kernel, got {names}"
+    name = names.pop()  # ...DqTraits<T, head dim, key tile>..., demangled or mangled (ILi128ELi64EE)
+    m = re.search(r"DqTraits<[^<>]*?,\s*128,\s*(64|128)>", name) or re.search(r"DqTraits.*?Li128ELi(64|128)E", name)
+    assert m is not None, f"cannot read the key tile from {name}"
+    return int(m.group(1))
+
+
+DQ_KEY_TILE_CASES = [
+    # rank, shape, kernel, stride, causal, automatic key tile of the dQ kernel at head dim 128
+    (1, [4096], [1024], [256], [False], 128),  # windows on the tile grid: no mask, equal pairs
+    (2, [96, 96], [48, 48], [16, 16], [False, False], 128),  # GNA-like: whole tiles
+    (3, [30, 48, 80], [18, 24, 24], [1, 1, 1], [False] * 3, 64),  # hunyuan's windows: masked, more pairs at 128
+    (3, [16, 44, 80], [8, 16, 16], [1, 1, 1], [True, False, False], 64),  # causal-video: mostly masked
+]
+
+
+@pytest.mark.parametrize("case", range(len(DQ_KEY_TILE_CASES)))
+def test_hopper_dq_key_tile_rule(monkeypatch, case):
+    """hopper-fna's dQ kernel takes 128-token key tiles at head dim 128 where they visit no more pairs
+    and few masked ones (sm90/bwd_dq.cpp), else 64; NATTEN_HOPPER_BWD_DQ_KV forces either. Read from
+    the launched kernel's name (torch.profiler); the gradients of both agree."""
+    _backend_or_skip("hopper-fna")
+    rank, shape, ks, st, ca, want = DQ_KEY_TILE_CASES[case]
+    q, k, v, d_out, _ = _inputs(1, shape, 1, 1, 128, 128, torch.float16, 99 + case)
+    fn = lambda q_, k_, v_: OPS[rank](q_, k_, v_, ks, st, 1, ca, backend="hopper-fna", return_lse=True)  # noqa: E731
+    monkeypatch.delenv("NATTEN_HOPPER_BWD_DQ_KV", raising=False)
+    assert _dq_key_tile(fn, q, k, v, d_out) == want, f"case {case}: automatic key tile"
+    grads = {}
+    for tile in (64, 128):
+        monkeypatch.setenv("NATTEN_HOPPER_BWD_DQ_KV", str(tile))
+        assert _dq_key_tile(fn, q, k, v, d_out) == tile, f"case {case}: forced {tile}"
+        grads[tile] = _grads(fn, q, k, v, d_out, None)[2]
+    assert_close(grads[128], grads[64], atol=1e-2 * max(1.0, float(grads[64].abs().max())), rtol=0,
+                 what=f"case {case}: dq with 128- vs 64-token key tiles")
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -176,9 +176,9 @@ int tile_shapes(int rank, int out[][kRank], int capacity, int tile_log2 = kTileL
 // and 64). Cost of a tiling: its visited pairs, those in key tiles that need a mask weighted by
 // mask_weight (1: pairs only). key_walk: count the pairs of the backward's key-parallel walk
 // instead (axis_key_walk_visits; mask_weight is then ignored). Returns the visited (query, key)
-// pairs of the chosen tiling.
-double choose_tiles(int rank, const AxisProblem ax[kRank], int ql[kRank], int kl[kRank], int tile_log2, int kv_log2,
-                    double mask_weight, bool key_walk = false) {
+// pairs of the chosen tiling, and (full) those in key tiles that need no mask.
+PairCount choose_tiles(int rank, const AxisProblem ax[kRank], int ql[kRank], int kl[kRank], int tile_log2,
+                       int kv_log2, double mask_weight, bool key_walk = false) {
   if (key_walk) mask_weight = 1.0;
   const auto count = [&](int a, int q, int k) {
     if (!key_walk) return axis_visits(ax[a], q, k);
@@ -194,15 +194,21 @@ double choose_tiles(int rank, const AxisProblem ax[kRank], int ql[kRank], int kl
     kl[a] = kshapes[0][a];
   }
   if (ns == 1 && nk == 1) {  // rank 1: a single shape
-    double c = 1.0;
-    for (int a = 0; a < rank; ++a) c *= count(a, ql[a], kl[a]).all;
+    PairCount c;
+    c.all = c.full = 1.0;
+    for (int a = 0; a < rank; ++a) {
+      const PairCount x = count(a, ql[a], kl[a]);
+      c.all *= x.all;
+      c.full *= x.full;
+    }
     return c;
   }
   PairCount cost[kRank][kMaxTileLog2 + 1][kMaxTileLog2 + 1];
   for (int a = 0; a < rank; ++a)
     for (int q = 0; q <= tile_log2; ++q)
       for (int k = 0; k <= kv_log2; ++k) cost[a][q][k] = count(a, q, k);
-  double best = -1.0, best_pairs = 0.0;
+  double best = -1.0;
+  PairCount best_pairs;
   bool best_same = false;
   for (int iq = 0; iq < ns; ++iq) {
     for (int ik = 0; ik < nk; ++ik) {
@@ -220,7 +226,8 @@ double choose_tiles(int rank, const AxisProblem ax[kRank], int ql[kRank], int kl
       const bool tie = best >= 0.0 && c <= best * (1.0 + 1e-9) && c >= best * (1.0 - 1e-9);
       if (best < 0.0 || (!tie && c < best) || (tie && same && !best_same)) {
         best = c;
-        best_pairs = all;
+        best_pairs.all = all;
+        best_pairs.full = full;
         best_same = same;
         for (int a = 0; a < kRank; ++a) {
           ql[a] = shapes[iq][a];
@@ -247,7 +254,7 @@ struct TileChoiceEntry {
   unsigned last_use = 0;
   AxisProblem ax[kRank];
   int ql[kRank], kl[kRank];
-  double visits;  // visited (query, key) pairs of the chosen tiling
+  PairCount visits;  // visited (query, key) pairs of the chosen tiling (full: in unmasked key tiles)
 };
 constexpr int kTileCacheEntries = 16;
 struct TileChoiceCache {
@@ -256,10 +263,11 @@ struct TileChoiceCache {
 };
 thread_local TileChoiceCache g_tile_cache;
 
-// Returns the visited (query, key) pairs of the chosen tiling.
+// Returns the visited (query, key) pairs of the chosen tiling; *full (optional): those in key tiles
+// that need no mask.
 double choose_tiles_cached(int rank, const AxisProblem ax[kRank], int ql[kRank], int kl[kRank],
                            int tile_log2 = kTileLog2, int kv_log2 = -1, double mask_weight = 1.0,
-                           bool key_walk = false) {
+                           bool key_walk = false, double* full = nullptr) {
   if (kv_log2 < 0) kv_log2 = tile_log2;
   TileChoiceCache& c = g_tile_cache;
   TileChoiceEntry* hit = nullptr;
@@ -292,7 +300,8 @@ double choose_tiles_cached(int rank, const AxisProblem ax[kRank], int ql[kRank],
     ql[a] = hit->ql[a];
     kl[a] = hit->kl[a];
   }
-  return hit->visits;
+  if (full != nullptr) *full = hit->visits.full;
+  return hit->visits.all;
 }
 
 bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
@@ -478,6 +487,16 @@ double fna_forward_default_pairs(const FnaForwardArgs& args) {
   if (!normalize_axes(args, ax, &none) || none) return 0.0;
   int ql[kRank], kl[kRank];
   return choose_tiles_cached(args.rank, ax, ql, kl);
+}
+
+bool fna_forward_tiling_pairs(const FnaForwardArgs& args, int tile_log2, int kv_log2, double* all, double* full) {
+  if (tile_log2 < 0 || tile_log2 > kMaxTileLog2 || kv_log2 < 0 || kv_log2 > kMaxTileLog2) return false;
+  AxisProblem ax[kRank];
+  bool none = false;
+  if (!normalize_axes(args, ax, &none) || none) return false;
+  int ql[kRank], kl[kRank];
+  *all = choose_tiles_cached(args.rank, ax, ql, kl, tile_log2, kv_log2, 1.0, false, full);
+  return true;
 }
 
 cudaError_t fna_forward_auto_tiles(const FnaForwardArgs& args, int dtype, int q_tile[3], int kv_tile[3]) {

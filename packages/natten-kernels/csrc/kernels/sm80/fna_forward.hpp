@@ -61,6 +61,12 @@ bool fna_forward_axes_valid(const natten::FnaForwardArgs& args);
 // chooser's own count, from its per-thread cache); 0 for an invalid or empty problem.
 double fna_forward_default_pairs(const natten::FnaForwardArgs& args);
 
+// The visited (query, key) pairs of fna_forward_choose_tiles' tiling for query tiles of 2^tile_log2
+// tokens and key tiles of 2^kv_log2 (mask weight 1), and *full of them in key tiles that need no
+// mask; false for an invalid or empty problem. (The SM90 dQ kernel's key-tile choice, sm90/bwd_dq.cpp.)
+bool fna_forward_tiling_pairs(const natten::FnaForwardArgs& args, int tile_log2, int kv_log2, double* all,
+                              double* full);
+
 // The same chooser for query tiles of 2^tile_log2 tokens and key tiles of 2^kv_log2 (0..7; kv_log2 <
 // 0: the same; the SM90 kernel uses 7 = 128 tokens, and key tiles of 64 at head dim 256).
 // mask_weight: the cost of a visited pair in a key tile that needs a mask, relative to one that needs

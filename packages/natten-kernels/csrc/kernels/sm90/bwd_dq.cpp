@@ -13,14 +13,35 @@
 #include "sm80/fna_forward.hpp"
 #include "sm90/bwd_dq_params.cuh"
 #include "sm90/fna_forward.hpp"
+#include "sm90/key_half_words.hpp"
 #include "sm90/tma_host.hpp"
 
 namespace natten {
 namespace sm90 {
 
 namespace {
-constexpr int kDqTileLog2 = 7;    // query tiles (bwd_dq_traits.cuh kTileQ)
-constexpr int kDqTileLog2KV = 6;  // key tiles (kTileKV)
+constexpr int kDqTileLog2 = 7;  // query tiles (bwd_dq_traits.cuh kTileQ)
+
+// Key tile of the dQ kernel (bwd_dq_traits.cuh kTileKV), log2 tokens: 64, or 128 at kernel head dim
+// 128 where the 128-token tiling (the forward's) visits no more (query, key) pairs than the 64-token
+// one and at most kDqKv128MaxMasked of them lie in key tiles that need a mask. Measured (H200,
+// 2026-11-29, dQ kernel time, 64 -> 128): -2% to -8% on the GNA rows and dense attention (no mask),
+// about -2% on 1d-32k (11% masked), +4.3% on causal-video (90% masked, equal pairs) and +7.5% on
+// hunyuan (78% masked, 1.10x the pairs). NATTEN_HOPPER_BWD_DQ_KV (read per call): "64" / "128"
+// force either (128 at kernel head dim 128 only).
+constexpr double kDqKv128MaxMasked = 0.25;
+
+int dq_key_tile_log2(const FnaForwardArgs& f, int D) {
+  if (D != 128) return 6;
+  const char* e = std::getenv("NATTEN_HOPPER_BWD_DQ_KV");
+  if (e != nullptr && std::strcmp(e, "64") == 0) return 6;
+  if (e != nullptr && std::strcmp(e, "128") == 0) return 7;
+  double all64 = 0, full64 = 0, all128 = 0, full128 = 0;
+  if (!sm80::fna_forward_tiling_pairs(f, kDqTileLog2, 6, &all64, &full64) ||
+      !sm80::fna_forward_tiling_pairs(f, kDqTileLog2, 7, &all128, &full128))
+    return 6;
+  return all128 <= all64 * (1.0 + 1e-9) && all128 - full128 <= kDqKv128MaxMasked * all128 ? 7 : 6;
+}
 }  // namespace
 
 bool bwd_dq_built() {
@@ -81,9 +102,11 @@ cudaError_t bwd_dq(const FnaBackwardArgs& args, int dtype, cudaStream_t stream, 
   DqParams p;
   std::memset(&p, 0, sizeof(p));
   int qt[3], kt[3];
-  cudaError_t e = sm80::fna_forward_choose_tiles(f, kDqTileLog2, qt, kt, kDqTileLog2KV);
+  const int D = kernel_head_dim(int(f.head_dim), int(f.head_dim_v));
+  const int kv_log2 = dq_key_tile_log2(f, D);
+  cudaError_t e = sm80::fna_forward_choose_tiles(f, kDqTileLog2, qt, kt, kv_log2);
   if (e != cudaSuccess) return e;
-  e = build_geometry(f, qt, kDqTileLog2, kt, kDqTileLog2KV, &p.geo);
+  e = build_geometry(f, qt, kDqTileLog2, kt, kv_log2, &p.geo);
   if (e != cudaSuccess) return e;
   const sm80::Geometry& g = p.geo;
   if (g.num_work > INT_MAX) return cudaErrorNotSupported;
@@ -101,7 +124,7 @@ cudaError_t bwd_dq(const FnaBackwardArgs& args, int dtype, cudaStream_t stream, 
     p.lse_spatial[a] = on ? f.lse_stride_spatial[a] : 0;
   }
   sm80::bwd_delta_strides(g, f.batch, f.heads, p.delta_batch, p.delta_head, p.delta_spatial);
-  p.kcols = column_words(g.kv_log2);
+  p.kcols = key_half_words(g.kv_log2, p.kcols_off);
   p.heads_per_kv = int(f.heads / f.heads_kv);
   p.walk_rotate = rotate_walks(g) ? 1 : 0;
   p.decode = make_work_decode(g, p.heads_per_kv);  // dilation 1, num_work <= INT_MAX (checked above)
@@ -112,7 +135,6 @@ cudaError_t bwd_dq(const FnaBackwardArgs& args, int dtype, cudaStream_t stream, 
   p.scale = f.scale;
   p.scale_log2 = float(double(f.scale) * 1.4426950408889634074);
 
-  const int D = kernel_head_dim(int(f.head_dim), int(f.head_dim_v));
   int ql[kRank], kl[kRank];
   for (int a = 0; a < kRank; ++a) {
     ql[a] = g.q_log2[a];
@@ -125,8 +147,10 @@ cudaError_t bwd_dq(const FnaBackwardArgs& args, int dtype, cudaStream_t stream, 
   p.trace = trace_buffer_from_env();
 #endif
   const bool dep = after_dkdv && pdl_enabled();
-  if (dtype == 1) return D == 64 ? launch_bwd_dq<1, 64>(p, stream, dep) : launch_bwd_dq<1, 128>(p, stream, dep);
-  return D == 64 ? launch_bwd_dq<2, 64>(p, stream, dep) : launch_bwd_dq<2, 128>(p, stream, dep);
+  if (D == 64) return dtype == 1 ? launch_bwd_dq<1, 64, 64>(p, stream, dep) : launch_bwd_dq<2, 64, 64>(p, stream, dep);
+  if (kv_log2 == 7)
+    return dtype == 1 ? launch_bwd_dq<1, 128, 128>(p, stream, dep) : launch_bwd_dq<2, 128, 128>(p, stream, dep);
+  return dtype == 1 ? launch_bwd_dq<1, 128, 64>(p, stream, dep) : launch_bwd_dq<2, 128, 64>(p, stream, dep);
 #endif
 }
 

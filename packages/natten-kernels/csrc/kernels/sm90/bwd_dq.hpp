@@ -54,7 +54,7 @@ int64_t bwd_dkdv_workspace_bytes(const FnaBackwardArgs& args, int dtype);
 cudaError_t bwd_dkdv(const FnaBackwardArgs& args, int dtype, cudaStream_t stream, bool* launched = nullptr);
 
 #if defined(NATTEN_HAS_SM90)
-template <int kDtype, int kHeadDim>
+template <int kDtype, int kHeadDim, int kTileKV>  // kTileKV 128: head dim 128 only
 cudaError_t launch_bwd_dq(const DqParams& params, cudaStream_t stream, bool dependent);
 template <int kDtype, int kHeadDim>
 cudaError_t launch_bwd_dkdv(const DkdvParams& params, cudaStream_t stream, bool dependent);

@@ -11,9 +11,9 @@
 namespace natten {
 namespace sm90 {
 
-template <int kDtype, int kHeadDim>
+template <int kDtype, int kHeadDim, int kTileKV>
 cudaError_t launch_bwd_dq(const DqParams& params, cudaStream_t stream, bool dependent) {
-  using Traits = DqTraits<typename DtypeElement<kDtype>::type, kHeadDim>;
+  using Traits = DqTraits<typename DtypeElement<kDtype>::type, kHeadDim, kTileKV>;
   return launch_persistent<fna_sm90_bwd_dq_kernel<Traits>, Traits::kSmemBytes, Traits::kThreads>(
       params, params.geo.num_work, stream, dependent);
 }

@@ -141,15 +141,19 @@ struct DqConsumer {
       warpgroup_fence_operand(acc_dp);
       if (t == total - 1) ss.q_empty.arrive();  // the last reads of Q and dO
       if (!sm80::key_tile_full(p.geo, keys, kb)) {
-        uint64_t w[1][2];
+        constexpr int kHalves = Traits::kTileKV / 64;  // 64-column words per row (kcols: one half)
+        uint64_t w[kHalves][2];
         CUTE_UNROLL
-        for (int r = 0; r < 2; ++r) {
-          int lo[kRank];
+        for (int h = 0; h < kHalves; ++h) {
           CUTE_UNROLL
-          for (int a = 0; a < kRank; ++a) lo[a] = win.start[r][a] - kb[a];
-          w[0][r] = allowed_columns(p.kcols, lo, win.len[r]);
+          for (int r = 0; r < 2; ++r) {
+            int lo[kRank];
+            CUTE_UNROLL
+            for (int a = 0; a < kRank; ++a) lo[a] = win.start[r][a] - kb[a] - (h ? p.kcols_off[a] : 0);
+            w[h][r] = allowed_columns(p.kcols, lo, win.len[r]);
+          }
         }
-        mask_by_words<1>(w, ct, masked, acc_s);
+        mask_by_words<kHalves>(w, ct, masked, acc_s);
       }
       CUTE_UNROLL
       for (int e = 0; e < size(acc_s); ++e) {

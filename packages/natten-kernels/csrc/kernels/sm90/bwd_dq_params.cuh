@@ -20,7 +20,7 @@ struct DqParams {
   CUtensorMap tma_k;   // box (chunk, 1, kv tile reversed): K
   CUtensorMap tma_v;   // same box over V
 
-  sm80::Geometry geo;  // dilation 1; 128-token query tiles, 64-token key tiles; slabs as the forward
+  sm80::Geometry geo;  // dilation 1; 128-token query tiles, 64- or 128-token key tiles; slabs as the forward
 
   void* dq;
   const float* lse;    // the forward's logsumexp (natural log)
@@ -30,7 +30,8 @@ struct DqParams {
   int64_t lse_batch, lse_head, lse_spatial[sm80::kRank];
   int64_t delta_batch, delta_head, delta_spatial[sm80::kRank];
 
-  ColumnWords kcols;  // the 64-token key tile's column words (column_words.cuh)
+  ColumnWords kcols;  // column words of the key tile's 64-token half (the tile itself at 64 tokens)
+  int kcols_off[sm80::kRank];  // 128-token key tiles: the second half's offset on its axis (else 0)
   int heads_per_kv;  // H / H_kv
   int rank;          // 1..3 (TMA coordinate mapping, params.cuh)
   int fold_q;        // rank 3: X of the query slab; else 0

@@ -23,22 +23,26 @@
 namespace natten {
 namespace sm90 {
 
-template <class Element_, int kHeadDim_>
+// kTileKV_: keys per step, 64, or 128 at head dim 128 (NATTEN_HOPPER_BWD_DQ_KV, bwd_dq.cpp): the S and
+// dP GEMMs become 64 x 128 x D (Q and dO read from shared memory once per 128 keys instead of twice),
+// half as many pipeline steps per key, two 64-column mask words per row.
+template <class Element_, int kHeadDim_, int kTileKV_ = 64>
 struct DqTraits {
   using Element = Element_;
   static constexpr int kHeadDim = kHeadDim_;
   static_assert(kHeadDim == 64 || kHeadDim == 128, "head dim 64 or 128");
+  static_assert(kTileKV_ == 64 || (kTileKV_ == 128 && kHeadDim == 128), "64-token key tiles, or 128 at head dim 128");
 
   static constexpr int kTileQ = 128;
-  static constexpr int kTileKV = 64;
+  static constexpr int kTileKV = kTileKV_;
   static constexpr int kTileLog2 = 7;
-  static constexpr int kTileLog2KV = 6;
+  static constexpr int kTileLog2KV = kTileKV == 128 ? 7 : 6;
   static constexpr int kConsumerWarpgroups = 2;
   static constexpr int kConsumerThreads = 128 * kConsumerWarpgroups;
   static constexpr int kThreads = 128 + kConsumerThreads;
   static constexpr int kChunk = 64;  // head-dim elements per TMA box (128 B, 128B swizzle)
   static constexpr int kChunks = kHeadDim / kChunk;
-  static constexpr int kStages = kHeadDim == 64 ? 4 : 3;
+  static constexpr int kStages = kHeadDim == 64 ? 4 : kTileKV == 128 ? 2 : 3;  // K + V ring (shared memory)
   static constexpr int kProducerRegs = 24;
   static constexpr int kConsumerRegs = 240;
 

@@ -15,6 +15,7 @@
 
 #include "sm80/fna_forward.hpp"
 #include "sm90/bwd_dq.hpp"  // pdl_enabled
+#include "sm90/key_half_words.hpp"
 #include "sm90/params.cuh"
 #include "sm90/tma_host.hpp"
 #if defined(NATTEN_HAS_SM90)
@@ -311,22 +312,7 @@ cudaError_t fna_forward(const FnaForwardArgs& args, int dtype, cudaStream_t stre
   p.fold_kv = args.rank == 3 ? int(args.kv_extent[0]) : 0;
   p.scale_log2 = float(double(args.scale) * 1.4426950408889634074);
   p.dim_v = int(args.head_dim_v);
-  {  // column words of one 64-token half of the key tile (params.cuh)
-    int half[kRank], total = 0;
-    for (int a = 0; a < kRank; ++a) {
-      half[a] = g.kv_log2[a];
-      total += half[a];
-      p.kcols_off[a] = 0;
-    }
-    for (int a = 0; a < kRank && total == 7; ++a) {
-      if (half[a] > 0) {
-        --half[a];
-        p.kcols_off[a] = 1 << half[a];
-        break;
-      }
-    }
-    p.kcols = column_words(half);
-  }
+  p.kcols = key_half_words(g.kv_log2, p.kcols_off);  // column words of one 64-token half (params.cuh)
 
   cudaError_t e;
   e = encode_tensor(&p.tma_q, dtype, args.q, args.rank, args.batch, ext, args.heads, args.head_dim, D,
