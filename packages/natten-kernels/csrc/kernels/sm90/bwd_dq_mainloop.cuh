@@ -1,8 +1,8 @@
 // Producer and consumers of the SM90 backward dQ kernel (bwd_dq_traits.cuh has the GEMM plan).
 //
 // Producer (one thread): per work tile, Q and dO on the q_full barrier (after q_empty from the 2nd
-// work tile on), then per key tile of the forward's walk (64-token key tiles) K and V into one ring
-// stage. Consumers (64 query rows per warpgroup, cooperative: the warpgroups run independently),
+// work tile on), then per key tile of the forward's walk (64- or 128-token key tiles, DqTraits) K
+// and V into one ring stage. Consumers (64 query rows per warpgroup, cooperative: the warpgroups run independently),
 // per key tile:
 //   wait stage -> issue S = Q K^T and dP = dO V^T -> wait -> (last tile: arrive q_empty)
 //   -> mask S on partial tiles (column words) -> P = 2^(S * scale_log2 - lse * log2 e) -> dS = P (dP - delta)

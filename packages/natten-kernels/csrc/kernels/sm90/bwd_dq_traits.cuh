@@ -2,11 +2,12 @@
 // 128; q, k, v and dO zero-filled by TMA up to it, as in the forward).
 //
 // CTA = 3 warpgroups: warpgroup 0 produces (one thread issues TMA), warpgroups 1 and 2 consume
-// query rows [0, 64) and [64, 128) of the 128-token query tile. Per 64-token key tile:
-//   S  = Q K^T     SS wgmma 64 x 64 x D   (Q, K K-major)
-//   dP = dO V^T    SS wgmma 64 x 64 x D   (dO, V K-major: V tiles are stored like K tiles)
+// query rows [0, 64) and [64, 128) of the 128-token query tile. Per key tile of N = 64 tokens (or
+// 128, kTileKV_ below):
+//   S  = Q K^T     SS wgmma 64 x N x D   (Q, K K-major)
+//   dP = dO V^T    SS wgmma 64 x N x D   (dO, V K-major: V tiles are stored like K tiles)
 //   dS = P * (dP - delta), P = exp(scale * S - lse)   (registers)
-//   dQ += dS K     RS wgmma 64 x D x 64   (dS from registers; K viewed MN-major over the same bytes)
+//   dQ += dS K     RS wgmma 64 x D x N   (dS from registers; K viewed MN-major over the same bytes)
 // Q and dO are loaded once per work tile; K and V share one ring stage per key tile.
 #pragma once
 
