@@ -243,7 +243,9 @@ PairCount choose_tiles(int rank, const AxisProblem ax[kRank], int ql[kRank], int
 // of up to 36 x 36 tile pairs (rank 3, 128-token tiles), ~15-25 us of host time per call on a
 // development CPU, and a model alternates between several problems (layers, the SM80 and Hopper
 // tile sizes of one problem), which a single entry would miss every time. Replacement: the least
-// recently used entry.
+// recently used entry. A Hopper training step of one problem takes 4 entries (the forward's tiles,
+// the dQ kernel's 64- and 128-token key tilings, the dK / dV key walk), so 32 entries keep about 8
+// problems' choices (a lookup scans them: tens of nanoseconds).
 struct TileChoiceEntry {
   bool valid = false;
   int rank = 0;
@@ -256,7 +258,7 @@ struct TileChoiceEntry {
   int ql[kRank], kl[kRank];
   PairCount visits;  // visited (query, key) pairs of the chosen tiling (full: in unmasked key tiles)
 };
-constexpr int kTileCacheEntries = 16;
+constexpr int kTileCacheEntries = 32;
 struct TileChoiceCache {
   TileChoiceEntry entry[kTileCacheEntries];
   unsigned clock = 0;
