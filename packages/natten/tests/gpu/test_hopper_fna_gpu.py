@@ -848,12 +848,12 @@ def test_cuda_graph_training_step_matches_eager(monkeypatch, case, pdl):
     d_out = torch.randn(1, *shape, h, d, device="cuda", dtype=dtype, generator=g)
     d_lse = torch.randn(1, *shape, h, device="cuda", dtype=torch.float32, generator=g)
 
+    def split(qkv):  # the projection's columns -> q, k, v
+        return (qkv[:, : h * d].reshape(1, *shape, h, d), qkv[:, h * d : (h + hkv) * d].reshape(1, *shape, hkv, d),
+                qkv[:, (h + hkv) * d :].reshape(1, *shape, hkv, d))
+
     def step():
-        qkv = x @ w
-        q = qkv[:, : h * d].reshape(1, *shape, h, d)
-        k = qkv[:, h * d : (h + hkv) * d].reshape(1, *shape, hkv, d)
-        v = qkv[:, (h + hkv) * d :].reshape(1, *shape, hkv, d)
-        out, lse = OPS[rank](q, k, v, ks, st, 1, ca, backend="hopper-fna", return_lse=True)
+        out, lse = OPS[rank](*split(x @ w), ks, st, 1, ca, backend="hopper-fna", return_lse=True)
         (dw,) = torch.autograd.grad((out, lse), (w,), (d_out, d_lse))
         return out, lse, dw
 
@@ -878,11 +878,7 @@ def test_cuda_graph_training_step_matches_eager(monkeypatch, case, pdl):
             assert torch.equal(a, b), f"case {case} PDL={pdl} trial {trial}: {name} differs between replay and eager"
         # the step against float64 (the projection and attention in float64, the same d_out / d_lse)
         w64 = w.detach().double().requires_grad_(True)
-        qkv = x.double() @ w64
-        q = qkv[:, : h * d].reshape(1, *shape, h, d)
-        k = qkv[:, h * d : (h + hkv) * d].reshape(1, *shape, hkv, d)
-        v = qkv[:, (h + hkv) * d :].reshape(1, *shape, hkv, d)
-        out64, lse64 = na_oracle(q, k, v, ks, st, 1, ca)
+        out64, lse64 = na_oracle(*split(x.double() @ w64), ks, st, 1, ca)
         (dw64,) = torch.autograd.grad((out64, lse64), (w64,), (d_out.double(), d_lse.double()))
         tol = 1e-2 if dtype == torch.float16 else 5e-2
         assert_close(captured[0], out64, atol=tol, rtol=0, what=f"case {case} PDL={pdl} out")

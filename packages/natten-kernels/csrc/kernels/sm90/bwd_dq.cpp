@@ -33,9 +33,8 @@ constexpr double kDqKv128MaxMasked = 0.25;
 
 int dq_key_tile_log2(const FnaForwardArgs& f, int D) {
   if (D != 128) return 6;
-  const char* e = std::getenv("NATTEN_HOPPER_BWD_DQ_KV");
-  if (e != nullptr && std::strcmp(e, "64") == 0) return 6;
-  if (e != nullptr && std::strcmp(e, "128") == 0) return 7;
+  const int forced = env_choice("NATTEN_HOPPER_BWD_DQ_KV", "64", "128");
+  if (forced >= 0) return forced == 1 ? 7 : 6;
   double all64 = 0, full64 = 0, all128 = 0, full128 = 0;
   if (!sm80::fna_forward_tiling_pairs(f, kDqTileLog2, 6, &all64, &full64) ||
       !sm80::fna_forward_tiling_pairs(f, kDqTileLog2, 7, &all128, &full128))

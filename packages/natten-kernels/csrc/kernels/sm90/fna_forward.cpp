@@ -34,6 +34,13 @@ bool fna_forward_built() {
 #endif
 }
 
+int env_choice(const char* name, const char* off, const char* on) {
+  const char* e = std::getenv(name);
+  if (e != nullptr && std::strcmp(e, off) == 0) return 0;
+  if (e != nullptr && std::strcmp(e, on) == 0) return 1;
+  return -1;
+}
+
 int kernel_head_dim(int head_dim, int head_dim_v) {
   const int d = head_dim > head_dim_v ? head_dim : head_dim_v;
   if (head_dim < 8 || head_dim_v < 8 || head_dim % 8 != 0 || head_dim_v % 8 != 0 || d > 256) return 0;
@@ -144,12 +151,7 @@ bool defer_epilogue() {
 // kCluster), "1" runs them on every launch they fit (static order, kernel head dim 128, query-tile
 // pairs with equal key walks: cluster_pair_axis, and the whole persistent grid fits as clusters);
 // anything else (or unset): on those launches with at least kClusterMinRounds rounds of the grid.
-int cluster_pairs_env() {
-  const char* e = std::getenv("NATTEN_HOPPER_CLUSTER");
-  if (e != nullptr && std::strcmp(e, "0") == 0) return 0;
-  if (e != nullptr && std::strcmp(e, "1") == 0) return 1;
-  return -1;
-}
+int cluster_pairs_env() { return env_choice("NATTEN_HOPPER_CLUSTER", "0", "1"); }
 
 // Fewest rounds (work tiles / persistent CTAs) for automatic cluster pairs: measured faster on
 // flux-4k-gna (93 rounds) and dense-fmha (31), 2-3% slower on 1d-32k-s256 (2 rounds) (H200,
@@ -158,13 +160,7 @@ constexpr int64_t kClusterMinRounds = 8;
 
 // NATTEN_HOPPER_SCHEDULE (read per call): "static" / "dynamic" force the persistent forward's work
 // order (params.cuh); anything else: the automatic rule of use_dynamic_schedule.
-int schedule_env() {
-  const char* e = std::getenv("NATTEN_HOPPER_SCHEDULE");
-  if (e == nullptr) return -1;
-  if (std::strcmp(e, "static") == 0) return 0;
-  if (std::strcmp(e, "dynamic") == 0) return 1;
-  return -1;
-}
+int schedule_env() { return env_choice("NATTEN_HOPPER_SCHEDULE", "static", "dynamic"); }
 
 // Dynamic schedule when a CTA runs several work tiles (fewer CTAs than work tiles: persistent_grid)
 // and the key walks differ systematically: some axis is causal with more than one query tile (later
@@ -232,12 +228,7 @@ SplitPlan split_plan(const FnaSm90Params& p) {
 // from the box's first tile, "rotated" rotates the walks on axis 0 (sm80/tile_scheduler.cuh:
 // walk_origin), so that the CTAs of a round read the same K / V tiles at the same steps; anything
 // else (or unset): rotated on launches of at most kRotateMaxRounds rounds of the persistent grid.
-int walk_env() {
-  const char* e = std::getenv("NATTEN_HOPPER_WALK");
-  if (e != nullptr && std::strcmp(e, "plain") == 0) return 0;
-  if (e != nullptr && std::strcmp(e, "rotated") == 0) return 1;
-  return -1;
-}
+int walk_env() { return env_choice("NATTEN_HOPPER_WALK", "plain", "rotated"); }
 
 // Most rounds (work tiles / persistent CTAs) for automatic rotated walks. With the L2 flushed before
 // every call (the suite's timing), 1-D 32k-token problems (window 2048, stride 256 and 1; 1, 2, 4, 8

@@ -36,6 +36,10 @@ constexpr double kMaskedStepCost = 1.35;
 // persistent grid (fna_forward.cpp).
 bool rotate_walks(const natten::sm80::Geometry& g);
 
+// A two-valued switch read from the environment variable `name` (the Hopper measurement flags,
+// read per call): 0 when it equals `off`, 1 when it equals `on`, -1 (the automatic rule) otherwise.
+int env_choice(const char* name, const char* off, const char* on);
+
 // Was the sm_90a kernel compiled into this build (NATTEN_CUDA_ARCHS contains 90a)?
 bool fna_forward_built();
 
