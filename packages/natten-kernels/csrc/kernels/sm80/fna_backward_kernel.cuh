@@ -208,24 +208,36 @@ CUTE_DEVICE void fna_bwd_dq_cta(FnaBwdParams const& p, WorkTile const& w, QueryT
   static_assert(sizeof(BwdQCta) <= Smem::kCtaBytes, "");
   BwdQCta* cta_smem = reinterpret_cast<BwdQCta*>(pl.cta);
 
-  if (tid == 0) {
+  // CTA descriptor, built by the first lanes of the four warps in parallel (as the dK / dV kernel).
+  static_assert(Traits::kWarps >= 4, "four setup jobs");
+  if ((tid & 31) == 0) {
     BwdQCta& c = *cta_smem;
-    c.q = qt;
-    c.k = make_key_tiles(geo, qt);
+    const int job = tid >> 5;
     const int64_t kv_head = w.head / p.heads_per_kv;
-    c.gq = make_group_tensor(w.batch, w.head, p.q_batch, p.q_head, p.q_spatial, w.group, geo.dilation);
-    c.gdo = make_group_tensor(w.batch, w.head, p.do_batch, p.do_head, p.do_spatial, w.group, geo.dilation);
-    c.gdq = make_group_tensor(w.batch, w.head, p.dq_batch, p.dq_head, p.dq_spatial, w.group, geo.dilation);
-    c.gk = make_group_tensor(w.batch, kv_head, p.k_batch, p.k_head, p.k_spatial, qt.kv_group, geo.dilation);
-    c.gv = make_group_tensor(w.batch, kv_head, p.v_batch, p.v_head, p.v_spatial, qt.kv_group, geo.dilation);
-    c.glse = make_group_tensor(w.batch, w.head, p.lse_batch, p.lse_head, p.lse_spatial, w.group, geo.dilation);
-    c.gdelta =
-        make_group_tensor(w.batch, w.head, p.delta_batch, p.delta_head, p.delta_spatial, w.group, geo.dilation);
-    if constexpr (kTile / Traits::kRowsPerPass >= 8 && kTile / Traits::kRowsPerPass <= kMaxKvPasses) {
-      fill_pass_table(c.pass_k, kTile / Traits::kRowsPerPass, Traits::kRowsPerPass,
-                      geo.kv_log2, c.gk.step, int(sizeof(Element)));
-      fill_pass_table(c.pass_v, kTile / Traits::kRowsPerPass, Traits::kRowsPerPass,
-                      geo.kv_log2, c.gv.step, int(sizeof(Element)));
+    if (job == 0) {
+      c.q = qt;
+      c.k = make_key_tiles(geo, qt);
+    } else if (job == 1) {
+      c.gq = make_group_tensor(w.batch, w.head, p.q_batch, p.q_head, p.q_spatial, w.group, geo.dilation);
+      c.gdo = make_group_tensor(w.batch, w.head, p.do_batch, p.do_head, p.do_spatial, w.group, geo.dilation);
+      c.gdq = make_group_tensor(w.batch, w.head, p.dq_batch, p.dq_head, p.dq_spatial, w.group, geo.dilation);
+    } else if (job == 2) {
+      c.gk = make_group_tensor(w.batch, kv_head, p.k_batch, p.k_head, p.k_spatial, qt.kv_group, geo.dilation);
+      c.gv = make_group_tensor(w.batch, kv_head, p.v_batch, p.v_head, p.v_spatial, qt.kv_group, geo.dilation);
+      c.glse = make_group_tensor(w.batch, w.head, p.lse_batch, p.lse_head, p.lse_spatial, w.group, geo.dilation);
+      c.gdelta =
+          make_group_tensor(w.batch, w.head, p.delta_batch, p.delta_head, p.delta_spatial, w.group, geo.dilation);
+    } else if (job == 3) {
+      if constexpr (kTile / Traits::kRowsPerPass >= 8 && kTile / Traits::kRowsPerPass <= kMaxKvPasses) {
+        const GroupTensor gk =
+            make_group_tensor(w.batch, kv_head, p.k_batch, p.k_head, p.k_spatial, qt.kv_group, geo.dilation);
+        const GroupTensor gv =
+            make_group_tensor(w.batch, kv_head, p.v_batch, p.v_head, p.v_spatial, qt.kv_group, geo.dilation);
+        fill_pass_table(c.pass_k, kTile / Traits::kRowsPerPass, Traits::kRowsPerPass, geo.kv_log2, gk.step,
+                        int(sizeof(Element)));
+        fill_pass_table(c.pass_v, kTile / Traits::kRowsPerPass, Traits::kRowsPerPass, geo.kv_log2, gv.step,
+                        int(sizeof(Element)));
+      }
     }
   }
   __syncthreads();
@@ -406,25 +418,37 @@ CUTE_DEVICE void fna_bwd_dkdv_cta(FnaBwdParams const& p, KvWorkTile const& w, Ke
   static_assert(sizeof(BwdKvCta) <= Smem::kCtaBytes, "");
   BwdKvCta* cta_smem = reinterpret_cast<BwdKvCta*>(pl.cta);
 
-  if (tid == 0) {
+  // CTA descriptor, built by the first lanes of the four warps in parallel (thread 0 alone: ncu put
+  // 3% of the kernel's warp time at the barrier below waiting for it, 1d-32k-s256).
+  static_assert(Traits::kWarps >= 4, "four setup jobs");
+  if ((tid & 31) == 0) {
     BwdKvCta& c = *cta_smem;
-    c.k = kt;
-    c.qs = make_query_tiles_for_key(geo, kt);
-    c.gk = make_group_tensor(w.batch, w.kv_head, p.k_batch, p.k_head, p.k_spatial, w.group, geo.dilation);
-    c.gv = make_group_tensor(w.batch, w.kv_head, p.v_batch, p.v_head, p.v_spatial, w.group, geo.dilation);
-    c.gdk = make_group_tensor(w.batch, w.kv_head, p.dk_batch, p.dk_head, p.dk_spatial, w.group, geo.dilation);
-    c.gdv = make_group_tensor(w.batch, w.kv_head, p.dv_batch, p.dv_head, p.dv_spatial, w.group, geo.dilation);
+    const int job = tid >> 5;
     const int64_t head0 = w.kv_head * p.heads_per_kv;
-    int const* qg = c.k.q_group;  // the query slab's group (= w.group on the whole grid)
-    c.gq = make_group_tensor(w.batch, head0, p.q_batch, p.q_head, p.q_spatial, qg, geo.dilation);
-    c.gdo = make_group_tensor(w.batch, head0, p.do_batch, p.do_head, p.do_spatial, qg, geo.dilation);
-    c.glse = make_group_tensor(w.batch, head0, p.lse_batch, p.lse_head, p.lse_spatial, qg, geo.dilation);
-    c.gdelta = make_group_tensor(w.batch, head0, p.delta_batch, p.delta_head, p.delta_spatial, qg, geo.dilation);
-    if constexpr (kTile / Traits::kRowsPerPass >= 8 && kTile / Traits::kRowsPerPass <= kMaxKvPasses) {
-      fill_pass_table(c.pass_q, kTile / Traits::kRowsPerPass, Traits::kRowsPerPass,
-                      geo.q_log2, c.gq.step, int(sizeof(Element)));
-      fill_pass_table(c.pass_do, kTile / Traits::kRowsPerPass, Traits::kRowsPerPass,
-                      geo.q_log2, c.gdo.step, int(sizeof(Element)));
+    int const* qg = kt.q_group;  // the query slab's group (= w.group on the whole grid)
+    if (job == 0) {
+      c.k = kt;
+      c.qs = make_query_tiles_for_key(geo, kt);
+    } else if (job == 1) {
+      c.gk = make_group_tensor(w.batch, w.kv_head, p.k_batch, p.k_head, p.k_spatial, w.group, geo.dilation);
+      c.gv = make_group_tensor(w.batch, w.kv_head, p.v_batch, p.v_head, p.v_spatial, w.group, geo.dilation);
+      c.gdk = make_group_tensor(w.batch, w.kv_head, p.dk_batch, p.dk_head, p.dk_spatial, w.group, geo.dilation);
+      c.gdv = make_group_tensor(w.batch, w.kv_head, p.dv_batch, p.dv_head, p.dv_spatial, w.group, geo.dilation);
+    } else if (job == 2) {
+      c.gq = make_group_tensor(w.batch, head0, p.q_batch, p.q_head, p.q_spatial, qg, geo.dilation);
+      c.gdo = make_group_tensor(w.batch, head0, p.do_batch, p.do_head, p.do_spatial, qg, geo.dilation);
+      c.glse = make_group_tensor(w.batch, head0, p.lse_batch, p.lse_head, p.lse_spatial, qg, geo.dilation);
+      c.gdelta = make_group_tensor(w.batch, head0, p.delta_batch, p.delta_head, p.delta_spatial, qg, geo.dilation);
+    } else if (job == 3) {
+      if constexpr (kTile / Traits::kRowsPerPass >= 8 && kTile / Traits::kRowsPerPass <= kMaxKvPasses) {
+        const GroupTensor gq = make_group_tensor(w.batch, head0, p.q_batch, p.q_head, p.q_spatial, qg, geo.dilation);
+        const GroupTensor gdo =
+            make_group_tensor(w.batch, head0, p.do_batch, p.do_head, p.do_spatial, qg, geo.dilation);
+        fill_pass_table(c.pass_q, kTile / Traits::kRowsPerPass, Traits::kRowsPerPass, geo.q_log2, gq.step,
+                        int(sizeof(Element)));
+        fill_pass_table(c.pass_do, kTile / Traits::kRowsPerPass, Traits::kRowsPerPass, geo.q_log2, gdo.step,
+                        int(sizeof(Element)));
+      }
     }
   }
   __syncthreads();
