@@ -153,9 +153,15 @@ CUTE_DEVICE void load_tile_box_inside(Element* smem, SmemLayout const& layout, E
     bytes[j] = col < dim ? 16 : 0;
     src_chunk[j] = reinterpret_cast<char const*>(gmem + off + (col < dim ? col : dim - 8));
   }
+  // Pass p's offset is the sum of pass_off[2^b] over the set bits b of p (the pass index's bits map
+  // to disjoint tile_coord bit fields, so their offsets add): log2(passes) table reads issued up front
+  // instead of one read per pass right before its add (ncu: those adds stalled on the reads).
+  constexpr int kPasses = kRows / kRpp;
+  static_assert(kPasses == 8, "load_tile_box_inside: 8 copy passes (load_tile_box_fast)");
+  const int64_t w1 = pass_off[1], w2 = pass_off[2], w4 = pass_off[4];
   CUTE_UNROLL
-  for (int pass = 0; pass < kRows / kRpp; ++pass) {
-    const int64_t po = pass_off[pass];
+  for (int pass = 0; pass < kPasses; ++pass) {
+    const int64_t po = ((pass & 1) ? w1 : int64_t(0)) + ((pass & 2) ? w2 : int64_t(0)) + ((pass & 4) ? w4 : int64_t(0));
     CUTE_UNROLL
     for (int j = 0; j < kCpt; ++j) {
       const uint32_t dst = sdst0 + uint32_t(layout(pass * kRpp, j * kTpr * 8) * int(sizeof(Element)));
