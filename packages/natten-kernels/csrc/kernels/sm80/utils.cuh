@@ -127,8 +127,9 @@ CUTE_DEVICE void load_tile_box_impl(Element* smem, SmemLayout const& layout, Ele
 
 // load_tile_box (aligned path) for a box whose rows all lie inside the group: row p * kRowsPerPass
 // + r0 of the box sits `pass_off[p]` bytes after row r0 (tile_coord of r0 < kRowsPerPass and of the
-// multiple of kRowsPerPass occupy disjoint bits, so their coordinates add), so each pass costs one
-// table read and a 64-bit add instead of a row decode, three bound checks and a scaled address.
+// multiple of kRowsPerPass occupy disjoint bits, so their coordinates add), so each pass costs 64-bit
+// adds of table entries instead of a row decode, three bound checks and a scaled address; only
+// pass_off[1], [2] and [4] are read (see below).
 // Padding columns (>= dim) copy 0 bytes from a column inside the row (no select per pass).
 template <class Traits, int kRows, class Element, class SmemLayout>
 CUTE_DEVICE void load_tile_box_inside(Element* smem, SmemLayout const& layout, Element const* gmem,
