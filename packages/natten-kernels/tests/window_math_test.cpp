@@ -22,6 +22,9 @@
 // 3. A numeric replay (every third problem) of the kernel's per-CTA online softmax in that tile
 //    order (masked tiles, rows whose first tiles hold no key, zero-filled out-of-grid keys) against
 //    a float64 softmax: output and logsumexp.
+// 4. The row-offset additivity the SM80 tile loads rely on (utils.cuh, load_tile_box_inside): for
+//    every box shape of 64 / 128 rows, the offset of row r0 + p * R is row r0's plus the sum of the
+//    offsets of rows 2^b * R over the set bits b of p.
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -479,6 +482,41 @@ int main(int argc, char** argv) {
     if (it % 3 == 0) numeric_replay(p, rng);
   }
   std::printf("replay: %d problems, %ld checks, %ld failures total\n", problems, g_checks - before, g_failures);
+
+  // 3. The SM80 tile loads (utils.cuh, load_tile_box_inside) address row r0 + p * R of a box as row
+  //    r0's address plus the sum of the offsets of rows 2^b * R over the set bits b of p, and row r0
+  //    + p * R as row r0 plus row p * R. Both hold when tile_coord gives every bit of a row index to
+  //    exactly one axis (disjoint bit fields): checked for every box shape of 2^6 / 2^7 rows over
+  //    3 axes, R = 8 and 16, and uneven per-axis steps.
+  const long before_pass = g_checks;
+  for (int total = 6; total <= 7; ++total) {
+    for (int l0 = 0; l0 <= total; ++l0) {
+      for (int l1 = 0; l0 + l1 <= total; ++l1) {
+        const int lg[3] = {l0, l1, total - l0 - l1};
+        const long long step[3] = {1000003LL * 7, 4099LL * 3, 17LL};
+        auto offset = [&](int row) {
+          int c[3];
+          ns::tile_coord(row, lg, c);
+          return c[0] * step[0] + c[1] * step[1] + c[2] * step[2];
+        };
+        for (int rpp : {8, 16}) {
+          const int passes = (1 << total) / rpp;
+          for (int r0 = 0; r0 < rpp; ++r0) {
+            for (int pp = 0; pp < passes; ++pp) {
+              long long bits = 0;
+              for (int b = 0; (1 << b) < passes; ++b)
+                if (pp & (1 << b)) bits += offset((1 << b) * rpp);
+              CHECK(offset(pp * rpp) == bits, "pass offset additive lg=(%d,%d,%d) R=%d p=%d", lg[0], lg[1], lg[2],
+                    rpp, pp);
+              CHECK(offset(r0 + pp * rpp) == offset(r0) + offset(pp * rpp), "row r0 + pass lg=(%d,%d,%d) R=%d", lg[0],
+                    lg[1], lg[2], rpp);
+            }
+          }
+        }
+      }
+    }
+  }
+  std::printf("tile-load pass offsets: %ld checks, %ld failures total\n", g_checks - before_pass, g_failures);
   if (g_failures) {
     std::printf("FAILED\n");
     return 1;
