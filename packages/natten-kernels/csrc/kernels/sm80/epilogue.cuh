@@ -75,6 +75,7 @@ struct CollectiveEpilogue {
     CUTE_UNROLL
     for (int i = 0; i < size(rO); ++i) tOsO(i) = rO(i);
     __syncthreads();
+    NATTEN_SM80_TRACE_MARK(p.trace, kMarkStaged);
 
     store_tile_box<Traits, kTileQ>(smem_o, layout_o, static_cast<Element*>(p.o), cta.go, cta.q.q0, geo.q_log2,
                                    cta.q.n_q, p.head_dim_v, p.aligned != 0, tid);

@@ -560,6 +560,9 @@ cudaError_t fna_forward(const FnaForwardArgs& args, int dtype, cudaStream_t stre
     aligned = aligned && stride_ok(p.q_spatial[a]) && stride_ok(p.k_spatial[a]) && stride_ok(p.v_spatial[a]) &&
               stride_ok(p.o_spatial[a]);
   p.aligned = aligned ? 1 : 0;
+#if defined(NATTEN_SM80_TRACE)
+  p.trace = trace_buffer_from_env();
+#endif
 
   if (dtype == 3) return simt::fna_forward_f32(p, stream);  // CUDA cores, same tiles
   cudaError_t small_result = cudaSuccess;

@@ -4,7 +4,7 @@
 // tokens) that cover the union of its windows. Per key tile (FlashAttention-2 schedule, one K and
 // one V buffer, loads overlapped with the GEMM that does not use them):
 //
-//   wait K[t]; barrier; issue cp.async V[t]
+//   wait K[t]; barrier; issue cp.async V[t]  (V[0] comes with Q and K[0], load_prologue)
 //   S = Q K[t]^T                       (ldmatrix + mma.sync, fp32 accumulators)
 //   mask  (only if the key tile cuts a window border)
 //   online softmax on raw scores: running row max / row sum, rescale O, P = exp2(S * scale - max)
@@ -84,6 +84,23 @@ struct CollectiveMainloop {
     if (tid == 0) key_tile_mask_patterns(geo.kv_log2, rep);
   }
 
+  // Issues Q, K[0] and V[0] (one cp.async group) from addressing every thread computed itself, so
+  // that they are in flight before the CTA descriptor and the mask / pass tables are built.
+  CUTE_DEVICE static void load_prologue(FnaParams const& p, QueryTile const& qt, KeyTiles const& kt,
+                                        GroupTensor const& gq, GroupTensor const& gk, GroupTensor const& gv,
+                                        Element* smem_q, Element* smem_k, Element* smem_v, int tid) {
+    const bool aligned = p.aligned != 0;
+    typename Traits::SmemLayoutQ layout_q;
+    typename Traits::SmemLayoutKV layout_kv;
+    load_tile_box_first<Traits, kTileQ>(smem_q, layout_q, static_cast<Element const*>(p.q), gq, qt.q0, p.geo.q_log2,
+                                  qt.n_q, p.head_dim, aligned, tid);
+    load_tile_box_first<Traits, kTileKV>(smem_k, layout_kv, static_cast<Element const*>(p.k), gk, kt.start,
+                                   p.geo.kv_log2, qt.n_kv, p.head_dim, aligned, tid);
+    load_tile_box_first<Traits, kTileKV>(smem_v, layout_kv, static_cast<Element const*>(p.v), gv, kt.start,
+                                   p.geo.kv_log2, qt.n_kv, p.head_dim_v, aligned, tid);
+    cute::cp_async_fence();
+  }
+
   // Runs the whole key loop. acc_o: (MMA, MMA_M, MMA_N) fp32 fragment of O (zeroed here);
   // row_max (log2 units, scaled) and row_sum (thread-partial) per accumulator row.
   template <class TensorO, int kRowsPerThread>
@@ -95,10 +112,8 @@ struct CollectiveMainloop {
 
     Geometry const& geo = p.geo;
     const bool aligned = p.aligned != 0;
-    Element const* q_ptr = static_cast<Element const*>(p.q);
     Element const* k_ptr = static_cast<Element const*>(p.k);
     Element const* v_ptr = static_cast<Element const*>(p.v);
-    int const* n_q = cta.q.n_q;    // smem
     // Key slab bounds in registers: read from smem in every K/V load, they stalled the key loop
     // on shared-memory loads (ncu on the H100: MIO scoreboard, 34% of stall cycles).
     int n_kv[kRank];
@@ -160,12 +175,7 @@ struct CollectiveMainloop {
     CUTE_UNROLL
     for (int a = 0; a < kRank; ++a) kb[a] = cta.k.start[a];
 
-    // Prologue: Q and K[0].
-    load_tile_box<Traits, kTileQ>(smem_q, layout_q, q_ptr, cta.gq, cta.q.q0, geo.q_log2, n_q, p.head_dim,
-                                  aligned, tid);
-    load_tile_box<Traits, kTileKV>(smem_k, layout_kv, k_ptr, cta.gk, kb, geo.kv_log2, n_kv, p.head_dim,
-                                   aligned, tid);
-    cp_async_fence();
+    // Q, K[0] and V[0] were issued by load_prologue.
 
     // K / V tile loads after the first barrier (the pass tables are written before it).
     auto load_kv = [&](Element* smem_x, Element const* x_ptr, GroupTensor const& gx, int64_t const* pass_x,
@@ -179,6 +189,7 @@ struct CollectiveMainloop {
 
       cp_async_wait<0>();
       __syncthreads();  // K[t] visible; every warp is done with V[t-1]
+      if (t == 0) NATTEN_SM80_TRACE_MARK(p.trace, kMarkFirstData);
       if (negate_q && t == 0) {  // uniform; Q is complete after the first wait
         constexpr int kChunks = kTileQ * kDim * int(sizeof(Element)) / 16;
         uint4* q16 = reinterpret_cast<uint4*>(smem_q);
@@ -192,8 +203,8 @@ struct CollectiveMainloop {
         }
         __syncthreads();
       }
-      load_kv(smem_v, v_ptr, cta.gv, cta.pass_v, p.head_dim_v);
-      cp_async_fence();
+      if (t > 0) load_kv(smem_v, v_ptr, cta.gv, cta.pass_v, p.head_dim_v);
+      cp_async_fence();  // an empty group at t = 0 keeps the wait counts below
       if constexpr (kKStages == 2) {  // K[t + 1] into the other buffer (free: K[t - 1] was read before the barrier)
         if (t + 1 < cta.k.total) {
           key_tile_advance(geo, cta.k, kb);  // kb: the next tile's origin from here on (mask: kb_mask below)

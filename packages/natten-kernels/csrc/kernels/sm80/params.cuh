@@ -5,6 +5,7 @@
 #include <cstdint>
 
 #include "tile_scheduler.cuh"
+#include "trace.cuh"
 
 namespace natten {
 namespace sm80 {
@@ -30,6 +31,7 @@ struct FnaParams {
   int head_dim_v;        // Dv (real, multiple of 8)
   float scale_log2;      // softmax scale * log2(e)
   int aligned;           // every row of q/k/v/out starts on a 16-byte boundary (vector path)
+  NATTEN_SM80_TRACE_FIELD  // diagnostic builds only (trace.cuh)
 };
 
 // Addressing of one (batch, head, dilation group) slice: the token with group-local coordinates

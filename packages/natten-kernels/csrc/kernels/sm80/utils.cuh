@@ -125,19 +125,25 @@ CUTE_DEVICE void load_tile_box_impl(Element* smem, SmemLayout const& layout, Ele
   }
 }
 
+// log2 of a power of two (compile time).
+constexpr int ilog2(int x) { return x <= 1 ? 0 : 1 + ilog2(x / 2); }
+
 // load_tile_box (aligned path) for a box whose rows all lie inside the group: row p * kRowsPerPass
-// + r0 of the box sits `pass_off[p]` bytes after row r0 (tile_coord of r0 < kRowsPerPass and of the
-// multiple of kRowsPerPass occupy disjoint bits, so their coordinates add), so each pass costs 64-bit
-// adds of table entries instead of a row decode, three bound checks and a scaled address; only
-// pass_off[1], [2] and [4] are read (see below).
+// + r0 of the box sits sum_b w[b] bytes after row r0, over the set bits b of p (tile_coord of r0 <
+// kRowsPerPass and of the multiple of kRowsPerPass occupy disjoint bits, and so do those of the pass
+// index's bits, so their coordinates add): each pass costs 64-bit adds instead of a row decode, three
+// bound checks and a scaled address. w[b]: byte offset of row 2^b * kRowsPerPass from row 0.
 // Padding columns (>= dim) copy 0 bytes from a column inside the row (no select per pass).
 template <class Traits, int kRows, class Element, class SmemLayout>
-CUTE_DEVICE void load_tile_box_inside(Element* smem, SmemLayout const& layout, Element const* gmem,
-                                      GroupTensor const& gt, int64_t const* pass_off, const int org[kRank],
-                                      const int lg[kRank], int dim, int tid) {
+CUTE_DEVICE void load_tile_box_inside_w(Element* smem, SmemLayout const& layout, Element const* gmem,
+                                        GroupTensor const& gt, const int64_t (&w)[ilog2(kRows / Traits::kRowsPerPass)],
+                                        const int org[kRank], const int lg[kRank], int dim, int tid) {
   constexpr int kTpr = Traits::kThreadsPerRow;
   constexpr int kCpt = Traits::kChunksPerThread;
   constexpr int kRpp = Traits::kRowsPerPass;
+  constexpr int kPasses = kRows / kRpp;
+  constexpr int kBits = ilog2(kPasses);
+  static_assert((1 << kBits) == kPasses, "power-of-two pass count");
   const int r0 = tid / kTpr;
   const int col0 = (tid % kTpr) * 8;
   int c[kRank];
@@ -154,15 +160,12 @@ CUTE_DEVICE void load_tile_box_inside(Element* smem, SmemLayout const& layout, E
     bytes[j] = col < dim ? 16 : 0;
     src_chunk[j] = reinterpret_cast<char const*>(gmem + off + (col < dim ? col : dim - 8));
   }
-  // Pass p's offset is the sum of pass_off[2^b] over the set bits b of p (the pass index's bits map
-  // to disjoint tile_coord bit fields, so their offsets add): log2(passes) table reads issued up front
-  // instead of one read per pass right before its add (ncu: those adds stalled on the reads).
-  constexpr int kPasses = kRows / kRpp;
-  static_assert(kPasses == 8, "load_tile_box_inside: 8 copy passes (load_tile_box_fast)");
-  const int64_t w1 = pass_off[1], w2 = pass_off[2], w4 = pass_off[4];
   CUTE_UNROLL
   for (int pass = 0; pass < kPasses; ++pass) {
-    const int64_t po = ((pass & 1) ? w1 : int64_t(0)) + ((pass & 2) ? w2 : int64_t(0)) + ((pass & 4) ? w4 : int64_t(0));
+    int64_t po = 0;
+    CUTE_UNROLL
+    for (int b = 0; b < kBits; ++b)
+      if (pass & (1 << b)) po += w[b];
     CUTE_UNROLL
     for (int j = 0; j < kCpt; ++j) {
       const uint32_t dst = sdst0 + uint32_t(layout(pass * kRpp, j * kTpr * 8) * int(sizeof(Element)));
@@ -170,6 +173,18 @@ CUTE_DEVICE void load_tile_box_inside(Element* smem, SmemLayout const& layout, E
                    "r"(bytes[j]));
     }
   }
+}
+
+// load_tile_box_inside_w with the offsets from a pass table in shared memory (fill_pass_table: entry
+// p for row p * kRowsPerPass): only entries 1, 2 and 4 are read, issued up front instead of one read
+// per pass right before its add (ncu: those adds stalled on the reads).
+template <class Traits, int kRows, class Element, class SmemLayout>
+CUTE_DEVICE void load_tile_box_inside(Element* smem, SmemLayout const& layout, Element const* gmem,
+                                      GroupTensor const& gt, int64_t const* pass_off, const int org[kRank],
+                                      const int lg[kRank], int dim, int tid) {
+  static_assert(kRows / Traits::kRowsPerPass == 8, "load_tile_box_inside: 8 copy passes (load_tile_box_fast)");
+  const int64_t w[3] = {pass_off[1], pass_off[2], pass_off[4]};
+  load_tile_box_inside_w<Traits, kRows>(smem, layout, gmem, gt, w, org, lg, dim, tid);
 }
 
 // Whether MMA block n (mode 1) of a B register fragment with layout `frag` lies in copy block cb
@@ -251,6 +266,37 @@ CUTE_DEVICE void load_tile_box_fast(Element* smem, SmemLayout const& layout, Ele
   load_tile_box<Traits, kRows>(smem, layout, gmem, gt, org, lg, n, dim, aligned, tid);
 }
 
+// load_tile_box for a CTA's first tiles (Q, K[0], V[0]), before any table exists: an inside box
+// (aligned, every row in the group, >= 8 passes) takes its pass offsets from log2(passes) row decodes
+// done here, the rest the general path. Each row decode of the general path costs ~30 dependent
+// instructions; at the start of a CTA they were most of the ~5 us before its first key step (clock
+// trace, benchmarks/NOTES.md).
+template <class Traits, int kRows, class Element, class SmemLayout>
+CUTE_DEVICE void load_tile_box_first(Element* smem, SmemLayout const& layout, Element const* gmem,
+                                     GroupTensor const& gt, const int org[kRank], const int lg[kRank],
+                                     const int n[kRank], int dim, bool aligned, int tid) {
+  constexpr int kPasses = kRows / Traits::kRowsPerPass;
+  if constexpr (kPasses >= 8 && (kPasses & (kPasses - 1)) == 0) {
+    bool inside = aligned;
+    CUTE_UNROLL
+    for (int a = 0; a < kRank; ++a) inside = inside && org[a] >= 0 && org[a] + (1 << lg[a]) <= n[a];
+    if (inside) {
+      constexpr int kBits = ilog2(kPasses);
+      int64_t w[kBits];
+      CUTE_UNROLL
+      for (int b = 0; b < kBits; ++b) {
+        int dc[kRank];
+        tile_coord((1 << b) * Traits::kRowsPerPass, lg, dc);
+        w[b] = (int64_t(dc[0]) * gt.step[0] + int64_t(dc[1]) * gt.step[1] + int64_t(dc[2]) * gt.step[2]) *
+               int64_t(sizeof(Element));
+      }
+      load_tile_box_inside_w<Traits, kRows>(smem, layout, gmem, gt, w, org, lg, dim, tid);
+      return;
+    }
+  }
+  load_tile_box<Traits, kRows>(smem, layout, gmem, gt, org, lg, n, dim, aligned, tid);
+}
+
 // Store a tile box from swizzled smem to global memory; rows outside the group and columns
 // >= dim are skipped.
 template <class Traits, int kRows, class Element, class SmemLayout>
@@ -260,11 +306,49 @@ CUTE_DEVICE void store_tile_box(Element const* smem, SmemLayout const& layout, E
   constexpr int kTpr = Traits::kThreadsPerRow;
   constexpr int kCpt = Traits::kChunksPerThread;
   constexpr int kRpp = Traits::kRowsPerPass;
+  constexpr int kPasses = kRows / kRpp;
   const int r0 = tid / kTpr;
   const int col0 = (tid % kTpr) * 8;
   Element const* src0 = smem + layout(r0, col0);
+  if constexpr (kPasses >= 8 && (kPasses & (kPasses - 1)) == 0) {
+    // Every row inside the group (aligned): pass offsets from log2(passes) row decodes, as in
+    // load_tile_box_first, instead of a decode, three bound checks and a scaled address per pass.
+    bool inside = aligned;
+    CUTE_UNROLL
+    for (int a = 0; a < kRank; ++a) inside = inside && org[a] >= 0 && org[a] + (1 << lg[a]) <= n[a];
+    if (inside) {
+      constexpr int kBits = ilog2(kPasses);
+      int64_t w[kBits];
+      CUTE_UNROLL
+      for (int b = 0; b < kBits; ++b) {
+        int dc[kRank];
+        tile_coord((1 << b) * kRpp, lg, dc);
+        w[b] = int64_t(dc[0]) * gt.step[0] + int64_t(dc[1]) * gt.step[1] + int64_t(dc[2]) * gt.step[2];
+      }
+      int c[kRank];
+      tile_coord(r0, lg, c);
+      CUTE_UNROLL
+      for (int a = 0; a < kRank; ++a) c[a] += org[a];
+      Element* dst0 = gmem + gt.offset(c);
+      CUTE_UNROLL
+      for (int pass = 0; pass < kPasses; ++pass) {
+        int64_t po = 0;
+        CUTE_UNROLL
+        for (int b = 0; b < kBits; ++b)
+          if (pass & (1 << b)) po += w[b];
+        CUTE_UNROLL
+        for (int j = 0; j < kCpt; ++j) {
+          const int col = col0 + j * kTpr * 8;
+          if (col >= dim) continue;
+          *reinterpret_cast<uint4*>(dst0 + po + col) =
+              *reinterpret_cast<uint4 const*>(src0 + layout(pass * kRpp, j * kTpr * 8));
+        }
+      }
+      return;
+    }
+  }
   CUTE_UNROLL
-  for (int pass = 0; pass < kRows / kRpp; ++pass) {
+  for (int pass = 0; pass < kPasses; ++pass) {
     const int r = r0 + pass * kRpp;
     int c[kRank];
     tile_coord(r, lg, c);
