@@ -254,10 +254,10 @@ CUTE_DEVICE void fna_bwd_dq_cta(FnaBwdParams const& p, WorkTile const& w, QueryT
   // and delta of every row.
   int kb[kRank];
   for (int a = 0; a < kRank; ++a) kb[a] = cta.k.start[a];
-  load_tile_box<Traits, kTile>(smem_q, typename Traits::SmemLayoutQ{}, static_cast<Element const*>(p.q), cta.gq,
-                               cta.q.q0, geo.q_log2, cta.q.n_q, p.head_dim, aligned, tid);
-  load_tile_box<Traits, kTile>(smem_do, typename Traits::SmemLayoutQ{}, static_cast<Element const*>(p.d_o), cta.gdo,
-                               cta.q.q0, geo.q_log2, cta.q.n_q, p.head_dim_v, aligned, tid);
+  load_tile_box_first<Traits, kTile>(smem_q, typename Traits::SmemLayoutQ{}, static_cast<Element const*>(p.q), cta.gq,
+                                     cta.q.q0, geo.q_log2, cta.q.n_q, p.head_dim, aligned, tid);
+  load_tile_box_first<Traits, kTile>(smem_do, typename Traits::SmemLayoutQ{}, static_cast<Element const*>(p.d_o), cta.gdo,
+                                     cta.q.q0, geo.q_log2, cta.q.n_q, p.head_dim_v, aligned, tid);
   if (cta.k.total > 0) load_kv(0, kb);
   cp_async_fence();
   CollectiveMainloop<Traits>::fill_mask_tables(geo, cta.q, row_win, rep_smem, tid);
@@ -542,10 +542,10 @@ CUTE_DEVICE void fna_bwd_dkdv_cta(FnaBwdParams const& p, KvWorkTile const& w, Ke
     }
   };
 
-  load_tile_box<Traits, kTile>(smem_k, typename Traits::SmemLayoutKV{}, static_cast<Element const*>(p.k), cta.gk,
-                               cta.k.k0, geo.kv_log2, cta.k.n_kv, p.head_dim, aligned, tid);
-  load_tile_box<Traits, kTile>(smem_v, typename Traits::SmemLayoutKV{}, static_cast<Element const*>(p.v), cta.gv,
-                               cta.k.k0, geo.kv_log2, cta.k.n_kv, p.head_dim_v, aligned, tid);
+  load_tile_box_first<Traits, kTile>(smem_k, typename Traits::SmemLayoutKV{}, static_cast<Element const*>(p.k), cta.gk,
+                                     cta.k.k0, geo.kv_log2, cta.k.n_kv, p.head_dim, aligned, tid);
+  load_tile_box_first<Traits, kTile>(smem_v, typename Traits::SmemLayoutKV{}, static_cast<Element const*>(p.v), cta.gv,
+                                     cta.k.k0, geo.kv_log2, cta.k.n_kv, p.head_dim_v, aligned, tid);
   if (nvis > 0) load_visit(cur, cur_hh, 0);
   cp_async_fence();
 
