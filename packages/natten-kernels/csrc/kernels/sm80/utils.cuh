@@ -128,6 +128,26 @@ CUTE_DEVICE void load_tile_box_impl(Element* smem, SmemLayout const& layout, Ele
 // log2 of a power of two (compile time).
 constexpr int ilog2(int x) { return x <= 1 ? 0 : 1 + ilog2(x / 2); }
 
+// Is the box at `org` (log2 shape `lg`) inside the group extents `n` on every axis, with aligned rows?
+CUTE_DEVICE bool box_inside(const int org[kRank], const int lg[kRank], const int n[kRank], bool aligned) {
+  bool inside = aligned;
+  CUTE_UNROLL
+  for (int a = 0; a < kRank; ++a) inside = inside && org[a] >= 0 && org[a] + (1 << lg[a]) <= n[a];
+  return inside;
+}
+
+// w[b] = offset of box row 2^b * kRowsPerPass from row 0, in units of `unit` per element step
+// (1: elements, sizeof(Element): bytes): the pass offsets of load_tile_box_inside_w / store_tile_box.
+template <class Traits, int kBits>
+CUTE_DEVICE void pass_bit_offsets(const int lg[kRank], const int64_t step[kRank], int64_t unit, int64_t (&w)[kBits]) {
+  CUTE_UNROLL
+  for (int b = 0; b < kBits; ++b) {
+    int dc[kRank];
+    tile_coord((1 << b) * Traits::kRowsPerPass, lg, dc);
+    w[b] = (int64_t(dc[0]) * step[0] + int64_t(dc[1]) * step[1] + int64_t(dc[2]) * step[2]) * unit;
+  }
+}
+
 // load_tile_box (aligned path) for a box whose rows all lie inside the group: row p * kRowsPerPass
 // + r0 of the box sits sum_b w[b] bytes after row r0, over the set bits b of p (tile_coord of r0 <
 // kRowsPerPass and of the multiple of kRowsPerPass occupy disjoint bits, and so do those of the pass
@@ -255,10 +275,7 @@ CUTE_DEVICE void load_tile_box_fast(Element* smem, SmemLayout const& layout, Ele
                                     int64_t const* pass_off, const int org[kRank], const int lg[kRank],
                                     const int n[kRank], int dim, bool aligned, int tid) {
   if constexpr (kRows / Traits::kRowsPerPass >= 8) {
-    bool inside = aligned;
-    CUTE_UNROLL
-    for (int a = 0; a < kRank; ++a) inside = inside && org[a] >= 0 && org[a] + (1 << lg[a]) <= n[a];
-    if (inside) {
+    if (box_inside(org, lg, n, aligned)) {
       load_tile_box_inside<Traits, kRows>(smem, layout, gmem, gt, pass_off, org, lg, dim, tid);
       return;
     }
@@ -277,19 +294,10 @@ CUTE_DEVICE void load_tile_box_first(Element* smem, SmemLayout const& layout, El
                                      const int n[kRank], int dim, bool aligned, int tid) {
   constexpr int kPasses = kRows / Traits::kRowsPerPass;
   if constexpr (kPasses >= 8 && (kPasses & (kPasses - 1)) == 0) {
-    bool inside = aligned;
-    CUTE_UNROLL
-    for (int a = 0; a < kRank; ++a) inside = inside && org[a] >= 0 && org[a] + (1 << lg[a]) <= n[a];
-    if (inside) {
+    if (box_inside(org, lg, n, aligned)) {
       constexpr int kBits = ilog2(kPasses);
       int64_t w[kBits];
-      CUTE_UNROLL
-      for (int b = 0; b < kBits; ++b) {
-        int dc[kRank];
-        tile_coord((1 << b) * Traits::kRowsPerPass, lg, dc);
-        w[b] = (int64_t(dc[0]) * gt.step[0] + int64_t(dc[1]) * gt.step[1] + int64_t(dc[2]) * gt.step[2]) *
-               int64_t(sizeof(Element));
-      }
+      pass_bit_offsets<Traits, kBits>(lg, gt.step, int64_t(sizeof(Element)), w);
       load_tile_box_inside_w<Traits, kRows>(smem, layout, gmem, gt, w, org, lg, dim, tid);
       return;
     }
@@ -313,18 +321,10 @@ CUTE_DEVICE void store_tile_box(Element const* smem, SmemLayout const& layout, E
   if constexpr (kPasses >= 8 && (kPasses & (kPasses - 1)) == 0) {
     // Every row inside the group (aligned): pass offsets from log2(passes) row decodes, as in
     // load_tile_box_first, instead of a decode, three bound checks and a scaled address per pass.
-    bool inside = aligned;
-    CUTE_UNROLL
-    for (int a = 0; a < kRank; ++a) inside = inside && org[a] >= 0 && org[a] + (1 << lg[a]) <= n[a];
-    if (inside) {
+    if (box_inside(org, lg, n, aligned)) {
       constexpr int kBits = ilog2(kPasses);
       int64_t w[kBits];
-      CUTE_UNROLL
-      for (int b = 0; b < kBits; ++b) {
-        int dc[kRank];
-        tile_coord((1 << b) * kRpp, lg, dc);
-        w[b] = int64_t(dc[0]) * gt.step[0] + int64_t(dc[1]) * gt.step[1] + int64_t(dc[2]) * gt.step[2];
-      }
+      pass_bit_offsets<Traits, kBits>(lg, gt.step, 1, w);
       int c[kRank];
       tile_coord(r0, lg, c);
       CUTE_UNROLL
