@@ -148,6 +148,17 @@ CUTE_DEVICE void pass_bit_offsets(const int lg[kRank], const int64_t step[kRank]
   }
 }
 
+// Offset of copy pass `pass` from pass 0: the sum of w[b] over the set bits b of `pass` (w from
+// pass_bit_offsets; `pass` is a compile-time constant after unrolling).
+template <int kBits>
+CUTE_DEVICE int64_t pass_offset(int pass, const int64_t (&w)[kBits]) {
+  int64_t po = 0;
+  CUTE_UNROLL
+  for (int b = 0; b < kBits; ++b)
+    if (pass & (1 << b)) po += w[b];
+  return po;
+}
+
 // load_tile_box (aligned path) for a box whose rows all lie inside the group: row p * kRowsPerPass
 // + r0 of the box sits sum_b w[b] bytes after row r0, over the set bits b of p (tile_coord of r0 <
 // kRowsPerPass and of the multiple of kRowsPerPass occupy disjoint bits, and so do those of the pass
@@ -182,10 +193,7 @@ CUTE_DEVICE void load_tile_box_inside_w(Element* smem, SmemLayout const& layout,
   }
   CUTE_UNROLL
   for (int pass = 0; pass < kPasses; ++pass) {
-    int64_t po = 0;
-    CUTE_UNROLL
-    for (int b = 0; b < kBits; ++b)
-      if (pass & (1 << b)) po += w[b];
+    const int64_t po = pass_offset(pass, w);
     CUTE_UNROLL
     for (int j = 0; j < kCpt; ++j) {
       const uint32_t dst = sdst0 + uint32_t(layout(pass * kRpp, j * kTpr * 8) * int(sizeof(Element)));
@@ -332,10 +340,7 @@ CUTE_DEVICE void store_tile_box(Element const* smem, SmemLayout const& layout, E
       Element* dst0 = gmem + gt.offset(c);
       CUTE_UNROLL
       for (int pass = 0; pass < kPasses; ++pass) {
-        int64_t po = 0;
-        CUTE_UNROLL
-        for (int b = 0; b < kBits; ++b)
-          if (pass & (1 << b)) po += w[b];
+        const int64_t po = pass_offset(pass, w);
         CUTE_UNROLL
         for (int j = 0; j < kCpt; ++j) {
           const int col = col0 + j * kTpr * 8;
