@@ -5,7 +5,8 @@
 // passes it in FnaParams::trace (the block's last field). The buffer is 64-bit words, zeroed by the
 // caller: a header of kTraceHeader words, then 8 per CTA of the grid. Thread 0 of CTA b writes
 // %globaltimer (ns) into word kTraceHeader + 8 b + m at its marks m (TraceMark below) and %smid into
-// word kTraceHeader + 8 b + 7, for its first work tile. Header word 0, if nonzero, is a start delay in
+// word kTraceHeader + 8 b + 7 (the entry mark of its first work tile; in a grid-strided launch the
+// other marks are those of its last). Header word 0, if nonzero, is a start delay in
 // ns for every second CTA to arrive on an SM (arrival order from the per-SM counters in header words
 // 8 + smid): an experiment on whether the two CTAs of an SM running their key steps in phase costs
 // time (NATTEN_SM80_TRACE_DELAY at kernel entry).

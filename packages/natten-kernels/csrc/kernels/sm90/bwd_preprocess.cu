@@ -6,11 +6,11 @@
 #include <cutlass/numeric_types.h>
 
 #include "sm80/bwd_preprocess.cuh"
-#include "sm90/bwd_dq.hpp"
 
 namespace natten {
 namespace sm90 {
 
+// Declared and called in bwd_dq.cpp (bwd_preprocess), which is compiled with or without sm_90a code.
 cudaError_t launch_bwd_preprocess_sm90(const sm80::FnaBwdParams& params, int dtype, cudaStream_t stream) {
   if (dtype == 1) return sm80::launch_bwd_preprocess<cutlass::half_t, 90>(params, stream);
   if (dtype == 2) return sm80::launch_bwd_preprocess<cutlass::bfloat16_t, 90>(params, stream);
