@@ -48,7 +48,6 @@ struct FnaBwdParams {
   int aligned;           // every row of every dtype tensor starts on a 16-byte boundary
   int skip_dq;           // 1: the dQ kernel is not launched (the SM90 dQ kernel runs it, sm90/bwd_dq.hpp)
   int skip_dkdv;         // 1: the dK / dV kernel is not launched (the SM90 dK / dV kernel runs it)
-  int skip_preprocess;   // 1: the preprocess is not launched (already launched from sm90/bwd_preprocess.cu)
   int vec_rows;          // 1: out and d_out rows start on 16-byte boundaries (the preprocess's vector loads)
   int dq_stages;         // 1 / 2: K / V buffers of the dQ kernel (launcher: by occupancy per device)
   int kv_stages;         // 1 / 2: Q / dO buffers of the dK / dV kernel (launcher: by occupancy per device)

@@ -50,13 +50,8 @@ __device__ __forceinline__ PreprocessRow preprocess_row(const FnaBwdParams& p, i
   return o;
 }
 
-// kArch tags the instantiation: 0 in the SM80 units (compiled from compute_80 PTX in a multi-arch
-// build, where sm90::pdl_launch_dependents compiles to nothing), 90 in sm90/bwd_preprocess.cu
-// (sm_90a: the trigger the Hopper backward's visit-table kernel relies on). Distinct symbols, so the
-// two copies never meet at link time.
-
 // Any element type and layout: one warp per row, one element per lane and step.
-template <class Element, int kArch = 0>
+template <class Element>
 __global__ void __launch_bounds__(256) fna_bwd_preprocess_kernel(const __grid_constant__ FnaBwdParams p) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   sm90::pdl_launch_dependents();  // see launch_bwd_preprocess
@@ -79,7 +74,7 @@ __global__ void __launch_bounds__(256) fna_bwd_preprocess_kernel(const __grid_co
 // group of 8 lanes per row, 8 elements (16 bytes) per lane and step, 4 rows per warp. The scalar
 // kernel above ran the 1-D suite rows' 32768 x 128 preprocess in ~16 us (2-byte loads, one row per
 // warp); this one issues an eighth of the load instructions.
-template <class Element, bool kRows32, int kArch = 0>
+template <class Element, bool kRows32>
 __global__ void __launch_bounds__(256) fna_bwd_preprocess_vec_kernel(const __grid_constant__ FnaBwdParams p) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   static_assert(sizeof(Element) == 2, "16-byte loads of 8 elements");
@@ -118,9 +113,8 @@ __global__ void __launch_bounds__(256) fna_bwd_preprocess_vec_kernel(const __gri
 // the scalar one (8 rows per block); grid-striding past 2^20 blocks. Both kernels let a
 // programmatic dependent start at once (on SM90: the Hopper backward's visit-table kernel, which
 // reads lse first and waits for this kernel before it reads delta; sm90/pdl.cuh). A kernel launched
-// normally after it is not affected. The trigger exists only in code compiled for sm_90 or later:
-// the Hopper backward launches the kArch = 90 copy (sm90/bwd_preprocess.cu).
-template <class Element, int kArch = 0>
+// normally after it is not affected.
+template <class Element>
 cudaError_t launch_bwd_preprocess(const FnaBwdParams& params, cudaStream_t stream) {
   if (params.num_rows <= 0) return cudaSuccess;
   constexpr int64_t kMaxBlocks = 65536 * 16;
@@ -129,14 +123,14 @@ cudaError_t launch_bwd_preprocess(const FnaBwdParams& params, cudaStream_t strea
       const int64_t blocks = (params.num_rows + 31) / 32;
       const unsigned grid = unsigned(blocks < kMaxBlocks ? blocks : kMaxBlocks);
       if (params.num_rows <= 0x7fffffff)
-        fna_bwd_preprocess_vec_kernel<Element, true, kArch><<<grid, 256, 0, stream>>>(params);
+        fna_bwd_preprocess_vec_kernel<Element, true><<<grid, 256, 0, stream>>>(params);
       else
-        fna_bwd_preprocess_vec_kernel<Element, false, kArch><<<grid, 256, 0, stream>>>(params);
+        fna_bwd_preprocess_vec_kernel<Element, false><<<grid, 256, 0, stream>>>(params);
       return cudaGetLastError();
     }
   }
   const int64_t blocks = (params.num_rows + 7) / 8;
-  fna_bwd_preprocess_kernel<Element, kArch><<<unsigned(blocks < kMaxBlocks ? blocks : kMaxBlocks), 256, 0, stream>>>(params);
+  fna_bwd_preprocess_kernel<Element><<<unsigned(blocks < kMaxBlocks ? blocks : kMaxBlocks), 256, 0, stream>>>(params);
   return cudaGetLastError();
 }
 

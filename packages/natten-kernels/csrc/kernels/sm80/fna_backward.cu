@@ -166,17 +166,6 @@ cudaError_t fna_backward(const FnaBackwardArgs& args, int dtype, cudaStream_t st
   p.skip_dkdv = hopper_dkdv ? 1 : 0;
   const int dim = bwd_padded_dim(D > Dv ? D : Dv);
   cudaError_t e = cudaErrorNotSupported;
-  // With SM90 kernels after it, the preprocess comes from code compiled for sm_90a: the copy in this
-  // unit's instantiations may be compute_80 code (multi-arch builds), which cannot trigger the visit-
-  // table kernel launched as its programmatic dependent.
-  p.skip_preprocess = 0;
-  if ((hopper_dq || hopper_dkdv) && p.num_rows > 0) {
-    cudaError_t pe = cudaSuccess;
-    if (sm90::bwd_preprocess(p, dtype, stream, &pe)) {
-      if (pe != cudaSuccess) return pe;
-      p.skip_preprocess = 1;
-    }
-  }
   if (dtype == 1) {
     switch (dim) {
       case 32: e = launch_fna_backward<1, 32>(p, stream); break;

@@ -83,7 +83,7 @@ cudaError_t launch_fna_backward(const FnaBwdParams& params_in, cudaStream_t stre
   if (params_in.num_rows <= 0) return cudaSuccess;
   FnaBwdParams params = params_in;
 
-  if (!params.skip_preprocess) {
+  {
     cudaError_t err = launch_bwd_preprocess<Element>(params, stream);
     if (err != cudaSuccess) return err;
   }

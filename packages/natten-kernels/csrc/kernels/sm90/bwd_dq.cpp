@@ -79,23 +79,6 @@ bool bwd_dq_can_run(const FnaBackwardArgs& args, int dtype, const char** reason)
   return why == nullptr;
 }
 
-#if defined(NATTEN_HAS_SM90)
-cudaError_t launch_bwd_preprocess_sm90(const sm80::FnaBwdParams& params, int dtype, cudaStream_t stream);  // bwd_preprocess.cu
-#endif
-
-bool bwd_preprocess(const sm80::FnaBwdParams& params, int dtype, cudaStream_t stream, cudaError_t* err) {
-#if defined(NATTEN_HAS_SM90)
-  *err = launch_bwd_preprocess_sm90(params, dtype, stream);
-  return true;
-#else
-  (void)params;
-  (void)dtype;
-  (void)stream;
-  (void)err;
-  return false;
-#endif
-}
-
 bool pdl_enabled() {
   const char* e = std::getenv("NATTEN_HOPPER_PDL");
   return !(e != nullptr && std::strcmp(e, "0") == 0);

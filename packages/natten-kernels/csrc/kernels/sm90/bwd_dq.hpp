@@ -9,9 +9,6 @@
 #include "natten/fna_backward_args.hpp"
 
 namespace natten {
-namespace sm80 {
-struct FnaBwdParams;
-}
 namespace sm90 {
 
 struct DqParams;
@@ -33,12 +30,6 @@ bool bwd_dq_can_run(const FnaBackwardArgs& args, int dtype, const char** reason 
 // launch is bwd_dkdv's kernel (its *launched), whose outputs dQ does not read; dQ is then launched as
 // its programmatic dependent (pdl.cuh) unless NATTEN_HOPPER_PDL=0.
 cudaError_t bwd_dq(const FnaBackwardArgs& args, int dtype, cudaStream_t stream, bool after_dkdv = false);
-
-// The SM80 backward preprocess (delta; sm80/bwd_preprocess.cuh) for fp16 (dtype 1) / bf16 (2) from
-// code compiled for sm_90a, whose kernels trigger their programmatic dependents at once (sm90/pdl.cuh).
-// Returns false (launching nothing) when the build has no sm_90a code; else true, with the launch
-// status in *err.
-bool bwd_preprocess(const sm80::FnaBwdParams& params, int dtype, cudaStream_t stream, cudaError_t* err);
 
 // NATTEN_HOPPER_PDL (read per call): "0" launches the SM90 backward's kernels without programmatic
 // dependence (pdl.cuh), each waiting for the previous one to finish.

@@ -1,7 +1,6 @@
 // Programmatic dependent launch (PDL) between the SM90 backward's kernels on one stream: the visit-
-// table kernel is launched as a dependent of the SM80 preprocess (its sm_90a copy,
-// bwd_preprocess.cu, which triggers at its start and writes delta; the table kernel reads lse first
-// and waits before it reads delta), the dK / dV
+// table kernel is launched as a dependent of the SM80 preprocess (which triggers at its start and
+// writes delta; the table kernel reads lse first and waits before it reads delta), the dK / dV
 // kernel as a dependent of the visit-table kernel, and the dQ kernel as a dependent of the dK / dV
 // kernel (sm80/fna_backward.cu, bwd_dkdv.cpp, NATTEN_HOPPER_PDL). A dependent's CTAs may be scheduled
 // once every CTA of the kernel before it has called pdl_launch_dependents (or exited), so its
@@ -32,7 +31,9 @@ __device__ __forceinline__ void pdl_wait() {
 }
 
 // Compiles to nothing below sm_90, including every SM80-class unit of a multi-arch build (compiled
-// once from compute_80 PTX): a kernel that must trigger needs a copy compiled for sm_90a.
+// once from compute_80 PTX): there the SM80 preprocess does not trigger the table kernel, which
+// then starts as the preprocess's blocks exit. A copy of the preprocess compiled for sm_90a was tried
+// and measured no faster (benchmarks/NOTES.md, twenty-fifth session, item 8).
 __device__ __forceinline__ void pdl_launch_dependents() {
 #if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ >= 900)
   asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
