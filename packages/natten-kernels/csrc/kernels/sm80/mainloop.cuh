@@ -273,16 +273,36 @@ struct CollectiveMainloop {
         }
       }
 
-      // Online softmax.
+      // Online softmax with a lazy reference maximum: a row's row_max (the exponent's reference) moves,
+      // and O and row_sum are rescaled, only when some row of the warp sees a new maximum more than
+      // kRescaleSlack above its reference (warp-uniform branch); otherwise P = 2^(s * mul - row_max)
+      // stays <= 2^kRescaleSlack (exact range for fp16 / bf16 P, fp32 sums). The logsumexp of the
+      // epilogue, row_max + log2(row_sum), is the same for any reference.
+      constexpr float kRescaleSlack = 8.f;
+      float mx_new[kRowsPerThread];
+      bool rescale = false;
       CUTE_UNROLL
       for (int mi = 0; mi < size<0>(s_rc); ++mi) {
         float mx_raw = -INFINITY;
         CUTE_UNROLL
         for (int ni = 0; ni < size<1>(s_rc); ++ni) mx_raw = fmaxf(mx_raw, s_rc(mi, ni));
-        const float mx = fmaxf(row_max[mi], quad_max(mx_raw) * mul);  // log2 units, scaled
-        const float m_use = mx == -INFINITY ? 0.f : mx;  // row without keys so far: P = 0
-        const float corr = fast_exp2(row_max[mi] - m_use);
-        row_max[mi] = mx;
+        mx_new[mi] = fmaxf(row_max[mi], quad_max(mx_raw) * mul);  // log2 units, scaled
+        rescale = rescale || mx_new[mi] > row_max[mi] + kRescaleSlack;  // -inf -> finite: always
+      }
+      if (__any_sync(0xffffffffu, rescale)) {
+        CUTE_UNROLL
+        for (int mi = 0; mi < size<0>(s_rc); ++mi) {
+          const float m_use = mx_new[mi] == -INFINITY ? 0.f : mx_new[mi];  // row without keys so far
+          const float corr = fast_exp2(row_max[mi] - m_use);
+          row_max[mi] = mx_new[mi];
+          row_sum[mi] *= corr;
+          CUTE_UNROLL
+          for (int nj = 0; nj < size<1>(acc_o_rc); ++nj) acc_o_rc(mi, nj) *= corr;
+        }
+      }
+      CUTE_UNROLL
+      for (int mi = 0; mi < size<0>(s_rc); ++mi) {
+        const float m_use = row_max[mi] == -INFINITY ? 0.f : row_max[mi];  // row without keys so far: P = 0
         float sum = 0.f;
         CUTE_UNROLL
         for (int ni = 0; ni < size<1>(s_rc); ++ni) {
@@ -290,9 +310,7 @@ struct CollectiveMainloop {
           s_rc(mi, ni) = e;
           sum += e;
         }
-        row_sum[mi] = row_sum[mi] * corr + sum;
-        CUTE_UNROLL
-        for (int nj = 0; nj < size<1>(acc_o_rc); ++nj) acc_o_rc(mi, nj) *= corr;
+        row_sum[mi] += sum;
       }
       Tensor rP = convert_fragment<Element>(acc_s);
       Tensor tOrP = make_tensor(rP.data(), acc_as_a_operand(rP.layout()));
