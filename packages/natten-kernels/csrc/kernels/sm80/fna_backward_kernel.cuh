@@ -228,16 +228,11 @@ CUTE_DEVICE void fna_bwd_dq_cta(FnaBwdParams const& p, WorkTile const& w, QueryT
       c.gdelta =
           make_group_tensor(w.batch, w.head, p.delta_batch, p.delta_head, p.delta_spatial, w.group, geo.dilation);
     } else if (job == 3) {
-      if constexpr (kTile / Traits::kRowsPerPass >= 8 && kTile / Traits::kRowsPerPass <= kMaxKvPasses) {
-        const GroupTensor gk =
-            make_group_tensor(w.batch, kv_head, p.k_batch, p.k_head, p.k_spatial, qt.kv_group, geo.dilation);
-        const GroupTensor gv =
-            make_group_tensor(w.batch, kv_head, p.v_batch, p.v_head, p.v_spatial, qt.kv_group, geo.dilation);
-        fill_pass_table(c.pass_k, kTile / Traits::kRowsPerPass, Traits::kRowsPerPass, geo.kv_log2, gk.step,
-                        int(sizeof(Element)));
-        fill_pass_table(c.pass_v, kTile / Traits::kRowsPerPass, Traits::kRowsPerPass, geo.kv_log2, gv.step,
-                        int(sizeof(Element)));
-      }
+      const GroupTensor gk =
+          make_group_tensor(w.batch, kv_head, p.k_batch, p.k_head, p.k_spatial, qt.kv_group, geo.dilation);
+      const GroupTensor gv =
+          make_group_tensor(w.batch, kv_head, p.v_batch, p.v_head, p.v_spatial, qt.kv_group, geo.dilation);
+      fill_pass_tables<Traits, kTile>(c.pass_k, c.pass_v, geo.kv_log2, gk.step, gv.step);
     }
   }
   __syncthreads();
@@ -440,15 +435,9 @@ CUTE_DEVICE void fna_bwd_dkdv_cta(FnaBwdParams const& p, KvWorkTile const& w, Ke
       c.glse = make_group_tensor(w.batch, head0, p.lse_batch, p.lse_head, p.lse_spatial, qg, geo.dilation);
       c.gdelta = make_group_tensor(w.batch, head0, p.delta_batch, p.delta_head, p.delta_spatial, qg, geo.dilation);
     } else if (job == 3) {
-      if constexpr (kTile / Traits::kRowsPerPass >= 8 && kTile / Traits::kRowsPerPass <= kMaxKvPasses) {
-        const GroupTensor gq = make_group_tensor(w.batch, head0, p.q_batch, p.q_head, p.q_spatial, qg, geo.dilation);
-        const GroupTensor gdo =
-            make_group_tensor(w.batch, head0, p.do_batch, p.do_head, p.do_spatial, qg, geo.dilation);
-        fill_pass_table(c.pass_q, kTile / Traits::kRowsPerPass, Traits::kRowsPerPass, geo.q_log2, gq.step,
-                        int(sizeof(Element)));
-        fill_pass_table(c.pass_do, kTile / Traits::kRowsPerPass, Traits::kRowsPerPass, geo.q_log2, gdo.step,
-                        int(sizeof(Element)));
-      }
+      const GroupTensor gq = make_group_tensor(w.batch, head0, p.q_batch, p.q_head, p.q_spatial, qg, geo.dilation);
+      const GroupTensor gdo = make_group_tensor(w.batch, head0, p.do_batch, p.do_head, p.do_spatial, qg, geo.dilation);
+      fill_pass_tables<Traits, kTile>(c.pass_q, c.pass_do, geo.q_log2, gq.step, gdo.step);
     }
   }
   __syncthreads();

@@ -59,16 +59,9 @@ CUTE_DEVICE void fna_forward_cta(FnaParams const& p, WorkTile const& w, QueryTil
   NATTEN_SM80_TRACE_MARK(p.trace, kMarkDescriptor);
   CtaTile const& cta = *cta_smem;
   // Pass tables of the K / V loads (load_tile_box_fast; read after the key loop's first barrier).
-  if (tid == 0) {
-    constexpr int kPasses = Traits::kTileKV / Traits::kRowsPerPass;
-    static_assert(kPasses <= kMaxKvPasses || kPasses < 8, "pass table");
-    if constexpr (kPasses >= 8 && kPasses <= kMaxKvPasses) {  // the only tiles load_tile_box_fast tables
-      fill_pass_table(cta_smem->pass_k, kPasses, Traits::kRowsPerPass,
-                      p.geo.kv_log2, cta.gk.step, int(sizeof(Element)));
-      fill_pass_table(cta_smem->pass_v, kPasses, Traits::kRowsPerPass,
-                      p.geo.kv_log2, cta.gv.step, int(sizeof(Element)));
-    }
-  }
+  if (tid == 0)
+    fill_pass_tables<Traits, Traits::kTileKV>(cta_smem->pass_k, cta_smem->pass_v, p.geo.kv_log2, cta.gk.step,
+                                              cta.gv.step);
 
   CollectiveMainloop<Traits>::fill_mask_tables(p.geo, cta.q, row_win, rep, tid);
   NATTEN_SM80_TRACE_MARK(p.trace, kMarkTables);

@@ -31,6 +31,20 @@ namespace sm80 {
 // in shared memory (read where used), so that none of it occupies registers across the key loop.
 constexpr int kMaxKvPasses = 8;  // key tiles of <= 64 rows, >= 8 rows per copy pass
 
+// The pass tables of two tensors' kRows-row tile loads (load_tile_box_fast), element steps sa / sb:
+// written only where that path uses them (8 copy passes: head dims 128 / 256), else nothing.
+template <class Traits, int kRows>
+CUTE_DEVICE void fill_pass_tables(int64_t* a, int64_t* b, const int lg[kRank], const int64_t sa[kRank],
+                                  const int64_t sb[kRank]) {
+  constexpr int kPasses = kRows / Traits::kRowsPerPass;
+  static_assert(kPasses <= kMaxKvPasses || kPasses < 8, "pass table");
+  if constexpr (kPasses >= 8 && kPasses <= kMaxKvPasses) {
+    constexpr int kBytes = int(sizeof(typename Traits::Element));
+    fill_pass_table(a, kPasses, Traits::kRowsPerPass, lg, sa, kBytes);
+    fill_pass_table(b, kPasses, Traits::kRowsPerPass, lg, sb, kBytes);
+  }
+}
+
 struct CtaTile {
   QueryTile q;  // q.n_q / q.n_kv: token bounds of the query / key slab groups (loads, stores)
   KeyTiles k;
@@ -93,11 +107,11 @@ struct CollectiveMainloop {
     typename Traits::SmemLayoutQ layout_q;
     typename Traits::SmemLayoutKV layout_kv;
     load_tile_box_first<Traits, kTileQ>(smem_q, layout_q, static_cast<Element const*>(p.q), gq, qt.q0, p.geo.q_log2,
-                                  qt.n_q, p.head_dim, aligned, tid);
+                                        qt.n_q, p.head_dim, aligned, tid);
     load_tile_box_first<Traits, kTileKV>(smem_k, layout_kv, static_cast<Element const*>(p.k), gk, kt.start,
-                                   p.geo.kv_log2, qt.n_kv, p.head_dim, aligned, tid);
+                                         p.geo.kv_log2, qt.n_kv, p.head_dim, aligned, tid);
     load_tile_box_first<Traits, kTileKV>(smem_v, layout_kv, static_cast<Element const*>(p.v), gv, kt.start,
-                                   p.geo.kv_log2, qt.n_kv, p.head_dim_v, aligned, tid);
+                                         p.geo.kv_log2, qt.n_kv, p.head_dim_v, aligned, tid);
     cute::cp_async_fence();
   }
 
