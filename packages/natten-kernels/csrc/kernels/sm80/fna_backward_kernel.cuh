@@ -465,22 +465,22 @@ CUTE_DEVICE void fna_bwd_dkdv_cta(FnaBwdParams const& p, KvWorkTile const& w, Ke
   // Visit cursor: digits over qs.count (last axis fastest), then the query head.
   int cur[kRank] = {0, 0, 0};
   int64_t cur_hh = 0;
+  // Both branch-free (selects, `&`; see key_tile_advance).
   auto advance = [&](int d[kRank], int64_t& hh) {
-    if (++d[2] == cta.qs.count[2]) {
-      d[2] = 0;
-      if (++d[1] == cta.qs.count[1]) {
-        d[1] = 0;
-        if (++d[0] == cta.qs.count[0]) {
-          d[0] = 0;
-          ++hh;
-        }
-      }
+    bool carry = true;
+    CUTE_UNROLL
+    for (int a = kRank - 1; a >= 0; --a) {
+      const int next = d[a] + int(carry);
+      const bool wrap = carry & (next == cta.qs.count[a]);
+      d[a] = wrap ? 0 : next;
+      carry = wrap;
     }
+    hh += int(carry);
   };
   auto visit_full = [&](const int d[kRank]) {
     bool f = true;
     CUTE_UNROLL
-    for (int a = 0; a < kRank; ++a) f = f && cta.full_lo[a] <= d[a] && d[a] <= cta.full_hi[a];
+    for (int a = 0; a < kRank; ++a) f &= (cta.full_lo[a] <= d[a]) & (d[a] <= cta.full_hi[a]);
     return f;
   };
 

@@ -278,11 +278,17 @@ NATTEN_HD void key_tile_origin(const Geometry& g, const KeyTiles& k, int t, int 
 }
 
 // Odometer step: origin of tile t -> origin of tile t + 1 (same order as key_tile_origin).
+// Branch-free (selects, non-short-circuit `&`): the SM80 kernels keep KeyTiles in shared memory,
+// and a branch per axis made each step a chain of shared-memory read -> compare -> branch (ncu:
+// with key_tile_full and box_inside, most of the dQ kernel's ~28% of stall samples outside its
+// GEMMs, 1d-32k-s256); this way every field is read up front.
 NATTEN_HD void key_tile_advance(const Geometry& g, const KeyTiles& k, int kb[kRank]) {
+  bool carry = true;  // axis a steps (every lower axis wrapped)
   for (int a = kRank - 1; a >= 0; --a) {
-    kb[a] += 1 << g.kv_log2[a];
-    if (a == 0 || kb[a] < k.start[a] + (k.count[a] << g.kv_log2[a])) return;
-    kb[a] = k.start[a];
+    const int next = kb[a] + (carry ? 1 << g.kv_log2[a] : 0);
+    const bool wrap = carry & (a > 0) & (next >= k.start[a] + (k.count[a] << g.kv_log2[a]));
+    kb[a] = wrap ? k.start[a] : next;
+    carry = wrap;
   }
 }
 
@@ -322,10 +328,11 @@ NATTEN_HD void walk_advance(const Geometry& g, const KeyTiles& k, int kb[kRank])
 
 // True when every key of the tile is attended by every query of the query tile (no mask needed).
 // Such a tile never contains keys outside the key slab's group (keys attended by a query lie in it).
+// Branch-free (`&`), as key_tile_advance.
 NATTEN_HD bool key_tile_full(const Geometry& g, const KeyTiles& k, const int kb[kRank]) {
   bool full = true;
   for (int a = 0; a < kRank; ++a)
-    full = full && kb[a] >= k.full_lo[a] && kb[a] + (1 << g.kv_log2[a]) - 1 <= k.full_hi[a];
+    full &= (kb[a] >= k.full_lo[a]) & (kb[a] + (1 << g.kv_log2[a]) - 1 <= k.full_hi[a]);
   return full;
 }
 

@@ -129,10 +129,11 @@ CUTE_DEVICE void load_tile_box_impl(Element* smem, SmemLayout const& layout, Ele
 constexpr int ilog2(int x) { return x <= 1 ? 0 : 1 + ilog2(x / 2); }
 
 // Is the box at `org` (log2 shape `lg`) inside the group extents `n` on every axis, with aligned rows?
+// Branch-free (`&`: n usually lives in shared memory; see key_tile_advance).
 CUTE_DEVICE bool box_inside(const int org[kRank], const int lg[kRank], const int n[kRank], bool aligned) {
   bool inside = aligned;
   CUTE_UNROLL
-  for (int a = 0; a < kRank; ++a) inside = inside && org[a] >= 0 && org[a] + (1 << lg[a]) <= n[a];
+  for (int a = 0; a < kRank; ++a) inside &= (org[a] >= 0) & (org[a] + (1 << lg[a]) <= n[a]);
   return inside;
 }
 
