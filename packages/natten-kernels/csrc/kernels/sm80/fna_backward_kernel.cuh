@@ -208,15 +208,42 @@ CUTE_DEVICE void fna_bwd_dq_cta(FnaBwdParams const& p, WorkTile const& w, QueryT
   static_assert(sizeof(BwdQCta) <= Smem::kCtaBytes, "");
   BwdQCta* cta_smem = reinterpret_cast<BwdQCta*>(pl.cta);
 
+  const bool aligned = p.aligned != 0;
+  const int64_t kv_head = w.head / p.heads_per_kv;
+  // The key walk, in every thread's registers: the loop below reads its fields each step (from
+  // shared memory they were a read -> compare chain per step; ncu, 1d-32k-s256).
+  const KeyTiles kt = make_key_tiles(geo, qt);
+  // Q, dO and K / V of the first key tile, issued by every thread before the CTA descriptor (as the
+  // forward's load_prologue): the descriptor, its barrier and the tables then run under their latency.
+  {
+    const GroupTensor gq = make_group_tensor(w.batch, w.head, p.q_batch, p.q_head, p.q_spatial, w.group, geo.dilation);
+    const GroupTensor gdo =
+        make_group_tensor(w.batch, w.head, p.do_batch, p.do_head, p.do_spatial, w.group, geo.dilation);
+    load_tile_box_first<Traits, kTile>(smem_q, typename Traits::SmemLayoutQ{}, static_cast<Element const*>(p.q), gq,
+                                       qt.q0, geo.q_log2, qt.n_q, p.head_dim, aligned, tid);
+    load_tile_box_first<Traits, kTile>(smem_do, typename Traits::SmemLayoutQ{}, static_cast<Element const*>(p.d_o),
+                                       gdo, qt.q0, geo.q_log2, qt.n_q, p.head_dim_v, aligned, tid);
+    if (kt.total > 0) {
+      const GroupTensor gk =
+          make_group_tensor(w.batch, kv_head, p.k_batch, p.k_head, p.k_spatial, qt.kv_group, geo.dilation);
+      const GroupTensor gv =
+          make_group_tensor(w.batch, kv_head, p.v_batch, p.v_head, p.v_spatial, qt.kv_group, geo.dilation);
+      load_tile_box_first<Traits, kTile>(smem_k(0), typename Traits::SmemLayoutKV{}, static_cast<Element const*>(p.k),
+                                         gk, kt.start, geo.kv_log2, qt.n_kv, p.head_dim, aligned, tid);
+      load_tile_box_first<Traits, kTile>(smem_v(0), typename Traits::SmemLayoutKV{}, static_cast<Element const*>(p.v),
+                                         gv, kt.start, geo.kv_log2, qt.n_kv, p.head_dim_v, aligned, tid);
+    }
+    cp_async_fence();
+  }
+
   // CTA descriptor, built by the first lanes of the four warps in parallel (as the dK / dV kernel).
   static_assert(Traits::kWarps >= 4, "four setup jobs");
   if ((tid & 31) == 0) {
     BwdQCta& c = *cta_smem;
     const int job = tid >> 5;
-    const int64_t kv_head = w.head / p.heads_per_kv;
     if (job == 0) {
       c.q = qt;
-      c.k = make_key_tiles(geo, qt);
+      c.k = kt;
     } else if (job == 1) {
       c.gq = make_group_tensor(w.batch, w.head, p.q_batch, p.q_head, p.q_spatial, w.group, geo.dilation);
       c.gdo = make_group_tensor(w.batch, w.head, p.do_batch, p.do_head, p.do_spatial, w.group, geo.dilation);
@@ -237,24 +264,16 @@ CUTE_DEVICE void fna_bwd_dq_cta(FnaBwdParams const& p, WorkTile const& w, QueryT
   }
   __syncthreads();
   BwdQCta const& cta = *cta_smem;
-  const bool aligned = p.aligned != 0;
   auto load_kv = [&](int buf, const int kb[kRank]) {
     load_tile_box_fast<Traits, kTile>(smem_k(buf), typename Traits::SmemLayoutKV{}, static_cast<Element const*>(p.k),
-                                      cta.gk, cta.pass_k, kb, geo.kv_log2, cta.q.n_kv, p.head_dim, aligned, tid);
+                                      cta.gk, cta.pass_k, kb, geo.kv_log2, qt.n_kv, p.head_dim, aligned, tid);
     load_tile_box_fast<Traits, kTile>(smem_v(buf), typename Traits::SmemLayoutKV{}, static_cast<Element const*>(p.v),
-                                      cta.gv, cta.pass_v, kb, geo.kv_log2, cta.q.n_kv, p.head_dim_v, aligned, tid);
+                                      cta.gv, cta.pass_v, kb, geo.kv_log2, qt.n_kv, p.head_dim_v, aligned, tid);
   };
 
-  // Q and dO of the tile and K / V of the first key tile (async), per-row windows, lse (log2 units)
-  // and delta of every row.
+  // Per-row windows, lse (log2 units) and delta of every row.
   int kb[kRank];
-  for (int a = 0; a < kRank; ++a) kb[a] = cta.k.start[a];
-  load_tile_box_first<Traits, kTile>(smem_q, typename Traits::SmemLayoutQ{}, static_cast<Element const*>(p.q), cta.gq,
-                                     cta.q.q0, geo.q_log2, cta.q.n_q, p.head_dim, aligned, tid);
-  load_tile_box_first<Traits, kTile>(smem_do, typename Traits::SmemLayoutQ{}, static_cast<Element const*>(p.d_o), cta.gdo,
-                                     cta.q.q0, geo.q_log2, cta.q.n_q, p.head_dim_v, aligned, tid);
-  if (cta.k.total > 0) load_kv(0, kb);
-  cp_async_fence();
+  for (int a = 0; a < kRank; ++a) kb[a] = kt.start[a];
   CollectiveMainloop<Traits>::fill_mask_tables(geo, cta.q, row_win, rep_smem, tid);
   for (int r = tid; r < kTile; r += Traits::kThreads) {
     int c[kRank];
@@ -284,14 +303,14 @@ CUTE_DEVICE void fna_bwd_dq_cta(FnaBwdParams const& p, WorkTile const& w, QueryT
   // Masked scores: infinite with the sign that scale_log2 turns into -inf (scales may be negative).
   const float masked = scale_log2 > 0.f ? -INFINITY : INFINITY;
 
-  for (int t = 0; t < cta.k.total; ++t) {
+  for (int t = 0; t < kt.total; ++t) {
     const int buf = stages > 1 ? (t & 1) : 0;
-    const bool full = key_tile_full(geo, cta.k, kb);
+    const bool full = key_tile_full(geo, kt, kb);
     int kn[kRank] = {kb[0], kb[1], kb[2]};
-    if (t + 1 < cta.k.total) key_tile_advance(geo, cta.k, kn);
+    if (t + 1 < kt.total) key_tile_advance(geo, kt, kn);
     cp_async_wait<0>();
     __syncthreads();  // K, V of tile t (and at t = 0: Q, dO, tables) visible; every warp is done with tile t - 1
-    if (stages > 1 && t + 1 < cta.k.total) load_kv(buf ^ 1, kn);  // lands while tile t computes
+    if (stages > 1 && t + 1 < kt.total) load_kv(buf ^ 1, kn);  // lands while tile t computes
     cp_async_fence();
 
     Tensor sK = make_tensor(make_smem_ptr(smem_k(buf)), typename Traits::SmemLayoutKV{});
@@ -344,7 +363,7 @@ CUTE_DEVICE void fna_bwd_dq_cta(FnaBwdParams const& p, WorkTile const& w, QueryT
     Tensor tdS = make_tensor(rdS.data(), acc_as_a_operand(rdS.layout()));
     // dQ += dS K
     bwd_gemm_rs<Traits>(acc_dq, tdS, sKt, tid);
-    if (stages == 1 && t + 1 < cta.k.total) {
+    if (stages == 1 && t + 1 < kt.total) {
       __syncthreads();  // every warp is done with K, V before the next tile overwrites them
       load_kv(0, kn);
       cp_async_fence();
@@ -413,6 +432,21 @@ CUTE_DEVICE void fna_bwd_dkdv_cta(FnaBwdParams const& p, KvWorkTile const& w, Ke
   static_assert(sizeof(BwdKvCta) <= Smem::kCtaBytes, "");
   BwdKvCta* cta_smem = reinterpret_cast<BwdKvCta*>(pl.cta);
 
+  const bool aligned = p.aligned != 0;
+  // K and V of the key tile, issued by every thread before the CTA descriptor (as the forward's
+  // load_prologue and the dQ kernel).
+  {
+    const GroupTensor gk =
+        make_group_tensor(w.batch, w.kv_head, p.k_batch, p.k_head, p.k_spatial, w.group, geo.dilation);
+    const GroupTensor gv =
+        make_group_tensor(w.batch, w.kv_head, p.v_batch, p.v_head, p.v_spatial, w.group, geo.dilation);
+    load_tile_box_first<Traits, kTile>(smem_k, typename Traits::SmemLayoutKV{}, static_cast<Element const*>(p.k), gk,
+                                       kt.k0, geo.kv_log2, kt.n_kv, p.head_dim, aligned, tid);
+    load_tile_box_first<Traits, kTile>(smem_v, typename Traits::SmemLayoutKV{}, static_cast<Element const*>(p.v), gv,
+                                       kt.k0, geo.kv_log2, kt.n_kv, p.head_dim_v, aligned, tid);
+    cp_async_fence();
+  }
+
   // CTA descriptor, built by the first lanes of the four warps in parallel (thread 0 alone: ncu put
   // 3% of the kernel's warp time at the barrier below waiting for it, 1d-32k-s256).
   static_assert(Traits::kWarps >= 4, "four setup jobs");
@@ -442,7 +476,6 @@ CUTE_DEVICE void fna_bwd_dkdv_cta(FnaBwdParams const& p, KvWorkTile const& w, Ke
   }
   __syncthreads();
   BwdKvCta& cta = *cta_smem;
-  const bool aligned = p.aligned != 0;
   const int64_t nvis = int64_t(cta.qs.total) * p.heads_per_kv;
   // Full intervals per axis: full_lo = #tiles failing B, full_hi = #tiles passing A - 1 (counted
   // by the whole CTA; every thread passes the same barriers).
@@ -531,10 +564,6 @@ CUTE_DEVICE void fna_bwd_dkdv_cta(FnaBwdParams const& p, KvWorkTile const& w, Ke
     }
   };
 
-  load_tile_box_first<Traits, kTile>(smem_k, typename Traits::SmemLayoutKV{}, static_cast<Element const*>(p.k), cta.gk,
-                                     cta.k.k0, geo.kv_log2, cta.k.n_kv, p.head_dim, aligned, tid);
-  load_tile_box_first<Traits, kTile>(smem_v, typename Traits::SmemLayoutKV{}, static_cast<Element const*>(p.v), cta.gv,
-                                     cta.k.k0, geo.kv_log2, cta.k.n_kv, p.head_dim_v, aligned, tid);
   if (nvis > 0) load_visit(cur, cur_hh, 0);
   cp_async_fence();
 
