@@ -215,26 +215,24 @@ CUTE_DEVICE void fna_bwd_dq_cta(FnaBwdParams const& p, WorkTile const& w, QueryT
   const KeyTiles kt = make_key_tiles(geo, qt);
   // Q, dO and K / V of the first key tile, issued by every thread before the CTA descriptor (as the
   // forward's load_prologue): the descriptor, its barrier and the tables then run under their latency.
-  {
-    const GroupTensor gq = make_group_tensor(w.batch, w.head, p.q_batch, p.q_head, p.q_spatial, w.group, geo.dilation);
-    const GroupTensor gdo =
-        make_group_tensor(w.batch, w.head, p.do_batch, p.do_head, p.do_spatial, w.group, geo.dilation);
-    load_tile_box_first<Traits, kTile>(smem_q, typename Traits::SmemLayoutQ{}, static_cast<Element const*>(p.q), gq,
-                                       qt.q0, geo.q_log2, qt.n_q, p.head_dim, aligned, tid);
-    load_tile_box_first<Traits, kTile>(smem_do, typename Traits::SmemLayoutQ{}, static_cast<Element const*>(p.d_o),
-                                       gdo, qt.q0, geo.q_log2, qt.n_q, p.head_dim_v, aligned, tid);
-    if (kt.total > 0) {
-      const GroupTensor gk =
-          make_group_tensor(w.batch, kv_head, p.k_batch, p.k_head, p.k_spatial, qt.kv_group, geo.dilation);
-      const GroupTensor gv =
-          make_group_tensor(w.batch, kv_head, p.v_batch, p.v_head, p.v_spatial, qt.kv_group, geo.dilation);
-      load_tile_box_first<Traits, kTile>(smem_k(0), typename Traits::SmemLayoutKV{}, static_cast<Element const*>(p.k),
-                                         gk, kt.start, geo.kv_log2, qt.n_kv, p.head_dim, aligned, tid);
-      load_tile_box_first<Traits, kTile>(smem_v(0), typename Traits::SmemLayoutKV{}, static_cast<Element const*>(p.v),
-                                         gv, kt.start, geo.kv_log2, qt.n_kv, p.head_dim_v, aligned, tid);
-    }
-    cp_async_fence();
+  // The setup jobs below store these same group tensors.
+  const GroupTensor gq = make_group_tensor(w.batch, w.head, p.q_batch, p.q_head, p.q_spatial, w.group, geo.dilation);
+  const GroupTensor gdo = make_group_tensor(w.batch, w.head, p.do_batch, p.do_head, p.do_spatial, w.group, geo.dilation);
+  const GroupTensor gk =
+      make_group_tensor(w.batch, kv_head, p.k_batch, p.k_head, p.k_spatial, qt.kv_group, geo.dilation);
+  const GroupTensor gv =
+      make_group_tensor(w.batch, kv_head, p.v_batch, p.v_head, p.v_spatial, qt.kv_group, geo.dilation);
+  load_tile_box_first<Traits, kTile>(smem_q, typename Traits::SmemLayoutQ{}, static_cast<Element const*>(p.q), gq,
+                                     qt.q0, geo.q_log2, qt.n_q, p.head_dim, aligned, tid);
+  load_tile_box_first<Traits, kTile>(smem_do, typename Traits::SmemLayoutQ{}, static_cast<Element const*>(p.d_o), gdo,
+                                     qt.q0, geo.q_log2, qt.n_q, p.head_dim_v, aligned, tid);
+  if (kt.total > 0) {
+    load_tile_box_first<Traits, kTile>(smem_k(0), typename Traits::SmemLayoutKV{}, static_cast<Element const*>(p.k), gk,
+                                       kt.start, geo.kv_log2, qt.n_kv, p.head_dim, aligned, tid);
+    load_tile_box_first<Traits, kTile>(smem_v(0), typename Traits::SmemLayoutKV{}, static_cast<Element const*>(p.v), gv,
+                                       kt.start, geo.kv_log2, qt.n_kv, p.head_dim_v, aligned, tid);
   }
+  cp_async_fence();
 
   // CTA descriptor, built by the first lanes of the four warps in parallel (as the dK / dV kernel).
   static_assert(Traits::kWarps >= 4, "four setup jobs");
@@ -245,20 +243,16 @@ CUTE_DEVICE void fna_bwd_dq_cta(FnaBwdParams const& p, WorkTile const& w, QueryT
       c.q = qt;
       c.k = kt;
     } else if (job == 1) {
-      c.gq = make_group_tensor(w.batch, w.head, p.q_batch, p.q_head, p.q_spatial, w.group, geo.dilation);
-      c.gdo = make_group_tensor(w.batch, w.head, p.do_batch, p.do_head, p.do_spatial, w.group, geo.dilation);
+      c.gq = gq;
+      c.gdo = gdo;
       c.gdq = make_group_tensor(w.batch, w.head, p.dq_batch, p.dq_head, p.dq_spatial, w.group, geo.dilation);
     } else if (job == 2) {
-      c.gk = make_group_tensor(w.batch, kv_head, p.k_batch, p.k_head, p.k_spatial, qt.kv_group, geo.dilation);
-      c.gv = make_group_tensor(w.batch, kv_head, p.v_batch, p.v_head, p.v_spatial, qt.kv_group, geo.dilation);
+      c.gk = gk;
+      c.gv = gv;
       c.glse = make_group_tensor(w.batch, w.head, p.lse_batch, p.lse_head, p.lse_spatial, w.group, geo.dilation);
       c.gdelta =
           make_group_tensor(w.batch, w.head, p.delta_batch, p.delta_head, p.delta_spatial, w.group, geo.dilation);
     } else if (job == 3) {
-      const GroupTensor gk =
-          make_group_tensor(w.batch, kv_head, p.k_batch, p.k_head, p.k_spatial, qt.kv_group, geo.dilation);
-      const GroupTensor gv =
-          make_group_tensor(w.batch, kv_head, p.v_batch, p.v_head, p.v_spatial, qt.kv_group, geo.dilation);
       fill_pass_tables<Traits, kTile>(c.pass_k, c.pass_v, geo.kv_log2, gk.step, gv.step);
     }
   }
@@ -434,18 +428,14 @@ CUTE_DEVICE void fna_bwd_dkdv_cta(FnaBwdParams const& p, KvWorkTile const& w, Ke
 
   const bool aligned = p.aligned != 0;
   // K and V of the key tile, issued by every thread before the CTA descriptor (as the forward's
-  // load_prologue and the dQ kernel).
-  {
-    const GroupTensor gk =
-        make_group_tensor(w.batch, w.kv_head, p.k_batch, p.k_head, p.k_spatial, w.group, geo.dilation);
-    const GroupTensor gv =
-        make_group_tensor(w.batch, w.kv_head, p.v_batch, p.v_head, p.v_spatial, w.group, geo.dilation);
-    load_tile_box_first<Traits, kTile>(smem_k, typename Traits::SmemLayoutKV{}, static_cast<Element const*>(p.k), gk,
-                                       kt.k0, geo.kv_log2, kt.n_kv, p.head_dim, aligned, tid);
-    load_tile_box_first<Traits, kTile>(smem_v, typename Traits::SmemLayoutKV{}, static_cast<Element const*>(p.v), gv,
-                                       kt.k0, geo.kv_log2, kt.n_kv, p.head_dim_v, aligned, tid);
-    cp_async_fence();
-  }
+  // load_prologue and the dQ kernel); setup job 1 stores these same group tensors.
+  const GroupTensor gk = make_group_tensor(w.batch, w.kv_head, p.k_batch, p.k_head, p.k_spatial, w.group, geo.dilation);
+  const GroupTensor gv = make_group_tensor(w.batch, w.kv_head, p.v_batch, p.v_head, p.v_spatial, w.group, geo.dilation);
+  load_tile_box_first<Traits, kTile>(smem_k, typename Traits::SmemLayoutKV{}, static_cast<Element const*>(p.k), gk,
+                                     kt.k0, geo.kv_log2, kt.n_kv, p.head_dim, aligned, tid);
+  load_tile_box_first<Traits, kTile>(smem_v, typename Traits::SmemLayoutKV{}, static_cast<Element const*>(p.v), gv,
+                                     kt.k0, geo.kv_log2, kt.n_kv, p.head_dim_v, aligned, tid);
+  cp_async_fence();
 
   // CTA descriptor, built by the first lanes of the four warps in parallel (thread 0 alone: ncu put
   // 3% of the kernel's warp time at the barrier below waiting for it, 1d-32k-s256).
@@ -459,8 +449,8 @@ CUTE_DEVICE void fna_bwd_dkdv_cta(FnaBwdParams const& p, KvWorkTile const& w, Ke
       c.k = kt;
       c.qs = make_query_tiles_for_key(geo, kt);
     } else if (job == 1) {
-      c.gk = make_group_tensor(w.batch, w.kv_head, p.k_batch, p.k_head, p.k_spatial, w.group, geo.dilation);
-      c.gv = make_group_tensor(w.batch, w.kv_head, p.v_batch, p.v_head, p.v_spatial, w.group, geo.dilation);
+      c.gk = gk;
+      c.gv = gv;
       c.gdk = make_group_tensor(w.batch, w.kv_head, p.dk_batch, p.dk_head, p.dk_spatial, w.group, geo.dilation);
       c.gdv = make_group_tensor(w.batch, w.kv_head, p.dv_batch, p.dv_head, p.dv_spatial, w.group, geo.dilation);
     } else if (job == 2) {
