@@ -28,6 +28,37 @@ EncodeTiledFn get_encode_fn() {
   return fn;
 }
 
+// Recently encoded descriptors of this thread. A descriptor is a function of the encode call's
+// arguments alone (address, dtype, dims, strides, box, swizzle; the other arguments are constants
+// here), and a training step encodes the same tensors again and again: q, k, v in the forward, and
+// q, d_out, k, v once for each backward kernel (11 encodes of ~1 us each on the H200's host,
+// benchmarks/NOTES.md, twenty-seventh session). A hit copies the 128-byte descriptor instead.
+// Entries are replaced round-robin; a key is compared whole (zero-initialized, so padding bytes
+// compare equal).
+struct EncodeKey {
+  const void* ptr;
+  int dtype;
+  int swizzle;
+  cuuint64_t dims[5];
+  cuuint64_t strides[4];
+  cuuint32_t box[5];
+};
+
+struct EncodeCache {
+  static constexpr int kEntries = 16;
+  EncodeKey key[kEntries];
+  CUtensorMap map[kEntries];
+  bool used[kEntries] = {};
+  int next = 0;
+};
+
+// NATTEN_HOPPER_TMA_CACHE=0 (read per call, like the other NATTEN_HOPPER_* switches) encodes every
+// descriptor (A/B).
+bool encode_cache_enabled() {
+  const char* e = std::getenv("NATTEN_HOPPER_TMA_CACHE");
+  return !(e != nullptr && std::strcmp(e, "0") == 0);
+}
+
 }  // namespace
 
 int log2_exact(int x) {
@@ -103,14 +134,38 @@ cudaError_t encode_tensor(CUtensorMap* map, int dtype, const void* ptr, int rank
     packed = sbytes[i] * int64_t(dims[i]);
   }
   cuuint32_t elem_strides[5] = {1, 1, 1, 1, 1};
+  const CUtensorMapSwizzle swizzle = chunk == 64 ? CU_TENSOR_MAP_SWIZZLE_128B : CU_TENSOR_MAP_SWIZZLE_64B;
+  const bool cached = encode_cache_enabled();
+  thread_local EncodeCache cache;
+  EncodeKey key;
+  if (cached) {
+    std::memset(&key, 0, sizeof(key));
+    key.ptr = ptr;
+    key.dtype = dtype;
+    key.swizzle = int(swizzle);
+    std::memcpy(key.dims, dims, sizeof(dims));
+    std::memcpy(key.strides, strides, sizeof(strides));
+    std::memcpy(key.box, box, sizeof(box));
+    for (int i = 0; i < EncodeCache::kEntries; ++i) {
+      if (cache.used[i] && std::memcmp(&cache.key[i], &key, sizeof(key)) == 0) {
+        std::memcpy(map, &cache.map[i], sizeof(CUtensorMap));
+        return cudaSuccess;
+      }
+    }
+  }
   const CUresult r = encode(map, dtype == 1 ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 5,
                             const_cast<void*>(ptr), dims, strides, box, elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
-                            chunk == 64 ? CU_TENSOR_MAP_SWIZZLE_128B : CU_TENSOR_MAP_SWIZZLE_64B,
-                            CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-                            CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+                            swizzle, CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
   if (r != CUDA_SUCCESS) {
     if (detail) *detail = "cuTensorMapEncodeTiled rejected a q/k/v tensor (strides or shape outside TMA limits)";
     return cudaErrorInvalidValue;
+  }
+  if (cached) {
+    const int slot = cache.next;
+    cache.next = (slot + 1) % EncodeCache::kEntries;
+    std::memcpy(&cache.key[slot], &key, sizeof(key));
+    std::memcpy(&cache.map[slot], map, sizeof(CUtensorMap));
+    cache.used[slot] = true;
   }
   return cudaSuccess;
 }
