@@ -383,6 +383,52 @@ def test_prepared_training_path(cpu_stand_ins, monkeypatch, backend):
     del functional
 
 
+@pytest.mark.parametrize("dv", [8, 4])
+@pytest.mark.parametrize("backend", ["cutlass-fna", "hopper-fna"])
+def test_prepared_paths_allocate_contiguous_outputs(cpu_stand_ins, monkeypatch, backend, dv):
+    """The prepared launchers (training and no-grad) allocate the output, the logsumexp and the
+    gradients as fresh contiguous tensors of the plan's shapes (the layouts their marshalled structs
+    were made for), also when q itself is a strided view and when the output's head dim differs
+    from q's (empty_like(q) where the shapes agree, empty(shape) otherwise); unpoisoned, values
+    equal the float64 oracle."""
+    from natten.backends import hopper
+
+    monkeypatch.setattr(cutlass, "_backward_reason", lambda: None)
+    monkeypatch.setattr(cutlass._libnatten, "PreparedFnaForward", _CpuPreparedForward)
+    monkeypatch.setattr(ops, "_POISON_OUTPUTS", False)
+    _CpuPreparedBackward.made.clear()
+    mod = cutlass if backend == "cutlass-fna" else hopper
+    spec = WindowSpec((6, 5), (3, 3), (1, 1), (1, 1), (False, False))
+    g = torch.Generator().manual_seed(5)
+    q0 = torch.randn(1, 2, 6, 5, 8, generator=g).permute(0, 2, 3, 1, 4)  # [1, 6, 5, 2, 8], strided
+    k0 = torch.randn(1, 6, 5, 2, 8, generator=g)
+    v0 = torch.randn(1, 6, 5, 2, dv, generator=g)
+    w = torch.randn(1, 6, 5, 2, dv, generator=g)
+    ref = [t.detach().clone().requires_grad_(True) for t in (q0, k0, v0)]
+    o_ref, l_ref = na_oracle(*ref, (3, 3), (1, 1), (1, 1), (False, False), scale=0.4)
+    (o_ref * w).sum().backward()
+    with torch.no_grad():
+        run = mod.prepare_fna(q0, k0, v0, spec, 0.4)
+        for _ in range(2):
+            out, lse = run(q0, k0, v0)
+            assert out.shape == (1, 6, 5, 2, dv) and out.is_contiguous() and lse.is_contiguous()
+            torch.testing.assert_close(out, o_ref.detach(), atol=1e-5, rtol=1e-5)
+    xs = [q0.detach().requires_grad_(True), k0.clone().requires_grad_(True), v0.clone().requires_grad_(True)]
+    run = mod.prepare_fna(*xs, spec, 0.4, kernel_schedule=None)
+    assert isinstance(run, cutlass._PreparedTraining) and run._out_like_q == (dv == 8)
+    for _ in range(2):
+        for x in xs:
+            x.grad = None
+        out, lse = run(*xs)
+        assert out.shape == (1, 6, 5, 2, dv) and out.is_contiguous() and lse.is_contiguous()
+        (out * w).sum().backward()
+        for x, r in zip(xs, ref):  # (x.grad follows x's strides: autograd's layout contract)
+            torch.testing.assert_close(x.grad, r.grad, atol=1e-5, rtol=1e-5)
+    made = _CpuPreparedBackward.made[-1]  # each launch asserts the gradients' strides equal these
+    assert made.launches == 2
+    assert list(made.strides[1:]) == [torch.empty(t.shape).stride() for t in (q0, k0, v0)]
+
+
 @pytest.mark.parametrize("prepared", [False, True])
 def test_unused_output_gradients_are_not_materialized(cpu_stand_ins, monkeypatch, prepared):
     """Eager training calls do not zero-fill the gradient of an output the loss does not use: with

@@ -298,7 +298,7 @@ def prepare_fna(query: Tensor, key: Tensor, value: Tensor, spec, scale: float,
         q_tile=q_tile_shape, kv_tile=kv_tile_shape, global_shape=global_shape or None,
         q_origin=q_origin or None, kv_origin=kv_origin or None, backend=_NAME, kernel_schedule=schedule,
     )
-    return _prepared_runner(prepared, out, lse, options.get("return_lse", True), slow)
+    return _prepared_runner(prepared, query, out, lse, options.get("return_lse", True), slow)
 
 
 def fmha(
