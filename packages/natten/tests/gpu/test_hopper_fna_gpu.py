@@ -702,10 +702,12 @@ def test_hopper_fmha_varlen_runs():
 
 def test_tma_descriptor_cache_is_exact(monkeypatch):
     """The per-thread cache of encoded TMA descriptors (`tma_host.cpp`) returns exactly what an
-    encode would: outputs, logsumexp and gradients are bit-identical with the cache on and off
-    (NATTEN_HOPPER_TMA_CACHE=0, read per call), including for tensors that reuse a freed tensor's
-    address with another shape or head dim (the caching allocator hands the same block back),
-    and for more distinct tensors than the cache holds (16 entries)."""
+    encode would: in NATTEN_HOPPER_TMA_CACHE=verify mode every cache hit is re-encoded and
+    compared byte for byte (a difference fails the launch), and outputs, logsumexp and gradients
+    are bit-identical with the cache on, off (=0) and verifying, over problems whose tensors reuse
+    freed addresses with other shapes and head dims and that need more descriptors than the cache
+    holds (16 entries). (The hits themselves are shown by the host-time A/B in
+    benchmarks/NOTES.md, twenty-seventh session.)"""
     problems = [((300,), 64, 1, 64, 64), ((300,), 33, 1, 64, 64), ((24, 20), (7, 5), 1, 128, 128),
                 ((24, 20), (7, 5), 2, 128, 64), ((6, 10, 12), (3, 5, 5), 1, 128, 128), ((301,), 63, 2, 32, 32)]
 
@@ -722,16 +724,16 @@ def test_tma_descriptor_cache_is_exact(monkeypatch):
 
     results = {}
     for rnd in range(2):  # the second round's tensors land on blocks the first round freed
-        for mode in ("0", "1"):
+        for mode in ("0", "1", "verify"):
             monkeypatch.setenv("NATTEN_HOPPER_TMA_CACHE", mode)
             for i, (shape, ks, st, d, dv) in enumerate(problems):
                 results[(rnd, mode, i)] = run(shape, ks, st, d, dv, seed=i + 10 * rnd)
                 torch.cuda.synchronize()
     for (rnd, mode, i), got in results.items():
-        if mode == "1":
+        if mode != "0":
             want = results[(rnd, "0", i)]
             for name, a, b in zip(("out", "lse", "out (no grad)", "dq", "dk", "dv"), want, got):
-                assert torch.equal(a, b), f"problem {i} round {rnd}: {name} differs with the descriptor cache"
+                assert torch.equal(a, b), f"problem {i} round {rnd}: {name} differs with the cache mode {mode}"
 
 
 def test_tensors_over_2_31_elements():

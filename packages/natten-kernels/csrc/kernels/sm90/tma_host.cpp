@@ -52,11 +52,16 @@ struct EncodeCache {
   int next = 0;
 };
 
-// NATTEN_HOPPER_TMA_CACHE=0 (read per call, like the other NATTEN_HOPPER_* switches) encodes every
-// descriptor (A/B).
-bool encode_cache_enabled() {
+// NATTEN_HOPPER_TMA_CACHE (read per call, like the other NATTEN_HOPPER_* switches): "0" encodes every
+// descriptor (A/B); "verify" (tests) also encodes on every hit and fails the launch with
+// cudaErrorUnknown if the cached descriptor differs from the fresh one; anything else: the cache.
+enum class EncodeCacheMode { kOff, kOn, kVerify };
+EncodeCacheMode encode_cache_mode() {
   const char* e = std::getenv("NATTEN_HOPPER_TMA_CACHE");
-  return !(e != nullptr && std::strcmp(e, "0") == 0);
+  if (e == nullptr) return EncodeCacheMode::kOn;
+  if (std::strcmp(e, "0") == 0) return EncodeCacheMode::kOff;
+  if (std::strcmp(e, "verify") == 0) return EncodeCacheMode::kVerify;
+  return EncodeCacheMode::kOn;
 }
 
 }  // namespace
@@ -135,9 +140,11 @@ cudaError_t encode_tensor(CUtensorMap* map, int dtype, const void* ptr, int rank
   }
   cuuint32_t elem_strides[5] = {1, 1, 1, 1, 1};
   const CUtensorMapSwizzle swizzle = chunk == 64 ? CU_TENSOR_MAP_SWIZZLE_128B : CU_TENSOR_MAP_SWIZZLE_64B;
-  const bool cached = encode_cache_enabled();
+  const EncodeCacheMode mode = encode_cache_mode();
+  const bool cached = mode != EncodeCacheMode::kOff;
   thread_local EncodeCache cache;
   EncodeKey key;
+  int hit = -1;
   if (cached) {
     std::memset(&key, 0, sizeof(key));
     key.ptr = ptr;
@@ -148,17 +155,29 @@ cudaError_t encode_tensor(CUtensorMap* map, int dtype, const void* ptr, int rank
     std::memcpy(key.box, box, sizeof(box));
     for (int i = 0; i < EncodeCache::kEntries; ++i) {
       if (cache.used[i] && std::memcmp(&cache.key[i], &key, sizeof(key)) == 0) {
-        std::memcpy(map, &cache.map[i], sizeof(CUtensorMap));
-        return cudaSuccess;
+        hit = i;
+        break;
       }
     }
+    if (hit >= 0 && mode == EncodeCacheMode::kOn) {
+      std::memcpy(map, &cache.map[hit], sizeof(CUtensorMap));
+      return cudaSuccess;
+    }
   }
+  std::memset(map, 0, sizeof(CUtensorMap));  // canonical bytes wherever the driver writes none
   const CUresult r = encode(map, dtype == 1 ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 5,
                             const_cast<void*>(ptr), dims, strides, box, elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
                             swizzle, CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
   if (r != CUDA_SUCCESS) {
     if (detail) *detail = "cuTensorMapEncodeTiled rejected a q/k/v tensor (strides or shape outside TMA limits)";
     return cudaErrorInvalidValue;
+  }
+  if (hit >= 0) {  // verify mode: the cached descriptor must be the one just encoded
+    if (std::memcmp(&cache.map[hit], map, sizeof(CUtensorMap)) != 0) {
+      if (detail) *detail = "NATTEN_HOPPER_TMA_CACHE=verify: a cached TMA descriptor differs from a fresh encode";
+      return cudaErrorUnknown;
+    }
+    return cudaSuccess;
   }
   if (cached) {
     const int slot = cache.next;
