@@ -314,6 +314,46 @@ def test_fna_backward_strided_views():
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_prepared_paths_unpoisoned(backend):
+    """The sweeps poison outputs, which routes the prepared launchers' allocations through
+    NaN-filled tensors; this runs the unpoisoned allocations (empty_like / empty, as in a user's
+    process) on fresh random problems: a training step whose loss uses only the output (the
+    prepared backward) and a forward without grad, each twice through the plan cache, equal to
+    the poisoned run bit for bit and to the float64 oracle within tolerance."""
+    _backend_or_skip(backend)
+    rng = random.Random(SEED + (3 if backend == "cutlass-fna" else 29))
+    checked = 0
+    for case in range(12):
+        rank, shape, ks, st, dl, ca, b, h, hkv, d, dv, dtype, _ = _problem(rng)
+        if backend == "hopper-fna":
+            shape, dtype = _for_hopper(shape, dl, dtype)
+        q, k, v, d_out, _ = _inputs(b, shape, h, hkv, d, dv, dtype, rng.randrange(1 << 30))
+        desc = (f"case {case} seed {SEED}: shape={shape} kernel={ks} stride={st} dilation={dl} causal={ca} "
+                f"B={b} H={h} Hkv={hkv} D={d} Dv={dv} {dtype}")
+        fn = lambda q_, k_, v_: OPS[rank](q_, k_, v_, ks, st, dl, ca, backend=backend, return_lse=True)  # noqa: E731
+        runs = {}
+        for poison in (False, True):
+            ops.set_poison_outputs(poison)
+            try:
+                for _ in range(2):  # the second call runs the plan's prepared launcher
+                    train = _grads(fn, q, k, v, d_out, None)
+                    with torch.no_grad():
+                        plain = fn(q, k, v)
+            finally:
+                ops.set_poison_outputs(False)
+            runs[poison] = [*train, *plain]
+        for name, a, c in zip(("out", "lse", "dq", "dk", "dv", "out (no grad)", "lse (no grad)"), runs[False],
+                              runs[True]):
+            assert torch.equal(a, c), f"{desc}: {name} differs between unpoisoned and poisoned runs"
+        ref = _grads(lambda q_, k_, v_: na_oracle(q_, k_, v_, ks, st, dl, ca), q.double(), k.double(), v.double(),
+                     d_out.double(), None)
+        assert_close(runs[False][0], ref[0], atol=GPU_TOL[dtype], rtol=0, what=f"{desc} out")
+        assert_grads_close(runs[False][2:5], ref[2:], GPU_TOL[dtype], desc)
+        checked += 1
+    assert checked == 12
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_fna_backward_deterministic_bit_identical(backend):
     # GQA with many query heads per kv head and large windows: where an atomics-based reduction
     # would differ between runs. hopper-fna: dQ on the SM90 kernel on an H100 / H200.
