@@ -98,6 +98,18 @@ def _inputs(b, shape, h, hkv, d, dv, dtype, seed):
     return q, k, v, d_out, d_lse
 
 
+def _draw(rng: random.Random, backend: str, case: int):
+    """A problem of the random sweeps (hopper-fna's limits applied), its tensors and a description:
+    ((rank, kernel, stride, dilation, causal, dtype, lse_grad), (q, k, v, d_out, d_lse), desc)."""
+    rank, shape, ks, st, dl, ca, b, h, hkv, d, dv, dtype, with_lse = _problem(rng)
+    if backend == "hopper-fna":
+        shape, dtype = _for_hopper(shape, dl, dtype)
+    tensors = _inputs(b, shape, h, hkv, d, dv, dtype, rng.randrange(1 << 30))
+    desc = (f"case {case} seed {SEED}: shape={shape} kernel={ks} stride={st} dilation={dl} "
+            f"causal={ca} B={b} H={h} Hkv={hkv} D={d} Dv={dv} {dtype}")
+    return (rank, ks, st, dl, ca, dtype, with_lse), tensors, desc
+
+
 def _grads(fn, q, k, v, d_out, d_lse):
     q, k, v = (t.detach().clone().requires_grad_(True) for t in (q, k, v))
     out, lse = fn(q, k, v)
@@ -118,12 +130,8 @@ def test_fna_backward_random_sweep(backend):
     checked = 0
     try:
         for case in range(NUM_PROBLEMS):
-            rank, shape, ks, st, dl, ca, b, h, hkv, d, dv, dtype, with_lse = _problem(rng)
-            if backend == "hopper-fna":
-                shape, dtype = _for_hopper(shape, dl, dtype)
-            q, k, v, d_out, d_lse = _inputs(b, shape, h, hkv, d, dv, dtype, rng.randrange(1 << 30))
-            desc = (f"case {case} seed {SEED}: shape={shape} kernel={ks} stride={st} dilation={dl} "
-                    f"causal={ca} B={b} H={h} Hkv={hkv} D={d} Dv={dv} {dtype} lse_grad={with_lse}")
+            (rank, ks, st, dl, ca, dtype, with_lse), (q, k, v, d_out, d_lse), desc = _draw(rng, backend, case)
+            desc += f" lse_grad={with_lse}"
             try:
                 got = _grads(lambda q_, k_, v_: OPS[rank](q_, k_, v_, ks, st, dl, ca, backend=backend,
                                                           return_lse=True),
@@ -324,12 +332,7 @@ def test_prepared_paths_unpoisoned(backend):
     rng = random.Random(SEED + (3 if backend == "cutlass-fna" else 29))
     checked = 0
     for case in range(12):
-        rank, shape, ks, st, dl, ca, b, h, hkv, d, dv, dtype, _ = _problem(rng)
-        if backend == "hopper-fna":
-            shape, dtype = _for_hopper(shape, dl, dtype)
-        q, k, v, d_out, _ = _inputs(b, shape, h, hkv, d, dv, dtype, rng.randrange(1 << 30))
-        desc = (f"case {case} seed {SEED}: shape={shape} kernel={ks} stride={st} dilation={dl} causal={ca} "
-                f"B={b} H={h} Hkv={hkv} D={d} Dv={dv} {dtype}")
+        (rank, ks, st, dl, ca, dtype, _), (q, k, v, d_out, _), desc = _draw(rng, backend, case)
         fn = lambda q_, k_, v_: OPS[rank](q_, k_, v_, ks, st, dl, ca, backend=backend, return_lse=True)  # noqa: E731
         runs = {}
         for poison in (False, True):
