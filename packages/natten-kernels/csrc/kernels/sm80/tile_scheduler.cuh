@@ -278,10 +278,10 @@ NATTEN_HD void key_tile_origin(const Geometry& g, const KeyTiles& k, int t, int 
 }
 
 // Odometer step: origin of tile t -> origin of tile t + 1 (same order as key_tile_origin).
-// Branch-free (selects, non-short-circuit `&`): the SM80 kernels keep KeyTiles in shared memory,
-// and a branch per axis made each step a chain of shared-memory read -> compare -> branch (ncu:
-// with key_tile_full and box_inside, most of the dQ kernel's ~28% of stall samples outside its
-// GEMMs, 1d-32k-s256); this way every field is read up front.
+// Branch-free (selects, non-short-circuit `&`): the SM80 forward and the f32 kernels keep KeyTiles
+// in shared memory, and a branch per axis made each step a chain of shared-memory read -> compare ->
+// branch (ncu: with key_tile_full and box_inside, most of the dQ kernel's ~28% of stall samples
+// outside its GEMMs, 1d-32k-s256); this way every field is read up front.
 NATTEN_HD void key_tile_advance(const Geometry& g, const KeyTiles& k, int kb[kRank]) {
   bool carry = true;  // axis a steps (every lower axis wrapped)
   for (int a = kRank - 1; a >= 0; --a) {

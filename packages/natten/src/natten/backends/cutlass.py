@@ -179,6 +179,15 @@ def _bwd_backend(fwd_backend: int) -> int:
     return _libnatten.BACKEND_AUTO
 
 
+def _out_like_query(query: Tensor, out: Tensor) -> bool:
+    """Whether a plan's output has its query's shape and dtype (head_dim_v == head_dim). A plan's
+    calls all have the query's shape and dtype (the plan cache keys on them), so the prepared
+    launchers then allocate each output as ``torch.empty_like(q, memory_format=contiguous)``: the
+    same tensor as ``torch.empty(shape, dtype=, device=)`` for less host time (see
+    ``ops.new_grads``)."""
+    return tuple(out.shape) == tuple(query.shape) and out.dtype == query.dtype
+
+
 class _PreparedTraining:
     """The training path of one call plan (eager calls only; natten's plan cache guarantees the
     shapes, strides, dtypes and device it was prepared with): the forward launches through a
@@ -206,7 +215,7 @@ class _PreparedTraining:
         )
         self._launch = prepared.launch
         self._out_shape, self._lse_shape = list(out.shape), list(lse.shape)
-        self._out_like_q = tuple(out.shape) == tuple(query.shape) and out.dtype == query.dtype
+        self._out_like_q = _out_like_query(query, out)
         self._dtype, self._device = out.dtype, out.device
         # natten::fna_backward's arguments after (query ... d_lse) and before / after `deterministic`
         self._bwd_window = (list(spec.kernel_size), list(spec.stride), list(spec.dilation), list(spec.is_causal),
@@ -226,7 +235,7 @@ class _PreparedTraining:
     def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tuple[Tensor, Tensor]:
         if self._ops._POISON_OUTPUTS:  # tests: NaN-filled, so unwritten elements show
             out, lse = self._ops.new_outputs(q, v)
-        else:  # empty_like when it applies: fewer arguments to parse (see ops.new_grads)
+        else:
             out = (torch.empty_like(q, memory_format=torch.contiguous_format) if self._out_like_q
                    else torch.empty(self._out_shape, dtype=self._dtype, device=self._device))
             lse = torch.empty(self._lse_shape, dtype=torch.float32, device=self._device)
@@ -510,9 +519,7 @@ def _prepared_runner(prepared: "_libnatten.PreparedFnaForward", query: Tensor, o
     dtype, device = out.dtype, out.device
     empty, empty_like, cf = torch.empty, torch.empty_like, torch.contiguous_format
     f32 = torch.float32
-    # The calls' q has the plan's shape and dtype; where out has them too, empty_like allocates it
-    # with less host time than empty(shape, dtype=, device=) (see ops.new_grads).
-    like_q = tuple(out.shape) == tuple(query.shape) and dtype == query.dtype
+    like_q = _out_like_query(query, out)
 
     def run(q: Tensor, k: Tensor, v: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
         if q.data_ptr() % 16 or k.data_ptr() % 16 or v.data_ptr() % 16 or ops._POISON_OUTPUTS:
