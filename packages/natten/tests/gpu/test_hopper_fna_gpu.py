@@ -209,6 +209,47 @@ def test_one_persistent_cta_runs_every_work_tile(order):
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), (r.returncode, r.stdout[-2000:], r.stderr[-4000:])
 
 
+_SHORT_WALKS_SCRIPT = r"""
+import sys, torch, natten
+from natten import ops
+sys.path.insert(0, sys.argv[1])
+from oracle import na_oracle
+cases = [  # shape, kernel, B, H, D, calls: thousands of work tiles of a few key tiles each
+    ((56, 56), (7, 7), 64, 4, 32, 3),      # the suite's nat-small row (7,168 work tiles)
+    ((64, 64), (13, 13), 16, 8, 64, 10),   # the suite's dilated row without its dilation
+    ((2048,), (9,), 48, 4, 32, 3),          # 1-D: two key tiles per work tile
+]
+ops.set_poison_outputs(True)  # NaN-filled outputs: an unwritten tile shows
+for shape, ks, b, h, d, calls in cases:
+    for dt, tol in ((torch.float16, 1e-2), (torch.bfloat16, 5e-2)):
+        for sched in ("pingpong", "cooperative"):
+            q, k, v = (torch.randn(b, *shape, h, d, device="cuda", dtype=dt) for _ in range(3))
+            op = {1: natten.na1d, 2: natten.na2d}[len(shape)]
+            for _ in range(calls):  # back to back: later calls start while earlier CTAs drain
+                out, lse = op(q, k, v, ks, backend="hopper-fna", return_lse=True, kernel_schedule=sched)
+            torch.cuda.synchronize()
+            assert bool(torch.isfinite(out).all()) and bool(torch.isfinite(lse).all()), (shape, dt, sched, "unwritten")
+            for i in (0, b // 2, b - 1):  # batch entries are independent problems
+                ro, rl = na_oracle(q[i:i + 1].double(), k[i:i + 1].double(), v[i:i + 1].double(), ks)
+                err = max((out[i:i + 1].double() - ro).abs().max().item(), (lse[i:i + 1].double() - rl).abs().max().item())
+                assert err <= tol, (shape, ks, b, h, d, dt, sched, i, err)
+print("ok")
+"""
+
+
+def test_many_short_walks_per_cta_terminate():
+    """Persistent CTAs of thousands of work tiles with short key walks at head dims 32 and 64, with
+    the default (pingpong) and cooperative schedules, several calls back to back: the ping-pong turn
+    barriers must stay matched across a CTA's work tiles (until 2026-11-29 the consumer warpgroup
+    that finished a tile first could complete the other's turn barrier twice, and this hung: the
+    benchmark suite's nat-small row on every call). In a subprocess, so that a hang fails by the
+    timeout; outputs poisoned, three batch entries of each against the float64 oracle."""
+    tests_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    r = subprocess.run([sys.executable, "-c", _SHORT_WALKS_SCRIPT, tests_dir], capture_output=True, text=True,
+                       timeout=150)
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), (r.returncode, r.stdout[-2000:], r.stderr[-4000:])
+
+
 DYNAMIC_CASES = [  # shape, kernel, stride, causal, B, H, Hkv, D: more work tiles than SMs (132 on an H100)
     ((2000,), (300,), (1,), (True,), 2, 8, 2, 128),           # 2 x 8 x 16 = 256 work tiles, causal
     ((2000,), (129,), (7,), (False,), 2, 8, 8, 64),           # non-causal, stride

@@ -155,6 +155,8 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) fna_sm90_forward_kernel(c
     constexpr bool kDefer = !kDynamic;
     PendingStore<Traits::kHeadDim> pending = {};  // valid = false
     int iter = 0;  // the CTA's work tiles so far (the Q barrier phase)
+    using Consumer = MainloopConsumer<Traits, kPingpong, kDefer, kCluster>;
+    Consumer::turns_open(ct);  // ping-pong turns run on across the CTA's work tiles
     for (; unit < num_units; ++iter) {
       // (the rank re-read here, not held across the key walk: that spilled the ring phases)
       const int64_t idx = kCluster ? pair_member(p, unit, int(blockIdx.x & 1)) : unit;
@@ -162,8 +164,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) fna_sm90_forward_kernel(c
       cute::Tensor acc_o = cute::partition_fragment_C(
           mma_pv, cute::Shape<cute::Int<Traits::kTileQ>, cute::Int<Traits::kHeadDim>>{});
       OnlineSoftmax sm;
-      MainloopConsumer<Traits, kPingpong, kDefer, kCluster>::run(p, ctx, ss, pipe_k, pipe_v, ct, sm, acc_o, st_k, st_v, iter,
-                                                      pending);
+      Consumer::run(p, ctx, ss, pipe_k, pipe_v, ct, sm, acc_o, st_k, st_v, iter, pending);
       epilogue_finalize<Traits>(ctx, sm, acc_o, pending);
       if (!kDefer || !p.defer_epilogue) epilogue_store_pending<Traits>(p, ct, pending);
       if constexpr (kDynamic) {
@@ -184,11 +185,11 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) fna_sm90_forward_kernel(c
         cute::Tensor acc_o = cute::partition_fragment_C(
             mma_pv, cute::Shape<cute::Int<Traits::kTileQ>, cute::Int<Traits::kHeadDim>>{});
         OnlineSoftmax sm;
-        MainloopConsumer<Traits, kPingpong, kDefer, kCluster>::run(p, ctx, ss, pipe_k, pipe_v, ct, sm, acc_o, st_k,
-                                                                   st_v, iter, pending, int(blockIdx.x & 1));
+        Consumer::run(p, ctx, ss, pipe_k, pipe_v, ct, sm, acc_o, st_k, st_v, iter, pending, int(blockIdx.x & 1));
         epilogue_store_partial<Traits>(p, ct, slot, sm, acc_o);
       }
     }
+    Consumer::turns_close(ct);
   }
   if constexpr (kCluster) {
     // Neither CTA may exit while its peer can still arrive on its empty barriers (the peer's last

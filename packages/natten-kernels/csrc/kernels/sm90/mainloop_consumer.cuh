@@ -21,13 +21,27 @@
 //                run one warpgroup's GEMMs while the other does its softmax.
 //                Barrier b (user ids 0, 1 = consumer warpgroup 0, 1) has 256 participants: the 128
 //                threads of its warpgroup syncing before issuing, and the 128 threads of the other
-//                warpgroup arriving after issuing theirs. Counts: both warpgroups run the same
-//                T + 1 sections (same work tile, same walk). WG0 syncs barrier 0 T + 1 times:
-//                1 self-arrive before its first section + T arrivals of WG1 (WG1 skips the arrive
-//                of its last section). WG1 syncs barrier 1 T + 1 times: the T + 1 arrivals of WG0.
-//                Every arrival is matched, so no barrier is left pending at exit, and arrivals
-//                alternate strictly with syncs (WG1's k-th arrive on barrier 0 follows its k-th
-//                sync on barrier 1, which needs WG0's k-th arrive, which follows WG0's k-th sync).
+//                warpgroup arriving after issuing theirs. The turns run on across the CTA's work
+//                tiles as one sequence: WG0 arrives once on barrier 0 before the CTA's first work
+//                tile (turns_open), every section of every tile ends with an arrive on the other
+//                warpgroup's barrier (both warpgroups run the same T + 1 sections of a tile: same
+//                work tile, same walk), and WG0 syncs barrier 0 once more after the CTA's last
+//                tile (turns_close), which takes WG1's last arrive. Every arrival is matched, so
+//                no barrier is left pending at exit, and arrivals alternate strictly with syncs
+//                (WG1's k-th arrive on barrier 0 follows its k-th sync on barrier 1, which needs
+//                WG0's k-th arrive, which follows WG0's k-th sync on barrier 0, which needs WG1's
+//                (k-1)-th arrive), so no barrier ever holds two arrivals of one warpgroup.
+//                (Until 2026-11-29 WG0 arrived on barrier 0 at the start of every work tile and WG1
+//                skipped its last arrive of each tile. WG0 could then finish a tile, pass its own
+//                turn of the next tile and arrive on barrier 1 a second time before WG1 had synced
+//                it for its last section: the two arrivals of WG0 completed that barrier's phase
+//                with nobody waiting, WG1 then waited for an arrive that never came, and the kernel
+//                hung. Short key walks at small head dims and many tiles per CTA made it likely:
+//                the benchmark suite's nat-small row, head dim 32, hung on every call. The racy
+//                order let WG0 start a tile's first S GEMM before WG1's last PV GEMM of the tile
+//                before; without it the forward measured +0.4% to +1.5% on the benchmark rows
+//                (H200, 2 rounds), as did a race-free variant that keeps that order by giving
+//                consecutive tiles separate barrier pairs.)
 //                No TMA pipeline wait is gated on the other warpgroup's turn in a way that can
 //                cycle: the producer's stage reuse needs releases that each warpgroup makes
 //                outside any turn (after wgmma waits), and the producer issues K(t) before
@@ -151,13 +165,26 @@ struct MainloopConsumer {
   __device__ __forceinline__ static void turn_end(int wg) {
     if constexpr (kPingpong) cutlass::arch::NamedBarrier::arrive(kTurnThreads, uint32_t(1 - wg));
   }
+  // Once per CTA, by every consumer thread, before its first work tile / after its last (see the
+  // schedules above): WG0 takes the first turn, and the last arrive (WG1's) is taken.
+  __device__ __forceinline__ static void turns_open(int ct) {
+    if constexpr (kPingpong) {
+      if ((ct >> 7) == 0) cutlass::arch::NamedBarrier::arrive(kTurnThreads, 0u);
+    }
+  }
+  __device__ __forceinline__ static void turns_close(int ct) {
+    if constexpr (kPingpong) {
+      if ((ct >> 7) == 0) cutlass::arch::NamedBarrier::sync(kTurnThreads, 0u);
+    }
+  }
 
   // ct: consumer thread index 0..255. Leaves the un-normalized O in acc_o and the row statistics
   // in sm. Called once per work tile of the CTA: st_k / st_v carry the ring positions across work
   // tiles, `iter` counts them (the phase of the Q barriers). Every thread arrives on q_empty once
   // per work tile, as soon as its last S GEMM (the last read of Q) has completed. `pending` (kDefer):
   // the previous work tile's output, packed (deferred epilogue; not valid otherwise), stored once
-  // this tile's first S GEMM has been issued.
+  // this tile's first S GEMM has been issued. kPingpong: the CTA's calls lie between its
+  // turns_open and turns_close.
   //
   // Force-inlined: the kSplit kernels call it twice (work tiles, then the chunk item), and at head dim
   // 256 nvcc otherwise kept it as a function, where ptxas serializes every wgmma of the kernel
@@ -200,10 +227,6 @@ struct MainloopConsumer {
     const float scale_log2 = p.scale_log2;
     const float masked = mask_value(scale_log2);
     auto scores_shape = Shape<Int<Traits::kTileQ>, Int<Traits::kTileKV>>{};
-
-    if constexpr (kPingpong) {
-      if (wg == 0) cutlass::arch::NamedBarrier::arrive(kTurnThreads, 0u);  // WG0 takes the first turn
-    }
 
     ss.q_full.wait(q_phase);
 
@@ -298,7 +321,7 @@ struct MainloopConsumer {
     pipe_v.consumer_wait(st_v);
     turn_begin(wg);
     warpgroup_gemm<false, true>(mma_pv, tOrP, tOrV(_, _, _, st_v.index()), acc_o);
-    if (wg == 0) turn_end(wg);  // WG1's last arrive would have no matching sync (see above)
+    turn_end(wg);  // WG1's: taken by WG0's first turn of the next work tile, or by turns_close
     warpgroup_wait<0>();
     warpgroup_fence_operand(acc_o);
     warpgroup_fence_operand(p_regs);
