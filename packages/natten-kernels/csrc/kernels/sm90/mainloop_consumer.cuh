@@ -184,7 +184,9 @@ struct MainloopConsumer {
   // per work tile, as soon as its last S GEMM (the last read of Q) has completed. `pending` (kDefer):
   // the previous work tile's output, packed (deferred epilogue; not valid otherwise), stored once
   // this tile's first S GEMM has been issued. kPingpong: the CTA's calls lie between its
-  // turns_open and turns_close.
+  // turns_open and turns_close, and both consumer warpgroups must take the same turns in every call
+  // (a return or a skipped section in one warpgroup only would unpair the turn barriers for the
+  // rest of the CTA's tiles: a hang).
   //
   // Force-inlined: the kSplit kernels call it twice (work tiles, then the chunk item), and at head dim
   // 256 nvcc otherwise kept it as a function, where ptxas serializes every wgmma of the kernel
