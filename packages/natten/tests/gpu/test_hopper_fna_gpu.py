@@ -170,6 +170,16 @@ def test_persistent_ctas_run_several_work_tiles(case, schedule):
         _check(shape, ks, st, ca, b, h, hkv, d, dtype, seed=SEED + 5, what="persistent", schedule=schedule)
 
 
+def _run_script_ok(script: str, timeout: float, env=None) -> None:
+    """Runs ``script`` in a fresh Python process (for per-process settings, and so that a hang
+    fails by ``timeout`` instead of stalling the suite) with the tests directory as its argv[1];
+    it must exit 0 and print "ok" last."""
+    tests_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    r = subprocess.run([sys.executable, "-c", script, tests_dir], env=env, capture_output=True, text=True,
+                       timeout=timeout)
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), (r.returncode, r.stdout[-2000:], r.stderr[-4000:])
+
+
 _ONE_CTA_SCRIPT = r"""
 import sys, torch, natten
 sys.path.insert(0, sys.argv[1])
@@ -202,11 +212,7 @@ def test_one_persistent_cta_runs_every_work_tile(order):
     work tiles, both schedules, uneven (causal) walks, with the static work order and the dynamic
     one (NATTEN_HOPPER_SCHEDULE: work counter, index published through shared memory). A hang
     fails by the timeout."""
-    env = dict(os.environ, NATTEN_HOPPER_PERSISTENT="1", NATTEN_HOPPER_SCHEDULE=order)
-    tests_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    r = subprocess.run([sys.executable, "-c", _ONE_CTA_SCRIPT, tests_dir], env=env, capture_output=True,
-                       text=True, timeout=120)
-    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), (r.returncode, r.stdout[-2000:], r.stderr[-4000:])
+    _run_script_ok(_ONE_CTA_SCRIPT, 120, dict(os.environ, NATTEN_HOPPER_PERSISTENT="1", NATTEN_HOPPER_SCHEDULE=order))
 
 
 _SHORT_WALKS_SCRIPT = r"""
@@ -244,10 +250,7 @@ def test_many_short_walks_per_cta_terminate():
     that finished a tile first could complete the other's turn barrier twice, and this hung: the
     benchmark suite's nat-small row on every call). In a subprocess, so that a hang fails by the
     timeout; outputs poisoned, three batch entries of each against the float64 oracle."""
-    tests_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    r = subprocess.run([sys.executable, "-c", _SHORT_WALKS_SCRIPT, tests_dir], capture_output=True, text=True,
-                       timeout=150)
-    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), (r.returncode, r.stdout[-2000:], r.stderr[-4000:])
+    _run_script_ok(_SHORT_WALKS_SCRIPT, 150)
 
 
 DYNAMIC_CASES = [  # shape, kernel, stride, causal, B, H, Hkv, D: more work tiles than SMs (132 on an H100)
