@@ -84,6 +84,8 @@ if has sanitize; then
   own_process_case "dK / dV work order" ci/gpu_sanitize_dkdv_order.py --check-order dkdv-order
   # forward cluster pairs, with and without a split tail (2 clusters; --check: the cluster kernel ran)
   own_process_case "cluster pairs" ci/gpu_sanitize_cluster.py --check cluster-pairs
+  # ping-pong turns carried across work tiles, short walks (2 CTAs; --check: the Hopper forward ran)
+  own_process_case "ping-pong turns" ci/gpu_sanitize_turns.py --check pingpong-turns
   for tool in memcheck racecheck; do
     step "compute-sanitizer $tool"
     compute-sanitizer --tool $tool --error-exitcode 9 --target-processes all \
