@@ -243,6 +243,22 @@ NATTEN_HD int last_query_starting_at_or_before(int k, const Axis& a) {
   return lo;
 }
 
+// Both searches as one loop whose trip count depends on a.n only (so lanes asking different
+// questions about the same axis do not diverge): hi = false -> first_query_ending_at_or_after(k, a);
+// hi = true -> last_query_starting_at_or_before(min(k, a.n - 1), a). Each is the smallest i in
+// [0, n] with g(i) >= t (g = window end, t = k; or g = window start, t = min(k, n - 1) + 1, minus 1).
+NATTEN_HD int query_run_bound(int k, const Axis& a, bool hi) {
+  const int t = hi ? imin(k, a.n - 1) + 1 : k;
+  int lo = 0, up = a.n;  // answer in [lo, up]
+  while (lo < up) {
+    const int mid = lo + (up - lo) / 2;
+    int s, e;
+    window(mid, a, s, e);
+    if ((hi ? s : e) >= t) up = mid; else lo = mid + 1;
+  }
+  return hi ? lo - 1 : lo;
+}
+
 // Query run [q_lo, q_hi] attending at least one key of [k0, k1] on this axis (q_lo > q_hi: none).
 // k1 may exceed n - 1 (padding keys of a partial key tile attend nothing).
 NATTEN_HD void key_run_query_range(int k0, int k1, const Axis& a, int& q_lo, int& q_hi) {

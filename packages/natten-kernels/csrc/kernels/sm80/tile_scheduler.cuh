@@ -474,12 +474,14 @@ struct QueryTilesForKey {
   int total;  // prod(count); 0 when some axis has no attending query in the query slab
 };
 
-NATTEN_HD QueryTilesForKey make_query_tiles_for_key(const Geometry& g, const KeyTile& k) {
+// From the query run [run_lo[a], run_hi[a]] (global group coordinates) of the key tile's keys on
+// each axis (window::key_run_query_range of k0 .. k_last).
+NATTEN_HD QueryTilesForKey query_tiles_from_runs(const Geometry& g, const KeyTile& k, const int run_lo[kRank],
+                                                 const int run_hi[kRank]) {
   QueryTilesForKey r;
   r.total = 1;
   for (int a = 0; a < kRank; ++a) {
-    int lo, hi;
-    window::key_run_query_range(k.k0[a] + k.kv_shift[a], k.k_last[a] + k.kv_shift[a], k.axis[a], lo, hi);
+    int lo = run_lo[a], hi = run_hi[a];
     lo = window::imax(lo - k.q_shift[a], 0);           // global -> query slab, clipped to its group
     hi = window::imin(hi - k.q_shift[a], k.n_q[a] - 1);
     if (lo > hi) {
@@ -492,6 +494,13 @@ NATTEN_HD QueryTilesForKey make_query_tiles_for_key(const Geometry& g, const Key
     r.total *= r.count[a];
   }
   return r;
+}
+
+NATTEN_HD QueryTilesForKey make_query_tiles_for_key(const Geometry& g, const KeyTile& k) {
+  int lo[kRank], hi[kRank];
+  for (int a = 0; a < kRank; ++a)
+    window::key_run_query_range(k.k0[a] + k.kv_shift[a], k.k_last[a] + k.kv_shift[a], k.axis[a], lo[a], hi[a]);
+  return query_tiles_from_runs(g, k, lo, hi);
 }
 
 // Visited (query, key) pairs on one axis of the key-parallel walk (make_key_tile /

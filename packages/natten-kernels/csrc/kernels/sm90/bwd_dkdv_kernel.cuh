@@ -116,7 +116,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) fna_sm90_bwd_dkdv_kernel(
     int iter = 0;
     for (; idx < num_work; ++iter) {
       NATTEN_SM90_TRACE_NOW(trace_t0);
-      const KvWorkContext ctx = make_kv_work_context(p, idx);
+      const KvWorkContext ctx = make_kv_work_context_warp(p, idx, ct & 31);
       auto acc_shape = cute::Shape<cute::Int<Traits::kTileKV>, cute::Int<Traits::kHeadDim>>{};
       cute::Tensor acc_dk = cute::partition_fragment_C(mma_acc, acc_shape);
       cute::Tensor acc_dv = cute::partition_fragment_C(mma_acc, acc_shape);

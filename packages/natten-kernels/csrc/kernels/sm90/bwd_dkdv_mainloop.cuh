@@ -10,7 +10,8 @@
 // Consumers (64 keys per warpgroup; the two warpgroups never wait for each other, so one's softmax
 // runs under the other's GEMMs), per visit:
 //   wait stage + table -> S^T = K Q^T, dP^T = V dO^T -> wait -> (last visit: arrive kv_empty)
-//   -> mask S^T unless the thread's two keys see every query of the tile -> P^T, dS^T -> dV += P^T dO, dK += dS^T Q -> wait
+//   -> mask S^T unless the thread's two keys see every query of the tile (a per-work-tile bound
+//      test per axis; else column words) -> P^T, dS^T -> dV += P^T dO, dK += dS^T Q -> wait
 //   -> release the stage (Q, dO and the table).
 #pragma once
 
@@ -46,6 +47,36 @@ __device__ __forceinline__ KvWorkContext make_kv_work_context(const DkdvParams& 
   return c;
 }
 
+// The consumers' form (every lane of the warp calls it): the key tile's query run needs 2 kRank
+// binary searches, which lanes 0 .. 2 kRank - 1 run one each (window::query_run_bound) and
+// shuffle to the warp, instead of every lane running all of them.
+__device__ __forceinline__ KvWorkContext make_kv_work_context_warp(const DkdvParams& p, int64_t idx, int lane) {
+  KvWorkContext c;
+  c.w = sm80::decode_kv_work(p.geo, p.kvg, idx);
+  const bool nonempty = sm80::make_key_tile(p.geo, c.w, c.kt);
+  const int axis = (lane >> 1) < kRank ? lane >> 1 : kRank - 1;
+  const bool hi = (lane & 1) != 0;
+  int k = 0;
+  window::Axis ax = c.kt.axis[0];
+  CUTE_UNROLL
+  for (int a = 0; a < kRank; ++a) {
+    if (a == axis) {
+      k = (hi ? c.kt.k_last[a] : c.kt.k0[a]) + c.kt.kv_shift[a];
+      ax = c.kt.axis[a];
+    }
+  }
+  const int v = window::query_run_bound(k, ax, hi);
+  int lo[kRank], up[kRank];
+  CUTE_UNROLL
+  for (int a = 0; a < kRank; ++a) {
+    lo[a] = __shfl_sync(0xffffffffu, v, 2 * a);
+    up[a] = __shfl_sync(0xffffffffu, v, 2 * a + 1);
+  }
+  c.qs = sm80::query_tiles_from_runs(p.geo, c.kt, lo, up);
+  c.visits = nonempty ? p.heads_per_kv * c.qs.total : 0;
+  return c;
+}
+
 // The queries attending this thread's two keys (row slots), per axis an interval in query slab
 // coordinates (window starts and ends grow with the query, so the queries whose window holds key k
 // are [first ending at or after k, last starting at or before k]: window::key_run_query_range).
@@ -53,23 +84,38 @@ __device__ __forceinline__ KvWorkContext make_kv_work_context(const DkdvParams& 
 struct KeyQueryRanges {
   int lo[2][kRank];
   int len[2][kRank];  // hi - lo (inclusive); an empty range is lo = 2^29, len = 0 (allowed_columns)
+  // A visit at tile origin q0 is full (both keys see every query of the tile: no mask) iff
+  // full_lo[a] <= q0[a] <= full_hi[a] on every axis; from lo / len and the tile extent.
+  int full_lo[kRank];
+  int full_hi[kRank];
 };
 
+// The four lanes of a quad share their two rows, so each runs one of the four binary searches per
+// axis (lane q: row slot q / 2, the run's end if q is odd, else its start: window::query_run_bound)
+// and the quad exchanges them. Every lane of the warp calls it.
 __device__ __forceinline__ void make_key_query_ranges(const DkdvParams& p, const KvWorkContext& c, int ct,
                                                       KeyQueryRanges& kr) {
+  const int quad = ct & 28;  // lane of the quad's first thread
+  int kc[kRank];
+  sm80::tile_coord(frag_row(ct, (ct >> 1) & 1), p.geo.kv_log2, kc);
   CUTE_UNROLL
-  for (int r = 0; r < 2; ++r) {
-    int kc[kRank];
-    sm80::tile_coord(frag_row(ct, r), p.geo.kv_log2, kc);
+  for (int a = 0; a < kRank; ++a) {
+    const int k = c.kt.k0[a] + kc[a] + c.kt.kv_shift[a];  // global group coordinate
+    const int v = window::query_run_bound(k, c.kt.axis[a], (ct & 1) != 0);
     CUTE_UNROLL
-    for (int a = 0; a < kRank; ++a) {
-      const int k = c.kt.k0[a] + kc[a] + c.kt.kv_shift[a];  // global group coordinate
-      int lo, hi;
-      window::key_run_query_range(k, k, c.kt.axis[a], lo, hi);
+    for (int r = 0; r < 2; ++r) {
+      const int lo = __shfl_sync(0xffffffffu, v, quad + 2 * r);
+      const int hi = __shfl_sync(0xffffffffu, v, quad + 2 * r + 1);
       const bool empty = hi < lo;
       kr.lo[r][a] = empty ? (1 << 29) : lo - c.kt.q_shift[a];
       kr.len[r][a] = empty ? 0 : hi - lo;
     }
+  }
+  CUTE_UNROLL
+  for (int a = 0; a < kRank; ++a) {
+    const int top = (1 << p.qcols.log2[a]) - 1;  // the query tile's last offset on axis a
+    kr.full_lo[a] = max(kr.lo[0][a], kr.lo[1][a]);
+    kr.full_hi[a] = min(kr.lo[0][a] + kr.len[0][a], kr.lo[1][a] + kr.len[1][a]) - top;
   }
 }
 
@@ -167,8 +213,12 @@ struct DkdvConsumer {
     Tensor sdO = make_tensor(make_smem_ptr(ss.d_o.data()), typename Traits::SmemLayoutQ{});
     Tensor sQt = make_tensor(make_smem_ptr(ss.q.data()), typename Traits::SmemLayoutQt{});
     Tensor sdOt = make_tensor(make_smem_ptr(ss.d_o.data()), typename Traits::SmemLayoutQt{});
-    Tensor tSrK = thr_s.partition_fragment_A(sK);
-    Tensor tSrV = thr_s.partition_fragment_A(sV);
+    // The SS GEMMs' A descriptors (this warpgroup's 64 rows of K and V) depend on the warpgroup only:
+    // taken from its first thread's slice by a warp-uniform index (a shuffle from lane 0), they are
+    // built in uniform registers instead of being moved there (R2UR) before every wgmma.
+    auto thr_s_wg = mma_s.get_thread_slice(__shfl_sync(0xffffffffu, ct & ~127, 0));
+    Tensor tSrK = thr_s_wg.partition_fragment_A(sK);
+    Tensor tSrV = thr_s_wg.partition_fragment_A(sV);
     Tensor tSrQ = thr_s.partition_fragment_B(sQ);
     Tensor tSrdO = thr_s.partition_fragment_B(sdO);
     Tensor tArQt = thr_acc.partition_fragment_B(sQt);
@@ -204,7 +254,10 @@ struct DkdvConsumer {
       warpgroup_fence_operand(acc_s);
       warpgroup_fence_operand(acc_dp);
       if (v == ctx.visits - 1) ss.kv_empty.arrive();  // the last reads of K and V
-      {  // mask unless both of this thread's keys see every column (query) of the tile
+      bool full = true;  // both of this thread's keys see every column (query) of the tile
+      CUTE_UNROLL
+      for (int a = 0; a < kRank; ++a) full = full && tab.q0[a] >= kr.full_lo[a] && tab.q0[a] <= kr.full_hi[a];
+      if (!full) {  // mask by the column words of the two keys
         uint64_t w[1][2];
         CUTE_UNROLL
         for (int r = 0; r < 2; ++r) {
@@ -216,11 +269,17 @@ struct DkdvConsumer {
         if ((w[0][0] & w[0][1]) != ~uint64_t(0)) mask_by_words<1>(w, ct, masked, acc_s);
       }
       CUTE_UNROLL
-      for (int e = 0; e < size(acc_s); ++e) {
-        const int col = frag_col(ct, e);
-        const float pe = fast_exp2(fmaf(acc_s(e), scale_log2, -tab.lse2[col]));
-        acc_dp(e) = pe * (acc_dp(e) - tab.delta[col]);
-        acc_s(e) = pe;
+      for (int j = 0; j < size(acc_s) / 4; ++j) {  // 8-column group j: columns 8 j + 2 (ct % 4), + 1
+        const int col = frag_col(ct, 4 * j);        // even: one 8-byte load per table
+        const float2 l2 = *reinterpret_cast<const float2*>(&tab.lse2[col]);
+        const float2 dl = *reinterpret_cast<const float2*>(&tab.delta[col]);
+        CUTE_UNROLL
+        for (int i = 0; i < 4; ++i) {  // value 4 j + i: column col + (i & 1), row slot i >> 1
+          const int e = 4 * j + i;
+          const float pe = fast_exp2(fmaf(acc_s(e), scale_log2, -((i & 1) ? l2.y : l2.x)));
+          acc_dp(e) = pe * (acc_dp(e) - ((i & 1) ? dl.y : dl.x));
+          acc_s(e) = pe;
+        }
       }
       convert_pairs<Element>(acc_s, p_regs);
       convert_pairs<Element>(acc_dp, ds_regs);
