@@ -8,6 +8,12 @@
 # the machine), NATTEN_CUDA_ARCHS (default 90a), NATTEN_KERNELS_LIBRARY (skip the build and use
 # this .so), GPU_STEPS (default "build tests sanitize bench"), GPU_TESTS (pytest paths),
 # BENCH_ARGS (extra benchmark args).
+#
+# Time: on the H200 machines of 2026-11-29 the GPU test step alone ran past 8.5 minutes (308 tests
+# done, ~85% of it, when a 530 s limit stopped it), so build + tests + sanitize + bench no longer fit
+# one 10-minute device call. Split it, e.g. GPU_STEPS="build tests" with GPU_TESTS naming half of
+# packages/natten/tests/gpu in one call, the other half with a prebuilt NATTEN_KERNELS_LIBRARY in the
+# next, then GPU_STEPS="sanitize bench".
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 OUT=${1:?usage: ci/gpu.sh OUTDIR}
