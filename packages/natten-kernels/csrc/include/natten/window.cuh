@@ -223,30 +223,12 @@ NATTEN_HD void slab_key_range(int n, int K, int s, int d, bool causal, int q_beg
 // (empty when lo > hi). Found by binary search over the n group-local queries, which is exact for
 // every rule window() implements (causal or not, any stride, even or odd kernel).
 
-// Smallest i in [0, n) with end(i) >= k, or n if none.
-NATTEN_HD int first_query_ending_at_or_after(int k, const Axis& a) {
-  int lo = 0, hi = a.n;  // answer in [lo, hi]
-  while (lo < hi) {
-    const int mid = lo + (hi - lo) / 2;
-    if (window_end(mid, a) >= k) hi = mid; else lo = mid + 1;
-  }
-  return lo;
-}
-
-// Largest i in [0, n) with start(i) <= k, or -1 if none.
-NATTEN_HD int last_query_starting_at_or_before(int k, const Axis& a) {
-  int lo = -1, hi = a.n - 1;  // answer in [lo, hi]
-  while (lo < hi) {
-    const int mid = hi - (hi - lo) / 2;  // > lo
-    if (window_start(mid, a) <= k) lo = mid; else hi = mid - 1;
-  }
-  return lo;
-}
-
-// Both searches as one loop whose trip count depends on a.n only (so lanes asking different
-// questions about the same axis do not diverge): hi = false -> first_query_ending_at_or_after(k, a);
-// hi = true -> last_query_starting_at_or_before(min(k, a.n - 1), a). Each is the smallest i in
-// [0, n] with g(i) >= t (g = window end, t = k; or g = window start, t = min(k, n - 1) + 1, minus 1).
+// One binary search serves both ends of the run: hi = false -> the smallest i in [0, n) with
+// end(i) >= k, or n if none; hi = true -> the largest i in [0, n) with start(i) <= min(k, n - 1), or
+// -1 if none. Each is the smallest i in [0, n] with g(i) >= t (g = window end, t = k; or g = window
+// start, t = min(k, n - 1) + 1, minus 1), so the trip count depends on a.n only and lanes asking
+// different questions about the same axis do not diverge (the SM90 dK / dV consumers run one search
+// per lane and shuffle the results).
 NATTEN_HD int query_run_bound(int k, const Axis& a, bool hi) {
   const int t = hi ? imin(k, a.n - 1) + 1 : k;
   int lo = 0, up = a.n;  // answer in [lo, up]
@@ -262,8 +244,8 @@ NATTEN_HD int query_run_bound(int k, const Axis& a, bool hi) {
 // Query run [q_lo, q_hi] attending at least one key of [k0, k1] on this axis (q_lo > q_hi: none).
 // k1 may exceed n - 1 (padding keys of a partial key tile attend nothing).
 NATTEN_HD void key_run_query_range(int k0, int k1, const Axis& a, int& q_lo, int& q_hi) {
-  q_lo = first_query_ending_at_or_after(k0, a);
-  q_hi = last_query_starting_at_or_before(imin(k1, a.n - 1), a);
+  q_lo = query_run_bound(k0, a, false);
+  q_hi = query_run_bound(k1, a, true);
 }
 
 // Global-coordinate form of the rule (for tests / reference code): query x attends key y on an
