@@ -6,14 +6,22 @@
 #
 # Env: CUTLASS_DIR (default .gpu/cutlass, a trimmed copy of the nvidia-cutlass headers carried to
 # the machine), NATTEN_CUDA_ARCHS (default 90a), NATTEN_KERNELS_LIBRARY (skip the build and use
-# this .so), GPU_STEPS (default "build tests sanitize bench"), GPU_TESTS (pytest paths),
-# BENCH_ARGS (extra benchmark args).
+# this .so), GPU_STEPS (default "build tests sanitize bench"), GPU_TESTS (pytest test files and
+# options; default every file of packages/natten/tests/gpu), GPU_TEST_JOBS (pytest processes run
+# side by side on the one GPU, one test file each at a time; default 4, 1 = a single process),
+# BENCH_ARGS (extra benchmark args),
 #
-# Time: on the H200 machines of 2026-11-29 the GPU test step alone ran past 8.5 minutes (308 tests
-# done, ~85% of it, when a 530 s limit stopped it), so build + tests + sanitize + bench no longer fit
-# one 10-minute device call. Split it, e.g. GPU_STEPS="build tests" with GPU_TESTS naming half of
-# packages/natten/tests/gpu in one call, the other half with a prebuilt NATTEN_KERNELS_LIBRARY in the
-# next, then GPU_STEPS="sanitize bench".
+# GPU_SANITIZE_ALONGSIDE (default 1: the sanitize step's two halves, the own-process cases and the
+# memcheck / racecheck subset, run in the background while the GPU tests run; 0 = one after another).
+#
+# Time: on the H200 machines of 2026-11-29 the GPU test step in one pytest process ran past 8.5
+# minutes (the torch.compile work of the flex and training tests is CPU-bound, and the racecheck
+# subset alone takes ~5-7 minutes), so build + tests + sanitize + bench no longer fit one 10-minute
+# device call one after another. The test files now run in GPU_TEST_JOBS processes at once, each with
+# its own log (OUTDIR/gpu-tests-<file>.log); with 6 of them every GPU test file ran in 401 s (the flex
+# file the longest; 2026-11-29, H200), while the racecheck subset ran alongside. If a call still runs
+# out of time, use GPU_STEPS="build tests" in one call and GPU_STEPS="sanitize bench" with the prebuilt
+# NATTEN_KERNELS_LIBRARY in the next.
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 OUT=${1:?usage: ci/gpu.sh OUTDIR}
@@ -56,34 +64,29 @@ fi
 echo "library: ${NATTEN_KERNELS_LIBRARY:-<natten_kernels package>}"
 python3 -c "from natten import _libnatten as l; print(l.build_info())" || status=1
 
-if has tests; then
-  step "GPU tests"
-  python3 -m pytest ${GPU_TESTS:-packages/natten/tests/gpu} -m gpu -q -rA -p no:cacheprovider \
-    2>&1 | tee "$OUT/gpu-tests.log" | grep -v "^PASSED" | tail -40
-  rc=${PIPESTATUS[0]}
-  summary+=("tests: rc=$rc ($(grep -E '[0-9]+ (passed|failed)' "$OUT/gpu-tests.log" | tail -1))")
-  [ $rc -eq 0 ] || status=1
-fi
-
-if has sanitize; then
-  # A case that sets NATTEN_HOPPER_PERSISTENT itself (read once per process, hence its own
-  # process): once with its check flag (no sanitizer), then under memcheck and racecheck.
-  # Args: label, script, check flag, log tag.
-  own_process_case() {
-    step "$1 (the case the sanitizers run below, $3)"
-    python3 "$2" "$3" 2>&1 | tee "$OUT/$4.log"
-    rc=${PIPESTATUS[0]}
-    summary+=("$1 (no sanitizer): rc=$rc")
-    [ $rc -eq 0 ] || status=1
-    for tool in memcheck racecheck; do
-      step "compute-sanitizer $tool, $1 (own process)"
-      compute-sanitizer --tool $tool --error-exitcode 9 python3 "$2" > "$OUT/sanitize-$4-$tool.log" 2>&1
-      rc=$?
-      tail -2 "$OUT/sanitize-$4-$tool.log"
-      summary+=("sanitizer $tool, $1: rc=$rc")
-      [ $rc -eq 0 ] || status=1
-    done
-  }
+# The sanitize step in two lanes that can run in the background (each lane's own output file and
+# summary file, its status as its exit code).
+# A case that sets NATTEN_HOPPER_PERSISTENT itself (read once per process, hence its own process):
+# once with its check flag (no sanitizer), then under memcheck and racecheck.
+# Args: label, script, check flag, log tag.
+own_process_case() {
+  step "$1 (the case the sanitizers run below, $3)"
+  python3 "$2" "$3" 2>&1 | tee "$OUT/$4.log"
+  local rc=${PIPESTATUS[0]}
+  lane_note "$1 (no sanitizer): rc=$rc"
+  [ $rc -eq 0 ] || lane_bad=1
+  for tool in memcheck racecheck; do
+    step "compute-sanitizer $tool, $1 (own process)"
+    compute-sanitizer --tool $tool --error-exitcode 9 python3 "$2" > "$OUT/sanitize-$4-$tool.log" 2>&1
+    rc=$?
+    tail -2 "$OUT/sanitize-$4-$tool.log"
+    lane_note "sanitizer $tool, $1: rc=$rc"
+    [ $rc -eq 0 ] || lane_bad=1
+  done
+}
+lane_note() { echo "$1" >> "$OUT/summary-$lane.txt"; }
+sanitize_cases_lane() {
+  lane=sanitize-cases; lane_bad=0; : > "$OUT/summary-$lane.txt"
   # split tail on a rank-3 problem (22 CTAs; --check-split: the profiler must see the combine kernel)
   own_process_case "split tail, rank 3" ci/gpu_sanitize_split_rank3.py --check-split split-rank3
   # ordered dK / dV schedule (4 CTAs; --check-order: gradients bit-identical to the natural order)
@@ -92,15 +95,77 @@ if has sanitize; then
   own_process_case "cluster pairs" ci/gpu_sanitize_cluster.py --check cluster-pairs
   # ping-pong turns carried across work tiles, short walks (2 CTAs; --check: the Hopper forward ran)
   own_process_case "ping-pong turns" ci/gpu_sanitize_turns.py --check pingpong-turns
+  return $lane_bad
+}
+sanitize_subset_lane() {
+  lane=sanitize-subset; lane_bad=0; : > "$OUT/summary-$lane.txt"
   for tool in memcheck racecheck; do
     step "compute-sanitizer $tool"
     compute-sanitizer --tool $tool --error-exitcode 9 --target-processes all \
       python3 ci/gpu_sanitize_subset.py > "$OUT/sanitize-$tool.log" 2>&1
-    rc=$?
+    local rc=$?
     tail -4 "$OUT/sanitize-$tool.log"
-    summary+=("sanitizer $tool: rc=$rc ($(grep -c 'ERROR SUMMARY: 0 errors' "$OUT/sanitize-$tool.log") clean summaries)")
-    [ $rc -eq 0 ] || status=1
+    lane_note "sanitizer $tool: rc=$rc ($(grep -c 'ERROR SUMMARY: 0 errors' "$OUT/sanitize-$tool.log") clean summaries)"
+    [ $rc -eq 0 ] || lane_bad=1
   done
+  return $lane_bad
+}
+lanes=(sanitize-cases sanitize-subset)
+lane_pids=()
+if has sanitize && [ "${GPU_SANITIZE_ALONGSIDE:-1}" != 0 ] && has tests; then
+  step "sanitize lanes started in the background (output: OUTDIR/<lane>.out, printed after the tests)"
+  sanitize_cases_lane > "$OUT/sanitize-cases.out" 2>&1 & lane_pids+=($!)
+  sanitize_subset_lane > "$OUT/sanitize-subset.out" 2>&1 & lane_pids+=($!)
+fi
+
+if has tests; then
+  step "GPU tests (${GPU_TEST_JOBS:-4} processes)"
+  # Default: every GPU test file, the longest first (2026-11-29: the Hopper forward file, the flex
+  # file and the training-curve file took most of the step) so that the processes end together.
+  G=packages/natten/tests/gpu
+  default_tests="$G/test_hopper_fna_gpu.py $G/test_flex_gpu.py $G/test_training_curve_gpu.py"
+  for f in "$G"/test_*.py; do [[ " $default_tests " == *" $f "* ]] || default_tests+=" $f"; done
+  files=(); opts=()
+  for a in ${GPU_TESTS:-}; do
+    if [[ $a == -* ]]; then opts+=("$a"); else files+=("$a"); fi
+  done
+  # GPU_TESTS holding only options (e.g. "--durations=10") still runs every file.
+  [ ${#files[@]} -gt 0 ] || read -ra files <<< "$default_tests"
+  # One pytest process per test file, at most GPU_TEST_JOBS at once; each file's log on its own.
+  run_file() {
+    local f=$1 log="$OUT/gpu-tests-$(basename "${1%.py}").log" t0=$(date +%s)
+    python3 -m pytest "$f" "${opts[@]}" -m gpu -q -rA -p no:cacheprovider > "$log" 2>&1
+    local rc=$?
+    echo "$(basename "$f"): rc=$rc in $(( $(date +%s) - t0 ))s ($(grep -E '[0-9]+ (passed|failed|errors?|skipped|deselected)' "$log" | tail -1))"
+    return $rc
+  }
+  running() { local n=0 p; for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && n=$((n + 1)); done; echo $n; }
+  pids=(); jobs_max=${GPU_TEST_JOBS:-4}; rc=0
+  for f in "${files[@]}"; do
+    while [ "$(running)" -ge "$jobs_max" ]; do sleep 1; done
+    run_file "$f" & pids+=($!)
+  done
+  for p in "${pids[@]}"; do wait "$p" || rc=1; done
+  cat "$OUT"/gpu-tests-*.log > "$OUT/gpu-tests.log"
+  grep -hE "^(FAILED|ERROR)" "$OUT"/gpu-tests-*.log | head -40
+  npass=$(grep -hoE "[0-9]+ passed" "$OUT"/gpu-tests-*.log | awk '{s+=$1} END {print s+0}')
+  nfail=$(grep -hoE "[0-9]+ (failed|errors?)" "$OUT"/gpu-tests-*.log | awk '{s+=$1} END {print s+0}')
+  summary+=("tests: rc=$rc ($npass passed, $nfail failed or errors, ${#files[@]} files)")
+  [ $rc -eq 0 ] || status=1
+fi
+
+if has sanitize; then
+  if [ ${#lane_pids[@]} -gt 0 ]; then
+    for n in 0 1; do
+      wait "${lane_pids[$n]}" || status=1
+      step "${lanes[$n]} (ran alongside the tests)"
+      cat "$OUT/${lanes[$n]}.out"
+    done
+  else
+    sanitize_cases_lane || status=1
+    sanitize_subset_lane || status=1
+  fi
+  for l in "${lanes[@]}"; do mapfile -t -O ${#summary[@]} summary < "$OUT/summary-$l.txt"; done
 fi
 
 if has bench; then
