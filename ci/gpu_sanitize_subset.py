@@ -2,6 +2,14 @@
 
 Run under `compute-sanitizer --tool memcheck|racecheck` by ci/gpu.sh; also checks the results
 against the float64 oracle so a silent out-of-bounds write that corrupts output is caught too.
+
+    python3 ci/gpu_sanitize_subset.py [all|forward|backward]
+
+`forward` runs the forward cases (cutlass-fna, hopper-fna, hopper-fmha, slabs), `backward` the
+backward ones (cutlass-fna whole grids and slabs, backward_kv_splits, hopper-fna training); ci/gpu.sh
+runs the two halves in processes of their own at the same time (default `all`: both, one after the
+other).
+
 The slab cases pass key/value tensors of exactly the keys the query slab attends, each in its own
 allocation (no caching allocator), so a read before kv_origin or past the key slab is reported.
 """
@@ -37,9 +45,13 @@ CASES = [
     ((5, 6, 9), (3, 2, 4), (1, 2, 1), (1, 2, 1), (False, False, True), 3, 1, 136, torch.float32),
 ]
 TOL = {torch.float16: 1e-2, torch.bfloat16: 5e-2, torch.float32: 1e-4}
+PART = sys.argv[1] if len(sys.argv) > 1 else "all"
+if PART not in ("all", "forward", "backward"):
+    sys.exit(f"usage: gpu_sanitize_subset.py [all|forward|backward]; got part {PART!r}")
+FORWARD, BACKWARD = PART in ("all", "forward"), PART in ("all", "backward")
 ops.set_poison_outputs(True)
 bad = 0
-for shape, ks, st, dl, ca, h, hkv, d, dt in CASES:
+for shape, ks, st, dl, ca, h, hkv, d, dt in (CASES if FORWARD else []):
     q = torch.randn(2, *shape, h, d, device="cuda", dtype=dt)
     k = torch.randn(2, *shape, hkv, d, device="cuda", dtype=dt)
     v = torch.randn(2, *shape, hkv, d, device="cuda", dtype=dt)
@@ -89,7 +101,7 @@ HOPPER_CASES = [
     ((1280,), (1280,), (1,), (1,), (False,), 7, 7, 128, torch.float16, None),
     ((1100,), (1025,), (3,), (1,), (False,), 8, 4, (64, 48), torch.bfloat16, "cooperative"),
 ]
-if torch.cuda.get_device_capability() == (9, 0):
+if FORWARD and torch.cuda.get_device_capability() == (9, 0):
     for shape, ks, st, dl, ca, h, hkv, d, dt, sched in HOPPER_CASES:
         d, dv = d if isinstance(d, tuple) else (d, d)
         q = torch.randn(2, *shape, h, d, device="cuda", dtype=dt)
@@ -108,7 +120,7 @@ if torch.cuda.get_device_capability() == (9, 0):
 
 # hopper-fmha (natten.attention on the hopper-fna kernel, window = every key): non-causal with
 # N_q = 2 N_kv (two query slices) and causal, both with a partial last key tile.
-if torch.cuda.get_device_capability() == (9, 0):
+if FORWARD and torch.cuda.get_device_capability() == (9, 0):
     from oracle import dense_attention
 
     for nq, nk, causal, dt in ((600, 300, False, torch.float16), (333, 333, True, torch.bfloat16)):
@@ -145,7 +157,7 @@ if torch.cuda.get_device_capability() == (9, 0):
         (((12, 9, 20), (4, 1, 0), (3, 7, 20), (5, 3, 7), (1, 2, 1), (1, 1, 1), (False, False, True), 2, 1, 64, 64,
           torch.float16), "hopper-fna"),
     ]
-for (glob, qo, qs, ks, st, dl, ca, h, hkv, d, dv, dt), backend in SLAB_RUNS:
+for (glob, qo, qs, ks, st, dl, ca, h, hkv, d, dv, dt), backend in (SLAB_RUNS if FORWARD else []):
     kr = key_range(WindowSpec(glob, ks, st, dl, ca), qo, qs)
     ko, kvs = [lo for lo, _ in kr], [hi - lo for lo, hi in kr]
     q = torch.randn(2, *qs, h, d, device="cuda", dtype=dt)
@@ -163,7 +175,7 @@ for (glob, qo, qs, ks, st, dl, ca, h, hkv, d, dv, dt), backend in SLAB_RUNS:
           f"max err {err:.2e} {'ok' if ok else 'FAIL'}")
 # Fused backward (natten-kernels ABI >= 1.1): dQ, dK, dV (with the logsumexp gradient) vs autograd
 # on the oracle.
-if natten._libnatten.has_backward():
+if BACKWARD and natten._libnatten.has_backward():
     for shape, ks, st, dl, ca, h, hkv, d, dt in CASES:
         g = [torch.randn(2, *shape, h, d, device="cuda", dtype=dt),
              torch.randn(2, *shape, hkv, d, device="cuda", dtype=dt),
@@ -178,7 +190,7 @@ if natten._libnatten.has_backward():
         bad += not ok
         print(f"backward {shape} k={ks} s={st} d={dl} c={ca} H={h}/{hkv} D={d} {dt}: "
               f"scaled max err dq/dk/dv {errs[0]:.2e}/{errs[1]:.2e}/{errs[2]:.2e} {'ok' if ok else 'FAIL'}")
-else:
+elif BACKWARD:
     print("natten-kernels has no backward (ABI < 1.1): backward cases skipped")
 # Fused backward on slabs (natten-kernels ABI >= 1.2): key/value tensors of exactly the keys the
 # query slab attends plus one extra key on each side where the grid allows (keys no slab query
@@ -193,7 +205,7 @@ BWD_SLAB_CASES = [
     ((300,), (130,), (20,), (9,), (2,), (1,), (False,), 2, 1, 40, 40, torch.float32, True),
     ((300,), (130,), (20,), (9,), (2,), (1,), (True,), 2, 2, 64, 64, torch.float16, True),
 ]
-if natten._libnatten.has_backward() and natten._libnatten.supports_backward_slabs():
+if BACKWARD and natten._libnatten.has_backward() and natten._libnatten.supports_backward_slabs():
     for glob, qo, qs, ks, st, dl, ca, h, hkv, d, dv, dt, *whole in BWD_SLAB_CASES:
         kr = key_range(WindowSpec(glob, ks, st, dl, ca), qo, qs)
         ko = [max(0, lo - 1) for lo, _ in kr]
@@ -214,11 +226,11 @@ if natten._libnatten.has_backward() and natten._libnatten.supports_backward_slab
         bad += not ok
         print(f"backward slab {glob} q {qo}+{qs} kv {ko}+{kvs} k={ks} s={st} d={dl} c={ca} H={h}/{hkv} D={d}/{dv} "
               f"{dt}: scaled max err dq/dk/dv {errs[0]:.2e}/{errs[1]:.2e}/{errs[2]:.2e} {'ok' if ok else 'FAIL'}")
-else:
+elif BACKWARD:
     print("natten-kernels has no backward for slabs (ABI < 1.2): backward slab cases skipped")
 # backward_kv_splits (ABI >= 1.3): CTAs of the dK / dV kernel that run several key tiles in turn
 # (shared memory reused across tiles), fp16 and fp32; gradients bit-identical to the default.
-if natten._libnatten.has_backward() and natten._libnatten.supports_kv_splits():
+if BACKWARD and natten._libnatten.has_backward() and natten._libnatten.supports_kv_splits():
     for dt in (torch.float16, torch.float32):
         g = [torch.randn(1, 24, 20, 4, 64, device="cuda", dtype=dt) for _ in range(3)]
         d_out = torch.randn(1, 24, 20, 4, 64, device="cuda").to(dt)
@@ -233,6 +245,7 @@ if natten._libnatten.has_backward() and natten._libnatten.supports_kv_splits():
         print(f"backward kv_splits (1, 2) {dt}: bit-identical to the default {'ok' if ok else 'FAIL'}")
 # hopper-fna training (its forward and the SM90 backward kernels): ci/gpu_sanitize_hopper_bwd.py,
 # also runnable alone (racecheck of the whole subset takes minutes).
-bad += gpu_sanitize_hopper_bwd.run(TOL)
+if BACKWARD:
+    bad += gpu_sanitize_hopper_bwd.run(TOL)
 torch.cuda.synchronize()
 sys.exit(1 if bad else 0)

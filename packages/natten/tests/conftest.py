@@ -50,3 +50,23 @@ collect_ignore = [] if _cuda_available() else ["gpu"]
 # Needs a built library (the natten-kernels suite and ci/gpu.sh provide one).
 if not os.environ.get("NATTEN_KERNELS_LIBRARY"):
     collect_ignore.append("test_libnatten_real.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    """``NATTEN_TEST_SHARD="i/n"`` (set by ci/gpu.sh) keeps every n-th collected test starting at the
+    i-th (0-based) and deselects the rest, so that one long test file runs in n processes at once;
+    the n shards of a file together run each of its tests exactly once."""
+    spec = os.environ.get("NATTEN_TEST_SHARD")
+    if not spec:
+        return
+    try:
+        i, n = (int(x) for x in spec.split("/"))
+        if not 0 <= i < n:
+            raise ValueError
+    except ValueError:
+        raise pytest.UsageError(f"NATTEN_TEST_SHARD must be 'i/n' with 0 <= i < n, got {spec!r}") from None
+    keep = items[i::n]
+    dropped = [item for k, item in enumerate(items) if k % n != i]
+    items[:] = keep
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
