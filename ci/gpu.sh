@@ -24,9 +24,11 @@
 # subset's racecheck ran alongside (2026-11-29, H200). The shards and the subset's halves came after
 # that run and are not timed yet. If a call still runs out of time, use GPU_STEPS="build tests" in
 # one call and GPU_STEPS="sanitize bench" with the prebuilt NATTEN_KERNELS_LIBRARY in the next.
-# OUTDIR holds ~30 files; where only a few files come back from a device call (the device tool of
-# 2026-11-29 returned 8), write OUTDIR outside the returned folder and return it as one archive, e.g.
-#   bash ci/gpu.sh /tmp/g > $OUT/gpu.log 2>&1; tar czf $OUT/g.tgz -C /tmp g
+# OUTDIR holds ~40 files; where only a few files come back from a device call (the device tool of
+# 2026-11-29 returned 8), write OUTDIR outside the returned folder and return it as one archive, with
+# a time limit of the script's own so that the archive is made even when the script runs too long
+# (timeout stops the whole process group: the test processes and the sanitize lanes too), e.g.
+#   timeout -k 10 540 bash ci/gpu.sh /tmp/g > $OUT/gpu.log 2>&1; tar czf $OUT/g.tgz -C /tmp g
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 OUT=${1:?usage: ci/gpu.sh OUTDIR}
@@ -39,6 +41,12 @@ status=0
 summary=()
 step() { echo; echo "=== $1 ($(date +%T)) ==="; }
 has() { [[ " $STEPS " == *" $1 "* ]]; }
+# Settings checked before anything starts (the sanitize lanes run in the background).
+jobs_max=${GPU_TEST_JOBS:-6}
+[[ $jobs_max =~ ^[1-9][0-9]*$ ]] || { echo "GPU_TEST_JOBS must be an integer >= 1, got '$jobs_max'"; exit 2; }
+for spec in ${GPU_TEST_SHARDS-}; do
+  [[ $spec =~ ^[^:/]+\.py:[1-9][0-9]*$ ]] || { echo "GPU_TEST_SHARDS: '$spec' is not file.py:n with n >= 1"; exit 2; }
+done
 
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/device.txt"
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)" | tee -a "$OUT/device.txt"
@@ -69,7 +77,7 @@ fi
 echo "library: ${NATTEN_KERNELS_LIBRARY:-<natten_kernels package>}"
 python3 -c "from natten import _libnatten as l; print(l.build_info())" || status=1
 
-# The sanitize step in two lanes that can run in the background (each lane's own output file and
+# The sanitize step in three lanes that can run in the background (each lane's own output file and
 # summary file, its status as its exit code).
 # A case that sets NATTEN_HOPPER_PERSISTENT itself (read once per process, hence its own process):
 # once with its check flag (no sanitizer), then under memcheck and racecheck.
@@ -126,57 +134,73 @@ if has sanitize && [ "${GPU_SANITIZE_ALONGSIDE:-1}" != 0 ] && has tests; then
 fi
 
 if has tests; then
-  step "GPU tests (${GPU_TEST_JOBS:-6} processes)"
-  # Default: every GPU test file, the longest first (2026-11-29: the Hopper forward file, the flex
-  # file and the training-curve file took most of the step) so that the processes end together.
+  step "GPU tests ($jobs_max processes at once)"
+  # Default: every GPU test file, the longest first (2026-11-29, one process per file: flex 401 s,
+  # Hopper 268 s, cutlass-fna backward 97 s, cutlass-fna 77 s, training curve 69 s) so that the
+  # processes end together.
   G=packages/natten/tests/gpu
-  default_tests="$G/test_hopper_fna_gpu.py $G/test_flex_gpu.py $G/test_training_curve_gpu.py"
+  default_tests="$G/test_hopper_fna_gpu.py $G/test_flex_gpu.py $G/test_cutlass_fna_backward_gpu.py"
+  default_tests+=" $G/test_cutlass_fna_gpu.py $G/test_training_curve_gpu.py"
   for f in "$G"/test_*.py; do [[ " $default_tests " == *" $f "* ]] || default_tests+=" $f"; done
+  # GPU_TESTS: a word naming a file, a directory (its test_*.py files) or a node id (file::test) is a
+  # test target run as a process of its own; every other word is a pytest option given to every
+  # process ("-k expr", "--durations=10"). No target at all: every default file.
   files=(); opts=()
-  for a in ${GPU_TESTS:-}; do
-    if [[ $a == -* ]]; then opts+=("$a"); else files+=("$a"); fi
+  read -ra words <<< "${GPU_TESTS:-}"  # no glob expansion of [...] in node ids or * in -k
+  for a in "${words[@]}"; do
+    if [ -d "$a" ]; then for f in "$a"/test_*.py; do files+=("$f"); done
+    elif [ -f "${a%%::*}" ]; then files+=("$a")
+    else opts+=("$a"); fi
   done
-  # GPU_TESTS holding only options (e.g. "--durations=10") still runs every file.
   [ ${#files[@]} -gt 0 ] || read -ra files <<< "$default_tests"
   # One pytest process per test file, or per shard of a long file (GPU_TEST_SHARDS, "file.py:n ...":
   # NATTEN_TEST_SHARD=i/n, tests/conftest.py), at most GPU_TEST_JOBS at once; one log per process.
   shards_of() {
     local spec n=1
     for spec in ${GPU_TEST_SHARDS-test_flex_gpu.py:3 test_hopper_fna_gpu.py:2}; do
-      [ "${spec%%:*}" == "$(basename "$1")" ] && n=${spec##*:}
+      [[ $1 != *::* ]] && [ "${spec%%:*}" == "$(basename "$1")" ] && n=${spec##*:}
     done
     echo "$n"
   }
+  logs=()
+  rm -f "$OUT"/gpu-tests-*.log "$OUT/gpu-tests.log"  # an earlier run's logs in a reused OUTDIR
   run_file() {
-    local f=$1 i=$2 n=$3 name t0=$(date +%s)
-    name=$(basename "${f%.py}"); [ "$n" -gt 1 ] && name+="-$((i + 1))of$n"
-    local log="$OUT/gpu-tests-$name.log"
+    local f=$1 i=$2 n=$3 log=$4 name t0=$(date +%s)
+    name=$(basename "${log%.log}"); name=${name#gpu-tests-}
     if [ "$n" -gt 1 ]; then
       NATTEN_TEST_SHARD="$i/$n" python3 -m pytest "$f" "${opts[@]}" -m gpu -q -rA -p no:cacheprovider > "$log" 2>&1
     else
       python3 -m pytest "$f" "${opts[@]}" -m gpu -q -rA -p no:cacheprovider > "$log" 2>&1
     fi
     local rc=$?
-    # a shard left with no test (a file with fewer tests than shards): pytest's 5, not a failure
-    [ "$n" -gt 1 ] && [ $rc -eq 5 ] && rc=0
+    # pytest's 5 (no test selected: a shard of a short file, a -k that matches nothing here) is not
+    # a failure of this process; the step fails below if no test ran at all
+    [ $rc -eq 5 ] && rc=0
     echo "$name: rc=$rc in $(( $(date +%s) - t0 ))s ($(grep -E '[0-9]+ (passed|failed|errors?|skipped|deselected)' "$log" | tail -1))"
     return $rc
   }
   running() { local n=0 p; for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && n=$((n + 1)); done; echo $n; }
-  pids=(); jobs_max=${GPU_TEST_JOBS:-6}; rc=0
+  pids=(); rc=0
   for f in "${files[@]}"; do
     n=$(shards_of "$f")
     for ((i = 0; i < n; i++)); do
+      name=$(basename "${f%%::*}"); name=${name%.py}
+      [[ $f == *::* ]] && name+="-$(printf '%s' "${f#*::}" | tr -c 'A-Za-z0-9_.-' '_' | cut -c1-60)"
+      [ "$n" -gt 1 ] && name+="-$((i + 1))of$n"
+      log="$OUT/gpu-tests-$name.log"
+      while [ -e "$log" ] || [[ " ${logs[*]} " == *" $log "* ]]; do log="${log%.log}+.log"; done  # same name twice
+      logs+=("$log")
       while [ "$(running)" -ge "$jobs_max" ]; do sleep 1; done
-      run_file "$f" "$i" "$n" & pids+=($!)
+      run_file "$f" "$i" "$n" "$log" & pids+=($!)
     done
   done
   for p in "${pids[@]}"; do wait "$p" || rc=1; done
-  cat "$OUT"/gpu-tests-*.log > "$OUT/gpu-tests.log"
-  grep -hE "^(FAILED|ERROR)" "$OUT"/gpu-tests-*.log | head -40
-  npass=$(grep -hoE "[0-9]+ passed" "$OUT"/gpu-tests-*.log | awk '{s+=$1} END {print s+0}')
-  nfail=$(grep -hoE "[0-9]+ (failed|errors?)" "$OUT"/gpu-tests-*.log | awk '{s+=$1} END {print s+0}')
-  summary+=("tests: rc=$rc ($npass passed, $nfail failed or errors, ${#files[@]} files)")
+  cat "${logs[@]}" > "$OUT/gpu-tests.log"
+  grep -hE "^(FAILED|ERROR)" "${logs[@]}" | head -40
+  npass=$(grep -hoE "[0-9]+ passed" "${logs[@]}" | awk '{s+=$1} END {print s+0}')
+  nfail=$(grep -hoE "[0-9]+ (failed|errors?)" "${logs[@]}" | awk '{s+=$1} END {print s+0}')
+  if [ $((npass + nfail)) -eq 0 ]; then echo "GPU tests: no test ran"; rc=1; fi
+  summary+=("tests: rc=$rc ($npass passed, $nfail failed or errors, ${#files[@]} targets, ${#logs[@]} processes)")
   [ $rc -eq 0 ] || status=1
 fi
 

@@ -17,6 +17,11 @@ allocation (no caching allocator), so a read before kv_origin or past the key sl
 import os
 import sys
 
+PART = sys.argv[1] if len(sys.argv) > 1 else "all"
+if PART not in ("all", "forward", "backward") or len(sys.argv) > 2:
+    sys.exit(f"usage: gpu_sanitize_subset.py [all|forward|backward]; got {sys.argv[1:]!r}")
+FORWARD, BACKWARD = PART in ("all", "forward"), PART in ("all", "backward")
+
 os.environ.setdefault("PYTORCH_NO_CUDA_MEMORY_CACHING", "1")  # one cudaMalloc per tensor
 
 import torch  # noqa: E402
@@ -45,10 +50,6 @@ CASES = [
     ((5, 6, 9), (3, 2, 4), (1, 2, 1), (1, 2, 1), (False, False, True), 3, 1, 136, torch.float32),
 ]
 TOL = {torch.float16: 1e-2, torch.bfloat16: 5e-2, torch.float32: 1e-4}
-PART = sys.argv[1] if len(sys.argv) > 1 else "all"
-if PART not in ("all", "forward", "backward"):
-    sys.exit(f"usage: gpu_sanitize_subset.py [all|forward|backward]; got part {PART!r}")
-FORWARD, BACKWARD = PART in ("all", "forward"), PART in ("all", "backward")
 ops.set_poison_outputs(True)
 bad = 0
 for shape, ks, st, dl, ca, h, hkv, d, dt in (CASES if FORWARD else []):

@@ -52,10 +52,12 @@ if not os.environ.get("NATTEN_KERNELS_LIBRARY"):
     collect_ignore.append("test_libnatten_real.py")
 
 
+@pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config, items):
     """``NATTEN_TEST_SHARD="i/n"`` (set by ci/gpu.sh) keeps every n-th collected test starting at the
     i-th (0-based) and deselects the rest, so that one long test file runs in n processes at once;
-    the n shards of a file together run each of its tests exactly once."""
+    the n shards of a file together run each of its tests exactly once. It runs last (after ``-m`` /
+    ``-k`` deselection), so the shards split the selected tests."""
     spec = os.environ.get("NATTEN_TEST_SHARD")
     if not spec:
         return
