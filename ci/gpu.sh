@@ -10,9 +10,10 @@
 # options; default every file of packages/natten/tests/gpu), GPU_TEST_JOBS (pytest processes run
 # side by side on the one GPU, one test file or shard each at a time; default 6), GPU_TEST_SHARDS
 # (long files split into shards run as processes of their own, "file.py:n ..."; default
-# "test_flex_gpu.py:3 test_hopper_fna_gpu.py:2", empty = none), GPU_SANITIZE_ALONGSIDE (default 1:
-# the sanitize step's three lanes, the own-process cases and the forward and backward halves of the
-# memcheck / racecheck subset, run in the background while the GPU tests run; 0 = one after another),
+# "test_flex_gpu.py:3 test_hopper_fna_gpu.py:3 test_cutlass_fna_backward_gpu.py:2", empty = none),
+# GPU_SANITIZE_ALONGSIDE (default 1: the sanitize step's three lanes, the own-process cases and the
+# forward and backward halves of the memcheck / racecheck subset, run in the background while the
+# GPU tests run; 0 = one after another),
 # BENCH_ARGS (extra benchmark args).
 #
 # Time: on the H200 machines of 2026-11-29 the GPU test step in one pytest process ran past 8.5
@@ -44,7 +45,8 @@ has() { [[ " $STEPS " == *" $1 "* ]]; }
 # Settings checked before anything starts (the sanitize lanes run in the background).
 jobs_max=${GPU_TEST_JOBS:-6}
 [[ $jobs_max =~ ^[1-9][0-9]*$ ]] || { echo "GPU_TEST_JOBS must be an integer >= 1, got '$jobs_max'"; exit 2; }
-for spec in ${GPU_TEST_SHARDS-}; do
+test_shards=${GPU_TEST_SHARDS-test_flex_gpu.py:3 test_hopper_fna_gpu.py:3 test_cutlass_fna_backward_gpu.py:2}
+for spec in $test_shards; do
   [[ $spec =~ ^[^:/]+\.py:[1-9][0-9]*$ ]] || { echo "GPU_TEST_SHARDS: '$spec' is not file.py:n with n >= 1"; exit 2; }
 done
 
@@ -157,7 +159,7 @@ if has tests; then
   # NATTEN_TEST_SHARD=i/n, tests/conftest.py), at most GPU_TEST_JOBS at once; one log per process.
   shards_of() {
     local spec n=1
-    for spec in ${GPU_TEST_SHARDS-test_flex_gpu.py:3 test_hopper_fna_gpu.py:2}; do
+    for spec in $test_shards; do
       [[ $1 != *::* ]] && [ "${spec%%:*}" == "$(basename "$1")" ] && n=${spec##*:}
     done
     echo "$n"

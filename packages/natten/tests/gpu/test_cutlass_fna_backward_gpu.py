@@ -39,7 +39,7 @@ if not _libnatten.is_available():
 if not _libnatten.has_backward():
     pytest.fail(f"natten-kernels {_libnatten.abi_version()} has no fused backward (needs ABI 1.1)", pytrace=False)
 
-NUM_PROBLEMS = int(os.environ.get("NATTEN_GPU_BWD_SWEEP", "250"))
+NUM_PROBLEMS = int(os.environ.get("NATTEN_GPU_BWD_SWEEP", "1000"))  # per backend (#4 / #5: >= 1,000)
 NUM_REGION_PROBLEMS = int(os.environ.get("NATTEN_GPU_BWD_REGION_SWEEP", "150"))
 SEED = int(os.environ.get("NATTEN_GPU_SEED", str(random.SystemRandom().randrange(1 << 30))))
 # Debugging a failure: NATTEN_GPU_ONLY_CASE=k runs only case k of a sweep (the earlier cases are

@@ -37,7 +37,7 @@ if _libnatten.fna_supports(torch.float16, 1, 64, device=torch.cuda.current_devic
     pytest.fail("the loaded natten-kernels has no usable hopper-fna (build it with NATTEN_CUDA_ARCHS including 90a)",
                 pytrace=False)
 
-NUM_PROBLEMS = int(os.environ.get("NATTEN_GPU_SWEEP", "400"))
+NUM_PROBLEMS = int(os.environ.get("NATTEN_GPU_SWEEP", "1000"))  # per kernel schedule (#5: >= 1,000)
 NUM_FMHA = int(os.environ.get("NATTEN_GPU_FMHA_SWEEP", "150"))
 SEED = int(os.environ.get("NATTEN_GPU_SEED", str(random.SystemRandom().randrange(1 << 30))))
 OPS = {1: natten.na1d, 2: natten.na2d, 3: natten.na3d}
