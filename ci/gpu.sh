@@ -166,19 +166,16 @@ if has tests; then
   }
   logs=()
   rm -f "$OUT"/gpu-tests-*.log "$OUT/gpu-tests.log"  # an earlier run's logs in a reused OUTDIR
+  # Args: target, shard i, shard count n, process name (the log's). n = 1: NATTEN_TEST_SHARD=0/1
+  # keeps every test.
   run_file() {
-    local f=$1 i=$2 n=$3 log=$4 name t0=$(date +%s)
-    name=$(basename "${log%.log}"); name=${name#gpu-tests-}
-    if [ "$n" -gt 1 ]; then
-      NATTEN_TEST_SHARD="$i/$n" python3 -m pytest "$f" "${opts[@]}" -m gpu -q -rA -p no:cacheprovider > "$log" 2>&1
-    else
-      python3 -m pytest "$f" "${opts[@]}" -m gpu -q -rA -p no:cacheprovider > "$log" 2>&1
-    fi
+    local log="$OUT/gpu-tests-$4.log" t0=$(date +%s)
+    NATTEN_TEST_SHARD="$2/$3" python3 -m pytest "$1" "${opts[@]}" -m gpu -q -rA -p no:cacheprovider > "$log" 2>&1
     local rc=$?
     # pytest's 5 (no test selected: a shard of a short file, a -k that matches nothing here) is not
     # a failure of this process; the step fails below if no test ran at all
     [ $rc -eq 5 ] && rc=0
-    echo "$name: rc=$rc in $(( $(date +%s) - t0 ))s ($(grep -E '[0-9]+ (passed|failed|errors?|skipped|deselected)' "$log" | tail -1))"
+    echo "$4: rc=$rc in $(( $(date +%s) - t0 ))s ($(grep -E '[0-9]+ (passed|failed|errors?|skipped|deselected)' "$log" | tail -1))"
     return $rc
   }
   running() { local n=0 p; for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && n=$((n + 1)); done; echo $n; }
@@ -189,11 +186,10 @@ if has tests; then
       name=$(basename "${f%%::*}"); name=${name%.py}
       [[ $f == *::* ]] && name+="-$(printf '%s' "${f#*::}" | tr -c 'A-Za-z0-9_.-' '_' | cut -c1-60)"
       [ "$n" -gt 1 ] && name+="-$((i + 1))of$n"
-      log="$OUT/gpu-tests-$name.log"
-      while [ -e "$log" ] || [[ " ${logs[*]} " == *" $log "* ]]; do log="${log%.log}+.log"; done  # same name twice
-      logs+=("$log")
+      while [[ " ${logs[*]} " == *" $OUT/gpu-tests-$name.log "* ]]; do name+="+"; done  # a name twice
+      logs+=("$OUT/gpu-tests-$name.log")
       while [ "$(running)" -ge "$jobs_max" ]; do sleep 1; done
-      run_file "$f" "$i" "$n" "$log" & pids+=($!)
+      run_file "$f" "$i" "$n" "$name" & pids+=($!)
     done
   done
   for p in "${pids[@]}"; do wait "$p" || rc=1; done
